@@ -1,0 +1,145 @@
+# blkstack -- plain Makefile.  See README.md.
+#
+#   make            build everything into build/
+#   make check      install test dependencies (make deps), then lint, unit
+#                   tests, the xenstored self-check and the bats suites
+#   make demo       version, end to end, against a private real xenstored
+#   make install    DESTDIR and PREFIX honoured
+#   make deps       check (and as root install) the Debian packages needed
+
+PREFIX     ?= /usr/local
+LIBEXECDIR ?= $(PREFIX)/libexec/blkstack
+XENSCRIPTS ?= /etc/xen/scripts
+DESTDIR    ?=
+
+CC         ?= cc
+PKG_CONFIG ?= pkg-config
+CFLAGS     ?= -O2 -g
+# CI builds with -Werror; so does anyone who sets WERROR=1.
+ifneq ($(filter true 1,$(CI) $(WERROR)),)
+WERROR_FLAG := -Werror
+endif
+WARN       := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
+              -Wmissing-prototypes $(WERROR_FLAG)
+CPPFLAGS   += -D_GNU_SOURCE -Ilibblkstack/include
+ALL_CFLAGS  = $(WARN) -std=gnu11 $(CFLAGS)
+
+# Evaluated when used (=), so 'make check' on a fresh machine can install
+# the packages first.
+XS_CFLAGS   = $(shell $(PKG_CONFIG) --cflags xenstore)
+XS_LIBS     = $(shell $(PKG_CONFIG) --libs xenstore)
+SHIM_CFLAGS = $(shell $(PKG_CONFIG) --cflags xencontrol xenevtchn xengnttab)
+CMOCKA_CFLAGS = $(shell $(PKG_CONFIG) --cflags cmocka)
+CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka)
+
+B := build
+
+# ---- the library -----------------------------------------------------------
+LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
+LIB     := $(B)/lib/libblkstack.a
+
+# ---- helpers ---------------------------------------------------------------
+HP_SRC  := helpers/hp-env.c helpers/hp-xs.c
+HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
+HOTPLUG := $(B)/bin/blkstack-hotplug
+SCRIPT  := $(B)/hotplug/block-stack
+
+# ---- tests -----------------------------------------------------------------
+SHIM      := $(B)/tests/xsd-shim.so
+TOOLSTACK := $(B)/tests/xs-toolstack
+UNIT_SRC  := $(wildcard tests/unit/test-*.c)
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
+
+PROGRAMS := $(HOTPLUG)
+TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN)
+
+.PHONY: all tests deps lint format check demo install uninstall clean
+.DELETE_ON_ERROR:
+
+all: $(LIB) $(PROGRAMS) $(SCRIPT)
+
+tests: all $(TEST_BIN)
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(HOTPLUG): $(B)/obj/helpers/blkstack-hotplug.o $(HP_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS)
+
+# The in-tree copy of the hotplug script points at build/bin.
+$(SCRIPT): hotplug/block-stack
+	@mkdir -p $(@D)
+	sed 's|@HELPERDIR@|$(abspath $(B)/bin)|' $< >$@
+	chmod 0755 $@
+
+$(SHIM): tests/xenstored/xsd-shim.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(SHIM_CFLAGS) -fPIC -shared -o $@ $< -ldl
+
+$(TOOLSTACK): $(wildcard tests/toolstack/*.c tests/toolstack/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -o $@ $(filter %.c,$^) $(XS_LIBS)
+
+$(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ihelpers $(ALL_CFLAGS) $(CMOCKA_CFLAGS) $(XS_CFLAGS) \
+		-o $@ $^ $(CMOCKA_LIBS) $(XS_LIBS)
+
+# ---- dependencies ----------------------------------------------------------
+# Debian packages: to build, to run, and to test.
+DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev
+DEB_RUN   := xen-utils-4.17 xenstore-utils
+DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format
+DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
+
+deps:
+	@DEB_PKGS="$(DEB_PKGS)" tests/deps
+
+# ---- checks ----------------------------------------------------------------
+SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
+               tests/demo .ci/run tests/bats/helpers.bash
+C_FILES     := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
+               libblkstack/include/blkstack/*.h helpers/*.c helpers/*.h \
+               tests/unit/*.c tests/toolstack/*.c tests/toolstack/*.h \
+               tests/xenstored/*.c)
+
+lint:
+	shellcheck $(SHELL_FILES)
+	clang-format --dry-run -Werror $(C_FILES)
+
+format:
+	clang-format -i $(C_FILES)
+
+check: deps
+	$(MAKE) tests
+	SHELL_FILES="$(SHELL_FILES)" C_FILES="$(C_FILES)" tests/check
+
+demo: deps
+	$(MAKE) tests
+	tests/demo
+
+# ---- install ---------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS)
+	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
+	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
+		>$(DESTDIR)$(XENSCRIPTS)/block-stack
+	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
+		$(DESTDIR)$(XENSCRIPTS)/block-stack
+	-rmdir $(DESTDIR)$(LIBEXECDIR)
+
+clean:
+	rm -rf $(B)
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * blkstack-hotplug ACTION
+ *
+ * The compiled side of the block-stack hotplug script.  libxl (through
+ * hotplug/block-stack) runs it with one action and the xenstore paths in
+ * the environment; docs/libxl-hotplug-interface.txt is the contract.
+ *
+ * Every failure is reported three ways: one line on stderr (libxl copies
+ * it into its log), syslog, and the hotplug-error node(s) the toolstack
+ * reads.  The exit code says what kind of failure it was (enum hp_exit).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "blkstack/error.h"
+#include "hp-env.h"
+#include "hp-xs.h"
+
+#define PROG "blkstack-hotplug"
+
+/* Longest path we build: a validated base plus a short child name. */
+#define HP_PATH_BUF (HP_XS_ABS_PATH_MAX + 64)
+
+/* One invocation. */
+struct hp {
+	const struct hp_action_desc *action;
+	struct hp_env env;
+	struct xs_handle *xs; /* NULL until connected */
+	struct bks_error err;
+};
+
+/*
+ * An action handler.  Called once, after the environment was validated
+ * and xenstored connected.  Returns 0 on success or -errno with hp->err
+ * set; it must leave xenstore as it found it, or in a state that a rerun
+ * of the same action (or the matching undo action) completes.
+ */
+typedef int hp_action_fn(struct hp *hp);
+
+/* base + "/" + name into buf.  Returns 0 or -ENAMETOOLONG with err set. */
+static int child_path(char *buf, size_t size, const char *base,
+		      const char *name, struct bks_error *err)
+{
+	int n = snprintf(buf, size, "%s/%s", base, name);
+
+	if (n < 0 || (size_t)n >= size)
+		return bks_error_setmsg(err, ENAMETOOLONG,
+					"xenstore path %s/%s is too long", base,
+					name);
+	return 0;
+}
+
+/*
+ * The directories that get our hotplug-error node: HOTPLUG_PATH (v2),
+ * also BACKEND_PATH where the action has it (libxl reads the node there),
+ * and XENBUS_PATH in v1.  Fills dirs and returns how many.
+ */
+static int error_dirs(const struct hp *hp, const char *dirs[2])
+{
+	int n = 0;
+
+	if (hp->env.iface == HP_IFACE_V2) {
+		dirs[n++] = hp->env.hotplug_path;
+		if (hp->env.backend_path)
+			dirs[n++] = hp->env.backend_path;
+	} else {
+		dirs[n++] = hp->env.xenbus_path;
+	}
+	return n;
+}
+
+/*
+ * Transaction body run by a successful action: remove a hotplug-error
+ * left by an earlier failed attempt, so that a retried action leaves the
+ * same state as a first successful one.
+ */
+static int clear_stale_error(struct hp *hp, xs_transaction_t t)
+{
+	char path[HP_PATH_BUF];
+	const char *dirs[2];
+	int n = error_dirs(hp, dirs), rc;
+
+	for (int i = 0; i < n; i++) {
+		rc = child_path(path, sizeof(path), dirs[i], "hotplug-error",
+				&hp->err);
+		if (rc < 0)
+			return rc;
+		rc = hp_xs_rm(hp->xs, t, path, &hp->err);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* ---- version ----------------------------------------------------------- */
+
+static int version_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
+		       struct bks_error *err)
+{
+	struct hp *hp = arg;
+	char path[HP_PATH_BUF];
+	int rc;
+
+	rc = hp_xs_exists(xs, t, hp->env.hotplug_path, err);
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return bks_error_setmsg(err, ENOENT,
+					"HOTPLUG_PATH %s does not exist in "
+					"xenstore (the toolstack creates it "
+					"before calling the script)",
+					hp->env.hotplug_path);
+	rc = child_path(path, sizeof(path), hp->env.hotplug_path, "version",
+			err);
+	if (rc < 0)
+		return rc;
+	rc = hp_xs_write(xs, t, path, "2", err);
+	if (rc < 0)
+		return rc;
+	return clear_stale_error(hp, t);
+}
+
+/* version: HOTPLUG_PATH/version = 2.  Idempotent: it only ever writes 2. */
+static int act_version(struct hp *hp)
+{
+	return hp_xs_transaction(hp->xs, version_txn, hp, &hp->err);
+}
+
+/* Actions not written yet.  NULL means "not implemented": no fake success. */
+static hp_action_fn *const handlers[] = {
+    [HP_VERSION] = act_version,
+    [HP_PREPARE] = NULL,
+    [HP_ADD] = NULL,
+    [HP_REMOVE] = NULL,
+    [HP_LOCALATTACH] = NULL,
+    [HP_LOCALDETACH] = NULL,
+    [HP_UNPREPARE] = NULL,
+};
+
+/* ---- failure reporting ------------------------------------------------- */
+
+struct error_note {
+	struct hp *hp;
+	const char *msg;
+};
+
+static int error_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
+		     struct bks_error *err)
+{
+	struct error_note *note = arg;
+	char path[HP_PATH_BUF];
+	const char *dirs[2];
+	int n = error_dirs(note->hp, dirs), rc;
+
+	for (int i = 0; i < n; i++) {
+		/* Never create a directory the toolstack did not make. */
+		rc = hp_xs_exists(xs, t, dirs[i], err);
+		if (rc <= 0)
+			continue;
+		rc = child_path(path, sizeof(path), dirs[i], "hotplug-error",
+				err);
+		if (rc == 0)
+			rc = hp_xs_write(xs, t, path, note->msg, err);
+		if (rc < 0)
+			return rc;
+		if (note->hp->env.iface != HP_IFACE_V1)
+			continue;
+		/* v1: as Xen's own scripts do, for udev-style waiters. */
+		rc = child_path(path, sizeof(path), dirs[i], "hotplug-status",
+				err);
+		if (rc == 0)
+			rc = hp_xs_write(xs, t, path, "error", err);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Print one line to stderr and syslog. */
+static void say(int prio, const char *msg)
+{
+	fprintf(stderr, PROG ": %s\n", msg);
+	syslog(prio, "%s", msg);
+}
+
+/*
+ * Report hp->err for the current action: stderr, syslog, and (when
+ * connected) the hotplug-error nodes.  Returns the exit code.
+ */
+static int fail(struct hp *hp, enum hp_exit code)
+{
+	char msg[BKS_ERROR_MSG_MAX + 32];
+	struct bks_error werr = {0};
+
+	snprintf(msg, sizeof(msg), "%s: %s", hp->action->name, hp->err.msg);
+	say(LOG_ERR, msg);
+	if (hp->xs) {
+		struct error_note note = {.hp = hp, .msg = msg};
+
+		if (hp_xs_transaction(hp->xs, error_txn, &note, &werr) < 0) {
+			bks_error_prepend(&werr,
+					  "%s: could not record "
+					  "hotplug-error: ",
+					  hp->action->name);
+			say(LOG_ERR, werr.msg);
+		}
+	}
+	return code;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: " PROG " ACTION\n"
+		   "  ACTION: version prepare add remove localattach "
+		   "localdetach unprepare\n"
+		   "  v2: HOTPLUG_PATH (and BACKEND_PATH for add/remove)\n"
+		   "  v1: XENBUS_PATH (add/remove only)\n"
+		   "See docs/libxl-hotplug-interface.txt.\n");
+}
+
+static const char *env_lookup(const char *name, void *opaque)
+{
+	(void)opaque;
+	return getenv(name);
+}
+
+int main(int argc, char **argv)
+{
+	struct hp hp = {0};
+	hp_action_fn *run;
+	int rc, code = HP_EXIT_OK;
+
+	openlog(PROG, LOG_PID, LOG_DAEMON);
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		usage(stdout);
+		goto out;
+	}
+	if (argc != 2) {
+		usage(stderr);
+		code = HP_EXIT_USAGE;
+		goto out;
+	}
+	hp.action = hp_action_lookup(argv[1]);
+	if (!hp.action) {
+		char name[64];
+
+		snprintf(name, sizeof(name), "%s", argv[1]);
+		bks_sanitize_line(name);
+		bks_error_setmsg(&hp.err, EINVAL, "unknown action '%s'", name);
+		say(LOG_ERR, hp.err.msg);
+		code = HP_EXIT_USAGE;
+		goto out;
+	}
+	rc = hp_env_load(&hp.env, hp.action, env_lookup, NULL, &hp.err);
+	if (rc < 0) {
+		code = fail(&hp, HP_EXIT_USAGE);
+		goto out;
+	}
+	hp.xs = hp_xs_open(&hp.err);
+	if (!hp.xs) {
+		code = fail(&hp, HP_EXIT_FAILED);
+		goto out;
+	}
+	run = handlers[hp.action->id];
+	if (!run) {
+		bks_error_setmsg(&hp.err, ENOSYS,
+				 "not implemented in this version of blkstack");
+		code = fail(&hp, HP_EXIT_FAILED);
+		goto out;
+	}
+	rc = run(&hp);
+	if (rc < 0)
+		code = fail(&hp, HP_EXIT_FAILED);
+out:
+	if (hp.xs)
+		xs_close(hp.xs);
+	closelog();
+	return code;
+}
