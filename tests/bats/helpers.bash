@@ -19,6 +19,7 @@ TOOLSTACK=$TOP/build/tests/xs-toolstack
 XSD=$TOP/tests/xenstored/xsd
 export TOP BIN SCRIPT TOOLSTACK XSD
 
+bats_require_minimum_version 1.5.0
 bats_load_library bats-support
 bats_load_library bats-assert
 bats_load_library bats-file

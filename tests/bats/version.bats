@@ -1,0 +1,193 @@
+#!/usr/bin/env bats
+# 'version' end to end, and the error cases every action shares: the
+# hotplug script run the way libxl runs it, against a real xenstored.
+
+load helpers
+
+setup() {
+	xsd_setup
+	eval "$("$TOOLSTACK" paths)"
+}
+
+teardown() {
+	xsd_teardown
+}
+
+ts() {
+	"$TOOLSTACK" --quiet --script "$SCRIPT" --target "aio:/images/vm.img" "$@"
+}
+
+# Run the script directly with exactly these variables (plus PATH and the
+# socket), as a toolstack would, for the cases the driver refuses to make.
+script_env() {
+	env -i PATH="$PATH" XENSTORED_PATH="$XENSTORED_PATH" "$@"
+}
+
+@test "version: v2 writes HOTPLUG_PATH/version = 2" {
+	ts v2-create
+	run ts v2-run version
+	assert_success
+	run xs_read "$HOTPLUG_PATH/version"
+	assert_output 2
+	xs_absent "$HOTPLUG_PATH/hotplug-error"
+}
+
+@test "version: leaves the toolstack's nodes alone" {
+	ts v2-create
+	ts v2-run version
+	run xs_read "$HOTPLUG_PATH/params"
+	assert_output "aio:/images/vm.img"
+	run xs_read "$HOTPLUG_PATH/script"
+	assert_output "$SCRIPT"
+	xs_absent "$HOTPLUG_PATH/pdev"
+}
+
+@test "version: is idempotent" {
+	ts v2-create
+	ts v2-run version
+	before=$(xenstore-ls -f "$HOTPLUG_PATH")
+	run ts v2-run version
+	assert_success
+	assert_equal "$(xenstore-ls -f "$HOTPLUG_PATH")" "$before"
+}
+
+@test "version: success clears a stale hotplug-error" {
+	ts v2-create
+	xenstore-write "$HOTPLUG_PATH/hotplug-error" "left by an earlier attempt"
+	run ts v2-run version
+	assert_success
+	xs_absent "$HOTPLUG_PATH/hotplug-error"
+}
+
+@test "version: HOTPLUG_PATH missing from xenstore is an error, and is not created" {
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" version
+	assert_failure 1
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "HOTPLUG_PATH $HOTPLUG_PATH does not exist"
+	xs_absent "$HOTPLUG_PATH"
+}
+
+@test "errors: an unknown action is a one-line usage error" {
+	ts v2-create
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" frobnicate
+	assert_failure 2
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "unknown action 'frobnicate'"
+}
+
+@test "errors: control characters in the action do not break the line" {
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" $'ver\nsion\033[2J'
+	assert_failure 2
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "unknown action 'ver\\?sion\\?\\[2J'"
+}
+
+@test "errors: no action, or two, is a usage error" {
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT"
+	assert_failure 2
+	assert_regex "$stderr" "usage:"
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" version add
+	assert_failure 2
+}
+
+@test "errors: neither HOTPLUG_PATH nor XENBUS_PATH is a usage error" {
+	run --separate-stderr script_env "$SCRIPT" version
+	assert_failure 2
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "neither HOTPLUG_PATH .* nor XENBUS_PATH"
+}
+
+@test "errors: a HOTPLUG_PATH with shell syntax is refused and nothing is written" {
+	marker=$BATS_TEST_TMPDIR/pwned
+	run --separate-stderr script_env HOTPLUG_PATH="/x/\$(touch $marker)" "$SCRIPT" version
+	assert_failure 2
+	assert_regex "$stderr" "HOTPLUG_PATH has a character xenstore does not allow"
+	assert_file_not_exists "$marker"
+	xs_absent /x
+}
+
+@test "errors: malformed HOTPLUG_PATHs are refused" {
+	for p in relative/path /a//b /a/b/ /@releaseDomain; do
+		run --separate-stderr script_env HOTPLUG_PATH="$p" "$SCRIPT" version
+		assert_failure 2
+		assert_regex "$stderr" "HOTPLUG_PATH"
+	done
+}
+
+@test "errors: an unreachable xenstored is named in a one-line error" {
+	ts v2-create
+	"$XSD" stop "$XSD_DIR"
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" version
+	assert_failure 1
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "cannot connect to xenstored at $XENSTORED_PATH"
+}
+
+@test "errors: v2 actions not written yet fail with hotplug-error, no fake success" {
+	ts v2-create
+	ts v2-backend
+	for action in prepare localattach localdetach unprepare add remove; do
+		xenstore-rm "$HOTPLUG_PATH/hotplug-error" 2>/dev/null || true
+		run --separate-stderr ts v2-run "$action"
+		assert_failure 1
+		assert_regex "$stderr" "$action: not implemented"
+		run xs_read "$HOTPLUG_PATH/hotplug-error"
+		assert_output --partial "$action: not implemented"
+	done
+	# add and remove have BACKEND_PATH: the error is recorded there too,
+	# where libxl looks for it.
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "remove: not implemented"
+	xs_absent "$BACKEND_PATH/physical-device"
+	xs_absent "$HOTPLUG_PATH/pdev"
+}
+
+@test "errors: add without BACKEND_PATH is a usage error" {
+	ts v2-create
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" add
+	assert_failure 2
+	assert_regex "$stderr" "BACKEND_PATH is not set"
+}
+
+@test "v1: add and remove are selected by XENBUS_PATH, and fail honestly for now" {
+	ts v1-create
+	run --separate-stderr ts v1-run add
+	assert_failure 1
+	assert_regex "$stderr" "add: not implemented"
+	run xs_read "/local/domain/0/$XENBUS_PATH/hotplug-error"
+	assert_output --partial "add: not implemented"
+	run xs_read "/local/domain/0/$XENBUS_PATH/hotplug-status"
+	assert_output error
+}
+
+@test "v1: a v2-only action with XENBUS_PATH is a usage error" {
+	ts v1-create
+	run --separate-stderr script_env XENBUS_PATH="$XENBUS_PATH" "$SCRIPT" version
+	assert_failure 2
+	assert_regex "$stderr" "'version' is a v2 action"
+}
+
+@test "install: DESTDIR and PREFIX are honoured, and the installed script works" {
+	root=$BATS_TEST_TMPDIR/root
+	run make -C "$TOP" -s install DESTDIR="$root" PREFIX=/opt/bks
+	assert_success
+	assert_file_executable "$root/etc/xen/scripts/block-stack"
+	assert_file_executable "$root/opt/bks/libexec/blkstack/blkstack-hotplug"
+	run grep -c "^helperdir='/opt/bks/libexec/blkstack'$" "$root/etc/xen/scripts/block-stack"
+	assert_output 1
+
+	# A self-contained install (no DESTDIR) runs version for real.
+	prefix=$BATS_TEST_TMPDIR/prefix
+	make -C "$TOP" -s install PREFIX="$prefix" XENSCRIPTS="$prefix/scripts"
+	"$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" --target x v2-create
+	run "$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" v2-run version
+	assert_success
+	run xs_read "$HOTPLUG_PATH/version"
+	assert_output 2
+}
+
+@test "install: the unconfigured source script says what is wrong" {
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$TOP/hotplug/block-stack" version
+	assert_failure 1
+	assert_regex "$stderr" "helper '@HELPERDIR@/blkstack-hotplug' is missing"
+}
