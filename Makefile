@@ -31,6 +31,8 @@ XS_LIBS     = $(shell $(PKG_CONFIG) --libs xenstore)
 SHIM_CFLAGS = $(shell $(PKG_CONFIG) --cflags xencontrol xenevtchn xengnttab)
 CMOCKA_CFLAGS = $(shell $(PKG_CONFIG) --cflags cmocka)
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka)
+# libaio ships no .pc file.
+AIO_LIBS   := -laio
 
 B := build
 
@@ -72,7 +74,7 @@ $(LIB): $(LIB_OBJ)
 
 $(HOTPLUG): $(B)/obj/helpers/blkstack-hotplug.o $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
 
 # The in-tree copy of the hotplug script points at build/bin.
 $(SCRIPT): hotplug/block-stack
@@ -88,16 +90,21 @@ $(TOOLSTACK): $(wildcard tests/toolstack/*.c tests/toolstack/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -o $@ $(filter %.c,$^) $(XS_LIBS)
 
+# A unit test may add link flags with UNIT_LDFLAGS_<name> (e.g. --wrap).
+UNIT_LDFLAGS_test-aioq := -Wl,--wrap=malloc -Wl,--wrap=calloc \
+                          -Wl,--wrap=realloc -Wl,--wrap=free
 $(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Ihelpers $(ALL_CFLAGS) $(CMOCKA_CFLAGS) $(XS_CFLAGS) \
-		-o $@ $^ $(CMOCKA_LIBS) $(XS_LIBS)
+	$(CC) $(CPPFLAGS) -Ihelpers -Itests/unit $(ALL_CFLAGS) $(CMOCKA_CFLAGS) \
+		$(XS_CFLAGS) -o $@ $^ $(UNIT_LDFLAGS_$(*F)) $(CMOCKA_LIBS) \
+		$(XS_LIBS) $(AIO_LIBS)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils
-DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format
+DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
+             valgrind clang libclang-rt-14-dev
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
@@ -106,10 +113,11 @@ deps:
 # ---- checks ----------------------------------------------------------------
 SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
-C_FILES     := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
-               libblkstack/include/blkstack/*.h helpers/*.c helpers/*.h \
-               tests/unit/*.c tests/toolstack/*.c tests/toolstack/*.h \
-               tests/xenstored/*.c)
+C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
+               libblkstack/drivers/*.c libblkstack/include/blkstack/*.h \
+               helpers/*.c helpers/*.h tests/unit/*.c tests/unit/*.h \
+               tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
+               tests/fuzz/*.c)
 
 lint:
 	shellcheck $(SHELL_FILES)

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Chains: parsing a chain string, opening it, and submitting requests.
+ *
+ * Grammar (the one parser is libblkstack/chain-parse.c):
+ *
+ *   chain   = layer *( "|" layer )       at most BKS_CHAIN_MAX_LAYERS
+ *   layer   = driver ":" args
+ *   driver  = 1*( "a"-"z" / "0"-"9" / "-" )     at most 32 characters
+ *   args    = *( plain / "\|" / "\\" )
+ *   plain   = any byte but "|", "\", NUL and control characters
+ *             (0x00-0x1f, 0x7f)
+ *
+ * Args are opaque to the parser: they run to the next unescaped "|" and
+ * are handed to the driver with the escapes removed.  A literal "|" in a
+ * path is written "\|", a literal "\" is written "\\"; any other
+ * backslash sequence is an error.  The whole string is at most
+ * BKS_CHAIN_STR_MAX bytes.  The rightmost layer is the sink; every layer
+ * above it must be a filter.
+ *
+ * Example: "log:|aio:/images/vm.img" -- requests enter log: (a filter),
+ * which passes them to aio: (the sink, the file /images/vm.img).
+ */
+#ifndef BLKSTACK_CHAIN_H
+#define BLKSTACK_CHAIN_H
+
+#include <stddef.h>
+
+#include "blkstack/driver.h"
+#include "blkstack/error.h"
+#include "blkstack/loop.h"
+
+/* Longest chain string, in bytes, without the NUL. */
+#define BKS_CHAIN_STR_MAX 4096
+/* Longest driver name. */
+#define BKS_DRIVER_NAME_MAX 32
+
+/* A parsed chain: layers top (0) to sink (n - 1). */
+struct bks_chain_spec {
+	unsigned int n;
+	struct bks_layer_spec {
+		const struct bks_driver *driver;
+		char *args;    /* unescaped, malloc'd */
+		size_t offset; /* of the layer in the string */
+	} layers[BKS_CHAIN_MAX_LAYERS];
+};
+
+/*
+ * Parse len bytes of s (which need not be NUL-terminated, and may hold
+ * a NUL, which is refused).  Returns 0, or -EINVAL (-ENAMETOOLONG for an
+ * over-long string) with err naming the byte offset, the layer and the
+ * reason.  On success free the spec with bks_chain_spec_free().
+ */
+int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
+		    struct bks_error *err);
+
+/* Free what bks_chain_parse() allocated; harmless on a zeroed spec. */
+void bks_chain_spec_free(struct bks_chain_spec *spec);
+
+/*
+ * Write spec back as a chain string (escaping args).  Returns the length,
+ * or -ENAMETOOLONG if it does not fit in size bytes.
+ */
+int bks_chain_format(const struct bks_chain_spec *spec, char *buf, size_t size);
+
+/* ---- open chains -----------------------------------------------------------
+ */
+
+struct bks_chain;
+
+/*
+ * Retrying transient errors.  When a request submitted with
+ * bks_chain_submit() completes with an error for which transient()
+ * says yes, the chain resubmits it after delay_ns -- with a timer on the
+ * loop, never by sleeping -- up to max_attempts submissions in all.  The
+ * submitter sees only the final result.
+ */
+struct bks_retry_policy {
+	unsigned int max_attempts; /* 1 = no retry */
+	uint64_t delay_ns;
+	bool (*transient)(int err, void *arg); /* NULL: -EIO, -EAGAIN,
+						  -ETIMEDOUT, -ENOMEM */
+	void *arg;
+};
+
+/*
+ * Parse and open a chain string on loop.  Opens the sink, then its
+ * parents (get_parent), then the filters from the bottom up; on failure
+ * closes what it opened and returns -errno with err saying which layer
+ * failed and why ("layer 2 (aio): open /images/vm.img: No such file or
+ * directory").  read_only opens every layer read-only.
+ */
+int bks_chain_open(struct bks_chain **out, const char *s, struct bks_loop *loop,
+		   bool read_only, struct bks_error *err);
+
+/*
+ * Close every layer, top first, and free the chain.  No request may be
+ * in flight (drain first: bks_chain_in_flight() == 0).
+ */
+void bks_chain_close(struct bks_chain *chain);
+
+/* The chain's info: that of its top layer. */
+const struct bks_info *bks_chain_info(const struct bks_chain *chain);
+
+/* Number of layers (parents included), and layer i (0 = top). */
+unsigned int bks_chain_layers(const struct bks_chain *chain);
+struct bks_layer *bks_chain_layer(struct bks_chain *chain, unsigned int i);
+
+/* The topmost layer of driver name, or NULL. */
+struct bks_layer *bks_chain_find(struct bks_chain *chain, const char *name);
+
+/* Set the retry policy (copied); NULL restores "no retry". */
+void bks_chain_set_retry(struct bks_chain *chain,
+			 const struct bks_retry_policy *policy);
+
+/*
+ * Submit req at the top of the chain.  Its done callback runs exactly
+ * once (possibly before this returns) with 0 or -errno.  Returns 0.
+ */
+int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
+
+/* Requests submitted and not yet completed. */
+uint64_t bks_chain_in_flight(const struct bks_chain *chain);
+
+/* Retries done so far (see bks_retry_policy). */
+uint64_t bks_chain_retries(const struct bks_chain *chain);
+
+/* ---- request pools: no allocation on the data path -------------------------
+ */
+
+struct bks_req_pool {
+	struct bks_req *reqs;
+	struct bks_req *free;
+	unsigned int size, in_use;
+};
+
+/* Allocate size requests up front.  Returns 0 or -ENOMEM. */
+int bks_req_pool_init(struct bks_req_pool *pool, unsigned int size);
+void bks_req_pool_free(struct bks_req_pool *pool);
+
+/* A zeroed request from the pool, or NULL if all are in use. */
+struct bks_req *bks_req_get(struct bks_req_pool *pool);
+
+/* Return a request to its pool. */
+void bks_req_put(struct bks_req_pool *pool, struct bks_req *req);
+
+#endif /* BLKSTACK_CHAIN_H */
