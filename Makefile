@@ -54,7 +54,7 @@ UNIT_SRC  := $(wildcard tests/unit/test-*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 
 PROGRAMS := $(HOTPLUG)
-TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN)
+TEST_BIN  = $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
 
 .PHONY: all tests deps lint format check demo install uninstall clean
 .DELETE_ON_ERROR:
@@ -98,6 +98,22 @@ $(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
 	$(CC) $(CPPFLAGS) -Ihelpers -Itests/unit $(ALL_CFLAGS) $(CMOCKA_CFLAGS) \
 		$(XS_CFLAGS) -o $@ $^ $(UNIT_LDFLAGS_$(*F)) $(CMOCKA_LIBS) \
 		$(XS_LIBS) $(AIO_LIBS)
+
+# ---- fuzzing (clang, libFuzzer) ---------------------------------------------
+FUZZ_CC   ?= clang
+FUZZ_TIME ?= 60
+FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
+$(FUZZ_BIN): tests/fuzz/fuzz-chain-parse.c $(LIB_SRC)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -o $@ $^ $(AIO_LIBS)
+
+# make fuzz: FUZZ_TIME seconds on a scratch copy of the seed corpus.
+.PHONY: fuzz
+fuzz: $(FUZZ_BIN)
+	rm -rf $(B)/fuzz/corpus && cp -r tests/fuzz/corpus-chain $(B)/fuzz/corpus
+	$(FUZZ_BIN) -max_total_time=$(FUZZ_TIME) -max_len=8192 \
+		$(B)/fuzz/corpus tests/fuzz/corpus-chain
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.

@@ -105,10 +105,11 @@ static int check(const struct bks_layer *l, const struct bks_req *req)
 
 	if ((unsigned int)req->op >= BKS_OP_COUNT)
 		return -EINVAL;
-	if (!(info->ops & BKS_OPF(req->op)))
-		return -EOPNOTSUPP;
+	/* Read-only first: EROFS says more than EOPNOTSUPP. */
 	if (writes(req->op) && info->read_only)
 		return -EROFS;
+	if (!(info->ops & BKS_OPF(req->op)))
+		return -EOPNOTSUPP;
 	if (req->flags & ~allowed_flags(req->op))
 		return -EINVAL;
 	if ((req->flags & BKS_REQ_FUA) && !info->can_fua)

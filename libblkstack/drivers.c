@@ -4,11 +4,11 @@
 
 #include "blkstack/driver.h"
 
-extern const struct bks_driver bks_driver_aio __attribute__((weak));
-extern const struct bks_driver bks_driver_sync __attribute__((weak));
+extern const struct bks_driver bks_driver_aio;
+extern const struct bks_driver bks_driver_sync;
 extern const struct bks_driver bks_driver_ram;
-extern const struct bks_driver bks_driver_log __attribute__((weak));
-extern const struct bks_driver bks_driver_error __attribute__((weak));
+extern const struct bks_driver bks_driver_log;
+extern const struct bks_driver bks_driver_error;
 
 const struct bks_driver *const bks_drivers[] = {
     &bks_driver_aio, &bks_driver_sync,	&bks_driver_ram,

@@ -1,0 +1,590 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The libaio request queue: see include/blkstack/aioq.h.
+ *
+ * Life of a request:
+ *
+ *   bks_aioq_queue()  appends it to the pending list (linked through
+ *                     req->owner_next) and schedules the deferred call.
+ *   submit_pending()  at the loop's deferred point, takes pending requests
+ *                     in order into free slots, merging a request into
+ *                     the slot before it when they are adjacent, then
+ *                     hands the slots' iocbs to io_submit().  Requests
+ *                     that find no free slot stay pending ("deferred").
+ *   on_eventfd()      when the kernel signals completions, reaps them,
+ *                     splits each slot's result back to its requests and
+ *                     completes them, then schedules the deferred call so
+ *                     that waiting requests take the freed slots.
+ *
+ * A flush is an IO_CMD_FDSYNC iocb of its own (never merged); where the
+ * kernel refuses that, fdatasync() stands in (see aioq.h).
+ *
+ * A slot is an iocb plus the list of requests it covers.  Slots, their
+ * iovec arrays, the iocb pointer array and the event array are all
+ * allocated in bks_aioq_new(): the data path never allocates.
+ *
+ * Completion callbacks may queue requests (or even free the queue, once
+ * nothing is left in flight).  So requests are always taken off a slot or
+ * a list before they are completed, queueing only appends and schedules
+ * (it never submits), and the two entry points from the loop hold the
+ * queue "busy" so that a free from inside a callback is finished when
+ * they return.
+ */
+#include <errno.h>
+#include <libaio.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blkstack/aioq.h"
+
+/* How long to wait before retrying io_submit() after -EAGAIN when no
+ * completion is coming to trigger the retry. */
+#define AIOQ_EAGAIN_RETRY_NS (1000u * 1000u)
+
+/* req->owner_data: the fd in the low 32 bits, and this flag. */
+#define REQ_COUNTED_DEFERRED (1ull << 32)
+
+struct aioq_slot {
+	struct iocb iocb; /* slot_of() finds the slot from it */
+	/* BKS_AIOQ_MAX_IOV entries; only used once a second request joins
+	 * (a slot with one request points the iocb at that request's own
+	 * iovecs, which may be more than BKS_AIOQ_MAX_IOV of them). */
+	struct iovec *iov;
+	bool merged_iov; /* iov holds the vector */
+	int iovcnt;
+	int fd;
+	enum bks_op op;
+	bool dsync;
+	uint64_t offset, bytes;
+	struct bks_req *head, *tail; /* requests covered, in offset order */
+	struct aioq_slot *next_free;
+};
+
+struct bks_aioq {
+	struct bks_loop *loop;
+	unsigned int depth;
+	io_context_t ctx;
+	int efd;
+	struct bks_watch watch;
+	struct bks_defer defer;
+	struct bks_timer retry;
+
+	struct aioq_slot *slots;
+	struct aioq_slot *free_slots;
+	struct iovec *iovs;  /* depth * BKS_AIOQ_MAX_IOV */
+	struct iocb **iocbs; /* one batch for io_submit() */
+	struct io_event *events;
+
+	/* Requests queued and not yet in a slot, oldest first.  Those from
+	 * pend_uncounted on have not been counted as deferred yet. */
+	struct bks_req *pend_head, *pend_tail, *pend_uncounted;
+
+	/* io_submit() said -EAGAIN: submit nothing until a completion (or
+	 * the retry timer, when nothing is in flight) says to try again. */
+	bool blocked;
+	/* IO_CMD_FDSYNC was refused (-EINVAL): flush with fdatasync(). */
+	bool no_fdsync;
+	/* Inside a loop callback; bks_aioq_free() waits for it to end. */
+	unsigned int busy;
+	bool dead;
+
+	struct bks_aioq_stats stats;
+};
+
+static struct aioq_slot *slot_of(struct iocb *iocb)
+{
+	return (struct aioq_slot *)((char *)iocb -
+				    offsetof(struct aioq_slot, iocb));
+}
+
+static void destroy(struct bks_aioq *q)
+{
+	if (q->ctx)
+		io_destroy(q->ctx);
+	if (q->efd >= 0)
+		close(q->efd);
+	free(q->slots);
+	free(q->iovs);
+	free(q->iocbs);
+	free(q->events);
+	free(q);
+}
+
+static void enter(struct bks_aioq *q)
+{
+	q->busy++;
+}
+
+/* Returns true if the queue was freed (the caller must not touch it). */
+static bool leave(struct bks_aioq *q)
+{
+	if (--q->busy == 0 && q->dead) {
+		destroy(q);
+		return true;
+	}
+	return false;
+}
+
+/* ---- lists --------------------------------------------------------------- */
+
+static int req_fd(const struct bks_req *req)
+{
+	return (int)(uint32_t)req->owner_data;
+}
+
+static void pend_push_back(struct bks_aioq *q, struct bks_req *req)
+{
+	req->owner_next = NULL;
+	if (q->pend_tail)
+		q->pend_tail->owner_next = req;
+	else
+		q->pend_head = req;
+	q->pend_tail = req;
+	if (!q->pend_uncounted)
+		q->pend_uncounted = req;
+}
+
+static struct bks_req *pend_pop(struct bks_aioq *q)
+{
+	struct bks_req *req = q->pend_head;
+
+	q->pend_head = req->owner_next;
+	if (!q->pend_head)
+		q->pend_tail = NULL;
+	if (q->pend_uncounted == req)
+		q->pend_uncounted = req->owner_next;
+	req->owner_next = NULL;
+	return req;
+}
+
+/* Put the list head..tail back in front of the pending requests. */
+static void pend_push_front(struct bks_aioq *q, struct bks_req *head,
+			    struct bks_req *tail)
+{
+	tail->owner_next = q->pend_head;
+	if (!q->pend_head)
+		q->pend_tail = tail;
+	q->pend_head = head;
+	q->pend_uncounted = head; /* rare (-EAGAIN): recheck them all */
+}
+
+/*
+ * Count each pending request once as having waited for a slot.  Only the
+ * requests queued since the last call need looking at, so a long wait
+ * does not make every submission walk the whole list.
+ */
+static void count_deferred(struct bks_aioq *q)
+{
+	for (struct bks_req *r = q->pend_uncounted; r; r = r->owner_next) {
+		if (!(r->owner_data & REQ_COUNTED_DEFERRED)) {
+			r->owner_data |= REQ_COUNTED_DEFERRED;
+			q->stats.deferred++;
+		}
+	}
+	q->pend_uncounted = NULL;
+}
+
+static void slot_put(struct bks_aioq *q, struct aioq_slot *s)
+{
+	s->head = s->tail = NULL;
+	s->next_free = q->free_slots;
+	q->free_slots = s;
+}
+
+/* ---- completion ---------------------------------------------------------- */
+
+static void complete_one(struct bks_aioq *q, struct bks_req *req, int r)
+{
+	q->stats.completed++;
+	if (r < 0)
+		q->stats.errors++;
+	bks_req_complete(req, r);
+}
+
+/*
+ * Complete the requests head.. of one iocb of total bytes that ended with
+ * res (bytes transferred or -errno).  The list is already off its slot.
+ */
+static void complete_list(struct bks_aioq *q, struct bks_req *head,
+			  uint64_t total, long res)
+{
+	uint64_t done = 0;
+	bool partial = res >= 0 && (uint64_t)res < total;
+
+	if (partial)
+		q->stats.partial++;
+	while (head) {
+		struct bks_req *req = head;
+		int r;
+
+		/* Read the link before the callback may reuse req. */
+		head = req->owner_next;
+		req->owner_next = NULL;
+		done += req->len;
+		if (res < 0)
+			r = (int)res;
+		else if (!partial)
+			r = 0;
+		else
+			/* The kernel transfers a prefix: requests that lie
+			 * wholly within it are done, the rest are not. */
+			r = done <= (uint64_t)res ? 0 : -EIO;
+		complete_one(q, req, r);
+	}
+}
+
+/*
+ * A flush the kernel refused as an aio command (kernels before 4.18, or a
+ * file system without ->fsync for aio): do it synchronously, and from now
+ * on skip the kernel queue for flushes.
+ */
+static long fdsync_fallback(struct bks_aioq *q, int fd)
+{
+	q->no_fdsync = true;
+	return fdatasync(fd) < 0 ? -errno : 0;
+}
+
+/* Take slot s's requests off it, free it, and complete them with res. */
+static void finish_slot(struct bks_aioq *q, struct aioq_slot *s, long res)
+{
+	struct bks_req *head = s->head;
+	uint64_t total = s->bytes;
+
+	if (s->op == BKS_OP_FLUSH && res == -EINVAL)
+		res = fdsync_fallback(q, s->fd);
+	slot_put(q, s);
+	complete_list(q, head, total, res);
+}
+
+static void on_eventfd(struct bks_watch *w, uint32_t events)
+{
+	struct bks_aioq *q = w->opaque;
+	struct timespec zero = {0, 0};
+	uint64_t count;
+	(void)events;
+
+	/* Reset the counter first: completions arriving after this make
+	 * the eventfd readable again and bring us back. */
+	if (read(q->efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+		return;
+	enter(q);
+	for (;;) {
+		int n = io_getevents(q->ctx, 0, q->depth, q->events, &zero);
+
+		if (n <= 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			struct aioq_slot *s = slot_of(q->events[i].obj);
+
+			q->stats.in_flight--;
+			finish_slot(q, s, (long)q->events[i].res);
+		}
+	}
+	/* Slots are free again: let waiting requests have them, in the
+	 * deferred call, together with whatever the callbacks queued. */
+	q->blocked = false;
+	if (!q->dead && q->pend_head)
+		bks_defer_schedule(&q->defer);
+	leave(q);
+}
+
+/* ---- submission ---------------------------------------------------------- */
+
+/* Does req want RWF_DSYNC?  (FUA means something only for writes.) */
+static bool req_dsync(const struct bks_req *req)
+{
+	return req->op == BKS_OP_WRITE && (req->flags & BKS_REQ_FUA);
+}
+
+static bool can_merge(const struct aioq_slot *s, const struct bks_req *req)
+{
+	return req->op == s->op && req->op != BKS_OP_FLUSH &&
+	       req_fd(req) == s->fd && req_dsync(req) == s->dsync &&
+	       s->offset + s->bytes == req->offset &&
+	       s->iovcnt + req->iovcnt <= BKS_AIOQ_MAX_IOV &&
+	       s->bytes + req->len <= BKS_AIOQ_MAX_MERGE;
+}
+
+static void slot_start(struct aioq_slot *s, struct bks_req *req)
+{
+	s->head = s->tail = req;
+	s->fd = req_fd(req);
+	s->op = req->op;
+	s->dsync = req_dsync(req);
+	s->offset = req->offset;
+	s->bytes = req->len;
+	s->iovcnt = req->iovcnt;
+	s->merged_iov = false;
+}
+
+static void slot_add(struct aioq_slot *s, struct bks_req *req)
+{
+	if (!s->merged_iov) {
+		memcpy(s->iov, s->head->iov,
+		       (size_t)s->head->iovcnt * sizeof(*s->iov));
+		s->merged_iov = true;
+	}
+	memcpy(s->iov + s->iovcnt, req->iov,
+	       (size_t)req->iovcnt * sizeof(*s->iov));
+	s->iovcnt += req->iovcnt;
+	s->bytes += req->len;
+	s->tail->owner_next = req;
+	s->tail = req;
+}
+
+static void slot_prep(struct bks_aioq *q, struct aioq_slot *s)
+{
+	const struct iovec *iov = s->merged_iov ? s->iov : s->head->iov;
+	long long off = (long long)s->offset;
+
+	switch (s->op) {
+	case BKS_OP_READ:
+		io_prep_preadv(&s->iocb, s->fd, iov, s->iovcnt, off);
+		break;
+	case BKS_OP_WRITE:
+		io_prep_pwritev2(&s->iocb, s->fd, iov, s->iovcnt, off,
+				 s->dsync ? RWF_DSYNC : 0);
+		break;
+	default: /* BKS_OP_FLUSH; bks_aioq_queue() let nothing else in */
+		io_prep_fdsync(&s->iocb, s->fd);
+		break;
+	}
+	io_set_eventfd(&s->iocb, q->efd);
+}
+
+/*
+ * Give iocbs[from..n) back: their requests return, in order, to the front
+ * of the pending list, and their slots are freed.
+ */
+static void unbatch(struct bks_aioq *q, int from, int n)
+{
+	for (int i = n - 1; i >= from; i--) {
+		struct aioq_slot *s = slot_of(q->iocbs[i]);
+
+		pend_push_front(q, s->head, s->tail);
+		slot_put(q, s);
+	}
+}
+
+static void submit_pending(struct bks_aioq *q)
+{
+	struct aioq_slot *s = NULL;
+	/* Requests io_submit() refused; owner_data holds each one's -errno
+	 * (its fd is no longer needed). */
+	struct bks_req *failed = NULL, *failed_tail = NULL;
+	int n = 0, done = 0;
+
+	if (q->blocked)
+		return;
+
+	/* Fill free slots from the pending list, merging as we go. */
+	while (q->pend_head) {
+		struct bks_req *req = q->pend_head;
+
+		if (s && can_merge(s, req)) {
+			slot_add(s, pend_pop(q));
+			q->stats.merged++;
+			continue;
+		}
+		if (!q->free_slots)
+			break;
+		s = q->free_slots;
+		q->free_slots = s->next_free;
+		slot_start(s, pend_pop(q));
+		q->iocbs[n++] = &s->iocb;
+	}
+	count_deferred(q);
+	for (int i = 0; i < n; i++)
+		slot_prep(q, slot_of(q->iocbs[i]));
+
+	while (done < n) {
+		int r = io_submit(q->ctx, n - done, q->iocbs + done);
+		struct aioq_slot *bad;
+
+		if (r > 0) {
+			/* It may take fewer than asked: go on with the rest. */
+			done += r;
+			q->stats.submitted += (uint64_t)r;
+			q->stats.in_flight += (uint64_t)r;
+			continue;
+		}
+		if (r == -EAGAIN || r == 0) {
+			/* Out of kernel resources: wait for a completion to
+			 * free some, or, with nothing in flight, for a short
+			 * timer. */
+			unbatch(q, done, n);
+			count_deferred(q);
+			q->blocked = true;
+			if (q->stats.in_flight == 0)
+				bks_timer_arm(&q->retry, AIOQ_EAGAIN_RETRY_NS);
+			break;
+		}
+		/*
+		 * The kernel refused the first iocb offered (a bad fd, a bad
+		 * vector, an unsupported command) and did not look at the
+		 * others.  The error is about that iocb: fail its requests
+		 * and go on with the rest, which then fail or pass on their
+		 * own merits.  They are completed after the loop, so that
+		 * callbacks never run in a half-submitted batch.
+		 */
+		bad = slot_of(q->iocbs[done]);
+		if (bad->op == BKS_OP_FLUSH && r == -EINVAL)
+			/* No aio fdsync here: flush synchronously. */
+			r = (int)fdsync_fallback(q, bad->fd);
+		for (struct bks_req *req = bad->head; req;
+		     req = req->owner_next)
+			req->owner_data = (uint64_t)(uint32_t)-r;
+		if (failed)
+			failed_tail->owner_next = bad->head;
+		else
+			failed = bad->head;
+		failed_tail = bad->tail;
+		slot_put(q, bad);
+		done++;
+	}
+	while (failed) {
+		struct bks_req *req = failed;
+
+		failed = req->owner_next;
+		req->owner_next = NULL;
+		complete_one(q, req, -(int)(uint32_t)req->owner_data);
+	}
+}
+
+static void on_defer(struct bks_defer *d)
+{
+	struct bks_aioq *q = d->opaque;
+
+	enter(q);
+	submit_pending(q);
+	leave(q);
+}
+
+static void on_retry(struct bks_timer *t)
+{
+	struct bks_aioq *q = t->opaque;
+
+	enter(q);
+	q->blocked = false;
+	submit_pending(q);
+	leave(q);
+}
+
+/* ---- API ----------------------------------------------------------------- */
+
+int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req)
+{
+	switch (req->op) {
+	case BKS_OP_READ:
+	case BKS_OP_WRITE:
+		break;
+	case BKS_OP_FLUSH:
+		if (q->no_fdsync) {
+			int r = fdatasync(fd) < 0 ? -errno : 0;
+
+			q->stats.requests++;
+			/* Last touch of q: the callback may free it. */
+			complete_one(q, req, r);
+			return 0;
+		}
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (fd < 0)
+		return -EBADF;
+	req->owner_data = (uint32_t)fd;
+	pend_push_back(q, req);
+	q->stats.requests++;
+	bks_defer_schedule(&q->defer);
+	return 0;
+}
+
+int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
+		 unsigned int depth, struct bks_error *err)
+{
+	struct bks_aioq *q;
+	int rc;
+
+	*out = NULL;
+	if (depth == 0 || depth > 65536)
+		return bks_error_setmsg(
+		    err, EINVAL, "aio queue depth %u: must be 1..65536", depth);
+	q = calloc(1, sizeof(*q));
+	if (!q)
+		return bks_error_set(err, ENOMEM, "aio queue");
+	q->loop = loop;
+	q->depth = depth;
+	q->efd = -1;
+	q->slots = calloc(depth, sizeof(*q->slots));
+	q->iovs = calloc((size_t)depth * BKS_AIOQ_MAX_IOV, sizeof(*q->iovs));
+	q->iocbs = calloc(depth, sizeof(*q->iocbs));
+	q->events = calloc(depth, sizeof(*q->events));
+	if (!q->slots || !q->iovs || !q->iocbs || !q->events) {
+		rc = bks_error_set(err, ENOMEM, "aio queue of depth %u", depth);
+		goto out;
+	}
+	for (unsigned int i = depth; i-- > 0;) {
+		q->slots[i].iov = q->iovs + (size_t)i * BKS_AIOQ_MAX_IOV;
+		slot_put(q, &q->slots[i]);
+	}
+
+	rc = io_setup((int)depth, &q->ctx);
+	if (rc < 0) {
+		q->ctx = 0;
+		if (rc == -EAGAIN)
+			rc = bks_error_setmsg(
+			    err, EAGAIN,
+			    "io_setup(%u): out of aio contexts: raise "
+			    "/proc/sys/fs/aio-max-nr (sysctl fs.aio-max-nr)",
+			    depth);
+		else
+			rc = bks_error_set(err, -rc, "io_setup(%u)", depth);
+		goto out;
+	}
+	q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (q->efd < 0) {
+		rc = bks_error_set(err, errno, "aio queue: eventfd");
+		goto out;
+	}
+	rc = bks_watch_add(loop, &q->watch, q->efd, EPOLLIN, on_eventfd, q);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "aio queue: watch eventfd");
+		goto out;
+	}
+	bks_defer_init(loop, &q->defer, on_defer, q);
+	bks_timer_init(loop, &q->retry, on_retry, q);
+	*out = q;
+	rc = 0;
+out:
+	if (rc < 0)
+		destroy(q);
+	return rc;
+}
+
+void bks_aioq_free(struct bks_aioq *q)
+{
+	if (!q)
+		return;
+	bks_watch_del(&q->watch);
+	bks_defer_cancel(&q->defer);
+	bks_timer_cancel(&q->retry);
+	if (q->busy) {
+		/* Called from a completion callback: finish on the way out. */
+		q->dead = true;
+		return;
+	}
+	destroy(q);
+}
+
+void bks_aioq_get_stats(const struct bks_aioq *q, struct bks_aioq_stats *out)
+{
+	*out = q->stats;
+}

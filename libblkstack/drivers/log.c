@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * log:[block=SIZE] -- a filter that records which blocks were changed.
+ * See include/blkstack/log.h for what it promises.
+ *
+ * The bitmap is sized at open from the layer below and never reallocated:
+ * marking a block on the data path is a few word operations and never
+ * allocates.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blkstack/driver.h"
+#include "blkstack/log.h"
+
+#define LOG_USAGE "log:[block=SIZE] (SIZE a power of two from 4K to 64M)"
+
+struct log_state {
+	uint64_t size;	    /* bytes, of the layer below */
+	uint64_t block;	    /* bytes, a power of two */
+	unsigned int shift; /* log2(block) */
+	uint64_t nblocks;   /* the last may be partial */
+	uint64_t ndirty;    /* bits set */
+	uint64_t *bits;
+};
+
+static int parse_args(struct log_state *s, const char *args,
+		      struct bks_error *err)
+{
+	const char *cursor = args;
+	char key[32], value[64];
+	int r;
+
+	s->block = BKS_LOG_BLOCK_DEFAULT;
+	while ((r = bks_args_next(&cursor, key, sizeof(key), value,
+				  sizeof(value), err)) > 0) {
+		uint64_t v;
+
+		if (strcmp(key, "block") != 0)
+			return bks_error_setmsg(
+			    err, EINVAL, "unknown option '%s'; usage: %s", key,
+			    LOG_USAGE);
+		if (bks_parse_size(value, &v) < 0 || v < BKS_LOG_BLOCK_MIN ||
+		    v > BKS_LOG_BLOCK_MAX || (v & (v - 1)))
+			return bks_error_setmsg(
+			    err, EINVAL, "bad block size '%s'; usage: %s",
+			    value, LOG_USAGE);
+		s->block = v;
+	}
+	return r < 0 ? r : 0;
+}
+
+static int log_open(void *state, struct bks_layer *next,
+		    const struct bks_open_args *args, struct bks_error *err)
+{
+	struct log_state *s = state;
+	uint64_t words;
+	int r;
+
+	r = parse_args(s, args->args ? args->args : "", err);
+	if (r < 0)
+		return r;
+	s->shift = (unsigned int)__builtin_ctzll(s->block);
+	s->size = bks_next_info(next)->size;
+	s->nblocks = (s->size >> s->shift) + !!(s->size & (s->block - 1));
+	/* At least one word, so that an empty layer needs no special case. */
+	words = s->nblocks / 64 + 1;
+	s->bits = calloc(words, sizeof(*s->bits));
+	if (!s->bits)
+		return bks_error_set(err, ENOMEM, "dirty bitmap of %llu blocks",
+				     (unsigned long long)s->nblocks);
+	return 0;
+}
+
+static void log_close(void *state)
+{
+	struct log_state *s = state;
+
+	free(s->bits);
+}
+
+/* Mask of n bits (1..64) starting at bit. */
+static uint64_t word_mask(unsigned int bit, uint64_t n)
+{
+	return (n >= 64 ? ~0ull : (1ull << n) - 1) << bit;
+}
+
+/* Set (or clear) blocks [a, b). */
+static void set_blocks(struct log_state *s, uint64_t a, uint64_t b, bool set)
+{
+	while (a < b) {
+		unsigned int bit = (unsigned int)(a % 64);
+		uint64_t n = b - a < 64 - bit ? b - a : 64 - bit;
+		uint64_t mask = word_mask(bit, n);
+		uint64_t *w = &s->bits[a / 64];
+
+		if (set) {
+			s->ndirty += (uint64_t)__builtin_popcountll(mask & ~*w);
+			*w |= mask;
+		} else {
+			s->ndirty -= (uint64_t)__builtin_popcountll(mask & *w);
+			*w &= ~mask;
+		}
+		a += n;
+	}
+}
+
+/* The first block at or after b whose bit is `set`, or nblocks. */
+static uint64_t find_block(const struct log_state *s, uint64_t b, bool set)
+{
+	while (b < s->nblocks) {
+		unsigned int bit = (unsigned int)(b % 64);
+		uint64_t w = s->bits[b / 64];
+
+		if (!set)
+			w = ~w;
+		w &= ~0ull << bit;
+		if (w) {
+			b = b - bit + (uint64_t)__builtin_ctzll(w);
+			break;
+		}
+		b += 64 - bit;
+	}
+	return b < s->nblocks ? b : s->nblocks;
+}
+
+/* Mark every block that [offset, offset + len) touches. */
+static void mark(struct log_state *s, uint64_t offset, uint64_t len)
+{
+	uint64_t end;
+
+	/* The framework bounds-checks; this keeps the bitmap safe anyway. */
+	if (len == 0 || offset >= s->size)
+		return;
+	end = len > s->size - offset ? s->size : offset + len;
+	set_blocks(s, offset >> s->shift, ((end - 1) >> s->shift) + 1, true);
+}
+
+static int log_completed(struct bks_req *req, int result, void *arg)
+{
+	/*
+	 * Again on completion: a clear done while the request was in flight
+	 * must not leave data changed after the consumer copied it clean.
+	 */
+	mark(arg, req->offset, req->len);
+	return result;
+}
+
+/* write, write_zeroes and discard: mark first, then pass down. */
+static int log_modify(void *state, struct bks_layer *next, struct bks_req *req)
+{
+	struct log_state *s = state;
+
+	mark(s, req->offset, req->len);
+	return bks_next_submit_hook(next, req, log_completed, s);
+}
+
+const struct bks_driver bks_driver_log = {
+    .name = "log",
+    .kind = BKS_FILTER,
+    .usage = LOG_USAGE,
+    .state_size = sizeof(struct log_state),
+    .open = log_open,
+    .close = log_close,
+    /* read and flush: no op, so the framework passes them down. */
+    .write = log_modify,
+    .discard = log_modify,
+    .write_zeroes = log_modify,
+};
+
+/* ---- the public API (log.h) ---------------------------------------------- */
+
+static struct log_state *log_state_of(struct bks_layer *layer)
+{
+	if (!layer || bks_layer_driver(layer) != &bks_driver_log)
+		return NULL;
+	return bks_layer_state(layer);
+}
+
+int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
+		  size_t max, size_t *n)
+{
+	struct log_state *s = log_state_of(log);
+	uint64_t b;
+
+	if (!s || !n || (max && !out) || start > s->size)
+		return -EINVAL;
+	*n = 0;
+	if (start == s->size)
+		return 0;
+	b = start >> s->shift;
+	while (*n < max) {
+		uint64_t e, off, end;
+
+		b = find_block(s, b, true);
+		if (b >= s->nblocks)
+			break;
+		e = find_block(s, b, false);
+		off = b << s->shift;
+		if (off < start)
+			off = start;
+		end = e << s->shift;
+		if (end > s->size)
+			end = s->size;
+		out[*n].offset = off;
+		out[*n].length = end - off;
+		(*n)++;
+		b = e;
+	}
+	return 0;
+}
+
+int bks_log_clear(struct bks_layer *log, uint64_t offset, uint64_t len)
+{
+	struct log_state *s = log_state_of(log);
+	uint64_t end, first, last;
+
+	if (!s || offset > s->size)
+		return -EINVAL;
+	end = len > s->size - offset ? s->size : offset + len;
+	/* Only whole blocks; the partial last block ends at the size. */
+	first = (offset >> s->shift) + !!(offset & (s->block - 1));
+	last = end == s->size ? s->nblocks : end >> s->shift;
+	if (first < last)
+		set_blocks(s, first, last, false);
+	return 0;
+}
+
+int64_t bks_log_block_size(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+
+	return s ? (int64_t)s->block : -EINVAL;
+}
+
+int64_t bks_log_dirty_bytes(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+	uint64_t bytes;
+
+	if (!s)
+		return -EINVAL;
+	bytes = s->ndirty << s->shift;
+	/* The last block counts only up to the size. */
+	if (s->nblocks && (s->size & (s->block - 1)) &&
+	    (s->bits[(s->nblocks - 1) / 64] >> ((s->nblocks - 1) % 64)) & 1)
+		bytes -= s->block - (s->size & (s->block - 1));
+	return (int64_t)bytes;
+}

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * sync:PATH -- a sink on a regular file or a block device, with plain
+ * synchronous system calls.
+ *
+ * This driver blocks: every request is done with pread/pwrite (and
+ * friends) inside the op and completed before the op returns.  That is
+ * its documented purpose -- it is the sink for files on tmpfs, where
+ * O_DIRECT and so aio: are unavailable, and the synchronous fallback
+ * when the kernel's aio cannot be used.  It never opens with O_DIRECT, so
+ * it works on any file system, and goes through the page cache: flush
+ * (fdatasync) and FUA (RWF_DSYNC) are what make data durable.
+ *
+ * A regular file's size is rounded down to a multiple of 512 bytes; a
+ * trailing partial sector is not reachable.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "blkstack/driver.h"
+
+#define SYNC_USAGE	"sync:PATH (a regular file or a block device)"
+#define SYNC_BLOCK_SIZE 512u
+/* The zero buffer for writing zeroes where fallocate cannot, and how
+ * many times one write repeats it. */
+#define ZERO_BUF_SIZE (64u * 1024)
+#define ZERO_BUF_IOV  16
+
+struct sync_state {
+	int fd;
+	bool is_blk;
+	bool read_only;
+	uint64_t size;
+	/*
+	 * What the file system refused once with EOPNOTSUPP, so that the
+	 * next request goes straight to the fallback.
+	 */
+	bool no_rwf_dsync, no_punch, no_zero_range, no_alloc;
+	void *zero_buf; /* ZERO_BUF_SIZE zeroed bytes, allocated at open */
+};
+
+static int sync_open(void *state, struct bks_layer *next,
+		     const struct bks_open_args *args, struct bks_error *err)
+{
+	struct sync_state *s = state;
+	const char *path = args->args;
+	struct stat st;
+	int fd = -1, r;
+
+	(void)next;
+	if (!path || !*path)
+		return bks_error_setmsg(err, EINVAL, "missing path; usage: %s",
+					SYNC_USAGE);
+	fd = open(path, (args->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (fd < 0) {
+		r = bks_error_set(err, errno, "open %s", path);
+		goto out;
+	}
+	if (fstat(fd, &st) < 0) {
+		r = bks_error_set(err, errno, "stat %s", path);
+		goto out;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t bytes;
+
+		if (ioctl(fd, BLKGETSIZE64, &bytes) < 0) {
+			r = bks_error_set(err, errno, "BLKGETSIZE64 %s", path);
+			goto out;
+		}
+		s->size = bytes;
+		s->is_blk = true;
+	} else if (S_ISREG(st.st_mode)) {
+		s->size = (uint64_t)st.st_size;
+	} else {
+		r = bks_error_setmsg(err, EINVAL,
+				     "%s: not a regular file or block device",
+				     path);
+		goto out;
+	}
+	s->size -= s->size % SYNC_BLOCK_SIZE;
+	s->read_only = args->read_only;
+	if (!s->read_only) {
+		/* Allocated now: nothing allocates on the data path. */
+		s->zero_buf = calloc(1, ZERO_BUF_SIZE);
+		if (!s->zero_buf) {
+			r = bks_error_set(err, ENOMEM, "zero buffer for %s",
+					  path);
+			goto out;
+		}
+	}
+	s->fd = fd;
+	fd = -1;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+static void sync_close(void *state)
+{
+	struct sync_state *s = state;
+
+	close(s->fd);
+	free(s->zero_buf);
+}
+
+static int sync_info(void *state, struct bks_layer *next, struct bks_info *info)
+{
+	struct sync_state *s = state;
+
+	(void)next;
+	info->size = s->size;
+	info->block_size = SYNC_BLOCK_SIZE;
+	info->max_io = 0;
+	/* Read-only keeps the ops listed: the framework refuses writes
+	 * with EROFS, which says why. */
+	info->read_only = s->read_only;
+	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
+		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
+		    BKS_OPF(BKS_OP_WRITE_ZEROES);
+	info->can_fua = true;
+	info->zero_no_hole = true;
+	return 0;
+}
+
+/*
+ * Transfer len bytes between iov and the file at offset.  The kernel may
+ * transfer less than asked (signals, page-cache pressure, a file that
+ * shrank), so carry on from where it stopped until all is done; a
+ * transfer of nothing (end of file) is -EIO.  iov holds exactly len bytes
+ * (the framework checks that of every request).
+ */
+static int rw_full(struct sync_state *s, bool write, const struct iovec *iov,
+		   int iovcnt, uint64_t offset, uint64_t len, int rwflags)
+{
+	uint64_t done = 0;
+	size_t skip = 0; /* bytes of iov[i] already done */
+	int i = 0;
+
+	while (done < len && i < iovcnt) {
+		const struct iovec *v = iov + i;
+		struct iovec part;
+		int cnt = iovcnt - i;
+		ssize_t r;
+
+		if (skip) {
+			/* Resume inside an element: that element alone. */
+			part.iov_base = (char *)iov[i].iov_base + skip;
+			part.iov_len = iov[i].iov_len - skip;
+			v = &part;
+			cnt = 1;
+		}
+		if (cnt > IOV_MAX)
+			cnt = IOV_MAX;
+		if (write)
+			r = pwritev2(s->fd, v, cnt, (off_t)(offset + done),
+				     rwflags);
+		else
+			r = preadv2(s->fd, v, cnt, (off_t)(offset + done), 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EIO;
+		done += (uint64_t)r;
+		while (r > 0 && i < iovcnt) {
+			size_t avail = iov[i].iov_len - skip;
+
+			if ((size_t)r < avail) {
+				skip += (size_t)r;
+				break;
+			}
+			r -= (ssize_t)avail;
+			i++;
+			skip = 0;
+		}
+	}
+	return done < len ? -EIO : 0;
+}
+
+static int datasync(struct sync_state *s)
+{
+	return fdatasync(s->fd) < 0 ? -errno : 0;
+}
+
+static int sync_read(void *state, struct bks_layer *next, struct bks_req *req)
+{
+	struct sync_state *s = state;
+
+	(void)next;
+	bks_req_complete(req, rw_full(s, false, req->iov, req->iovcnt,
+				      req->offset, req->len, 0));
+	return 0;
+}
+
+static int do_write(struct sync_state *s, struct bks_req *req)
+{
+	int r;
+
+	if (!(req->flags & BKS_REQ_FUA))
+		return rw_full(s, true, req->iov, req->iovcnt, req->offset,
+			       req->len, 0);
+	if (!s->no_rwf_dsync) {
+		r = rw_full(s, true, req->iov, req->iovcnt, req->offset,
+			    req->len, RWF_DSYNC);
+		if (r != -EOPNOTSUPP)
+			return r;
+		/* Kernel without per-write flags: write, then sync. */
+		s->no_rwf_dsync = true;
+	}
+	r = rw_full(s, true, req->iov, req->iovcnt, req->offset, req->len, 0);
+	return r < 0 ? r : datasync(s);
+}
+
+static int sync_write(void *state, struct bks_layer *next, struct bks_req *req)
+{
+	(void)next;
+	bks_req_complete(req, do_write(state, req));
+	return 0;
+}
+
+static int sync_flush(void *state, struct bks_layer *next, struct bks_req *req)
+{
+	(void)next;
+	bks_req_complete(req, datasync(state));
+	return 0;
+}
+
+static int blk_range_ioctl(struct sync_state *s, unsigned long cmd,
+			   const struct bks_req *req)
+{
+	uint64_t range[2] = {req->offset, req->len};
+
+	return ioctl(s->fd, cmd, range) < 0 ? -errno : 0;
+}
+
+/* fallocate(mode) on the request's range; cache EOPNOTSUPP in *no. */
+static int falloc(struct sync_state *s, int mode, const struct bks_req *req,
+		  bool *no)
+{
+	if (*no)
+		return -EOPNOTSUPP;
+	if (fallocate(s->fd, mode, (off_t)req->offset, (off_t)req->len) == 0)
+		return 0;
+	if (errno == EOPNOTSUPP)
+		*no = true;
+	return -errno;
+}
+
+static int do_discard(struct sync_state *s, const struct bks_req *req)
+{
+	int r;
+
+	if (s->is_blk)
+		r = blk_range_ioctl(s, BLKDISCARD, req);
+	else
+		r = falloc(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req,
+			   &s->no_punch);
+	/*
+	 * Discard is a hint ("may read back as anything"): a device or file
+	 * system that cannot do it has done what was asked.
+	 */
+	return r == -EOPNOTSUPP ? 0 : r;
+}
+
+static int sync_discard(void *state, struct bks_layer *next,
+			struct bks_req *req)
+{
+	(void)next;
+	bks_req_complete(req, do_discard(state, req));
+	return 0;
+}
+
+/* The last resort: write the zeroes themselves, a megabyte at a time. */
+static int write_zero_buf(struct sync_state *s, const struct bks_req *req)
+{
+	uint64_t off = req->offset, left = req->len;
+
+	while (left) {
+		struct iovec iov[ZERO_BUF_IOV];
+		uint64_t n = 0;
+		int cnt = 0, r;
+
+		/* The iovecs add up to exactly n: rw_full writes them all. */
+		while (cnt < ZERO_BUF_IOV && n < left) {
+			uint64_t take =
+			    left - n < ZERO_BUF_SIZE ? left - n : ZERO_BUF_SIZE;
+
+			iov[cnt].iov_base = s->zero_buf;
+			iov[cnt].iov_len = take;
+			cnt++;
+			n += take;
+		}
+		r = rw_full(s, true, iov, cnt, off, n, 0);
+		if (r < 0)
+			return r;
+		off += n;
+		left -= n;
+	}
+	return 0;
+}
+
+static int zero_file(struct sync_state *s, const struct bks_req *req)
+{
+	const int keep = FALLOC_FL_KEEP_SIZE;
+	int r;
+
+	/* A hole reads as zeroes and is the cheapest way to get them. */
+	if (!(req->flags & BKS_REQ_NO_HOLE)) {
+		r = falloc(s, FALLOC_FL_PUNCH_HOLE | keep, req, &s->no_punch);
+		if (r != -EOPNOTSUPP)
+			return r;
+	}
+	r = falloc(s, FALLOC_FL_ZERO_RANGE | keep, req, &s->no_zero_range);
+	if (r != -EOPNOTSUPP)
+		return r;
+	/*
+	 * No ZERO_RANGE (tmpfs, for one): punch, then allocate the hole
+	 * again, which leaves the range zeroed and allocated.
+	 */
+	if (!s->no_punch && !s->no_alloc) {
+		r = falloc(s, FALLOC_FL_PUNCH_HOLE | keep, req, &s->no_punch);
+		if (r == 0)
+			r = falloc(s, keep, req, &s->no_alloc);
+		if (r != -EOPNOTSUPP)
+			return r;
+	}
+	return write_zero_buf(s, req);
+}
+
+static int do_write_zeroes(struct sync_state *s, const struct bks_req *req)
+{
+	int r;
+
+	/* BLKZEROOUT keeps the range mapped: it honours NO_HOLE too. */
+	if (s->is_blk)
+		r = blk_range_ioctl(s, BLKZEROOUT, req);
+	else
+		r = zero_file(s, req);
+	/* fallocate and BLKZEROOUT have no per-call FUA: sync after. */
+	if (r == 0 && (req->flags & BKS_REQ_FUA))
+		r = datasync(s);
+	return r;
+}
+
+static int sync_write_zeroes(void *state, struct bks_layer *next,
+			     struct bks_req *req)
+{
+	(void)next;
+	bks_req_complete(req, do_write_zeroes(state, req));
+	return 0;
+}
+
+const struct bks_driver bks_driver_sync = {
+    .name = "sync",
+    .kind = BKS_SINK,
+    .usage = SYNC_USAGE,
+    .state_size = sizeof(struct sync_state),
+    .open = sync_open,
+    .close = sync_close,
+    .info = sync_info,
+    .read = sync_read,
+    .write = sync_write,
+    .flush = sync_flush,
+    .discard = sync_discard,
+    .write_zeroes = sync_write_zeroes,
+};
