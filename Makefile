@@ -54,7 +54,11 @@ UNIT_SRC  := $(wildcard tests/unit/test-*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 
 PROGRAMS := $(HOTPLUG)
-TEST_BIN  = $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
+FUZZ_CC   ?= clang
+FUZZ_TIME ?= 60
+FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
+
+TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
 
 .PHONY: all tests deps lint format check demo install uninstall clean
 .DELETE_ON_ERROR:
@@ -100,9 +104,6 @@ $(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
 		$(XS_LIBS) $(AIO_LIBS)
 
 # ---- fuzzing (clang, libFuzzer) ---------------------------------------------
-FUZZ_CC   ?= clang
-FUZZ_TIME ?= 60
-FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
 $(FUZZ_BIN): tests/fuzz/fuzz-chain-parse.c $(LIB_SRC)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined \
