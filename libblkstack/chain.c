@@ -249,6 +249,57 @@ int bks_next_submit_hook(struct bks_layer *next, struct bks_req *req,
 	return 0;
 }
 
+/* ---- extents ------------------------------------------------------------ */
+
+bool bks_next_has_extents(const struct bks_layer *next)
+{
+	for (; next; next = next->next) {
+		if (next->drv->extents)
+			return true;
+		if (next->drv->kind == BKS_SINK)
+			return false;
+	}
+	return false;
+}
+
+int bks_next_extents(struct bks_layer *next, uint64_t offset, uint64_t len,
+		     struct bks_extent *out, size_t max, size_t *n)
+{
+	const struct bks_info *info = &next->info;
+	int rc;
+
+	*n = 0;
+	if (max == 0 || len == 0 || offset > info->size ||
+	    len > info->size - offset)
+		return -EINVAL;
+	if (!next->drv->extents) {
+		if (next->drv->kind == BKS_FILTER && next->next)
+			return bks_next_extents(next->next, offset, len, out,
+						max, n);
+		out[0].offset = offset;
+		out[0].length = len;
+		out[0].flags = 0;
+		*n = 1;
+		return 0;
+	}
+	rc = next->drv->extents(next->state, next->next, offset, len, out, max,
+				n);
+	if (rc == 0 && (*n == 0 || *n > max || out[0].offset != offset))
+		return -EIO; /* a driver bug: never hand it on */
+	return rc;
+}
+
+int bks_chain_extents(struct bks_chain *chain, uint64_t offset, uint64_t len,
+		      struct bks_extent *out, size_t max, size_t *n)
+{
+	return bks_next_extents(&chain->layers[0], offset, len, out, max, n);
+}
+
+bool bks_chain_has_extents(const struct bks_chain *chain)
+{
+	return bks_next_has_extents(&chain->layers[0]);
+}
+
 /* ---- chain submission and retry ----------------------------------------- */
 
 static bool default_transient(int err, void *arg)

@@ -328,6 +328,17 @@ static int aio_write_zeroes(void *state, struct bks_layer *next,
 	return 0;
 }
 
+/* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
+static int aio_extents(void *state, struct bks_layer *next, uint64_t offset,
+		       uint64_t len, struct bks_extent *out, size_t max,
+		       size_t *n)
+{
+	struct aio_state *s = state;
+
+	(void)next;
+	return bks_fd_extents(s->fd, s->is_blk, offset, len, out, max, n);
+}
+
 const struct bks_driver bks_driver_aio = {
     .name = "aio",
     .kind = BKS_SINK,
@@ -341,4 +352,5 @@ const struct bks_driver bks_driver_aio = {
     .flush = aio_flush,
     .discard = aio_discard,
     .write_zeroes = aio_write_zeroes,
+    .extents = aio_extents,
 };

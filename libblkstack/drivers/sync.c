@@ -365,6 +365,17 @@ static int sync_write_zeroes(void *state, struct bks_layer *next,
 	return 0;
 }
 
+/* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
+static int sync_extents(void *state, struct bks_layer *next, uint64_t offset,
+			uint64_t len, struct bks_extent *out, size_t max,
+			size_t *n)
+{
+	struct sync_state *s = state;
+
+	(void)next;
+	return bks_fd_extents(s->fd, s->is_blk, offset, len, out, max, n);
+}
+
 const struct bks_driver bks_driver_sync = {
     .name = "sync",
     .kind = BKS_SINK,
@@ -378,4 +389,5 @@ const struct bks_driver bks_driver_sync = {
     .flush = sync_flush,
     .discard = sync_discard,
     .write_zeroes = sync_write_zeroes,
+    .extents = sync_extents,
 };

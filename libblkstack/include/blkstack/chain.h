@@ -119,6 +119,16 @@ void bks_chain_set_retry(struct bks_chain *chain,
  */
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
 
+/*
+ * Where the data is, from the top layer down (see the extents op in
+ * driver.h).  Returns 0 or -errno.
+ */
+int bks_chain_extents(struct bks_chain *chain, uint64_t offset, uint64_t len,
+		      struct bks_extent *out, size_t max, size_t *n);
+
+/* True if some layer knows holes (else every range is data). */
+bool bks_chain_has_extents(const struct bks_chain *chain);
+
 /* Requests submitted and not yet completed. */
 uint64_t bks_chain_in_flight(const struct bks_chain *chain);
 

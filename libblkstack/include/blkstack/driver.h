@@ -141,6 +141,18 @@ struct bks_info {
 	bool zero_no_hole;   /* write_zeroes honours BKS_REQ_NO_HOLE */
 };
 
+/* A byte range, with BKS_EXTENT_* flags where it describes allocation. */
+struct bks_extent {
+	uint64_t offset;
+	uint64_t length;
+	uint32_t flags;
+};
+
+enum {
+	BKS_EXTENT_HOLE = 1u << 0, /* not allocated (NBD_STATE_HOLE) */
+	BKS_EXTENT_ZERO = 1u << 1, /* reads as zeroes (NBD_STATE_ZERO) */
+};
+
 /* ---- the driver ---------------------------------------------------------- */
 
 /* Handle on a layer: what a driver gets as `next`, and what it is. */
@@ -225,6 +237,19 @@ struct bks_driver {
 			    struct bks_req *req);
 
 	/*
+	 * Optional.  Where the data is: fill out with up to max extents
+	 * covering [offset, offset + len) from offset on, in order, each
+	 * with BKS_EXTENT_* flags, and set *n.  It may cover less than len
+	 * (at least one extent).  Synchronous and cheap (SEEK_DATA/HOLE,
+	 * a bitmap): it is called on the data path, by NBD BLOCK_STATUS.
+	 * A filter without it passes it down; a sink without it has only
+	 * data.  Returns 0 or -errno.  Called via bks_next_extents().
+	 */
+	int (*extents)(void *state, struct bks_layer *next, uint64_t offset,
+		       uint64_t len, struct bks_extent *out, size_t max,
+		       size_t *n);
+
+	/*
 	 * Optional, for image formats with backing files (sinks only).
 	 * Called by the chain open path after open.  Returns BKS_NO_PARENT,
 	 * or 0 with buf holding the parent as a one-layer chain string
@@ -235,6 +260,20 @@ struct bks_driver {
 	int (*get_parent)(void *state, char *buf, size_t size,
 			  struct bks_error *err);
 };
+
+/* ---- extents ---------------------------------------------------------------
+ */
+
+/*
+ * The extents of layer next (see the extents op; bounds checked against
+ * its info: -EINVAL outside).  A layer without the op, down to the sink,
+ * reports one data extent for the whole range.
+ */
+int bks_next_extents(struct bks_layer *next, uint64_t offset, uint64_t len,
+		     struct bks_extent *out, size_t max, size_t *n);
+
+/* True if some layer from next down implements extents. */
+bool bks_next_has_extents(const struct bks_layer *next);
 
 /* ---- what a layer can do with the layer below ---------------------------- */
 
@@ -297,6 +336,15 @@ extern const struct bks_driver *const bks_drivers[];
  */
 int bks_args_next(const char **cursor, char *key, size_t keysize, char *value,
 		  size_t valuesize, struct bks_error *err);
+
+/*
+ * Extents of [offset, offset + len) of an open file, from SEEK_DATA and
+ * SEEK_HOLE (holes are BKS_EXTENT_HOLE | BKS_EXTENT_ZERO); a block device,
+ * or a file system without SEEK_DATA, is all data.  For a sink's extents
+ * op.  Returns 0.
+ */
+int bks_fd_extents(int fd, bool is_blk, uint64_t offset, uint64_t len,
+		   struct bks_extent *out, size_t max, size_t *n);
 
 /*
  * Parse a size: decimal bytes with an optional K, M, G or T suffix (powers

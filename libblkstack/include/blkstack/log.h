@@ -30,12 +30,6 @@
 
 #include "blkstack/driver.h"
 
-/* A byte range. */
-struct bks_extent {
-	uint64_t offset;
-	uint64_t length;
-};
-
 /* Default, smallest and largest block of the log. */
 #define BKS_LOG_BLOCK_DEFAULT (64u * 1024)
 #define BKS_LOG_BLOCK_MIN     (4u * 1024)
