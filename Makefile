@@ -9,6 +9,7 @@
 
 PREFIX     ?= /usr/local
 LIBEXECDIR ?= $(PREFIX)/libexec/blkstack
+SBINDIR    ?= $(PREFIX)/sbin
 XENSCRIPTS ?= /etc/xen/scripts
 DESTDIR    ?=
 
@@ -37,7 +38,8 @@ AIO_LIBS   := -laio
 B := build
 
 # ---- the library -----------------------------------------------------------
-LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c)
+LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
+             libblkstack/export/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
@@ -53,12 +55,24 @@ TOOLSTACK := $(B)/tests/xs-toolstack
 UNIT_SRC  := $(wildcard tests/unit/test-*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 
-PROGRAMS := $(HOTPLUG)
+WORKER  := $(B)/bin/blkstack-worker
+WORKER_SRC := helpers/blkstack-worker.c helpers/worker-ctl.c helpers/json.c \
+              helpers/worker-name.c
+PROGRAMS := $(HOTPLUG) $(WORKER)
 FUZZ_CC   ?= clang
 FUZZ_TIME ?= 60
 FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
 
 TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
+
+# ---- blkstack-ctl (1/2: variables, before 'all') ---------------------------
+# The worker's objects $(B)/obj/helpers/{worker-ctl,json}.o come from the
+# pattern rule (WORKER_SRC above); blkstack-ctl shares json.o.
+CTL     := $(B)/bin/blkstack-ctl
+CTL_OBJ := $(B)/obj/helpers/blkstack-ctl.o $(B)/obj/helpers/json.o \
+           $(B)/obj/helpers/worker-name.o
+PROGRAMS += $(CTL)
+# ---- end of blkstack-ctl (1/2) ---------------------------------------------
 
 .PHONY: all tests deps lint format check demo install uninstall clean
 .DELETE_ON_ERROR:
@@ -79,6 +93,19 @@ $(LIB): $(LIB_OBJ)
 $(HOTPLUG): $(B)/obj/helpers/blkstack-hotplug.o $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
+
+$(WORKER): $(WORKER_SRC:%.c=$(B)/obj/%.o) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
+
+# ---- blkstack-ctl (2/2: the rule, after 'all', the default goal) ----------
+$(CTL): $(CTL_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
+
+# The JSON unit test links the helper's json.o (added to the rule's $^).
+$(B)/tests/unit/test-json: $(B)/obj/helpers/json.o
+# ---- end of blkstack-ctl (2/2) ---------------------------------------------
 
 # The in-tree copy of the hotplug script points at build/bin.
 $(SCRIPT): hotplug/block-stack
@@ -121,7 +148,8 @@ fuzz: $(FUZZ_BIN)
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
-             valgrind clang libclang-rt-14-dev
+             valgrind clang libclang-rt-14-dev libnbd-bin qemu-utils fio \
+             python3
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
@@ -132,6 +160,7 @@ SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
 C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
                libblkstack/drivers/*.c libblkstack/include/blkstack/*.h \
+               libblkstack/export/*.c libblkstack/export/*.h \
                helpers/*.c helpers/*.h tests/unit/*.c tests/unit/*.h \
                tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
                tests/fuzz/*.c)
@@ -153,13 +182,17 @@ demo: deps
 
 # ---- install ---------------------------------------------------------------
 install: all
-	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS)
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
+		$(DESTDIR)$(SBINDIR)
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
+	# blkstack-ctl starts the blkstack-worker that stands beside it.
+	install -m 0755 $(WORKER) $(CTL) $(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
 
 uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

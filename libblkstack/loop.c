@@ -176,7 +176,12 @@ static int wait_ms(const struct bks_loop *loop, int timeout_ms)
 {
 	uint64_t now, left_ms;
 
-	if (loop->defer_head)
+	/*
+	 * Do not wait when a deferred call is due, nor when one of the calls
+	 * run before the wait asked bks_loop_run() to stop: nothing might
+	 * ever wake us.
+	 */
+	if (loop->defer_head || loop->stop)
 		return 0;
 	if (!loop->timers)
 		return timeout_ms;

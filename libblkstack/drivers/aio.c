@@ -354,3 +354,14 @@ const struct bks_driver bks_driver_aio = {
     .write_zeroes = aio_write_zeroes,
     .extents = aio_extents,
 };
+
+int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out)
+{
+	struct aio_state *s;
+
+	if (bks_layer_driver(layer) != &bks_driver_aio)
+		return -EINVAL;
+	s = bks_layer_state(layer);
+	bks_aioq_get_stats(s->q, out);
+	return 0;
+}

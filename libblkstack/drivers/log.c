@@ -207,6 +207,7 @@ int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
 			end = s->size;
 		out[*n].offset = off;
 		out[*n].length = end - off;
+		out[*n].flags = 0;
 		(*n)++;
 		b = e;
 	}

@@ -1,0 +1,645 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
+ *                 [--foreground] [--ready-fd FD]
+ *
+ * One process serving one virtual disk: it opens the chain, exports it
+ * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
+ * DIR/NAME/ctl.sock (docs/control-protocol.txt).  Everything runs on one
+ * event loop; nothing blocks it.
+ *
+ * Readiness: with --ready-fd, the worker writes one line to FD once it
+ * serves ("ok") or once start-up failed ("error: <why>"), then closes FD.
+ * The starter reads to EOF: no polling, no sleeping.
+ *
+ * SIGTERM (or SIGINT, or the ctl "shutdown") drains in-flight I/O, flushes
+ * the chain, removes the sockets and pid file, and exits 0.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+#define PROG	       "blkstack-worker"
+#define DEFAULT_RUNDIR "/run/blkstack"
+/* How long shutdown waits for clients to take their last replies. */
+#define STOP_TIMEOUT_NS (30ull * 1000000000ull)
+
+struct opts {
+	const char *name;
+	const char *chain;
+	const char *rundir;
+	bool read_only;
+	bool foreground;
+	int ready_fd;
+};
+
+/* What main holds open; closed in one place. */
+struct res {
+	int lock_fd, nbd_fd, ctl_fd, sig_fd;
+	struct bks_watch sig_watch;
+	bool nbd_sock, ctl_sock, pid_file; /* created: remove at exit */
+};
+
+/* ---- logging and state -------------------------------------------------- */
+
+const char *worker_state_name(enum worker_state state)
+{
+	static const char *const names[] = {
+	    [WORKER_RUNNING] = "running",
+	    [WORKER_PAUSING] = "pausing",
+	    [WORKER_PAUSED] = "paused",
+	    [WORKER_STOPPING] = "stopping",
+	};
+
+	return (unsigned int)state < sizeof(names) / sizeof(names[0])
+		   ? names[state]
+		   : "unknown";
+}
+
+void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	bks_sanitize_line(msg);
+	if (w->foreground)
+		fprintf(stderr, PROG "[%s]: %s\n", w->name, msg);
+	else
+		syslog(prio, "%s: %s", w->name, msg);
+}
+
+/* ---- pause --------------------------------------------------------------- */
+
+/* Hand the pause result to its waiter, if any; the waiter is forgotten. */
+static void pause_notify(struct worker *w, int rc)
+{
+	worker_pause_fn *fn = w->pause_done;
+	void *arg = w->pause_arg;
+
+	w->pause_done = NULL;
+	w->pause_arg = NULL;
+	if (fn)
+		fn(arg, rc);
+}
+
+static void quiesced(void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->state != WORKER_PAUSING)
+		return;
+	w->state = WORKER_PAUSED;
+	worker_log(w, LOG_INFO, "paused: no request in flight");
+	pause_notify(w, 0);
+}
+
+int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
+{
+	switch (w->state) {
+	case WORKER_STOPPING:
+		return -ESHUTDOWN;
+	case WORKER_PAUSED:
+		if (done)
+			done(arg, 0);
+		return 0;
+	case WORKER_PAUSING:
+		pause_notify(w, -ECANCELED);
+		w->pause_done = done;
+		w->pause_arg = arg;
+		return 0;
+	case WORKER_RUNNING:
+		break;
+	}
+	w->state = WORKER_PAUSING;
+	w->pause_start = bks_now_ns();
+	w->pause_done = done;
+	w->pause_arg = arg;
+	worker_log(w, LOG_INFO, "pausing: holding new requests");
+	/* May call quiesced() at once. */
+	bks_nbd_server_hold(w->nbd, quiesced, w);
+	return 0;
+}
+
+int worker_unpause(struct worker *w)
+{
+	switch (w->state) {
+	case WORKER_STOPPING:
+		return -ESHUTDOWN;
+	case WORKER_RUNNING:
+		return 0;
+	case WORKER_PAUSED:
+		w->pauses++;
+		break;
+	case WORKER_PAUSING:
+		pause_notify(w, -ECANCELED);
+		break;
+	}
+	w->paused_ns += bks_now_ns() - w->pause_start;
+	w->state = WORKER_RUNNING;
+	bks_nbd_server_resume(w->nbd);
+	worker_log(w, LOG_INFO, "running");
+	return 0;
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+static void flushed(struct bks_req *req, int result)
+{
+	struct worker *w = req->opaque;
+
+	if (result < 0) {
+		worker_log(w, LOG_ERR, "final flush: %s", strerror(-result));
+		w->exit_code = 1;
+	}
+	bks_loop_stop(w->loop);
+}
+
+/* Every client is gone: flush what the chain holds, then leave the loop. */
+static void nbd_down(void *arg)
+{
+	struct worker *w = arg;
+	const struct bks_info *info = bks_chain_info(w->chain);
+
+	bks_timer_cancel(&w->stop_timer);
+	if (info->read_only || !(info->ops & BKS_OPF(BKS_OP_FLUSH))) {
+		bks_loop_stop(w->loop);
+		return;
+	}
+	memset(&w->flush_req, 0, sizeof(w->flush_req));
+	w->flush_req.op = BKS_OP_FLUSH;
+	w->flush_req.done = flushed;
+	w->flush_req.opaque = w;
+	bks_chain_submit(w->chain, &w->flush_req);
+}
+
+static void stop_timeout(struct bks_timer *t)
+{
+	struct worker *w = t->opaque;
+
+	worker_log(w, LOG_ERR,
+		   "shutdown: clients did not finish in %llu s; stopping",
+		   STOP_TIMEOUT_NS / 1000000000ull);
+	w->exit_code = 1;
+	bks_loop_stop(w->loop);
+}
+
+void worker_shutdown(struct worker *w)
+{
+	if (w->state == WORKER_STOPPING)
+		return;
+	worker_log(w, LOG_INFO, "shutting down: draining in-flight I/O");
+	pause_notify(w, -ECANCELED);
+	w->state = WORKER_STOPPING;
+	bks_timer_init(w->loop, &w->stop_timer, stop_timeout, w);
+	bks_timer_arm(&w->stop_timer, STOP_TIMEOUT_NS);
+	/* May call nbd_down() at once. */
+	bks_nbd_server_shutdown(w->nbd, nbd_down, w);
+}
+
+static void on_signal(struct bks_watch *watch, uint32_t events)
+{
+	struct worker *w = watch->opaque;
+	struct signalfd_siginfo si;
+
+	(void)events;
+	while (read(watch->fd, &si, sizeof(si)) == sizeof(si)) {
+		worker_log(w, LOG_INFO, "signal %u", si.ssi_signo);
+		worker_shutdown(w);
+	}
+}
+
+/* mkdir that accepts an existing directory but not a symlink or a file. */
+static int ensure_dir(const char *path, mode_t mode, struct bks_error *err)
+{
+	struct stat st;
+
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		return bks_error_set(err, errno, "mkdir %s", path);
+	if (lstat(path, &st) < 0)
+		return bks_error_set(err, errno, "stat %s", path);
+	if (!S_ISDIR(st.st_mode))
+		return bks_error_setmsg(err, ENOTDIR, "%s is not a directory",
+					path);
+	return 0;
+}
+
+/* w->dir/name, or -ENAMETOOLONG. */
+static int dir_path(const struct worker *w, const char *name, char *buf,
+		    size_t size, struct bks_error *err)
+{
+	int n = snprintf(buf, size, "%s/%s", w->dir, name);
+
+	if (n < 0 || (size_t)n >= size)
+		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
+					w->dir, name);
+	return 0;
+}
+
+/* Take DIR/NAME/lock: one worker per name. */
+static int take_lock(struct worker *w, struct res *r, struct bks_error *err)
+{
+	char path[PATH_MAX + 16], pid[32] = "?";
+	int rc;
+
+	rc = dir_path(w, "lock", path, sizeof(path), err);
+	if (rc < 0)
+		return rc;
+	r->lock_fd =
+	    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (r->lock_fd < 0)
+		return bks_error_set(err, errno, "open %s", path);
+	if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0)
+		return 0;
+	if (errno != EWOULDBLOCK)
+		return bks_error_set(err, errno, "lock %s", path);
+	if (dir_path(w, "pid", path, sizeof(path), err) == 0) {
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+		if (fd >= 0) {
+			ssize_t n = read(fd, pid, sizeof(pid) - 1);
+
+			pid[n > 0 ? n : 0] = '\0';
+			pid[strcspn(pid, "\n")] = '\0';
+			close(fd);
+		}
+	}
+	return bks_error_setmsg(err, EBUSY,
+				"worker %s is already running (pid %s)",
+				w->name, pid[0] ? pid : "?");
+}
+
+/* A listening Unix socket at DIR/NAME/file, mode 0600 (umask 077). */
+static int listen_unix(struct worker *w, const char *file, int *fdp,
+		       bool *created, struct bks_error *err)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char path[PATH_MAX + 16];
+	int fd = -1, rc;
+
+	*fdp = -1;
+	rc = dir_path(w, file, path, sizeof(path), err);
+	if (rc < 0)
+		goto out;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		rc = bks_error_setmsg(err, ENAMETOOLONG,
+				      "socket path %s is longer than %zu "
+				      "bytes (use a shorter --rundir)",
+				      path, sizeof(sa.sun_path) - 1);
+		goto out;
+	}
+	strcpy(sa.sun_path, path);
+	/* We hold the lock: a socket here is a dead worker's. */
+	if (unlink(path) < 0 && errno != ENOENT) {
+		rc = bks_error_set(err, errno, "unlink %s", path);
+		goto out;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = bks_error_set(err, errno, "socket");
+		goto out;
+	}
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = bks_error_set(err, errno, "bind %s", path);
+		goto out;
+	}
+	*created = true;
+	if (chmod(path, 0600) < 0 || listen(fd, 64) < 0) {
+		rc = bks_error_set(err, errno, "listen %s", path);
+		goto out;
+	}
+	*fdp = fd;
+	fd = -1;
+out:
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* DIR/NAME/pid, written whole or not at all. */
+static int write_pid(struct worker *w, struct res *r, struct bks_error *err)
+{
+	char path[PATH_MAX + 16], tmp[PATH_MAX + 16], line[32];
+	int fd = -1, rc, n;
+
+	rc = dir_path(w, "pid", path, sizeof(path), err);
+	if (rc == 0)
+		rc = dir_path(w, "pid.tmp", tmp, sizeof(tmp), err);
+	if (rc < 0)
+		return rc;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		  0644);
+	if (fd < 0)
+		return bks_error_set(err, errno, "open %s", tmp);
+	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	if (write(fd, line, (size_t)n) != n) {
+		rc = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
+		close(fd);
+		unlink(tmp);
+		return rc;
+	}
+	close(fd);
+	if (rename(tmp, path) < 0) {
+		rc = bks_error_set(err, errno, "rename %s", path);
+		unlink(tmp);
+		return rc;
+	}
+	r->pid_file = true;
+	return 0;
+}
+
+static int setup_signals(struct worker *w, struct res *r, struct bks_error *err)
+{
+	sigset_t set;
+	int rc;
+
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return bks_error_set(err, errno, "sigprocmask");
+	r->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (r->sig_fd < 0)
+		return bks_error_set(err, errno, "signalfd");
+	rc = bks_watch_add(w->loop, &r->sig_watch, r->sig_fd, EPOLLIN,
+			   on_signal, w);
+	if (rc < 0)
+		return bks_error_set(err, -rc, "watch signals");
+	return 0;
+}
+
+/* Everything before "ok": returns 0 or -errno with err set. */
+static int start(struct worker *w, const struct opts *o, struct res *r,
+		 struct bks_error *err)
+{
+	const struct bks_nbd_config cfg = {
+	    .name = w->name,
+	    .description = w->chain_str,
+	    .read_only = w->read_only,
+	};
+	int rc, n;
+
+	umask(077);
+	rc = ensure_dir(o->rundir, 0755, err);
+	if (rc < 0)
+		return rc;
+	n = snprintf(w->dir, sizeof(w->dir), "%s/%s", o->rundir, w->name);
+	if (n < 0 || (size_t)n >= sizeof(w->dir))
+		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
+					o->rundir, w->name);
+	rc = ensure_dir(w->dir, 0700, err);
+	if (rc < 0)
+		return rc;
+	rc = take_lock(w, r, err);
+	if (rc < 0)
+		return rc;
+	rc = bks_loop_new(&w->loop, err);
+	if (rc < 0)
+		return rc;
+	rc =
+	    bks_chain_open(&w->chain, w->chain_str, w->loop, w->read_only, err);
+	if (rc < 0)
+		return rc;
+	rc = listen_unix(w, "nbd.sock", &r->nbd_fd, &r->nbd_sock, err);
+	if (rc < 0)
+		return rc;
+	rc = listen_unix(w, "ctl.sock", &r->ctl_fd, &r->ctl_sock, err);
+	if (rc < 0)
+		return rc;
+	rc = bks_nbd_server_new(&w->nbd, w->loop, w->chain, r->nbd_fd, &cfg,
+				err);
+	if (rc < 0)
+		return rc;
+	rc = worker_ctl_new(&w->ctl, w, r->ctl_fd, err);
+	if (rc < 0)
+		return rc;
+	rc = setup_signals(w, r, err);
+	if (rc < 0)
+		return rc;
+	return write_pid(w, r, err);
+}
+
+/* Tell the starter how start-up went, and let go of the fd. */
+static void report_ready(int fd, const struct bks_error *err)
+{
+	char line[BKS_ERROR_MSG_MAX + 16];
+	int n;
+
+	if (fd < 0)
+		return;
+	if (err)
+		n = snprintf(line, sizeof(line), "error: %s\n", err->msg);
+	else
+		n = snprintf(line, sizeof(line), "ok\n");
+	if (n > 0 && write(fd, line, (size_t)n) < 0) {
+		/* The starter went away; nothing to tell. */
+	}
+	close(fd);
+}
+
+/* Remove what start() created and close what it opened. */
+static void cleanup(struct worker *w, struct res *r)
+{
+	char path[PATH_MAX + 16];
+	struct bks_error ignore;
+
+	if (w->ctl)
+		worker_ctl_free(w->ctl);
+	if (w->nbd)
+		bks_nbd_server_free(w->nbd);
+	if (r->sig_fd >= 0) {
+		bks_watch_del(&r->sig_watch);
+		close(r->sig_fd);
+	}
+	if (r->nbd_fd >= 0)
+		close(r->nbd_fd);
+	if (r->ctl_fd >= 0)
+		close(r->ctl_fd);
+	if (r->nbd_sock &&
+	    !dir_path(w, "nbd.sock", path, sizeof(path), &ignore))
+		unlink(path);
+	if (r->ctl_sock &&
+	    !dir_path(w, "ctl.sock", path, sizeof(path), &ignore))
+		unlink(path);
+	if (r->pid_file && !dir_path(w, "pid", path, sizeof(path), &ignore))
+		unlink(path);
+	if (w->chain) {
+		/* After a forced stop, in-flight I/O may still reference it. */
+		if (bks_chain_in_flight(w->chain) == 0)
+			bks_chain_close(w->chain);
+		else
+			worker_log(
+			    w, LOG_ERR, "%llu requests still in flight at exit",
+			    (unsigned long long)bks_chain_in_flight(w->chain));
+	}
+	bks_timer_cancel(&w->stop_timer);
+	if (w->loop)
+		bks_loop_free(w->loop);
+	/* Released last: a new worker may take the name from here on. */
+	if (r->lock_fd >= 0)
+		close(r->lock_fd);
+}
+
+/*
+ * A long-lived worker must not keep its starter's descriptors (a pipe held
+ * open keeps the starter's reader waiting forever): close all but 0-2 and
+ * the readiness fd.
+ */
+static void close_inherited(int keep)
+{
+	if (keep < 3) {
+		close_range(3, ~0u, 0);
+		return;
+	}
+	if (keep > 3)
+		close_range(3, (unsigned int)keep - 1, 0);
+	close_range((unsigned int)keep + 1, ~0u, 0);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: " PROG " --name NAME --chain CHAIN [--rundir DIR] "
+		"[--read-only] [--foreground] [--ready-fd FD]\n"
+		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
+		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
+		"vm.img'\n");
+}
+
+/* Returns 0, or HP-style 2 for a usage error (message printed). */
+static int parse_opts(int argc, char **argv, struct opts *o)
+{
+	static const struct option longopts[] = {
+	    {"name", required_argument, NULL, 'n'},
+	    {"chain", required_argument, NULL, 'c'},
+	    {"rundir", required_argument, NULL, 'r'},
+	    {"read-only", no_argument, NULL, 'R'},
+	    {"foreground", no_argument, NULL, 'f'},
+	    {"ready-fd", required_argument, NULL, 'F'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	char *end;
+	long v;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'n':
+			o->name = optarg;
+			break;
+		case 'c':
+			o->chain = optarg;
+			break;
+		case 'r':
+			o->rundir = optarg;
+			break;
+		case 'R':
+			o->read_only = true;
+			break;
+		case 'f':
+			o->foreground = true;
+			break;
+		case 'F':
+			errno = 0;
+			v = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || v < 0 ||
+			    v > 65535) {
+				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
+					optarg);
+				return 2;
+			}
+			o->ready_fd = (int)v;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc || !o->name || !o->chain) {
+		usage(stderr);
+		return 2;
+	}
+	if (!worker_name_valid(o->name)) {
+		fprintf(stderr,
+			PROG ": bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
+			     "'.' or '..'\n",
+			WORKER_NAME_MAX);
+		return 2;
+	}
+	if (!o->rundir) {
+		o->rundir = getenv("BLKSTACK_RUNDIR");
+		if (!o->rundir || !*o->rundir)
+			o->rundir = DEFAULT_RUNDIR;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = {.ready_fd = -1};
+	struct res r = {
+	    .lock_fd = -1, .nbd_fd = -1, .ctl_fd = -1, .sig_fd = -1};
+	struct worker w = {0};
+	struct bks_error err = {0};
+	int rc;
+
+	rc = parse_opts(argc, argv, &o);
+	if (rc)
+		return rc;
+	if (o.ready_fd >= 0 && fcntl(o.ready_fd, F_SETFD, FD_CLOEXEC) < 0) {
+		fprintf(stderr, PROG ": --ready-fd %d: %m\n", o.ready_fd);
+		return 2;
+	}
+	close_inherited(o.ready_fd);
+	w.name = o.name;
+	w.chain_str = o.chain;
+	w.read_only = o.read_only;
+	w.foreground = o.foreground;
+	w.started_ns = bks_now_ns();
+	if (!w.foreground)
+		openlog(PROG, LOG_PID, LOG_DAEMON);
+	rc = start(&w, &o, &r, &err);
+	if (rc < 0) {
+		worker_log(&w, LOG_ERR, "%s", err.msg);
+		if (!w.foreground)
+			fprintf(stderr, PROG "[%s]: %s\n", w.name, err.msg);
+		report_ready(o.ready_fd, &err);
+		w.exit_code = 1;
+		goto out;
+	}
+	worker_log(&w, LOG_INFO, "serving %s on %s/nbd.sock", w.chain_str,
+		   w.dir);
+	report_ready(o.ready_fd, NULL);
+	rc = bks_loop_run(w.loop);
+	if (rc < 0) {
+		worker_log(&w, LOG_ERR, "event loop: %s", strerror(-rc));
+		w.exit_code = 1;
+	}
+	worker_log(&w, LOG_INFO, "stopped");
+out:
+	cleanup(&w, &r);
+	return w.exit_code;
+}

@@ -1,0 +1,1003 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The worker's control socket: a line protocol, one JSON reply per
+ * command line (docs/control-protocol.txt).
+ *
+ * Everything runs on the worker's loop and nothing blocks: sockets are
+ * non-blocking, a reply that does not fit in the socket waits in the
+ * connection's output buffer (and the connection reads nothing more until
+ * it has gone), and a `pause` answers from a callback when the worker is
+ * quiesced.  Replies go out in the order of the commands: a connection
+ * waiting for its pause reads no further command meanwhile.
+ *
+ * Lifetimes: connections are freed only from their own watch callback,
+ * from the `kick` deferred call, or by worker_ctl_free() -- never from
+ * the pause callback, which may run inside worker_pause() or
+ * worker_unpause() while a command of some connection is being handled.
+ * The pause callback's argument is the ctl, which outlives every
+ * connection; the connections waiting for the pause are found by their
+ * flag, so a client that disconnects meanwhile is simply no longer there.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "blkstack/aioq.h"
+#include "blkstack/errinj.h"
+#include "blkstack/log.h"
+#include "json.h"
+#include "worker.h"
+
+/* Longest command line, newline included; longer ones close the link. */
+#define CTL_LINE_MAX 4096
+/* Most control connections at once (the socket is for tools, not crowds). */
+#define CTL_MAX_CONNS 64
+/* Largest output buffer of a connection. */
+#define CTL_OUT_MAX (1u << 20)
+/*
+ * Stop handling commands of a connection while this much output waits:
+ * a client that sends without reading cannot make the worker buffer
+ * without bound.  Well below CTL_OUT_MAX minus the largest reply.
+ */
+#define CTL_OUT_HIGH (64u * 1024)
+/* Most extents in one `dirty` reply (then "next" says where to go on). */
+#define CTL_DIRTY_MAX 4096
+/* Connections accepted per wake-up, so that a flood cannot starve I/O. */
+#define CTL_ACCEPT_BATCH 16
+/* Pause before accepting again after running out of fds or memory. */
+#define CTL_ACCEPT_RETRY_NS (1000ull * 1000 * 1000)
+
+struct ctl_conn {
+	struct worker_ctl *ctl;
+	struct ctl_conn *prev, *next;
+	int fd;
+	uid_t uid;
+	struct bks_watch watch;
+	char in[CTL_LINE_MAX];
+	size_t in_len;
+	struct json_writer out;
+	size_t out_off;	  /* bytes of out already sent */
+	bool eof;	  /* the client sends nothing more */
+	bool gone;	  /* the client is gone: drop the output too */
+	bool close_after; /* close once the output has gone */
+	bool pause_wait;  /* waiting for the worker's pause */
+	bool kick;	  /* the `kick` deferred call has work for it */
+};
+
+struct worker_ctl {
+	struct worker *w;
+	int listen_fd;
+	struct bks_watch accept_watch;
+	struct bks_timer accept_retry;
+	struct bks_defer kick;	   /* resume connections after a pause */
+	struct bks_defer shutdown; /* worker_shutdown() after the reply */
+	struct ctl_conn *conns;
+	unsigned int nconns;
+	bool pause_pending; /* our waiter is registered with worker_pause() */
+	struct bks_extent *extents; /* CTL_DIRTY_MAX, for `dirty` */
+};
+
+/* ---- output -------------------------------------------------------------- */
+
+/*
+ * Reply {"ok":false,"error":"NAME: reason"}.  Used for refusals before a
+ * connection exists too, hence the writer argument.
+ */
+static void __attribute__((format(printf, 3, 0)))
+put_verror(struct json_writer *j, const struct worker *w, const char *fmt,
+	   va_list ap)
+{
+	char msg[BKS_ERROR_MSG_MAX + WORKER_NAME_MAX + 64];
+	int n = snprintf(msg, sizeof(msg), "%s: ", w->name);
+
+	if (n < 0 || (size_t)n >= sizeof(msg))
+		n = 0;
+	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", false);
+	json_kv_str(j, "error", msg);
+	json_obj_end(j);
+	json_raw(j, "\n", 1);
+}
+
+static void __attribute__((format(printf, 2, 3)))
+reply_error(struct ctl_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	put_verror(&c->out, c->ctl->w, fmt, ap);
+	va_end(ap);
+}
+
+/* {"ok":true} and the end of the line. */
+static void reply_ok(struct ctl_conn *c)
+{
+	json_obj_begin(&c->out);
+	json_kv_bool(&c->out, "ok", true);
+	json_obj_end(&c->out);
+	json_raw(&c->out, "\n", 1);
+}
+
+/*
+ * End a reply begun at mark: add the newline, or if the writer failed
+ * (out of memory, too big), replace the reply with an error.
+ */
+static void reply_end(struct ctl_conn *c, size_t mark)
+{
+	int rc;
+
+	json_raw(&c->out, "\n", 1);
+	rc = json_error(&c->out);
+	if (rc == 0)
+		return;
+	json_rewind(&c->out, mark);
+	reply_error(c, "reply: %s", strerror(-rc));
+}
+
+/*
+ * After a reply begun at mark: if even an error reply could not be
+ * written (out of memory), the client cannot get its answer in order:
+ * drop the broken reply and close the connection.
+ */
+static void reply_check(struct ctl_conn *c, size_t mark)
+{
+	if (json_error(&c->out) == 0)
+		return;
+	json_rewind(&c->out, mark);
+	c->close_after = true;
+}
+
+/* Send what the output buffer holds, as far as the socket takes it. */
+static void conn_flush(struct ctl_conn *c)
+{
+	while (c->out_off < json_len(&c->out) && !c->gone) {
+		ssize_t n = send(c->fd, c->out.buf + c->out_off,
+				 json_len(&c->out) - c->out_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				c->gone = true; /* EPIPE, ECONNRESET */
+			break;
+		}
+		c->out_off += (size_t)n;
+	}
+	if (c->out_off == json_len(&c->out) || c->gone) {
+		json_reset(&c->out);
+		c->out_off = 0;
+	} else if (c->out_off > 0) {
+		/* Keep the unsent tail at the start, so the buffer is reused.
+		 */
+		size_t left = json_len(&c->out) - c->out_off;
+
+		memmove(c->out.buf, c->out.buf + c->out_off, left);
+		json_rewind(&c->out, left);
+		c->out_off = 0;
+	}
+}
+
+static size_t out_pending(const struct ctl_conn *c)
+{
+	return json_len(&c->out) - c->out_off;
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+static void conn_free(struct ctl_conn *c)
+{
+	struct worker_ctl *ctl = c->ctl;
+
+	bks_watch_del(&c->watch);
+	close(c->fd);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ctl->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	ctl->nconns--;
+	json_writer_free(&c->out);
+	free(c);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+/* A decimal uint64_t, all of s.  Returns 0 or -EINVAL/-ERANGE. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!*s)
+		return -EINVAL;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -EINVAL;
+		if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
+			return -ERANGE;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+static void cmd_info(struct ctl_conn *c)
+{
+	struct worker *w = c->ctl->w;
+	struct json_writer *j = &c->out;
+	const struct bks_info *info = NULL;
+	struct bks_nbd_stats ns = {0};
+	char path[PATH_MAX + 16];
+	size_t mark = json_len(j);
+
+	if (w->chain)
+		info = bks_chain_info(w->chain);
+	if (w->nbd)
+		bks_nbd_server_get_stats(w->nbd, &ns);
+	snprintf(path, sizeof(path), "%s/nbd.sock", w->dir);
+
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+	json_kv_str(j, "name", w->name);
+	json_kv_str(j, "chain", w->chain_str);
+	json_kv_u64(j, "size", info ? info->size : 0);
+	json_kv_u64(j, "block_size", info ? info->block_size : 0);
+	json_kv_bool(j, "read_only", w->read_only || (info && info->read_only));
+	json_kv_str(j, "state", worker_state_name(w->state));
+	json_kv_u64(j, "pid", (uint64_t)getpid());
+	json_kv_u64(j, "uptime_s",
+		    (bks_now_ns() - w->started_ns) / 1000000000u);
+	json_kv_u64(j, "connections", ns.connections);
+	json_kv_str(j, "nbd_socket", path);
+	json_key(j, "layers");
+	json_arr_begin(j);
+	for (unsigned int i = 0; w->chain && i < bks_chain_layers(w->chain);
+	     i++) {
+		struct bks_layer *l = bks_chain_layer(w->chain, i);
+
+		json_str(j, bks_layer_driver(l)->name);
+	}
+	json_arr_end(j);
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+static void op_stats(struct json_writer *j, const char *name,
+		     const struct bks_op_stats *s)
+{
+	json_key(j, name);
+	json_obj_begin(j);
+	json_kv_u64(j, "ops", s->ops);
+	json_kv_u64(j, "bytes", s->bytes);
+	json_kv_u64(j, "errors", s->errors);
+	json_obj_end(j);
+}
+
+/* The counters only some drivers keep, under the driver's name. */
+static void driver_stats(struct json_writer *j, struct bks_layer *l)
+{
+	const char *name = bks_layer_driver(l)->name;
+	struct bks_aioq_stats as;
+	struct bks_errinj_stats es;
+	int64_t dirty, block;
+
+	if (strcmp(name, "aio") == 0 && bks_aio_layer_stats(l, &as) == 0) {
+		json_key(j, "aio");
+		json_obj_begin(j);
+		json_kv_u64(j, "requests", as.requests);
+		json_kv_u64(j, "submitted", as.submitted);
+		json_kv_u64(j, "merged", as.merged);
+		json_kv_u64(j, "deferred", as.deferred);
+		json_kv_u64(j, "completed", as.completed);
+		json_kv_u64(j, "errors", as.errors);
+		json_kv_u64(j, "partial", as.partial);
+		json_kv_u64(j, "in_flight", as.in_flight);
+		json_obj_end(j);
+	} else if (strcmp(name, "error") == 0 &&
+		   bks_errinj_get_stats(l, &es) == 0) {
+		json_key(j, "error");
+		json_obj_begin(j);
+		json_kv_u64(j, "seen", es.seen);
+		json_kv_u64(j, "injected", es.injected);
+		json_obj_end(j);
+	} else if (strcmp(name, "log") == 0 &&
+		   (dirty = bks_log_dirty_bytes(l)) >= 0 &&
+		   (block = bks_log_block_size(l)) >= 0) {
+		json_key(j, "log");
+		json_obj_begin(j);
+		json_kv_u64(j, "dirty_bytes", (uint64_t)dirty);
+		json_kv_u64(j, "block_size", (uint64_t)block);
+		json_obj_end(j);
+	}
+}
+
+static void cmd_stats(struct ctl_conn *c)
+{
+	struct worker *w = c->ctl->w;
+	struct json_writer *j = &c->out;
+	struct bks_nbd_stats ns = {0};
+	size_t mark = json_len(j);
+	uint64_t now = bks_now_ns();
+
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+
+	json_key(j, "worker");
+	json_obj_begin(j);
+	json_kv_str(j, "state", worker_state_name(w->state));
+	json_kv_u64(j, "pauses", w->pauses);
+	json_kv_u64(j, "paused_ms", w->paused_ns / 1000000u);
+	/* The pause under way is not in paused_ms yet: say how long it is. */
+	if (w->state == WORKER_PAUSING || w->state == WORKER_PAUSED)
+		json_kv_u64(j, "pause_ms",
+			    now > w->pause_start
+				? (now - w->pause_start) / 1000000u
+				: 0);
+	json_kv_u64(j, "uptime_s", (now - w->started_ns) / 1000000000u);
+	json_obj_end(j);
+
+	if (w->nbd)
+		bks_nbd_server_get_stats(w->nbd, &ns);
+	json_key(j, "nbd");
+	json_obj_begin(j);
+	json_kv_u64(j, "connections", ns.connections);
+	json_kv_u64(j, "connections_total", ns.connections_total);
+	json_kv_u64(j, "refused", ns.refused);
+	json_kv_u64(j, "dropped", ns.dropped);
+	json_kv_u64(j, "requests", ns.requests);
+	json_kv_u64(j, "errors", ns.errors);
+	json_kv_u64(j, "bytes_read", ns.bytes_read);
+	json_kv_u64(j, "bytes_written", ns.bytes_written);
+	json_kv_u64(j, "in_flight", ns.in_flight);
+	json_kv_u64(j, "held", ns.held);
+	json_kv_u64(j, "holding", ns.holding);
+	json_obj_end(j);
+
+	json_key(j, "chain");
+	json_obj_begin(j);
+	json_kv_u64(j, "in_flight",
+		    w->chain ? bks_chain_in_flight(w->chain) : 0);
+	json_kv_u64(j, "retries", w->chain ? bks_chain_retries(w->chain) : 0);
+	json_obj_end(j);
+
+	json_key(j, "layers");
+	json_arr_begin(j);
+	for (unsigned int i = 0; w->chain && i < bks_chain_layers(w->chain);
+	     i++) {
+		struct bks_layer *l = bks_chain_layer(w->chain, i);
+		struct bks_layer_stats ls;
+
+		bks_layer_get_stats(l, &ls);
+		json_obj_begin(j);
+		json_kv_u64(j, "index", i);
+		json_kv_str(j, "driver", bks_layer_driver(l)->name);
+		json_kv_u64(j, "in_flight", ls.in_flight);
+		json_key(j, "ops");
+		json_obj_begin(j);
+		for (int op = 0; op < BKS_OP_COUNT; op++)
+			op_stats(j, bks_op_name(op), &ls.op[op]);
+		json_obj_end(j);
+		driver_stats(j, l);
+		json_obj_end(j);
+	}
+	json_arr_end(j);
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+/* The reply to a pause waiter, rc from worker_pause's callback. */
+static void reply_pause(struct ctl_conn *c, int rc)
+{
+	struct worker *w = c->ctl->w;
+	size_t mark = json_len(&c->out);
+
+	if (rc == -ESHUTDOWN ||
+	    (rc == -ECANCELED && w->state == WORKER_STOPPING)) {
+		reply_error(c, "pause cancelled: the worker is stopping");
+		return;
+	}
+	if (rc == -ECANCELED) {
+		reply_error(c, "pause cancelled by unpause");
+		return;
+	}
+	if (rc < 0) {
+		reply_error(c, "pause: %s", strerror(-rc));
+		return;
+	}
+	json_obj_begin(&c->out);
+	json_kv_bool(&c->out, "ok", true);
+	json_kv_str(&c->out, "state", worker_state_name(w->state));
+	json_obj_end(&c->out);
+	reply_end(c, mark);
+}
+
+/*
+ * worker_pause()'s callback: answer every connection waiting for the
+ * pause.  It may run inside worker_pause()/worker_unpause() while some
+ * connection is handling a command, so it frees nothing and handles no
+ * command itself: it queues the replies and lets `kick` send them.
+ */
+static void ctl_pause_done(void *arg, int rc)
+{
+	struct worker_ctl *ctl = arg;
+
+	ctl->pause_pending = false;
+	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
+		size_t mark = json_len(&c->out);
+
+		if (!c->pause_wait)
+			continue;
+		c->pause_wait = false;
+		reply_pause(c, rc);
+		reply_check(c, mark);
+		c->kick = true;
+	}
+	bks_defer_schedule(&ctl->kick);
+}
+
+static void cmd_pause(struct ctl_conn *c)
+{
+	struct worker_ctl *ctl = c->ctl;
+	int rc;
+
+	worker_log(ctl->w, LOG_INFO, "control: pause (uid %u)",
+		   (unsigned int)c->uid);
+	c->pause_wait = true;
+	/* One waiter in the worker serves every connection that asks. */
+	if (ctl->pause_pending)
+		return;
+	ctl->pause_pending = true;
+	rc = worker_pause(ctl->w, ctl_pause_done, ctl);
+	if (rc < 0) {
+		/* Refused without calling back: only this one was waiting. */
+		ctl->pause_pending = false;
+		c->pause_wait = false;
+		if (rc == -ESHUTDOWN)
+			reply_error(c, "pause: the worker is stopping");
+		else
+			reply_error(c, "pause: %s", strerror(-rc));
+	}
+}
+
+static void cmd_unpause(struct ctl_conn *c)
+{
+	struct worker *w = c->ctl->w;
+	int rc;
+
+	worker_log(w, LOG_INFO, "control: unpause (uid %u)",
+		   (unsigned int)c->uid);
+	rc = worker_unpause(w);
+	if (rc == -ESHUTDOWN)
+		reply_error(c, "unpause: the worker is stopping");
+	else if (rc < 0)
+		reply_error(c, "unpause: %s", strerror(-rc));
+	else
+		reply_ok(c);
+}
+
+/* The topmost log: layer, or NULL with an error replied. */
+static struct bks_layer *find_log(struct ctl_conn *c, const char *cmd)
+{
+	struct worker *w = c->ctl->w;
+	struct bks_layer *log =
+	    w->chain ? bks_chain_find(w->chain, "log") : NULL;
+
+	if (!log)
+		reply_error(c, "%s: the chain has no log: layer", cmd);
+	return log;
+}
+
+static void cmd_dirty(struct ctl_conn *c, int argc, char **argv)
+{
+	struct worker_ctl *ctl = c->ctl;
+	struct json_writer *j = &c->out;
+	struct bks_layer *log;
+	uint64_t start = 0, size, end = 0;
+	size_t n = 0, mark = json_len(j);
+	int rc;
+
+	if (argc > 2) {
+		reply_error(c, "usage: dirty [START]");
+		return;
+	}
+	log = find_log(c, "dirty");
+	if (!log)
+		return;
+	size = bks_next_info(log)->size;
+	if (argc == 2 && (parse_u64(argv[1], &start) < 0 || start > size)) {
+		reply_error(
+		    c,
+		    "dirty: bad start '%.64s' (a byte offset up to %" PRIu64
+		    ")",
+		    argv[1], size);
+		return;
+	}
+	rc = bks_log_dirty(log, start, ctl->extents, CTL_DIRTY_MAX, &n);
+	if (rc < 0) {
+		reply_error(c, "dirty: %s", strerror(-rc));
+		return;
+	}
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+	json_kv_u64(j, "block_size", (uint64_t)bks_log_block_size(log));
+	json_key(j, "extents");
+	json_arr_begin(j);
+	for (size_t i = 0; i < n; i++) {
+		json_arr_begin(j);
+		json_u64(j, ctl->extents[i].offset);
+		json_u64(j, ctl->extents[i].length);
+		json_arr_end(j);
+		end = ctl->extents[i].offset + ctl->extents[i].length;
+	}
+	json_arr_end(j);
+	/* A full reply may have more behind it; a short one is the end. */
+	json_key(j, "next");
+	if (n == CTL_DIRTY_MAX && end < size)
+		json_u64(j, end);
+	else
+		json_null(j);
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
+{
+	struct worker *w = c->ctl->w;
+	struct json_writer *j = &c->out;
+	struct bks_layer *log;
+	uint64_t off = 0, len = UINT64_MAX;
+	size_t mark = json_len(j);
+	int rc;
+
+	if (argc != 1 && argc != 3) {
+		reply_error(c, "usage: clear-dirty [OFFSET LENGTH]");
+		return;
+	}
+	log = find_log(c, "clear-dirty");
+	if (!log)
+		return;
+	if (argc == 3 &&
+	    (parse_u64(argv[1], &off) < 0 || parse_u64(argv[2], &len) < 0)) {
+		reply_error(c, "clear-dirty: bad range '%.32s %.32s'", argv[1],
+			    argv[2]);
+		return;
+	}
+	rc = bks_log_clear(log, off, len);
+	if (rc < 0) {
+		reply_error(
+		    c, "clear-dirty %" PRIu64 " %" PRIu64 ": %s", off, len,
+		    rc == -EINVAL ? "offset beyond the disk" : strerror(-rc));
+		return;
+	}
+	worker_log(w, LOG_INFO,
+		   "control: clear-dirty %" PRIu64 " %" PRIu64 " (uid %u)", off,
+		   len, (unsigned int)c->uid);
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+	json_kv_u64(j, "dirty_bytes", (uint64_t)bks_log_dirty_bytes(log));
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+static void cmd_shutdown(struct ctl_conn *c)
+{
+	worker_log(c->ctl->w, LOG_INFO, "control: shutdown (uid %u)",
+		   (unsigned int)c->uid);
+	reply_ok(c);
+	/*
+	 * Not here: worker_shutdown() may free the ctl and this connection.
+	 * The deferred call runs after the reply was sent (conn_flush at
+	 * the end of this batch's handling).
+	 */
+	bks_defer_schedule(&c->ctl->shutdown);
+}
+
+/* Most words in a command line. */
+#define CTL_MAX_ARGS 4
+
+/* Handle one command line (NUL-terminated, no newline). */
+static void handle_line(struct ctl_conn *c, char *line, size_t len)
+{
+	char *argv[CTL_MAX_ARGS + 1], *save = NULL, *tok;
+	int argc = 0;
+
+	if (memchr(line, '\0', len)) {
+		reply_error(c, "the command contains a NUL byte");
+		return;
+	}
+	for (tok = strtok_r(line, " \t", &save); tok;
+	     tok = strtok_r(NULL, " \t", &save)) {
+		if (argc == CTL_MAX_ARGS) {
+			reply_error(c, "too many arguments");
+			return;
+		}
+		argv[argc++] = tok;
+	}
+	argv[argc] = NULL;
+	if (argc == 0) {
+		reply_error(c, "empty command");
+		return;
+	}
+	if (strcmp(argv[0], "dirty") == 0) {
+		cmd_dirty(c, argc, argv);
+		return;
+	}
+	if (strcmp(argv[0], "clear-dirty") == 0) {
+		cmd_clear_dirty(c, argc, argv);
+		return;
+	}
+	if (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "stats") != 0 &&
+	    strcmp(argv[0], "pause") != 0 && strcmp(argv[0], "unpause") != 0 &&
+	    strcmp(argv[0], "shutdown") != 0) {
+		bks_sanitize_line(argv[0]);
+		reply_error(c, "unknown command '%.64s'", argv[0]);
+		return;
+	}
+	if (argc > 1) {
+		reply_error(c, "%s takes no arguments", argv[0]);
+		return;
+	}
+	if (strcmp(argv[0], "info") == 0)
+		cmd_info(c);
+	else if (strcmp(argv[0], "stats") == 0)
+		cmd_stats(c);
+	else if (strcmp(argv[0], "pause") == 0)
+		cmd_pause(c);
+	else if (strcmp(argv[0], "unpause") == 0)
+		cmd_unpause(c);
+	else
+		cmd_shutdown(c);
+}
+
+/*
+ * Handle the complete lines in the input buffer, in order, while the
+ * connection may answer: not while it waits for a pause (its reply must
+ * come first) nor while too much output waits.
+ */
+static void process_lines(struct ctl_conn *c)
+{
+	char line[CTL_LINE_MAX + 1];
+
+	while (!c->pause_wait && !c->close_after &&
+	       out_pending(c) < CTL_OUT_HIGH) {
+		char *nl = memchr(c->in, '\n', c->in_len);
+		size_t len, used, mark;
+
+		if (nl) {
+			len = (size_t)(nl - c->in);
+			used = len + 1;
+		} else if (c->in_len == sizeof(c->in)) {
+			reply_error(c,
+				    "command line too long (more than %d "
+				    "bytes)",
+				    CTL_LINE_MAX - 1);
+			c->close_after = true;
+			break;
+		} else if (c->eof && c->in_len > 0) {
+			/* The last line of a client that ended without "\n". */
+			len = used = c->in_len;
+		} else {
+			break;
+		}
+		memcpy(line, c->in, len);
+		line[len] = '\0';
+		if (len > 0 && line[len - 1] == '\r')
+			line[--len] = '\0';
+		memmove(c->in, c->in + used, c->in_len - used);
+		c->in_len -= used;
+		mark = json_len(&c->out);
+		handle_line(c, line, len);
+		reply_check(c, mark);
+	}
+	if (c->eof && c->in_len == 0)
+		c->close_after = true;
+}
+
+/*
+ * Set the events the connection waits for, or free it when it is done:
+ * the client is gone, or it ended (or must be closed) and has nothing
+ * left to wait for.  Returns nothing: c may be freed.
+ */
+static void conn_update(struct ctl_conn *c)
+{
+	uint32_t ev = 0;
+
+	if (c->gone) {
+		conn_free(c);
+		return;
+	}
+	if (c->close_after && !c->pause_wait && out_pending(c) == 0) {
+		conn_free(c);
+		return;
+	}
+	if (out_pending(c) > 0)
+		ev |= EPOLLOUT;
+	if (!c->eof && !c->close_after && !c->pause_wait &&
+	    out_pending(c) < CTL_OUT_HIGH)
+		ev |= EPOLLIN;
+	/* With no events, epoll still reports EPOLLHUP: a client leaving. */
+	if (bks_watch_mod(&c->watch, ev) < 0)
+		conn_free(c);
+}
+
+/*
+ * Handle the lines, send, and update c (which may be freed).  Sending
+ * may make room for more replies: go on while lines are handled, since
+ * no new input may come to wake us for the lines already buffered.
+ */
+static void conn_run(struct ctl_conn *c)
+{
+	size_t before;
+
+	do {
+		before = c->in_len;
+		conn_flush(c);
+		process_lines(c);
+	} while (c->in_len != before);
+	conn_flush(c);
+	conn_update(c);
+}
+
+static void conn_read(struct ctl_conn *c)
+{
+	for (;;) {
+		ssize_t n;
+
+		if (c->in_len == sizeof(c->in))
+			break; /* process_lines() will see an over-long line */
+		n = recv(c->fd, c->in + c->in_len, sizeof(c->in) - c->in_len,
+			 MSG_DONTWAIT);
+		if (n > 0) {
+			c->in_len += (size_t)n;
+			continue;
+		}
+		if (n == 0) {
+			c->eof = true;
+		} else if (errno == EINTR) {
+			continue;
+		} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			c->gone = true;
+		}
+		break;
+	}
+}
+
+static void conn_event(struct bks_watch *watch, uint32_t events)
+{
+	struct ctl_conn *c = watch->opaque;
+
+	if (events & EPOLLIN)
+		conn_read(c);
+	if (events & EPOLLRDHUP)
+		c->eof = true;
+	if (events & (EPOLLHUP | EPOLLERR)) {
+		/*
+		 * Both directions are closed: the client left.  What it sent
+		 * in full is still done (a fire-and-forget `shutdown`), the
+		 * replies are dropped, and a pause it was waiting for goes
+		 * on: there is just no one to tell.
+		 */
+		c->eof = true;
+		c->gone = true;
+	}
+	conn_run(c);
+}
+
+/* The `kick` deferred call: go on with connections a pause released. */
+static void ctl_kick(struct bks_defer *d)
+{
+	struct worker_ctl *ctl = d->opaque;
+	struct ctl_conn *c = ctl->conns, *next;
+
+	for (; c; c = next) {
+		next = c->next;
+		if (!c->kick)
+			continue;
+		c->kick = false;
+		/* May pause again (a new callback), or free c: not next. */
+		conn_run(c);
+	}
+}
+
+static void ctl_do_shutdown(struct bks_defer *d)
+{
+	struct worker_ctl *ctl = d->opaque;
+
+	/* Last thing: this may free the ctl. */
+	worker_shutdown(ctl->w);
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+/* Send one error line to a client being refused, and close it. */
+static void __attribute__((format(printf, 3, 4)))
+refuse(struct worker_ctl *ctl, int fd, const char *fmt, ...)
+{
+	struct json_writer j;
+	va_list ap;
+
+	json_writer_init(&j, 4096);
+	va_start(ap, fmt);
+	put_verror(&j, ctl->w, fmt, ap);
+	va_end(ap);
+	/* Best effort: a fresh socket has room for one short line. */
+	if (json_error(&j) == 0 &&
+	    send(fd, j.buf, json_len(&j), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		worker_log(ctl->w, LOG_DEBUG, "control: send refusal: %m");
+	json_writer_free(&j);
+	close(fd);
+}
+
+static void conn_new(struct worker_ctl *ctl, int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct ctl_conn *c;
+	int rc;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		worker_log(ctl->w, LOG_ERR, "control: SO_PEERCRED: %m");
+		close(fd);
+		return;
+	}
+	if (cred.uid != 0 && cred.uid != geteuid()) {
+		worker_log(ctl->w, LOG_WARNING,
+			   "control: refused uid %u (pid %d): only root and "
+			   "uid %u may control this worker",
+			   (unsigned int)cred.uid, (int)cred.pid,
+			   (unsigned int)geteuid());
+		refuse(ctl, fd,
+		       "permission denied: uid %u may not control "
+		       "this worker",
+		       (unsigned int)cred.uid);
+		return;
+	}
+	if (ctl->nconns >= CTL_MAX_CONNS) {
+		worker_log(ctl->w, LOG_WARNING,
+			   "control: refused a connection: %d already open",
+			   CTL_MAX_CONNS);
+		refuse(ctl, fd, "too many control connections (%d)",
+		       CTL_MAX_CONNS);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		worker_log(ctl->w, LOG_ERR, "control: allocate connection: %m");
+		refuse(ctl, fd, "out of memory");
+		return;
+	}
+	c->ctl = ctl;
+	c->fd = fd;
+	c->uid = cred.uid;
+	json_writer_init(&c->out, CTL_OUT_MAX);
+	rc = bks_watch_add(ctl->w->loop, &c->watch, fd, EPOLLIN | EPOLLRDHUP,
+			   conn_event, c);
+	if (rc < 0) {
+		worker_log(ctl->w, LOG_ERR, "control: watch connection: %s",
+			   strerror(-rc));
+		free(c);
+		close(fd);
+		return;
+	}
+	c->next = ctl->conns;
+	if (ctl->conns)
+		ctl->conns->prev = c;
+	ctl->conns = c;
+	ctl->nconns++;
+}
+
+static void accept_retry(struct bks_timer *t)
+{
+	struct worker_ctl *ctl = t->opaque;
+
+	if (bks_watch_mod(&ctl->accept_watch, EPOLLIN) < 0)
+		worker_log(ctl->w, LOG_ERR,
+			   "control: cannot watch the socket again: %m");
+}
+
+static void accept_event(struct bks_watch *watch, uint32_t events)
+{
+	struct worker_ctl *ctl = watch->opaque;
+
+	(void)events;
+	for (int i = 0; i < CTL_ACCEPT_BATCH; i++) {
+		int fd = accept4(ctl->listen_fd, NULL, NULL,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd >= 0) {
+			conn_new(ctl, fd);
+			continue;
+		}
+		if (errno == EINTR || errno == ECONNABORTED)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			break;
+		worker_log(ctl->w, LOG_ERR, "control: accept: %m");
+		/*
+		 * Out of fds or memory: the listening socket stays readable,
+		 * so stop watching it for a while instead of spinning.
+		 */
+		bks_watch_mod(&ctl->accept_watch, 0);
+		bks_timer_arm(&ctl->accept_retry, CTL_ACCEPT_RETRY_NS);
+		break;
+	}
+}
+
+/* ---- the ctl ------------------------------------------------------------- */
+
+int worker_ctl_new(struct worker_ctl **out, struct worker *w, int listen_fd,
+		   struct bks_error *err)
+{
+	struct worker_ctl *ctl = NULL;
+	int rc = 0;
+
+	*out = NULL;
+	ctl = calloc(1, sizeof(*ctl));
+	if (!ctl) {
+		rc = bks_error_set(err, ENOMEM, "allocate the control socket");
+		goto out;
+	}
+	ctl->w = w;
+	ctl->listen_fd = listen_fd;
+	bks_timer_init(w->loop, &ctl->accept_retry, accept_retry, ctl);
+	bks_defer_init(w->loop, &ctl->kick, ctl_kick, ctl);
+	bks_defer_init(w->loop, &ctl->shutdown, ctl_do_shutdown, ctl);
+	ctl->extents = calloc(CTL_DIRTY_MAX, sizeof(*ctl->extents));
+	if (!ctl->extents) {
+		rc = bks_error_set(err, ENOMEM, "allocate the control socket");
+		goto out;
+	}
+	rc = bks_watch_add(w->loop, &ctl->accept_watch, listen_fd, EPOLLIN,
+			   accept_event, ctl);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "watch the control socket");
+		goto out;
+	}
+	*out = ctl;
+	ctl = NULL;
+out:
+	if (ctl) {
+		free(ctl->extents);
+		free(ctl);
+	}
+	return rc;
+}
+
+void worker_ctl_free(struct worker_ctl *ctl)
+{
+	struct worker *w;
+
+	if (!ctl)
+		return;
+	w = ctl->w;
+	bks_watch_del(&ctl->accept_watch);
+	bks_timer_cancel(&ctl->accept_retry);
+	bks_defer_cancel(&ctl->kick);
+	bks_defer_cancel(&ctl->shutdown);
+	/*
+	 * A pause waiter still registered would call a freed ctl: take it
+	 * back (the worker calls only a non-NULL pause_done).
+	 */
+	if (ctl->pause_pending && w->pause_done == ctl_pause_done &&
+	    w->pause_arg == ctl) {
+		w->pause_done = NULL;
+		w->pause_arg = NULL;
+	}
+	while (ctl->conns) {
+		/* Replies already made (e.g. to `shutdown`) still go out. */
+		conn_flush(ctl->conns);
+		conn_free(ctl->conns);
+	}
+	free(ctl->extents);
+	free(ctl);
+}

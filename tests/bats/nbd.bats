@@ -1,0 +1,367 @@
+#!/usr/bin/env bats
+# The NBD export of blkstack-worker, against real NBD clients: nbdinfo,
+# nbdcopy (libnbd), qemu-io and qemu-img (QEMU's client), fio's nbd
+# engine, and tests/nbd/hostile-client.py for what well-behaved clients
+# never send.
+#
+# Every test starts its own workers with --foreground in a private rundir
+# and stops them with SIGTERM in teardown.  aio: needs O_DIRECT, which
+# tmpfs lacks: images go to $BATS_TEST_TMPDIR unless it is on tmpfs, else
+# to a private directory under /var/tmp.
+
+load helpers
+
+HOSTILE=$TOP/tests/nbd/hostile-client.py
+
+setup() {
+	# fio and friends may leave files in the current directory.
+	cd "$BATS_TEST_TMPDIR" || return 1
+	RUNDIR=$BATS_TEST_TMPDIR/run
+	mkdir -p "$RUNDIR"
+	if [ "$(stat -f -c %T "$BATS_TEST_TMPDIR")" = tmpfs ]; then
+		IMGDIR=$(mktemp -d /var/tmp/blkstack-nbd.XXXXXX)
+	else
+		IMGDIR=$BATS_TEST_TMPDIR/img
+		mkdir -p "$IMGDIR"
+	fi
+	: >"$BATS_TEST_TMPDIR/pids"
+	[ -x "$BIN/blkstack-worker" ] || fail "build/bin/blkstack-worker is not built"
+}
+
+# wait_exit PID: wait (up to 10 s, then SIGKILL) for a worker started by
+# this test to exit, and reap it; returns its exit status.
+wait_exit() {
+	local _ state rc=0
+	for _ in $(seq 100); do
+		state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || break
+		[ "$state" != Z ] || break
+		sleep 0.1
+	done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || rc=$?
+	return "$rc"
+}
+
+teardown() {
+	local pid
+	while read -r pid; do
+		kill -TERM "$pid" 2>/dev/null || continue
+		wait_exit "$pid" || true
+	done <"$BATS_TEST_TMPDIR/pids"
+	case $IMGDIR in
+	/var/tmp/blkstack-nbd.*) rm -rf -- "$IMGDIR" ;;
+	esac
+}
+
+# start_worker NAME CHAIN [worker options]: start a worker in the
+# background and wait for its NBD socket.  Sets SOCK, URI and PID.
+start_worker() {
+	local name=$1 chain=$2 _
+	shift 2
+	"$BIN/blkstack-worker" --name "$name" --chain "$chain" \
+		--rundir "$RUNDIR" --foreground "$@" \
+		>"$BATS_TEST_TMPDIR/$name.log" 2>&1 3>&- &
+	PID=$!
+	echo "$PID" >>"$BATS_TEST_TMPDIR/pids"
+	SOCK=$RUNDIR/$name/nbd.sock
+	URI="nbd+unix:///?socket=$SOCK"
+	for _ in $(seq 100); do
+		[ -S "$SOCK" ] && return 0
+		kill -0 "$PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$BATS_TEST_TMPDIR/$name.log" >&2
+	fail "worker $name did not start"
+}
+
+# nbdinfo_json: nbdinfo --json of $URI into JSON.
+nbdinfo_json() {
+	JSON=$(nbdinfo --json "$URI") || fail "nbdinfo --json $URI failed"
+}
+
+# info_json FIELD: a field of the export in $JSON, JSON-encoded (true,
+# false, numbers, "strings", lists).
+info_json() {
+	python3 -c 'import json, sys
+d = json.loads(sys.stdin.read())
+print(json.dumps(d["exports"][0][sys.argv[1]]))' "$1" <<<"$JSON"
+}
+
+# check_info FIELD VALUE...: assert fields of $JSON (one python3 for all:
+# it is slow to start on a busy machine).
+check_info() {
+	JSON=$JSON run python3 -c 'import json, os, sys
+d = json.loads(os.environ["JSON"])["exports"][0]
+a = sys.argv[1:]
+bad = ["nbdinfo: %s is %s, expected %s" % (k, json.dumps(d.get(k)), v)
+       for k, v in zip(a[::2], a[1::2]) if json.dumps(d.get(k)) != v]
+print("\n".join(bad))
+sys.exit(1 if bad else 0)' "$@"
+	assert_success
+}
+
+# An image of SIZE bytes, sparse: echoes its path.
+make_image() {
+	local path=$IMGDIR/$1
+	truncate -s "$2" "$path"
+	echo "$path"
+}
+
+worker_alive() {
+	kill -0 "$PID" || fail "the worker died"
+}
+
+# ---- what nbdinfo sees --------------------------------------------------
+
+@test "nbd: nbdinfo: size and flags of a ram: export" {
+	start_worker disk1 ram:16M
+	nbdinfo_json
+	check_info export-size 16777216 export-name '"disk1"' \
+		description '"ram:16M"' is_read_only false can_flush true \
+		can_fua true can_trim true can_zero true can_multi_conn true \
+		can_df true can_cache false can_fast_zero false \
+		block_size_minimum 512 block_size_preferred 4096 \
+		block_size_maximum 33554432
+}
+
+@test "nbd: nbdinfo: size and flags of aio: and log:|aio: exports" {
+	local img
+	img=$(make_image a.img 48M)
+	start_worker a "aio:$img"
+	nbdinfo_json
+	check_info export-size 50331648 is_read_only false can_flush true \
+		can_fua true can_trim true can_zero true can_multi_conn true
+	img=$(make_image b.img 40M)
+	start_worker b "log:|aio:$img"
+	nbdinfo_json
+	check_info export-size 41943040 is_read_only false can_trim true \
+		can_zero true can_multi_conn true
+}
+
+@test "nbd: a --read-only worker is read-only, and refuses writes" {
+	local img
+	img=$(make_image ro.img 8M)
+	start_worker ro "aio:$img" --read-only
+	nbdinfo_json
+	check_info is_read_only true can_trim false can_zero false \
+		can_fua false export-size 8388608
+	# QEMU sees the flag and will not even open it for writing ...
+	run qemu-io -f raw "$URI" -c 'write -P 0x11 0 4k'
+	assert_failure
+	# ... a client that writes anyway gets EPERM for every kind of write.
+	run -0 python3 "$HOSTILE" "$SOCK" read-only
+	run -0 qemu-io -r -f raw "$URI" -c 'read -P 0 0 4k'
+	run -0 cmp -n 8388608 "$img" /dev/zero
+}
+
+# ---- data ---------------------------------------------------------------
+
+# copy_check CHAIN-PREFIX: nbdcopy random data in and out again.
+copy_check() {
+	local img src=$IMGDIR/src out=$IMGDIR/out
+	img=$(make_image disk.img 40M)
+	head -c 40M /dev/urandom >"$src"
+	start_worker c "$1$img"
+	run -0 nbdcopy "$src" "$URI"
+	run -0 nbdcopy "$URI" "$out"
+	run -0 cmp "$src" "$out"
+	run -0 qemu-img compare -f raw -F raw "$src" "$img"
+	run -0 qemu-img compare -f raw -F raw "$src" "$URI"
+}
+
+@test "nbd: nbdcopy in and out of aio: is identical" {
+	copy_check aio:
+}
+
+@test "nbd: nbdcopy in and out of log:|aio: is identical" {
+	copy_check 'log:|aio:'
+}
+
+@test "nbd: qemu-io patterns: aligned, unaligned, large, discard, zeroes" {
+	local img
+	img=$(make_image q.img 64M)
+	start_worker q "aio:$img"
+	run -0 qemu-io -f raw "$URI" \
+		-c 'write -P 0x55 0 1M' \
+		-c 'write -P 0xaa 1000 3000' \
+		-c 'write -P 0x3c 16M 16M' \
+		-c 'write -f -P 0x77 40M 64k' \
+		-c 'write -P 0x66 48M 1M' \
+		-c 'write -P 0x67 56M 1M' \
+		-c 'discard 48M 1M' \
+		-c 'write -z 56M 1M' \
+		-c 'write -z 100 200' \
+		-c 'flush'
+	run -0 qemu-io -f raw "$URI" \
+		-c 'read -P 0x55 0 100' \
+		-c 'read -P 0 100 200' \
+		-c 'read -P 0x55 300 700' \
+		-c 'read -P 0xaa 1000 3000' \
+		-c 'read -P 0x55 4000 1044576' \
+		-c 'read -P 0x3c 16M 16M' \
+		-c 'read -P 0x3c 17000000 123457' \
+		-c 'read -P 0x77 40M 64k' \
+		-c 'read -P 0 48M 1M' \
+		-c 'read -P 0 56M 1M'
+	# A wrong pattern is noticed (the checks above can fail).
+	run qemu-io -f raw "$URI" -c 'read -P 0x56 0 4k'
+	assert_output --partial 'Pattern verification failed'
+	# And the file holds what the client wrote.
+	run -0 qemu-io -f raw "$img" -c 'read -P 0xaa 1000 3000' \
+		-c 'read -P 0x3c 16M 16M'
+}
+
+@test "nbd: requests that ignore the block size (read-modify-write)" {
+	local img
+	img=$(make_image u.img 16M)
+	start_worker u "aio:$img"
+	run -0 python3 "$HOSTILE" "$SOCK" unaligned same-block \
+		zeroes-unaligned trim-unaligned
+	img=$(make_image u2.img 16M)
+	start_worker u2 "log:|aio:$img"
+	run -0 python3 "$HOSTILE" "$SOCK" unaligned same-block \
+		zeroes-unaligned
+}
+
+@test "nbd: fio, 4 connections (multi-conn), random r/w, crc32c verify" {
+	local img
+	img=$(make_image f.img 128M)
+	start_worker f "aio:$img"
+	run -0 fio --name=multiconn --ioengine=nbd --uri="$URI" \
+		--rw=randrw --bsrange=4k-64k --size=32M --offset_increment=32M \
+		--numjobs=4 --iodepth=16 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 --verify_state_save=0 --group_reporting
+	assert_output --partial 'err= 0'
+	nbdinfo_json
+	check_info can_multi_conn true
+}
+
+@test "nbd: fio on log:|aio:, many requests in flight per connection" {
+	local img
+	img=$(make_image f2.img 64M)
+	start_worker f2 "log:|aio:$img"
+	run -0 fio --name=deep --ioengine=nbd --uri="$URI" --rw=randrw \
+		--bsrange=512-256k --size=32M --iodepth=128 --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0
+	assert_output --partial 'err= 0'
+	run -0 python3 "$HOSTILE" "$SOCK" pipeline
+}
+
+# ---- block status -------------------------------------------------------
+
+@test "nbd: base:allocation: nbdinfo --map shows holes and data" {
+	local img
+	img=$(make_image sparse.img 16M)
+	dd if=/dev/urandom of="$img" bs=1M count=1 seek=4 conv=notrunc \
+		status=none
+	start_worker s "aio:$img"
+	nbdinfo_json
+	run -0 info_json contexts
+	assert_output '["base:allocation"]'
+	run -0 nbdinfo --map "$URI"
+	assert_line --regexp '^ +0 +4194304 +3 +hole,zero$'
+	assert_line --regexp '^ +4194304 +1048576 +0 +data$'
+	assert_line --regexp '^ +5242880 +11534336 +3 +hole,zero$'
+	run -0 python3 "$HOSTILE" "$SOCK" block-status
+	# ram: knows no holes: no context offered, all data.
+	start_worker r ram:8M
+	nbdinfo_json
+	run -0 info_json contexts
+	assert_output '[]'
+}
+
+# ---- hostile clients ----------------------------------------------------
+
+@test "nbd: hostile clients are dropped alone; the next client is served" {
+	local img
+	img=$(make_image h.img 16M)
+	start_worker h "aio:$img"
+	# (The scenarios write below 1M only.)
+	run -0 qemu-io -f raw "$URI" -c 'write -P 0x5a 8M 64k'
+	run -0 python3 "$HOSTILE" "$SOCK" garbage bad-flags \
+		bad-option-magic bad-request-magic huge-write mid-header \
+		mid-payload mid-option
+	worker_alive
+	run -0 python3 "$HOSTILE" "$SOCK" options too-big-option errors \
+		past-end simple-replies
+	worker_alive
+	nbdinfo_json
+	check_info export-size 16777216
+	run -0 qemu-io -f raw "$URI" -c 'read -P 0x5a 8M 64k'
+}
+
+@test "nbd: a hostile client does not block a good one meanwhile" {
+	local img pid
+	img=$(make_image h2.img 16M)
+	start_worker h2 "aio:$img"
+	# A client that connects and then says nothing, and one stuck in the
+	# middle of a request header (kept open in the background).
+	python3 -c '
+import socket, sys, time
+a = socket.socket(socket.AF_UNIX); a.connect(sys.argv[1])
+b = socket.socket(socket.AF_UNIX); b.connect(sys.argv[1])
+b.recv(18); b.sendall(b"\0\0\0\3")
+b.sendall(b"IHAVEOPT\0\0\0\7\0\0\0\6\0\0")
+time.sleep(30)' "$SOCK" 3>&- &
+	pid=$!
+	sleep 0.5
+	run -0 timeout 20 qemu-io -f raw "$URI" -c 'write -P 0x21 0 1M' \
+		-c 'read -P 0x21 0 1M'
+	run -0 timeout 20 nbdinfo "$URI"
+	kill "$pid"
+	wait "$pid" || true
+	worker_alive
+}
+
+# ---- errors from the chain ----------------------------------------------
+
+@test "nbd: an error: layer gives the client EIO; the worker goes on" {
+	start_worker e 'error:ops=write|ram:16M'
+	run qemu-io -f raw "$URI" -c 'write -P 0x11 0 4k'
+	assert_output --partial 'Input/output error'
+	run qemu-io -f raw "$URI" -c 'write -P 0x11 1000 100'
+	assert_output --partial 'Input/output error'
+	worker_alive
+	run -0 qemu-io -f raw "$URI" -c 'read -P 0 0 64k'
+	run -0 qemu-io -f raw "$URI" -c 'write -z 0 64k' -c 'flush'
+}
+
+# ---- pause (the server's hold) ------------------------------------------
+
+@test "nbd: pause holds client requests; unpause lets them through" {
+	local ctl=$BIN/blkstack-ctl qpid
+	[ -x "$ctl" ] || skip "blkstack-ctl is not built"
+	start_worker p ram:16M
+	run -0 "$ctl" --rundir "$RUNDIR" pause --name p
+	qemu-io -f raw "$URI" -c 'write -P 0x4e 0 64k' \
+		>"$BATS_TEST_TMPDIR/q.out" 2>&1 3>&- &
+	qpid=$!
+	sleep 1
+	# Received and held, not done.
+	run -0 "$ctl" --rundir "$RUNDIR" stats --name p --json
+	assert_output --partial '"holding":1'
+	kill -0 "$qpid" || fail "the write finished while paused"
+	run -0 "$ctl" --rundir "$RUNDIR" unpause --name p
+	wait "$qpid" || fail "the held write failed: $(cat "$BATS_TEST_TMPDIR/q.out")"
+	run -0 qemu-io -f raw "$URI" -c 'read -P 0x4e 0 64k'
+}
+
+# ---- shutdown -----------------------------------------------------------
+
+@test "nbd: SIGTERM with busy clients: the worker drains and exits 0" {
+	local img fpid
+	img=$(make_image t.img 64M)
+	start_worker t "aio:$img"
+	fio --name=busy --ioengine=nbd --uri="$URI" --rw=randrw --bs=64k \
+		--size=64M --numjobs=2 --iodepth=32 --time_based --runtime=30 \
+		>/dev/null 2>&1 3>&- &
+	fpid=$!
+	sleep 1
+	kill -TERM "$PID"
+	wait_exit "$PID" || fail "the worker exited with status $?"
+	run grep -c stopped "$BATS_TEST_TMPDIR/t.log"
+	assert_output 1
+	kill "$fpid" 2>/dev/null || true
+	wait "$fpid" || true
+	[ ! -e "$SOCK" ] || fail "nbd.sock left behind"
+}
