@@ -346,6 +346,35 @@ time.sleep(30)' "$SOCK" 3>&- &
 	run -0 qemu-io -f raw "$URI" -c 'read -P 0x4e 0 64k'
 }
 
+@test "nbd: pause and unpause in the middle of an fio run: fio finishes clean" {
+	local ctl=$BIN/blkstack-ctl img fpid
+	img=$(make_image fp.img 64M)
+	start_worker fp "log:|aio:$img"
+	# Rate-limited so that the run lasts a few seconds around the pause.
+	fio --name=paused --ioengine=nbd --uri="$URI" --rw=randrw --bs=4k \
+		--size=16M --iodepth=8 --rate_iops=1500 --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+		>"$BATS_TEST_TMPDIR/fio.out" 2>&1 3>&- &
+	fpid=$!
+	sleep 1
+	run -0 "$ctl" --rundir "$RUNDIR" pause --name fp
+	sleep 1
+	run -0 "$ctl" --rundir "$RUNDIR" stats --name fp --json
+	stats=$output
+	run -0 "$ctl" --rundir "$RUNDIR" unpause --name fp
+	wait "$fpid" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	run -0 grep -c 'err= 0' "$BATS_TEST_TMPDIR/fio.out"
+	# While paused, nothing was in flight and fio's requests were held.
+	python3 -c '
+import json, sys
+s = json.loads(sys.argv[1])
+nbd = s["nbd"]
+assert s["worker"]["state"] == "paused", s["worker"]
+assert nbd["in_flight"] == 0, nbd
+assert nbd["held"] > 0 and nbd["holding"] > 0, nbd
+' "$stats"
+}
+
 # ---- shutdown -----------------------------------------------------------
 
 @test "nbd: SIGTERM with busy clients: the worker drains and exits 0" {
