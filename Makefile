@@ -44,7 +44,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
 # ---- helpers ---------------------------------------------------------------
-HP_SRC  := helpers/hp-env.c helpers/hp-xs.c
+HP_SRC  := helpers/hp-env.c helpers/hp-xs.c helpers/hp-dev.c
 HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
 HOTPLUG := $(B)/bin/blkstack-hotplug
 SCRIPT  := $(B)/hotplug/block-stack
@@ -74,6 +74,20 @@ CTL_OBJ := $(B)/obj/helpers/blkstack-ctl.o $(B)/obj/helpers/json.o \
 PROGRAMS += $(CTL)
 # ---- end of blkstack-ctl (1/2) ---------------------------------------------
 
+# ---- hp-dev (1/2: variables, before 'tests') --------------------------------
+# helpers/hp-dev.c uses libnl-genl-3 (the kernel NBD client's netlink).
+# Everything that links hp-dev.o gets NL_LIBS: the hotplug helper and the
+# unit tests (through HP_OBJ) by the target-specific appends below.
+NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
+NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
+$(B)/obj/helpers/hp-dev.o: CPPFLAGS += $(NL_CFLAGS)
+$(HOTPLUG): XS_LIBS += $(NL_LIBS)
+$(B)/tests/unit/%: XS_LIBS += $(NL_LIBS)
+# build/tests/hp-dev-tool drives helpers/hp-dev.c for tests/bats/dev.bats.
+HPDEV_TOOL := $(B)/tests/hp-dev-tool
+TEST_BIN   += $(HPDEV_TOOL)
+# ---- end of hp-dev (1/2) ----------------------------------------------------
+
 .PHONY: all tests deps lint format check demo install uninstall clean
 .DELETE_ON_ERROR:
 
@@ -90,7 +104,11 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(HOTPLUG): $(B)/obj/helpers/blkstack-hotplug.o $(HP_OBJ) $(LIB)
+HOTPLUG_OBJ := $(B)/obj/helpers/blkstack-hotplug.o \
+               $(B)/obj/helpers/hp-actions.o $(B)/obj/helpers/worker-name.o
+# The installed hotplug helper finds blkstack-ctl here (or beside itself).
+$(B)/obj/helpers/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+$(HOTPLUG): $(HOTPLUG_OBJ) $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
 
@@ -106,6 +124,12 @@ $(CTL): $(CTL_OBJ) $(LIB)
 # The JSON unit test links the helper's json.o (added to the rule's $^).
 $(B)/tests/unit/test-json: $(B)/obj/helpers/json.o
 # ---- end of blkstack-ctl (2/2) ---------------------------------------------
+
+# ---- hp-dev (2/2: the test tool's rule, after 'all') ------------------------
+$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hp-dev.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ihelpers $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(NL_LIBS)
+# ---- end of hp-dev (2/2) ----------------------------------------------------
 
 # The in-tree copy of the hotplug script points at build/bin.
 $(SCRIPT): hotplug/block-stack
@@ -145,8 +169,9 @@ fuzz: $(FUZZ_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
-DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev
-DEB_RUN   := xen-utils-4.17 xenstore-utils
+DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
+             libnl-3-dev libnl-genl-3-dev
+DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev libnbd-bin qemu-utils fio \
              python3
@@ -163,6 +188,7 @@ C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
                libblkstack/export/*.c libblkstack/export/*.h \
                helpers/*.c helpers/*.h tests/unit/*.c tests/unit/*.h \
                tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
+               tests/dev/*.c \
                tests/fuzz/*.c)
 
 lint:

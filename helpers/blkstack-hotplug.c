@@ -15,35 +15,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include "blkstack/error.h"
-#include "hp-env.h"
-#include "hp-xs.h"
+#include "hp.h"
 
 #define PROG "blkstack-hotplug"
 
-/* Longest path we build: a validated base plus a short child name. */
-#define HP_PATH_BUF (HP_XS_ABS_PATH_MAX + 64)
-
-/* One invocation. */
-struct hp {
-	const struct hp_action_desc *action;
-	struct hp_env env;
-	struct xs_handle *xs; /* NULL until connected */
-	struct bks_error err;
-};
-
-/*
- * An action handler.  Called once, after the environment was validated
- * and xenstored connected.  Returns 0 on success or -errno with hp->err
- * set; it must leave xenstore as it found it, or in a state that a rerun
- * of the same action (or the matching undo action) completes.
- */
-typedef int hp_action_fn(struct hp *hp);
-
 /* base + "/" + name into buf.  Returns 0 or -ENAMETOOLONG with err set. */
-static int child_path(char *buf, size_t size, const char *base,
-		      const char *name, struct bks_error *err)
+int hp_child_path(char *buf, size_t size, const char *base, const char *name,
+		  struct bks_error *err)
 {
 	int n = snprintf(buf, size, "%s/%s", base, name);
 
@@ -78,15 +59,15 @@ static int error_dirs(const struct hp *hp, const char *dirs[2])
  * left by an earlier failed attempt, so that a retried action leaves the
  * same state as a first successful one.
  */
-static int clear_stale_error(struct hp *hp, xs_transaction_t t)
+int hp_clear_stale_error(struct hp *hp, xs_transaction_t t)
 {
 	char path[HP_PATH_BUF];
 	const char *dirs[2];
 	int n = error_dirs(hp, dirs), rc;
 
 	for (int i = 0; i < n; i++) {
-		rc = child_path(path, sizeof(path), dirs[i], "hotplug-error",
-				&hp->err);
+		rc = hp_child_path(path, sizeof(path), dirs[i], "hotplug-error",
+				   &hp->err);
 		if (rc < 0)
 			return rc;
 		rc = hp_xs_rm(hp->xs, t, path, &hp->err);
@@ -114,14 +95,14 @@ static int version_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
 					"xenstore (the toolstack creates it "
 					"before calling the script)",
 					hp->env.hotplug_path);
-	rc = child_path(path, sizeof(path), hp->env.hotplug_path, "version",
-			err);
+	rc = hp_child_path(path, sizeof(path), hp->env.hotplug_path, "version",
+			   err);
 	if (rc < 0)
 		return rc;
 	rc = hp_xs_write(xs, t, path, "2", err);
 	if (rc < 0)
 		return rc;
-	return clear_stale_error(hp, t);
+	return hp_clear_stale_error(hp, t);
 }
 
 /* version: HOTPLUG_PATH/version = 2.  Idempotent: it only ever writes 2. */
@@ -130,15 +111,15 @@ static int act_version(struct hp *hp)
 	return hp_xs_transaction(hp->xs, version_txn, hp, &hp->err);
 }
 
-/* Actions not written yet.  NULL means "not implemented": no fake success. */
+/* The v2 actions; v1 add and remove are composed from them (hp-actions.c). */
 static hp_action_fn *const handlers[] = {
     [HP_VERSION] = act_version,
-    [HP_PREPARE] = NULL,
-    [HP_ADD] = NULL,
-    [HP_REMOVE] = NULL,
-    [HP_LOCALATTACH] = NULL,
-    [HP_LOCALDETACH] = NULL,
-    [HP_UNPREPARE] = NULL,
+    [HP_PREPARE] = hp_act_prepare,
+    [HP_ADD] = hp_act_add,
+    [HP_REMOVE] = hp_act_remove,
+    [HP_LOCALATTACH] = hp_act_localattach,
+    [HP_LOCALDETACH] = hp_act_localdetach,
+    [HP_UNPREPARE] = hp_act_unprepare,
 };
 
 /* ---- failure reporting ------------------------------------------------- */
@@ -161,8 +142,8 @@ static int error_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
 		rc = hp_xs_exists(xs, t, dirs[i], err);
 		if (rc <= 0)
 			continue;
-		rc = child_path(path, sizeof(path), dirs[i], "hotplug-error",
-				err);
+		rc = hp_child_path(path, sizeof(path), dirs[i], "hotplug-error",
+				   err);
 		if (rc == 0)
 			rc = hp_xs_write(xs, t, path, note->msg, err);
 		if (rc < 0)
@@ -170,8 +151,8 @@ static int error_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
 		if (note->hp->env.iface != HP_IFACE_V1)
 			continue;
 		/* v1: as Xen's own scripts do, for udev-style waiters. */
-		rc = child_path(path, sizeof(path), dirs[i], "hotplug-status",
-				err);
+		rc = hp_child_path(path, sizeof(path), dirs[i],
+				   "hotplug-status", err);
 		if (rc == 0)
 			rc = hp_xs_write(xs, t, path, "error", err);
 		if (rc < 0)
@@ -230,7 +211,7 @@ static const char *env_lookup(const char *name, void *opaque)
 
 int main(int argc, char **argv)
 {
-	struct hp hp = {0};
+	struct hp hp = {.lock_fd = -1};
 	hp_action_fn *run;
 	int rc, code = HP_EXIT_OK;
 
@@ -276,6 +257,8 @@ int main(int argc, char **argv)
 	if (rc < 0)
 		code = fail(&hp, HP_EXIT_FAILED);
 out:
+	if (hp.lock_fd >= 0)
+		close(hp.lock_fd); /* releases the per-device lock */
 	if (hp.xs)
 		xs_close(hp.xs);
 	closelog();

@@ -123,23 +123,26 @@ script_env() {
 	assert_regex "$stderr" "cannot connect to xenstored at $XENSTORED_PATH"
 }
 
-@test "errors: v2 actions not written yet fail with hotplug-error, no fake success" {
+@test "errors: a failing action records hotplug-error where libxl reads it" {
+	export BLKSTACK_RUNDIR=$BATS_TEST_TMPDIR/run
 	ts v2-create
 	ts v2-backend
-	for action in prepare localattach localdetach unprepare add remove; do
-		xenstore-rm "$HOTPLUG_PATH/hotplug-error" 2>/dev/null || true
-		run --separate-stderr ts v2-run "$action"
-		assert_failure 1
-		assert_regex "$stderr" "$action: not implemented"
-		run xs_read "$HOTPLUG_PATH/hotplug-error"
-		assert_output --partial "$action: not implemented"
+	# add before prepare: there is no worker to attach to.
+	run --separate-stderr ts v2-run add
+	assert_failure 1
+	assert_equal "${#stderr_lines[@]}" 1
+	assert_regex "$stderr" "add: worker .* is not serving"
+	for dir in "$HOTPLUG_PATH" "$BACKEND_PATH"; do
+		run xs_read "$dir/hotplug-error"
+		assert_output --partial "is not serving"
 	done
-	# add and remove have BACKEND_PATH: the error is recorded there too,
-	# where libxl looks for it.
-	run xs_read "$BACKEND_PATH/hotplug-error"
-	assert_output --partial "remove: not implemented"
 	xs_absent "$BACKEND_PATH/physical-device"
 	xs_absent "$HOTPLUG_PATH/pdev"
+	# The undo actions cope with what was never done.
+	for action in remove localdetach unprepare; do
+		run ts v2-run "$action"
+		assert_success
+	done
 }
 
 @test "errors: add without BACKEND_PATH is a usage error" {
@@ -149,13 +152,14 @@ script_env() {
 	assert_regex "$stderr" "BACKEND_PATH is not set"
 }
 
-@test "v1: add and remove are selected by XENBUS_PATH, and fail honestly for now" {
+@test "v1: XENBUS_PATH selects v1; a failing add writes hotplug-error and hotplug-status" {
+	export BLKSTACK_RUNDIR=$BATS_TEST_TMPDIR/run
 	ts v1-create
 	run --separate-stderr ts v1-run add
 	assert_failure 1
-	assert_regex "$stderr" "add: not implemented"
+	assert_regex "$stderr" "add: .*open /images/vm.img: No such file or directory"
 	run xs_read "/local/domain/0/$XENBUS_PATH/hotplug-error"
-	assert_output --partial "add: not implemented"
+	assert_output --partial "open /images/vm.img"
 	run xs_read "/local/domain/0/$XENBUS_PATH/hotplug-status"
 	assert_output error
 }

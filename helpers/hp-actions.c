@@ -1,0 +1,684 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The hotplug actions that run a worker and a dom0 block device:
+ * prepare, add, remove, localattach, localdetach, unprepare (v2), and v1's
+ * add and remove composed from them.  docs/libxl-hotplug-interface.txt
+ * says what each promises; this file says how.
+ *
+ * Where things are:
+ *   records    HOTPLUG_PATH (v2) or XENBUS_PATH (v1): our xenstore nodes
+ *              blkstack-worker, blkstack-dev, blkstack-local-dev.
+ *   worker     RUNDIR/NAME, started and stopped through blkstack-ctl;
+ *              NAME comes from the records path, so every action of one
+ *              device finds the same worker without reading it back.
+ *   lock       RUNDIR/NAME.lock, flock()ed for the whole action: calls
+ *              for one device are serialised, calls for others are not.
+ *
+ * Every value read back from xenstore is parsed strictly before use, and
+ * nothing is ever handed to a shell: blkstack-ctl is spawned with an
+ * argument vector.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "blkstack/chain.h"
+#include "hp-dev.h"
+#include "hp.h"
+#include "worker.h"
+
+#ifndef BKS_SBINDIR
+#define BKS_SBINDIR "/usr/local/sbin"
+#endif
+#define DEFAULT_RUNDIR "/run/blkstack"
+
+extern char **environ;
+
+/* Record nodes, below the records directory. */
+#define NODE_WORKER    "blkstack-worker"
+#define NODE_DEV       "blkstack-dev"
+#define NODE_LOCAL_DEV "blkstack-local-dev"
+
+/* What the device-related actions work on. */
+struct target {
+	char name[WORKER_NAME_MAX + 1]; /* the worker */
+	char rundir[PATH_MAX];
+	char dir[PATH_MAX]; /* rundir/name */
+};
+
+/* HOTPLUG_PATH in v2, XENBUS_PATH (the backend directory) in v1. */
+static const char *records_dir(const struct hp *hp)
+{
+	return hp->env.iface == HP_IFACE_V2 ? hp->env.hotplug_path
+					    : hp->env.xenbus_path;
+}
+
+/* BACKEND_PATH in v2 (add, remove), XENBUS_PATH in v1. */
+static const char *backend_dir(const struct hp *hp)
+{
+	return hp->env.iface == HP_IFACE_V2 ? hp->env.backend_path
+					    : hp->env.xenbus_path;
+}
+
+/* 64-bit FNV-1a, for names of over-long paths. */
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+/*
+ * The worker's name: the records path with '/' as '-' (a validated
+ * xenstore path has only [A-Za-z0-9_@/-]; '@' becomes '_'), or "hp-" and
+ * a hash when that is longer than a worker name may be.
+ */
+static void derive_name(const char *path, char *name, size_t size)
+{
+	size_t n = 0;
+	const char *p = path[0] == '/' ? path + 1 : path;
+
+	if (strlen(p) > WORKER_NAME_MAX || size < WORKER_NAME_MAX + 1) {
+		snprintf(name, size, "hp-%016llx",
+			 (unsigned long long)fnv1a(path));
+		return;
+	}
+	for (; *p; p++)
+		name[n++] = *p == '/' ? '-' : *p == '@' ? '_' : *p;
+	name[n] = '\0';
+}
+
+/* $BLKSTACK_RUNDIR or /run/blkstack: absolute, printable. */
+static int get_rundir(char *buf, size_t size, struct bks_error *err)
+{
+	const char *dir = getenv("BLKSTACK_RUNDIR");
+
+	if (!dir || !*dir)
+		dir = DEFAULT_RUNDIR;
+	if (dir[0] != '/')
+		return bks_error_setmsg(err, EINVAL,
+					"BLKSTACK_RUNDIR must be absolute");
+	for (const char *p = dir; *p; p++) {
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			return bks_error_setmsg(err, EINVAL,
+						"BLKSTACK_RUNDIR has a control "
+						"character");
+	}
+	if (snprintf(buf, size, "%s", dir) >= (int)size)
+		return bks_error_setmsg(err, ENAMETOOLONG,
+					"BLKSTACK_RUNDIR is too long");
+	return 0;
+}
+
+/*
+ * Take RUNDIR/NAME.lock.  The file may be unlinked by an unprepare that
+ * held it; so after locking, check that the path still names the file we
+ * locked, and start again if not.
+ */
+static int take_lock(struct hp *hp, const struct target *t)
+{
+	char path[PATH_MAX + 16];
+	struct stat a, b;
+	int fd;
+
+	if (mkdir(t->rundir, 0755) < 0 && errno != EEXIST)
+		return bks_error_set(&hp->err, errno, "mkdir %s", t->rundir);
+	if (snprintf(path, sizeof(path), "%s/%s.lock", t->rundir, t->name) >=
+	    (int)sizeof(path))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s/%s.lock: too long", t->rundir,
+					t->name);
+	for (;;) {
+		fd =
+		    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd < 0)
+			return bks_error_set(&hp->err, errno, "open %s", path);
+		if (flock(fd, LOCK_EX) < 0) {
+			close(fd);
+			return bks_error_set(&hp->err, errno, "lock %s", path);
+		}
+		if (fstat(fd, &a) == 0 && stat(path, &b) == 0 &&
+		    a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+			break;
+		close(fd);
+	}
+	hp->lock_fd = fd;
+	return 0;
+}
+
+/* Drop the lock file (unprepare: the device is gone).  Still held. */
+static void remove_lock(const struct target *t)
+{
+	char path[PATH_MAX + 16];
+
+	/* take_lock() checked that it fits. */
+	if (snprintf(path, sizeof(path), "%s/%s.lock", t->rundir, t->name) <
+	    (int)sizeof(path))
+		unlink(path);
+}
+
+static int target_init(struct hp *hp, struct target *t)
+{
+	int rc;
+
+	derive_name(records_dir(hp), t->name, sizeof(t->name));
+	rc = get_rundir(t->rundir, sizeof(t->rundir), &hp->err);
+	if (rc < 0)
+		return rc;
+	if (snprintf(t->dir, sizeof(t->dir), "%s/%s", t->rundir, t->name) >=
+	    (int)sizeof(t->dir))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s/%s: too long", t->rundir, t->name);
+	return take_lock(hp, t);
+}
+
+/* ---- running blkstack-ctl ------------------------------------------------ */
+
+/* blkstack-ctl beside us (a build tree), else the installed one. */
+static int ctl_path(char *buf, size_t size, struct bks_error *err)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	if (n > 0) {
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			if (snprintf(buf, size, "%s/blkstack-ctl", self) <
+				(int)size &&
+			    access(buf, X_OK) == 0)
+				return 0;
+		}
+	}
+	if (snprintf(buf, size, "%s/blkstack-ctl", BKS_SBINDIR) < (int)size &&
+	    access(buf, X_OK) == 0)
+		return 0;
+	return bks_error_set(err, errno, "find blkstack-ctl (%s)", buf);
+}
+
+/*
+ * Run blkstack-ctl --rundir RUNDIR ARGS...; its stdout is discarded and
+ * its stderr kept: on failure, its last line is the error.  Returns the
+ * exit status (0 or positive), or -errno with err set.
+ */
+static int run_ctl(const struct target *t, const char *const args[],
+		   struct bks_error *err)
+{
+	const char *argv[16];
+	char exe[PATH_MAX], out[2048], *line, *nl;
+	posix_spawn_file_actions_t fa;
+	size_t argc = 0, len = 0;
+	int pipefd[2] = {-1, -1}, status, rc;
+	pid_t pid;
+
+	rc = ctl_path(exe, sizeof(exe), err);
+	if (rc < 0)
+		return rc;
+	argv[argc++] = exe;
+	argv[argc++] = "--rundir";
+	argv[argc++] = t->rundir;
+	for (size_t i = 0; args[i] && argc < 15; i++)
+		argv[argc++] = args[i];
+	argv[argc] = NULL;
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return bks_error_set(err, errno, "pipe");
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+	rc = posix_spawn(&pid, exe, &fa, NULL, (char *const *)argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	if (rc) {
+		close(pipefd[0]);
+		return bks_error_set(err, rc, "start %s", exe);
+	}
+	for (;;) {
+		ssize_t n = read(pipefd[0], out + len, sizeof(out) - 1 - len);
+
+		if (n > 0 && len + (size_t)n < sizeof(out) - 1) {
+			len += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n > 0) /* full: keep the latest text */
+			len = 0;
+		else
+			break;
+	}
+	close(pipefd[0]);
+	out[len] = '\0';
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return bks_error_set(err, errno, "wait for %s", exe);
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	/* The last non-empty line, without the program's prefix. */
+	while (len && out[len - 1] == '\n')
+		out[--len] = '\0';
+	nl = strrchr(out, '\n');
+	line = nl ? nl + 1 : out;
+	if (!strncmp(line, "blkstack-ctl: ", 14))
+		line += 14;
+	bks_error_setmsg(err, EIO, "%s", *line ? line : "blkstack-ctl failed");
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* ---- xenstore records ---------------------------------------------------- */
+
+/* Read records/node: 0 and *out (caller frees), -ENOENT, or -errno. */
+static int read_record(struct hp *hp, const char *node, char **out)
+{
+	char path[HP_PATH_BUF];
+	int rc;
+
+	*out = NULL;
+	rc = hp_child_path(path, sizeof(path), records_dir(hp), node, &hp->err);
+	if (rc < 0)
+		return rc;
+	rc = hp_xs_read(hp->xs, XBT_NULL, path, out, &hp->err);
+	return rc;
+}
+
+struct writes {
+	struct hp *hp;
+	const char *dir[6], *node[6], *value[6]; /* value NULL: remove */
+	int n;
+	bool clear_error;
+};
+
+static void add_write(struct writes *w, const char *dir, const char *node,
+		      const char *value)
+{
+	w->dir[w->n] = dir;
+	w->node[w->n] = node;
+	w->value[w->n] = value;
+	w->n++;
+}
+
+static int writes_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
+		      struct bks_error *err)
+{
+	struct writes *w = arg;
+	char path[HP_PATH_BUF];
+	int rc;
+
+	/* Never create the toolstack's directories. */
+	rc = hp_xs_exists(xs, t, records_dir(w->hp), err);
+	if (rc == 0)
+		rc = bks_error_setmsg(err, ENOENT,
+				      "%s does not exist in xenstore",
+				      records_dir(w->hp));
+	if (rc < 0)
+		return rc;
+	for (int i = 0; i < w->n; i++) {
+		rc = hp_child_path(path, sizeof(path), w->dir[i], w->node[i],
+				   err);
+		if (rc == 0)
+			rc = w->value[i]
+				 ? hp_xs_write(xs, t, path, w->value[i], err)
+				 : hp_xs_rm(xs, t, path, err);
+		if (rc < 0)
+			return rc;
+	}
+	return w->clear_error ? hp_clear_stale_error(w->hp, t) : 0;
+}
+
+/* Apply the writes in one transaction. */
+static int commit(struct hp *hp, struct writes *w)
+{
+	w->hp = hp;
+	return hp_xs_transaction(hp->xs, writes_txn, w, &hp->err);
+}
+
+/* ---- prepare ------------------------------------------------------------- */
+
+/* The worker's control socket answers: it is running. */
+static bool worker_running(const struct target *t)
+{
+	struct bks_error ignore;
+	const char *args[] = {"info", "--name", t->name, NULL};
+
+	return run_ctl(t, args, &ignore) == 0;
+}
+
+static int do_prepare(struct hp *hp, const struct target *t)
+{
+	struct bks_chain_spec spec;
+	struct writes w = {.clear_error = true};
+	char *chain = NULL;
+	int rc;
+
+	rc = read_record(hp, "params", &chain);
+	if (rc < 0) {
+		bks_error_prepend(&hp->err, "the disk target: ");
+		goto out;
+	}
+	/* A bad chain is refused here, with its position, not later. */
+	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
+	if (rc < 0)
+		goto out;
+	bks_chain_spec_free(&spec);
+	if (!worker_running(t)) {
+		const char *args[] = {"create",	 "--name", t->name,
+				      "--chain", chain,	   NULL};
+
+		rc = run_ctl(t, args, &hp->err);
+		if (rc) {
+			rc = -EIO;
+			goto out;
+		}
+	}
+	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
+	rc = commit(hp, &w);
+out:
+	free(chain);
+	return rc;
+}
+
+int hp_act_prepare(struct hp *hp)
+{
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	return rc < 0 ? rc : do_prepare(hp, &t);
+}
+
+/* ---- devices: add, localattach, and their undo --------------------------- */
+
+/* Is the recorded device still the one we made (same node, a block device)? */
+static bool dev_alive(const struct hp_dev *dev)
+{
+	struct stat st;
+
+	return stat(dev->path, &st) == 0 && S_ISBLK(st.st_mode) &&
+	       major(st.st_rdev) == dev->major &&
+	       minor(st.st_rdev) == dev->minor;
+}
+
+/* Detach the device recorded at node, and forget it.  Nothing: success. */
+static int detach_recorded(struct hp *hp, const struct target *t,
+			   const char *node)
+{
+	struct writes w = {0};
+	struct hp_dev dev;
+	char *line = NULL;
+	int rc;
+
+	rc = read_record(hp, node, &line);
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		return 0;
+	}
+	if (rc < 0)
+		return rc;
+	rc = hp_dev_parse(line, t->dir, &dev, &hp->err);
+	if (rc == 0)
+		rc = hp_dev_detach(&dev, &hp->err);
+	free(line);
+	if (rc < 0)
+		return rc;
+	add_write(&w, records_dir(hp), node, NULL);
+	return commit(hp, &w);
+}
+
+/* The worker's NBD socket accepts connections. */
+static int check_worker(struct hp *hp, const struct target *t, char *sock,
+			size_t size)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, rc = 0;
+
+	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size ||
+	    strlen(sock) >= sizeof(sa.sun_path))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s/nbd.sock: too long", t->dir);
+	strcpy(sa.sun_path, sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return bks_error_set(&hp->err, errno, "socket");
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		rc = bks_error_set(&hp->err, errno,
+				   "worker %s is not serving (was prepare "
+				   "run? did the worker die?): connect %s",
+				   t->name, sock);
+	close(fd);
+	return rc;
+}
+
+/*
+ * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV), or reuse the
+ * recorded one if it is still there.  Fills dev and line.
+ */
+static int attach(struct hp *hp, const struct target *t, const char *node,
+		  bool ro, struct hp_dev *dev, char *line, size_t size)
+{
+	enum hp_dev_mech mech;
+	char sock[PATH_MAX], *old = NULL;
+	int rc;
+
+	rc = read_record(hp, node, &old);
+	if (rc == 0 && hp_dev_parse(old, t->dir, dev, &hp->err) == 0 &&
+	    dev_alive(dev)) {
+		/* Attached by an earlier run of this action. */
+		free(old);
+		hp_dev_format(dev, line, size);
+		return 0;
+	}
+	free(old);
+	/* A record of a device that is gone: clean up after it. */
+	rc = detach_recorded(hp, t, node);
+	if (rc < 0)
+		return rc;
+	rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = hp_dev_choose(&mech, &hp->err);
+	if (rc == 0)
+		rc = hp_dev_attach(sock, t->dir, ro, mech, dev, &hp->err);
+	if (rc < 0)
+		return rc;
+	if (hp_dev_format(dev, line, size) < 0) {
+		hp_dev_detach(dev, &hp->err);
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"device record too long");
+	}
+	return 0;
+}
+
+/* The disk's mode from the backend ("r" or "ro": read-only). */
+static bool backend_read_only(struct hp *hp)
+{
+	char path[HP_PATH_BUF], *mode = NULL;
+	struct bks_error ignore;
+	bool ro;
+
+	if (hp_child_path(path, sizeof(path), backend_dir(hp), "mode",
+			  &ignore) < 0 ||
+	    hp_xs_read(hp->xs, XBT_NULL, path, &mode, &ignore) < 0)
+		return false;
+	ro = mode[0] == 'r' && mode[1] != 'w';
+	free(mode);
+	return ro;
+}
+
+static int do_add(struct hp *hp, const struct target *t)
+{
+	char line[PATH_MAX + 256], physdev[32];
+	struct writes w = {.clear_error = true};
+	const char *backend = backend_dir(hp);
+	struct hp_dev dev;
+	int rc;
+
+	rc = attach(hp, t, NODE_DEV, backend_read_only(hp), &dev, line,
+		    sizeof(line));
+	if (rc < 0)
+		return rc;
+	/* As blkback parses it: "%x:%x". */
+	snprintf(physdev, sizeof(physdev), "%x:%x", dev.major, dev.minor);
+	add_write(&w, records_dir(hp), NODE_DEV, line);
+	add_write(&w, backend, "physical-device-path", dev.path);
+	if (hp->env.iface == HP_IFACE_V2) {
+		add_write(&w, backend, "params", dev.path);
+		add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
+	} else {
+		add_write(&w, backend, "hotplug-status", "connected");
+	}
+	/* Last, since blkback opens the device as soon as it sees it. */
+	add_write(&w, backend, "physical-device", physdev);
+	rc = commit(hp, &w);
+	if (rc < 0) {
+		struct bks_error ignore;
+
+		hp_dev_detach(&dev, &ignore);
+	}
+	return rc;
+}
+
+static int do_unprepare(struct hp *hp, const struct target *t)
+{
+	const char *args[] = {"destroy", "--name", t->name, NULL};
+	struct writes w = {.clear_error = true};
+	int rc;
+
+	/* remove and localdetach should have run; do their work if not. */
+	rc = detach_recorded(hp, t, NODE_DEV);
+	if (rc == 0)
+		rc = detach_recorded(hp, t, NODE_LOCAL_DEV);
+	if (rc < 0)
+		return rc;
+	if (run_ctl(t, args, &hp->err))
+		return -EIO;
+	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
+	rc = commit(hp, &w);
+	if (rc == -ENOENT && hp->env.iface == HP_IFACE_V1) {
+		/* libxl may have removed the backend directory already. */
+		bks_error_clear(&hp->err);
+		rc = 0;
+	}
+	if (rc == 0)
+		remove_lock(t);
+	return rc;
+}
+
+/* v1 remove: remove, then unprepare even if remove failed. */
+static int v1_remove(struct hp *hp, const struct target *t)
+{
+	struct bks_error first;
+	int rc, rc2;
+
+	rc = detach_recorded(hp, t, NODE_DEV);
+	first = hp->err;
+	rc2 = do_unprepare(hp, t);
+	if (rc < 0) {
+		hp->err = first;
+		return rc;
+	}
+	return rc2;
+}
+
+/*
+ * v1 add: prepare, then add.  libxl does not run remove after a failed
+ * add from xl block-attach, so a failure undoes everything here.
+ */
+static int v1_add(struct hp *hp, const struct target *t)
+{
+	struct bks_error saved;
+	int rc;
+
+	rc = do_prepare(hp, t);
+	if (rc == 0)
+		rc = do_add(hp, t);
+	if (rc < 0) {
+		saved = hp->err;
+		v1_remove(hp, t);
+		hp->err = saved;
+	}
+	return rc;
+}
+
+int hp_act_add(struct hp *hp)
+{
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	if (rc < 0)
+		return rc;
+	return hp->env.iface == HP_IFACE_V1 ? v1_add(hp, &t) : do_add(hp, &t);
+}
+
+int hp_act_remove(struct hp *hp)
+{
+	struct target t;
+	struct writes w = {.clear_error = true};
+	int rc = target_init(hp, &t);
+
+	if (rc < 0)
+		return rc;
+	if (hp->env.iface == HP_IFACE_V1)
+		return v1_remove(hp, &t);
+	rc = detach_recorded(hp, &t, NODE_DEV);
+	return rc < 0 ? rc : commit(hp, &w);
+}
+
+int hp_act_localattach(struct hp *hp)
+{
+	char line[PATH_MAX + 256];
+	struct writes w = {.clear_error = true};
+	struct hp_dev dev;
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	if (rc < 0)
+		return rc;
+	rc = attach(hp, &t, NODE_LOCAL_DEV, false, &dev, line, sizeof(line));
+	if (rc < 0)
+		return rc;
+	add_write(&w, records_dir(hp), NODE_LOCAL_DEV, line);
+	add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
+	rc = commit(hp, &w);
+	if (rc < 0) {
+		struct bks_error ignore;
+
+		hp_dev_detach(&dev, &ignore);
+	}
+	return rc;
+}
+
+int hp_act_localdetach(struct hp *hp)
+{
+	struct writes w = {.clear_error = true};
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	if (rc < 0)
+		return rc;
+	rc = detach_recorded(hp, &t, NODE_LOCAL_DEV);
+	return rc < 0 ? rc : commit(hp, &w);
+}
+
+int hp_act_unprepare(struct hp *hp)
+{
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	return rc < 0 ? rc : do_unprepare(hp, &t);
+}

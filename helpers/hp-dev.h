@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The hotplug helper's dom0 block device: attach one to a worker's NBD
+ * Unix socket (add, localattach) and detach it again (remove,
+ * localdetach), possibly from another process, from a one-line record.
+ *
+ * Two mechanisms:
+ *   nbd   the kernel NBD client: the handshake here, then the socket is
+ *         handed to the kernel with netlink NBD_CMD_CONNECT.  Written
+ *         against nbd-netlink.h but NOT yet run against a kernel (no nbd
+ *         module on the development machines), so "auto" does not pick
+ *         it yet (HP_DEV_AUTO_PREFERS_NBD in hp-dev.c).
+ *   loop  nbdfuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd
+ *         and a loop device (direct I/O) is put on that file.
+ */
+#ifndef BLKSTACK_HP_DEV_H
+#define BLKSTACK_HP_DEV_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "blkstack/error.h"
+
+enum hp_dev_mech {
+	HP_DEV_AUTO,
+	HP_DEV_NBD,
+	HP_DEV_LOOP
+};
+
+/* The configuration file hp_dev_choose() reads ($BLKSTACK_CONF overrides). */
+#define HP_DEV_CONF "/etc/blkstack.conf"
+
+/* Longest line hp_dev_format() writes, including the NUL. */
+#define HP_DEV_LINE_MAX (PATH_MAX + 160)
+
+/* What an attach made, enough to undo it later from another process. */
+struct hp_dev {
+	enum hp_dev_mech mech; /* the one used */
+	char path[64];	       /* /dev/loopN or /dev/nbdN, "" if none yet */
+	unsigned int major, minor;
+	/* loop fallback: */
+	int fuse_pid;		 /* nbdfuse process, 0 if none */
+	char fuse_dir[PATH_MAX]; /* its mountpoint (under state_dir), or "" */
+};
+
+/*
+ * Mechanism from $BLKSTACK_DEVICE, else the "device = auto|nbd|loop" line
+ * of /etc/blkstack.conf ($BLKSTACK_CONF names another file; a missing file
+ * means auto), else auto.  Auto resolves to a concrete mechanism: loop
+ * today; nbd when the module is there or `modprobe nbd` loads it, once
+ * HP_DEV_AUTO_PREFERS_NBD is turned on.  Unknown values are errors.
+ */
+int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err);
+
+/*
+ * Pure parts of hp_dev_choose(), for tests.  hp_dev_mech_parse: "auto",
+ * "nbd" or "loop" (exactly).  hp_dev_conf_parse: find the "device" key in
+ * the text of a configuration file (name is used in messages); *found
+ * tells whether there was one.  Lines are "key = value", blank, or
+ * comments starting with '#'; other keys are ignored (other parts of
+ * blkstack own them).  A repeated "device" key is an error.
+ */
+int hp_dev_mech_parse(const char *s, enum hp_dev_mech *out);
+int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
+		      bool *found, struct bks_error *err);
+
+/* "auto", "nbd", "loop". */
+const char *hp_dev_mech_name(enum hp_dev_mech mech);
+
+/* What the NBD handshake learnt about the export. */
+struct hp_dev_export {
+	unsigned long long size; /* bytes */
+	unsigned short flags;	 /* transmission flags (NBD_FLAG_*) */
+	unsigned int min_block;	 /* NBD_INFO_BLOCK_SIZE minimum, 0 if none */
+};
+
+/*
+ * Connect to the NBD server on nbd_sock and complete the handshake
+ * (fixed newstyle, NBD_OPT_GO on the default export), leaving the socket
+ * (*fd) in the transmission phase for the kernel.  Used by the kernel NBD
+ * path; public so that it can be tested without an nbd module.
+ */
+int hp_dev_nbd_handshake(const char *nbd_sock, int *fd,
+			 struct hp_dev_export *ex, struct bks_error *err);
+
+/*
+ * Attach a block device to the NBD server on nbd_sock, read-only if ro.
+ * state_dir is a private directory (exists, 0700) for the fallback's
+ * mountpoint; its path must not contain whitespace.  mech must be
+ * HP_DEV_NBD or HP_DEV_LOOP (HP_DEV_AUTO is resolved as hp_dev_choose()
+ * does).  Fills *dev.  On failure, undoes what it did (and *dev then
+ * describes nothing left behind).
+ */
+int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,
+		  enum hp_dev_mech mech, struct hp_dev *dev,
+		  struct bks_error *err);
+
+/*
+ * Flush (fsync and BLKFLSBUF on the device) and detach.  Idempotent: a
+ * device or nbdfuse already gone is success, and so is a recorded device
+ * that now belongs to somebody else (it is left alone).  Works from a
+ * partially-filled hp_dev (after a failed or killed attach).  A failed
+ * flush is reported (-EIO) only when nbdfuse was still alive to take it,
+ * but the teardown goes on regardless.
+ */
+int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err);
+
+/*
+ * One line, "mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=123
+ * fuse_dir=/run/...", with every key, in that order (empty values for
+ * what is not there yet).  Returns the length, or -ENAMETOOLONG if it
+ * does not fit, or -EINVAL if dev cannot be represented.
+ */
+int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size);
+
+/*
+ * Parse a line from hp_dev_format().  Strict, since the line comes back
+ * from xenstore: keys in order, path /dev/loopN or /dev/nbdN matching the
+ * mechanism, fuse_dir one plain component directly under state_dir,
+ * numbers decimal and in range.  Returns 0 or -EINVAL.
+ */
+int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
+		 struct bks_error *err);
+
+#endif /* BLKSTACK_HP_DEV_H */

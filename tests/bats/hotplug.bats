@@ -1,0 +1,288 @@
+#!/usr/bin/env bats
+# The hotplug actions end to end: the script run as libxl runs it (through
+# tests/toolstack's driver), a real xenstored, a real worker, and a real
+# dom0 block device (nbdfuse + loop here: there is no nbd module).
+
+load helpers
+
+setup() {
+	xsd_setup
+	img_dir
+	export BLKSTACK_RUNDIR=$BATS_TEST_TMPDIR/run
+	export BLKSTACK_DEVICE=loop
+	IMG=$IMG_DIR/disk.img
+	truncate -s 64M "$IMG"
+	eval "$("$TOOLSTACK" paths)"
+}
+
+teardown() {
+	# Whatever a failed test left: devices, then workers.
+	"$TOOLSTACK" --quiet --script "$SCRIPT" v2-detach >/dev/null 2>&1 || true
+	for d in "$BLKSTACK_RUNDIR"/*/; do
+		[ -d "$d" ] || continue
+		"$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" destroy \
+			--name "$(basename "$d")" >/dev/null 2>&1 || true
+	done
+	worker_teardown
+	xsd_teardown
+}
+
+ts() {
+	"$TOOLSTACK" --quiet --script "$SCRIPT" --target "${TARGET:-log:|aio:$IMG}" "$@"
+}
+
+# No worker, device, nbdfuse, mount, socket or lock is left in the rundir.
+assert_no_leftovers() {
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
+	assert_output ""
+	run compgen -G "$BLKSTACK_RUNDIR/*.lock"
+	assert_failure
+	run grep -c "$BLKSTACK_RUNDIR" /proc/mounts
+	assert_output 0
+	run pgrep -f "nbdfuse.*$BLKSTACK_RUNDIR"
+	assert_failure
+	run bash -c "losetup -a | grep -c '$BLKSTACK_RUNDIR'"
+	assert_output 0
+}
+
+# physical-device is the device's real major:minor, in hex.
+assert_physdev() {
+	local dev=$1 want
+	want=$(printf '%x:%x' "$((0x$(stat -c %t "$dev")))" "$((0x$(stat -c %T "$dev")))")
+	run xs_read "$BACKEND_PATH/physical-device"
+	assert_output "$want"
+}
+
+@test "hotplug v2: the whole life of a disk, with data reaching the image" {
+	run ts v2-attach
+	assert_success
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	assert [ -b "$dev" ]
+	run xs_read "$BACKEND_PATH/params"
+	assert_output "$dev"
+	run xs_read "$BACKEND_PATH/physical-device-path"
+	assert_output "$dev"
+	assert_physdev "$dev"
+	run xs_read "$HOTPLUG_PATH/version"
+	assert_output 2
+	xs_read "$HOTPLUG_PATH/blkstack-worker"
+	run blockdev --getsize64 "$dev"
+	assert_output 67108864
+	# Through the device, the worker and the chain, into the file.
+	head -c 1M /dev/urandom >"$BATS_TEST_TMPDIR/data"
+	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=1M seek=3 oflag=direct status=none
+	run cmp -n 1048576 "$BATS_TEST_TMPDIR/data" <(dd if="$IMG" bs=1M skip=3 count=1 status=none)
+	assert_success
+	# The log: layer saw it.
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" dirty --name "$(xs_read "$HOTPLUG_PATH/blkstack-worker")"
+	assert_output --partial "3145728 1048576"
+	run ts v2-detach
+	assert_success
+	xs_absent "$HOTPLUG_PATH"
+	assert_no_leftovers
+}
+
+@test "hotplug v2: every action is idempotent" {
+	ts v2-create
+	ts v2-run version
+	for a in prepare prepare; do
+		run ts v2-run "$a"
+		assert_success
+	done
+	ts v2-backend
+	ts v2-run add
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	run ts v2-run add
+	assert_success
+	run xs_read "$HOTPLUG_PATH/pdev"
+	assert_output "$dev"
+	for a in remove remove unprepare unprepare; do
+		run ts v2-run "$a"
+		assert_success
+	done
+	xs_absent "$HOTPLUG_PATH/blkstack-dev"
+	xs_absent "$HOTPLUG_PATH/blkstack-worker"
+	assert_no_leftovers
+}
+
+@test "hotplug v2: prepare does not write the image" {
+	head -c 64M /dev/urandom >"$IMG"
+	sum=$(md5sum <"$IMG")
+	ts v2-create
+	run ts v2-run prepare
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_equal "$(md5sum <"$IMG")" "$sum"
+}
+
+@test "hotplug v2: localattach beside the guest's device, then localdetach" {
+	run ts v2-attach
+	assert_success
+	guest=$(xs_read "$BACKEND_PATH/params")
+	printf 'written by the guest' | dd of="$guest" bs=4096 conv=sync oflag=direct status=none
+	run ts v2-run localattach
+	assert_success
+	local_dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	assert [ "$local_dev" != "$guest" ]
+	run bash -c "dd if='$local_dev' bs=4096 count=1 iflag=direct status=none | head -c 20"
+	assert_output "written by the guest"
+	run ts v2-run localdetach
+	assert_success
+	assert [ ! -e "$local_dev" ] || ! losetup "$local_dev" >/dev/null 2>&1
+	# The guest's device is untouched.
+	run bash -c "dd if='$guest' bs=4096 count=1 iflag=direct status=none | head -c 20"
+	assert_output "written by the guest"
+	run ts v2-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug v1: add and remove with libxl 4.17's environment" {
+	run ts v1-attach
+	assert_success
+	be=/local/domain/0/$XENBUS_PATH
+	dev=$(xs_read "$be/physical-device-path")
+	assert [ -b "$dev" ]
+	run xs_read "$be/hotplug-status"
+	assert_output connected
+	# v1 keeps the target line in params.
+	run xs_read "$be/params"
+	assert_output "log:|aio:$IMG"
+	BACKEND_PATH=$be assert_physdev "$dev"
+	run ts v1-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug v1: a failed add cleans up after itself and says why" {
+	TARGET="aio:$IMG_DIR/missing.img"
+	run ts --keep-on-failure v1-attach
+	assert_failure
+	be=/local/domain/0/$XENBUS_PATH
+	run xs_read "$be/hotplug-error"
+	assert_output --partial "open $IMG_DIR/missing.img: No such file or directory"
+	run xs_read "$be/hotplug-status"
+	assert_output error
+	assert_no_leftovers
+}
+
+@test "hotplug: a bad chain fails prepare with its position" {
+	TARGET="log:||aio:$IMG"
+	ts v2-create
+	run ts v2-run prepare
+	assert_failure 1
+	run xs_read "$HOTPLUG_PATH/hotplug-error"
+	assert_output "prepare: chain: layer 2 at offset 5: empty layer"
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug: a missing image fails prepare with the driver's message" {
+	TARGET="log:|aio:$IMG_DIR/nope.img"
+	ts v2-create
+	run ts v2-run prepare
+	assert_failure 1
+	run xs_read "$HOTPLUG_PATH/hotplug-error"
+	assert_output --partial "layer 2 (aio): open $IMG_DIR/nope.img: No such file or directory"
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug: the worker killed between prepare and add" {
+	ts v2-create
+	ts v2-run prepare
+	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
+	pid=$(cat "$BLKSTACK_RUNDIR/$name/pid")
+	kill -KILL "$pid"
+	# Dead (gone, or a zombie nobody reaped yet) before add runs.
+	for _ in $(seq 500); do
+		state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
+		[ "$state" = Z ] || [ "$state" = gone ] && break
+		sleep 0.01
+	done
+	ts v2-backend
+	run ts v2-run add
+	assert_failure 1
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "worker $name is not serving"
+	xs_absent "$BACKEND_PATH/physical-device"
+	# remove after the failed add, and unprepare of the dead worker.
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug: add with no device to be had fails clearly; remove copes" {
+	ts v2-create
+	ts v2-run prepare
+	ts v2-backend
+	# There is no nbd module here: forcing kernel NBD cannot give a device.
+	BLKSTACK_DEVICE=nbd run ts v2-run add
+	assert_failure 1
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "nbd"
+	xs_absent "$BACKEND_PATH/physical-device"
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug: migration-like: B prepares while A is attached, then A goes, then B adds" {
+	A=$BATS_TEST_TMPDIR/hostA B=$BATS_TEST_TMPDIR/hostB
+	BLKSTACK_RUNDIR=$A run ts v2-attach
+	assert_success
+	# Host B (its own rundir) prepares while A's worker has the image open.
+	BLKSTACK_RUNDIR=$B run ts --domid 2 v2-create
+	BLKSTACK_RUNDIR=$B run ts --domid 2 v2-run version
+	BLKSTACK_RUNDIR=$B run ts --domid 2 v2-run prepare
+	assert_success
+	BLKSTACK_RUNDIR=$A run ts v2-detach
+	assert_success
+	BLKSTACK_RUNDIR=$B ts --domid 2 v2-backend
+	start=$(date +%s%N)
+	BLKSTACK_RUNDIR=$B run ts --domid 2 v2-run add
+	end=$(date +%s%N)
+	assert_success
+	echo "# add (blackout) took $(((end - start) / 1000)) us" >&3
+	BLKSTACK_RUNDIR=$B run ts --domid 2 v2-detach
+	assert_success
+	BLKSTACK_RUNDIR=$A assert_no_leftovers
+	BLKSTACK_RUNDIR=$B assert_no_leftovers
+}
+
+# run_parallel CMD...: run "xs-toolstack --domid I CMD" for I in 1..20 at
+# once; fail with their output if any failed.
+run_parallel() {
+	local i failed=0 job
+	for i in $(seq 1 20); do
+		"$TOOLSTACK" --quiet --script "$SCRIPT" --domid "$i" \
+			--target "aio:$IMG_DIR/p$i.img" "$@" \
+			>"$BATS_TEST_TMPDIR/p$i.log" 2>&1 3>&- &
+	done
+	for job in $(jobs -p); do
+		wait "$job" || failed=$((failed + 1))
+	done
+	[ "$failed" -eq 0 ] || fail "$failed of 20 '$*' failed: $(cat "$BATS_TEST_TMPDIR"/p*.log)"
+}
+
+@test "hotplug: 20 parallel full sequences on distinct devices" {
+	for i in $(seq 1 20); do
+		truncate -s 16M "$IMG_DIR/p$i.img"
+	done
+	run_parallel v2-attach
+	for i in $(seq 1 20); do
+		eval "$("$TOOLSTACK" --domid "$i" paths)"
+		xs_read "$HOTPLUG_PATH/pdev"
+	done >"$BATS_TEST_TMPDIR/devs"
+	run sort -u "$BATS_TEST_TMPDIR/devs"
+	assert_equal "${#lines[@]}" 20
+	run_parallel v2-detach
+	assert_no_leftovers
+}

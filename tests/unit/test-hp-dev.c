@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Unit tests: hp-dev's pure parts (configuration, the device record). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hp-dev.h"
+
+static void test_mech_parse(void **state)
+{
+	enum hp_dev_mech m;
+	(void)state;
+
+	assert_int_equal(hp_dev_mech_parse("auto", &m), 0);
+	assert_int_equal(m, HP_DEV_AUTO);
+	assert_int_equal(hp_dev_mech_parse("nbd", &m), 0);
+	assert_int_equal(m, HP_DEV_NBD);
+	assert_int_equal(hp_dev_mech_parse("loop", &m), 0);
+	assert_int_equal(m, HP_DEV_LOOP);
+	assert_int_equal(hp_dev_mech_parse("Loop", &m), -EINVAL);
+	assert_int_equal(hp_dev_mech_parse("loop ", &m), -EINVAL);
+	assert_int_equal(hp_dev_mech_parse("", &m), -EINVAL);
+}
+
+static void test_conf(void **state)
+{
+	struct bks_error err = {0};
+	enum hp_dev_mech m = HP_DEV_AUTO;
+	bool found;
+	(void)state;
+
+	assert_int_equal(hp_dev_conf_parse("", "c", &m, &found, &err), 0);
+	assert_false(found);
+	assert_int_equal(hp_dev_conf_parse("# device = nbd\n\n  other=1\n", "c",
+					   &m, &found, &err),
+			 0);
+	assert_false(found);
+	assert_int_equal(hp_dev_conf_parse("x = y\n\tdevice\t=  loop  \n", "c",
+					   &m, &found, &err),
+			 0);
+	assert_true(found);
+	assert_int_equal(m, HP_DEV_LOOP);
+	/* No final newline. */
+	assert_int_equal(hp_dev_conf_parse("device=nbd", "c", &m, &found, &err),
+			 0);
+	assert_int_equal(m, HP_DEV_NBD);
+	/* "devices" is another key. */
+	assert_int_equal(
+	    hp_dev_conf_parse("devices = zip\n", "c", &m, &found, &err), 0);
+	assert_false(found);
+
+	assert_int_equal(hp_dev_conf_parse("\n\ndevice = floppy\n", "/etc/c",
+					   &m, &found, &err),
+			 -EINVAL);
+	assert_string_equal(err.msg, "/etc/c:3: unknown device mechanism "
+				     "\"floppy\" (want auto, nbd or loop)");
+	assert_int_equal(hp_dev_conf_parse("device = loop\ndevice = nbd\n", "c",
+					   &m, &found, &err),
+			 -EINVAL);
+	assert_non_null(strstr(err.msg, "c:2: device given twice"));
+	assert_int_equal(
+	    hp_dev_conf_parse("just words\n", "c", &m, &found, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "c:1: expected key = value"));
+	assert_int_equal(hp_dev_conf_parse("device = a-very-long-value-here\n",
+					   "c", &m, &found, &err),
+			 -EINVAL);
+}
+
+static void test_record_roundtrip(void **state)
+{
+	struct hp_dev d = {0}, back;
+	struct bks_error err = {0};
+	char line[HP_DEV_LINE_MAX];
+	int n;
+	(void)state;
+
+	d.mech = HP_DEV_LOOP;
+	strcpy(d.path, "/dev/loop12");
+	d.major = 7;
+	d.minor = 12;
+	d.fuse_pid = 4321;
+	strcpy(d.fuse_dir, "/run/st/fuse-Ab_9.x");
+	n = hp_dev_format(&d, line, sizeof(line));
+	assert_int_equal(n, (int)strlen(line));
+	assert_string_equal(line, "mech=loop path=/dev/loop12 major=7 "
+				  "minor=12 fuse_pid=4321 "
+				  "fuse_dir=/run/st/fuse-Ab_9.x");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+
+	/* A partial record (attach killed before the loop device). */
+	memset(&d, 0, sizeof(d));
+	d.mech = HP_DEV_LOOP;
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line, "mech=loop path= major=0 minor=0 "
+				  "fuse_pid=0 fuse_dir=");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+
+	/* Too small a buffer, unrepresentable values. */
+	assert_int_equal(hp_dev_format(&d, line, 10), -ENAMETOOLONG);
+	d.mech = HP_DEV_AUTO;
+	assert_int_equal(hp_dev_format(&d, line, sizeof(line)), -EINVAL);
+	d.mech = HP_DEV_LOOP;
+	strcpy(d.fuse_dir, "/run/st/a b");
+	assert_int_equal(hp_dev_format(&d, line, sizeof(line)), -EINVAL);
+}
+
+static void test_record_invalid(void **state)
+{
+	static const char *const bad[] = {
+	    "",
+	    "mech=loop",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/st/f x",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/stx/f",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/st",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/st/.hidden",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/st/f\n",
+	    "mech=loop path=/dev/loop1 major=7 minor=1048576 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=4194305 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=+1 fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=99999999999 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop major=7 minor=1 fuse_pid=1 fuse_dir=",
+	    "mech=loop path=/dev/loop1x major=7 minor=1 fuse_pid=1 fuse_dir=",
+	    "mech=loop path=/dev/loop/../sda major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=nbd path=/dev/nbd1 major=7 minor=1 fuse_pid=0 fuse_dir=",
+	    "mech=nbd path=/dev/nbd1 major=43 minor=1 fuse_pid=5 fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 fuse_dir= "
+	    "extra=1",
+	};
+	struct bks_error err = {0};
+	struct hp_dev d;
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (hp_dev_parse(bad[i], "/run/st", &d, &err) != -EINVAL)
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(strstr(err.msg, "invalid device record"));
+	}
+	/* The message names the field at fault. */
+	assert_int_equal(hp_dev_parse("mech=loop path=/dev/loop1 major=7 "
+				      "minor=1 fuse_pid=1 fuse_dir=/etc",
+				      "/run/st", &d, &err),
+			 -EINVAL);
+	assert_string_equal(err.msg, "invalid device record (at field "
+				     "fuse_dir)");
+	/* A good nbd record. */
+	assert_int_equal(hp_dev_parse("mech=nbd path=/dev/nbd0 major=43 "
+				      "minor=0 fuse_pid=0 fuse_dir=",
+				      "/run/st", &d, &err),
+			 0);
+	assert_int_equal(d.mech, HP_DEV_NBD);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_mech_parse),
+	    cmocka_unit_test(test_conf),
+	    cmocka_unit_test(test_record_roundtrip),
+	    cmocka_unit_test(test_record_invalid),
+	};
+
+	return cmocka_run_group_tests_name("hp-dev", tests, NULL, NULL);
+}
