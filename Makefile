@@ -173,7 +173,7 @@ DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
-             valgrind clang libclang-rt-14-dev libnbd-bin qemu-utils fio \
+             valgrind clang libclang-rt-14-dev qemu-utils fio \
              python3
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 

@@ -14,13 +14,19 @@
  *   lock       RUNDIR/NAME.lock, flock()ed for the whole action: calls
  *              for one device are serialised, calls for others are not.
  *
+ * Only the actions that set something up (prepare, add, localattach)
+ * clear a stale hotplug-error: the undo actions leave it, since libxl runs
+ * remove right after a failed add and the reason must survive it.
+ *
  * Every value read back from xenstore is parsed strictly before use, and
  * nothing is ever handed to a shell: blkstack-ctl is spawned with an
  * argument vector.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -520,16 +526,233 @@ static bool backend_read_only(struct hp *hp)
 	return ro;
 }
 
+/* ---- sharing: one image, one guest ----------------------------------------
+ */
+
+/*
+ * While a disk is added, RUNDIR/NAME.attached says which images it uses,
+ * for which domain, and how:
+ *   domid N
+ *   mode r|w
+ *   image DEV INO        (one per image: st_dev and st_ino of a file, or
+ *                         0 and st_rdev of a block device)
+ * add refuses an image that another live disk of this host uses for
+ * another domain when either of them writes, as Xen's block script does.
+ */
+#define MAX_IMAGES BKS_CHAIN_MAX_LAYERS
+
+struct usage {
+	long domid; /* -1: unknown */
+	bool rw;
+	unsigned int n;
+	unsigned long long dev[MAX_IMAGES], ino[MAX_IMAGES];
+};
+
+/* The images (files, block devices) the chain in params names. */
+static int chain_images(struct hp *hp, struct usage *u)
+{
+	struct bks_chain_spec spec;
+	char *chain = NULL;
+	int rc;
+
+	rc = read_record(hp, "params", &chain);
+	if (rc < 0)
+		return rc;
+	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
+	free(chain);
+	if (rc < 0)
+		return rc;
+	for (unsigned int i = 0; i < spec.n; i++) {
+		struct stat st;
+
+		if (!spec.layers[i].driver->args_path || u->n == MAX_IMAGES)
+			continue;
+		if (stat(spec.layers[i].args, &st) < 0)
+			continue; /* the worker has it open; nothing to match */
+		u->dev[u->n] = S_ISBLK(st.st_mode) ? 0 : st.st_dev;
+		u->ino[u->n] = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_ino;
+		u->n++;
+	}
+	bks_chain_spec_free(&spec);
+	return 0;
+}
+
+/* Parse another disk's .attached file; false if it is not well-formed. */
+static bool read_usage(const char *path, struct usage *u)
+{
+	char line[128];
+	bool ok = true;
+	FILE *f = fopen(path, "re");
+
+	if (!f)
+		return false;
+	memset(u, 0, sizeof(*u));
+	u->domid = -1;
+	while (ok && fgets(line, sizeof(line), f)) {
+		unsigned long long a, b;
+		long d;
+		char m;
+
+		if (sscanf(line, "domid %ld", &d) == 1)
+			u->domid = d;
+		else if (sscanf(line, "mode %c", &m) == 1)
+			u->rw = m == 'w';
+		else if (sscanf(line, "image %llu %llu", &a, &b) == 2 &&
+			 u->n < MAX_IMAGES) {
+			u->dev[u->n] = a;
+			u->ino[u->n] = b;
+			u->n++;
+		} else
+			ok = false;
+	}
+	fclose(f);
+	return ok;
+}
+
+/* Is the worker of RUNDIR/NAME alive (its pid file names a process)? */
+static bool worker_alive(const char *rundir, const char *name)
+{
+	char path[PATH_MAX + 80];
+	long pid = 0;
+	FILE *f;
+
+	if (snprintf(path, sizeof(path), "%s/%s/pid", rundir, name) >=
+	    (int)sizeof(path))
+		return false;
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	if (fscanf(f, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid > 0 && kill((pid_t)pid, 0) == 0;
+}
+
+/* Refuse images another live disk uses for another domain, rw on a side. */
+static int check_sharing(struct hp *hp, const struct target *t,
+			 const struct usage *mine)
+{
+	struct dirent *de;
+	DIR *d;
+	int rc = 0;
+
+	d = opendir(t->rundir);
+	if (!d)
+		return 0;
+	while (rc == 0 && (de = readdir(d))) {
+		char other[WORKER_NAME_MAX + 1], path[PATH_MAX + 80];
+		size_t len = strlen(de->d_name);
+		struct usage u;
+
+		if (len <= 9 || strcmp(de->d_name + len - 9, ".attached") ||
+		    len - 9 > WORKER_NAME_MAX)
+			continue;
+		memcpy(other, de->d_name, len - 9);
+		other[len - 9] = '\0';
+		if (!strcmp(other, t->name) || !worker_name_valid(other) ||
+		    !worker_alive(t->rundir, other))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", t->rundir,
+			     de->d_name) >= (int)sizeof(path) ||
+		    !read_usage(path, &u))
+			continue;
+		if (u.domid == mine->domid && mine->domid >= 0)
+			continue; /* the same guest: allowed */
+		if (!u.rw && !mine->rw)
+			continue;
+		for (unsigned int i = 0; i < mine->n && rc == 0; i++) {
+			for (unsigned int j = 0; j < u.n; j++) {
+				if (mine->dev[i] != u.dev[j] ||
+				    mine->ino[i] != u.ino[j])
+					continue;
+				rc = bks_error_setmsg(
+				    &hp->err, EBUSY,
+				    "an image of this disk is in use %s "
+				    "by domain %ld (worker %s); refusing "
+				    "to share it",
+				    u.rw ? "read-write" : "read-only", u.domid,
+				    other);
+				break;
+			}
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+/* Write RUNDIR/NAME.attached (whole, by rename). */
+static int write_usage(struct hp *hp, const struct target *t,
+		       const struct usage *u)
+{
+	char path[PATH_MAX + 32], tmp[PATH_MAX + 32];
+	FILE *f;
+
+	if (snprintf(path, sizeof(path), "%s.attached", t->dir) >=
+		(int)sizeof(path) ||
+	    snprintf(tmp, sizeof(tmp), "%s.attached.tmp", t->dir) >=
+		(int)sizeof(tmp))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s.attached: too long", t->dir);
+	f = fopen(tmp, "we");
+	if (!f)
+		return bks_error_set(&hp->err, errno, "open %s", tmp);
+	fprintf(f, "domid %ld\nmode %c\n", u->domid, u->rw ? 'w' : 'r');
+	for (unsigned int i = 0; i < u->n; i++)
+		fprintf(f, "image %llu %llu\n", u->dev[i], u->ino[i]);
+	if (fclose(f) != 0 || rename(tmp, path) < 0) {
+		int e = errno;
+
+		unlink(tmp);
+		return bks_error_set(&hp->err, e, "write %s", path);
+	}
+	return 0;
+}
+
+static void remove_usage(const struct target *t)
+{
+	char path[PATH_MAX + 32];
+
+	if (snprintf(path, sizeof(path), "%s.attached", t->dir) <
+	    (int)sizeof(path))
+		unlink(path);
+}
+
+/* The guest's domid from the backend's frontend-id, or -1. */
+static long frontend_domid(struct hp *hp)
+{
+	char path[HP_PATH_BUF], *v = NULL, *end;
+	struct bks_error ignore;
+	long d = -1;
+
+	if (hp_child_path(path, sizeof(path), backend_dir(hp), "frontend-id",
+			  &ignore) < 0 ||
+	    hp_xs_read(hp->xs, XBT_NULL, path, &v, &ignore) < 0)
+		return -1;
+	errno = 0;
+	d = strtol(v, &end, 10);
+	if (errno || *end || end == v || d < 0 || d >= 0x7ff0)
+		d = -1;
+	free(v);
+	return d;
+}
+
 static int do_add(struct hp *hp, const struct target *t)
 {
 	char line[PATH_MAX + 256], physdev[32];
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
+	struct usage mine = {0};
 	struct hp_dev dev;
 	int rc;
 
-	rc = attach(hp, t, NODE_DEV, backend_read_only(hp), &dev, line,
-		    sizeof(line));
+	mine.rw = !backend_read_only(hp);
+	mine.domid = frontend_domid(hp);
+	rc = chain_images(hp, &mine);
+	if (rc == 0)
+		rc = check_sharing(hp, t, &mine);
+	if (rc == 0)
+		rc =
+		    attach(hp, t, NODE_DEV, !mine.rw, &dev, line, sizeof(line));
 	if (rc < 0)
 		return rc;
 	/* As blkback parses it: "%x:%x". */
@@ -545,6 +768,8 @@ static int do_add(struct hp *hp, const struct target *t)
 	/* Last, since blkback opens the device as soon as it sees it. */
 	add_write(&w, backend, "physical-device", physdev);
 	rc = commit(hp, &w);
+	if (rc == 0)
+		rc = write_usage(hp, t, &mine);
 	if (rc < 0) {
 		struct bks_error ignore;
 
@@ -556,7 +781,7 @@ static int do_add(struct hp *hp, const struct target *t)
 static int do_unprepare(struct hp *hp, const struct target *t)
 {
 	const char *args[] = {"destroy", "--name", t->name, NULL};
-	struct writes w = {.clear_error = true};
+	struct writes w = {0};
 	int rc;
 
 	/* remove and localdetach should have run; do their work if not. */
@@ -565,6 +790,7 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 		rc = detach_recorded(hp, t, NODE_LOCAL_DEV);
 	if (rc < 0)
 		return rc;
+	remove_usage(t);
 	if (run_ctl(t, args, &hp->err))
 		return -EIO;
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
@@ -586,6 +812,8 @@ static int v1_remove(struct hp *hp, const struct target *t)
 	int rc, rc2;
 
 	rc = detach_recorded(hp, t, NODE_DEV);
+	if (rc == 0)
+		remove_usage(t);
 	first = hp->err;
 	rc2 = do_unprepare(hp, t);
 	if (rc < 0) {
@@ -628,7 +856,7 @@ int hp_act_add(struct hp *hp)
 int hp_act_remove(struct hp *hp)
 {
 	struct target t;
-	struct writes w = {.clear_error = true};
+	struct writes w = {0};
 	int rc = target_init(hp, &t);
 
 	if (rc < 0)
@@ -636,6 +864,8 @@ int hp_act_remove(struct hp *hp)
 	if (hp->env.iface == HP_IFACE_V1)
 		return v1_remove(hp, &t);
 	rc = detach_recorded(hp, &t, NODE_DEV);
+	if (rc == 0)
+		remove_usage(&t);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 
@@ -665,7 +895,7 @@ int hp_act_localattach(struct hp *hp)
 
 int hp_act_localdetach(struct hp *hp)
 {
-	struct writes w = {.clear_error = true};
+	struct writes w = {0};
 	struct target t;
 	int rc = target_init(hp, &t);
 

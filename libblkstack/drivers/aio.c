@@ -342,6 +342,7 @@ static int aio_extents(void *state, struct bks_layer *next, uint64_t offset,
 const struct bks_driver bks_driver_aio = {
     .name = "aio",
     .kind = BKS_SINK,
+    .args_path = true,
     .usage = AIO_USAGE,
     .state_size = sizeof(struct aio_state),
     .open = aio_open,

@@ -379,6 +379,7 @@ static int sync_extents(void *state, struct bks_layer *next, uint64_t offset,
 const struct bks_driver bks_driver_sync = {
     .name = "sync",
     .kind = BKS_SINK,
+    .args_path = true,
     .usage = SYNC_USAGE,
     .state_size = sizeof(struct sync_state),
     .open = sync_open,

@@ -37,6 +37,8 @@ assert_no_leftovers() {
 	assert_output ""
 	run compgen -G "$BLKSTACK_RUNDIR/*.lock"
 	assert_failure
+	run compgen -G "$BLKSTACK_RUNDIR/*.attached"
+	assert_failure
 	run grep -c "$BLKSTACK_RUNDIR" /proc/mounts
 	assert_output 0
 	run pgrep -f "nbdfuse.*$BLKSTACK_RUNDIR"
@@ -255,6 +257,33 @@ assert_physdev() {
 	assert_success
 	BLKSTACK_RUNDIR=$A assert_no_leftovers
 	BLKSTACK_RUNDIR=$B assert_no_leftovers
+}
+
+@test "hotplug: an image in use read-write by another guest is refused" {
+	run ts --domid 1 v2-attach
+	assert_success
+	# Domain 2 wants the same image: prepare may (migration), add may not.
+	run ts --domid 2 v2-attach
+	assert_failure
+	eval "$("$TOOLSTACK" --domid 2 paths)"
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "in use read-write by domain 1"
+	xs_absent "$BACKEND_PATH/physical-device"
+	# A second disk of the same guest on the same image is its own call.
+	run ts --domid 1 --devid 51728 v2-attach
+	assert_success
+	run ts --domid 1 --devid 51728 v2-detach
+	assert_success
+	# Once domain 1 lets go, domain 2 gets it.
+	run ts --domid 1 v2-detach
+	assert_success
+	run ts --domid 2 v2-detach
+	assert_success
+	run ts --domid 2 v2-attach
+	assert_success
+	run ts --domid 2 v2-detach
+	assert_success
+	assert_no_leftovers
 }
 
 # run_parallel CMD...: run "xs-toolstack --domid I CMD" for I in 1..20 at

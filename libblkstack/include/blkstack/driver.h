@@ -188,6 +188,12 @@ struct bks_driver {
 	const char *usage;
 	/* Bytes of per-layer state; the framework allocates it, zeroed. */
 	size_t state_size;
+	/*
+	 * True if the args are the path of the image the layer serves (a
+	 * file or a block device): tools use it to see which images a chain
+	 * uses, e.g. to refuse sharing one between guests.
+	 */
+	bool args_path;
 
 	/*
 	 * Required.  Called once by the chain open path, bottom layer
