@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blkstack/endian.h"
 #include "hp-dev.h"
 
 /* Where nbdfuse may live; PATH is never searched (we run as root). */
@@ -961,42 +962,6 @@ static int send_full(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-static uint16_t get_be16(const unsigned char *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get_be32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t get_be64(const unsigned char *p)
-{
-	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
-
-static unsigned char *put_be16(unsigned char *p, uint16_t v)
-{
-	p[0] = (unsigned char)(v >> 8);
-	p[1] = (unsigned char)v;
-	return p + 2;
-}
-
-static unsigned char *put_be32(unsigned char *p, uint32_t v)
-{
-	put_be16(p, (uint16_t)(v >> 16));
-	put_be16(p + 2, (uint16_t)v);
-	return p + 4;
-}
-
-static unsigned char *put_be64(unsigned char *p, uint64_t v)
-{
-	put_be32(p, (uint32_t)(v >> 32));
-	return put_be32(p + 4, (uint32_t)v);
-}
-
 /* Set (or with 0, clear) the socket's send and receive timeouts. */
 static int sock_timeouts(int fd, int secs)
 {
@@ -1044,9 +1009,9 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
 			      nbd_sock);
 		goto out;
 	}
-	if (get_be64(hdr) != NBD_HS_MAGIC ||
-	    get_be64(hdr + 8) != NBD_HS_OPT_MAGIC ||
-	    !(get_be16(hdr + 16) & NBD_HS_FLAG_FIXED_NEWSTYLE)) {
+	if (bks_get_be64(hdr) != NBD_HS_MAGIC ||
+	    bks_get_be64(hdr + 8) != NBD_HS_OPT_MAGIC ||
+	    !(bks_get_be16(hdr + 16) & NBD_HS_FLAG_FIXED_NEWSTYLE)) {
 		ret = bks_error_setmsg(err, EPROTO,
 				       "NBD handshake on %s: not a fixed "
 				       "newstyle NBD server",
@@ -1059,14 +1024,15 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
 	 * NBD_OPT_GO on the default export "" with one information request,
 	 * the block size constraints.
 	 */
-	p = put_be32(req, NBD_HS_FLAG_FIXED_NEWSTYLE |
-			      (get_be16(hdr + 16) & NBD_HS_FLAG_NO_ZEROES));
-	p = put_be64(p, NBD_HS_OPT_MAGIC);
-	p = put_be32(p, NBD_HS_OPT_GO);
-	p = put_be32(p, 4 + 2 + 2); /* name length, requests, one request */
-	p = put_be32(p, 0);	    /* the name: empty */
-	p = put_be16(p, 1);
-	p = put_be16(p, NBD_HS_INFO_BLOCK_SIZE);
+	p = bks_put_be32(req,
+			 NBD_HS_FLAG_FIXED_NEWSTYLE |
+			     (bks_get_be16(hdr + 16) & NBD_HS_FLAG_NO_ZEROES));
+	p = bks_put_be64(p, NBD_HS_OPT_MAGIC);
+	p = bks_put_be32(p, NBD_HS_OPT_GO);
+	p = bks_put_be32(p, 4 + 2 + 2); /* name length, requests, one request */
+	p = bks_put_be32(p, 0);		/* the name: empty */
+	p = bks_put_be16(p, 1);
+	p = bks_put_be16(p, NBD_HS_INFO_BLOCK_SIZE);
 	ret = send_full(fd, req, (size_t)(p - req));
 	if (ret < 0) {
 		bks_error_set(err, -ret, "NBD handshake on %s: send NBD_OPT_GO",
@@ -1091,10 +1057,10 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
 				      nbd_sock);
 			goto out;
 		}
-		type = get_be32(hdr + 12);
-		len = get_be32(hdr + 16);
-		if (get_be64(hdr) != NBD_HS_REP_MAGIC ||
-		    get_be32(hdr + 8) != NBD_HS_OPT_GO ||
+		type = bks_get_be32(hdr + 12);
+		len = bks_get_be32(hdr + 16);
+		if (bks_get_be64(hdr) != NBD_HS_REP_MAGIC ||
+		    bks_get_be32(hdr + 8) != NBD_HS_OPT_GO ||
 		    len > NBD_HS_REP_MAX) {
 			ret = bks_error_setmsg(err, EPROTO,
 					       "NBD handshake on %s: bad "
@@ -1123,13 +1089,13 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
 			break;
 		if (type != NBD_HS_REP_INFO || len < 2)
 			continue; /* unknown replies may be skipped */
-		if (get_be16(rep) == NBD_HS_INFO_EXPORT && len == 12) {
-			ex->size = get_be64(rep + 2);
-			ex->flags = get_be16(rep + 10);
+		if (bks_get_be16(rep) == NBD_HS_INFO_EXPORT && len == 12) {
+			ex->size = bks_get_be64(rep + 2);
+			ex->flags = bks_get_be16(rep + 10);
 			have_export = true;
-		} else if (get_be16(rep) == NBD_HS_INFO_BLOCK_SIZE &&
+		} else if (bks_get_be16(rep) == NBD_HS_INFO_BLOCK_SIZE &&
 			   len == 14) {
-			ex->min_block = get_be32(rep + 2);
+			ex->min_block = bks_get_be32(rep + 2);
 		}
 	}
 	if (!have_export) {

@@ -45,6 +45,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "blkstack/endian.h"
 #include "blkstack/nbd-server.h"
 #include "nbd-proto.h"
 
@@ -134,43 +135,6 @@ static void link_del(struct nbd_link *l)
 
 #define link_entry(ptr, type, member)                                          \
 	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
-/* ---- big-endian fields --------------------------------------------------- */
-
-static uint16_t get16(const unsigned char *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t get64(const unsigned char *p)
-{
-	return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
-
-static unsigned char *put16(unsigned char *p, uint16_t v)
-{
-	p[0] = (unsigned char)(v >> 8);
-	p[1] = (unsigned char)v;
-	return p + 2;
-}
-
-static unsigned char *put32(unsigned char *p, uint32_t v)
-{
-	p = put16(p, (uint16_t)(v >> 16));
-	return put16(p, (uint16_t)v);
-}
-
-static unsigned char *put64(unsigned char *p, uint64_t v)
-{
-	p = put32(p, (uint32_t)(v >> 32));
-	return put32(p, (uint32_t)v);
-}
 
 /* ---- state --------------------------------------------------------------- */
 
@@ -567,9 +531,9 @@ static void slot_reply_error(struct nbd_slot *s, uint32_t err, int rc)
 	s->data = NULL;
 	s->data_len = 0;
 	if (!c->structured) {
-		p = put32(p, NBD_SIMPLE_REPLY_MAGIC);
-		p = put32(p, err);
-		p = put64(p, s->cookie);
+		p = bks_put_be32(p, NBD_SIMPLE_REPLY_MAGIC);
+		p = bks_put_be32(p, err);
+		p = bks_put_be64(p, s->cookie);
 		s->rep_len = (size_t)(p - s->rep);
 		slot_queue_reply(s);
 		return;
@@ -580,13 +544,13 @@ static void slot_reply_error(struct nbd_slot *s, uint32_t err, int rc)
 		n = 0;
 	if ((size_t)n >= sizeof(msg))
 		n = sizeof(msg) - 1;
-	p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-	p = put16(p, NBD_REPLY_FLAG_DONE);
-	p = put16(p, NBD_REPLY_TYPE_ERROR);
-	p = put64(p, s->cookie);
-	p = put32(p, 4 + 2 + (uint32_t)n);
-	p = put32(p, err);
-	p = put16(p, (uint16_t)n);
+	p = bks_put_be32(p, NBD_STRUCTURED_REPLY_MAGIC);
+	p = bks_put_be16(p, NBD_REPLY_FLAG_DONE);
+	p = bks_put_be16(p, NBD_REPLY_TYPE_ERROR);
+	p = bks_put_be64(p, s->cookie);
+	p = bks_put_be32(p, 4 + 2 + (uint32_t)n);
+	p = bks_put_be32(p, err);
+	p = bks_put_be16(p, (uint16_t)n);
 	memcpy(p, msg, (size_t)n);
 	s->rep_len = (size_t)(p - s->rep) + (size_t)n;
 	slot_queue_reply(s);
@@ -606,17 +570,17 @@ static void slot_reply_ok(struct nbd_slot *s)
 	}
 	if (s->cmd == NBD_CMD_READ && c->structured) {
 		/* One chunk: that honours NBD_CMD_FLAG_DF as well. */
-		p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-		p = put16(p, NBD_REPLY_FLAG_DONE);
-		p = put16(p, NBD_REPLY_TYPE_OFFSET_DATA);
-		p = put64(p, s->cookie);
-		p = put32(p, 8 + s->len);
-		p = put64(p, s->offset);
+		p = bks_put_be32(p, NBD_STRUCTURED_REPLY_MAGIC);
+		p = bks_put_be16(p, NBD_REPLY_FLAG_DONE);
+		p = bks_put_be16(p, NBD_REPLY_TYPE_OFFSET_DATA);
+		p = bks_put_be64(p, s->cookie);
+		p = bks_put_be32(p, 8 + s->len);
+		p = bks_put_be64(p, s->offset);
 	} else {
 		/* Simple replies are allowed for all but structured reads. */
-		p = put32(p, NBD_SIMPLE_REPLY_MAGIC);
-		p = put32(p, 0);
-		p = put64(p, s->cookie);
+		p = bks_put_be32(p, NBD_SIMPLE_REPLY_MAGIC);
+		p = bks_put_be32(p, 0);
+		p = bks_put_be64(p, s->cookie);
 	}
 	s->rep_len = (size_t)(p - s->rep);
 	slot_queue_reply(s);
@@ -881,13 +845,13 @@ static void slot_block_status(struct nbd_slot *s)
 			st |= NBD_STATE_ZERO;
 		total += l;
 		/* Neighbours with the same status are one descriptor. */
-		if (last && get32(last + 4) == st) {
-			put32(last, get32(last) + (uint32_t)l);
+		if (last && bks_get_be32(last + 4) == st) {
+			bks_put_be32(last, bks_get_be32(last) + (uint32_t)l);
 			continue;
 		}
 		last = p;
-		p = put32(p, (uint32_t)l);
-		p = put32(p, st);
+		p = bks_put_be32(p, (uint32_t)l);
+		p = bks_put_be32(p, st);
 		nd++;
 	}
 	if (nd == 0) {
@@ -896,12 +860,12 @@ static void slot_block_status(struct nbd_slot *s)
 		return;
 	}
 	p = s->rep;
-	p = put32(p, NBD_STRUCTURED_REPLY_MAGIC);
-	p = put16(p, NBD_REPLY_FLAG_DONE);
-	p = put16(p, NBD_REPLY_TYPE_BLOCK_STATUS);
-	p = put64(p, s->cookie);
-	p = put32(p, 4 + 8 * nd);
-	put32(p, NBD_CTX_BASE_ALLOCATION);
+	p = bks_put_be32(p, NBD_STRUCTURED_REPLY_MAGIC);
+	p = bks_put_be16(p, NBD_REPLY_FLAG_DONE);
+	p = bks_put_be16(p, NBD_REPLY_TYPE_BLOCK_STATUS);
+	p = bks_put_be64(p, s->cookie);
+	p = bks_put_be32(p, 4 + 8 * nd);
+	bks_put_be32(p, NBD_CTX_BASE_ALLOCATION);
 	s->rep_len = NBD_STRUCTURED_HDR_SIZE + 4 + 8 * nd;
 	s->data = NULL;
 	s->data_len = 0;
@@ -1090,10 +1054,10 @@ static unsigned char *opt_reply(struct nbd_conn *c, uint32_t opt, uint32_t type,
 
 	if (!p)
 		return NULL;
-	p = put64(p, NBD_REP_MAGIC);
-	p = put32(p, opt);
-	p = put32(p, type);
-	return put32(p, len);
+	p = bks_put_be64(p, NBD_REP_MAGIC);
+	p = bks_put_be32(p, opt);
+	p = bks_put_be32(p, type);
+	return bks_put_be32(p, len);
 }
 
 /* ---- connections --------------------------------------------------------- */
@@ -1274,8 +1238,8 @@ static int opt_export_name(struct nbd_conn *c, const unsigned char *data,
 		return PARSE_STOP;
 	}
 	memset(p, 0, n);
-	p = put64(p, srv->info->size);
-	put16(p, c->tflags);
+	p = bks_put_be64(p, srv->info->size);
+	bks_put_be16(p, c->tflags);
 	return 0;
 }
 
@@ -1290,18 +1254,18 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 
 	if (len < 6)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID, "short option");
-	namelen = get32(data);
+	namelen = bks_get_be32(data);
 	if (namelen > len - 6)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID,
 				 "bad name length");
-	nreq = get16(data + 4 + namelen);
+	nreq = bks_get_be16(data + 4 + namelen);
 	if (len != 4 + namelen + 2 + 2 * nreq)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID,
 				 "bad option length");
 	if (!export_name_matches(srv, data + 4, namelen))
 		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
 	for (uint32_t i = 0; i < nreq; i++) {
-		uint16_t t = get16(data + 4 + namelen + 2 + 2 * i);
+		uint16_t t = bks_get_be16(data + 4 + namelen + 2 + 2 * i);
 
 		want_name |= t == NBD_INFO_NAME;
 		want_desc |= t == NBD_INFO_DESCRIPTION;
@@ -1312,15 +1276,15 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 	p = opt_reply(c, opt, NBD_REP_INFO, 12);
 	if (!p)
 		goto oom;
-	p = put16(p, NBD_INFO_EXPORT);
-	p = put64(p, srv->info->size);
-	put16(p, opt == NBD_OPT_GO ? c->tflags : transmission_flags(c));
+	p = bks_put_be16(p, NBD_INFO_EXPORT);
+	p = bks_put_be64(p, srv->info->size);
+	bks_put_be16(p, opt == NBD_OPT_GO ? c->tflags : transmission_flags(c));
 	if (want_name) {
 		nlen = (uint32_t)strlen(srv->name);
 		p = opt_reply(c, opt, NBD_REP_INFO, 2 + nlen);
 		if (!p)
 			goto oom;
-		p = put16(p, NBD_INFO_NAME);
+		p = bks_put_be16(p, NBD_INFO_NAME);
 		memcpy(p, srv->name, nlen);
 	}
 	if (want_desc && srv->description) {
@@ -1328,7 +1292,7 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 		p = opt_reply(c, opt, NBD_REP_INFO, 2 + dlen);
 		if (!p)
 			goto oom;
-		p = put16(p, NBD_INFO_DESCRIPTION);
+		p = bks_put_be16(p, NBD_INFO_DESCRIPTION);
 		memcpy(p, srv->description, dlen);
 	}
 	pref = srv->bs > 4096 ? srv->bs : 4096;
@@ -1337,10 +1301,10 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 	p = opt_reply(c, opt, NBD_REP_INFO, 14);
 	if (!p)
 		goto oom;
-	p = put16(p, NBD_INFO_BLOCK_SIZE);
-	p = put32(p, srv->bs);
-	p = put32(p, pref);
-	put32(p, srv->max_payload);
+	p = bks_put_be16(p, NBD_INFO_BLOCK_SIZE);
+	p = bks_put_be32(p, srv->bs);
+	p = bks_put_be32(p, pref);
+	bks_put_be32(p, srv->max_payload);
 	return opt_ack(c, opt);
 oom:
 	conn_close(c);
@@ -1371,11 +1335,11 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 				 "negotiate structured replies first");
 	if (len < 8)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID, "short option");
-	namelen = get32(data);
+	namelen = bks_get_be32(data);
 	if (namelen > len - 8)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID,
 				 "bad name length");
-	nq = get32(data + 4 + namelen);
+	nq = bks_get_be32(data + 4 + namelen);
 	pos = 8 + namelen;
 	for (uint32_t i = 0; i < nq; i++) {
 		const unsigned char *q;
@@ -1383,7 +1347,7 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 		if (len - pos < 4)
 			return opt_error(c, opt, NBD_REP_ERR_INVALID,
 					 "bad query count");
-		ql = get32(data + pos);
+		ql = bks_get_be32(data + pos);
 		pos += 4;
 		if (ql > len - pos)
 			return opt_error(c, opt, NBD_REP_ERR_INVALID,
@@ -1409,9 +1373,9 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 			return PARSE_STOP;
 		}
 		/* A listing's ids are reserved: zero. */
-		p = put32(p, opt == NBD_OPT_SET_META_CONTEXT
-				 ? NBD_CTX_BASE_ALLOCATION
-				 : 0);
+		p = bks_put_be32(p, opt == NBD_OPT_SET_META_CONTEXT
+					? NBD_CTX_BASE_ALLOCATION
+					: 0);
 		memcpy(p, nbd_base_allocation, n);
 	}
 	if (opt == NBD_OPT_SET_META_CONTEXT)
@@ -1433,7 +1397,7 @@ static int opt_list(struct nbd_conn *c, uint32_t len)
 		conn_close(c);
 		return PARSE_STOP;
 	}
-	p = put32(p, n);
+	p = bks_put_be32(p, n);
 	memcpy(p, c->srv->name, n);
 	return opt_ack(c, NBD_OPT_LIST);
 }
@@ -1442,10 +1406,10 @@ static int opt_list(struct nbd_conn *c, uint32_t len)
 static int conn_option(struct nbd_conn *c)
 {
 	const unsigned char *h = c->inbuf + c->inoff;
-	uint32_t opt = get32(h + 8), len = get32(h + 12);
+	uint32_t opt = bks_get_be32(h + 8), len = bks_get_be32(h + 12);
 	const unsigned char *data = h + NBD_OPTION_HDR_SIZE;
 
-	if (get64(h) != NBD_IHAVEOPT)
+	if (bks_get_be64(h) != NBD_IHAVEOPT)
 		return conn_drop(c);
 	if (len > NBD_OPT_MAX) {
 		/* NBD_OPT_EXPORT_NAME cannot be answered with an error. */
@@ -1493,7 +1457,7 @@ static int conn_option(struct nbd_conn *c)
 /* The client's flags, after our greeting. */
 static int conn_client_flags(struct nbd_conn *c)
 {
-	uint32_t f = get32(c->inbuf + c->inoff);
+	uint32_t f = bks_get_be32(c->inbuf + c->inoff);
 
 	c->inoff += 4;
 	/* Fixed newstyle is all we speak; unknown flags end the session. */
@@ -1569,13 +1533,13 @@ static int conn_request(struct nbd_conn *c)
 {
 	struct bks_nbd_server *srv = c->srv;
 	const unsigned char *h = c->inbuf + c->inoff;
-	uint16_t flags = get16(h + 4), type = get16(h + 6);
-	uint64_t offset = get64(h + 16);
-	uint32_t len = get32(h + 24), err = 0;
+	uint16_t flags = bks_get_be16(h + 4), type = bks_get_be16(h + 6);
+	uint64_t offset = bks_get_be64(h + 16);
+	uint32_t len = bks_get_be32(h + 24), err = 0;
 	struct nbd_slot *s;
 	size_t need = 0;
 
-	if (get32(h) != NBD_REQUEST_MAGIC)
+	if (bks_get_be32(h) != NBD_REQUEST_MAGIC)
 		return conn_drop(c);
 	if (type == NBD_CMD_DISC) {
 		/* Finish what is in flight, then close; read no more. */
@@ -1603,7 +1567,7 @@ static int conn_request(struct nbd_conn *c)
 	srv->stats.requests++;
 	s->cmd = type;
 	s->flags = flags;
-	s->cookie = get64(h + 8);
+	s->cookie = bks_get_be64(h + 8);
 	s->offset = offset;
 	s->len = len;
 	s->rx_done = 0;
@@ -1956,9 +1920,9 @@ static int conn_new(struct bks_nbd_server *srv, int fd)
 	p = out_reserve(c, 8 + 8 + 2);
 	if (!p)
 		goto out;
-	p = put64(p, NBD_MAGIC);
-	p = put64(p, NBD_IHAVEOPT);
-	put16(p, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	p = bks_put_be64(p, NBD_MAGIC);
+	p = bks_put_be64(p, NBD_IHAVEOPT);
+	bks_put_be16(p, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
 	c->events = EPOLLIN | EPOLLOUT;
 	rc = bks_watch_add(srv->loop, &c->watch, fd, c->events, conn_io, c);
 	if (rc < 0)
