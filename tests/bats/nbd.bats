@@ -53,25 +53,17 @@ teardown() {
 	esac
 }
 
-# start_worker NAME CHAIN [worker options]: start a worker in the
-# background and wait for its NBD socket.  Sets SOCK, URI and PID.
+# start_worker NAME CHAIN [worker options]: start a worker in $RUNDIR and
+# wait for its readiness (helpers.bash).  Sets SOCK, URI and PID.
 start_worker() {
-	local name=$1 chain=$2 _
+	local name=$1 chain=$2
 	shift 2
-	"$BIN/blkstack-worker" --name "$name" --chain "$chain" \
-		--rundir "$RUNDIR" --foreground "$@" \
-		>"$BATS_TEST_TMPDIR/$name.log" 2>&1 3>&- &
-	PID=$!
+	WORKER_RUNDIR=$RUNDIR worker_start "$name" "$chain" "$@" ||
+		fail "worker $name did not start"
+	PID=$WORKER_PID
 	echo "$PID" >>"$BATS_TEST_TMPDIR/pids"
-	SOCK=$RUNDIR/$name/nbd.sock
-	URI="nbd+unix:///?socket=$SOCK"
-	for _ in $(seq 100); do
-		[ -S "$SOCK" ] && return 0
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	cat "$BATS_TEST_TMPDIR/$name.log" >&2
-	fail "worker $name did not start"
+	SOCK=$NBD_SOCK
+	URI=$(nbd_uri "$SOCK")
 }
 
 # nbdinfo_json: nbdinfo --json of $URI into JSON.

@@ -1,0 +1,274 @@
+#!/bin/sh
+# dom0-test.sh: runs in dom0 of the QEMU-booted Xen host (tests/xen/run),
+# from /init once xenstored, xen-init-dom0 and xenconsoled are up.  One
+# line per check on the console: "PASS <item>" or "FAIL <item> (why)";
+# "INFO ..." lines are evidence.  Items are described in tests/xen/README.md.
+set -eu
+export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+dmesg -n 1 2>/dev/null || true
+
+SCRIPT=/etc/xen/scripts/block-stack
+CTL=/usr/sbin/blkstack-ctl
+CONS=/var/log/xen/console
+IMGS=/images
+XVDA=51712
+XVDB=51728
+XVDC=51744
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1 ($2)"; }
+info() { echo "INFO $*"; }
+check() {
+	# check ITEM COMMAND...: PASS if the command succeeds.
+	item=$1
+	shift
+	if "$@" >/tmp/check.out 2>&1; then
+		pass "$item"
+	else
+		fail "$item" "$(tr '\n' ' ' </tmp/check.out | cut -c1-300)"
+	fi
+}
+now() { cut -d. -f1 /proc/uptime; }
+
+# wait_for SECONDS COMMAND...: until the command succeeds.
+wait_for() {
+	n=$1
+	shift
+	while [ "$n" -gt 0 ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 1
+		n=$((n - 1))
+	done
+	return 1
+}
+
+workers() { "$CTL" list 2>/dev/null | grep -c . || true; }
+no_workers() { [ "$(workers)" = 0 ]; }
+no_nbdfuse() { ! pgrep nbdfuse >/dev/null; }
+no_backends() { [ -z "$(xenstore-ls /local/domain/0/backend/vbd 2>/dev/null)" ]; }
+domain_gone() { ! xl domid "$1" >/dev/null 2>&1; }
+in_log() { grep -q "$2" "$CONS/guest-$1.log"; }
+
+# Images live on an ext2 filesystem, not on rootfs: aio: needs O_DIRECT.
+mkdir -p "$IMGS"
+truncate -s 600M /root/store.ext2
+/usr/sbin/mke2fs -q -F -t ext2 /root/store.ext2
+mount -o loop /root/store.ext2 "$IMGS"
+
+guest_cfg() {
+	# guest_cfg NAME IMAGE
+	cat >"/root/$1.cfg" <<EOF
+name = "$1"
+type = "pv"
+kernel = "/root/guest-vmlinuz"
+ramdisk = "/root/guest.cpio.gz"
+extra = "console=hvc0 quiet"
+memory = 192
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+disk = ['vdev=xvda,script=block-stack,target=log:|aio:$2']
+EOF
+}
+
+# ---- item 1 (+2, 3b): a guest's disk through block-stack --------------------
+guest_run() {
+	mech=$1
+	g=g-$mech
+	img=$IMGS/disk-$mech.img
+	truncate -s 64M "$img"
+	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
+	guest_cfg "$g" "$img"
+	t0=$(now)
+	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
+		fail "$mech: xl create" "$(tail -n 5 "/tmp/$g.create" | tr '\n' ' ')"
+		dmesg | tail -n 15 | sed 's/^/INFO dmesg: /'
+		return 0
+	fi
+	pass "$mech: xl create with script=block-stack"
+	domid=$(xl domid "$g")
+	be=/local/domain/0/backend/vbd/$domid/$XVDA
+	info "$mech: physical-device-path=$(xenstore-read "$be/physical-device-path" 2>&1)" \
+		"physical-device=$(xenstore-read "$be/physical-device" 2>&1)"
+	if wait_for 120 in_log "$g" "GUEST wrote"; then
+		info "$mech: guest wrote $(($(now) - t0))s after xl create"
+	fi
+	check "$mech: guest reads dom0's pattern" in_log "$g" "GUEST read-ok"
+	check "$mech: guest writes" in_log "$g" "GUEST wrote"
+	w=$(xenstore-read "$be/blkstack-worker" 2>/dev/null || echo none)
+	"$CTL" dirty --name "$w" >"/tmp/$g.dirty" 2>&1 || true
+	info "$mech: dirty of $w: $(tr '\n' ' ' <"/tmp/$g.dirty")"
+	check "$mech: blkstack-ctl dirty shows the guest's write" \
+		grep -q '^1048576 ' "/tmp/$g.dirty"
+	got=$(dd if="$img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+	check "$mech: guest's pattern is in the image (guest running)" \
+		[ "$got" = blkstack-guest-pattern ]
+
+	if [ "$mech" = loop ]; then
+		attach_tests "$g" "$domid"
+	fi
+	if [ "$mech" = nbd ] && [ "${KILLTEST:-1}" = 1 ]; then
+		kill_test "$g" "$domid" "$w"
+		return 0
+	fi
+
+	t1=$(now)
+	xl shutdown "$g" >/dev/null 2>&1 || true
+	if wait_for 90 domain_gone "$g"; then
+		pass "$mech: guest shut down, domain gone"
+		info "$mech: shutdown took $(($(now) - t1))s"
+	else
+		fail "$mech: guest shut down" "still there after 90s; destroying"
+		xl destroy "$g" || true
+		wait_for 30 domain_gone "$g" || true
+	fi
+	got=$(dd if="$img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+	check "$mech: guest's pattern is in the image after shutdown" [ "$got" = blkstack-guest-pattern ]
+	wait_for 20 no_workers || true
+	check "$mech: no worker left" no_workers
+	check "$mech: no nbdfuse left" no_nbdfuse
+	check "$mech: no backend left in xenstore" no_backends
+	info "$mech: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
+}
+
+attach_tests() {
+	g=$1
+	domid=$2
+	img2=$IMGS/disk2.img
+	truncate -s 32M "$img2"
+	if xl block-attach "$g" "vdev=xvdb,script=block-stack,target=log:|aio:$img2" \
+		>/tmp/attach.out 2>&1; then
+		pass "loop: xl block-attach of a second disk"
+	else
+		fail "loop: xl block-attach" "$(tail -n 5 /tmp/attach.out | tr '\n' ' ')"
+	fi
+	be2=/local/domain/0/backend/vbd/$domid/$XVDB
+	if wait_for 60 sh -c "[ \"\$(xenstore-read $be2/state)\" = 4 ]"; then
+		pass "loop: second disk connected (backend state 4)"
+	else
+		fail "loop: second disk connected" "state $(xenstore-read "$be2/state" 2>&1)"
+	fi
+	check "loop: two workers while attached" [ "$(workers)" = 2 ]
+	if xl block-detach "$g" xvdb >/tmp/detach.out 2>&1; then
+		pass "loop: xl block-detach"
+	else
+		fail "loop: xl block-detach" "$(tail -n 5 /tmp/detach.out | tr '\n' ' ')"
+	fi
+	wait_for 30 sh -c "! xenstore-exists $be2" || true
+	check "loop: second disk's backend gone" sh -c "! xenstore-exists $be2"
+	check "loop: one worker after detach" [ "$(workers)" = 1 ]
+
+	# A missing image under block-attach: libxl does not run remove.
+	if xl block-attach "$g" "vdev=xvdc,script=block-stack,target=log:|aio:$IMGS/missing.img" \
+		>/tmp/attach-missing.out 2>&1; then
+		fail "missing image: block-attach fails" "it succeeded"
+	else
+		pass "missing image: block-attach fails"
+	fi
+	grep 'script:\|hotplug' /tmp/attach-missing.out | head -n 3 | sed 's/^/INFO block-attach: /'
+	check "missing image: block-attach shows blkstack's error" \
+		grep -q 'missing.img' /tmp/attach-missing.out
+	be3=/local/domain/0/backend/vbd/$domid/$XVDC
+	info "missing image: after block-attach, backend xvdc:" \
+		"$(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-300)"
+	check "missing image: block-attach leaves no worker" [ "$(workers)" = 1 ]
+	check "missing image: block-attach leaves no nbdfuse" no_nbdfuse
+	xl block-detach "$g" xvdc >/dev/null 2>&1 || true
+}
+
+# ---- item 3: a missing image at xl create -----------------------------------
+missing_create() {
+	guest_cfg g-missing "$IMGS/missing.img"
+	if BLKSTACK_DEVICE=loop xl create /root/g-missing.cfg >/tmp/missing.out 2>&1; then
+		fail "missing image: xl create fails" "it succeeded"
+		xl destroy g-missing || true
+	else
+		pass "missing image: xl create fails"
+	fi
+	grep 'script:\|hotplug' /tmp/missing.out | head -n 3 | sed 's/^/INFO xl create: /'
+	check "missing image: xl create shows blkstack's error" \
+		grep -q 'missing.img' /tmp/missing.out
+	wait_for 20 domain_gone g-missing || true
+	check "missing image: no domain left" domain_gone g-missing
+	check "missing image: no worker left" no_workers
+	check "missing image: no nbdfuse left" no_nbdfuse
+	check "missing image: no backend left" no_backends
+}
+
+# ---- item 4: localattach/localdetach as libxl v2 would ----------------------
+local_attach() {
+	mech=$1
+	img=$IMGS/local-$mech.img
+	truncate -s 16M "$img"
+	ts() {
+		BLKSTACK_DEVICE=$mech xs-toolstack --quiet --script "$SCRIPT" \
+			--domid 77 --target "log:|aio:$img" "$@"
+	}
+	hp=$(ts paths | sed -n 's/^HOTPLUG_PATH=//p' | tr -d "'\"")
+	if ts v2-create && ts v2-run version && ts v2-run prepare >/tmp/la.out 2>&1; then
+		pass "$mech: v2 create, version, prepare"
+	else
+		fail "$mech: v2 create, version, prepare" "$(tr '\n' ' ' </tmp/la.out)"
+	fi
+	if ts v2-run localattach >/tmp/la.out 2>&1; then
+		pass "$mech: localattach"
+	else
+		fail "$mech: localattach" "$(tr '\n' ' ' </tmp/la.out)"
+	fi
+	dev=$(xenstore-read "$hp/pdev" 2>/dev/null || echo none)
+	info "$mech: localattach pdev=$dev"
+	printf 'blkstack-local-pattern' >/tmp/lp
+	if [ -b "$dev" ] && dd if=/tmp/lp of="$dev" bs=512 conv=sync,fsync 2>/dev/null; then
+		got=$(dd if="$img" bs=512 count=1 2>/dev/null | head -c 22)
+		check "$mech: dom0 write through the local device reaches the image" \
+			[ "$got" = blkstack-local-pattern ]
+	else
+		fail "$mech: write to the local device" "$dev is not usable"
+	fi
+	check "$mech: localdetach" ts v2-run localdetach
+	check "$mech: unprepare" ts v2-run unprepare
+	check "$mech: no worker left after unprepare" no_workers
+	xenstore-rm "${hp%/vbd/*}" 2>/dev/null || true
+}
+
+# ---- item 5: kill -9 the worker under guest I/O (nbd) -----------------------
+kill_test() {
+	g=$1
+	domid=$2
+	w=$3
+	pid=$(cat "/run/blkstack/$w/pid" 2>/dev/null ||
+		pgrep -f "blkstack-worker.*$w" | head -n 1 || true)
+	info "kill: worker $w pid ${pid:-unknown}"
+	info "kill: rundir: $(find "/run/blkstack/$w" 2>&1 | tr '\n' ' ')"
+	[ -n "$pid" ] || { fail "kill: worker pid" "not found"; return 0; }
+	kill -9 "$pid"
+	sleep 5
+	info "kill: dom0 dmesg: $(dmesg | tail -n 8 | tr '\n' '|')"
+	info "kill: guest console: $(tail -n 5 "$CONS/guest-$g.log" | tr '\n' '|')"
+	t1=$(now)
+	xl destroy "$g" >/tmp/kill.destroy 2>&1 &
+	dpid=$!
+	if wait_for 60 domain_gone "$g"; then
+		pass "kill: xl destroy after the worker died"
+		info "kill: destroy took $(($(now) - t1))s"
+	else
+		fail "kill: xl destroy after the worker died" "domain still there after 60s"
+	fi
+	wait "$dpid" 2>/dev/null || true
+	info "kill: xl destroy said: $(tail -n 4 /tmp/kill.destroy | tr '\n' '|')"
+	info "kill: workers left: $(workers); nbd devices with pid: $(grep -l . /sys/block/nbd*/pid 2>/dev/null | tr '\n' ' ')"
+	check "kill: no backend left" no_backends
+}
+
+echo "XENTEST start $(now)s"
+guest_run loop
+if modprobe nbd; then
+	info "nbd module loaded"
+else
+	info "modprobe nbd failed"
+fi
+guest_run nbd
+missing_create
+local_attach loop
+local_attach nbd
+echo "XENTEST done $(now)s"
