@@ -192,7 +192,7 @@ C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
                tests/fuzz/*.c)
 
 lint:
-	shellcheck $(SHELL_FILES)
+	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)
 	clang-format --dry-run -Werror $(C_FILES)
 
 format:
@@ -200,7 +200,8 @@ format:
 
 check: deps
 	$(MAKE) tests
-	SHELL_FILES="$(SHELL_FILES)" C_FILES="$(C_FILES)" tests/check
+	SHELL_FILES="$(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)" \
+		C_FILES="$(C_FILES)" tests/check
 
 demo: deps
 	$(MAKE) tests
@@ -214,6 +215,9 @@ DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
            e2fsprogs cpio
 XEN_IMG := $(B)/xen/dom0.cpio.gz
+# For lint (shellcheck): the shell scripts, not README.md.
+XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
+                   tests/xen/dom0-test.sh tests/xen/guest-init
 .PHONY: deps-xen check-xen
 
 deps-xen:
@@ -227,6 +231,16 @@ check-xen: deps-xen
 	$(MAKE) $(XEN_IMG)
 	tests/xen/run
 # ---- end of Xen in QEMU ------------------------------------------------------
+
+# ---- benchmark (issue 7; bench/README.md) ------------------------------------
+# Not part of 'make check': the data path against direct I/O, qemu-nbd and
+# nbdkit, v2 add against Xen's block add, and N disks at once.  As root.
+# QUICK=1 for the short run.  Writes bench/results/latest.{md,json}.
+.PHONY: bench
+bench: deps
+	$(MAKE) all tests
+	QUICK=$(QUICK) bench/run
+# ---- end of benchmark --------------------------------------------------------
 
 # ---- install ---------------------------------------------------------------
 install: all

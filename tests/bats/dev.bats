@@ -221,7 +221,12 @@ assert_all_gone() {
 	assert_output nbd
 	printf 'device = auto\n' >"$conf"
 	run -0 env BLKSTACK_CONF="$conf" "$TOOL" choose
-	assert_output loop # auto does not pick the kernel path yet (untested)
+	# auto: kernel NBD where the nbd module is (or loads), else loop.
+	want=loop
+	if [ -d /sys/module/nbd ] || modprobe -q nbd 2>/dev/null; then
+		want=nbd
+	fi
+	assert_output "$want"
 	printf '\ndevice = floppy\n' >"$conf"
 	run -1 env BLKSTACK_CONF="$conf" "$TOOL" choose
 	assert_output --partial "$conf:2: unknown device mechanism \"floppy\""

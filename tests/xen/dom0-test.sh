@@ -71,109 +71,134 @@ disk = ['vdev=xvda,script=block-stack,target=log:|aio:$2']
 EOF
 }
 
+# cleanup_after DOMAIN: after a failed step, report and remove what is left
+# (domain, workers) so that the later items start clean.
+cleanup_after() {
+	info "left after failure: domains: $(xl list 2>&1 | tail -n +3 | tr '\n' '|')" \
+		"workers: $("$CTL" list 2>&1 | tr '\n' ' ')"
+	xl destroy "$1" >/dev/null 2>&1 || true
+	wait_for 30 domain_gone "$1" || true
+	for w in $("$CTL" list 2>/dev/null | sed -n 's/^name=\([^ ]*\).*/\1/p'); do
+		"$CTL" destroy --name "$w" >/dev/null 2>&1 || true
+	done
+	info "after cleanup: workers: $(workers), backends: $(xenstore-ls /local/domain/0/backend/vbd 2>/dev/null | grep -c . || true) lines"
+}
+
 # ---- item 1 (+2, 3b): a guest's disk through block-stack --------------------
 guest_run() {
 	mech=$1
-	g=g-$mech
-	img=$IMGS/disk-$mech.img
+	mode=${2:-shutdown}
+	g=g-$mech-$mode
+	tag=$mech
+	[ "$mode" = kill ] && tag=$mech-kill
+	img=$IMGS/disk-$mech-$mode.img
 	truncate -s 64M "$img"
 	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
 	guest_cfg "$g" "$img"
 	t0=$(now)
 	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
-		fail "$mech: xl create" "$(tail -n 5 "/tmp/$g.create" | tr '\n' ' ')"
+		fail "$tag: xl create" "$(tail -n 5 "/tmp/$g.create" | tr '\n' ' ')"
 		dmesg | tail -n 15 | sed 's/^/INFO dmesg: /'
+		cleanup_after "$g"
 		return 0
 	fi
-	pass "$mech: xl create with script=block-stack"
+	pass "$tag: xl create with script=block-stack"
+	info "$tag: xl create took $(($(now) - t0))s"
 	domid=$(xl domid "$g")
 	be=/local/domain/0/backend/vbd/$domid/$XVDA
-	info "$mech: physical-device-path=$(xenstore-read "$be/physical-device-path" 2>&1)" \
+	info "$tag: physical-device-path=$(xenstore-read "$be/physical-device-path" 2>&1)" \
 		"physical-device=$(xenstore-read "$be/physical-device" 2>&1)"
 	if wait_for 120 in_log "$g" "GUEST wrote"; then
-		info "$mech: guest wrote $(($(now) - t0))s after xl create"
+		info "$tag: guest wrote $(($(now) - t0))s after xl create"
 	fi
-	check "$mech: guest reads dom0's pattern" in_log "$g" "GUEST read-ok"
-	check "$mech: guest writes" in_log "$g" "GUEST wrote"
+	check "$tag: guest reads dom0's pattern" in_log "$g" "GUEST read-ok"
+	check "$tag: guest writes" in_log "$g" "GUEST wrote"
 	w=$(xenstore-read "$be/blkstack-worker" 2>/dev/null || echo none)
 	"$CTL" dirty --name "$w" >"/tmp/$g.dirty" 2>&1 || true
-	info "$mech: dirty of $w: $(tr '\n' ' ' <"/tmp/$g.dirty")"
-	check "$mech: blkstack-ctl dirty shows the guest's write" \
+	info "$tag: dirty of $w: $(tr '\n' ' ' <"/tmp/$g.dirty")"
+	check "$tag: blkstack-ctl dirty shows the guest's write" \
 		grep -q '^1048576 ' "/tmp/$g.dirty"
 	got=$(dd if="$img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
-	check "$mech: guest's pattern is in the image (guest running)" \
+	check "$tag: guest's pattern is in the image (guest running)" \
 		[ "$got" = blkstack-guest-pattern ]
 
-	if [ "$mech" = loop ]; then
-		attach_tests "$g" "$domid"
-	fi
-	if [ "$mech" = nbd ] && [ "${KILLTEST:-1}" = 1 ]; then
+	if [ "$mode" = kill ]; then
 		kill_test "$g" "$domid" "$w"
 		return 0
 	fi
+	attach_tests "$g" "$domid"
 
 	t1=$(now)
-	xl shutdown "$g" >/dev/null 2>&1 || true
+	xl shutdown "$g" >"/tmp/$g.shutdown" 2>&1 || true
 	if wait_for 90 domain_gone "$g"; then
-		pass "$mech: guest shut down, domain gone"
-		info "$mech: shutdown took $(($(now) - t1))s"
+		pass "$tag: guest shut down, domain gone"
+		info "$tag: shutdown took $(($(now) - t1))s"
 	else
-		fail "$mech: guest shut down" "still there after 90s; destroying"
+		fail "$tag: guest shut down" "still there after 90s; destroying"
+		info "$tag: xl shutdown said: $(tr '\n' '|' <"/tmp/$g.shutdown")"
+		info "$tag: xl list: $(xl list 2>&1 | tr '\n' '|')"
+		info "$tag: guest console: $(tail -n 8 "$CONS/guest-$g.log" | tr '\n' '|')"
 		xl destroy "$g" || true
 		wait_for 30 domain_gone "$g" || true
 	fi
 	got=$(dd if="$img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
-	check "$mech: guest's pattern is in the image after shutdown" [ "$got" = blkstack-guest-pattern ]
+	check "$tag: guest's pattern is in the image after shutdown" [ "$got" = blkstack-guest-pattern ]
 	wait_for 20 no_workers || true
-	check "$mech: no worker left" no_workers
-	check "$mech: no nbdfuse left" no_nbdfuse
-	check "$mech: no backend left in xenstore" no_backends
-	info "$mech: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
+	check "$tag: no worker left" no_workers
+	check "$tag: no nbdfuse left" no_nbdfuse
+	check "$tag: no backend left in xenstore" no_backends
+	info "$tag: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
+	info "$tag: /run/blkstack: $(find /run/blkstack 2>&1 | tr '\n' ' ')"
 }
 
 attach_tests() {
 	g=$1
 	domid=$2
-	img2=$IMGS/disk2.img
+	img2=$IMGS/disk2-$mech.img
 	truncate -s 32M "$img2"
-	if xl block-attach "$g" "vdev=xvdb,script=block-stack,target=log:|aio:$img2" \
+	if BLKSTACK_DEVICE=$mech xl block-attach "$g" "vdev=xvdb,script=block-stack,target=log:|aio:$img2" \
 		>/tmp/attach.out 2>&1; then
-		pass "loop: xl block-attach of a second disk"
+		pass "$mech: xl block-attach of a second disk"
 	else
-		fail "loop: xl block-attach" "$(tail -n 5 /tmp/attach.out | tr '\n' ' ')"
+		fail "$mech: xl block-attach" "$(tail -n 5 /tmp/attach.out | tr '\n' ' ')"
 	fi
 	be2=/local/domain/0/backend/vbd/$domid/$XVDB
 	if wait_for 60 sh -c "[ \"\$(xenstore-read $be2/state)\" = 4 ]"; then
-		pass "loop: second disk connected (backend state 4)"
+		pass "$mech: second disk connected (backend state 4)"
 	else
-		fail "loop: second disk connected" "state $(xenstore-read "$be2/state" 2>&1)"
+		fail "$mech: second disk connected" "state $(xenstore-read "$be2/state" 2>&1)"
 	fi
-	check "loop: two workers while attached" [ "$(workers)" = 2 ]
-	if xl block-detach "$g" xvdb >/tmp/detach.out 2>&1; then
-		pass "loop: xl block-detach"
+	check "$mech: two workers while attached" [ "$(workers)" = 2 ]
+	if BLKSTACK_DEVICE=$mech xl block-detach "$g" xvdb >/tmp/detach.out 2>&1; then
+		pass "$mech: xl block-detach"
 	else
-		fail "loop: xl block-detach" "$(tail -n 5 /tmp/detach.out | tr '\n' ' ')"
+		fail "$mech: xl block-detach" "$(tail -n 5 /tmp/detach.out | tr '\n' ' ')"
 	fi
 	wait_for 30 sh -c "! xenstore-exists $be2" || true
-	check "loop: second disk's backend gone" sh -c "! xenstore-exists $be2"
-	check "loop: one worker after detach" [ "$(workers)" = 1 ]
+	check "$mech: second disk's backend gone" sh -c "! xenstore-exists $be2"
+	check "$mech: one worker after detach" [ "$(workers)" = 1 ]
 
 	# A missing image under block-attach: libxl does not run remove.
-	if xl block-attach "$g" "vdev=xvdc,script=block-stack,target=log:|aio:$IMGS/missing.img" \
+	if BLKSTACK_DEVICE=$mech xl block-attach "$g" "vdev=xvdc,script=block-stack,target=log:|aio:$IMGS/missing.img" \
 		>/tmp/attach-missing.out 2>&1; then
-		fail "missing image: block-attach fails" "it succeeded"
+		fail "$mech: missing image: block-attach fails" "it succeeded"
 	else
-		pass "missing image: block-attach fails"
+		pass "$mech: missing image: block-attach fails"
 	fi
 	grep 'script:\|hotplug' /tmp/attach-missing.out | head -n 3 | sed 's/^/INFO block-attach: /'
-	check "missing image: block-attach shows blkstack's error" \
+	check "$mech: missing image: block-attach shows blkstack's error" \
 		grep -q 'missing.img' /tmp/attach-missing.out
 	be3=/local/domain/0/backend/vbd/$domid/$XVDC
 	info "missing image: after block-attach, backend xvdc:" \
 		"$(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-300)"
-	check "missing image: block-attach leaves no worker" [ "$(workers)" = 1 ]
-	check "missing image: block-attach leaves no nbdfuse" no_nbdfuse
-	xl block-detach "$g" xvdc >/dev/null 2>&1 || true
+	check "$mech: missing image: block-attach leaves no worker" [ "$(workers)" = 1 ]
+	check "$mech: missing image: block-attach leaves no nbdfuse" no_nbdfuse
+	if BLKSTACK_DEVICE=$mech xl block-detach "$g" xvdc >/tmp/detach-missing.out 2>&1; then
+		info "$mech: xl block-detach of the failed xvdc: ok"
+	else
+		info "$mech: xl block-detach of the failed xvdc: $(tail -n 3 /tmp/detach-missing.out | tr '\n' '|')"
+	fi
+	info "$mech: backend xvdc after block-detach: $(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-200)"
 }
 
 # ---- item 3: a missing image at xl create -----------------------------------
@@ -257,6 +282,10 @@ kill_test() {
 	wait "$dpid" 2>/dev/null || true
 	info "kill: xl destroy said: $(tail -n 4 /tmp/kill.destroy | tr '\n' '|')"
 	info "kill: workers left: $(workers); nbd devices with pid: $(grep -l . /sys/block/nbd*/pid 2>/dev/null | tr '\n' ' ')"
+	info "kill: /run/blkstack: $(find /run/blkstack 2>&1 | tr '\n' ' ')"
+	check "kill: no worker left" no_workers
+	check "kill: nbd device released" sh -c '! grep -l . /sys/block/nbd*/pid 2>/dev/null'
+	info "kill: guest saw: $(grep -c 'GUEST io-error' "$CONS/guest-$g.log") io-error lines"
 	check "kill: no backend left" no_backends
 }
 
@@ -268,6 +297,7 @@ else
 	info "modprobe nbd failed"
 fi
 guest_run nbd
+guest_run nbd kill
 missing_create
 local_attach loop
 local_attach nbd
