@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""bench/report.py RESULTS_DIR OUT.md OUT.json
+
+Turns what bench/run collected into a Markdown report and the same figures
+as JSON: medians over rounds, ratios, latency percentiles, scale figures,
+and MET/MISSED for every target of bench/README.md.  Standard library only.
+"""
+import json
+import math
+import os
+import statistics
+import sys
+
+PEERS = ["direct", "aio", "logaio", "qemu-nbd", "nbdkit"]
+PEER_LABEL = {
+    "direct": "direct (libaio, O_DIRECT)",
+    "aio": "blkstack `aio:`",
+    "logaio": "blkstack `log:\\|aio:`",
+    "qemu-nbd": "qemu-nbd",
+    "nbdkit": "nbdkit file",
+}
+# workload: (direction in fio's JSON, unit)
+WORKLOADS = {
+    "randread-4k-qd32": ("read", "IOPS"),
+    "randwrite-4k-qd32": ("write", "IOPS"),
+    "read-1m-qd8": ("read", "MB/s"),
+    "write-1m-qd8": ("write", "MB/s"),
+}
+WORKLOAD_LABEL = {
+    "randread-4k-qd32": "4k randread QD32",
+    "randwrite-4k-qd32": "4k randwrite QD32",
+    "read-1m-qd8": "1M seq read QD8",
+    "write-1m-qd8": "1M seq write QD8",
+}
+
+# The targets (bench/README.md).
+T_VS_DIRECT = 0.8
+T_VS_QEMU = 1.3
+T_LOG_OVERHEAD = 5.0  # percent
+T_ADD_MS = 5.0
+T_ADD_SPEEDUP = 20.0
+T_RSS_KIB = 8 * 1024
+
+
+def read_env(path):
+    env = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    env[k] = v
+    return env
+
+
+def read_fio(path, direction, unit):
+    with open(path) as f:
+        text = f.read()
+    # fio may print a warning before the JSON document.
+    data = json.loads(text[text.index("{"):])
+    job = data["jobs"][0]
+    cpu = float(job.get("usr_cpu", 0)) + float(job.get("sys_cpu", 0))
+    io = job[direction]
+    if unit == "IOPS":
+        return float(io["iops"]), cpu
+    return float(io["bw_bytes"]) / 1e6, cpu
+
+
+def read_numbers(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [float(x) for x in f.read().split()]
+
+
+def pct(values, p):
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100.0 * len(s)) - 1)]
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "n/a"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_ratio(v):
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def main():
+    res, out_md, out_json = sys.argv[1:4]
+    m = read_env(os.path.join(res, "machine.env"))
+    rounds = int(m.get("rounds", "1"))
+
+    # ---- data path
+    data = {}
+    for w, (direction, unit) in WORKLOADS.items():
+        row = {"unit": unit, "peers": {}}
+        for p in PEERS:
+            vals, cpus = [], []
+            for r in range(1, rounds + 1):
+                path = os.path.join(res, f"fio.{p}.{w}.{r}.json")
+                if os.path.exists(path):
+                    v, c = read_fio(path, direction, unit)
+                    vals.append(v)
+                    cpus.append(c)
+            row["peers"][p] = {
+                "runs": vals,
+                "median": statistics.median(vals) if vals else None,
+                # fio's own CPU (usr+sys, % of one core), median.
+                "fio_cpu_pct": statistics.median(cpus) if cpus else None,
+            }
+        med = {p: row["peers"][p]["median"] for p in PEERS}
+        row["ratios"] = {
+            "aio_vs_direct": ratio(med["aio"], med["direct"]),
+            "aio_vs_qemu_nbd": ratio(med["aio"], med["qemu-nbd"]),
+            "aio_vs_nbdkit": ratio(med["aio"], med["nbdkit"]),
+            "logaio_vs_direct": ratio(med["logaio"], med["direct"]),
+            "logaio_vs_qemu_nbd": ratio(med["logaio"], med["qemu-nbd"]),
+            "logaio_vs_aio": ratio(med["logaio"], med["aio"]),
+        }
+        lr = row["ratios"]["logaio_vs_aio"]
+        row["log_overhead_pct"] = None if lr is None else (1.0 - lr) * 100.0
+        data[w] = row
+
+    # ---- blackout
+    lat = {}
+    for key in ["v2.prepare", "v2.add", "v2.remove", "v2.unprepare",
+                "v1.add", "v1.remove"]:
+        vals = read_numbers(os.path.join(res, key))
+        lat[key] = {
+            "runs": len(vals),
+            "median_ms": statistics.median(vals) if vals else None,
+            "p90_ms": pct(vals, 90),
+            "min_ms": min(vals) if vals else None,
+            "max_ms": max(vals) if vals else None,
+        }
+    add_speedup = ratio(lat["v1.add"]["median_ms"], lat["v2.add"]["median_ms"])
+
+    # ---- scale
+    s = read_env(os.path.join(res, "scale.env"))
+    scale = {k: (float(v) if "." in v else int(v)) for k, v in s.items()}
+    if not scale.get("n"):
+        scale = {}  # the part was not run
+    if scale.get("workers"):
+        scale["rss_mean_kib"] = scale["rss_total_kib"] / scale["workers"]
+        scale["fd_mean"] = scale["fd_total"] / scale["workers"]
+    left = sum(scale.get(k, 0) for k in ["left_workers", "left_listed",
+                                          "left_loops", "left_nbdfuse",
+                                          "left_mounts"])
+    if scale:
+        scale["clean_after"] = left == 0
+
+    # ---- targets
+    rr = data["randread-4k-qd32"]["ratios"]
+    overheads = [data[w]["log_overhead_pct"] for w in WORKLOADS
+                 if data[w]["log_overhead_pct"] is not None]
+    worst_overhead = max(overheads) if overheads else None
+
+    def target(name, value, ok, shown, why=""):
+        return {"target": name, "value": value, "shown": shown,
+                "status": "n/a" if ok is None else ("MET" if ok else "MISSED"),
+                "note": why}
+
+    def cmp(v, f):
+        return None if v is None else f(v)
+
+    add_med = lat["v2.add"]["median_ms"]
+    targets = [
+        target("4k randread QD32: blkstack aio: >= 0.8x direct",
+               rr["aio_vs_direct"], cmp(rr["aio_vs_direct"],
+                                        lambda v: v >= T_VS_DIRECT),
+               fmt_ratio(rr["aio_vs_direct"])),
+        target("4k randread QD32: blkstack aio: >= 1.3x qemu-nbd",
+               rr["aio_vs_qemu_nbd"], cmp(rr["aio_vs_qemu_nbd"],
+                                          lambda v: v >= T_VS_QEMU),
+               fmt_ratio(rr["aio_vs_qemu_nbd"])),
+        target("log: overhead < 5% (worst of the four workloads)",
+               worst_overhead, cmp(worst_overhead,
+                                   lambda v: v < T_LOG_OVERHEAD),
+               "n/a" if worst_overhead is None else f"{worst_overhead:.1f}%"),
+        target("v2 add median <= 5 ms", add_med,
+               cmp(add_med, lambda v: v <= T_ADD_MS),
+               "n/a" if add_med is None else f"{add_med:.1f} ms",
+               "add starts nbdfuse (no nbd module here), and nbdfuse's "
+               "start dominates; starting nbdfuse in prepare would leave "
+               "only LOOP_CONFIGURE and the xenstore writes in add"),
+        target("v2 add >= 20x faster than Xen's block add", add_speedup,
+               cmp(add_speedup, lambda v: v >= T_ADD_SPEEDUP),
+               fmt_ratio(add_speedup),
+               "the same cause: most of add's time is nbdfuse's start"),
+        target("worker RSS <= 8 MiB (largest worker, scale test)",
+               scale.get("rss_max_kib"),
+               cmp(scale.get("rss_max_kib") or None,
+                   lambda v: v <= T_RSS_KIB),
+               "n/a" if not scale.get("rss_max_kib")
+               else f"{scale['rss_max_kib'] / 1024:.1f} MiB"),
+    ]
+    quick_note = ("QUICK run: one short round, so confirm on a full run "
+                  "on an idle machine")
+    for t in targets:
+        if t["status"] != "MISSED":
+            t["note"] = ""
+        elif not t["note"] and m.get("mode") == "quick":
+            t["note"] = quick_note
+
+    machine = {k: m.get(k) for k in ["cpu", "cores", "kernel", "fs", "date",
+                                     "git", "mode", "load_start",
+                                     "load_end"]}
+    peers = {"fio": m.get("fio"), "qemu-nbd": m.get("qemu_nbd"),
+             "nbdkit": m.get("nbdkit"),
+             "nbdkit_cache": m.get("nbdkit_cache")}
+    params = {k: m.get(k) for k in ["rounds", "runtime", "ramp", "size_mb",
+                                    "lat_runs", "scale_n"]}
+    doc = {"machine": machine, "peers": peers, "parameters": params,
+           "data_path": data, "blackout": lat,
+           "blackout_add_speedup_vs_xen_block": add_speedup,
+           "scale": scale, "targets": targets}
+    with open(out_json, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+    # ---- Markdown
+    L = []
+    a = L.append
+    a(f"# blkstack bench ({m.get('mode', '?')}, {m.get('date', '?')})")
+    a("")
+    a(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Linux "
+      f"{m.get('kernel')}, images on {m.get('fs')} (/var/tmp); "
+      f"blkstack {m.get('git')}; load average (1, 5, 15 min) "
+      f"{m.get('load_start')} at the start, {m.get('load_end')} at the "
+      "end.  ")
+    a(f"Peers: {m.get('fio')}; {m.get('qemu_nbd')}; {m.get('nbdkit')} "
+      f"(file plugin, {m.get('nbdkit_cache')}).  ")
+    a(f"{params['rounds']} round(s), {params['runtime']} s per run after "
+      f"{params['ramp']} s ramp, {params['size_mb']} MiB raw file, peers "
+      "interleaved; figures are medians over rounds.  Compare ratios, not "
+      "absolutes: other load on the machine moves every column.")
+    a("")
+    a("## Data path")
+    a("")
+    a("| workload | unit | " + " | ".join(PEER_LABEL[p] for p in PEERS)
+      + " | aio÷direct | aio÷qemu-nbd | log\\|aio÷aio (log: overhead) |")
+    a("|" + " --- |" * (2 + len(PEERS) + 3))
+    for w, row in data.items():
+        if all(row["peers"][p]["median"] is None for p in PEERS):
+            continue  # not run
+        cells = [WORKLOAD_LABEL[w], row["unit"]]
+        cells += [fmt(row["peers"][p]["median"]) for p in PEERS]
+        r = row["ratios"]
+        ov = row["log_overhead_pct"]
+        cells += [fmt_ratio(r["aio_vs_direct"]), fmt_ratio(r["aio_vs_qemu_nbd"]),
+                  fmt_ratio(r["logaio_vs_aio"]) +
+                  ("" if ov is None else f" ({ov:+.1f}%)")]
+        a("| " + " | ".join(cells) + " |")
+    a("")
+    a("fio 3.x: `--ioengine=nbd` over the peer's Unix socket; direct is "
+      "`--ioengine=libaio --direct=1` on the file.  qemu-nbd runs with "
+      "`--cache=none --aio=native`; nbdkit's `cache=none` is "
+      "posix_fadvise(DONTNEED), not O_DIRECT.")
+    dcpu = [f"{WORKLOAD_LABEL[w]} {data[w]['peers']['direct']['fio_cpu_pct']:.0f}%"
+            for w in WORKLOADS
+            if data[w]["peers"]["direct"]["fio_cpu_pct"] is not None]
+    if dcpu:
+        a("")
+        a("direct is one fio job doing submission and completion itself; "
+          "its CPU (usr+sys, % of one core): " + ", ".join(dcpu) + ".  "
+          "Near 100% it is CPU-bound, not the device's limit, and a server "
+          "peer, whose I/O runs in a second process on the other core, can "
+          "beat it (ratios above 1x).")
+    a("")
+    a("## Blackout: the add a migration waits for")
+    a("")
+    a("| action | runs | median ms | p90 ms | min ms | max ms |")
+    a("| --- | --- | --- | --- | --- | --- |")
+    names = {"v2.prepare": "blkstack v2 prepare",
+             "v2.add": "**blkstack v2 add** (after prepare)",
+             "v2.remove": "blkstack v2 remove",
+             "v2.unprepare": "blkstack v2 unprepare",
+             "v1.add": "**Xen block add** (v1, file → loop)",
+             "v1.remove": "Xen block remove (v1)"}
+    for k, label in names.items():
+        v = lat[k]
+        a(f"| {label} | {v['runs']} | {fmt(v['median_ms'])} | "
+          f"{fmt(v['p90_ms'])} | {fmt(v['min_ms'])} | {fmt(v['max_ms'])} |")
+    a("")
+    a(f"Xen block add ÷ blkstack v2 add (medians): {fmt_ratio(add_speedup)}. "
+      "Each time is one whole `xs-toolstack v2-run`/`v1-run` invocation "
+      "(process start, the script, its xenstore traffic) against a private "
+      "xenstored; BLKSTACK_DEVICE=loop, so blkstack's add is nbdfuse + loop.")
+    a("")
+    a("## Scale")
+    a("")
+    a("| figure | value |")
+    a("| --- | --- |")
+    if scale:
+        a(f"| disks prepared and added at once | {scale.get('n')} |")
+        a(f"| wall time, prepare+add of all (v2-attach) | "
+          f"{fmt(scale.get('add_wall_ms'))} ms |")
+        a(f"| failures (add / remove) | {scale.get('add_fails')} / "
+          f"{scale.get('remove_fails')} |")
+        a(f"| workers / loop devices / nbdfuse while attached | "
+          f"{scale.get('workers')} / {scale.get('devices')} / "
+          f"{scale.get('nbdfuse')} |")
+        a(f"| worker RSS total | "
+          f"{fmt(scale.get('rss_total_kib', 0) / 1024)} MiB |")
+        a(f"| worker RSS mean / max | "
+          f"{fmt(scale.get('rss_mean_kib', 0) / 1024, 2)} / "
+          f"{fmt(scale.get('rss_max_kib', 0) / 1024, 2)} MiB |")
+        a(f"| fds per worker mean / max | {fmt(scale.get('fd_mean'))} / "
+          f"{scale.get('fd_max')} |")
+        a(f"| wall time, remove+unprepare of all (v2-detach) | "
+          f"{fmt(scale.get('remove_wall_ms'))} ms |")
+        a(f"| left after (workers, listed, loops, nbdfuse, mounts) | "
+          f"{scale.get('left_workers')}, {scale.get('left_listed')}, "
+          f"{scale.get('left_loops')}, {scale.get('left_nbdfuse')}, "
+          f"{scale.get('left_mounts')} "
+          f"({'clean' if scale['clean_after'] else 'NOT CLEAN'}) |")
+    a("")
+    a("## Targets")
+    a("")
+    a("| target | measured | status | why missed |")
+    a("| --- | --- | --- | --- |")
+    for t in targets:
+        a(f"| {t['target']} | {t['shown']} | {t['status']} | {t['note']} |")
+    a("")
+    with open(out_md, "w") as f:
+        f.write("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
