@@ -7,7 +7,13 @@
  *
  * Where things are:
  *   records    HOTPLUG_PATH (v2) or XENBUS_PATH (v1): our xenstore nodes
- *              blkstack-worker, blkstack-dev, blkstack-local-dev.
+ *              blkstack-worker, blkstack-stage, blkstack-dev,
+ *              blkstack-local-dev.
+ *   stage      for the loop fallback, prepare starts nbdfuse (the slow
+ *              part of a device) and records it as blkstack-stage; add
+ *              then only configures a loop device on it, so the blackout
+ *              step is a few xenstore operations and one ioctl.  remove
+ *              frees the loop device, unprepare the stage.
  *   worker     RUNDIR/NAME, started and stopped through blkstack-ctl;
  *              NAME comes from the records path, so every action of one
  *              device finds the same worker without reading it back.
@@ -55,6 +61,7 @@ extern char **environ;
 #define NODE_WORKER    "blkstack-worker"
 #define NODE_DEV       "blkstack-dev"
 #define NODE_LOCAL_DEV "blkstack-local-dev"
+#define NODE_STAGE     "blkstack-stage"
 
 /* What the device-related actions work on. */
 struct target {
@@ -367,11 +374,76 @@ static bool worker_running(const struct target *t)
 	return run_ctl(t, args, &ignore) == 0;
 }
 
+static int detach_recorded(struct hp *hp, const struct target *t,
+			   const char *node);
+static int check_worker(struct hp *hp, const struct target *t, char *sock,
+			size_t size);
+
+/*
+ * The recorded stage, if it is there and usable.  Fills *stage and
+ * returns true; anything else (no record, a bad one, nbdfuse gone) is
+ * false, with hp->err untouched.
+ */
+static bool recorded_stage(struct hp *hp, const struct target *t,
+			   struct hp_dev *stage)
+{
+	struct bks_error saved = hp->err;
+	char *line = NULL;
+	bool ok;
+
+	ok = read_record(hp, NODE_STAGE, &line) == 0 &&
+	     hp_dev_parse(line, t->dir, stage, &hp->err) == 0 &&
+	     hp_dev_staged_ok(stage);
+	free(line);
+	hp->err = saved;
+	return ok;
+}
+
+/*
+ * Stage the device's slow part (hp_dev_stage) unless a usable stage is
+ * recorded already.  line gets the record to write, "" for none (the
+ * mechanism needs no stage); *made tells whether a new stage was started,
+ * which the caller must undo if it cannot record it.
+ */
+static int stage_device(struct hp *hp, const struct target *t,
+			struct hp_dev *stage, bool *made, char *line,
+			size_t size)
+{
+	enum hp_dev_mech mech;
+	char sock[PATH_MAX];
+	int rc;
+
+	*made = false;
+	line[0] = '\0';
+	if (recorded_stage(hp, t, stage)) {
+		hp_dev_format(stage, line, size);
+		return 0;
+	}
+	/* A stage that died (or a bad record): clean up after it. */
+	rc = detach_recorded(hp, t, NODE_STAGE);
+	if (rc == 0)
+		rc = hp_dev_choose(&mech, &hp->err);
+	if (rc < 0 || mech != HP_DEV_LOOP)
+		return rc;
+	rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
+	if (rc < 0)
+		return rc;
+	*made = true;
+	if (hp_dev_format(stage, line, size) < 0)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"stage record too long");
+	return 0;
+}
+
 static int do_prepare(struct hp *hp, const struct target *t)
 {
 	struct bks_chain_spec spec;
 	struct writes w = {.clear_error = true};
-	char *chain = NULL;
+	char *chain = NULL, line[PATH_MAX + 256];
+	struct hp_dev stage;
+	bool made = false;
 	int rc;
 
 	rc = read_record(hp, "params", &chain);
@@ -394,9 +466,20 @@ static int do_prepare(struct hp *hp, const struct target *t)
 			goto out;
 		}
 	}
+	rc = stage_device(hp, t, &stage, &made, line, sizeof(line));
+	if (rc < 0)
+		goto out;
 	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
+	if (line[0])
+		add_write(&w, records_dir(hp), NODE_STAGE, line);
 	rc = commit(hp, &w);
 out:
+	if (rc < 0 && made) {
+		/* Unrecorded, nobody else could ever stop it. */
+		struct bks_error ignore;
+
+		hp_dev_detach(&stage, &ignore);
+	}
 	free(chain);
 	return rc;
 }
@@ -473,11 +556,15 @@ static int check_worker(struct hp *hp, const struct target *t, char *sock,
 
 /*
  * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV), or reuse the
- * recorded one if it is still there.  Fills dev and line.
+ * recorded one if it is still there.  With use_stage, a loop device goes
+ * on prepare's stage when that is still usable (else a whole attach, as
+ * without).  Fills dev and line.
  */
 static int attach(struct hp *hp, const struct target *t, const char *node,
-		  bool ro, struct hp_dev *dev, char *line, size_t size)
+		  bool use_stage, bool ro, struct hp_dev *dev, char *line,
+		  size_t size)
 {
+	struct hp_dev stage;
 	enum hp_dev_mech mech;
 	char sock[PATH_MAX], *old = NULL;
 	int rc;
@@ -498,7 +585,11 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 	rc = check_worker(hp, t, sock, sizeof(sock));
 	if (rc == 0)
 		rc = hp_dev_choose(&mech, &hp->err);
-	if (rc == 0)
+	if (rc < 0)
+		return rc;
+	if (use_stage && mech == HP_DEV_LOOP && recorded_stage(hp, t, &stage))
+		rc = hp_dev_attach_staged(&stage, ro, dev, &hp->err);
+	else
 		rc = hp_dev_attach(sock, t->dir, ro, mech, dev, &hp->err);
 	if (rc < 0)
 		return rc;
@@ -751,8 +842,8 @@ static int do_add(struct hp *hp, const struct target *t)
 	if (rc == 0)
 		rc = check_sharing(hp, t, &mine);
 	if (rc == 0)
-		rc =
-		    attach(hp, t, NODE_DEV, !mine.rw, &dev, line, sizeof(line));
+		rc = attach(hp, t, NODE_DEV, true, !mine.rw, &dev, line,
+			    sizeof(line));
 	if (rc < 0)
 		return rc;
 	/* As blkback parses it: "%x:%x". */
@@ -778,21 +869,54 @@ static int do_add(struct hp *hp, const struct target *t)
 	return rc;
 }
 
+/*
+ * Keep the first failure: *rc and *first get rc and hp->err if nothing
+ * failed before.  So unprepare can release everything it can and still
+ * report what went wrong first.
+ */
+static void keep_first(struct hp *hp, int rc, int *first_rc,
+		       struct bks_error *first)
+{
+	if (rc < 0 && *first_rc == 0) {
+		*first_rc = rc;
+		*first = hp->err;
+	}
+}
+
 static int do_unprepare(struct hp *hp, const struct target *t)
 {
+	static const char *const nodes[] = {NODE_DEV, NODE_LOCAL_DEV,
+					    NODE_STAGE};
 	const char *args[] = {"destroy", "--name", t->name, NULL};
 	struct writes w = {0};
-	int rc;
+	struct bks_error first;
+	unsigned int swept = 0;
+	int rc, first_rc = 0;
 
-	/* remove and localdetach should have run; do their work if not. */
-	rc = detach_recorded(hp, t, NODE_DEV);
-	if (rc == 0)
-		rc = detach_recorded(hp, t, NODE_LOCAL_DEV);
-	if (rc < 0)
-		return rc;
+	/*
+	 * remove and localdetach should have run; do their work if not.
+	 * HOTPLUG_PATH goes after unprepare whatever it reports, so a
+	 * failure does not stop the rest (a rerun retries what failed: the
+	 * failed records stay).
+	 */
+	for (size_t i = 0; i < sizeof(nodes) / sizeof(*nodes); i++)
+		keep_first(hp, detach_recorded(hp, t, nodes[i]), &first_rc,
+			   &first);
+	/* Devices of attaches killed before they were recorded. */
+	keep_first(hp, hp_dev_sweep(t->dir, &swept, &hp->err), &first_rc,
+		   &first);
+	if (swept)
+		fprintf(stderr,
+			"blkstack: unprepare: freed %u unrecorded "
+			"device(s) in %s\n",
+			swept, t->dir);
 	remove_usage(t);
 	if (run_ctl(t, args, &hp->err))
-		return -EIO;
+		keep_first(hp, -EIO, &first_rc, &first);
+	if (first_rc < 0) {
+		hp->err = first;
+		return first_rc;
+	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
 	rc = commit(hp, &w);
 	if (rc == -ENOENT && hp->env.iface == HP_IFACE_V1) {
@@ -879,7 +1003,8 @@ int hp_act_localattach(struct hp *hp)
 
 	if (rc < 0)
 		return rc;
-	rc = attach(hp, &t, NODE_LOCAL_DEV, false, &dev, line, sizeof(line));
+	rc = attach(hp, &t, NODE_LOCAL_DEV, false, false, &dev, line,
+		    sizeof(line));
 	if (rc < 0)
 		return rc;
 	add_write(&w, records_dir(hp), NODE_LOCAL_DEV, line);

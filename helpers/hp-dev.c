@@ -24,6 +24,7 @@
  * fuse_pid must still be nbdfuse serving MOUNTPOINT.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -331,10 +332,11 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 	    dev->fuse_pid < 0)
 		return -EINVAL;
 	n = snprintf(buf, size,
-		     "mech=%s path=%s major=%u minor=%u fuse_pid=%d "
+		     "mech=%s path=%s major=%u minor=%u staged=%d fuse_pid=%d "
 		     "fuse_dir=%s",
 		     hp_dev_mech_name(dev->mech), dev->path, dev->major,
-		     dev->minor, dev->fuse_pid, dev->fuse_dir);
+		     dev->minor, dev->staged ? 1 : 0, dev->fuse_pid,
+		     dev->fuse_dir);
 	if (n < 0 || (size_t)n >= size)
 		return -ENAMETOOLONG;
 	return n;
@@ -447,6 +449,11 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		goto bad;
 	}
 
+	if (!take_field(&p, what = "staged", false, &v, &ve) ||
+	    !parse_uint(v, ve, 1, &n))
+		goto bad;
+	d.staged = n == 1;
+
 	if (!take_field(&p, what = "fuse_pid", false, &v, &ve) ||
 	    !parse_uint(v, ve, PID_MAX_LINUX, &n))
 		goto bad;
@@ -465,6 +472,11 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 	}
 	what = "fuse_pid";
 	if (d.mech == HP_DEV_NBD && (d.fuse_pid || d.fuse_dir[0]))
+		goto bad;
+	/* A staged device is a loop device on a stage's nbdfuse. */
+	what = "staged";
+	if (d.staged && (d.mech != HP_DEV_LOOP || !d.path[0] || !d.fuse_pid ||
+			 !d.fuse_dir[0]))
 		goto bad;
 	*dev = d;
 	return 0;
@@ -834,6 +846,9 @@ static int loop_attach(const char *file, bool ro, struct hp_dev *dev,
 	}
 	if (fstat(lfd, &st) < 0) {
 		ret = bks_error_set(err, errno, "stat %s", dev->path);
+		/* Leave no device behind: the caller has no number for it. */
+		ioctl(lfd, LOOP_CLR_FD, 0);
+		dev->path[0] = '\0';
 		goto out;
 	}
 	dev->major = major(st.st_rdev);
@@ -1383,6 +1398,15 @@ int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err)
 	ret = loop_detach(dev, file, &flush_rc, err);
 	if (ret < 0)
 		goto out;
+	if (dev->staged) {
+		/* nbdfuse is the stage's; its death only excuses the flush. */
+		if (flush_rc < 0 && ours)
+			ret = bks_error_set(err, -flush_rc, "flush %s",
+					    dev->path);
+		else
+			ret = check_rc;
+		goto out;
+	}
 
 	/*
 	 * Lazy unmount: works whoever still holds the file (a deferred loop
@@ -1425,10 +1449,16 @@ out:
 	return ret;
 }
 
-static int loop_attach_all(const char *nbd_sock, const char *state_dir, bool ro,
-			   struct hp_dev *dev, struct bks_error *err)
+/*
+ * nbdfuse for nbd_sock on a new STATE_DIR/fuse-XXXXXX, filling the fuse
+ * fields of dev (mech already set) and file (the export as a file).  On
+ * failure, undoes what it did and leaves dev's fuse fields empty.
+ */
+static int fuse_setup(const char *nbd_sock, const char *state_dir, bool ro,
+		      struct hp_dev *dev, char *file, size_t size,
+		      struct bks_error *err)
 {
-	char file[PATH_MAX + 8], log[PATH_MAX + 8];
+	char log[PATH_MAX + 8];
 	struct bks_error undo_err;
 	int ret;
 
@@ -1445,20 +1475,201 @@ static int loop_attach_all(const char *nbd_sock, const char *state_dir, bool ro,
 		dev->fuse_dir[0] = '\0';
 		return ret;
 	}
-	snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
+	snprintf(file, size, "%s/nbd", dev->fuse_dir);
 	snprintf(log, sizeof(log), "%s.log", dev->fuse_dir);
-
 	ret = fuse_start(nbd_sock, ro, dev, file, log, err);
+	if (ret < 0) {
+		hp_dev_detach(dev, &undo_err);
+		dev->fuse_pid = 0;
+		dev->fuse_dir[0] = '\0';
+	}
+	return ret;
+}
+
+static int loop_attach_all(const char *nbd_sock, const char *state_dir, bool ro,
+			   struct hp_dev *dev, struct bks_error *err)
+{
+	char file[PATH_MAX + 8];
+	struct bks_error undo_err;
+	int ret;
+
+	ret = fuse_setup(nbd_sock, state_dir, ro, dev, file, sizeof(file), err);
 	if (ret < 0)
-		goto out;
+		return ret;
 	ret = loop_attach(file, ro, dev, err);
-out:
 	if (ret < 0) {
 		/* Undo; the first error is the one worth reporting. */
 		hp_dev_detach(dev, &undo_err);
 		memset(dev, 0, sizeof(*dev));
 		dev->mech = HP_DEV_LOOP;
 	}
+	return ret;
+}
+
+int hp_dev_stage(const char *nbd_sock, const char *state_dir,
+		 enum hp_dev_mech mech, struct hp_dev *stage,
+		 struct bks_error *err)
+{
+	char file[PATH_MAX + 8];
+
+	memset(stage, 0, sizeof(*stage));
+	stage->mech = mech;
+	switch (mech) {
+	case HP_DEV_NBD:
+		return 0;
+	case HP_DEV_LOOP:
+		return fuse_setup(nbd_sock, state_dir, false, stage, file,
+				  sizeof(file), err);
+	case HP_DEV_AUTO:
+		break;
+	}
+	return bks_error_setmsg(err, EINVAL, "stage: unknown mechanism %d",
+				(int)mech);
+}
+
+bool hp_dev_staged_ok(const struct hp_dev *stage)
+{
+	char file[PATH_MAX + 8];
+	struct stat st;
+	int pidfd;
+	bool ours;
+
+	if (stage->mech != HP_DEV_LOOP || stage->staged || stage->path[0] ||
+	    fuse_check(stage, &pidfd, &ours) < 0 || !ours)
+		return false;
+	close(pidfd);
+	snprintf(file, sizeof(file), "%s/nbd", stage->fuse_dir);
+	return stat(file, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
+			 struct hp_dev *dev, struct bks_error *err)
+{
+	char file[PATH_MAX + 8];
+	int ret;
+
+	*dev = *stage;
+	dev->staged = true;
+	snprintf(file, sizeof(file), "%s/nbd", stage->fuse_dir);
+	ret = loop_attach(file, ro, dev, err);
+	if (ret < 0) {
+		/* loop_attach leaves no device behind on failure. */
+		memset(dev, 0, sizeof(*dev));
+		dev->mech = HP_DEV_LOOP;
+	}
+	return ret;
+}
+
+/* ---- sweep --------------------------------------------------------------- */
+
+/* The loop device backed by file, if any: fills dev's path and numbers. */
+static void sweep_find_loop(const char *file, struct hp_dev *dev)
+{
+	struct dirent *de;
+	DIR *d = opendir("/sys/block");
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char path[sizeof(dev->path)];
+		struct bks_error ignore;
+		struct stat st;
+
+		if (strncmp(de->d_name, "loop", 4) != 0 ||
+		    snprintf(path, sizeof(path), "/dev/%s", de->d_name) >=
+			(int)sizeof(path) ||
+		    loop_backed_by(path, file, &ignore) != 1 ||
+		    stat(path, &st) < 0 || !S_ISBLK(st.st_mode))
+			continue;
+		strcpy(dev->path, path);
+		dev->major = major(st.st_rdev);
+		dev->minor = minor(st.st_rdev);
+		break;
+	}
+	closedir(d);
+}
+
+/* The nbdfuse serving mountpoint dir, if any (fuse_check() confirms). */
+static void sweep_find_fuse(struct hp_dev *dev)
+{
+	struct dirent *de;
+	DIR *d = opendir("/proc");
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char *end;
+		long pid = strtol(de->d_name, &end, 10);
+		bool ours = false;
+		int pidfd;
+
+		if (*end || pid <= 0 || pid > PID_MAX_LINUX)
+			continue;
+		dev->fuse_pid = (int)pid;
+		if (fuse_check(dev, &pidfd, &ours) == 0 && ours) {
+			close(pidfd);
+			break;
+		}
+		dev->fuse_pid = 0;
+	}
+	closedir(d);
+}
+
+int hp_dev_sweep(const char *state_dir, unsigned int *found,
+		 struct bks_error *err)
+{
+	struct dirent *de;
+	DIR *d;
+	int ret = 0;
+
+	*found = 0;
+	d = opendir(state_dir);
+	if (!d) {
+		if (errno == ENOENT)
+			return 0;
+		return bks_error_set(err, errno, "open %s", state_dir);
+	}
+	while ((de = readdir(d))) {
+		char file[PATH_MAX + 8];
+		struct hp_dev dev;
+		struct stat st;
+		int rc;
+
+		memset(&dev, 0, sizeof(dev));
+		dev.mech = HP_DEV_LOOP;
+		if (strncmp(de->d_name, "fuse-", 5) != 0 ||
+		    !component_ok(de->d_name,
+				  de->d_name + strlen(de->d_name)) ||
+		    snprintf(dev.fuse_dir, sizeof(dev.fuse_dir), "%s/%s",
+			     state_dir,
+			     de->d_name) >= (int)sizeof(dev.fuse_dir))
+			continue;
+		/* A directory (mounted or not), or a log without one. */
+		if (lstat(dev.fuse_dir, &st) < 0)
+			continue;
+		if (!S_ISDIR(st.st_mode)) {
+			size_t n = strlen(dev.fuse_dir);
+
+			if (S_ISREG(st.st_mode) && n > 4 &&
+			    strcmp(dev.fuse_dir + n - 4, ".log") == 0) {
+				dev.fuse_dir[n - 4] = '\0';
+				if (lstat(dev.fuse_dir, &st) < 0 &&
+				    errno == ENOENT) {
+					dev.fuse_dir[n - 4] = '.';
+					unlink(dev.fuse_dir);
+				}
+			}
+			continue;
+		}
+		snprintf(file, sizeof(file), "%s/nbd", dev.fuse_dir);
+		sweep_find_loop(file, &dev);
+		sweep_find_fuse(&dev);
+		rc = hp_dev_detach(&dev, err);
+		if (rc < 0 && ret == 0)
+			ret = rc;
+		(*found)++;
+	}
+	closedir(d);
 	return ret;
 }
 

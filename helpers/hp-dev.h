@@ -6,12 +6,17 @@
  *
  * Two mechanisms:
  *   nbd   the kernel NBD client: the handshake here, then the socket is
- *         handed to the kernel with netlink NBD_CMD_CONNECT.  Written
- *         against nbd-netlink.h but NOT yet run against a kernel (no nbd
- *         module on the development machines), so "auto" does not pick
- *         it yet (HP_DEV_AUTO_PREFERS_NBD in hp-dev.c).
+ *         handed to the kernel with netlink NBD_CMD_CONNECT.  Run on real
+ *         Xen 4.17 (make check-xen); "auto" picks it where the module is.
  *   loop  nbdfuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd
  *         and a loop device (direct I/O) is put on that file.
+ *
+ * Staging (loop only): starting nbdfuse is the slow part of a loop attach
+ * (a fork, an exec, a FUSE mount, tens of milliseconds), so prepare starts
+ * it ahead (hp_dev_stage) and add only puts the loop device on its file
+ * (hp_dev_attach_staged), which is one ioctl.  The stage is a record of
+ * its own: a staged device's detach frees the loop device and leaves
+ * nbdfuse to the stage's detach (unprepare).
  */
 #ifndef BLKSTACK_HP_DEV_H
 #define BLKSTACK_HP_DEV_H
@@ -40,6 +45,7 @@ struct hp_dev {
 	char path[64];	       /* /dev/loopN or /dev/nbdN, "" if none yet */
 	unsigned int major, minor;
 	/* loop fallback: */
+	bool staged;		 /* nbdfuse belongs to a stage, not to us */
 	int fuse_pid;		 /* nbdfuse process, 0 if none */
 	char fuse_dir[PATH_MAX]; /* its mountpoint (under state_dir), or "" */
 };
@@ -97,20 +103,62 @@ int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,
 		  struct bks_error *err);
 
 /*
+ * Start the slow part of an attach ahead of time (prepare).  For
+ * HP_DEV_LOOP: nbdfuse on a new STATE_DIR/fuse-XXXXXX, writable (a
+ * read-only disk gets a read-only loop device at attach); *stage gets
+ * mech=loop, no path, the nbdfuse fields.  For HP_DEV_NBD nothing is
+ * staged (the kernel attach is already quick): *stage gets mech=nbd and
+ * nothing else, and hp_dev_staged_ok() is false for it.  mech must not be
+ * HP_DEV_AUTO.  On failure nothing is left behind.  A stage is undone with
+ * hp_dev_detach().
+ */
+int hp_dev_stage(const char *nbd_sock, const char *state_dir,
+		 enum hp_dev_mech mech, struct hp_dev *stage,
+		 struct bks_error *err);
+
+/*
+ * Can attach use this stage: a loop stage whose nbdfuse is still running,
+ * still ours and still serving its file?  Never fails: no means no.
+ */
+bool hp_dev_staged_ok(const struct hp_dev *stage);
+
+/*
+ * add's half of a staged attach: a loop device (read-only if ro) on the
+ * stage's file.  *dev gets the stage's fields, the device and
+ * staged=true.  On failure *dev describes nothing and the stage is
+ * untouched.
+ */
+int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
+			 struct hp_dev *dev, struct bks_error *err);
+
+/*
  * Flush (fsync and BLKFLSBUF on the device) and detach.  Idempotent: a
  * device or nbdfuse already gone is success, and so is a recorded device
- * that now belongs to somebody else (it is left alone).  Works from a
- * partially-filled hp_dev (after a failed or killed attach).  A failed
- * flush is reported (-EIO) only when nbdfuse was still alive to take it,
- * but the teardown goes on regardless.
+ * that now belongs to somebody else (it is left alone).  A staged device
+ * (dev->staged) loses only its loop device: nbdfuse stays with the stage.
+ * Works from a partially-filled hp_dev (after a failed or killed attach).
+ * A failed flush is reported (-EIO) only when nbdfuse was still alive to
+ * take it, but the teardown goes on regardless.
  */
 int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err);
 
 /*
- * One line, "mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=123
- * fuse_dir=/run/...", with every key, in that order (empty values for
- * what is not there yet).  Returns the length, or -ENAMETOOLONG if it
- * does not fit, or -EINVAL if dev cannot be represented.
+ * Free every device left in state_dir that no record names: a fuse-*
+ * mountpoint (from an attach or a stage killed before it was recorded),
+ * the loop device on its file and the nbdfuse serving it, each found by
+ * what the kernel says (backing_file, /proc/PID/cmdline) and torn down as
+ * hp_dev_detach() would.  For unprepare, after the records are detached:
+ * everything in a disk's state directory is that disk's.  *found counts
+ * what was swept.  Returns the first failure, after trying them all.
+ */
+int hp_dev_sweep(const char *state_dir, unsigned int *found,
+		 struct bks_error *err);
+
+/*
+ * One line, "mech=loop path=/dev/loop3 major=7 minor=3 staged=0
+ * fuse_pid=123 fuse_dir=/run/...", with every key, in that order (empty
+ * values for what is not there yet).  Returns the length, or -ENAMETOOLONG if
+ * it does not fit, or -EINVAL if dev cannot be represented.
  */
 int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size);
 
@@ -118,7 +166,8 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size);
  * Parse a line from hp_dev_format().  Strict, since the line comes back
  * from xenstore: keys in order, path /dev/loopN or /dev/nbdN matching the
  * mechanism, fuse_dir one plain component directly under state_dir,
- * numbers decimal and in range.  Returns 0 or -EINVAL.
+ * numbers decimal and in range, staged 0 or 1 (1 only with a loop device
+ * and an nbdfuse).  Returns 0 or -EINVAL.
  */
 int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		 struct bks_error *err);

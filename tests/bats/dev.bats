@@ -154,6 +154,88 @@ assert_all_gone() {
 	run -0 "$TOOL" detach "$STATE" "$REC"
 }
 
+@test "dev: staged attach: prepare's nbdfuse, add's loop device; each detach frees its own" {
+	start_disk d1
+	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
+	STAGE=$output
+	made "$STAGE"
+	SPID=$(field "$STAGE" fuse_pid)
+	SDIR=$(field "$STAGE" fuse_dir)
+	[ "$(field "$STAGE" path)" = "" ]
+	[ "$(field "$STAGE" staged)" = 0 ]
+	mounted "$SDIR"
+	run -0 "$TOOL" staged-ok "$STATE" "$STAGE"
+
+	run -0 "$TOOL" attach-staged "$STATE" "$STAGE"
+	REC=$output
+	made "$REC"
+	DEV=$(field "$REC" path)
+	[ "$(field "$REC" staged)" = 1 ]
+	[ "$(field "$REC" fuse_pid)" = "$SPID" ]
+	run cat "/sys/block/${DEV#/dev/}/loop/backing_file"
+	assert_output "$SDIR/nbd"
+	run cat "/sys/block/${DEV#/dev/}/loop/dio"
+	assert_output 1
+	head -c 4096 /dev/urandom >"$BATS_TEST_TMPDIR/pat"
+	dd if="$BATS_TEST_TMPDIR/pat" of="$DEV" bs=4096 seek=256 oflag=direct \
+		status=none
+	cmp -n 4096 "$BATS_TEST_TMPDIR/pat" "$IMG_DIR/d1.img" 0 1048576
+
+	# A read-only device on the same (writable) stage refuses writes.
+	run -0 "$TOOL" attach-staged --ro "$STATE" "$STAGE"
+	RO=$output
+	made "$RO"
+	ROD=$(field "$RO" path)
+	run blockdev --getro "$ROD"
+	assert_output 1
+	run dd if=/dev/zero of="$ROD" bs=4096 count=1 oflag=direct status=none
+	assert_failure
+	cmp -n 4096 "$BATS_TEST_TMPDIR/pat" "$ROD" 0 1048576
+
+	# The device's detach leaves the stage serving ...
+	run -0 "$TOOL" detach "$STATE" "$REC"
+	assert_not_exists "/sys/block/${DEV#/dev/}/loop"
+	run -0 "$TOOL" detach "$STATE" "$REC"
+	run -0 "$TOOL" detach "$STATE" "$RO"
+	assert_not_exists "/sys/block/${ROD#/dev/}/loop"
+	mounted "$SDIR"
+	kill -0 "$SPID"
+	run -0 "$TOOL" staged-ok "$STATE" "$STAGE"
+	# ... and the stage's detach ends it.
+	run -0 "$TOOL" detach "$STATE" "$STAGE"
+	run mounted "$SDIR"
+	assert_failure
+	gone "$SPID"
+	assert_not_exists "$SDIR"
+	assert_not_exists "$SDIR.log"
+	run -1 "$TOOL" staged-ok "$STATE" "$STAGE"
+	run -1 "$TOOL" attach-staged "$STATE" "$STAGE"
+	assert_output --partial "$SDIR/nbd: No such file or directory"
+	run -0 "$TOOL" detach "$STATE" "$STAGE"
+}
+
+@test "dev: a stage whose nbdfuse died is not usable, and its detach cleans up" {
+	start_disk d1
+	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
+	STAGE=$output
+	made "$STAGE"
+	SPID=$(field "$STAGE" fuse_pid)
+	SDIR=$(field "$STAGE" fuse_dir)
+	kill -KILL "$SPID"
+	while ! gone "$SPID"; do sleep 0.1; done
+	run -1 "$TOOL" staged-ok "$STATE" "$STAGE"
+	run -0 "$TOOL" detach "$STATE" "$STAGE"
+	run mounted "$SDIR"
+	assert_failure
+	assert_not_exists "$SDIR"
+	# A stage of the kernel NBD mechanism is nothing at all.
+	run -0 env BLKSTACK_DEVICE=nbd "$TOOL" stage "$NBD_SOCK" "$STATE"
+	assert_output "mech=nbd path= major=0 minor=0 staged=0 fuse_pid=0 fuse_dir="
+	run -1 "$TOOL" staged-ok "$STATE" "$output"
+	run ls -A "$STATE"
+	assert_output ""
+}
+
 @test "dev: detach of an attach killed before the loop device (nbdfuse only)" {
 	start_disk d1
 	dir=$STATE/fuse-manual
@@ -162,7 +244,7 @@ assert_all_gone() {
 	pid=$!
 	while [ ! -e "$dir/nbd" ]; do sleep 0.1; done
 	run -0 "$TOOL" detach "$STATE" \
-		"mech=loop path= major=0 minor=0 fuse_pid=$pid fuse_dir=$dir"
+		"mech=loop path= major=0 minor=0 staged=0 fuse_pid=$pid fuse_dir=$dir"
 	wait "$pid" || true
 	gone "$pid"
 	run mounted "$dir"
@@ -170,7 +252,7 @@ assert_all_gone() {
 	assert_not_exists "$dir"
 	# And a record of nothing at all.
 	run -0 "$TOOL" detach "$STATE" \
-		"mech=loop path= major=0 minor=0 fuse_pid=0 fuse_dir="
+		"mech=loop path= major=0 minor=0 staged=0 fuse_pid=0 fuse_dir="
 }
 
 @test "dev: a stale record leaves other people's devices and processes alone" {
@@ -183,7 +265,7 @@ assert_all_gone() {
 	sleeper=$!
 	n=${other#/dev/loop}
 	run -0 "$TOOL" detach "$STATE" \
-		"mech=loop path=$other major=7 minor=$n fuse_pid=$sleeper fuse_dir=$STATE/fuse-stale"
+		"mech=loop path=$other major=7 minor=$n staged=0 fuse_pid=$sleeper fuse_dir=$STATE/fuse-stale"
 	run cat "/sys/block/loop$n/loop/backing_file"
 	assert_output "$BATS_TEST_TMPDIR/other.img"
 	kill -0 "$sleeper"
@@ -272,32 +354,32 @@ c, _ = s.accept(); c.sendall(b"HELLO, NOT NBD AT ALL"); c.close()' \
 	assert_output ""
 	# A record of an nbd device that does not exist detaches as gone.
 	run -0 "$TOOL" detach "$STATE" \
-		"mech=nbd path=/dev/nbd7 major=43 minor=224 fuse_pid=0 fuse_dir="
+		"mech=nbd path=/dev/nbd7 major=43 minor=224 staged=0 fuse_pid=0 fuse_dir="
 }
 
 @test "dev: records from outside are checked strictly" {
-	ok="mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab"
+	ok="mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab"
 	run -0 "$TOOL" parse "$STATE" "$ok"
 	assert_output "$ok"
 	for bad in \
-		"mech=loop path=/dev/sda major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/nbd3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=8 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/.." \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/a/b" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=/tmp/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=${STATE}.fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=012 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12  fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab " \
-		"mech=nbd path=/dev/nbd3 major=43 minor=3 fuse_pid=12 fuse_dir=" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=-1 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=99999999 fuse_dir=$STATE/fuse-ab" \
-		"mech=loop path=/dev/loop3 major=7 minor=3 fuse_pid=12" \
-		"mech=auto path= major=0 minor=0 fuse_pid=0 fuse_dir=" \
-		"mech=loop path= major=7 minor=0 fuse_pid=0 fuse_dir=" \
-		"path=/dev/loop3 mech=loop major=7 minor=3 fuse_pid=12 fuse_dir=$STATE/fuse-ab"; do
+		"mech=loop path=/dev/sda major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/nbd3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=8 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/.." \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/a/b" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=/tmp/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=${STATE}.fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=012 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12  fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab " \
+		"mech=nbd path=/dev/nbd3 major=43 minor=3 staged=0 fuse_pid=12 fuse_dir=" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=-1 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=99999999 fuse_dir=$STATE/fuse-ab" \
+		"mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12" \
+		"mech=auto path= major=0 minor=0 staged=0 fuse_pid=0 fuse_dir=" \
+		"mech=loop path= major=7 minor=0 staged=0 fuse_pid=0 fuse_dir=" \
+		"path=/dev/loop3 mech=loop major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab"; do
 		run -1 "$TOOL" parse "$STATE" "$bad"
 		assert_output --partial "invalid device record"
 	done

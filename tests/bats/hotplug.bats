@@ -84,6 +84,121 @@ assert_physdev() {
 	assert_no_leftovers
 }
 
+# field RECORD KEY: the value of KEY in a device record.
+field() {
+	local kv
+	for kv in $1; do
+		if [ "${kv%%=*}" = "$2" ]; then
+			printf '%s\n' "${kv#*=}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+@test "hotplug v2: prepare stages nbdfuse, add only puts a loop device on it, unprepare ends it" {
+	ts v2-create
+	ts v2-run version
+	run ts v2-run prepare
+	assert_success
+	stage=$(xs_read "$HOTPLUG_PATH/blkstack-stage")
+	spid=$(field "$stage" fuse_pid)
+	sdir=$(field "$stage" fuse_dir)
+	[ "$(readlink "/proc/$spid/exe")" = /usr/bin/nbdfuse ]
+	grep -q " $sdir " /proc/self/mountinfo
+	run losetup -j "$sdir/nbd"
+	assert_output ""
+	ts v2-backend
+	run ts v2-run add
+	assert_success
+	rec=$(xs_read "$HOTPLUG_PATH/blkstack-dev")
+	[ "$(field "$rec" staged)" = 1 ]
+	[ "$(field "$rec" fuse_pid)" = "$spid" ]
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	run cat "/sys/block/${dev#/dev/}/loop/backing_file"
+	assert_output "$sdir/nbd"
+	# remove frees the loop device only: prepare's work is unprepare's.
+	run ts v2-run remove
+	assert_success
+	xs_absent "$HOTPLUG_PATH/blkstack-dev"
+	assert_not_exists "/sys/block/${dev#/dev/}/loop"
+	kill -0 "$spid"
+	run xs_read "$HOTPLUG_PATH/blkstack-stage"
+	assert_output "$stage"
+	# A second add (another attempt after a failure) reuses the stage.
+	run ts v2-run add
+	assert_success
+	rec=$(xs_read "$HOTPLUG_PATH/blkstack-dev")
+	[ "$(field "$rec" fuse_pid)" = "$spid" ]
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	! kill -0 "$spid" 2>/dev/null
+	assert_not_exists "$sdir"
+	xs_absent "$HOTPLUG_PATH/blkstack-stage"
+	assert_no_leftovers
+}
+
+@test "hotplug v2: a stage that died is replaced: by prepare again, or by a whole attach in add" {
+	ts v2-create
+	ts v2-run prepare
+	spid=$(field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" fuse_pid)
+	kill -KILL "$spid"
+	while kill -0 "$spid" 2>/dev/null; do sleep 0.05; done
+	# prepare again (it is idempotent) stages anew ...
+	run ts v2-run prepare
+	assert_success
+	spid2=$(field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" fuse_pid)
+	[ "$spid2" != "$spid" ]
+	kill -0 "$spid2"
+	# ... and add without a usable stage attaches the whole way.
+	kill -KILL "$spid2"
+	while kill -0 "$spid2" 2>/dev/null; do sleep 0.05; done
+	ts v2-backend
+	run ts v2-run add
+	assert_success
+	rec=$(xs_read "$HOTPLUG_PATH/blkstack-dev")
+	[ "$(field "$rec" staged)" = 0 ]
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
+	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
+	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug v2: unprepare frees devices an attach killed before recording them left" {
+	ts v2-create
+	ts v2-run prepare
+	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
+	wdir=$BLKSTACK_RUNDIR/$name
+	# What a hotplug helper SIGKILLed inside attach leaves: an nbdfuse
+	# with a loop device on its file, another nbdfuse alone, and a log
+	# whose mountpoint is gone; none of them in a record.
+	for m in fuse-killed1 fuse-killed2; do
+		mkdir "$wdir/$m"
+		/usr/bin/nbdfuse "$wdir/$m" --unix "$wdir/nbd.sock" \
+			</dev/null >/dev/null 2>"$wdir/$m.log" &
+	done
+	: >"$wdir/fuse-gone.log"
+	while [ ! -e "$wdir/fuse-killed1/nbd" ] || [ ! -e "$wdir/fuse-killed2/nbd" ]; do
+		sleep 0.05
+	done
+	loopdev=$(losetup --find --show --direct-io=on "$wdir/fuse-killed1/nbd")
+	run ts v2-run unprepare
+	assert_success
+	assert_output --partial "freed 2 unrecorded device(s)"
+	assert_not_exists "/sys/block/${loopdev#/dev/}/loop"
+	run pgrep -f "nbdfuse $wdir"
+	assert_failure
+	assert_no_leftovers
+	assert_not_exists "$wdir"
+}
+
 @test "hotplug v2: every action is idempotent" {
 	ts v2-create
 	ts v2-run version

@@ -4,6 +4,10 @@
  *
  *   hp-dev-tool choose                       print the mechanism
  *   hp-dev-tool attach [--ro] SOCK STATE_DIR print the device record
+ *   hp-dev-tool stage SOCK STATE_DIR         print the stage record
+ *   hp-dev-tool attach-staged [--ro] STATE_DIR STAGE_RECORD
+ *                                            print the device record
+ *   hp-dev-tool staged-ok STATE_DIR STAGE_RECORD   exit 0 if usable
  *   hp-dev-tool detach STATE_DIR RECORD      detach what RECORD names
  *   hp-dev-tool parse STATE_DIR RECORD       print the record re-formatted
  *   hp-dev-tool handshake SOCK               NBD handshake: size, flags
@@ -20,7 +24,9 @@
 static int usage(void)
 {
 	fprintf(stderr, "usage: hp-dev-tool choose | attach [--ro] SOCK "
-			"STATE_DIR | detach STATE_DIR RECORD | parse "
+			"STATE_DIR | stage SOCK STATE_DIR | attach-staged "
+			"[--ro] STATE_DIR STAGE_RECORD | staged-ok STATE_DIR "
+			"STAGE_RECORD | detach STATE_DIR RECORD | parse "
 			"STATE_DIR RECORD | handshake SOCK\n");
 	return 2;
 }
@@ -41,7 +47,7 @@ int main(int argc, char **argv)
 {
 	struct bks_error err = {0};
 	enum hp_dev_mech mech;
-	struct hp_dev dev;
+	struct hp_dev dev, stage;
 	bool ro = false;
 
 	if (argc < 2)
@@ -63,7 +69,21 @@ int main(int argc, char **argv)
 		       (unsigned int)ex.flags, ex.min_block);
 		return 0;
 	}
-	if (strcmp(argv[1], "attach") == 0) {
+	if (strcmp(argv[1], "stage") == 0 && argc == 4) {
+		if (hp_dev_choose(&mech, &err) < 0 ||
+		    hp_dev_stage(argv[2], argv[3], mech, &dev, &err) < 0)
+			goto fail;
+		return print_record(&dev);
+	}
+	if (strcmp(argv[1], "staged-ok") == 0 && argc == 4) {
+		if (hp_dev_parse(argv[3], argv[2], &stage, &err) < 0)
+			goto fail;
+		return hp_dev_staged_ok(&stage) ? 0 : 1;
+	}
+	if (strcmp(argv[1], "attach") == 0 ||
+	    strcmp(argv[1], "attach-staged") == 0) {
+		bool staged = argv[1][6] == '-';
+
 		argv += 2;
 		argc -= 2;
 		if (argc > 0 && strcmp(argv[0], "--ro") == 0) {
@@ -73,9 +93,15 @@ int main(int argc, char **argv)
 		}
 		if (argc != 2)
 			return usage();
-		if (hp_dev_choose(&mech, &err) < 0 ||
-		    hp_dev_attach(argv[0], argv[1], ro, mech, &dev, &err) < 0)
+		if (staged) {
+			if (hp_dev_parse(argv[1], argv[0], &stage, &err) < 0 ||
+			    hp_dev_attach_staged(&stage, ro, &dev, &err) < 0)
+				goto fail;
+		} else if (hp_dev_choose(&mech, &err) < 0 ||
+			   hp_dev_attach(argv[0], argv[1], ro, mech, &dev,
+					 &err) < 0) {
 			goto fail;
+		}
 		return print_record(&dev);
 	}
 	if ((strcmp(argv[1], "detach") == 0 || strcmp(argv[1], "parse") == 0) &&

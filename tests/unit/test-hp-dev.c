@@ -89,7 +89,16 @@ static void test_record_roundtrip(void **state)
 	n = hp_dev_format(&d, line, sizeof(line));
 	assert_int_equal(n, (int)strlen(line));
 	assert_string_equal(line, "mech=loop path=/dev/loop12 major=7 "
-				  "minor=12 fuse_pid=4321 "
+				  "minor=12 staged=0 fuse_pid=4321 "
+				  "fuse_dir=/run/st/fuse-Ab_9.x");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+
+	/* A staged device: nbdfuse is the stage's. */
+	d.staged = true;
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line, "mech=loop path=/dev/loop12 major=7 "
+				  "minor=12 staged=1 fuse_pid=4321 "
 				  "fuse_dir=/run/st/fuse-Ab_9.x");
 	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
 	assert_memory_equal(&d, &back, sizeof(d));
@@ -99,7 +108,7 @@ static void test_record_roundtrip(void **state)
 	d.mech = HP_DEV_LOOP;
 	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
 	assert_string_equal(line, "mech=loop path= major=0 minor=0 "
-				  "fuse_pid=0 fuse_dir=");
+				  "staged=0 fuse_pid=0 fuse_dir=");
 	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
 	assert_memory_equal(&d, &back, sizeof(d));
 
@@ -117,31 +126,58 @@ static void test_record_invalid(void **state)
 	static const char *const bad[] = {
 	    "",
 	    "mech=loop",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
 	    "fuse_dir=/run/st/f x",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
 	    "fuse_dir=/run/stx/f",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
 	    "fuse_dir=/run/st",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
 	    "fuse_dir=/run/st/.hidden",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
 	    "fuse_dir=/run/st/f\n",
-	    "mech=loop path=/dev/loop1 major=7 minor=1048576 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1048576 staged=0 "
+	    "fuse_pid=1 "
 	    "fuse_dir=",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=4194305 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 "
+	    "fuse_pid=4194305 "
 	    "fuse_dir=",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=+1 fuse_dir=",
-	    "mech=loop path=/dev/loop1 major=7 minor=99999999999 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=+1 "
 	    "fuse_dir=",
-	    "mech=loop path=/dev/loop major=7 minor=1 fuse_pid=1 fuse_dir=",
-	    "mech=loop path=/dev/loop1x major=7 minor=1 fuse_pid=1 fuse_dir=",
-	    "mech=loop path=/dev/loop/../sda major=7 minor=1 fuse_pid=1 "
+	    "mech=loop path=/dev/loop1 major=7 minor=99999999999 staged=0 "
+	    "fuse_pid=1 "
 	    "fuse_dir=",
-	    "mech=nbd path=/dev/nbd1 major=7 minor=1 fuse_pid=0 fuse_dir=",
-	    "mech=nbd path=/dev/nbd1 major=43 minor=1 fuse_pid=5 fuse_dir=",
-	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 fuse_dir= "
+	    "mech=loop path=/dev/loop major=7 minor=1 staged=0 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop1x major=7 minor=1 staged=0 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop/../sda major=7 minor=1 staged=0 "
+	    "fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=nbd path=/dev/nbd1 major=7 minor=1 staged=0 fuse_pid=0 "
+	    "fuse_dir=",
+	    "mech=nbd path=/dev/nbd1 major=43 minor=1 staged=0 fuse_pid=5 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=1 "
+	    "fuse_dir= "
 	    "extra=1",
+	    /* staged: 0 or 1, and 1 only on a loop device with an nbdfuse. */
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=2 fuse_pid=1 "
+	    "fuse_dir=/run/st/f",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=01 fuse_pid=1 "
+	    "fuse_dir=/run/st/f",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged= fuse_pid=1 "
+	    "fuse_dir=/run/st/f",
+	    "mech=loop path= major=0 minor=0 staged=1 fuse_pid=1 "
+	    "fuse_dir=/run/st/f",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/f",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=1 "
+	    "fuse_dir=",
+	    "mech=nbd path=/dev/nbd1 major=43 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=",
+	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
+	    "fuse_dir=/run/st/f",
 	};
 	struct bks_error err = {0};
 	struct hp_dev d;
@@ -153,15 +189,16 @@ static void test_record_invalid(void **state)
 		assert_non_null(strstr(err.msg, "invalid device record"));
 	}
 	/* The message names the field at fault. */
-	assert_int_equal(hp_dev_parse("mech=loop path=/dev/loop1 major=7 "
-				      "minor=1 fuse_pid=1 fuse_dir=/etc",
-				      "/run/st", &d, &err),
-			 -EINVAL);
+	assert_int_equal(
+	    hp_dev_parse("mech=loop path=/dev/loop1 major=7 "
+			 "minor=1 staged=0 fuse_pid=1 fuse_dir=/etc",
+			 "/run/st", &d, &err),
+	    -EINVAL);
 	assert_string_equal(err.msg, "invalid device record (at field "
 				     "fuse_dir)");
 	/* A good nbd record. */
 	assert_int_equal(hp_dev_parse("mech=nbd path=/dev/nbd0 major=43 "
-				      "minor=0 fuse_pid=0 fuse_dir=",
+				      "minor=0 staged=0 fuse_pid=0 fuse_dir=",
 				      "/run/st", &d, &err),
 			 0);
 	assert_int_equal(d.mech, HP_DEV_NBD);
