@@ -329,6 +329,19 @@ static int remove_worker_files(struct ctl *ctl, const char *name)
 			rc = bks_error_set(&ctl->err, errno, "lock %s", path);
 		goto out;
 	}
+	if (lock_fd >= 0) {
+		struct stat fst, pst;
+
+		/*
+		 * The exiting worker removed the file we locked: whatever is
+		 * at the path now (a new worker's) is not ours to remove.
+		 */
+		if (fstat(lock_fd, &fst) < 0 || lstat(path, &pst) < 0 ||
+		    fst.st_dev != pst.st_dev || fst.st_ino != pst.st_ino) {
+			rc = 0;
+			goto out;
+		}
+	}
 	for (size_t i = 0; i < sizeof(worker_files) / sizeof(*worker_files);
 	     i++) {
 		rc =

@@ -53,7 +53,11 @@ struct res {
 	int lock_fd, nbd_fd, ctl_fd, sig_fd;
 	struct bks_watch sig_watch;
 	bool nbd_sock, ctl_sock, pid_file; /* created: remove at exit */
+	bool locked;			   /* we hold DIR/NAME/lock */
 };
+
+/* Attempts at DIR/NAME/lock lost to a worker removing it as it exits. */
+#define LOCK_RETRIES 8
 
 /* ---- logging and state -------------------------------------------------- */
 
@@ -253,21 +257,45 @@ static int dir_path(const struct worker *w, const char *name, char *buf,
 	return 0;
 }
 
-/* Take DIR/NAME/lock: one worker per name. */
+/*
+ * Take DIR/NAME/lock: one worker per name.  An exiting worker (and
+ * blkstack-ctl's clean-up) unlinks the lock and removes DIR/NAME while
+ * holding it, so the lock we get is only ours if the path still names the
+ * file we locked; if not, start again with a fresh directory and file.
+ */
 static int take_lock(struct worker *w, struct res *r, struct bks_error *err)
 {
 	char path[PATH_MAX + 16], pid[32] = "?";
+	struct stat fst, pst;
 	int rc;
 
 	rc = dir_path(w, "lock", path, sizeof(path), err);
 	if (rc < 0)
 		return rc;
-	r->lock_fd =
-	    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	for (int i = 0; i < LOCK_RETRIES; i++) {
+		rc = ensure_dir(w->dir, 0700, err);
+		if (rc < 0)
+			return rc;
+		r->lock_fd =
+		    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (r->lock_fd < 0 && errno == ENOENT)
+			continue; /* DIR/NAME went just now */
+		if (r->lock_fd < 0)
+			return bks_error_set(err, errno, "open %s", path);
+		if (flock(r->lock_fd, LOCK_EX | LOCK_NB) < 0)
+			break;
+		if (fstat(r->lock_fd, &fst) == 0 && stat(path, &pst) == 0 &&
+		    fst.st_dev == pst.st_dev && fst.st_ino == pst.st_ino) {
+			r->locked = true;
+			return 0;
+		}
+		close(r->lock_fd);
+		r->lock_fd = -1;
+	}
 	if (r->lock_fd < 0)
-		return bks_error_set(err, errno, "open %s", path);
-	if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0)
-		return 0;
+		return bks_error_setmsg(err, EAGAIN,
+					"lock %s: removed under us %d times",
+					path, LOCK_RETRIES);
 	if (errno != EWOULDBLOCK)
 		return bks_error_set(err, errno, "lock %s", path);
 	if (dir_path(w, "pid", path, sizeof(path), err) == 0) {
@@ -406,9 +434,6 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	if (n < 0 || (size_t)n >= sizeof(w->dir))
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
 					o->rundir, w->name);
-	rc = ensure_dir(w->dir, 0700, err);
-	if (rc < 0)
-		return rc;
 	rc = take_lock(w, r, err);
 	if (rc < 0)
 		return rc;
@@ -494,7 +519,15 @@ static void cleanup(struct worker *w, struct res *r)
 	bks_timer_cancel(&w->stop_timer);
 	if (w->loop)
 		bks_loop_free(w->loop);
-	/* Released last: a new worker may take the name from here on. */
+	/*
+	 * Released last: a new worker may take the name from here on.  Ours
+	 * to remove while we hold it (take_lock re-checks the path); the
+	 * directory goes too unless something else is still in it.
+	 */
+	if (r->locked && !dir_path(w, "lock", path, sizeof(path), &ignore)) {
+		unlink(path);
+		rmdir(w->dir);
+	}
 	if (r->lock_fd >= 0)
 		close(r->lock_fd);
 }

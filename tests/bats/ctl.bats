@@ -442,20 +442,34 @@ EOF
 	assert_output "blkstack-ctl: worker vm1: not running (no $RUNDIR/vm1/ctl.sock)"
 }
 
-@test "ctl: SIGTERM removes the sockets and the pid file" {
+@test "ctl: SIGTERM removes everything the worker made, its directory included" {
 	create vm1 'log:|ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
 	kill -TERM "$pid"
 	wait_exit "$pid"
-	assert [ ! -e "$RUNDIR/vm1/ctl.sock" ]
-	assert [ ! -e "$RUNDIR/vm1/nbd.sock" ]
-	assert [ ! -e "$RUNDIR/vm1/pid" ]
+	assert [ ! -e "$RUNDIR/vm1" ]
 	run "$CTL" list
 	assert_success
-	assert_output "name=vm1 state=dead (no pid file)"
+	assert_output ""
 	run "$CTL" destroy --name vm1
 	assert_success
-	assert [ ! -e "$RUNDIR/vm1" ]
+	assert_output "blkstack-ctl: no worker vm1"
+	# The name is free again at once.
+	create vm1 'ram:16M'
+	run "$CTL" list
+	assert_output --regexp "^name=vm1 pid=[0-9]+ state=running"
+}
+
+@test "ctl: a directory left by a killed worker does not hold the name" {
+	create vm1 'ram:16M'
+	pid=$(cat "$RUNDIR/vm1/pid")
+	kill -KILL "$pid"
+	wait_exit "$pid"
+	run "$CTL" list
+	assert_output --partial "name=vm1 state=dead"
+	create vm1 'ram:16M'
+	run "$CTL" list
+	assert_output --regexp "^name=vm1 pid=[0-9]+ state=running"
 }
 
 @test "ctl: shutdown over the socket answers, then the worker exits" {
