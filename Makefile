@@ -217,7 +217,8 @@ DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
 XEN_IMG := $(B)/xen/dom0.cpio.gz
 # For lint (shellcheck): the shell scripts, not README.md.
 XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
-                   tests/xen/dom0-test.sh tests/xen/guest-init
+                   tests/xen/dom0-test.sh tests/xen/guest-init \
+                   tests/xen/test-bootloader
 .PHONY: deps-xen check-xen
 
 deps-xen:

@@ -935,6 +935,8 @@ out:
 #define NBD_HS_REP_MAX 8192u
 /* How long the handshake may take. */
 #define NBD_HS_TIMEOUT_S 10
+/* How long detach's flush may take (libxl kills the script after 40 s). */
+#define NBD_FLUSH_TIMEOUT_S 15
 /* The backend identifier prefix that marks a device as ours. */
 #define NBD_BACKEND_PREFIX "blkstack:"
 
@@ -1222,9 +1224,12 @@ static int nbd_attach(const char *nbd_sock, bool ro, struct hp_dev *dev,
 	/*
 	 * No NBD_ATTR_INDEX: the kernel picks a free device (or makes one)
 	 * and says which in its reply.  TIMEOUT 0: no request timeout, since
-	 * a paused worker holds requests for as long as a migration takes.
+	 * a paused worker holds requests for as long as a migration takes;
+	 * the price is that requests in flight when a worker dies stay in
+	 * flight (the kernel logs "Possible stuck request") until detach's
+	 * disconnect fails them (nbd_detach never flushes behind them).
 	 * DEAD_CONN_TIMEOUT 0: nothing reconnects a dead worker today, so
-	 * fail I/O at once rather than wait.  The backend identifier
+	 * new I/O fails at once rather than waits.  The backend identifier
 	 * (/sys/block/nbdN/backend) lets detach recognise its device.
 	 */
 	if (!genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, family, 0, 0,
@@ -1297,6 +1302,71 @@ out:
  * /sys/block/nbdN/backend cannot tell, and then a connected device is
  * taken as ours), and the node is the record's major:minor.
  */
+/*
+ * Does the server named by a /sys/block/nbdN/backend line
+ * ("blkstack:SOCK\n") still accept connections?  Only a refusal or a
+ * missing socket counts as gone; anything unclear counts as alive.
+ */
+static bool nbd_server_alive(char *backend)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	const char *sock = backend + strlen(NBD_BACKEND_PREFIX);
+	bool alive = true;
+	int fd;
+
+	backend[strcspn(backend, "\n")] = '\0';
+	if (strlen(sock) >= sizeof(sa.sun_path))
+		return true;
+	strcpy(sa.sun_path, sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return true;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		alive = errno != ECONNREFUSED && errno != ENOENT;
+	close(fd);
+	return alive;
+}
+
+/*
+ * fsync + BLKFLSBUF of fd in a child, waited for at most
+ * NBD_FLUSH_TIMEOUT_S: a flush stuck behind a dead connection sleeps
+ * uninterruptibly, and the helper must still get to the disconnect that
+ * ends it.  Returns the flush's result, or -ETIMEDOUT with *child set
+ * (the caller reaps it after the disconnect).
+ */
+static int flush_bounded(int fd, pid_t *child)
+{
+	int pidfd, status, ret;
+	pid_t pid;
+
+	*child = 0;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		if (fsync(fd) < 0 || ioctl(fd, BLKFLSBUF, 0) < 0)
+			_exit(errno & 0xff ? errno & 0xff : EIO);
+		_exit(0);
+	}
+	pidfd = pidfd_open(pid, 0);
+	if (pidfd >= 0) {
+		bool done = pidfd_wait(pidfd, NBD_FLUSH_TIMEOUT_S * 1000);
+
+		close(pidfd);
+		if (!done) {
+			*child = pid;
+			return -ETIMEDOUT;
+		}
+	}
+	while ((ret = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+		;
+	if (ret < 0)
+		return -errno;
+	if (WIFEXITED(status))
+		return -WEXITSTATUS(status);
+	return -EIO;
+}
+
 static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 {
 	char sys[128], *backend = NULL;
@@ -1304,6 +1374,8 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	struct nl_msg *msg = NULL;
 	unsigned long index;
 	int family, fd = -1, flush_rc = 0, ret;
+	pid_t flusher = 0;
+	bool dead = false;
 	struct stat st;
 
 	if (!dev->path[0])
@@ -1327,8 +1399,19 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 		ret = 0; /* the node is not the record's device */
 		goto out;
 	}
-	if (fd >= 0 && (fsync(fd) < 0 || ioctl(fd, BLKFLSBUF, 0) < 0))
-		flush_rc = -errno;
+	/*
+	 * With no request timeout (see nbd_attach), requests the kernel sent
+	 * to a worker that then died stay in flight until the disconnect
+	 * below fails them, and a flush would wait behind them for ever, in
+	 * an unkillable sleep.  So no flush when the worker is gone, and a
+	 * flush that does not finish in time is left to the disconnect.
+	 */
+	if (fd >= 0 && backend && !nbd_server_alive(backend)) {
+		flush_rc = -EIO;
+		dead = true;
+	} else if (fd >= 0) {
+		flush_rc = flush_bounded(fd, &flusher);
+	}
 
 	ret = nbd_nl_open(&sk, &family, err);
 	if (ret < 0)
@@ -1354,13 +1437,31 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 		goto out;
 	}
 	ret = 0;
-	if (flush_rc < 0)
+	if (dead)
+		ret = bks_error_setmsg(err, EIO,
+				       "flush %s: its worker is gone (%s "
+				       "refuses connections); requests in "
+				       "flight failed",
+				       dev->path,
+				       backend + strlen(NBD_BACKEND_PREFIX));
+	else if (flush_rc == -ETIMEDOUT)
+		ret =
+		    bks_error_setmsg(err, EIO,
+				     "flush %s: no answer in %d s; "
+				     "disconnected, requests in flight failed",
+				     dev->path, NBD_FLUSH_TIMEOUT_S);
+	else if (flush_rc < 0)
 		ret = bks_error_set(err, -flush_rc, "flush %s", dev->path);
 out:
 	nlmsg_free(msg);
 	nl_socket_free(sk);
 	if (fd >= 0)
 		close(fd);
+	if (flusher > 0) {
+		/* The disconnect failed whatever it waited for: it ends. */
+		while (waitpid(flusher, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
 	free(backend);
 	return ret;
 }
