@@ -578,10 +578,14 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 		return 0;
 	}
 	free(old);
-	/* A record of a device that is gone: clean up after it. */
-	rc = detach_recorded(hp, t, node);
-	if (rc < 0)
-		return rc;
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+	} else {
+		/* A record of a device that is gone: clean up after it. */
+		rc = detach_recorded(hp, t, node);
+		if (rc < 0)
+			return rc;
+	}
 	rc = check_worker(hp, t, sock, sizeof(sock));
 	if (rc == 0)
 		rc = hp_dev_choose(&mech, &hp->err);
