@@ -48,18 +48,6 @@ made() {
 	echo "$(field "$1" path) $(field "$1" fuse_dir)" >>"$BATS_TEST_TMPDIR/made"
 }
 
-# field RECORD KEY: the value of KEY in a device record.
-field() {
-	local kv
-	for kv in $1; do
-		if [ "${kv%%=*}" = "$2" ]; then
-			printf '%s\n' "${kv#*=}"
-			return 0
-		fi
-	done
-	return 1
-}
-
 # gone PID: the process has exited (a zombie awaiting init counts).
 gone() {
 	[ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat")" = Z ]
@@ -84,6 +72,15 @@ attach() {
 	DEV=$(field "$REC" path)
 	FUSE_PID=$(field "$REC" fuse_pid)
 	FUSE_DIR=$(field "$REC" fuse_dir)
+}
+
+# stage: stage nbdfuse for $NBD_SOCK; sets STAGE, SPID, SDIR.
+stage() {
+	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
+	STAGE=$output
+	made "$STAGE"
+	SPID=$(field "$STAGE" fuse_pid)
+	SDIR=$(field "$STAGE" fuse_dir)
 }
 
 # Everything an attach made is gone: DEV unconfigured (no loop/ in
@@ -156,11 +153,7 @@ assert_all_gone() {
 
 @test "dev: staged attach: prepare's nbdfuse, add's loop device; each detach frees its own" {
 	start_disk d1
-	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
-	STAGE=$output
-	made "$STAGE"
-	SPID=$(field "$STAGE" fuse_pid)
-	SDIR=$(field "$STAGE" fuse_dir)
+	stage
 	[ "$(field "$STAGE" path)" = "" ]
 	[ "$(field "$STAGE" staged)" = 0 ]
 	mounted "$SDIR"
@@ -216,11 +209,7 @@ assert_all_gone() {
 
 @test "dev: a stage whose nbdfuse died is not usable, and its detach cleans up" {
 	start_disk d1
-	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
-	STAGE=$output
-	made "$STAGE"
-	SPID=$(field "$STAGE" fuse_pid)
-	SDIR=$(field "$STAGE" fuse_dir)
+	stage
 	kill -KILL "$SPID"
 	while ! gone "$SPID"; do sleep 0.1; done
 	run -1 "$TOOL" staged-ok "$STATE" "$STAGE"

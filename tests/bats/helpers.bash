@@ -48,6 +48,18 @@ xs_absent() {
 	! xenstore-exists "$1" 2>/dev/null
 }
 
+# field RECORD KEY: the value of KEY in a device record.
+field() {
+	local kv
+	for kv in $1; do
+		if [ "${kv%%=*}" = "$2" ]; then
+			printf '%s\n' "${kv#*=}"
+			return 0
+		fi
+	done
+	return 1
+}
+
 # ---- workers ----------------------------------------------------------------
 
 # A directory for disk images: aio: needs O_DIRECT, which tmpfs may lack.

@@ -84,18 +84,6 @@ assert_physdev() {
 	assert_no_leftovers
 }
 
-# field RECORD KEY: the value of KEY in a device record.
-field() {
-	local kv
-	for kv in $1; do
-		if [ "${kv%%=*}" = "$2" ]; then
-			printf '%s\n' "${kv#*=}"
-			return 0
-		fi
-	done
-	return 1
-}
-
 @test "hotplug v2: prepare stages nbdfuse, add only puts a loop device on it, unprepare ends it" {
 	ts v2-create
 	ts v2-run version
