@@ -3,6 +3,9 @@
 #   make            build everything into build/
 #   make check      install test dependencies (make deps), then lint, unit
 #                   tests, the xenstored self-check and the bats suites
+#   make check-xen  Xen 4.17 in QEMU: xl with script=block-stack (.ci/run
+#                   runs it after make check; tests/xen/README.md)
+#   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
 #   make install    DESTDIR and PREFIX honoured
 #   make deps       check (and as root install) the Debian packages needed
@@ -208,8 +211,8 @@ demo: deps
 	tests/demo
 
 # ---- Xen in QEMU (issue 6; tests/xen/README.md) -----------------------------
-# Not part of 'make check': boots Xen 4.17 under QEMU (TCG) and runs xl with
-# script=block-stack.  Images are cached in build/xen/ (rebuilt by check-xen
+# Not part of 'make check' (.ci/run runs it second): boots Xen 4.17 under
+# QEMU (TCG) and runs xl with script=block-stack.  Images are cached in build/xen/ (rebuilt by check-xen
 # when a script or program they hold is newer).
 DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
