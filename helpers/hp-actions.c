@@ -460,6 +460,13 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		const char *args[] = {"create",	 "--name", t->name,
 				      "--chain", chain,	   NULL};
 
+		/*
+		 * A stage of a worker that is gone serves nothing: its nbdfuse
+		 * was connected to the old worker's socket.
+		 */
+		rc = detach_recorded(hp, t, NODE_STAGE);
+		if (rc < 0)
+			goto out;
 		rc = run_ctl(t, args, &hp->err);
 		if (rc) {
 			rc = -EIO;

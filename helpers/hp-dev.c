@@ -1732,6 +1732,7 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 	}
 	while ((de = readdir(d))) {
 		char file[PATH_MAX + 8];
+		struct bks_error one;
 		struct hp_dev dev;
 		struct stat st;
 		int rc;
@@ -1745,10 +1746,14 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 			     state_dir,
 			     de->d_name) >= (int)sizeof(dev.fuse_dir))
 			continue;
-		/* A directory (mounted or not), or a log without one. */
-		if (lstat(dev.fuse_dir, &st) < 0)
-			continue;
-		if (!S_ISDIR(st.st_mode)) {
+		/*
+		 * A directory (mounted or not), or a log without one.
+		 * ENOTCONN: still mounted, but its nbdfuse died.
+		 */
+		if (lstat(dev.fuse_dir, &st) < 0) {
+			if (errno != ENOTCONN)
+				continue;
+		} else if (!S_ISDIR(st.st_mode)) {
 			size_t n = strlen(dev.fuse_dir);
 
 			if (S_ISREG(st.st_mode) && n > 4 &&
@@ -1765,9 +1770,11 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 		snprintf(file, sizeof(file), "%s/nbd", dev.fuse_dir);
 		sweep_find_loop(file, &dev);
 		sweep_find_fuse(&dev);
-		rc = hp_dev_detach(&dev, err);
-		if (rc < 0 && ret == 0)
+		rc = hp_dev_detach(&dev, &one);
+		if (rc < 0 && ret == 0) {
 			ret = rc;
+			*err = one;
+		}
 		(*found)++;
 	}
 	closedir(d);

@@ -48,11 +48,6 @@ made() {
 	echo "$(field "$1" path) $(field "$1" fuse_dir)" >>"$BATS_TEST_TMPDIR/made"
 }
 
-# gone PID: the process has exited (a zombie awaiting init counts).
-gone() {
-	[ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat")" = Z ]
-}
-
 # mounted DIR: DIR is a mountpoint now.
 mounted() {
 	awk -v d="$1" '$5 == d { f = 1 } END { exit !f }' /proc/self/mountinfo

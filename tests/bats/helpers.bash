@@ -60,6 +60,11 @@ field() {
 	return 1
 }
 
+# gone PID: the process has exited (a zombie awaiting init counts).
+gone() {
+	[ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat")" = Z ]
+}
+
 # ---- workers ----------------------------------------------------------------
 
 # A directory for disk images: aio: needs O_DIRECT, which tmpfs may lack.

@@ -122,7 +122,7 @@ assert_physdev() {
 	assert_success
 	run ts v2-run unprepare
 	assert_success
-	! kill -0 "$spid" 2>/dev/null
+	gone "$spid"
 	assert_not_exists "$sdir"
 	xs_absent "$HOTPLUG_PATH/blkstack-stage"
 	assert_no_leftovers
@@ -133,7 +133,7 @@ assert_physdev() {
 	ts v2-run prepare
 	spid=$(field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" fuse_pid)
 	kill -KILL "$spid"
-	while kill -0 "$spid" 2>/dev/null; do sleep 0.05; done
+	while ! gone "$spid"; do sleep 0.05; done
 	# prepare again (it is idempotent) stages anew ...
 	run ts v2-run prepare
 	assert_success
@@ -142,12 +142,40 @@ assert_physdev() {
 	kill -0 "$spid2"
 	# ... and add without a usable stage attaches the whole way.
 	kill -KILL "$spid2"
-	while kill -0 "$spid2" 2>/dev/null; do sleep 0.05; done
+	while ! gone "$spid2"; do sleep 0.05; done
 	ts v2-backend
 	run ts v2-run add
 	assert_success
 	rec=$(xs_read "$HOTPLUG_PATH/blkstack-dev")
 	[ "$(field "$rec" staged)" = 0 ]
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
+	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
+	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
+@test "hotplug v2: prepare after the worker died starts a new worker and a new stage" {
+	ts v2-create
+	ts v2-run prepare
+	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
+	spid=$(field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" fuse_pid)
+	pid=$(cat "$BLKSTACK_RUNDIR/$name/pid")
+	kill -KILL "$pid"
+	while ! gone "$pid"; do sleep 0.05; done
+	run ts v2-run prepare
+	assert_success
+	[ "$(cat "$BLKSTACK_RUNDIR/$name/pid")" != "$pid" ]
+	spid2=$(field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" fuse_pid)
+	[ "$spid2" != "$spid" ]
+	gone "$spid"
+	ts v2-backend
+	run ts v2-run add
+	assert_success
 	dev=$(xs_read "$HOTPLUG_PATH/pdev")
 	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
 	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
@@ -165,21 +193,27 @@ assert_physdev() {
 	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
 	wdir=$BLKSTACK_RUNDIR/$name
 	# What a hotplug helper SIGKILLed inside attach leaves: an nbdfuse
-	# with a loop device on its file, another nbdfuse alone, and a log
-	# whose mountpoint is gone; none of them in a record.
-	for m in fuse-killed1 fuse-killed2; do
+	# with a loop device on its file, another nbdfuse alone, the mount of
+	# an nbdfuse that died too, and a log whose mountpoint is gone; none of
+	# them in a record.
+	for m in fuse-killed1 fuse-killed2 fuse-killed3; do
 		mkdir "$wdir/$m"
 		/usr/bin/nbdfuse "$wdir/$m" --unix "$wdir/nbd.sock" \
 			</dev/null >/dev/null 2>"$wdir/$m.log" &
 	done
+	dead=$!
 	: >"$wdir/fuse-gone.log"
-	while [ ! -e "$wdir/fuse-killed1/nbd" ] || [ ! -e "$wdir/fuse-killed2/nbd" ]; do
-		sleep 0.05
+	for m in fuse-killed1 fuse-killed2 fuse-killed3; do
+		while [ ! -e "$wdir/$m/nbd" ]; do sleep 0.05; done
 	done
+	kill -KILL "$dead"
+	wait "$dead" || true
+	run stat "$wdir/fuse-killed3"
+	assert_output --partial "Transport endpoint is not connected"
 	loopdev=$(losetup --find --show --direct-io=on "$wdir/fuse-killed1/nbd")
 	run ts v2-run unprepare
 	assert_success
-	assert_output --partial "freed 2 unrecorded device(s)"
+	assert_output --partial "freed 3 unrecorded device(s)"
 	assert_not_exists "/sys/block/${loopdev#/dev/}/loop"
 	run pgrep -f "nbdfuse $wdir"
 	assert_failure
