@@ -68,8 +68,22 @@ def read_fio(path, direction, unit):
     cpu = float(job.get("usr_cpu", 0)) + float(job.get("sys_cpu", 0))
     io = job[direction]
     if unit == "IOPS":
-        return float(io["iops"]), cpu
-    return float(io["bw_bytes"]) / 1e6, cpu
+        return float(io["iops"]), cpu, io
+    return float(io["bw_bytes"]) / 1e6, cpu, io
+
+
+def server_us_per_io(res, peer, w, r, io, runtime, ramp):
+    """The server's CPU per request (µs), from bench/run's cpu.* file:
+    its run time over the whole run (ramp included; "NS 1000000000")
+    against the requests of the whole run, estimated from fio's rate.
+    None if not measured."""
+    path = os.path.join(res, f"cpu.{peer}.{w}.{r}")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        ticks, hz = (float(x) for x in f.read().split())
+    ios = float(io.get("iops", 0)) * (runtime + ramp)
+    return None if ios <= 0 else ticks / hz * 1e6 / ios
 
 
 def read_numbers(path):
@@ -109,24 +123,31 @@ def main():
     res, out_md, out_json = sys.argv[1:4]
     m = read_env(os.path.join(res, "machine.env"))
     rounds = int(m.get("rounds", "1"))
+    runtime = float(m.get("runtime", "0") or 0)
+    ramp = float(m.get("ramp", "0") or 0)
 
     # ---- data path
     data = {}
     for w, (direction, unit) in WORKLOADS.items():
         row = {"unit": unit, "peers": {}}
         for p in ALL_PEERS:
-            vals, cpus = [], []
+            vals, cpus, sus = [], [], []
             for r in range(1, rounds + 1):
                 path = os.path.join(res, f"fio.{p}.{w}.{r}.json")
                 if os.path.exists(path):
-                    v, c = read_fio(path, direction, unit)
+                    v, c, io = read_fio(path, direction, unit)
                     vals.append(v)
                     cpus.append(c)
+                    su = server_us_per_io(res, p, w, r, io, runtime, ramp)
+                    if su is not None:
+                        sus.append(su)
             row["peers"][p] = {
                 "runs": vals,
                 "median": statistics.median(vals) if vals else None,
                 # fio's own CPU (usr+sys, % of one core), median.
                 "fio_cpu_pct": statistics.median(cpus) if cpus else None,
+                # the server's CPU per request (µs), median.
+                "server_us_per_io": statistics.median(sus) if sus else None,
             }
         med = {p: row["peers"][p]["median"] for p in ALL_PEERS}
         row["ratios"] = {
@@ -143,6 +164,11 @@ def main():
         lr = row["ratios"]["logram_vs_ram"]
         row["log_overhead_ram_pct"] = (None if lr is None
                                        else (1.0 - lr) * 100.0)
+        # The layer's own cost: worker CPU per request, log:|ram: vs ram:.
+        c0 = row["peers"]["ram"]["server_us_per_io"]
+        c1 = row["peers"]["logram"]["server_us_per_io"]
+        row["log_cpu_overhead_pct"] = (None if not c0 or c1 is None
+                                       else (c1 / c0 - 1.0) * 100.0)
         data[w] = row
 
     # ---- blackout
@@ -190,6 +216,9 @@ def main():
     overheads = [data[w]["log_overhead_ram_pct"] for w in WORKLOADS
                  if data[w]["log_overhead_ram_pct"] is not None]
     worst_overhead_ram = max(overheads) if overheads else None
+    overheads = [data[w]["log_cpu_overhead_pct"] for w in WORKLOADS
+                 if data[w]["log_cpu_overhead_pct"] is not None]
+    worst_cpu = max(overheads) if overheads else None
 
     def spread(w, p):
         runs = data[w]["peers"][p]["runs"]
@@ -234,8 +263,12 @@ def main():
                rr["aio_vs_qemu_nbd"], cmp(rr["aio_vs_qemu_nbd"],
                                           lambda v: v >= T_VS_QEMU),
                fmt_ratio(rr["aio_vs_qemu_nbd"])),
-        target("log: overhead < 5% on a ram: sink (the layer alone; "
-               "worst of the four workloads)",
+        target("log: overhead < 5%: the worker's CPU per request, "
+               "log:|ram: against ram: (worst of the four workloads)",
+               worst_cpu, cmp(worst_cpu, lambda v: v < T_LOG_OVERHEAD),
+               "n/a" if worst_cpu is None else f"{worst_cpu:+.1f}%"),
+        target("log: overhead < 5%: throughput on a ram: sink (worst of "
+               "the four workloads)",
                worst_overhead_ram, cmp(worst_overhead_ram,
                                        lambda v: v < T_LOG_OVERHEAD),
                "n/a" if worst_overhead_ram is None
@@ -335,17 +368,29 @@ def main():
           "noise):")
         a("")
         a("| workload | unit | " + " | ".join(PEER_LABEL[p] for p in RAM_PEERS)
-          + " | log\\|ram÷ram (log: overhead) |")
-        a("| --- | --- | --- | --- | --- |")
+          + " | log\\|ram÷ram (log: overhead) | worker CPU µs/request, "
+          "ram: / log:\\|ram: | log: CPU overhead |")
+        a("| --- | --- | --- | --- | --- | --- | --- |")
         for w, row in data.items():
             if row["peers"]["ram"]["median"] is None:
                 continue
             ov = row["log_overhead_ram_pct"]
+            co = row["log_cpu_overhead_pct"]
             a(f"| {WORKLOAD_LABEL[w]} | {row['unit']} | "
               f"{fmt(row['peers']['ram']['median'])} | "
               f"{fmt(row['peers']['logram']['median'])} | "
               f"{fmt_ratio(row['ratios']['logram_vs_ram'])}"
-              + ("" if ov is None else f" ({ov:+.1f}%)") + " |")
+              + ("" if ov is None else f" ({ov:+.1f}%)") + " | "
+              f"{fmt(row['peers']['ram']['server_us_per_io'], 2)} / "
+              f"{fmt(row['peers']['logram']['server_us_per_io'], 2)} | "
+              + ("n/a" if co is None else f"{co:+.1f}%") + " |")
+        a("")
+        a("Throughput on a 2-core VM moves with whatever else the host "
+          "runs; the worker's CPU time per request (its threads' "
+          "run time over the run, from /proc/PID/task/*/schedstat, against "
+          "fio's request count) is what the "
+          "layer itself costs, and is the figure the target is judged "
+          "on.")
         a("")
     if rounds > 1:
         a("Run-to-run spread (lowest-highest over the rounds): read it "
