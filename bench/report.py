@@ -397,9 +397,10 @@ def main():
         a("Throughput on a 2-core VM moves with whatever else the host "
           "runs; the worker's CPU time per request (its threads' "
           "run time over the run, from /proc/PID/task/*/schedstat, against "
-          "fio's request count) is what the "
-          "layer itself costs, and is the figure the target is judged "
-          "on.")
+          "fio's request count) is closer to what the layer itself costs, "
+          "and is the figure the target is judged on; it moves with the "
+          "rate too (more requests per wakeup cost less each), so read "
+          "it across the four workloads.")
         a("")
     if rounds > 1:
         a("Run-to-run spread (lowest-highest over the rounds): read it "

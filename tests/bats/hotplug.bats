@@ -47,6 +47,21 @@ assert_no_leftovers() {
 	assert_output 0
 }
 
+# After add: 64 KiB written through pdev reach the image; then remove and
+# unprepare succeed and leave nothing.
+write_reaches_image_then_detach() {
+	local dev
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
+	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
+	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
+	run ts v2-run remove
+	assert_success
+	run ts v2-run unprepare
+	assert_success
+	assert_no_leftovers
+}
+
 # physical-device is the device's real major:minor, in hex.
 assert_physdev() {
 	local dev=$1 want
@@ -148,15 +163,7 @@ assert_physdev() {
 	assert_success
 	rec=$(xs_read "$HOTPLUG_PATH/blkstack-dev")
 	[ "$(field "$rec" staged)" = 0 ]
-	dev=$(xs_read "$HOTPLUG_PATH/pdev")
-	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
-	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
-	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
-	run ts v2-run remove
-	assert_success
-	run ts v2-run unprepare
-	assert_success
-	assert_no_leftovers
+	write_reaches_image_then_detach
 }
 
 @test "hotplug v2: prepare after the worker died starts a new worker and a new stage" {
@@ -176,15 +183,7 @@ assert_physdev() {
 	ts v2-backend
 	run ts v2-run add
 	assert_success
-	dev=$(xs_read "$HOTPLUG_PATH/pdev")
-	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
-	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
-	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
-	run ts v2-run remove
-	assert_success
-	run ts v2-run unprepare
-	assert_success
-	assert_no_leftovers
+	write_reaches_image_then_detach
 }
 
 @test "hotplug v2: unprepare frees devices an attach killed before recording them left" {
