@@ -38,10 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -401,11 +399,12 @@ static bool recorded_stage(struct hp *hp, const struct target *t,
 
 /*
  * Stage the device's slow part (hp_dev_stage) unless a usable stage is
- * recorded already.  line gets the record to write, "" for none (the
- * mechanism needs no stage); *made tells whether a new stage was started,
- * which the caller must undo if it cannot record it.
+ * recorded already; with new_worker none is (its nbdfuse was connected to
+ * the old worker's socket).  line gets the record to write, "" for none
+ * (the mechanism needs no stage); *made tells whether a new stage was
+ * started, which the caller must undo if it cannot record it.
  */
-static int stage_device(struct hp *hp, const struct target *t,
+static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
 			struct hp_dev *stage, bool *made, char *line,
 			size_t size)
 {
@@ -415,7 +414,7 @@ static int stage_device(struct hp *hp, const struct target *t,
 
 	*made = false;
 	line[0] = '\0';
-	if (recorded_stage(hp, t, stage)) {
+	if (!new_worker && recorded_stage(hp, t, stage)) {
 		hp_dev_format(stage, line, size);
 		return 0;
 	}
@@ -443,7 +442,7 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	struct writes w = {.clear_error = true};
 	char *chain = NULL, line[PATH_MAX + 256];
 	struct hp_dev stage;
-	bool made = false;
+	bool made = false, new_worker;
 	int rc;
 
 	rc = read_record(hp, "params", &chain);
@@ -456,24 +455,18 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	if (rc < 0)
 		goto out;
 	bks_chain_spec_free(&spec);
-	if (!worker_running(t)) {
+	new_worker = !worker_running(t);
+	if (new_worker) {
 		const char *args[] = {"create",	 "--name", t->name,
 				      "--chain", chain,	   NULL};
 
-		/*
-		 * A stage of a worker that is gone serves nothing: its nbdfuse
-		 * was connected to the old worker's socket.
-		 */
-		rc = detach_recorded(hp, t, NODE_STAGE);
-		if (rc < 0)
-			goto out;
 		rc = run_ctl(t, args, &hp->err);
 		if (rc) {
 			rc = -EIO;
 			goto out;
 		}
 	}
-	rc = stage_device(hp, t, &stage, &made, line, sizeof(line));
+	rc = stage_device(hp, t, new_worker, &stage, &made, line, sizeof(line));
 	if (rc < 0)
 		goto out;
 	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
@@ -541,24 +534,21 @@ static int detach_recorded(struct hp *hp, const struct target *t,
 static int check_worker(struct hp *hp, const struct target *t, char *sock,
 			size_t size)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd, rc = 0;
+	int rc;
 
-	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size ||
-	    strlen(sock) >= sizeof(sa.sun_path))
+	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size)
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
 					"%s/nbd.sock: too long", t->dir);
-	strcpy(sa.sun_path, sock);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return bks_error_set(&hp->err, errno, "socket");
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		rc = bks_error_set(&hp->err, errno,
-				   "worker %s is not serving (was prepare "
-				   "run? did the worker die?): connect %s",
-				   t->name, sock);
-	close(fd);
-	return rc;
+	rc = hp_dev_sock_probe(sock);
+	if (rc == -ENAMETOOLONG)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s: too long for a socket", sock);
+	if (rc < 0)
+		return bks_error_set(&hp->err, -rc,
+				     "worker %s is not serving (was prepare "
+				     "run? did the worker die?): connect %s",
+				     t->name, sock);
+	return 0;
 }
 
 /*
@@ -881,9 +871,9 @@ static int do_add(struct hp *hp, const struct target *t)
 }
 
 /*
- * Keep the first failure: *rc and *first get rc and hp->err if nothing
- * failed before.  So unprepare can release everything it can and still
- * report what went wrong first.
+ * Keep the first failure: *first_rc and *first get rc and hp->err if
+ * nothing failed before.  So unprepare can release everything it can and
+ * still report what went wrong first.
  */
 static void keep_first(struct hp *hp, int rc, int *first_rc,
 		       struct bks_error *first)

@@ -1302,6 +1302,23 @@ out:
  * /sys/block/nbdN/backend cannot tell, and then a connected device is
  * taken as ours), and the node is the record's major:minor.
  */
+int hp_dev_sock_probe(const char *sock)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, rc = 0;
+
+	if (strlen(sock) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
 /*
  * Does the server named by a /sys/block/nbdN/backend line
  * ("blkstack:SOCK\n") still accept connections?  Only a refusal or a
@@ -1309,22 +1326,11 @@ out:
  */
 static bool nbd_server_alive(char *backend)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	const char *sock = backend + strlen(NBD_BACKEND_PREFIX);
-	bool alive = true;
-	int fd;
+	int rc;
 
 	backend[strcspn(backend, "\n")] = '\0';
-	if (strlen(sock) >= sizeof(sa.sun_path))
-		return true;
-	strcpy(sa.sun_path, sock);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return true;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		alive = errno != ECONNREFUSED && errno != ENOENT;
-	close(fd);
-	return alive;
+	rc = hp_dev_sock_probe(backend + strlen(NBD_BACKEND_PREFIX));
+	return rc != -ECONNREFUSED && rc != -ENOENT;
 }
 
 /*

@@ -91,6 +91,13 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *fd,
 			 struct hp_dev_export *ex, struct bks_error *err);
 
 /*
+ * Does the Unix socket sock accept a connection (which is then closed)?
+ * 0, or -errno from connect: -ECONNREFUSED or -ENOENT mean nobody serves
+ * it; -ENAMETOOLONG if sock cannot be a socket address.
+ */
+int hp_dev_sock_probe(const char *sock);
+
+/*
  * Attach a block device to the NBD server on nbd_sock, read-only if ro.
  * state_dir is a private directory (exists, 0700) for the fallback's
  * mountpoint; its path must not contain whitespace.  mech must be
