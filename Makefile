@@ -47,7 +47,8 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
 # ---- helpers ---------------------------------------------------------------
-HP_SRC  := helpers/hp-env.c helpers/hp-xs.c helpers/hp-dev.c
+HP_SRC  := helpers/hp-env.c helpers/hp-xs.c helpers/hp-dev.c helpers/hp-share.c \
+           helpers/worker-name.c
 HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
 HOTPLUG := $(B)/bin/blkstack-hotplug
 SCRIPT  := $(B)/hotplug/block-stack
@@ -108,7 +109,7 @@ $(LIB): $(LIB_OBJ)
 	$(AR) rcs $@ $^
 
 HOTPLUG_OBJ := $(B)/obj/helpers/blkstack-hotplug.o \
-               $(B)/obj/helpers/hp-actions.o $(B)/obj/helpers/worker-name.o
+               $(B)/obj/helpers/hp-actions.o
 # The installed hotplug helper finds blkstack-ctl here (or beside itself).
 $(B)/obj/helpers/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 $(HOTPLUG): $(HOTPLUG_OBJ) $(HP_OBJ) $(LIB)

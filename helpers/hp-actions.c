@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "hp-dev.h"
+#include "hp-share.h"
 #include "hp.h"
 #include "worker.h"
 
@@ -618,196 +619,8 @@ static bool backend_read_only(struct hp *hp)
 	return ro;
 }
 
-/* ---- sharing: one image, one guest ----------------------------------------
+/* ---- sharing: one image, one VM (hp-share.h) ------------------------------
  */
-
-/*
- * While a disk is added, RUNDIR/NAME.attached says which images it uses,
- * for which domain, and how:
- *   domid N
- *   mode r|w
- *   image DEV INO        (one per image: st_dev and st_ino of a file, or
- *                         0 and st_rdev of a block device)
- * add refuses an image that another live disk of this host uses for
- * another domain when either of them writes, as Xen's block script does.
- */
-#define MAX_IMAGES BKS_CHAIN_MAX_LAYERS
-
-struct usage {
-	long domid; /* -1: unknown */
-	bool rw;
-	unsigned int n;
-	unsigned long long dev[MAX_IMAGES], ino[MAX_IMAGES];
-};
-
-/* The images (files, block devices) the chain in params names. */
-static int chain_images(struct hp *hp, struct usage *u)
-{
-	struct bks_chain_spec spec;
-	char *chain = NULL;
-	int rc;
-
-	rc = read_record(hp, "params", &chain);
-	if (rc < 0)
-		return rc;
-	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
-	free(chain);
-	if (rc < 0)
-		return rc;
-	for (unsigned int i = 0; i < spec.n; i++) {
-		struct stat st;
-
-		if (!spec.layers[i].driver->args_path || u->n == MAX_IMAGES)
-			continue;
-		if (stat(spec.layers[i].args, &st) < 0)
-			continue; /* the worker has it open; nothing to match */
-		u->dev[u->n] = S_ISBLK(st.st_mode) ? 0 : st.st_dev;
-		u->ino[u->n] = S_ISBLK(st.st_mode) ? st.st_rdev : st.st_ino;
-		u->n++;
-	}
-	bks_chain_spec_free(&spec);
-	return 0;
-}
-
-/* Parse another disk's .attached file; false if it is not well-formed. */
-static bool read_usage(const char *path, struct usage *u)
-{
-	char line[128];
-	bool ok = true;
-	FILE *f = fopen(path, "re");
-
-	if (!f)
-		return false;
-	memset(u, 0, sizeof(*u));
-	u->domid = -1;
-	while (ok && fgets(line, sizeof(line), f)) {
-		unsigned long long a, b;
-		long d;
-		char m;
-
-		if (sscanf(line, "domid %ld", &d) == 1)
-			u->domid = d;
-		else if (sscanf(line, "mode %c", &m) == 1)
-			u->rw = m == 'w';
-		else if (sscanf(line, "image %llu %llu", &a, &b) == 2 &&
-			 u->n < MAX_IMAGES) {
-			u->dev[u->n] = a;
-			u->ino[u->n] = b;
-			u->n++;
-		} else
-			ok = false;
-	}
-	fclose(f);
-	return ok;
-}
-
-/* Is the worker of RUNDIR/NAME alive (its pid file names a process)? */
-static bool worker_alive(const char *rundir, const char *name)
-{
-	char path[PATH_MAX + 80];
-	long pid = 0;
-	FILE *f;
-
-	if (snprintf(path, sizeof(path), "%s/%s/pid", rundir, name) >=
-	    (int)sizeof(path))
-		return false;
-	f = fopen(path, "re");
-	if (!f)
-		return false;
-	if (fscanf(f, "%ld", &pid) != 1)
-		pid = 0;
-	fclose(f);
-	return pid > 0 && kill((pid_t)pid, 0) == 0;
-}
-
-/* Refuse images another live disk uses for another domain, rw on a side. */
-static int check_sharing(struct hp *hp, const struct target *t,
-			 const struct usage *mine)
-{
-	struct dirent *de;
-	DIR *d;
-	int rc = 0;
-
-	d = opendir(t->rundir);
-	if (!d)
-		return 0;
-	while (rc == 0 && (de = readdir(d))) {
-		char other[WORKER_NAME_MAX + 1], path[PATH_MAX + 80];
-		size_t len = strlen(de->d_name);
-		struct usage u;
-
-		if (len <= 9 || strcmp(de->d_name + len - 9, ".attached") ||
-		    len - 9 > WORKER_NAME_MAX)
-			continue;
-		memcpy(other, de->d_name, len - 9);
-		other[len - 9] = '\0';
-		if (!strcmp(other, t->name) || !worker_name_valid(other) ||
-		    !worker_alive(t->rundir, other))
-			continue;
-		if (snprintf(path, sizeof(path), "%s/%s", t->rundir,
-			     de->d_name) >= (int)sizeof(path) ||
-		    !read_usage(path, &u))
-			continue;
-		if (u.domid == mine->domid && mine->domid >= 0)
-			continue; /* the same guest: allowed */
-		if (!u.rw && !mine->rw)
-			continue;
-		for (unsigned int i = 0; i < mine->n && rc == 0; i++) {
-			for (unsigned int j = 0; j < u.n; j++) {
-				if (mine->dev[i] != u.dev[j] ||
-				    mine->ino[i] != u.ino[j])
-					continue;
-				rc = bks_error_setmsg(
-				    &hp->err, EBUSY,
-				    "an image of this disk is in use %s "
-				    "by domain %ld (worker %s); refusing "
-				    "to share it",
-				    u.rw ? "read-write" : "read-only", u.domid,
-				    other);
-				break;
-			}
-		}
-	}
-	closedir(d);
-	return rc;
-}
-
-/* Write RUNDIR/NAME.attached (whole, by rename). */
-static int write_usage(struct hp *hp, const struct target *t,
-		       const struct usage *u)
-{
-	char path[PATH_MAX + 32], tmp[PATH_MAX + 32];
-	FILE *f;
-
-	if (snprintf(path, sizeof(path), "%s.attached", t->dir) >=
-		(int)sizeof(path) ||
-	    snprintf(tmp, sizeof(tmp), "%s.attached.tmp", t->dir) >=
-		(int)sizeof(tmp))
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s.attached: too long", t->dir);
-	f = fopen(tmp, "we");
-	if (!f)
-		return bks_error_set(&hp->err, errno, "open %s", tmp);
-	fprintf(f, "domid %ld\nmode %c\n", u->domid, u->rw ? 'w' : 'r');
-	for (unsigned int i = 0; i < u->n; i++)
-		fprintf(f, "image %llu %llu\n", u->dev[i], u->ino[i]);
-	if (fclose(f) != 0 || rename(tmp, path) < 0) {
-		int e = errno;
-
-		unlink(tmp);
-		return bks_error_set(&hp->err, e, "write %s", path);
-	}
-	return 0;
-}
-
-static void remove_usage(const struct target *t)
-{
-	char path[PATH_MAX + 32];
-
-	if (snprintf(path, sizeof(path), "%s.attached", t->dir) <
-	    (int)sizeof(path))
-		unlink(path);
-}
 
 /* The guest's domid from the backend's frontend-id, or -1. */
 static long frontend_domid(struct hp *hp)
@@ -828,25 +641,82 @@ static long frontend_domid(struct hp *hp)
 	return d;
 }
 
+/*
+ * /local/domain/DOMID/vm into vm ("" if there is none, or it is not a
+ * plain xenstore path): what tells the two domains of one VM apart from
+ * two VMs.
+ */
+static void domain_vm(struct hp *hp, long domid, char *vm, size_t size)
+{
+	char path[64], *v = NULL;
+	struct bks_error ignore;
+
+	vm[0] = '\0';
+	if (domid < 0)
+		return;
+	snprintf(path, sizeof(path), "/local/domain/%ld/vm", domid);
+	if (hp_xs_read(hp->xs, XBT_NULL, path, &v, &ignore) < 0)
+		return;
+	if (v[0] == '/' && strlen(v) < size &&
+	    hp_xs_path_check(v, HP_PATH_ABSOLUTE, "vm", &ignore) == 0)
+		snprintf(vm, size, "%s", v);
+	free(v);
+}
+
+/*
+ * What this disk uses, from its running worker: the images it holds
+ * open, for which guest, VM and backend.  The worker must be running
+ * (prepare started it).
+ */
+static int disk_usage(struct hp *hp, const struct target *t, bool rw,
+		      struct hp_usage *u)
+{
+	unsigned long long start;
+	pid_t pid;
+	int rc;
+
+	u->domid = frontend_domid(hp);
+	domain_vm(hp, u->domid, u->vm, sizeof(u->vm));
+	snprintf(u->backend, sizeof(u->backend), "%s", backend_dir(hp));
+	rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
+	if (rc < 0) {
+		bks_error_prepend(&hp->err,
+				  "worker %s is not serving (was prepare run? "
+				  "did the worker die?): ",
+				  t->name);
+		return rc;
+	}
+	return hp_worker_images(pid, t->dir, rw, u, &hp->err);
+}
+
 static int do_add(struct hp *hp, const struct target *t)
 {
 	char line[PATH_MAX + 256], physdev[32];
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
-	struct usage mine = {0};
+	struct hp_usage *mine = NULL;
+	bool claimed = false, attached = false, rw;
 	struct hp_dev dev;
 	int rc;
 
-	mine.rw = !backend_read_only(hp);
-	mine.domid = frontend_domid(hp);
-	rc = chain_images(hp, &mine);
-	if (rc == 0)
-		rc = check_sharing(hp, t, &mine);
-	if (rc == 0)
-		rc = attach(hp, t, NODE_DEV, true, !mine.rw, &dev, line,
-			    sizeof(line));
+	mine = calloc(1, sizeof(*mine));
+	if (!mine) {
+		rc = bks_error_set(&hp->err, ENOMEM, "add");
+		goto out;
+	}
+	rw = !backend_read_only(hp);
+	rc = disk_usage(hp, t, rw, mine);
 	if (rc < 0)
-		return rc;
+		goto out;
+	/* Checked and recorded at once, host-wide, before the device. */
+	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
+	if (rc < 0)
+		goto out;
+	claimed = true;
+	rc = attach(hp, t, NODE_DEV, true, !rw, &dev, line, sizeof(line));
+	if (rc < 0)
+		goto out;
+	attached = true;
 	/* As blkback parses it: "%x:%x". */
 	snprintf(physdev, sizeof(physdev), "%x:%x", dev.major, dev.minor);
 	add_write(&w, records_dir(hp), NODE_DEV, line);
@@ -859,14 +729,17 @@ static int do_add(struct hp *hp, const struct target *t)
 	}
 	/* Last, since blkback opens the device as soon as it sees it. */
 	add_write(&w, backend, "physical-device", physdev);
+	/* One transaction, and nothing after it can fail. */
 	rc = commit(hp, &w);
-	if (rc == 0)
-		rc = write_usage(hp, t, &mine);
-	if (rc < 0) {
+out:
+	if (rc < 0 && attached) {
 		struct bks_error ignore;
 
 		hp_dev_detach(&dev, &ignore);
 	}
+	if (rc < 0 && claimed)
+		hp_share_release(t->rundir, t->name);
+	free(mine);
 	return rc;
 }
 
@@ -911,7 +784,7 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 			"blkstack: unprepare: freed %u unrecorded "
 			"device(s) in %s\n",
 			swept, t->dir);
-	remove_usage(t);
+	hp_share_release(t->rundir, t->name);
 	if (run_ctl(t, args, &hp->err))
 		keep_first(hp, -EIO, &first_rc, &first);
 	if (first_rc < 0) {
@@ -938,7 +811,7 @@ static int v1_remove(struct hp *hp, const struct target *t)
 
 	rc = detach_recorded(hp, t, NODE_DEV);
 	if (rc == 0)
-		remove_usage(t);
+		hp_share_release(t->rundir, t->name);
 	first = hp->err;
 	rc2 = do_unprepare(hp, t);
 	if (rc < 0) {
@@ -990,7 +863,7 @@ int hp_act_remove(struct hp *hp)
 		return v1_remove(hp, &t);
 	rc = detach_recorded(hp, &t, NODE_DEV);
 	if (rc == 0)
-		remove_usage(&t);
+		hp_share_release(t.rundir, t.name);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 

@@ -36,6 +36,16 @@ int hp_xs_read(struct xs_handle *xs, xs_transaction_t t, const char *path,
 	v = xs_read(xs, t, path, &len);
 	if (!v)
 		return bks_error_set(err, errno, "xenstore read %s", path);
+	/* A value is bytes: one with a NUL would be cut short as a string. */
+	if (memchr(v, '\0', len)) {
+		size_t at = strlen(v);
+
+		free(v);
+		return bks_error_setmsg(err, EINVAL,
+					"xenstore value %s has a NUL byte at "
+					"offset %zu",
+					path, at);
+	}
 	*out = v;
 	return 0;
 }

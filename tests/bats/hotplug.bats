@@ -6,45 +6,11 @@
 load helpers
 
 setup() {
-	xsd_setup
-	img_dir
-	export BLKSTACK_RUNDIR=$BATS_TEST_TMPDIR/run
-	export BLKSTACK_DEVICE=loop
-	IMG=$IMG_DIR/disk.img
-	truncate -s 64M "$IMG"
-	eval "$("$TOOLSTACK" paths)"
+	hotplug_setup
 }
 
 teardown() {
-	# Whatever a failed test left: devices, then workers.
-	"$TOOLSTACK" --quiet --script "$SCRIPT" v2-detach >/dev/null 2>&1 || true
-	for d in "$BLKSTACK_RUNDIR"/*/; do
-		[ -d "$d" ] || continue
-		"$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" destroy \
-			--name "$(basename "$d")" >/dev/null 2>&1 || true
-	done
-	worker_teardown
-	xsd_teardown
-}
-
-ts() {
-	"$TOOLSTACK" --quiet --script "$SCRIPT" --target "${TARGET:-log:|aio:$IMG}" "$@"
-}
-
-# No worker, device, nbdfuse, mount, socket or lock is left in the rundir.
-assert_no_leftovers() {
-	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
-	assert_output ""
-	run compgen -G "$BLKSTACK_RUNDIR/*.lock"
-	assert_failure
-	run compgen -G "$BLKSTACK_RUNDIR/*.attached"
-	assert_failure
-	run grep -c "$BLKSTACK_RUNDIR" /proc/mounts
-	assert_output 0
-	run pgrep -f "nbdfuse.*$BLKSTACK_RUNDIR"
-	assert_failure
-	run bash -c "losetup -a | grep -c '$BLKSTACK_RUNDIR'"
-	assert_output 0
+	hotplug_teardown
 }
 
 # After add: 64 KiB written through pdev reach the image; then remove and

@@ -48,6 +48,7 @@ struct ts {
 	unsigned int devid;
 	unsigned int bdom;
 	unsigned int timeout;
+	const char *vm; /* --vm: the guest's /local/domain/N/vm, or NULL */
 	bool quiet;
 	bool keep_on_failure;
 	/* Command line, after the options. */
@@ -102,6 +103,8 @@ static void usage(FILE *f)
 		"  --domid N             guest domain (default 1)\n"
 		"  --devid N             device id (default 51712, xvda)\n"
 		"  --backend-domid N     backend domain (default 0)\n"
+		"  --vm PATH             write the guest's /local/domain/N/vm "
+		"(v2-backend, v1-create)\n"
 		"  --timeout SEC         deadline per script run (default "
 		"40)\n"
 		"  --quiet               no progress lines\n"
@@ -314,7 +317,7 @@ static int device_txn(struct xs_handle *xs, xs_transaction_t t,
 	    {.id = ts->domid, .perms = XS_PERM_NONE},
 	    {.id = ts->bdom, .perms = XS_PERM_READ},
 	};
-	char domid[16], bdom[16], devid[16];
+	char domid[16], bdom[16], devid[16], dom[32];
 	const struct node be_nodes[] = {
 	    {"frontend", ts->frontend_path},
 	    {"frontend-id", domid},
@@ -357,6 +360,11 @@ static int device_txn(struct xs_handle *xs, xs_transaction_t t,
 	if (ret)
 		goto out;
 	ret = write_nodes(xs, t, ts->backend_path, be_nodes, n_be);
+	if (ret || !ts->vm)
+		goto out;
+	/* libxl writes it when it makes the domain: one VM, one path. */
+	snprintf(dom, sizeof(dom), "/local/domain/%u", ts->domid);
+	ret = xst_write(xs, t, dom, "vm", ts->vm);
 out:
 	return ret;
 }
@@ -664,6 +672,7 @@ enum {
 	OPT_DEVID,
 	OPT_BDOM,
 	OPT_TIMEOUT,
+	OPT_VM,
 	OPT_QUIET,
 	OPT_KEEP,
 	OPT_HELP,
@@ -676,6 +685,7 @@ static const struct option options[] = {
     {"devid", required_argument, NULL, OPT_DEVID},
     {"backend-domid", required_argument, NULL, OPT_BDOM},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"vm", required_argument, NULL, OPT_VM},
     {"quiet", no_argument, NULL, OPT_QUIET},
     {"keep-on-failure", no_argument, NULL, OPT_KEEP},
     {"help", no_argument, NULL, OPT_HELP},
@@ -719,6 +729,14 @@ static int parse_args(int argc, char **argv, struct ts *ts,
 		case OPT_TIMEOUT:
 			ret = parse_uint("--timeout", optarg, 1, TIMEOUT_MAX,
 					 &ts->timeout);
+			break;
+		case OPT_VM:
+			if (optarg[0] != '/') {
+				ret = -EINVAL;
+				ts_err("--vm %s: must be a path (/vm/UUID)",
+				       optarg);
+			}
+			ts->vm = optarg;
 			break;
 		case OPT_QUIET:
 			ts->quiet = true;
