@@ -6,10 +6,11 @@
  *       n at BASE_BYTES of DEVICE with O_DIRECT|O_DSYNC, one every
  *       INTERVAL_MS (default 30), and prints "REC ack n" on stdout once
  *       the write has returned (the backend has acknowledged it, flushed).
- *       A record holds its sequence number and CLOCK_REALTIME in ns (the
+ *       A record holds its sequence number, CLOCK_REALTIME in ns (the
  *       guest's wall clock, which Xen keeps across migration and
- *       save/restore).  A failed write is reported ("REC error n: ...")
- *       and retried for the same n.  SIGTERM or SIGINT stops it:
+ *       save/restore) and the writer's start time (telling a rebooted
+ *       guest's records from the first boot's).  A failed write is reported
+ * ("REC error n: ...") and retried for the same n.  SIGTERM or SIGINT stops it:
  *       "REC stop last=n" (n = -1: none acknowledged).
  *
  *   bks-records check IMAGE [BASE_BYTES [FROM_SEQ]]
@@ -19,6 +20,8 @@
  *         last=S       the sequence number of the last of them (-1: none)
  *         bad=B        slots in the run that are torn or corrupt
  *         after_hole=H valid records found after the first empty slot
+ *         other_run=O  records of another run of the writer than slot 0's
+ *                      (the guest rebooted and started over)
  *         gap_ms=G gap_at=S        largest timestamp gap between
  *                                  consecutive records (S: the later one)
  *         from_gap_ms=G from_gap_at=S  the same over records >= FROM_SEQ
@@ -49,7 +52,8 @@ struct record {
 	char magic[8];
 	uint64_t seq;
 	uint64_t ns;
-	uint64_t check; /* seq ^ ns ^ CHECK_SALT */
+	uint64_t run;	/* the writer's start time (ns): one per guest boot */
+	uint64_t check; /* seq ^ ns ^ run ^ CHECK_SALT */
 };
 
 #define CHECK_SALT 0x626b737265633031ULL
@@ -86,7 +90,7 @@ static uint64_t clock_ns(clockid_t clock)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-static void fill(unsigned char *buf, uint64_t seq)
+static void fill(unsigned char *buf, uint64_t seq, uint64_t run)
 {
 	struct record r;
 
@@ -94,7 +98,8 @@ static void fill(unsigned char *buf, uint64_t seq)
 	memcpy(r.magic, MAGIC, sizeof(r.magic));
 	r.seq = seq;
 	r.ns = clock_ns(CLOCK_REALTIME);
-	r.check = r.seq ^ r.ns ^ CHECK_SALT;
+	r.run = run;
+	r.check = r.seq ^ r.ns ^ r.run ^ CHECK_SALT;
 	memcpy(buf, &r, sizeof(r));
 }
 
@@ -110,7 +115,8 @@ static int parse_slot(const unsigned char *buf, uint64_t slot, struct record *r)
 				return -1;
 		return 0;
 	}
-	if (r->seq != slot || r->check != (r->seq ^ r->ns ^ CHECK_SALT))
+	if (r->seq != slot ||
+	    r->check != (r->seq ^ r->ns ^ r->run ^ CHECK_SALT))
 		return -1;
 	for (i = sizeof(*r); i < SLOT; i++)
 		if (buf[i] != (unsigned char)(slot & 0xff))
@@ -126,7 +132,7 @@ static int cmd_write(const char *dev, uint64_t base, uint64_t interval_ms)
 	uint64_t seq = 0;
 	sigset_t stop;
 	struct timespec wait;
-	uint64_t next, mono;
+	uint64_t next, mono, run = clock_ns(CLOCK_REALTIME);
 	int fd = -1, rc = 1, e;
 
 	if (base % SLOT) {
@@ -166,7 +172,7 @@ static int cmd_write(const char *dev, uint64_t base, uint64_t interval_ms)
 	for (;;) {
 		ssize_t n;
 
-		fill(buf, seq);
+		fill(buf, seq, run);
 		n = pwrite(fd, buf, SLOT, (off_t)(base + seq * SLOT));
 		if (n == SLOT) {
 			last = (long long)seq;
@@ -211,7 +217,7 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 	unsigned char *buf = NULL;
 	uint64_t slot, records = 0, bad = 0, after_hole = 0;
 	uint64_t prev_ns = 0, first_ns = 0, gap = 0, gap_at = 0;
-	uint64_t from_gap = 0, from_gap_at = 0;
+	uint64_t from_gap = 0, from_gap_at = 0, run = 0, other_run = 0;
 	long long last = -1;
 	int hole = 0, fd = -1, rc = 1;
 	struct stat st;
@@ -273,16 +279,20 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 				from_gap_at = r.seq;
 			}
 		}
-		if (last < 0)
+		if (last < 0) {
 			first_ns = r.ns;
+			run = r.run;
+		}
+		if (r.run != run)
+			other_run++;
 		prev_ns = r.ns;
 		last = (long long)r.seq;
 	}
 	printf("records=%" PRIu64 " last=%lld bad=%" PRIu64
-	       " after_hole=%" PRIu64 " gap_ms=%" PRIu64 " gap_at=%" PRIu64
-	       " from_gap_ms=%" PRIu64 " from_gap_at=%" PRIu64
-	       " mean_ms=%" PRIu64 "\n",
-	       records, last, bad, after_hole, gap / 1000000, gap_at,
+	       " after_hole=%" PRIu64 " other_run=%" PRIu64 " gap_ms=%" PRIu64
+	       " gap_at=%" PRIu64 " from_gap_ms=%" PRIu64
+	       " from_gap_at=%" PRIu64 " mean_ms=%" PRIu64 "\n",
+	       records, last, bad, after_hole, other_run, gap / 1000000, gap_at,
 	       from_gap / 1000000, from_gap_at,
 	       last > 0 ? (prev_ns - first_ns) / (uint64_t)last / 1000000 : 0);
 	rc = 0;

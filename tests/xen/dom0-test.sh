@@ -144,6 +144,7 @@ memory = 192
 vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
+on_reboot = "destroy"
 disk = ['vdev=xvda,script=block-stack,target=log:|aio:$2']
 EOF
 }
@@ -374,6 +375,7 @@ memory = 192
 vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
+on_reboot = "destroy"
 disk = ['vdev=xvda,script=block-stack,target=log:|aio:$img']
 EOF
 	rm -f /tmp/bootloader.seen
@@ -464,12 +466,15 @@ last_ack() {
 		sort -n | tail -n 1 | grep . || echo -1
 }
 acks_beyond() { [ "$(last_ack "$1")" -gt "$2" ]; }
+# acks_or_gone NAME N: acks beyond N, or the domain is gone (a crash: do
+# not wait for acks that cannot come).
+acks_or_gone() { acks_beyond "$1" "$2" || domain_gone "$1" >/dev/null; }
 # running NAME: the domain exists and is running or blocked (not paused,
 # suspended, shut down or crashed).
 running() {
 	_s=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }')
 	case $_s in
-	r-----|-b----) return 0 ;;
+	r-----|-b----|------) return 0 ;; # ------: runnable, waiting for a CPU
 	esac
 	echo "state of $1: ${_s:-no such domain}"
 	return 1
@@ -479,6 +484,11 @@ running() {
 # FAIL text says so when xl dmesg shows one.
 fail_xen() {
 	xl dmesg 2>&1 | tail -n 12 | sed 's/^/INFO xl dmesg: /'
+	for _f in "$CONS/guest-$g".log "$CONS/guest-$g"--*.log; do
+		[ -e "$_f" ] || continue
+		tr -d '\r' <"$_f" | grep -v '^REC ack' | tail -n 6 |
+			sed "s|^|INFO console ${_f##*/}: |"
+	done
 	if xl dmesg 2>/dev/null | grep -qi 'triple fault'; then
 		fail "$1" "$2; the guest TRIPLE-FAULTED (xl dmesg): TCG/PVH, not blkstack"
 	else
@@ -518,11 +528,12 @@ ramdisk = "/root/guest.cpio.gz"
 extra = "console=hvc0 quiet bks_records"
 memory = 160
 vcpus = 1
+tsc_mode = "native"
 on_poweroff = "destroy"
 on_crash = "destroy"
+on_reboot = "destroy"
 disk = ['vdev=xvda,script=block-stack,target=log:|aio:$img']
 EOC
-	xl dmesg -c >/dev/null 2>&1 || true
 	t0=$(now)
 	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
 		sed 's/^/INFO xl create: /' "/tmp/$g.create"
@@ -532,7 +543,8 @@ EOC
 	fi
 	pass "$tag: xl create ($type guest writing records)"
 	domid=$(xl domid "$g")
-	if ! wait_for 150 acks_beyond "$g" 20; then
+	wait_for 150 acks_or_gone "$g" 20 || true
+	if ! acks_beyond "$g" 20; then
 		fail_xen "$tag: guest writes records" "last ack $(last_ack "$g"); console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 5 | tr '\n' '|')"
 		rec_cleanup "$g"
 		return 0
@@ -604,7 +616,8 @@ EOC
 		sh -c "[ \"\$($CTL list 2>/dev/null | grep -c .)\" = 1 ] && [ $(procs blkstack-worker | grep -c .) = 1 ]"
 	info "$tag: workers: $("$CTL" list 2>&1 | tr '\n' ' ')"
 	post=$(last_ack "$g")
-	if wait_for 90 acks_beyond "$g" $((post + 10)); then
+	wait_for 90 acks_or_gone "$g" $((post + 10)) || true
+	if acks_beyond "$g" $((post + 10)); then
 		pass "$tag: the guest keeps writing on the new domain"
 	else
 		fail_xen "$tag: the guest keeps writing on the new domain" \
@@ -625,6 +638,8 @@ EOC
 	info "$tag: records in the image: $r; last acknowledged on the console: $acked"
 	kv() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 	last=$(kv last)
+	check "$tag: one run of the writer in the image (the guest did not restart)" \
+		[ "$(kv other_run)" = 0 ]
 	check "$tag: no acknowledged record lost (records 0..$acked contiguous in the image)" \
 		sh -c "[ '$(kv bad)' = 0 ] && [ '$(kv after_hole)' = 0 ] && [ '${last:--1}' -ge '$acked' ] && [ '$acked' -ge 0 ]"
 	check "$tag: records written after the $mode are in the image" \
@@ -641,7 +656,31 @@ EOC
 	check "$tag: no domain left" sh -c "! xl list '$g' && ! xl list '$g--incoming'"
 }
 
+# rec_item MECH MODE: rec_run.  A PVH guest under TCG now and then
+# triple-faults (xl dmesg: "Triple fault"), which is no fault of blkstack's:
+# when the first attempt failed and Xen logged one, its lines are kept as
+# INFO ("attempt 1: ...") and the item runs once more, the second attempt's
+# result counting.  Any other failure counts at once.
+rec_item() {
+	xl dmesg -c >/dev/null 2>&1 || true
+	rec_run "$1" "$2" >/tmp/rec-item.out 2>&1
+	if grep -q '^FAIL ' /tmp/rec-item.out &&
+		xl dmesg 2>/dev/null | grep -qi 'triple fault'; then
+		sed 's/^/INFO attempt 1: /' /tmp/rec-item.out
+		info "$2 $1: attempt 1 failed and the guest TRIPLE-FAULTED" \
+			"(xl dmesg: $(xl dmesg | grep -i 'triple fault' | tr '\n' '|'));" \
+			"TCG, not blkstack: running the item once more"
+		xl dmesg -c >/dev/null 2>&1 || true
+		rec_run "$1" "$2"
+	else
+		cat /tmp/rec-item.out
+	fi
+}
+
 echo "XENTEST start $(now)s"
+# xentest_only=rec on dom0's command line (tests/xen/run: XEN_ONLY=rec):
+# only the migration and save/restore items, for working on them.
+only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
 # pgrep; a missing one must not make a check pass).
 missing=''
@@ -653,20 +692,26 @@ for c in xl xenstore-read xenstore-write xenstore-ls xenstore-exists \
 done
 check "dom0 has every command dom0-test.sh uses" sh -c \
 	"[ -z '$missing' ] || { echo 'missing:$missing'; exit 1; }"
-guest_run loop
+if [ "$only" != rec ]; then
+	guest_run loop
+fi
 if modprobe nbd; then
 	info "nbd module loaded"
 else
 	info "modprobe nbd failed"
 fi
-guest_run nbd
-guest_run nbd kill
-missing_create
-bootloader_run
-local_attach loop
-local_attach nbd
-rec_run loop migrate
-rec_run nbd migrate
-rec_run loop save
-rec_run nbd save
+if [ "$only" != rec ]; then
+	guest_run nbd
+	guest_run nbd kill
+	missing_create
+	bootloader_run
+	local_attach loop
+	local_attach nbd
+else
+	info "xentest_only=rec: items 1-5 skipped"
+fi
+rec_item loop migrate
+rec_item nbd migrate
+rec_item loop save
+rec_item nbd save
 echo "XENTEST done $(now)s"
