@@ -178,7 +178,7 @@ DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3
+             python3 strace
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:

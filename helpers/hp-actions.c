@@ -362,7 +362,8 @@ static int commit(struct hp *hp, struct writes *w)
 	return hp_xs_transaction(hp->xs, writes_txn, w, &hp->err);
 }
 
-/* ---- prepare ------------------------------------------------------------- */
+/* ---- device records --------------------------------------------------------
+ */
 
 /* The worker's control socket answers: it is running. */
 static bool worker_running(const struct target *t)
@@ -373,141 +374,79 @@ static bool worker_running(const struct target *t)
 	return run_ctl(t, args, &ignore) == 0;
 }
 
-static int detach_recorded(struct hp *hp, const struct target *t,
-			   const char *node);
-static int check_worker(struct hp *hp, const struct target *t, char *sock,
-			size_t size);
+/* The worker's NBD socket path. */
+static int nbd_sock_path(struct hp *hp, const struct target *t, char *sock,
+			 size_t size)
+{
+	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s/nbd.sock: too long", t->dir);
+	return 0;
+}
 
-/*
- * The recorded stage, if it is there and usable.  Fills *stage and
- * returns true; anything else (no record, a bad one, nbdfuse gone) is
- * false, with hp->err untouched.
- */
-static bool recorded_stage(struct hp *hp, const struct target *t,
-			   struct hp_dev *stage)
+/* The worker's NBD socket accepts connections. */
+static int check_worker(struct hp *hp, const struct target *t, char *sock,
+			size_t size)
+{
+	int rc = nbd_sock_path(hp, t, sock, size);
+
+	if (rc < 0)
+		return rc;
+	rc = hp_dev_sock_probe(sock);
+	if (rc == -ENAMETOOLONG)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s: too long for a socket", sock);
+	if (rc < 0)
+		return bks_error_set(&hp->err, -rc,
+				     "worker %s is not serving (was prepare "
+				     "run? did the worker die?): connect %s",
+				     t->name, sock);
+	return 0;
+}
+
+/* The worker as a device record names it: "PID:STARTTIME". */
+static int worker_token(struct hp *hp, const struct target *t, char *tok,
+			size_t size)
+{
+	unsigned long long start;
+	pid_t pid;
+	int rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
+
+	if (rc < 0) {
+		bks_error_prepend(&hp->err,
+				  "worker %s is not serving (was prepare run? "
+				  "did the worker die?): ",
+				  t->name);
+		return rc;
+	}
+	snprintf(tok, size, "%d:%llu", (int)pid, start);
+	return 0;
+}
+
+/* The record at node, parsed: false if absent or bad (hp->err untouched). */
+static bool read_dev_record(struct hp *hp, const struct target *t,
+			    const char *node, struct hp_dev *dev)
 {
 	struct bks_error saved = hp->err;
 	char *line = NULL;
 	bool ok;
 
-	ok = read_record(hp, NODE_STAGE, &line) == 0 &&
-	     hp_dev_parse(line, t->dir, stage, &hp->err) == 0 &&
-	     hp_dev_staged_ok(stage);
+	ok = read_record(hp, node, &line) == 0 &&
+	     hp_dev_parse(line, t->dir, dev, &hp->err) == 0;
 	free(line);
 	hp->err = saved;
 	return ok;
 }
 
 /*
- * Stage the device's slow part (hp_dev_stage) unless a usable stage is
- * recorded already; with new_worker none is (its nbdfuse was connected to
- * the old worker's socket).  line gets the record to write, "" for none
- * (the mechanism needs no stage); *made tells whether a new stage was
- * started, which the caller must undo if it cannot record it.
+ * Detach the device recorded at node, and forget it.  Nothing: success.
+ * With worker_dead (the device was made for a worker that died), a failed
+ * flush is expected, since nothing can take it: it is said on stderr and
+ * the record goes anyway (the teardown went on; whatever it could not
+ * free is swept as unrecorded later).
  */
-static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
-			struct hp_dev *stage, bool *made, char *line,
-			size_t size)
-{
-	enum hp_dev_mech mech;
-	char sock[PATH_MAX];
-	int rc;
-
-	*made = false;
-	line[0] = '\0';
-	if (!new_worker && recorded_stage(hp, t, stage)) {
-		hp_dev_format(stage, line, size);
-		return 0;
-	}
-	/* A stage that died (or a bad record): clean up after it. */
-	rc = detach_recorded(hp, t, NODE_STAGE);
-	if (rc == 0)
-		rc = hp_dev_choose(&mech, &hp->err);
-	if (rc < 0 || mech != HP_DEV_LOOP)
-		return rc;
-	rc = check_worker(hp, t, sock, sizeof(sock));
-	if (rc == 0)
-		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
-	if (rc < 0)
-		return rc;
-	*made = true;
-	if (hp_dev_format(stage, line, size) < 0)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"stage record too long");
-	return 0;
-}
-
-static int do_prepare(struct hp *hp, const struct target *t)
-{
-	struct bks_chain_spec spec;
-	struct writes w = {.clear_error = true};
-	char *chain = NULL, line[PATH_MAX + 256];
-	struct hp_dev stage;
-	bool made = false, new_worker;
-	int rc;
-
-	rc = read_record(hp, "params", &chain);
-	if (rc < 0) {
-		bks_error_prepend(&hp->err, "the disk target: ");
-		goto out;
-	}
-	/* A bad chain is refused here, with its position, not later. */
-	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
-	if (rc < 0)
-		goto out;
-	bks_chain_spec_free(&spec);
-	new_worker = !worker_running(t);
-	if (new_worker) {
-		const char *args[] = {"create",	 "--name", t->name,
-				      "--chain", chain,	   NULL};
-
-		rc = run_ctl(t, args, &hp->err);
-		if (rc) {
-			rc = -EIO;
-			goto out;
-		}
-	}
-	rc = stage_device(hp, t, new_worker, &stage, &made, line, sizeof(line));
-	if (rc < 0)
-		goto out;
-	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
-	if (line[0])
-		add_write(&w, records_dir(hp), NODE_STAGE, line);
-	rc = commit(hp, &w);
-out:
-	if (rc < 0 && made) {
-		/* Unrecorded, nobody else could ever stop it. */
-		struct bks_error ignore;
-
-		hp_dev_detach(&stage, &ignore);
-	}
-	free(chain);
-	return rc;
-}
-
-int hp_act_prepare(struct hp *hp)
-{
-	struct target t;
-	int rc = target_init(hp, &t);
-
-	return rc < 0 ? rc : do_prepare(hp, &t);
-}
-
-/* ---- devices: add, localattach, and their undo --------------------------- */
-
-/* Is the recorded device still the one we made (same node, a block device)? */
-static bool dev_alive(const struct hp_dev *dev)
-{
-	struct stat st;
-
-	return stat(dev->path, &st) == 0 && S_ISBLK(st.st_mode) &&
-	       major(st.st_rdev) == dev->major &&
-	       minor(st.st_rdev) == dev->minor;
-}
-
-/* Detach the device recorded at node, and forget it.  Nothing: success. */
 static int detach_recorded(struct hp *hp, const struct target *t,
-			   const char *node)
+			   const char *node, bool worker_dead)
 {
 	struct writes w = {0};
 	struct hp_dev dev;
@@ -525,76 +464,217 @@ static int detach_recorded(struct hp *hp, const struct target *t,
 	if (rc == 0)
 		rc = hp_dev_detach(&dev, &hp->err);
 	free(line);
+	if (rc < 0 && worker_dead) {
+		fprintf(stderr,
+			"blkstack: %s: %s of a dead worker: %s; forgotten\n",
+			hp->action->name, node, hp->err.msg);
+		bks_error_clear(&hp->err);
+		rc = 0;
+	}
 	if (rc < 0)
 		return rc;
 	add_write(&w, records_dir(hp), node, NULL);
 	return commit(hp, &w);
 }
 
-/* The worker's NBD socket accepts connections. */
-static int check_worker(struct hp *hp, const struct target *t, char *sock,
-			size_t size)
+/*
+ * Free what a killed run of an action left in the disk's state without a
+ * record (an nbdfuse, a loop or kernel NBD device): since every action of
+ * one disk holds its lock, whatever no record names is nobody's.  Run by
+ * every action that makes or undoes a device, after its own records are
+ * settled.
+ */
+static int sweep_leftovers(struct hp *hp, const struct target *t)
 {
+	static const char *const nodes[] = {NODE_STAGE, NODE_DEV,
+					    NODE_LOCAL_DEV};
+	struct hp_dev recs[3];
+	const struct hp_dev *keep[3];
+	unsigned int found = 0;
+	char sock[PATH_MAX];
 	int rc;
 
-	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s/nbd.sock: too long", t->dir);
-	rc = hp_dev_sock_probe(sock);
-	if (rc == -ENAMETOOLONG)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s: too long for a socket", sock);
+	rc = nbd_sock_path(hp, t, sock, sizeof(sock));
 	if (rc < 0)
-		return bks_error_set(&hp->err, -rc,
-				     "worker %s is not serving (was prepare "
-				     "run? did the worker die?): connect %s",
-				     t->name, sock);
+		return rc;
+	for (size_t i = 0; i < 3; i++)
+		keep[i] = read_dev_record(hp, t, nodes[i], &recs[i]) ? &recs[i]
+								     : NULL;
+	rc = hp_dev_sweep_unrecorded(t->dir, sock, keep, 3, &found, &hp->err);
+	if (found)
+		fprintf(stderr,
+			"blkstack: %s: freed %u unrecorded device(s) of "
+			"%s that an earlier run left\n",
+			hp->action->name, found, t->name);
+	return rc;
+}
+
+/* ---- prepare ------------------------------------------------------------- */
+
+/*
+ * Decide the dom0 mechanism and stage its slow part (hp_dev_stage), unless
+ * a usable stage is recorded already; with new_worker none is (a loop
+ * stage's nbdfuse was connected to the old worker's socket).  The
+ * mechanism is chosen here, where a modprobe may run, so that add (inside
+ * a migration's blackout) only uses it.  line gets the record to write;
+ * *made tells whether a new stage was started, which the caller must undo
+ * if it cannot record it.
+ */
+static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
+			struct hp_dev *stage, bool *made, char *line,
+			size_t size)
+{
+	enum hp_dev_mech mech;
+	char sock[PATH_MAX];
+	int rc;
+
+	*made = false;
+	line[0] = '\0';
+	if (!new_worker && read_dev_record(hp, t, NODE_STAGE, stage) &&
+	    (stage->mech == HP_DEV_NBD || hp_dev_staged_ok(stage))) {
+		hp_dev_format(stage, line, size);
+		return 0;
+	}
+	/*
+	 * A stage that died (or a bad record): clean up after it.  With a new
+	 * worker, the devices made for the old one are dead too: they go
+	 * first, while their loop devices still name the old stage's file.
+	 */
+	rc = 0;
+	if (new_worker) {
+		rc = detach_recorded(hp, t, NODE_DEV, true);
+		if (rc == 0)
+			rc = detach_recorded(hp, t, NODE_LOCAL_DEV, true);
+	}
+	if (rc == 0)
+		rc = detach_recorded(hp, t, NODE_STAGE, new_worker);
+	if (rc == 0)
+		rc = hp_dev_choose(&mech, &hp->err);
+	if (rc == 0)
+		rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
+	if (rc < 0)
+		return rc;
+	*made = stage->mech == HP_DEV_LOOP;
+	if (hp_dev_format(stage, line, size) < 0)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"stage record too long");
 	return 0;
 }
 
+static int do_prepare(struct hp *hp, const struct target *t)
+{
+	struct bks_chain_spec spec;
+	struct writes w = {.clear_error = true};
+	char *chain = NULL, line[PATH_MAX + 256];
+	struct hp_dev stage;
+	bool made = false, new_worker = false;
+	int rc;
+
+	rc = read_record(hp, "params", &chain);
+	if (rc < 0) {
+		bks_error_prepend(&hp->err, "the disk target: ");
+		goto out;
+	}
+	/* A bad chain is refused here, with its position, not later. */
+	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
+	if (rc < 0)
+		goto out;
+	bks_chain_spec_free(&spec);
+	if (!worker_running(t)) {
+		const char *args[] = {"create",	 "--name", t->name,
+				      "--chain", chain,	   NULL};
+
+		rc = run_ctl(t, args, &hp->err);
+		if (rc) {
+			rc = -EIO;
+			goto out;
+		}
+		new_worker = true;
+	}
+	rc = sweep_leftovers(hp, t);
+	if (rc == 0)
+		rc = stage_device(hp, t, new_worker, &stage, &made, line,
+				  sizeof(line));
+	if (rc < 0)
+		goto out;
+	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
+	add_write(&w, records_dir(hp), NODE_STAGE, line);
+	rc = commit(hp, &w);
+out:
+	if (rc < 0 && made) {
+		/* Unrecorded, nobody else could ever stop it. */
+		struct bks_error ignore;
+
+		hp_dev_detach(&stage, &ignore);
+	}
+	if (rc < 0 && new_worker) {
+		/* prepare undoes itself: a worker it started goes too. */
+		const char *args[] = {"destroy", "--name", t->name, NULL};
+		struct bks_error ignore;
+
+		run_ctl(t, args, &ignore);
+	}
+	free(chain);
+	return rc;
+}
+
+int hp_act_prepare(struct hp *hp)
+{
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	return rc < 0 ? rc : do_prepare(hp, &t);
+}
+
+/* ---- devices: add, localattach, and their undo --------------------------- */
+
 /*
- * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV), or reuse the
- * recorded one if it is still there.  With use_stage, a loop device goes
- * on prepare's stage when that is still usable (else a whole attach, as
- * without).  Fills dev and line.
+ * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV) with the mechanism
+ * prepare recorded, or reuse the recorded device if it is still bound to
+ * this worker.  With use_stage, a loop device goes on prepare's stage when
+ * that is still usable (else a whole attach, as without).  Fills dev and
+ * line.  Nothing here forks or probes the host: add runs in the blackout.
  */
 static int attach(struct hp *hp, const struct target *t, const char *node,
 		  bool use_stage, bool ro, struct hp_dev *dev, char *line,
 		  size_t size)
 {
+	char sock[PATH_MAX], tok[sizeof(dev->worker)];
 	struct hp_dev stage;
-	enum hp_dev_mech mech;
-	char sock[PATH_MAX], *old = NULL;
+	bool have;
 	int rc;
 
-	rc = read_record(hp, node, &old);
-	if (rc == 0 && hp_dev_parse(old, t->dir, dev, &hp->err) == 0 &&
-	    dev_alive(dev)) {
-		/* Attached by an earlier run of this action. */
-		free(old);
+	rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = worker_token(hp, t, tok, sizeof(tok));
+	if (rc < 0)
+		return rc;
+	if (!read_dev_record(hp, t, NODE_STAGE, &stage))
+		return bks_error_setmsg(&hp->err, ENOENT,
+					"no device mechanism recorded for %s "
+					"(%s/%s): was prepare run?",
+					t->name, records_dir(hp), NODE_STAGE);
+	have = read_dev_record(hp, t, node, dev);
+	if (have && !strcmp(dev->worker, tok) && hp_dev_bound(dev, sock)) {
+		/* Attached by an earlier run of this action, and still good. */
 		hp_dev_format(dev, line, size);
 		return 0;
 	}
-	free(old);
-	if (rc == -ENOENT) {
-		bks_error_clear(&hp->err);
-	} else {
-		/* A record of a device that is gone: clean up after it. */
-		rc = detach_recorded(hp, t, node);
-		if (rc < 0)
-			return rc;
-	}
-	rc = check_worker(hp, t, sock, sizeof(sock));
+	/* A record of a device that is gone or stale: clean up after it. */
+	rc = detach_recorded(hp, t, node, have && strcmp(dev->worker, tok));
 	if (rc == 0)
-		rc = hp_dev_choose(&mech, &hp->err);
+		rc = sweep_leftovers(hp, t);
 	if (rc < 0)
 		return rc;
-	if (use_stage && mech == HP_DEV_LOOP && recorded_stage(hp, t, &stage))
+	if (use_stage && stage.mech == HP_DEV_LOOP && hp_dev_staged_ok(&stage))
 		rc = hp_dev_attach_staged(&stage, ro, dev, &hp->err);
 	else
-		rc = hp_dev_attach(sock, t->dir, ro, mech, dev, &hp->err);
+		rc = hp_dev_attach(sock, t->dir, ro, stage.mech, dev, &hp->err);
 	if (rc < 0)
 		return rc;
+	snprintf(dev->worker, sizeof(dev->worker), "%s", tok);
 	if (hp_dev_format(dev, line, size) < 0) {
 		hp_dev_detach(dev, &hp->err);
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
@@ -764,7 +844,6 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	const char *args[] = {"destroy", "--name", t->name, NULL};
 	struct writes w = {0};
 	struct bks_error first;
-	unsigned int swept = 0;
 	int rc, first_rc = 0;
 
 	/*
@@ -774,16 +853,10 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	 * failed records stay).
 	 */
 	for (size_t i = 0; i < sizeof(nodes) / sizeof(*nodes); i++)
-		keep_first(hp, detach_recorded(hp, t, nodes[i]), &first_rc,
-			   &first);
+		keep_first(hp, detach_recorded(hp, t, nodes[i], false),
+			   &first_rc, &first);
 	/* Devices of attaches killed before they were recorded. */
-	keep_first(hp, hp_dev_sweep(t->dir, &swept, &hp->err), &first_rc,
-		   &first);
-	if (swept)
-		fprintf(stderr,
-			"blkstack: unprepare: freed %u unrecorded "
-			"device(s) in %s\n",
-			swept, t->dir);
+	keep_first(hp, sweep_leftovers(hp, t), &first_rc, &first);
 	hp_share_release(t->rundir, t->name);
 	if (run_ctl(t, args, &hp->err))
 		keep_first(hp, -EIO, &first_rc, &first);
@@ -793,8 +866,12 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
 	rc = commit(hp, &w);
-	if (rc == -ENOENT && hp->env.iface == HP_IFACE_V1) {
-		/* libxl may have removed the backend directory already. */
+	if (rc == -ENOENT) {
+		/*
+		 * The records directory is gone already (libxl removed the
+		 * backend directory in v1, or HOTPLUG_PATH in v2): nothing is
+		 * left to forget, and the host side is released above.
+		 */
 		bks_error_clear(&hp->err);
 		rc = 0;
 	}
@@ -809,7 +886,7 @@ static int v1_remove(struct hp *hp, const struct target *t)
 	struct bks_error first;
 	int rc, rc2;
 
-	rc = detach_recorded(hp, t, NODE_DEV);
+	rc = detach_recorded(hp, t, NODE_DEV, false);
 	if (rc == 0)
 		hp_share_release(t->rundir, t->name);
 	first = hp->err;
@@ -861,9 +938,12 @@ int hp_act_remove(struct hp *hp)
 		return rc;
 	if (hp->env.iface == HP_IFACE_V1)
 		return v1_remove(hp, &t);
-	rc = detach_recorded(hp, &t, NODE_DEV);
+	rc = detach_recorded(hp, &t, NODE_DEV, false);
 	if (rc == 0)
 		hp_share_release(t.rundir, t.name);
+	/* A device a killed add made but did not record. */
+	if (rc == 0)
+		rc = sweep_leftovers(hp, &t);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 
@@ -900,7 +980,9 @@ int hp_act_localdetach(struct hp *hp)
 
 	if (rc < 0)
 		return rc;
-	rc = detach_recorded(hp, &t, NODE_LOCAL_DEV);
+	rc = detach_recorded(hp, &t, NODE_LOCAL_DEV, false);
+	if (rc == 0)
+		rc = sweep_leftovers(hp, &t);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 

@@ -323,6 +323,17 @@ static bool record_safe(const char *s)
 	return true;
 }
 
+/* "PID:STARTTIME", both decimal. */
+static bool worker_token_ok(const char *v, const char *ve)
+{
+	const char *colon = memchr(v, ':', (size_t)(ve - v));
+	bool digits = colon && colon > v && colon + 1 < ve && ve - v < 48;
+
+	for (const char *c = v; digits && c < ve; c++)
+		digits = c == colon || (*c >= '0' && *c <= '9');
+	return digits;
+}
+
 int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 {
 	int n;
@@ -331,12 +342,16 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 	    !record_safe(dev->path) || !record_safe(dev->fuse_dir) ||
 	    dev->fuse_pid < 0)
 		return -EINVAL;
+	if (dev->worker[0] &&
+	    !worker_token_ok(dev->worker, dev->worker + strlen(dev->worker)))
+		return -EINVAL;
 	n = snprintf(buf, size,
 		     "mech=%s path=%s major=%u minor=%u staged=%d fuse_pid=%d "
-		     "fuse_dir=%s",
+		     "fuse_dir=%s%s%s",
 		     hp_dev_mech_name(dev->mech), dev->path, dev->major,
 		     dev->minor, dev->staged ? 1 : 0, dev->fuse_pid,
-		     dev->fuse_dir);
+		     dev->fuse_dir, dev->worker[0] ? " worker=" : "",
+		     dev->worker);
 	if (n < 0 || (size_t)n >= size)
 		return -ENAMETOOLONG;
 	return n;
@@ -408,6 +423,7 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 {
 	const char *p = line, *v, *ve, *what = "mech";
 	size_t slen = strlen(state_dir);
+	bool has_worker;
 	unsigned long n;
 	struct hp_dev d;
 
@@ -459,7 +475,8 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		goto bad;
 	d.fuse_pid = (int)n;
 
-	if (!take_field(&p, what = "fuse_dir", true, &v, &ve))
+	has_worker = strstr(p, " worker=") != NULL;
+	if (!take_field(&p, what = "fuse_dir", !has_worker, &v, &ve))
 		goto bad;
 	if (v != ve) {
 		/* STATE_DIR/one-component, nothing else. */
@@ -469,6 +486,12 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		    (size_t)(ve - v) >= sizeof(d.fuse_dir))
 			goto bad;
 		memcpy(d.fuse_dir, v, (size_t)(ve - v));
+	}
+	if (has_worker) {
+		if (!take_field(&p, what = "worker", true, &v, &ve) ||
+		    !worker_token_ok(v, ve))
+			goto bad;
+		memcpy(d.worker, v, (size_t)(ve - v));
 	}
 	what = "fuse_pid";
 	if (d.mech == HP_DEV_NBD && (d.fuse_pid || d.fuse_dir[0]))
@@ -1722,14 +1745,50 @@ static void sweep_find_fuse(struct hp_dev *dev)
 	closedir(d);
 }
 
-int hp_dev_sweep(const char *state_dir, unsigned int *found,
-		 struct bks_error *err)
+/* Does any record in keep name this fuse_dir / this device node? */
+static bool kept_dir(const char *dir, const struct hp_dev *const *keep,
+		     size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] && !strcmp(keep[i]->fuse_dir, dir))
+			return true;
+	}
+	return false;
+}
+
+static bool kept_dev(const char *path, const struct hp_dev *const *keep,
+		     size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] && keep[i]->path[0] && !strcmp(keep[i]->path, path))
+			return true;
+	}
+	return false;
+}
+
+/* Keep the first failure in *ret / *err. */
+static void sweep_one(const struct hp_dev *dev, int *ret, struct bks_error *err,
+		      unsigned int *found)
+{
+	struct bks_error one;
+	int rc = hp_dev_detach(dev, &one);
+
+	if (rc < 0 && *ret == 0) {
+		*ret = rc;
+		*err = one;
+	}
+	(*found)++;
+}
+
+/* fuse-* mountpoints (and logs) in state_dir that no record names. */
+static int sweep_fuse_dirs(const char *state_dir,
+			   const struct hp_dev *const *keep, size_t n,
+			   unsigned int *found, struct bks_error *err)
 {
 	struct dirent *de;
 	DIR *d;
 	int ret = 0;
 
-	*found = 0;
 	d = opendir(state_dir);
 	if (!d) {
 		if (errno == ENOENT)
@@ -1738,10 +1797,8 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 	}
 	while ((de = readdir(d))) {
 		char file[PATH_MAX + 8];
-		struct bks_error one;
 		struct hp_dev dev;
 		struct stat st;
-		int rc;
 
 		memset(&dev, 0, sizeof(dev));
 		dev.mech = HP_DEV_LOOP;
@@ -1760,31 +1817,151 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 			if (errno != ENOTCONN)
 				continue;
 		} else if (!S_ISDIR(st.st_mode)) {
-			size_t n = strlen(dev.fuse_dir);
+			size_t len = strlen(dev.fuse_dir);
 
-			if (S_ISREG(st.st_mode) && n > 4 &&
-			    strcmp(dev.fuse_dir + n - 4, ".log") == 0) {
-				dev.fuse_dir[n - 4] = '\0';
+			if (S_ISREG(st.st_mode) && len > 4 &&
+			    strcmp(dev.fuse_dir + len - 4, ".log") == 0) {
+				dev.fuse_dir[len - 4] = '\0';
 				if (lstat(dev.fuse_dir, &st) < 0 &&
 				    errno == ENOENT) {
-					dev.fuse_dir[n - 4] = '.';
+					dev.fuse_dir[len - 4] = '.';
 					unlink(dev.fuse_dir);
 				}
 			}
 			continue;
 		}
+		if (kept_dir(dev.fuse_dir, keep, n))
+			continue;
 		snprintf(file, sizeof(file), "%s/nbd", dev.fuse_dir);
 		sweep_find_loop(file, &dev);
 		sweep_find_fuse(&dev);
-		rc = hp_dev_detach(&dev, &one);
-		if (rc < 0 && ret == 0) {
-			ret = rc;
-			*err = one;
-		}
-		(*found)++;
+		sweep_one(&dev, &ret, err, found);
 	}
 	closedir(d);
 	return ret;
+}
+
+/*
+ * Loop devices on a state_dir/fuse-*\/nbd file, and kernel NBD devices
+ * serving nbd_sock, that no record names.  A loop device is freed alone
+ * (as a staged one: its nbdfuse, if any, is a record's).
+ */
+static int sweep_devices(const char *state_dir, const char *nbd_sock,
+			 const struct hp_dev *const *keep, size_t n,
+			 unsigned int *found, struct bks_error *err)
+{
+	size_t slen = strlen(state_dir);
+	struct dirent *de;
+	int ret = 0;
+	DIR *d = opendir("/sys/block");
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		char sys[128], *text = NULL;
+		struct bks_error ignore;
+		struct hp_dev dev;
+		struct stat st;
+		bool loop = !strncmp(de->d_name, "loop", 4);
+		bool nbd = !strncmp(de->d_name, "nbd", 3);
+		size_t len;
+
+		if ((!loop && !nbd) || strlen(de->d_name) > 32)
+			continue;
+		memset(&dev, 0, sizeof(dev));
+		snprintf(dev.path, sizeof(dev.path), "/dev/%s", de->d_name);
+		if (kept_dev(dev.path, keep, n))
+			continue;
+		snprintf(sys, sizeof(sys), "/sys/block/%s/%s", de->d_name,
+			 loop ? "loop/backing_file" : "backend");
+		if (read_small_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+			continue; /* not configured, or not ours to know */
+		len = strlen(text);
+		if (len && text[len - 1] == '\n')
+			text[--len] = '\0';
+		if (loop) {
+			/* STATE_DIR/fuse-XXXXXX/nbd */
+			char *slash =
+			    strchr(text + (len > slen ? slen + 1 : 0), '/');
+
+			if (len <= slen || strncmp(text, state_dir, slen) ||
+			    text[slen] != '/' ||
+			    strncmp(text + slen + 1, "fuse-", 5) || !slash ||
+			    strcmp(slash, "/nbd") ||
+			    (size_t)(slash - text) >= sizeof(dev.fuse_dir)) {
+				free(text);
+				continue;
+			}
+			dev.mech = HP_DEV_LOOP;
+			dev.staged = true;
+			memcpy(dev.fuse_dir, text, (size_t)(slash - text));
+		} else {
+			if (strncmp(text, NBD_BACKEND_PREFIX,
+				    strlen(NBD_BACKEND_PREFIX)) ||
+			    strcmp(text + strlen(NBD_BACKEND_PREFIX),
+				   nbd_sock)) {
+				free(text);
+				continue;
+			}
+			dev.mech = HP_DEV_NBD;
+		}
+		free(text);
+		if (stat(dev.path, &st) < 0 || !S_ISBLK(st.st_mode))
+			continue;
+		dev.major = major(st.st_rdev);
+		dev.minor = minor(st.st_rdev);
+		sweep_one(&dev, &ret, err, found);
+	}
+	closedir(d);
+	return ret;
+}
+
+int hp_dev_sweep_unrecorded(const char *state_dir, const char *nbd_sock,
+			    const struct hp_dev *const *keep, size_t n,
+			    unsigned int *found, struct bks_error *err)
+{
+	struct bks_error second;
+	int ret, rc;
+
+	*found = 0;
+	ret = sweep_fuse_dirs(state_dir, keep, n, found, err);
+	rc = sweep_devices(state_dir, nbd_sock, keep, n, found,
+			   ret < 0 ? &second : err);
+	return ret < 0 ? ret : rc;
+}
+
+bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
+{
+	char sys[128], file[PATH_MAX + 8], *text = NULL;
+	struct bks_error ignore;
+	struct stat st;
+	bool ok = false;
+	int pidfd;
+
+	if (!dev->path[0] || stat(dev->path, &st) < 0 || !S_ISBLK(st.st_mode) ||
+	    major(st.st_rdev) != dev->major || minor(st.st_rdev) != dev->minor)
+		return false;
+	if (dev->mech == HP_DEV_LOOP) {
+		snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
+		if (!dev->fuse_dir[0] ||
+		    loop_backed_by(dev->path, file, &ignore) != 1 ||
+		    fuse_check(dev, &pidfd, &ok) < 0 || !ok)
+			return false;
+		close(pidfd);
+		return true;
+	}
+	snprintf(sys, sizeof(sys), "/sys/block/%s/pid", dev_base(dev->path));
+	if (dev->mech != HP_DEV_NBD || access(sys, F_OK) < 0)
+		return false;
+	snprintf(sys, sizeof(sys), "/sys/block/%s/backend",
+		 dev_base(dev->path));
+	if (read_small_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+		return true; /* a kernel without it: connected is all we know */
+	text[strcspn(text, "\n")] = '\0';
+	ok = !strncmp(text, NBD_BACKEND_PREFIX, strlen(NBD_BACKEND_PREFIX)) &&
+	     !strcmp(text + strlen(NBD_BACKEND_PREFIX), nbd_sock);
+	free(text);
+	return ok;
 }
 
 int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,
