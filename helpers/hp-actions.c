@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "hp-dev.h"
+#include "hp-policy.h"
 #include "hp-share.h"
 #include "hp.h"
 #include "worker.h"
@@ -61,6 +62,7 @@ extern char **environ;
 #define NODE_DEV       "blkstack-dev"
 #define NODE_LOCAL_DEV "blkstack-local-dev"
 #define NODE_STAGE     "blkstack-stage"
+#define NODE_BACKEND   "blkstack-backend" /* v2: the backend add served */
 
 /* What the device-related actions work on. */
 struct target {
@@ -150,6 +152,25 @@ static int take_lock(struct hp *hp, const struct target *t)
 
 	if (mkdir(t->rundir, 0755) < 0 && errno != EEXIST)
 		return bks_error_set(&hp->err, errno, "mkdir %s", t->rundir);
+	/*
+	 * Everything of every disk lives here, and root creates files in it:
+	 * it must be a real directory that only we can write to.
+	 */
+	if (lstat(t->rundir, &a) < 0)
+		return bks_error_set(&hp->err, errno, "stat %s", t->rundir);
+	if (!S_ISDIR(a.st_mode))
+		return bks_error_setmsg(&hp->err, ENOTDIR,
+					"run directory %s is not a directory "
+					"(a symlink?): refusing to use it",
+					t->rundir);
+	if (a.st_uid != geteuid() || (a.st_mode & 022))
+		return bks_error_setmsg(&hp->err, EPERM,
+					"run directory %s is owned by uid %u "
+					"with mode %04o: it must be ours (uid "
+					"%u) and writable by nobody else",
+					t->rundir, (unsigned)a.st_uid,
+					(unsigned)(a.st_mode & 07777),
+					(unsigned)geteuid());
 	if (snprintf(path, sizeof(path), "%s/%s.lock", t->rundir, t->name) >=
 	    (int)sizeof(path))
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
@@ -313,7 +334,7 @@ static int read_record(struct hp *hp, const char *node, char **out)
 
 struct writes {
 	struct hp *hp;
-	const char *dir[6], *node[6], *value[6]; /* value NULL: remove */
+	const char *dir[8], *node[8], *value[8]; /* value NULL: remove */
 	int n;
 	bool clear_error;
 };
@@ -563,6 +584,38 @@ static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
 	return 0;
 }
 
+/*
+ * dom0's policy (hp-policy.h) on what the worker opened: checked after it
+ * started, on its descriptors, so that the check is about the files
+ * themselves and not about names that may have changed.
+ */
+static int check_images(struct hp *hp, const struct target *t)
+{
+	struct hp_policy policy;
+	struct hp_usage *u = NULL;
+	unsigned long long start;
+	pid_t pid;
+	int rc;
+
+	rc = hp_policy_load(&policy, &hp->err);
+	if (rc < 0)
+		return rc;
+	u = calloc(1, sizeof(*u));
+	if (!u) {
+		rc = bks_error_set(&hp->err, ENOMEM, "prepare");
+		goto out;
+	}
+	rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
+	if (rc == 0)
+		rc = hp_worker_images(pid, t->dir, true, u, &hp->err);
+	if (rc == 0)
+		rc = hp_policy_check(&policy, pid, u, t->rundir, &hp->err);
+out:
+	free(u);
+	hp_policy_free(&policy);
+	return rc;
+}
+
 static int do_prepare(struct hp *hp, const struct target *t)
 {
 	struct bks_chain_spec spec;
@@ -593,7 +646,9 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		}
 		new_worker = true;
 	}
-	rc = sweep_leftovers(hp, t);
+	rc = check_images(hp, t);
+	if (rc == 0)
+		rc = sweep_leftovers(hp, t);
 	if (rc == 0)
 		rc = stage_device(hp, t, new_worker, &stage, &made, line,
 				  sizeof(line));
@@ -769,6 +824,122 @@ static int disk_usage(struct hp *hp, const struct target *t, bool rw,
 	return hp_worker_images(pid, t->dir, rw, u, &hp->err);
 }
 
+/* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */
+static bool id_ok(const char *s, const char *e, unsigned long max,
+		  unsigned long *out)
+{
+	unsigned long n = 0;
+
+	if (s == e || e - s > 10 || (*s == '0' && e - s > 1))
+		return false;
+	for (; s < e; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		n = n * 10 + (unsigned long)(*s - '0');
+	}
+	*out = n;
+	return n <= max;
+}
+
+/* Read dir/node and compare it with want: 0, or -EINVAL with err set. */
+static int expect_node(struct hp *hp, const char *dir, const char *node,
+		       const char *want)
+{
+	char path[HP_PATH_BUF], *v = NULL;
+	int rc;
+
+	rc = hp_child_path(path, sizeof(path), dir, node, &hp->err);
+	if (rc == 0)
+		rc = hp_xs_read(hp->xs, XBT_NULL, path, &v, &hp->err);
+	if (rc == 0 && strcmp(v, want))
+		rc = bks_error_setmsg(&hp->err, EINVAL,
+				      "%s is '%.64s', not '%s': not this "
+				      "disk's backend",
+				      path, v, want);
+	free(v);
+	return rc;
+}
+
+/*
+ * The backend directory of add and remove (BACKEND_PATH in v2,
+ * XENBUS_PATH in v1) must be a vbd backend as libxl makes it, of the disk
+ * it names: ".../backend/vbd/DOMID/DEVID" (v2: "/local/domain/N/" in
+ * front; v1: relative, or the same absolute form), existing, whose
+ * frontend-id is DOMID and whose frontend is
+ * /local/domain/DOMID/device/vbd/DEVID; and in v2 the one this disk's
+ * first add served (blkstack-backend), if any.  Where that fails the
+ * directory is somebody else's, and failure reports stay out of it.
+ * Returns 0, or -EINVAL / -ENOENT with err set.
+ */
+static int check_backend(struct hp *hp)
+{
+	const char *be = backend_dir(hp), *p = be, *dom, *dev;
+	char want[96], *rec = NULL;
+	unsigned long domid, devid, bdom;
+	int rc;
+
+	if (be[0] == '/') {
+		if (strncmp(p, "/local/domain/", 14))
+			goto bad;
+		p += 14;
+		dom = strchr(p, '/');
+		if (!dom || !id_ok(p, dom, 0x7fef, &bdom))
+			goto bad;
+		p = dom + 1;
+	} else if (hp->env.iface == HP_IFACE_V2) {
+		goto bad;
+	}
+	if (strncmp(p, "backend/vbd/", 12))
+		goto bad;
+	dom = p + 12;
+	dev = strchr(dom, '/');
+	if (!dev || !id_ok(dom, dev, 0x7fef, &domid) ||
+	    !id_ok(dev + 1, dev + 1 + strlen(dev + 1), 0xfffffff, &devid))
+		goto bad;
+	rc = hp_xs_exists(hp->xs, XBT_NULL, be, &hp->err);
+	if (rc == 0)
+		rc = bks_error_setmsg(&hp->err, ENOENT,
+				      "backend directory %s does not exist "
+				      "(the toolstack makes it before add)",
+				      be);
+	if (rc < 0)
+		goto foreign;
+	snprintf(want, sizeof(want), "%lu", domid);
+	rc = expect_node(hp, be, "frontend-id", want);
+	if (rc < 0)
+		goto foreign;
+	snprintf(want, sizeof(want), "/local/domain/%lu/device/vbd/%lu", domid,
+		 devid);
+	rc = expect_node(hp, be, "frontend", want);
+	if (rc < 0)
+		goto foreign;
+	if (hp->env.iface != HP_IFACE_V2)
+		return 0;
+	rc = read_record(hp, NODE_BACKEND, &rec);
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		return 0;
+	}
+	if (rc == 0 && strcmp(rec, be))
+		rc =
+		    bks_error_setmsg(&hp->err, EINVAL,
+				     "this disk's backend is %.200s (its first "
+				     "add served it), not %s",
+				     rec, be);
+	free(rec);
+	if (rc == 0)
+		return 0;
+foreign:
+	hp->backend_foreign = true;
+	return rc;
+bad:
+	hp->backend_foreign = true;
+	return bks_error_setmsg(&hp->err, EINVAL,
+				"%s is not a vbd backend directory "
+				"(.../backend/vbd/DOMID/DEVID)",
+				be);
+}
+
 static int do_add(struct hp *hp, const struct target *t)
 {
 	char line[PATH_MAX + 256], physdev[32];
@@ -784,12 +955,17 @@ static int do_add(struct hp *hp, const struct target *t)
 		rc = bks_error_set(&hp->err, ENOMEM, "add");
 		goto out;
 	}
+	rc = check_backend(hp);
+	if (rc < 0)
+		goto out;
 	rw = !backend_read_only(hp);
 	rc = disk_usage(hp, t, rw, mine);
 	if (rc < 0)
 		goto out;
 	/* Checked and recorded at once, host-wide, before the device. */
 	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
+	if (rc == -EEXIST)
+		hp->backend_foreign = true;
 	if (rc < 0)
 		goto out;
 	claimed = true;
@@ -804,6 +980,7 @@ static int do_add(struct hp *hp, const struct target *t)
 	if (hp->env.iface == HP_IFACE_V2) {
 		add_write(&w, backend, "params", dev.path);
 		add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
+		add_write(&w, records_dir(hp), NODE_BACKEND, backend);
 	} else {
 		add_write(&w, backend, "hotplug-status", "connected");
 	}
@@ -865,6 +1042,8 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 		return first_rc;
 	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
+	if (hp->env.iface == HP_IFACE_V2)
+		add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
 	rc = commit(hp, &w);
 	if (rc == -ENOENT) {
 		/*
@@ -938,9 +1117,13 @@ int hp_act_remove(struct hp *hp)
 		return rc;
 	if (hp->env.iface == HP_IFACE_V1)
 		return v1_remove(hp, &t);
+	/* Only to keep a failure report out of a foreign backend. */
+	if (check_backend(hp) < 0)
+		bks_error_clear(&hp->err);
 	rc = detach_recorded(hp, &t, NODE_DEV, false);
 	if (rc == 0)
 		hp_share_release(t.rundir, t.name);
+	add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
 	/* A device a killed add made but did not record. */
 	if (rc == 0)
 		rc = sweep_leftovers(hp, &t);

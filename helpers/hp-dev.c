@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "blkstack/endian.h"
+#include "hp-conf.h"
 #include "hp-dev.h"
 
 /* Where nbdfuse may live; PATH is never searched (we run as root). */
@@ -106,115 +107,34 @@ int hp_dev_mech_parse(const char *s, enum hp_dev_mech *out)
 	return 0;
 }
 
-/* Trim ASCII whitespace at both ends of [*s, *e). */
-static void trim(const char **s, const char **e)
-{
-	while (*s < *e && isspace((unsigned char)**s))
-		(*s)++;
-	while (*e > *s && isspace((unsigned char)(*e)[-1]))
-		(*e)--;
-}
-
 int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 		      bool *found, struct bks_error *err)
 {
-	const char *line = text;
-	unsigned int lineno = 0;
+	unsigned int lineno;
+	const char *v;
+	char val[16];
+	size_t len;
+	int ret;
 
-	*found = false;
-	while (*line) {
-		const char *end = strchrnul(line, '\n');
-		const char *next = *end ? end + 1 : end;
-		const char *k = line, *ke, *v, *ve = end;
-		char val[16];
-
-		lineno++;
-		trim(&k, &ve);
-		if (k == ve || *k == '#')
-			goto next;
-		ke = memchr(k, '=', (size_t)(ve - k));
-		if (!ke)
-			return bks_error_setmsg(err, EINVAL,
-						"%s:%u: expected key = value",
-						name, lineno);
-		v = ke + 1;
-		trim(&k, &ke);
-		trim(&v, &ve);
-		if ((size_t)(ke - k) != strlen("device") ||
-		    memcmp(k, "device", strlen("device")) != 0)
-			goto next; /* another module's key */
-		if (*found)
-			return bks_error_setmsg(err, EINVAL,
-						"%s:%u: device given twice",
-						name, lineno);
-		if ((size_t)(ve - v) >= sizeof(val))
-			return bks_error_setmsg(
-			    err, EINVAL,
-			    "%s:%u: unknown device mechanism (want auto, "
-			    "nbd or loop)",
-			    name, lineno);
-		memcpy(val, v, (size_t)(ve - v));
-		val[ve - v] = '\0';
-		if (hp_dev_mech_parse(val, out) < 0) {
-			bks_sanitize_line(val);
-			return bks_error_setmsg(
-			    err, EINVAL,
-			    "%s:%u: unknown device mechanism \"%s\" (want "
-			    "auto, nbd or loop)",
-			    name, lineno, val);
-		}
-		*found = true;
-	next:
-		line = next;
+	ret = hp_conf_find(text, name, "device", &v, &len, &lineno, found, err);
+	if (ret < 0 || !*found)
+		return ret;
+	if (len >= sizeof(val))
+		return bks_error_setmsg(err, EINVAL,
+					"%s:%u: unknown device mechanism (want "
+					"auto, nbd or loop)",
+					name, lineno);
+	memcpy(val, v, len);
+	val[len] = '\0';
+	if (hp_dev_mech_parse(val, out) < 0) {
+		bks_sanitize_line(val);
+		return bks_error_setmsg(
+		    err, EINVAL,
+		    "%s:%u: unknown device mechanism \"%s\" "
+		    "(want auto, nbd or loop)",
+		    name, lineno, val);
 	}
 	return 0;
-}
-
-/* Read a small file whole into a malloc'd string. */
-static int read_small_file(const char *path, char **out, size_t max,
-			   struct bks_error *err)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	int fd, ret;
-
-	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return bks_error_set(err, errno, "open %s", path);
-	/* Zeroed, with a spare NUL: callers walk NUL-separated lists. */
-	buf = calloc(1, max + 2);
-	if (!buf) {
-		ret = bks_error_set(err, ENOMEM, "read %s", path);
-		goto out;
-	}
-	for (;;) {
-		ssize_t n = read(fd, buf + len, max - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ret = bks_error_set(err, errno, "read %s", path);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len == max) {
-			ret = bks_error_setmsg(err, EFBIG,
-					       "read %s: longer than %zu bytes",
-					       path, max);
-			goto out;
-		}
-	}
-	buf[len] = '\0';
-	*out = buf;
-	buf = NULL;
-	ret = 0;
-out:
-	free(buf);
-	close(fd);
-	return ret;
 }
 
 /* Where modprobe may live; PATH is never searched. */
@@ -270,7 +190,7 @@ static bool nbd_available(void)
 int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 {
 	const char *env = getenv("BLKSTACK_DEVICE");
-	const char *conf = getenv("BLKSTACK_CONF");
+	const char *conf;
 	enum hp_dev_mech mech = HP_DEV_AUTO;
 	char *text = NULL;
 	bool found;
@@ -290,19 +210,12 @@ int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 			    shown);
 		}
 	} else {
-		if (!conf || !*conf)
-			conf = HP_DEV_CONF;
-		ret = read_small_file(conf, &text, 65536, err);
-		if (ret == -ENOENT) {
-			bks_error_clear(err);
-		} else if (ret < 0) {
-			return ret;
-		} else {
+		ret = hp_conf_read(&text, &conf, err);
+		if (ret == 0)
 			ret = hp_dev_conf_parse(text, conf, &mech, &found, err);
-			free(text);
-			if (ret < 0)
-				return ret;
-		}
+		free(text);
+		if (ret < 0)
+			return ret;
 	}
 	if (mech == HP_DEV_AUTO)
 		mech = HP_DEV_AUTO_PREFERS_NBD && nbd_available() ? HP_DEV_NBD
@@ -563,7 +476,7 @@ static int loop_backed_by(const char *path, const char *file,
 
 	snprintf(sys, sizeof(sys), "/sys/block/%s/loop/backing_file",
 		 dev_base(path));
-	ret = read_small_file(sys, &text, PATH_MAX + 32, err);
+	ret = hp_read_file(sys, &text, PATH_MAX + 32, err);
 	if (ret == -ENOENT) {
 		/* No loop/ directory: the device is not configured. */
 		bks_error_clear(err);
@@ -777,7 +690,7 @@ static int fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 	if (fd < 0)
 		return errno == ESRCH ? 0 : -errno;
 	snprintf(proc, sizeof(proc), "/proc/%d/cmdline", dev->fuse_pid);
-	if (read_small_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
+	if (hp_read_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
 		goto not_ours;
 	/* cmdline is NUL-separated; read_small_file stopped at the end. */
 	for (size_t i = 0; i < sizeof(nbdfuse_paths) / sizeof(*nbdfuse_paths);
@@ -1414,7 +1327,7 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	if (access(sys, F_OK) < 0)
 		return 0; /* no such device, or not connected */
 	snprintf(sys, sizeof(sys), "/sys/block/nbd%lu/backend", index);
-	ret = read_small_file(sys, &backend, PATH_MAX + 32, err);
+	ret = hp_read_file(sys, &backend, PATH_MAX + 32, err);
 	if (ret == 0 && strncmp(backend, NBD_BACKEND_PREFIX,
 				strlen(NBD_BACKEND_PREFIX)) != 0)
 		goto out; /* somebody else's (ret is 0) */
@@ -1874,7 +1787,7 @@ static int sweep_devices(const char *state_dir, const char *nbd_sock,
 			continue;
 		snprintf(sys, sizeof(sys), "/sys/block/%s/%s", de->d_name,
 			 loop ? "loop/backing_file" : "backend");
-		if (read_small_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+		if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
 			continue; /* not configured, or not ours to know */
 		len = strlen(text);
 		if (len && text[len - 1] == '\n')
@@ -1955,7 +1868,7 @@ bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
 		return false;
 	snprintf(sys, sizeof(sys), "/sys/block/%s/backend",
 		 dev_base(dev->path));
-	if (read_small_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+	if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
 		return true; /* a kernel without it: connected is all we know */
 	text[strcspn(text, "\n")] = '\0';
 	ok = !strncmp(text, NBD_BACKEND_PREFIX, strlen(NBD_BACKEND_PREFIX)) &&

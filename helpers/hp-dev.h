@@ -33,9 +33,6 @@ enum hp_dev_mech {
 	HP_DEV_LOOP
 };
 
-/* The configuration file hp_dev_choose() reads ($BLKSTACK_CONF overrides). */
-#define HP_DEV_CONF "/etc/blkstack.conf"
-
 /* Longest line hp_dev_format() writes, including the NUL. */
 #define HP_DEV_LINE_MAX (PATH_MAX + 160)
 

@@ -215,6 +215,7 @@ int hp_worker_images(pid_t pid, const char *wdir, bool disk_rw,
 		img.dev = img.blk ? 0 : st.st_dev;
 		img.ino = img.blk ? st.st_rdev : st.st_ino;
 		img.rw = disk_rw && fd_writable(pid, de->d_name);
+		img.fd = atoi(de->d_name);
 		/* For messages only: a long name is cut. */
 		memcpy(img.path, target, strnlen(target, sizeof(img.path) - 1));
 		for (i = 0; i < u->n; i++) {
@@ -351,7 +352,7 @@ static int may_share(const struct hp_usage *mine, const struct hp_usage *other,
 		     const char *other_name, struct bks_error *err)
 {
 	if (!strcmp(mine->backend, other->backend))
-		return bks_error_setmsg(err, EBUSY,
+		return bks_error_setmsg(err, EEXIST,
 					"backend %s is already served by "
 					"another disk (worker %s)",
 					mine->backend, other_name);
