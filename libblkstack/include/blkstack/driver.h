@@ -272,8 +272,10 @@ struct bks_driver {
 	 * Called by the chain open path after open.  Returns BKS_NO_PARENT,
 	 * or 0 with buf holding the parent as a one-layer chain string
 	 * ("vhd:/images/base.vhd", escaped as in chain.h), or -errno with
-	 * err set.  The framework opens the parent read-only and links it
-	 * as this layer's next.
+	 * err set.  The string is parsed like any chain: a path must be
+	 * absolute, so a backing file named relative to its image is
+	 * resolved against the image's directory here.  The framework opens
+	 * the parent read-only and links it as this layer's next.
 	 */
 	int (*get_parent)(void *state, char *buf, size_t size,
 			  struct bks_error *err);
