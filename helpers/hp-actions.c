@@ -444,19 +444,30 @@ static int worker_token(struct hp *hp, const struct target *t, char *tok,
 	return 0;
 }
 
+/*
+ * The record at node, parsed: 1, 0 if there is none, or -errno if it
+ * cannot be read or is bad (hp->err untouched either way).
+ */
+static int load_dev_record(struct hp *hp, const struct target *t,
+			   const char *node, struct hp_dev *dev)
+{
+	struct bks_error saved = hp->err;
+	char *line = NULL;
+	int rc;
+
+	rc = read_record(hp, node, &line);
+	if (rc == 0)
+		rc = hp_dev_parse(line, t->dir, dev, &hp->err);
+	free(line);
+	hp->err = saved;
+	return rc == 0 ? 1 : rc == -ENOENT ? 0 : rc;
+}
+
 /* The record at node, parsed: false if absent or bad (hp->err untouched). */
 static bool read_dev_record(struct hp *hp, const struct target *t,
 			    const char *node, struct hp_dev *dev)
 {
-	struct bks_error saved = hp->err;
-	char *line = NULL;
-	bool ok;
-
-	ok = read_record(hp, node, &line) == 0 &&
-	     hp_dev_parse(line, t->dir, dev, &hp->err) == 0;
-	free(line);
-	hp->err = saved;
-	return ok;
+	return load_dev_record(hp, t, node, dev) == 1;
 }
 
 /*
@@ -711,14 +722,17 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 					"no device mechanism recorded for %s "
 					"(%s/%s): was prepare run?",
 					t->name, records_dir(hp), NODE_STAGE);
-	have = read_dev_record(hp, t, node, dev);
+	rc = load_dev_record(hp, t, node, dev);
+	have = rc == 1;
 	if (have && !strcmp(dev->worker, tok) && hp_dev_bound(dev, sock)) {
 		/* Attached by an earlier run of this action, and still good. */
 		hp_dev_format(dev, line, size);
 		return 0;
 	}
 	/* A record of a device that is gone or stale: clean up after it. */
-	rc = detach_recorded(hp, t, node, have && strcmp(dev->worker, tok));
+	rc = rc == 0 ? 0
+		     : detach_recorded(hp, t, node,
+				       have && strcmp(dev->worker, tok));
 	if (rc == 0)
 		rc = sweep_leftovers(hp, t);
 	if (rc < 0)
