@@ -873,8 +873,6 @@ out:
 #define NBD_HS_TIMEOUT_S 10
 /* How long detach's flush may take (libxl kills the script after 40 s). */
 #define NBD_FLUSH_TIMEOUT_S 15
-/* The backend identifier prefix that marks a device as ours. */
-#define NBD_BACKEND_PREFIX "blkstack:"
 
 static int nbd_detach(const struct hp_dev *dev, struct bks_error *err);
 
@@ -1156,7 +1154,8 @@ static int nbd_attach(const char *nbd_sock, bool ro, struct hp_dev *dev,
 		ret = bks_error_set(err, ENOMEM, "netlink message");
 		goto out;
 	}
-	snprintf(backend, sizeof(backend), NBD_BACKEND_PREFIX "%s", nbd_sock);
+	snprintf(backend, sizeof(backend), HP_DEV_NBD_BACKEND_PREFIX "%s",
+		 nbd_sock);
 	/*
 	 * No NBD_ATTR_INDEX: the kernel picks a free device (or makes one)
 	 * and says which in its reply.  TIMEOUT 0: no request timeout, since
@@ -1265,7 +1264,7 @@ static bool nbd_server_alive(char *backend)
 	int rc;
 
 	backend[strcspn(backend, "\n")] = '\0';
-	rc = hp_dev_sock_probe(backend + strlen(NBD_BACKEND_PREFIX));
+	rc = hp_dev_sock_probe(backend + strlen(HP_DEV_NBD_BACKEND_PREFIX));
 	return rc != -ECONNREFUSED && rc != -ENOENT;
 }
 
@@ -1328,8 +1327,8 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 		return 0; /* no such device, or not connected */
 	snprintf(sys, sizeof(sys), "/sys/block/nbd%lu/backend", index);
 	ret = hp_read_file(sys, &backend, PATH_MAX + 32, err);
-	if (ret == 0 && strncmp(backend, NBD_BACKEND_PREFIX,
-				strlen(NBD_BACKEND_PREFIX)) != 0)
+	if (ret == 0 && strncmp(backend, HP_DEV_NBD_BACKEND_PREFIX,
+				strlen(HP_DEV_NBD_BACKEND_PREFIX)) != 0)
 		goto out; /* somebody else's (ret is 0) */
 	if (ret < 0 && ret != -ENOENT)
 		goto out;
@@ -1380,12 +1379,12 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	}
 	ret = 0;
 	if (dead)
-		ret = bks_error_setmsg(err, EIO,
-				       "flush %s: its worker is gone (%s "
-				       "refuses connections); requests in "
-				       "flight failed",
-				       dev->path,
-				       backend + strlen(NBD_BACKEND_PREFIX));
+		ret = bks_error_setmsg(
+		    err, EIO,
+		    "flush %s: its worker is gone (%s "
+		    "refuses connections); requests in "
+		    "flight failed",
+		    dev->path, backend + strlen(HP_DEV_NBD_BACKEND_PREFIX));
 	else if (flush_rc == -ETIMEDOUT)
 		ret =
 		    bks_error_setmsg(err, EIO,
@@ -1809,9 +1808,9 @@ static int sweep_devices(const char *state_dir, const char *nbd_sock,
 			dev.staged = true;
 			memcpy(dev.fuse_dir, text, (size_t)(slash - text));
 		} else {
-			if (strncmp(text, NBD_BACKEND_PREFIX,
-				    strlen(NBD_BACKEND_PREFIX)) ||
-			    strcmp(text + strlen(NBD_BACKEND_PREFIX),
+			if (strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,
+				    strlen(HP_DEV_NBD_BACKEND_PREFIX)) ||
+			    strcmp(text + strlen(HP_DEV_NBD_BACKEND_PREFIX),
 				   nbd_sock)) {
 				free(text);
 				continue;
@@ -1871,8 +1870,9 @@ bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
 	if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
 		return true; /* a kernel without it: connected is all we know */
 	text[strcspn(text, "\n")] = '\0';
-	ok = !strncmp(text, NBD_BACKEND_PREFIX, strlen(NBD_BACKEND_PREFIX)) &&
-	     !strcmp(text + strlen(NBD_BACKEND_PREFIX), nbd_sock);
+	ok = !strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,
+		      strlen(HP_DEV_NBD_BACKEND_PREFIX)) &&
+	     !strcmp(text + strlen(HP_DEV_NBD_BACKEND_PREFIX), nbd_sock);
 	free(text);
 	return ok;
 }

@@ -33,6 +33,12 @@ enum hp_dev_mech {
 	HP_DEV_LOOP
 };
 
+/*
+ * The kernel NBD backend identifier (/sys/block/nbdN/backend) of a device
+ * blkstack made: this prefix and the worker's NBD socket path.
+ */
+#define HP_DEV_NBD_BACKEND_PREFIX "blkstack:"
+
 /* Longest line hp_dev_format() writes, including the NUL. */
 #define HP_DEV_LINE_MAX (PATH_MAX + 160)
 

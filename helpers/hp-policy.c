@@ -13,10 +13,9 @@
 #include <unistd.h>
 
 #include "hp-conf.h"
+#include "hp-dev.h"
 #include "hp-policy.h"
 
-/* How blkstack's kernel NBD devices name their server (hp-dev.c). */
-#define NBD_BACKEND_PREFIX "blkstack:"
 /* Most partitions of one device looked at for a reason. */
 #define MAX_PARTS 64
 
@@ -236,7 +235,8 @@ static int check_blk(const struct hp_image *img, const char *fdp,
 	if ((sys_read(d, "loop/backing_file", buf, sizeof(buf)) &&
 	     !strncmp(buf, rundir, rlen) && buf[rlen] == '/') ||
 	    (sys_read(d, "backend", buf, sizeof(buf)) &&
-	     !strncmp(buf, NBD_BACKEND_PREFIX, strlen(NBD_BACKEND_PREFIX))))
+	     !strncmp(buf, HP_DEV_NBD_BACKEND_PREFIX,
+		      strlen(HP_DEV_NBD_BACKEND_PREFIX))))
 		return bks_error_setmsg(err, EBUSY,
 					"image %s is a dom0 device blkstack "
 					"made for a disk; refusing to give it "
