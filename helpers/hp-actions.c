@@ -425,23 +425,31 @@ static int check_worker(struct hp *hp, const struct target *t, char *sock,
 	return 0;
 }
 
+/* The disk's running worker (hp_worker_pid), or an error that says so. */
+static int find_worker(struct hp *hp, const struct target *t, pid_t *pid,
+		       unsigned long long *start)
+{
+	int rc = hp_worker_pid(t->dir, pid, start, &hp->err);
+
+	if (rc < 0)
+		bks_error_prepend(&hp->err,
+				  "worker %s is not serving (was prepare run? "
+				  "did the worker die?): ",
+				  t->name);
+	return rc;
+}
+
 /* The worker as a device record names it: "PID:STARTTIME". */
 static int worker_token(struct hp *hp, const struct target *t, char *tok,
 			size_t size)
 {
 	unsigned long long start;
 	pid_t pid;
-	int rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
+	int rc = find_worker(hp, t, &pid, &start);
 
-	if (rc < 0) {
-		bks_error_prepend(&hp->err,
-				  "worker %s is not serving (was prepare run? "
-				  "did the worker die?): ",
-				  t->name);
-		return rc;
-	}
-	snprintf(tok, size, "%d:%llu", (int)pid, start);
-	return 0;
+	if (rc == 0)
+		snprintf(tok, size, "%d:%llu", (int)pid, start);
+	return rc;
 }
 
 /*
@@ -616,7 +624,7 @@ static int check_images(struct hp *hp, const struct target *t)
 		rc = bks_error_set(&hp->err, ENOMEM, "prepare");
 		goto out;
 	}
-	rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
+	rc = find_worker(hp, t, &pid, &start);
 	if (rc == 0)
 		rc = hp_worker_images(pid, t->dir, true, u, &hp->err);
 	if (rc == 0)
@@ -827,15 +835,8 @@ static int disk_usage(struct hp *hp, const struct target *t, bool rw,
 	u->domid = frontend_domid(hp);
 	domain_vm(hp, u->domid, u->vm, sizeof(u->vm));
 	snprintf(u->backend, sizeof(u->backend), "%s", backend_dir(hp));
-	rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
-	if (rc < 0) {
-		bks_error_prepend(&hp->err,
-				  "worker %s is not serving (was prepare run? "
-				  "did the worker die?): ",
-				  t->name);
-		return rc;
-	}
-	return hp_worker_images(pid, t->dir, rw, u, &hp->err);
+	rc = find_worker(hp, t, &pid, &start);
+	return rc < 0 ? rc : hp_worker_images(pid, t->dir, rw, u, &hp->err);
 }
 
 /* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */

@@ -561,7 +561,8 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 		ret = bks_error_set(err, errno, "open /dev/null");
 		goto out;
 	}
-	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	/* New beside the new mountpoint: nothing may stand there already. */
+	logfd = open(log, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
 		     0600);
 	if (logfd < 0) {
 		ret = bks_error_set(err, errno, "create %s", log);
