@@ -709,17 +709,19 @@ int hp_act_prepare(struct hp *hp)
  * prepare recorded, or reuse the recorded device if it is still bound to
  * this worker.  With use_stage, a loop device goes on prepare's stage when
  * that is still usable (else a whole attach, as without).  Fills dev and
- * line.  Nothing here forks or probes the host: add runs in the blackout.
+ * line; *made tells whether the device is new (else it was reused).
+ * Nothing here forks or probes the host: add runs in the blackout.
  */
 static int attach(struct hp *hp, const struct target *t, const char *node,
-		  bool use_stage, bool ro, struct hp_dev *dev, char *line,
-		  size_t size)
+		  bool use_stage, bool ro, struct hp_dev *dev, bool *made,
+		  char *line, size_t size)
 {
 	char sock[PATH_MAX], tok[sizeof(dev->worker)];
 	struct hp_dev stage;
 	bool have;
 	int rc;
 
+	*made = false;
 	rc = check_worker(hp, t, sock, sizeof(sock));
 	if (rc == 0)
 		rc = worker_token(hp, t, tok, sizeof(tok));
@@ -751,6 +753,7 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 		rc = hp_dev_attach(sock, t->dir, ro, stage.mech, dev, &hp->err);
 	if (rc < 0)
 		return rc;
+	*made = true;
 	snprintf(dev->worker, sizeof(dev->worker), "%s", tok);
 	if (hp_dev_format(dev, line, size) < 0) {
 		hp_dev_detach(dev, &hp->err);
@@ -961,8 +964,8 @@ static int do_add(struct hp *hp, const struct target *t)
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
 	struct hp_usage *mine = NULL;
-	bool claimed = false, attached = false, rw;
-	struct hp_dev dev;
+	bool claimed = false, made = false, rw;
+	struct hp_dev dev = {0};
 	int rc;
 
 	mine = calloc(1, sizeof(*mine));
@@ -984,10 +987,10 @@ static int do_add(struct hp *hp, const struct target *t)
 	if (rc < 0)
 		goto out;
 	claimed = true;
-	rc = attach(hp, t, NODE_DEV, true, !rw, &dev, line, sizeof(line));
+	rc =
+	    attach(hp, t, NODE_DEV, true, !rw, &dev, &made, line, sizeof(line));
 	if (rc < 0)
 		goto out;
-	attached = true;
 	/* As blkback parses it: "%x:%x". */
 	snprintf(physdev, sizeof(physdev), "%x:%x", dev.major, dev.minor);
 	add_write(&w, records_dir(hp), NODE_DEV, line);
@@ -1004,12 +1007,17 @@ static int do_add(struct hp *hp, const struct target *t)
 	/* One transaction, and nothing after it can fail. */
 	rc = commit(hp, &w);
 out:
-	if (rc < 0 && attached) {
+	/*
+	 * Undo only what this run made: a device an earlier add made (and
+	 * blkback may hold) stays, and so does its claim.
+	 */
+	if (rc < 0 && made) {
 		struct bks_error ignore;
 
 		hp_dev_detach(&dev, &ignore);
 	}
-	if (rc < 0 && claimed)
+	if (rc < 0 && claimed &&
+	    (made || load_dev_record(hp, t, NODE_DEV, &dev) == 0))
 		hp_share_release(t->rundir, t->name);
 	free(mine);
 	return rc;
@@ -1151,18 +1159,19 @@ int hp_act_localattach(struct hp *hp)
 	struct writes w = {.clear_error = true};
 	struct hp_dev dev;
 	struct target t;
+	bool made;
 	int rc = target_init(hp, &t);
 
 	if (rc < 0)
 		return rc;
-	rc = attach(hp, &t, NODE_LOCAL_DEV, false, false, &dev, line,
+	rc = attach(hp, &t, NODE_LOCAL_DEV, false, false, &dev, &made, line,
 		    sizeof(line));
 	if (rc < 0)
 		return rc;
 	add_write(&w, records_dir(hp), NODE_LOCAL_DEV, line);
 	add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
 	rc = commit(hp, &w);
-	if (rc < 0) {
+	if (rc < 0 && made) {
 		struct bks_error ignore;
 
 		hp_dev_detach(&dev, &ignore);
