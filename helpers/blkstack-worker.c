@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
- *                 [--foreground] [--ready-fd FD] [--timeouts H,S,G,C]
+ *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -16,9 +16,9 @@
  * the chain, removes the sockets and pid file, and exits 0.
  *
  * --timeouts is for tests, so that they need not wait for the defaults:
- * the NBD handshake deadline, the NBD stall timeout, the NBD eviction
- * grace and the control connections' idle timeout, in milliseconds, each
- * 0 for its default (docs/control-protocol.txt, "Connection limits").
+ * the NBD handshake deadline, the NBD stall timeout and the control
+ * connections' idle timeout, in milliseconds, each 0 for its default
+ * (docs/control-protocol.txt, "Connection limits").
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -52,7 +52,7 @@ struct opts {
 	bool foreground;
 	int ready_fd;
 	/* --timeouts, ms (0: default) */
-	unsigned int handshake_ms, stall_ms, grace_ms, ctl_idle_ms;
+	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
 };
 
 /* What main holds open; closed in one place. */
@@ -432,7 +432,6 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	    .read_only = w->read_only,
 	    .handshake_timeout_ms = o->handshake_ms,
 	    .stall_timeout_ms = o->stall_ms,
-	    .evict_grace_ms = o->grace_ms,
 	};
 	int rc, n;
 
@@ -560,23 +559,22 @@ static void close_inherited(int keep)
 
 static void usage(FILE *f)
 {
-	fprintf(
-	    f, "usage: " PROG " --name NAME --chain CHAIN [--rundir DIR] "
-	       "[--read-only] [--foreground] [--ready-fd FD]\n"
-	       "  [--timeouts HANDSHAKE,STALL,GRACE,CTL_IDLE] (ms; for tests)\n"
-	       "  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
-	       "  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
-	       "vm.img'\n");
+	fprintf(f,
+		"usage: " PROG " --name NAME --chain CHAIN [--rundir DIR] "
+		"[--read-only] [--foreground] [--ready-fd FD]\n"
+		"  [--timeouts HANDSHAKE,STALL,CTL_IDLE] (ms; for tests)\n"
+		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
+		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
+		"vm.img'\n");
 }
 
 /*
- * --timeouts H,S,G,C: four decimal millisecond counts (0: default), each
+ * --timeouts H,S,C: three decimal millisecond counts (0: default), each
  * at most one day.  Returns 0 or -EINVAL.
  */
 static int parse_timeouts(const char *arg, struct opts *o)
 {
-	unsigned int *dst[] = {&o->handshake_ms, &o->stall_ms, &o->grace_ms,
-			       &o->ctl_idle_ms};
+	unsigned int *dst[] = {&o->handshake_ms, &o->stall_ms, &o->ctl_idle_ms};
 	const char *p = arg;
 
 	for (size_t i = 0; i < sizeof(dst) / sizeof(dst[0]); i++) {
@@ -646,9 +644,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'T':
 			if (parse_timeouts(optarg, o) < 0) {
 				fprintf(stderr,
-					PROG ": bad --timeouts '%s': four "
+					PROG ": bad --timeouts '%s': three "
 					     "numbers of milliseconds, "
-					     "H,S,G,C (0: the default)\n",
+					     "H,S,C (0: the default)\n",
 					optarg);
 				return 2;
 			}

@@ -99,6 +99,12 @@ static const char nbd_base_allocation[] = "base:allocation";
  * long may be evicted for a newcomer (see conn_not_reading()).
  */
 #define NBD_STUCK_EVICT_NS (2 * NS_PER_SEC)
+/*
+ * Most connections of one process (SO_PEERCRED); its next evicts one of
+ * its own (srv_make_room()).  Half the default table, and twice what a
+ * multi-conn client (nbdfuse: 4) opens.
+ */
+#define NBD_PER_PROCESS_MAX 8u
 /* After accept() ran out of file descriptors or memory, wait this long. */
 #define NBD_ACCEPT_RETRY_NS (100 * 1000000ull)
 
@@ -235,8 +241,8 @@ struct nbd_conn {
 	bool budget_wait;      /* stalled on the server's buffer budget */
 	bool stall_armed;      /* the timer is the stall check */
 	struct nbd_link blink; /* the server's budget list, while so */
+	pid_t peer_pid;	       /* SO_PEERCRED at accept, 0 if unknown */
 	uint64_t seq;	       /* accept order: seniority */
-	uint64_t accepted_ns;
 	uint64_t progress_ns;  /* last byte in or out, or start of a wait */
 	uint64_t nrequests;    /* transmission requests received */
 	size_t out_bytes;      /* reply bytes queued, not yet sent */
@@ -276,7 +282,7 @@ struct bks_nbd_server {
 	unsigned int max_connections, max_in_flight;
 	uint32_t bs;	      /* the chain's block size */
 	uint32_t max_payload; /* advertised maximum block size */
-	uint64_t handshake_ns, stall_ns, grace_ns;
+	uint64_t handshake_ns, stall_ns;
 
 	struct nbd_link conns;
 	unsigned int nopen;
@@ -2032,8 +2038,8 @@ static void conn_timeout(struct bks_timer *t)
 	conn_close(c);
 }
 
-/* A new client on fd (non-blocking).  Returns 0 or -errno. */
-static int conn_new(struct bks_nbd_server *srv, int fd)
+/* A new client on fd (non-blocking) of process pid.  Returns 0 or -errno. */
+static int conn_new(struct bks_nbd_server *srv, int fd, pid_t pid)
 {
 	struct nbd_conn *c;
 	unsigned char *p;
@@ -2044,6 +2050,7 @@ static int conn_new(struct bks_nbd_server *srv, int fd)
 		return -ENOMEM;
 	c->srv = srv;
 	c->fd = fd;
+	c->peer_pid = pid;
 	c->nslots = srv->max_in_flight;
 	link_init(&c->link);
 	link_init(&c->blink);
@@ -2079,7 +2086,7 @@ static int conn_new(struct bks_nbd_server *srv, int fd)
 		goto out;
 	bks_timer_arm(&c->timer, srv->handshake_ns);
 	c->seq = ++srv->seq;
-	c->accepted_ns = c->progress_ns = bks_now_ns();
+	c->progress_ns = bks_now_ns();
 	link_add_tail(&srv->conns, &c->link);
 	srv->nopen++;
 	srv->stats.connections = srv->nopen;
@@ -2122,26 +2129,29 @@ static bool conn_not_reading(const struct nbd_conn *c, uint64_t now)
 }
 
 /*
- * Should a go before b?  See "Connections" in nbd-server.h.  A client
- * that does not read its replies goes first (the longest stuck first).
- * Then a client that is still negotiating, the oldest first: a real client
- * negotiates in milliseconds, so the oldest is the likeliest to be stuck
- * (and the handshake deadline would drop it anyway).  Then one that has
- * never sent a request.  Then the most recently accepted: seniority.
- * Why not the longest idle, as a cache would: the device connection is
- * exactly the one that idles longest, and every idler that comes after
- * it would push it out.  By seniority, an idler can only push out those
- * that came after the device connection -- other idlers.  Young
- * connections (within the grace) come last, so that a new device
- * connection gets the time for its first requests before the next
- * newcomer finds it the youngest.
+ * Should a go before b?  See "Connections" in nbd-server.h.
+ *
+ *   - A client that does not read its replies, the longest stuck first.
+ *   - A client still negotiating, the oldest first: a real client
+ *     negotiates in milliseconds, so the oldest is the likeliest stuck
+ *     (and the handshake deadline would drop it anyway).
+ *   - A client that has never sent a request, then one that has; in
+ *     each, the most recently accepted first: seniority.
+ *
+ * Why seniority, and not the longest idle as a cache would evict: the
+ * device connection is exactly the one that idles longest, and every
+ * idler that came after it would push it out.  By seniority an idler can
+ * only push out what came after the device connection: other idlers
+ * (and each idler of a flood pushes out the one before it).  A new
+ * device connection (after a re-attach) is accepted like any newcomer;
+ * it is the youngest for a moment, and safe from idlers once it has
+ * carried a request -- the device's first I/O (the partition scan or
+ * udev's probe) comes at once.  Until then it competes with them.
  */
 static bool evict_before(const struct nbd_conn *a, const struct nbd_conn *b,
-			 uint64_t now, uint64_t grace)
+			 uint64_t now)
 {
 	bool ha = a->phase != PH_TRANSMISSION, hb = b->phase != PH_TRANSMISSION;
-	bool ya = now - a->accepted_ns < grace,
-	     yb = now - b->accepted_ns < grace;
 	bool sa = conn_not_reading(a, now), sb = conn_not_reading(b, now);
 
 	if (sa != sb)
@@ -2152,29 +2162,60 @@ static bool evict_before(const struct nbd_conn *a, const struct nbd_conn *b,
 		return ha;
 	if (ha)
 		return a->seq < b->seq;
-	if (ya != yb)
-		return yb;
 	if ((a->nrequests == 0) != (b->nrequests == 0))
 		return a->nrequests == 0;
 	return a->seq > b->seq;
 }
 
-/*
- * The table is full: close the idle connection that should go first, to
- * make room.  Returns false if none is idle (the newcomer is refused).
- */
-static bool srv_evict(struct bks_nbd_server *srv)
+/* Connections open now from process pid. */
+static unsigned int srv_conns_of(const struct bks_nbd_server *srv, pid_t pid)
 {
+	const struct nbd_link *l;
+	unsigned int n = 0;
+
+	for (l = srv->conns.next; l != &srv->conns; l = l->next) {
+		const struct nbd_conn *c =
+		    link_entry(l, const struct nbd_conn, link);
+
+		n += !c->dead && c->peer_pid == pid;
+	}
+	return n;
+}
+
+/*
+ * Make room for a newcomer of process pid (SO_PEERCRED; 0 if unknown):
+ * close the idle connection that should go first (evict_before()), and
+ * return true; or return false if the newcomer is refused (nothing may
+ * go).
+ *
+ * One process holds at most NBD_PER_PROCESS_MAX connections: beyond
+ * that its newcomer takes the place of its own youngest idle one.  So
+ * one client -- the 16 idlers of the defect -- can never fill the table:
+ * the rest is room for everyone else, the device among them.
+ *
+ * When the table is full, the newcomer's own connections are passed
+ * over: a client opening its multi-conn set (nbdfuse opens 4, one after
+ * the other) must not push out its first ones, each being the youngest
+ * when the next comes.
+ */
+static bool srv_make_room(struct bks_nbd_server *srv, pid_t pid)
+{
+	unsigned int own = pid > 0 ? srv_conns_of(srv, pid) : 0;
+	bool own_only = own >= NBD_PER_PROCESS_MAX;
 	struct nbd_conn *victim = NULL;
 	uint64_t now = bks_now_ns();
 	struct nbd_link *l;
 
+	if (!own_only && srv->nopen < srv->max_connections)
+		return true;
 	for (l = srv->conns.next; l != &srv->conns; l = l->next) {
 		struct nbd_conn *c = link_entry(l, struct nbd_conn, link);
 
 		if (!conn_idle(c) && !conn_not_reading(c, now))
 			continue;
-		if (!victim || evict_before(c, victim, now, srv->grace_ns))
+		if (pid > 0 && (c->peer_pid == pid) != own_only)
+			continue;
+		if (!victim || evict_before(c, victim, now))
 			victim = c;
 	}
 	if (!victim)
@@ -2182,6 +2223,17 @@ static bool srv_evict(struct bks_nbd_server *srv)
 	srv->stats.evicted++;
 	conn_close(victim);
 	return true;
+}
+
+/* The process at the other end of fd, or 0. */
+static pid_t peer_pid(int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return 0;
+	return cred.pid;
 }
 
 static void srv_accept(struct bks_watch *w, uint32_t events)
@@ -2192,6 +2244,7 @@ static void srv_accept(struct bks_watch *w, uint32_t events)
 	for (int i = 0; i < NBD_ACCEPTS_PER_EVENT; i++) {
 		int fd = accept4(srv->listen_fd, NULL, NULL,
 				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		pid_t pid;
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
@@ -2206,8 +2259,8 @@ static void srv_accept(struct bks_watch *w, uint32_t events)
 			bks_timer_arm(&srv->accept_timer, NBD_ACCEPT_RETRY_NS);
 			return;
 		}
-		if ((srv->nopen >= srv->max_connections && !srv_evict(srv)) ||
-		    conn_new(srv, fd) < 0) {
+		pid = peer_pid(fd);
+		if (!srv_make_room(srv, pid) || conn_new(srv, fd, pid) < 0) {
 			close(fd);
 			srv->stats.refused++;
 		}
@@ -2320,10 +2373,6 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 	srv->stall_ns =
 	    (uint64_t)(cfg->stall_timeout_ms ? cfg->stall_timeout_ms
 					     : BKS_NBD_STALL_TIMEOUT_MS) *
-	    NS_PER_MS;
-	srv->grace_ns =
-	    (uint64_t)(cfg->evict_grace_ms ? cfg->evict_grace_ms
-					   : BKS_NBD_EVICT_GRACE_MS) *
 	    NS_PER_MS;
 	srv->bs = srv->info->block_size;
 	srv->max_payload = BKS_NBD_MAX_PAYLOAD;

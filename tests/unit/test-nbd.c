@@ -845,48 +845,53 @@ static void test_shutdown_held(void **state)
  * A full table evicts an idle connection for a newcomer (see nbd-server.h):
  * one that never sent a request before one that did, the youngest first;
  * one in the middle of a request never.  Only when none is idle is the
- * newcomer refused.
+ * newcomer refused.  (All of these clients are of this one process, with
+ * as many connections as the table holds: more than a multi-conn set, so
+ * none is spared as the newcomer's own.)
  */
 static void test_max_connections(void **state)
 {
-	struct bks_nbd_config cfg = {
-	    .name = "disk", .max_connections = 2, .evict_grace_ms = 1};
+	struct bks_nbd_config cfg = {.name = "disk", .max_connections = 8};
 	unsigned char buf[512], part[NBD_REQUEST_SIZE] = {0};
 	struct fx fx = {0};
 	uint64_t cookie;
 	char msg[256];
-	int a, b, c, d, e;
+	int a, f[6], b, c, d;
 
 	(void)state;
 	put32be(part, NBD_REQUEST_MAGIC);
 	fx_start(&fx, "ram:1M", &cfg);
 	a = cl_open(&fx, true, NULL);
 	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	/* Six that are busy: half a request each. */
+	for (int i = 0; i < 6; i++) {
+		f[i] = cl_open(&fx, true, NULL);
+		cl_send(&fx, f[i], part, 10);
+	}
 	b = cl_open(&fx, true, NULL);
-	usleep(2000); /* past the grace */
+	pump(&fx, 5);
 	/* b never sent a request: it goes, a (older, used) stays. */
 	c = cl_open(&fx, true, NULL);
 	assert_true(cl_closed(&fx, b));
 	assert_int_equal(stats(&fx).evicted, 1);
 	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
 	assert_int_equal(cl_cmd(&fx, c, NBD_CMD_READ, 0, 0, 512, buf), 0);
-	usleep(2000);
 	/* Both used: the younger goes (seniority). */
 	d = cl_open(&fx, true, NULL);
 	assert_true(cl_closed(&fx, c));
 	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
-	/* Half a request: not idle, never evicted; d is. */
-	cl_send(&fx, a, part, 10);
-	pump(&fx, 5);
-	e = cl_open(&fx, true, NULL);
+	/* d never sent a request: it goes before a. */
+	close(b);
+	b = cl_open(&fx, true, NULL);
 	assert_true(cl_closed(&fx, d));
 	assert_int_equal(stats(&fx).evicted, 3);
-	/* Both busy (half a request each): the newcomer is refused. */
-	cl_send(&fx, e, part, 10);
+	/* All busy (half a request each): the newcomer is refused. */
+	cl_send(&fx, a, part, 10);
+	cl_send(&fx, b, part, 10);
 	pump(&fx, 5);
-	close(b);
-	b = cl_connect(&fx);
-	assert_true(cl_closed(&fx, b));
+	close(c);
+	c = cl_connect(&fx);
+	assert_true(cl_closed(&fx, c));
 	assert_int_equal(stats(&fx).refused, 1);
 	assert_int_equal(stats(&fx).evicted, 3);
 	/* The halves are finished, and served. */
@@ -894,11 +899,12 @@ static void test_max_connections(void **state)
 	assert_int_equal(cl_reply(&fx, a, &cookie, NULL, 0, msg, sizeof(msg)),
 			 NBD_EINVAL);
 	cl_disc(&fx, a);
+	for (int i = 0; i < 6; i++)
+		close(f[i]);
 	close(b);
 	close(c);
 	close(d);
-	close(e);
-	assert_int_equal(stats(&fx).connections_total, 5);
+	assert_int_equal(stats(&fx).connections_total, 11);
 	fx_stop(&fx);
 }
 

@@ -36,20 +36,25 @@
  *     waiting that it does not read, or half a request sent -- and makes
  *     no progress for BKS_NBD_STALL_TIMEOUT_MS is dropped.  A kernel or
  *     nbdfuse client always reads its replies and sends whole requests.
+ *   - One process (SO_PEERCRED) holds at most 8 connections: its next
+ *     one takes the place of its own youngest idle connection.  So one
+ *     client cannot fill the table; the rest is room for the others.
  *   - When the table is full, a newcomer is not refused: the server
  *     evicts an idle connection (nothing in flight, nothing queued,
  *     nothing half received) or one that does not read its replies (none
- *     taken for 2 s) to make room, and refuses only when there is none.
- *     The victim is, in this order: one that does not read its replies;
- *     a client still negotiating
- *     (the oldest first: a real client negotiates in milliseconds); then
- *     a client that has never sent a request, then any other, the most
- *     recently accepted first -- seniority: a connection that was there
- *     before a flood of idlers began outlives every one of them, so the
- *     device connection that has idled for minutes stays while idlers
- *     come and go.  A connection younger than BKS_NBD_EVICT_GRACE_MS is
- *     passed over while an older one can go, so that a new device
- *     connection (after a re-attach) gets the time to do its first I/O.
+ *     taken for 2 s) of another process to make room, and refuses only
+ *     when there is none.  The victim is, in this order: one that does
+ *     not read its replies; a client still negotiating (the oldest
+ *     first: a real client negotiates in milliseconds); a client that
+ *     has never sent a request; any other.  Among the last two, the most
+ *     recently accepted goes first -- seniority: a connection that was
+ *     there before a flood of idlers began outlives every one of them,
+ *     so the device connection that has idled for minutes stays while
+ *     idlers come and go.  A new device connection (after a re-attach)
+ *     is accepted, its multi-conn set too (a newcomer never evicts its
+ *     own process's connections to get in), and once it has carried a
+ *     request (its first I/O) only younger or never-used connections go
+ *     before it.
  *
  * Memory.  A connection stops reading requests (back-pressure) while
  * more than BKS_NBD_CONN_OUT_HIGH bytes of replies wait for it, and its
@@ -63,7 +68,6 @@
  */
 #define BKS_NBD_HANDSHAKE_TIMEOUT_MS 30000u
 #define BKS_NBD_STALL_TIMEOUT_MS     30000u
-#define BKS_NBD_EVICT_GRACE_MS	     10000u
 #define BKS_NBD_CONN_OUT_HIGH	     (4u << 20)
 #define BKS_NBD_CONN_BUF_BUDGET	     (8u << 20)
 #define BKS_NBD_CONN_BUF_FLOOR	     (2u << 20)
@@ -76,7 +80,7 @@ struct bks_nbd_config {
 	unsigned int max_connections; /* 0: 16 */
 	unsigned int max_in_flight;   /* per connection; 0: 64 */
 	/* 0: the defaults above.  Shorter ones are for tests. */
-	unsigned int handshake_timeout_ms, stall_timeout_ms, evict_grace_ms;
+	unsigned int handshake_timeout_ms, stall_timeout_ms;
 };
 
 struct bks_nbd_stats {
