@@ -56,6 +56,11 @@ teardown() {
 	assert_failure 2
 	run "$BIN/blkstack-worker" --name x --chain ram:1M --ready-fd nope
 	assert_failure 2
+	for t in 1,2 1,2,3,4 1,,3 1,2,x 1,2,99999999999 -1,2,3; do
+		run "$BIN/blkstack-worker" --name x --chain ram:1M --timeouts "$t"
+		assert_failure 2
+		assert_output --partial "bad --timeouts '$t'"
+	done
 }
 
 @test "worker: a second worker of the same name is refused" {

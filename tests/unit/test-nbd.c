@@ -983,6 +983,54 @@ static void test_backpressure(void **state)
 	free(buf);
 }
 
+/*
+ * The server-wide buffer budget: two clients that do not read their
+ * 32 MiB replies hold all of it; a third one's 32 MiB read waits until
+ * one of them reads, while a small read (under the floor) of a fourth
+ * is served at once.
+ */
+static void test_budget(void **state)
+{
+	/* b does not read for long under valgrind: no stall check here. */
+	struct bks_nbd_config cfg = {.name = "disk",
+				     .stall_timeout_ms = 3600000};
+	const uint32_t big = BKS_NBD_MAX_PAYLOAD;
+	unsigned char *buf = malloc(big);
+	struct fx fx = {0};
+	uint64_t cookie;
+	int a, b, c, d;
+
+	(void)state;
+	assert_non_null(buf);
+	fx_start(&fx, "ram:64M", &cfg);
+	a = cl_open(&fx, true, NULL);
+	b = cl_open(&fx, true, NULL);
+	c = cl_open(&fx, true, NULL);
+	d = cl_open(&fx, true, NULL);
+	cl_request(&fx, a, NBD_CMD_READ, 0, 1, 0, big, NULL);
+	cl_request(&fx, b, NBD_CMD_READ, 0, 2, 0, big, NULL);
+	pump(&fx, 20);
+	assert_int_equal(stats(&fx).buffer_bytes, BKS_NBD_SRV_BUF_BUDGET);
+	cl_request(&fx, c, NBD_CMD_READ, 0, 3, 0, big, NULL);
+	assert_true(cl_quiet(&fx, c, 20));
+	assert_int_equal(stats(&fx).requests, 2);
+	assert_int_equal(cl_cmd(&fx, d, NBD_CMD_READ, 0, 0, 65536, buf), 0);
+	/* a takes its reply: its buffer goes to c. */
+	assert_int_equal(cl_reply(&fx, a, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 1);
+	assert_int_equal(cl_reply(&fx, c, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 3);
+	assert_int_equal(cl_reply(&fx, b, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 2);
+	assert_true(stats(&fx).buffer_bytes <= BKS_NBD_SRV_BUF_BUDGET);
+	cl_disc(&fx, a);
+	cl_disc(&fx, b);
+	cl_disc(&fx, c);
+	cl_disc(&fx, d);
+	fx_stop(&fx);
+	free(buf);
+}
+
 /* More requests than max_in_flight, sent at once: the server stalls. */
 static void test_stall(void **state)
 {
@@ -1135,6 +1183,7 @@ int main(void)
 	    cmocka_unit_test(test_max_connections),
 	    cmocka_unit_test(test_timeouts),
 	    cmocka_unit_test(test_backpressure),
+	    cmocka_unit_test(test_budget),
 	    cmocka_unit_test(test_stall),
 	    cmocka_unit_test(test_vanish_in_flight),
 	    cmocka_unit_test(test_eof_mid_payload),
