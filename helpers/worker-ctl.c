@@ -378,8 +378,6 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "connections", ns.connections);
 	json_kv_u64(j, "connections_total", ns.connections_total);
 	json_kv_u64(j, "refused", ns.refused);
-	json_kv_u64(j, "evicted", ns.evicted);
-	json_kv_u64(j, "timed_out", ns.timed_out);
 	json_kv_u64(j, "dropped", ns.dropped);
 	json_kv_u64(j, "requests", ns.requests);
 	json_kv_u64(j, "errors", ns.errors);
@@ -388,9 +386,17 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "in_flight", ns.in_flight);
 	json_kv_u64(j, "held", ns.held);
 	json_kv_u64(j, "holding", ns.holding);
-	json_kv_u64(j, "buffer_bytes", ns.buffer_bytes);
 	json_obj_end(j);
 
+	/* The connection limits of both sockets (docs: "Connection limits"). */
+	json_key(j, "limits");
+	json_obj_begin(j);
+	json_key(j, "nbd");
+	json_obj_begin(j);
+	json_kv_u64(j, "evicted", ns.evicted);
+	json_kv_u64(j, "timed_out", ns.timed_out);
+	json_kv_u64(j, "buffer_bytes", ns.buffer_bytes);
+	json_obj_end(j);
 	json_key(j, "control");
 	json_obj_begin(j);
 	json_kv_u64(j, "connections", c->ctl->nconns);
@@ -398,6 +404,7 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "refused", c->ctl->refused);
 	json_kv_u64(j, "evicted", c->ctl->evicted);
 	json_kv_u64(j, "timed_out", c->ctl->timed_out);
+	json_obj_end(j);
 	json_obj_end(j);
 
 	json_key(j, "chain");

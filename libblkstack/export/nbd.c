@@ -24,7 +24,7 @@
  *     than BKS_NBD_CONN_OUT_HIGH bytes of replies queued reads no request.
  *   - Connection limits: the handshake deadline and the stall check share
  *     the connection's timer; a full table evicts an idle connection
- *     (srv_evict(), whose comment says why that order).
+ *     (srv_make_room() and evict_before() say which, and why).
  *   - Requests the chain cannot take as they are (offsets or lengths not
  *     multiples of its block size) are turned into aligned ones: reads
  *     are widened, trims shrunk, and writes and write-zeroes done by

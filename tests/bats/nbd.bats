@@ -114,11 +114,13 @@ worker_alive() {
 	kill -0 "$PID" || fail "the worker died"
 }
 
-# stat_nbd FIELD: a field of the worker's "nbd" stats (blkstack-ctl).
+# stat_nbd FIELD: a field of the worker's "nbd" or "limits"/"nbd" stats
+# (blkstack-ctl).
 stat_nbd() {
 	"$BIN/blkstack-ctl" --rundir "$RUNDIR" stats --name "$NAME" --json |
 		python3 -c 'import json, sys
-print(json.load(sys.stdin)["nbd"][sys.argv[1]])' "$1"
+d = json.load(sys.stdin)
+print(dict(d["nbd"], **d["limits"]["nbd"])[sys.argv[1]])' "$1"
 }
 
 # hold_start SCENARIO [N]: a hostile-client.py hold scenario (N

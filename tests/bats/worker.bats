@@ -186,7 +186,7 @@ ctl() {
 	run -0 ctl unpause --name vm1
 	run -0 ctl stats --name vm1 --json
 	run -0 python3 -c 'import json, sys
-c = json.loads(sys.argv[1])["control"]
+c = json.loads(sys.argv[1])["limits"]["control"]
 assert c["evicted"] >= 6 and c["connections"] <= 64, c' "$output"
 	# Promptly: the default idle timeout (30 s) is not what lets it in.
 	run -0 ctl destroy --name vm1
@@ -202,7 +202,7 @@ assert c["evicted"] >= 6 and c["connections"] <= 64, c' "$output"
 	hold_ctl vm1 10 "$(printf 'stats\n%.0s' $(seq 199))stats"
 	for _ in $(seq 100); do
 		n=$(ctl stats --name vm1 --json | python3 -c 'import json, sys
-print(json.load(sys.stdin)["control"]["timed_out"])')
+print(json.load(sys.stdin)["limits"]["control"]["timed_out"])')
 		[ "$n" -ge 20 ] && break
 		sleep 0.2
 	done
