@@ -375,6 +375,9 @@ time.sleep(30)' "$SOCK" 3>&- &
 	# rounds of 16 more that come and go, each round checking that a new
 	# client is served meanwhile (the old code refused it: the defect).
 	hold_start idle-hold
+	# One process holds at most 8: the device's 4 and 8 idlers are open.
+	run -0 stat_nbd connections
+	assert_output 12
 	run -0 timeout 60 python3 "$HOSTILE" "$SOCK" idle-flood
 	run -0 timeout 20 nbdinfo --size "$URI"
 	assert_output 16777216

@@ -29,6 +29,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -595,7 +596,6 @@ def sc_idle_flood(path):
 
 def hold(conns):
     print("holding %d" % len(conns), flush=True)
-    import time
     time.sleep(HOLD)
 
 

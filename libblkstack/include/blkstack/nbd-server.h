@@ -54,7 +54,10 @@
  *     is accepted, its multi-conn set too (a newcomer never evicts its
  *     own process's connections to get in), and once it has carried a
  *     request (its first I/O) only younger or never-used connections go
- *     before it.
+ *     before it.  The one gap: between its connect and its first request
+ *     a new device connection is the youngest never-used one, and an idler
+ *     of another process knocking at a full table in that moment takes
+ *     its place.  Nothing on the wire tells the two apart then.
  *
  * Memory.  A connection stops reading requests (back-pressure) while
  * more than BKS_NBD_CONN_OUT_HIGH bytes of replies wait for it, and its
@@ -64,7 +67,9 @@
  * BKS_NBD_SRV_BUF_BUDGET of data buffers; a connection with nothing in
  * progress may always take BKS_NBD_CONN_BUF_FLOOR, so that small clients
  * (the device) are never starved by big ones.  Requests over a budget
- * wait (the connection stops reading) until buffers come back.
+ * wait (the connection stops reading) until buffers come back; those a
+ * client that does not read holds come back when it is evicted or
+ * dropped by the stall check.
  */
 #define BKS_NBD_HANDSHAKE_TIMEOUT_MS 30000u
 #define BKS_NBD_STALL_TIMEOUT_MS     30000u
