@@ -48,6 +48,7 @@ LIB     := $(B)/lib/libblkstack.a
 
 # ---- helpers ---------------------------------------------------------------
 HP_SRC  := helpers/hp-env.c helpers/hp-xs.c helpers/hp-dev.c helpers/hp-share.c \
+           helpers/hp-conf.c helpers/hp-policy.c \
            helpers/worker-name.c
 HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
 HOTPLUG := $(B)/bin/blkstack-hotplug
@@ -130,7 +131,8 @@ $(B)/tests/unit/test-json: $(B)/obj/helpers/json.o
 # ---- end of blkstack-ctl (2/2) ---------------------------------------------
 
 # ---- hp-dev (2/2: the test tool's rule, after 'all') ------------------------
-$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hp-dev.o $(LIB)
+$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hp-dev.o \
+               $(B)/obj/helpers/hp-conf.o $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Ihelpers $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(NL_LIBS)
 # ---- end of hp-dev (2/2) ----------------------------------------------------
@@ -178,7 +180,7 @@ DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3
+             python3 strace
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:

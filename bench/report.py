@@ -174,7 +174,7 @@ def main():
     # ---- blackout
     lat = {}
     for key in ["v2.version", "v2.prepare", "v2.add", "v2.remove",
-                "v2.unprepare", "v1.add", "v1.remove"]:
+                "v2.unprepare", "v2.migration_add", "v1.add", "v1.remove"]:
         vals = read_numbers(os.path.join(res, key))
         lat[key] = {
             "runs": len(vals),
@@ -297,7 +297,8 @@ def main():
                + ("n/a" if floor is None else f"{floor:.1f} ms") +
                "); add's own work, net of it, is "
                + ("n/a" if add_net is None else f"{add_net:.1f} ms") +
-               " (LOOP_CONFIGURE and 17 xenstore requests)"),
+               " (LOOP_CONFIGURE, the backend and sharing checks on the "
+               "worker's open files, and 23 xenstore requests)"),
         target("v2 add >= 20x faster than Xen's block add", add_speedup,
                cmp(add_speedup, lambda v: v >= T_ADD_SPEEDUP),
                fmt_ratio(add_speedup),
@@ -446,6 +447,9 @@ def main():
                        "device on prepare's nbdfuse)",
              "v2.remove": "blkstack v2 remove",
              "v2.unprepare": "blkstack v2 unprepare",
+             "v2.migration_add": "**blkstack v2 add, migration** (the "
+                                 "destination's add, the source's worker "
+                                 "still running on the image)",
              "v1.add": "**Xen block add** (v1, file → loop)",
              "v1.remove": "Xen block remove (v1)"}
     for k, label in names.items():

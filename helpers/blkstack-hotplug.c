@@ -46,9 +46,9 @@ static int error_dirs(const struct hp *hp, const char *dirs[2])
 
 	if (hp->env.iface == HP_IFACE_V2) {
 		dirs[n++] = hp->env.hotplug_path;
-		if (hp->env.backend_path)
+		if (hp->env.backend_path && !hp->backend_foreign)
 			dirs[n++] = hp->env.backend_path;
-	} else {
+	} else if (!hp->backend_foreign) {
 		dirs[n++] = hp->env.xenbus_path;
 	}
 	return n;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
- *                 [--foreground] [--ready-fd FD]
+ *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -14,6 +14,11 @@
  *
  * SIGTERM (or SIGINT, or the ctl "shutdown") drains in-flight I/O, flushes
  * the chain, removes the sockets and pid file, and exits 0.
+ *
+ * --timeouts is for tests, so that they need not wait for the defaults:
+ * the NBD handshake deadline, the NBD stall timeout and the control
+ * connections' idle timeout, in milliseconds, each 0 for its default
+ * (docs/control-protocol.txt, "Connection limits").
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +51,8 @@ struct opts {
 	bool read_only;
 	bool foreground;
 	int ready_fd;
+	/* --timeouts, ms (0: default) */
+	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
 };
 
 /* What main holds open; closed in one place. */
@@ -423,6 +430,8 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	    .name = w->name,
 	    .description = w->chain_str,
 	    .read_only = w->read_only,
+	    .handshake_timeout_ms = o->handshake_ms,
+	    .stall_timeout_ms = o->stall_ms,
 	};
 	int rc, n;
 
@@ -553,9 +562,37 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " --name NAME --chain CHAIN [--rundir DIR] "
 		"[--read-only] [--foreground] [--ready-fd FD]\n"
+		"  [--timeouts HANDSHAKE,STALL,CTL_IDLE] (ms; for tests)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
 		"vm.img'\n");
+}
+
+/*
+ * --timeouts H,S,C: three decimal millisecond counts (0: default), each
+ * at most one day.  Returns 0 or -EINVAL.
+ */
+static int parse_timeouts(const char *arg, struct opts *o)
+{
+	unsigned int *dst[] = {&o->handshake_ms, &o->stall_ms, &o->ctl_idle_ms};
+	const char *p = arg;
+
+	for (size_t i = 0; i < sizeof(dst) / sizeof(dst[0]); i++) {
+		char *end;
+		unsigned long v;
+
+		if (*p < '0' || *p > '9')
+			return -EINVAL;
+		errno = 0;
+		v = strtoul(p, &end, 10);
+		if (errno || v > 86400000ul)
+			return -EINVAL;
+		if (*end != (i + 1 < sizeof(dst) / sizeof(dst[0]) ? ',' : '\0'))
+			return -EINVAL;
+		*dst[i] = (unsigned int)v;
+		p = end + 1;
+	}
+	return 0;
 }
 
 /* Returns 0, or HP-style 2 for a usage error (message printed). */
@@ -568,6 +605,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"read-only", no_argument, NULL, 'R'},
 	    {"foreground", no_argument, NULL, 'f'},
 	    {"ready-fd", required_argument, NULL, 'F'},
+	    {"timeouts", required_argument, NULL, 'T'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -602,6 +640,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return 2;
 			}
 			o->ready_fd = (int)v;
+			break;
+		case 'T':
+			if (parse_timeouts(optarg, o) < 0) {
+				fprintf(stderr,
+					PROG ": bad --timeouts '%s': three "
+					     "numbers of milliseconds, "
+					     "H,S,C (0: the default)\n",
+					optarg);
+				return 2;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -651,6 +699,7 @@ int main(int argc, char **argv)
 	w.chain_str = o.chain;
 	w.read_only = o.read_only;
 	w.foreground = o.foreground;
+	w.ctl_idle_ms = o.ctl_idle_ms;
 	w.started_ns = bks_now_ns();
 	if (!w.foreground)
 		openlog(PROG, LOG_PID, LOG_DAEMON);

@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "hp-dev.h"
+#include "hp-policy.h"
 #include "hp-share.h"
 #include "hp.h"
 #include "worker.h"
@@ -61,6 +62,7 @@ extern char **environ;
 #define NODE_DEV       "blkstack-dev"
 #define NODE_LOCAL_DEV "blkstack-local-dev"
 #define NODE_STAGE     "blkstack-stage"
+#define NODE_BACKEND   "blkstack-backend" /* v2: the backend add served */
 
 /* What the device-related actions work on. */
 struct target {
@@ -150,6 +152,25 @@ static int take_lock(struct hp *hp, const struct target *t)
 
 	if (mkdir(t->rundir, 0755) < 0 && errno != EEXIST)
 		return bks_error_set(&hp->err, errno, "mkdir %s", t->rundir);
+	/*
+	 * Everything of every disk lives here, and root creates files in it:
+	 * it must be a real directory that only we can write to.
+	 */
+	if (lstat(t->rundir, &a) < 0)
+		return bks_error_set(&hp->err, errno, "stat %s", t->rundir);
+	if (!S_ISDIR(a.st_mode))
+		return bks_error_setmsg(&hp->err, ENOTDIR,
+					"run directory %s is not a directory "
+					"(a symlink?): refusing to use it",
+					t->rundir);
+	if (a.st_uid != geteuid() || (a.st_mode & 022))
+		return bks_error_setmsg(&hp->err, EPERM,
+					"run directory %s is owned by uid %u "
+					"with mode %04o: it must be ours (uid "
+					"%u) and writable by nobody else",
+					t->rundir, (unsigned)a.st_uid,
+					(unsigned)(a.st_mode & 07777),
+					(unsigned)geteuid());
 	if (snprintf(path, sizeof(path), "%s/%s.lock", t->rundir, t->name) >=
 	    (int)sizeof(path))
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
@@ -313,7 +334,7 @@ static int read_record(struct hp *hp, const char *node, char **out)
 
 struct writes {
 	struct hp *hp;
-	const char *dir[6], *node[6], *value[6]; /* value NULL: remove */
+	const char *dir[8], *node[8], *value[8]; /* value NULL: remove */
 	int n;
 	bool clear_error;
 };
@@ -362,7 +383,8 @@ static int commit(struct hp *hp, struct writes *w)
 	return hp_xs_transaction(hp->xs, writes_txn, w, &hp->err);
 }
 
-/* ---- prepare ------------------------------------------------------------- */
+/* ---- device records --------------------------------------------------------
+ */
 
 /* The worker's control socket answers: it is running. */
 static bool worker_running(const struct target *t)
@@ -373,141 +395,98 @@ static bool worker_running(const struct target *t)
 	return run_ctl(t, args, &ignore) == 0;
 }
 
-static int detach_recorded(struct hp *hp, const struct target *t,
-			   const char *node);
-static int check_worker(struct hp *hp, const struct target *t, char *sock,
-			size_t size);
-
-/*
- * The recorded stage, if it is there and usable.  Fills *stage and
- * returns true; anything else (no record, a bad one, nbdfuse gone) is
- * false, with hp->err untouched.
- */
-static bool recorded_stage(struct hp *hp, const struct target *t,
-			   struct hp_dev *stage)
+/* The worker's NBD socket path. */
+static int nbd_sock_path(struct hp *hp, const struct target *t, char *sock,
+			 size_t size)
 {
-	struct bks_error saved = hp->err;
-	char *line = NULL;
-	bool ok;
-
-	ok = read_record(hp, NODE_STAGE, &line) == 0 &&
-	     hp_dev_parse(line, t->dir, stage, &hp->err) == 0 &&
-	     hp_dev_staged_ok(stage);
-	free(line);
-	hp->err = saved;
-	return ok;
-}
-
-/*
- * Stage the device's slow part (hp_dev_stage) unless a usable stage is
- * recorded already; with new_worker none is (its nbdfuse was connected to
- * the old worker's socket).  line gets the record to write, "" for none
- * (the mechanism needs no stage); *made tells whether a new stage was
- * started, which the caller must undo if it cannot record it.
- */
-static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
-			struct hp_dev *stage, bool *made, char *line,
-			size_t size)
-{
-	enum hp_dev_mech mech;
-	char sock[PATH_MAX];
-	int rc;
-
-	*made = false;
-	line[0] = '\0';
-	if (!new_worker && recorded_stage(hp, t, stage)) {
-		hp_dev_format(stage, line, size);
-		return 0;
-	}
-	/* A stage that died (or a bad record): clean up after it. */
-	rc = detach_recorded(hp, t, NODE_STAGE);
-	if (rc == 0)
-		rc = hp_dev_choose(&mech, &hp->err);
-	if (rc < 0 || mech != HP_DEV_LOOP)
-		return rc;
-	rc = check_worker(hp, t, sock, sizeof(sock));
-	if (rc == 0)
-		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
-	if (rc < 0)
-		return rc;
-	*made = true;
-	if (hp_dev_format(stage, line, size) < 0)
+	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size)
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"stage record too long");
+					"%s/nbd.sock: too long", t->dir);
 	return 0;
 }
 
-static int do_prepare(struct hp *hp, const struct target *t)
+/* The worker's NBD socket accepts connections. */
+static int check_worker(struct hp *hp, const struct target *t, char *sock,
+			size_t size)
 {
-	struct bks_chain_spec spec;
-	struct writes w = {.clear_error = true};
-	char *chain = NULL, line[PATH_MAX + 256];
-	struct hp_dev stage;
-	bool made = false, new_worker;
-	int rc;
+	int rc = nbd_sock_path(hp, t, sock, size);
 
-	rc = read_record(hp, "params", &chain);
-	if (rc < 0) {
-		bks_error_prepend(&hp->err, "the disk target: ");
-		goto out;
-	}
-	/* A bad chain is refused here, with its position, not later. */
-	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
 	if (rc < 0)
-		goto out;
-	bks_chain_spec_free(&spec);
-	new_worker = !worker_running(t);
-	if (new_worker) {
-		const char *args[] = {"create",	 "--name", t->name,
-				      "--chain", chain,	   NULL};
-
-		rc = run_ctl(t, args, &hp->err);
-		if (rc) {
-			rc = -EIO;
-			goto out;
-		}
-	}
-	rc = stage_device(hp, t, new_worker, &stage, &made, line, sizeof(line));
+		return rc;
+	rc = hp_dev_sock_probe(sock);
+	if (rc == -ENAMETOOLONG)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s: too long for a socket", sock);
 	if (rc < 0)
-		goto out;
-	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
-	if (line[0])
-		add_write(&w, records_dir(hp), NODE_STAGE, line);
-	rc = commit(hp, &w);
-out:
-	if (rc < 0 && made) {
-		/* Unrecorded, nobody else could ever stop it. */
-		struct bks_error ignore;
+		return bks_error_set(&hp->err, -rc,
+				     "worker %s is not serving (was prepare "
+				     "run? did the worker die?): connect %s",
+				     t->name, sock);
+	return 0;
+}
 
-		hp_dev_detach(&stage, &ignore);
-	}
-	free(chain);
+/* The disk's running worker (hp_worker_pid), or an error that says so. */
+static int find_worker(struct hp *hp, const struct target *t, pid_t *pid,
+		       unsigned long long *start)
+{
+	int rc = hp_worker_pid(t->dir, pid, start, &hp->err);
+
+	if (rc < 0)
+		bks_error_prepend(&hp->err,
+				  "worker %s is not serving (was prepare run? "
+				  "did the worker die?): ",
+				  t->name);
 	return rc;
 }
 
-int hp_act_prepare(struct hp *hp)
+/* The worker as a device record names it: "PID:STARTTIME". */
+static int worker_token(struct hp *hp, const struct target *t, char *tok,
+			size_t size)
 {
-	struct target t;
-	int rc = target_init(hp, &t);
+	unsigned long long start;
+	pid_t pid;
+	int rc = find_worker(hp, t, &pid, &start);
 
-	return rc < 0 ? rc : do_prepare(hp, &t);
+	if (rc == 0)
+		snprintf(tok, size, "%d:%llu", (int)pid, start);
+	return rc;
 }
 
-/* ---- devices: add, localattach, and their undo --------------------------- */
-
-/* Is the recorded device still the one we made (same node, a block device)? */
-static bool dev_alive(const struct hp_dev *dev)
+/*
+ * The record at node, parsed: 1, 0 if there is none, or -errno if it
+ * cannot be read or is bad (hp->err untouched either way).
+ */
+static int load_dev_record(struct hp *hp, const struct target *t,
+			   const char *node, struct hp_dev *dev)
 {
-	struct stat st;
+	struct bks_error saved = hp->err;
+	char *line = NULL;
+	int rc;
 
-	return stat(dev->path, &st) == 0 && S_ISBLK(st.st_mode) &&
-	       major(st.st_rdev) == dev->major &&
-	       minor(st.st_rdev) == dev->minor;
+	rc = read_record(hp, node, &line);
+	if (rc == 0)
+		rc = hp_dev_parse(line, t->dir, dev, &hp->err);
+	free(line);
+	hp->err = saved;
+	return rc == 0 ? 1 : rc == -ENOENT ? 0 : rc;
 }
 
-/* Detach the device recorded at node, and forget it.  Nothing: success. */
+/* The record at node, parsed: false if absent or bad (hp->err untouched). */
+static bool read_dev_record(struct hp *hp, const struct target *t,
+			    const char *node, struct hp_dev *dev)
+{
+	return load_dev_record(hp, t, node, dev) == 1;
+}
+
+/*
+ * Detach the device recorded at node, and forget it.  Nothing: success.
+ * With worker_dead (the device was made for a worker that died), a failed
+ * flush is expected, since nothing can take it: it is said on stderr and
+ * the record goes anyway (the teardown went on; whatever it could not
+ * free is swept as unrecorded later).
+ */
 static int detach_recorded(struct hp *hp, const struct target *t,
-			   const char *node)
+			   const char *node, bool worker_dead)
 {
 	struct writes w = {0};
 	struct hp_dev dev;
@@ -525,76 +504,257 @@ static int detach_recorded(struct hp *hp, const struct target *t,
 	if (rc == 0)
 		rc = hp_dev_detach(&dev, &hp->err);
 	free(line);
+	if (rc < 0 && worker_dead) {
+		fprintf(stderr,
+			"blkstack: %s: %s of a dead worker: %s; forgotten\n",
+			hp->action->name, node, hp->err.msg);
+		bks_error_clear(&hp->err);
+		rc = 0;
+	}
 	if (rc < 0)
 		return rc;
 	add_write(&w, records_dir(hp), node, NULL);
 	return commit(hp, &w);
 }
 
-/* The worker's NBD socket accepts connections. */
-static int check_worker(struct hp *hp, const struct target *t, char *sock,
-			size_t size)
+/*
+ * Free what a killed run of an action left in the disk's state without a
+ * record (an nbdfuse, a loop or kernel NBD device): since every action of
+ * one disk holds its lock, whatever no record names is nobody's.  Run by
+ * every action that makes or undoes a device, after its own records are
+ * settled.
+ */
+static int sweep_leftovers(struct hp *hp, const struct target *t)
 {
+	static const char *const nodes[] = {NODE_STAGE, NODE_DEV,
+					    NODE_LOCAL_DEV};
+	struct hp_dev recs[3];
+	const struct hp_dev *keep[3];
+	unsigned int found = 0;
+	char sock[PATH_MAX];
 	int rc;
 
-	if (snprintf(sock, size, "%s/nbd.sock", t->dir) >= (int)size)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s/nbd.sock: too long", t->dir);
-	rc = hp_dev_sock_probe(sock);
-	if (rc == -ENAMETOOLONG)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s: too long for a socket", sock);
+	rc = nbd_sock_path(hp, t, sock, sizeof(sock));
 	if (rc < 0)
-		return bks_error_set(&hp->err, -rc,
-				     "worker %s is not serving (was prepare "
-				     "run? did the worker die?): connect %s",
-				     t->name, sock);
+		return rc;
+	for (size_t i = 0; i < 3; i++)
+		keep[i] = read_dev_record(hp, t, nodes[i], &recs[i]) ? &recs[i]
+								     : NULL;
+	rc = hp_dev_sweep_unrecorded(t->dir, sock, keep, 3, &found, &hp->err);
+	if (found)
+		fprintf(stderr,
+			"blkstack: %s: freed %u unrecorded device(s) of "
+			"%s that an earlier run left\n",
+			hp->action->name, found, t->name);
+	return rc;
+}
+
+/* ---- prepare ------------------------------------------------------------- */
+
+/*
+ * Decide the dom0 mechanism and stage its slow part (hp_dev_stage), unless
+ * a usable stage is recorded already; with new_worker none is (a loop
+ * stage's nbdfuse was connected to the old worker's socket).  The
+ * mechanism is chosen here, where a modprobe may run, so that add (inside
+ * a migration's blackout) only uses it.  line gets the record to write;
+ * *made tells whether a new stage was started, which the caller must undo
+ * if it cannot record it.
+ */
+static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
+			struct hp_dev *stage, bool *made, char *line,
+			size_t size)
+{
+	enum hp_dev_mech mech;
+	char sock[PATH_MAX];
+	int rc;
+
+	*made = false;
+	line[0] = '\0';
+	if (!new_worker && read_dev_record(hp, t, NODE_STAGE, stage) &&
+	    (stage->mech == HP_DEV_NBD || hp_dev_staged_ok(stage))) {
+		hp_dev_format(stage, line, size);
+		return 0;
+	}
+	/*
+	 * A stage that died (or a bad record): clean up after it.  With a new
+	 * worker, the devices made for the old one are dead too: they go
+	 * first, while their loop devices still name the old stage's file.
+	 */
+	rc = 0;
+	if (new_worker) {
+		rc = detach_recorded(hp, t, NODE_DEV, true);
+		if (rc == 0)
+			rc = detach_recorded(hp, t, NODE_LOCAL_DEV, true);
+	}
+	if (rc == 0)
+		rc = detach_recorded(hp, t, NODE_STAGE, new_worker);
+	if (rc == 0)
+		rc = hp_dev_choose(&mech, &hp->err);
+	if (rc == 0)
+		rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
+	if (rc < 0)
+		return rc;
+	*made = stage->mech == HP_DEV_LOOP;
+	if (hp_dev_format(stage, line, size) < 0)
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"stage record too long");
 	return 0;
 }
 
 /*
- * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV), or reuse the
- * recorded one if it is still there.  With use_stage, a loop device goes
- * on prepare's stage when that is still usable (else a whole attach, as
- * without).  Fills dev and line.
+ * dom0's policy (hp-policy.h) on what the worker opened: checked after it
+ * started, on its descriptors, so that the check is about the files
+ * themselves and not about names that may have changed.
  */
-static int attach(struct hp *hp, const struct target *t, const char *node,
-		  bool use_stage, bool ro, struct hp_dev *dev, char *line,
-		  size_t size)
+static int check_images(struct hp *hp, const struct target *t)
 {
-	struct hp_dev stage;
-	enum hp_dev_mech mech;
-	char sock[PATH_MAX], *old = NULL;
+	struct hp_policy policy;
+	struct hp_usage *u = NULL;
+	unsigned long long start;
+	pid_t pid;
 	int rc;
 
-	rc = read_record(hp, node, &old);
-	if (rc == 0 && hp_dev_parse(old, t->dir, dev, &hp->err) == 0 &&
-	    dev_alive(dev)) {
-		/* Attached by an earlier run of this action. */
-		free(old);
+	rc = hp_policy_load(&policy, &hp->err);
+	if (rc < 0)
+		return rc;
+	u = calloc(1, sizeof(*u));
+	if (!u) {
+		rc = bks_error_set(&hp->err, ENOMEM, "prepare");
+		goto out;
+	}
+	rc = find_worker(hp, t, &pid, &start);
+	if (rc == 0)
+		rc = hp_worker_images(pid, t->dir, true, u, &hp->err);
+	if (rc == 0)
+		rc = hp_policy_check(&policy, pid, u, t->rundir, &hp->err);
+out:
+	free(u);
+	hp_policy_free(&policy);
+	return rc;
+}
+
+static int do_prepare(struct hp *hp, const struct target *t)
+{
+	struct bks_chain_spec spec;
+	struct writes w = {.clear_error = true};
+	char *chain = NULL, line[PATH_MAX + 256];
+	struct hp_dev stage;
+	bool made = false, new_worker = false;
+	int rc;
+
+	rc = read_record(hp, "params", &chain);
+	if (rc < 0) {
+		bks_error_prepend(&hp->err, "the disk target: ");
+		goto out;
+	}
+	/* A bad chain is refused here, with its position, not later. */
+	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
+	if (rc < 0)
+		goto out;
+	bks_chain_spec_free(&spec);
+	if (!worker_running(t)) {
+		const char *args[] = {"create",	 "--name", t->name,
+				      "--chain", chain,	   NULL};
+
+		rc = run_ctl(t, args, &hp->err);
+		if (rc) {
+			rc = -EIO;
+			goto out;
+		}
+		new_worker = true;
+	}
+	rc = check_images(hp, t);
+	if (rc == 0)
+		rc = sweep_leftovers(hp, t);
+	if (rc == 0)
+		rc = stage_device(hp, t, new_worker, &stage, &made, line,
+				  sizeof(line));
+	if (rc < 0)
+		goto out;
+	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
+	add_write(&w, records_dir(hp), NODE_STAGE, line);
+	rc = commit(hp, &w);
+out:
+	if (rc < 0 && made) {
+		/* Unrecorded, nobody else could ever stop it. */
+		struct bks_error ignore;
+
+		hp_dev_detach(&stage, &ignore);
+	}
+	if (rc < 0 && new_worker) {
+		/* prepare undoes itself: a worker it started goes too. */
+		const char *args[] = {"destroy", "--name", t->name, NULL};
+		struct bks_error ignore;
+
+		run_ctl(t, args, &ignore);
+	}
+	free(chain);
+	return rc;
+}
+
+int hp_act_prepare(struct hp *hp)
+{
+	struct target t;
+	int rc = target_init(hp, &t);
+
+	return rc < 0 ? rc : do_prepare(hp, &t);
+}
+
+/* ---- devices: add, localattach, and their undo --------------------------- */
+
+/*
+ * Attach a device for node (NODE_DEV or NODE_LOCAL_DEV) with the mechanism
+ * prepare recorded, or reuse the recorded device if it is still bound to
+ * this worker.  With use_stage, a loop device goes on prepare's stage when
+ * that is still usable (else a whole attach, as without).  Fills dev and
+ * line; *made tells whether the device is new (else it was reused).
+ * Nothing here forks or probes the host: add runs in the blackout.
+ */
+static int attach(struct hp *hp, const struct target *t, const char *node,
+		  bool use_stage, bool ro, struct hp_dev *dev, bool *made,
+		  char *line, size_t size)
+{
+	char sock[PATH_MAX], tok[sizeof(dev->worker)];
+	struct hp_dev stage;
+	bool have;
+	int rc;
+
+	*made = false;
+	rc = check_worker(hp, t, sock, sizeof(sock));
+	if (rc == 0)
+		rc = worker_token(hp, t, tok, sizeof(tok));
+	if (rc < 0)
+		return rc;
+	if (!read_dev_record(hp, t, NODE_STAGE, &stage))
+		return bks_error_setmsg(&hp->err, ENOENT,
+					"no device mechanism recorded for %s "
+					"(%s/%s): was prepare run?",
+					t->name, records_dir(hp), NODE_STAGE);
+	rc = load_dev_record(hp, t, node, dev);
+	have = rc == 1;
+	if (have && !strcmp(dev->worker, tok) && hp_dev_bound(dev, sock)) {
+		/* Attached by an earlier run of this action, and still good. */
 		hp_dev_format(dev, line, size);
 		return 0;
 	}
-	free(old);
-	if (rc == -ENOENT) {
-		bks_error_clear(&hp->err);
-	} else {
-		/* A record of a device that is gone: clean up after it. */
-		rc = detach_recorded(hp, t, node);
-		if (rc < 0)
-			return rc;
-	}
-	rc = check_worker(hp, t, sock, sizeof(sock));
+	/* A record of a device that is gone or stale: clean up after it. */
+	rc = rc == 0 ? 0
+		     : detach_recorded(hp, t, node,
+				       have && strcmp(dev->worker, tok));
 	if (rc == 0)
-		rc = hp_dev_choose(&mech, &hp->err);
+		rc = sweep_leftovers(hp, t);
 	if (rc < 0)
 		return rc;
-	if (use_stage && mech == HP_DEV_LOOP && recorded_stage(hp, t, &stage))
+	if (use_stage && stage.mech == HP_DEV_LOOP && hp_dev_staged_ok(&stage))
 		rc = hp_dev_attach_staged(&stage, ro, dev, &hp->err);
 	else
-		rc = hp_dev_attach(sock, t->dir, ro, mech, dev, &hp->err);
+		rc = hp_dev_attach(sock, t->dir, ro, stage.mech, dev, &hp->err);
 	if (rc < 0)
 		return rc;
+	*made = true;
+	snprintf(dev->worker, sizeof(dev->worker), "%s", tok);
 	if (hp_dev_format(dev, line, size) < 0) {
 		hp_dev_detach(dev, &hp->err);
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
@@ -678,15 +838,124 @@ static int disk_usage(struct hp *hp, const struct target *t, bool rw,
 	u->domid = frontend_domid(hp);
 	domain_vm(hp, u->domid, u->vm, sizeof(u->vm));
 	snprintf(u->backend, sizeof(u->backend), "%s", backend_dir(hp));
-	rc = hp_worker_pid(t->dir, &pid, &start, &hp->err);
-	if (rc < 0) {
-		bks_error_prepend(&hp->err,
-				  "worker %s is not serving (was prepare run? "
-				  "did the worker die?): ",
-				  t->name);
-		return rc;
+	rc = find_worker(hp, t, &pid, &start);
+	return rc < 0 ? rc : hp_worker_images(pid, t->dir, rw, u, &hp->err);
+}
+
+/* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */
+static bool id_ok(const char *s, const char *e, unsigned long max,
+		  unsigned long *out)
+{
+	unsigned long n = 0;
+
+	if (s == e || e - s > 10 || (*s == '0' && e - s > 1))
+		return false;
+	for (; s < e; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		n = n * 10 + (unsigned long)(*s - '0');
 	}
-	return hp_worker_images(pid, t->dir, rw, u, &hp->err);
+	*out = n;
+	return n <= max;
+}
+
+/* Read dir/node and compare it with want: 0, or -EINVAL with err set. */
+static int expect_node(struct hp *hp, const char *dir, const char *node,
+		       const char *want)
+{
+	char path[HP_PATH_BUF], *v = NULL;
+	int rc;
+
+	rc = hp_child_path(path, sizeof(path), dir, node, &hp->err);
+	if (rc == 0)
+		rc = hp_xs_read(hp->xs, XBT_NULL, path, &v, &hp->err);
+	if (rc == 0 && strcmp(v, want))
+		rc = bks_error_setmsg(&hp->err, EINVAL,
+				      "%s is '%.64s', not '%s': not this "
+				      "disk's backend",
+				      path, v, want);
+	free(v);
+	return rc;
+}
+
+/*
+ * The backend directory of add and remove (BACKEND_PATH in v2,
+ * XENBUS_PATH in v1) must be a vbd backend as libxl makes it, of the disk
+ * it names: ".../backend/vbd/DOMID/DEVID" (v2: "/local/domain/N/" in
+ * front; v1: relative, or the same absolute form), existing, whose
+ * frontend-id is DOMID and whose frontend is
+ * /local/domain/DOMID/device/vbd/DEVID; and in v2 the one this disk's
+ * first add served (blkstack-backend), if any.  Where that fails the
+ * directory is somebody else's, and failure reports stay out of it.
+ * Returns 0, or -EINVAL / -ENOENT with err set.
+ */
+static int check_backend(struct hp *hp)
+{
+	const char *be = backend_dir(hp), *p = be, *dom, *dev;
+	char want[96], *rec = NULL;
+	unsigned long domid, devid, bdom;
+	int rc;
+
+	if (be[0] == '/') {
+		if (strncmp(p, "/local/domain/", 14))
+			goto bad;
+		p += 14;
+		dom = strchr(p, '/');
+		if (!dom || !id_ok(p, dom, 0x7fef, &bdom))
+			goto bad;
+		p = dom + 1;
+	} else if (hp->env.iface == HP_IFACE_V2) {
+		goto bad;
+	}
+	if (strncmp(p, "backend/vbd/", 12))
+		goto bad;
+	dom = p + 12;
+	dev = strchr(dom, '/');
+	if (!dev || !id_ok(dom, dev, 0x7fef, &domid) ||
+	    !id_ok(dev + 1, dev + 1 + strlen(dev + 1), 0xfffffff, &devid))
+		goto bad;
+	rc = hp_xs_exists(hp->xs, XBT_NULL, be, &hp->err);
+	if (rc == 0)
+		rc = bks_error_setmsg(&hp->err, ENOENT,
+				      "backend directory %s does not exist "
+				      "(the toolstack makes it before add)",
+				      be);
+	if (rc < 0)
+		goto foreign;
+	snprintf(want, sizeof(want), "%lu", domid);
+	rc = expect_node(hp, be, "frontend-id", want);
+	if (rc < 0)
+		goto foreign;
+	snprintf(want, sizeof(want), "/local/domain/%lu/device/vbd/%lu", domid,
+		 devid);
+	rc = expect_node(hp, be, "frontend", want);
+	if (rc < 0)
+		goto foreign;
+	if (hp->env.iface != HP_IFACE_V2)
+		return 0;
+	rc = read_record(hp, NODE_BACKEND, &rec);
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		return 0;
+	}
+	if (rc == 0 && strcmp(rec, be))
+		rc =
+		    bks_error_setmsg(&hp->err, EINVAL,
+				     "this disk's backend is %.200s (its first "
+				     "add served it), not %s",
+				     rec, be);
+	free(rec);
+	if (rc == 0)
+		return 0;
+foreign:
+	hp->backend_foreign = true;
+	return rc;
+bad:
+	hp->backend_foreign = true;
+	return bks_error_setmsg(&hp->err, EINVAL,
+				"%s is not a vbd backend directory "
+				"(.../backend/vbd/DOMID/DEVID)",
+				be);
 }
 
 static int do_add(struct hp *hp, const struct target *t)
@@ -695,8 +964,8 @@ static int do_add(struct hp *hp, const struct target *t)
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
 	struct hp_usage *mine = NULL;
-	bool claimed = false, attached = false, rw;
-	struct hp_dev dev;
+	bool claimed = false, made = false, rw;
+	struct hp_dev dev = {0};
 	int rc;
 
 	mine = calloc(1, sizeof(*mine));
@@ -704,19 +973,24 @@ static int do_add(struct hp *hp, const struct target *t)
 		rc = bks_error_set(&hp->err, ENOMEM, "add");
 		goto out;
 	}
+	rc = check_backend(hp);
+	if (rc < 0)
+		goto out;
 	rw = !backend_read_only(hp);
 	rc = disk_usage(hp, t, rw, mine);
 	if (rc < 0)
 		goto out;
 	/* Checked and recorded at once, host-wide, before the device. */
 	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
+	if (rc == -EEXIST)
+		hp->backend_foreign = true;
 	if (rc < 0)
 		goto out;
 	claimed = true;
-	rc = attach(hp, t, NODE_DEV, true, !rw, &dev, line, sizeof(line));
+	rc =
+	    attach(hp, t, NODE_DEV, true, !rw, &dev, &made, line, sizeof(line));
 	if (rc < 0)
 		goto out;
-	attached = true;
 	/* As blkback parses it: "%x:%x". */
 	snprintf(physdev, sizeof(physdev), "%x:%x", dev.major, dev.minor);
 	add_write(&w, records_dir(hp), NODE_DEV, line);
@@ -724,6 +998,7 @@ static int do_add(struct hp *hp, const struct target *t)
 	if (hp->env.iface == HP_IFACE_V2) {
 		add_write(&w, backend, "params", dev.path);
 		add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
+		add_write(&w, records_dir(hp), NODE_BACKEND, backend);
 	} else {
 		add_write(&w, backend, "hotplug-status", "connected");
 	}
@@ -732,12 +1007,17 @@ static int do_add(struct hp *hp, const struct target *t)
 	/* One transaction, and nothing after it can fail. */
 	rc = commit(hp, &w);
 out:
-	if (rc < 0 && attached) {
+	/*
+	 * Undo only what this run made: a device an earlier add made (and
+	 * blkback may hold) stays, and so does its claim.
+	 */
+	if (rc < 0 && made) {
 		struct bks_error ignore;
 
 		hp_dev_detach(&dev, &ignore);
 	}
-	if (rc < 0 && claimed)
+	if (rc < 0 && claimed &&
+	    (made || load_dev_record(hp, t, NODE_DEV, &dev) == 0))
 		hp_share_release(t->rundir, t->name);
 	free(mine);
 	return rc;
@@ -764,7 +1044,6 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	const char *args[] = {"destroy", "--name", t->name, NULL};
 	struct writes w = {0};
 	struct bks_error first;
-	unsigned int swept = 0;
 	int rc, first_rc = 0;
 
 	/*
@@ -774,16 +1053,10 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	 * failed records stay).
 	 */
 	for (size_t i = 0; i < sizeof(nodes) / sizeof(*nodes); i++)
-		keep_first(hp, detach_recorded(hp, t, nodes[i]), &first_rc,
-			   &first);
+		keep_first(hp, detach_recorded(hp, t, nodes[i], false),
+			   &first_rc, &first);
 	/* Devices of attaches killed before they were recorded. */
-	keep_first(hp, hp_dev_sweep(t->dir, &swept, &hp->err), &first_rc,
-		   &first);
-	if (swept)
-		fprintf(stderr,
-			"blkstack: unprepare: freed %u unrecorded "
-			"device(s) in %s\n",
-			swept, t->dir);
+	keep_first(hp, sweep_leftovers(hp, t), &first_rc, &first);
 	hp_share_release(t->rundir, t->name);
 	if (run_ctl(t, args, &hp->err))
 		keep_first(hp, -EIO, &first_rc, &first);
@@ -792,9 +1065,15 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 		return first_rc;
 	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
+	if (hp->env.iface == HP_IFACE_V2)
+		add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
 	rc = commit(hp, &w);
-	if (rc == -ENOENT && hp->env.iface == HP_IFACE_V1) {
-		/* libxl may have removed the backend directory already. */
+	if (rc == -ENOENT) {
+		/*
+		 * The records directory is gone already (libxl removed the
+		 * backend directory in v1, or HOTPLUG_PATH in v2): nothing is
+		 * left to forget, and the host side is released above.
+		 */
 		bks_error_clear(&hp->err);
 		rc = 0;
 	}
@@ -809,7 +1088,7 @@ static int v1_remove(struct hp *hp, const struct target *t)
 	struct bks_error first;
 	int rc, rc2;
 
-	rc = detach_recorded(hp, t, NODE_DEV);
+	rc = detach_recorded(hp, t, NODE_DEV, false);
 	if (rc == 0)
 		hp_share_release(t->rundir, t->name);
 	first = hp->err;
@@ -861,9 +1140,16 @@ int hp_act_remove(struct hp *hp)
 		return rc;
 	if (hp->env.iface == HP_IFACE_V1)
 		return v1_remove(hp, &t);
-	rc = detach_recorded(hp, &t, NODE_DEV);
+	/* Only to keep a failure report out of a foreign backend. */
+	if (check_backend(hp) < 0)
+		bks_error_clear(&hp->err);
+	rc = detach_recorded(hp, &t, NODE_DEV, false);
 	if (rc == 0)
 		hp_share_release(t.rundir, t.name);
+	add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
+	/* A device a killed add made but did not record. */
+	if (rc == 0)
+		rc = sweep_leftovers(hp, &t);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 
@@ -873,18 +1159,19 @@ int hp_act_localattach(struct hp *hp)
 	struct writes w = {.clear_error = true};
 	struct hp_dev dev;
 	struct target t;
+	bool made;
 	int rc = target_init(hp, &t);
 
 	if (rc < 0)
 		return rc;
-	rc = attach(hp, &t, NODE_LOCAL_DEV, false, false, &dev, line,
+	rc = attach(hp, &t, NODE_LOCAL_DEV, false, false, &dev, &made, line,
 		    sizeof(line));
 	if (rc < 0)
 		return rc;
 	add_write(&w, records_dir(hp), NODE_LOCAL_DEV, line);
 	add_write(&w, hp->env.hotplug_path, "pdev", dev.path);
 	rc = commit(hp, &w);
-	if (rc < 0) {
+	if (rc < 0 && made) {
 		struct bks_error ignore;
 
 		hp_dev_detach(&dev, &ignore);
@@ -900,7 +1187,9 @@ int hp_act_localdetach(struct hp *hp)
 
 	if (rc < 0)
 		return rc;
-	rc = detach_recorded(hp, &t, NODE_LOCAL_DEV);
+	rc = detach_recorded(hp, &t, NODE_LOCAL_DEV, false);
+	if (rc == 0)
+		rc = sweep_leftovers(hp, &t);
 	return rc < 0 ? rc : commit(hp, &w);
 }
 

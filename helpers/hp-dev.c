@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "blkstack/endian.h"
+#include "hp-conf.h"
 #include "hp-dev.h"
 
 /* Where nbdfuse may live; PATH is never searched (we run as root). */
@@ -106,115 +107,34 @@ int hp_dev_mech_parse(const char *s, enum hp_dev_mech *out)
 	return 0;
 }
 
-/* Trim ASCII whitespace at both ends of [*s, *e). */
-static void trim(const char **s, const char **e)
-{
-	while (*s < *e && isspace((unsigned char)**s))
-		(*s)++;
-	while (*e > *s && isspace((unsigned char)(*e)[-1]))
-		(*e)--;
-}
-
 int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 		      bool *found, struct bks_error *err)
 {
-	const char *line = text;
-	unsigned int lineno = 0;
+	unsigned int lineno;
+	const char *v;
+	char val[16];
+	size_t len;
+	int ret;
 
-	*found = false;
-	while (*line) {
-		const char *end = strchrnul(line, '\n');
-		const char *next = *end ? end + 1 : end;
-		const char *k = line, *ke, *v, *ve = end;
-		char val[16];
-
-		lineno++;
-		trim(&k, &ve);
-		if (k == ve || *k == '#')
-			goto next;
-		ke = memchr(k, '=', (size_t)(ve - k));
-		if (!ke)
-			return bks_error_setmsg(err, EINVAL,
-						"%s:%u: expected key = value",
-						name, lineno);
-		v = ke + 1;
-		trim(&k, &ke);
-		trim(&v, &ve);
-		if ((size_t)(ke - k) != strlen("device") ||
-		    memcmp(k, "device", strlen("device")) != 0)
-			goto next; /* another module's key */
-		if (*found)
-			return bks_error_setmsg(err, EINVAL,
-						"%s:%u: device given twice",
-						name, lineno);
-		if ((size_t)(ve - v) >= sizeof(val))
-			return bks_error_setmsg(
-			    err, EINVAL,
-			    "%s:%u: unknown device mechanism (want auto, "
-			    "nbd or loop)",
-			    name, lineno);
-		memcpy(val, v, (size_t)(ve - v));
-		val[ve - v] = '\0';
-		if (hp_dev_mech_parse(val, out) < 0) {
-			bks_sanitize_line(val);
-			return bks_error_setmsg(
-			    err, EINVAL,
-			    "%s:%u: unknown device mechanism \"%s\" (want "
-			    "auto, nbd or loop)",
-			    name, lineno, val);
-		}
-		*found = true;
-	next:
-		line = next;
+	ret = hp_conf_find(text, name, "device", &v, &len, &lineno, found, err);
+	if (ret < 0 || !*found)
+		return ret;
+	if (len >= sizeof(val))
+		return bks_error_setmsg(err, EINVAL,
+					"%s:%u: unknown device mechanism (want "
+					"auto, nbd or loop)",
+					name, lineno);
+	memcpy(val, v, len);
+	val[len] = '\0';
+	if (hp_dev_mech_parse(val, out) < 0) {
+		bks_sanitize_line(val);
+		return bks_error_setmsg(
+		    err, EINVAL,
+		    "%s:%u: unknown device mechanism \"%s\" "
+		    "(want auto, nbd or loop)",
+		    name, lineno, val);
 	}
 	return 0;
-}
-
-/* Read a small file whole into a malloc'd string. */
-static int read_small_file(const char *path, char **out, size_t max,
-			   struct bks_error *err)
-{
-	char *buf = NULL;
-	size_t len = 0;
-	int fd, ret;
-
-	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return bks_error_set(err, errno, "open %s", path);
-	/* Zeroed, with a spare NUL: callers walk NUL-separated lists. */
-	buf = calloc(1, max + 2);
-	if (!buf) {
-		ret = bks_error_set(err, ENOMEM, "read %s", path);
-		goto out;
-	}
-	for (;;) {
-		ssize_t n = read(fd, buf + len, max - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ret = bks_error_set(err, errno, "read %s", path);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len == max) {
-			ret = bks_error_setmsg(err, EFBIG,
-					       "read %s: longer than %zu bytes",
-					       path, max);
-			goto out;
-		}
-	}
-	buf[len] = '\0';
-	*out = buf;
-	buf = NULL;
-	ret = 0;
-out:
-	free(buf);
-	close(fd);
-	return ret;
 }
 
 /* Where modprobe may live; PATH is never searched. */
@@ -270,7 +190,7 @@ static bool nbd_available(void)
 int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 {
 	const char *env = getenv("BLKSTACK_DEVICE");
-	const char *conf = getenv("BLKSTACK_CONF");
+	const char *conf;
 	enum hp_dev_mech mech = HP_DEV_AUTO;
 	char *text = NULL;
 	bool found;
@@ -290,19 +210,12 @@ int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 			    shown);
 		}
 	} else {
-		if (!conf || !*conf)
-			conf = HP_DEV_CONF;
-		ret = read_small_file(conf, &text, 65536, err);
-		if (ret == -ENOENT) {
-			bks_error_clear(err);
-		} else if (ret < 0) {
-			return ret;
-		} else {
+		ret = hp_conf_read(&text, &conf, err);
+		if (ret == 0)
 			ret = hp_dev_conf_parse(text, conf, &mech, &found, err);
-			free(text);
-			if (ret < 0)
-				return ret;
-		}
+		free(text);
+		if (ret < 0)
+			return ret;
 	}
 	if (mech == HP_DEV_AUTO)
 		mech = HP_DEV_AUTO_PREFERS_NBD && nbd_available() ? HP_DEV_NBD
@@ -323,6 +236,17 @@ static bool record_safe(const char *s)
 	return true;
 }
 
+/* "PID:STARTTIME", both decimal. */
+static bool worker_token_ok(const char *v, const char *ve)
+{
+	const char *colon = memchr(v, ':', (size_t)(ve - v));
+	bool digits = colon && colon > v && colon + 1 < ve && ve - v < 48;
+
+	for (const char *c = v; digits && c < ve; c++)
+		digits = c == colon || (*c >= '0' && *c <= '9');
+	return digits;
+}
+
 int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 {
 	int n;
@@ -331,12 +255,16 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 	    !record_safe(dev->path) || !record_safe(dev->fuse_dir) ||
 	    dev->fuse_pid < 0)
 		return -EINVAL;
+	if (dev->worker[0] &&
+	    !worker_token_ok(dev->worker, dev->worker + strlen(dev->worker)))
+		return -EINVAL;
 	n = snprintf(buf, size,
 		     "mech=%s path=%s major=%u minor=%u staged=%d fuse_pid=%d "
-		     "fuse_dir=%s",
+		     "fuse_dir=%s%s%s",
 		     hp_dev_mech_name(dev->mech), dev->path, dev->major,
 		     dev->minor, dev->staged ? 1 : 0, dev->fuse_pid,
-		     dev->fuse_dir);
+		     dev->fuse_dir, dev->worker[0] ? " worker=" : "",
+		     dev->worker);
 	if (n < 0 || (size_t)n >= size)
 		return -ENAMETOOLONG;
 	return n;
@@ -408,6 +336,7 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 {
 	const char *p = line, *v, *ve, *what = "mech";
 	size_t slen = strlen(state_dir);
+	bool has_worker;
 	unsigned long n;
 	struct hp_dev d;
 
@@ -459,7 +388,8 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		goto bad;
 	d.fuse_pid = (int)n;
 
-	if (!take_field(&p, what = "fuse_dir", true, &v, &ve))
+	has_worker = strstr(p, " worker=") != NULL;
+	if (!take_field(&p, what = "fuse_dir", !has_worker, &v, &ve))
 		goto bad;
 	if (v != ve) {
 		/* STATE_DIR/one-component, nothing else. */
@@ -469,6 +399,12 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		    (size_t)(ve - v) >= sizeof(d.fuse_dir))
 			goto bad;
 		memcpy(d.fuse_dir, v, (size_t)(ve - v));
+	}
+	if (has_worker) {
+		if (!take_field(&p, what = "worker", true, &v, &ve) ||
+		    !worker_token_ok(v, ve))
+			goto bad;
+		memcpy(d.worker, v, (size_t)(ve - v));
 	}
 	what = "fuse_pid";
 	if (d.mech == HP_DEV_NBD && (d.fuse_pid || d.fuse_dir[0]))
@@ -540,7 +476,7 @@ static int loop_backed_by(const char *path, const char *file,
 
 	snprintf(sys, sizeof(sys), "/sys/block/%s/loop/backing_file",
 		 dev_base(path));
-	ret = read_small_file(sys, &text, PATH_MAX + 32, err);
+	ret = hp_read_file(sys, &text, PATH_MAX + 32, err);
 	if (ret == -ENOENT) {
 		/* No loop/ directory: the device is not configured. */
 		bks_error_clear(err);
@@ -625,7 +561,8 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 		ret = bks_error_set(err, errno, "open /dev/null");
 		goto out;
 	}
-	logfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	/* New beside the new mountpoint: nothing may stand there already. */
+	logfd = open(log, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
 		     0600);
 	if (logfd < 0) {
 		ret = bks_error_set(err, errno, "create %s", log);
@@ -754,7 +691,7 @@ static int fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 	if (fd < 0)
 		return errno == ESRCH ? 0 : -errno;
 	snprintf(proc, sizeof(proc), "/proc/%d/cmdline", dev->fuse_pid);
-	if (read_small_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
+	if (hp_read_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
 		goto not_ours;
 	/* cmdline is NUL-separated; read_small_file stopped at the end. */
 	for (size_t i = 0; i < sizeof(nbdfuse_paths) / sizeof(*nbdfuse_paths);
@@ -937,8 +874,6 @@ out:
 #define NBD_HS_TIMEOUT_S 10
 /* How long detach's flush may take (libxl kills the script after 40 s). */
 #define NBD_FLUSH_TIMEOUT_S 15
-/* The backend identifier prefix that marks a device as ours. */
-#define NBD_BACKEND_PREFIX "blkstack:"
 
 static int nbd_detach(const struct hp_dev *dev, struct bks_error *err);
 
@@ -1220,7 +1155,8 @@ static int nbd_attach(const char *nbd_sock, bool ro, struct hp_dev *dev,
 		ret = bks_error_set(err, ENOMEM, "netlink message");
 		goto out;
 	}
-	snprintf(backend, sizeof(backend), NBD_BACKEND_PREFIX "%s", nbd_sock);
+	snprintf(backend, sizeof(backend), HP_DEV_NBD_BACKEND_PREFIX "%s",
+		 nbd_sock);
 	/*
 	 * No NBD_ATTR_INDEX: the kernel picks a free device (or makes one)
 	 * and says which in its reply.  TIMEOUT 0: no request timeout, since
@@ -1329,7 +1265,7 @@ static bool nbd_server_alive(char *backend)
 	int rc;
 
 	backend[strcspn(backend, "\n")] = '\0';
-	rc = hp_dev_sock_probe(backend + strlen(NBD_BACKEND_PREFIX));
+	rc = hp_dev_sock_probe(backend + strlen(HP_DEV_NBD_BACKEND_PREFIX));
 	return rc != -ECONNREFUSED && rc != -ENOENT;
 }
 
@@ -1391,9 +1327,9 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	if (access(sys, F_OK) < 0)
 		return 0; /* no such device, or not connected */
 	snprintf(sys, sizeof(sys), "/sys/block/nbd%lu/backend", index);
-	ret = read_small_file(sys, &backend, PATH_MAX + 32, err);
-	if (ret == 0 && strncmp(backend, NBD_BACKEND_PREFIX,
-				strlen(NBD_BACKEND_PREFIX)) != 0)
+	ret = hp_read_file(sys, &backend, PATH_MAX + 32, err);
+	if (ret == 0 && strncmp(backend, HP_DEV_NBD_BACKEND_PREFIX,
+				strlen(HP_DEV_NBD_BACKEND_PREFIX)) != 0)
 		goto out; /* somebody else's (ret is 0) */
 	if (ret < 0 && ret != -ENOENT)
 		goto out;
@@ -1444,12 +1380,12 @@ static int nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	}
 	ret = 0;
 	if (dead)
-		ret = bks_error_setmsg(err, EIO,
-				       "flush %s: its worker is gone (%s "
-				       "refuses connections); requests in "
-				       "flight failed",
-				       dev->path,
-				       backend + strlen(NBD_BACKEND_PREFIX));
+		ret = bks_error_setmsg(
+		    err, EIO,
+		    "flush %s: its worker is gone (%s "
+		    "refuses connections); requests in "
+		    "flight failed",
+		    dev->path, backend + strlen(HP_DEV_NBD_BACKEND_PREFIX));
 	else if (flush_rc == -ETIMEDOUT)
 		ret =
 		    bks_error_setmsg(err, EIO,
@@ -1722,14 +1658,50 @@ static void sweep_find_fuse(struct hp_dev *dev)
 	closedir(d);
 }
 
-int hp_dev_sweep(const char *state_dir, unsigned int *found,
-		 struct bks_error *err)
+/* Does any record in keep name this fuse_dir / this device node? */
+static bool kept_dir(const char *dir, const struct hp_dev *const *keep,
+		     size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] && !strcmp(keep[i]->fuse_dir, dir))
+			return true;
+	}
+	return false;
+}
+
+static bool kept_dev(const char *path, const struct hp_dev *const *keep,
+		     size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] && keep[i]->path[0] && !strcmp(keep[i]->path, path))
+			return true;
+	}
+	return false;
+}
+
+/* Keep the first failure in *ret / *err. */
+static void sweep_one(const struct hp_dev *dev, int *ret, struct bks_error *err,
+		      unsigned int *found)
+{
+	struct bks_error one;
+	int rc = hp_dev_detach(dev, &one);
+
+	if (rc < 0 && *ret == 0) {
+		*ret = rc;
+		*err = one;
+	}
+	(*found)++;
+}
+
+/* fuse-* mountpoints (and logs) in state_dir that no record names. */
+static int sweep_fuse_dirs(const char *state_dir,
+			   const struct hp_dev *const *keep, size_t n,
+			   unsigned int *found, struct bks_error *err)
 {
 	struct dirent *de;
 	DIR *d;
 	int ret = 0;
 
-	*found = 0;
 	d = opendir(state_dir);
 	if (!d) {
 		if (errno == ENOENT)
@@ -1738,10 +1710,8 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 	}
 	while ((de = readdir(d))) {
 		char file[PATH_MAX + 8];
-		struct bks_error one;
 		struct hp_dev dev;
 		struct stat st;
-		int rc;
 
 		memset(&dev, 0, sizeof(dev));
 		dev.mech = HP_DEV_LOOP;
@@ -1760,31 +1730,152 @@ int hp_dev_sweep(const char *state_dir, unsigned int *found,
 			if (errno != ENOTCONN)
 				continue;
 		} else if (!S_ISDIR(st.st_mode)) {
-			size_t n = strlen(dev.fuse_dir);
+			size_t len = strlen(dev.fuse_dir);
 
-			if (S_ISREG(st.st_mode) && n > 4 &&
-			    strcmp(dev.fuse_dir + n - 4, ".log") == 0) {
-				dev.fuse_dir[n - 4] = '\0';
+			if (S_ISREG(st.st_mode) && len > 4 &&
+			    strcmp(dev.fuse_dir + len - 4, ".log") == 0) {
+				dev.fuse_dir[len - 4] = '\0';
 				if (lstat(dev.fuse_dir, &st) < 0 &&
 				    errno == ENOENT) {
-					dev.fuse_dir[n - 4] = '.';
+					dev.fuse_dir[len - 4] = '.';
 					unlink(dev.fuse_dir);
 				}
 			}
 			continue;
 		}
+		if (kept_dir(dev.fuse_dir, keep, n))
+			continue;
 		snprintf(file, sizeof(file), "%s/nbd", dev.fuse_dir);
 		sweep_find_loop(file, &dev);
 		sweep_find_fuse(&dev);
-		rc = hp_dev_detach(&dev, &one);
-		if (rc < 0 && ret == 0) {
-			ret = rc;
-			*err = one;
-		}
-		(*found)++;
+		sweep_one(&dev, &ret, err, found);
 	}
 	closedir(d);
 	return ret;
+}
+
+/*
+ * Loop devices on a state_dir/fuse-*\/nbd file, and kernel NBD devices
+ * serving nbd_sock, that no record names.  A loop device is freed alone
+ * (as a staged one: its nbdfuse, if any, is a record's).
+ */
+static int sweep_devices(const char *state_dir, const char *nbd_sock,
+			 const struct hp_dev *const *keep, size_t n,
+			 unsigned int *found, struct bks_error *err)
+{
+	size_t slen = strlen(state_dir);
+	struct dirent *de;
+	int ret = 0;
+	DIR *d = opendir("/sys/block");
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		char sys[128], *text = NULL;
+		struct bks_error ignore;
+		struct hp_dev dev;
+		struct stat st;
+		bool loop = !strncmp(de->d_name, "loop", 4);
+		bool nbd = !strncmp(de->d_name, "nbd", 3);
+		size_t len;
+
+		if ((!loop && !nbd) || strlen(de->d_name) > 32)
+			continue;
+		memset(&dev, 0, sizeof(dev));
+		snprintf(dev.path, sizeof(dev.path), "/dev/%s", de->d_name);
+		if (kept_dev(dev.path, keep, n))
+			continue;
+		snprintf(sys, sizeof(sys), "/sys/block/%s/%s", de->d_name,
+			 loop ? "loop/backing_file" : "backend");
+		if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+			continue; /* not configured, or not ours to know */
+		len = strlen(text);
+		if (len && text[len - 1] == '\n')
+			text[--len] = '\0';
+		if (loop) {
+			/* STATE_DIR/fuse-XXXXXX/nbd */
+			char *slash =
+			    strchr(text + (len > slen ? slen + 1 : 0), '/');
+
+			if (len <= slen || strncmp(text, state_dir, slen) ||
+			    text[slen] != '/' ||
+			    strncmp(text + slen + 1, "fuse-", 5) || !slash ||
+			    strcmp(slash, "/nbd") ||
+			    (size_t)(slash - text) >= sizeof(dev.fuse_dir)) {
+				free(text);
+				continue;
+			}
+			dev.mech = HP_DEV_LOOP;
+			dev.staged = true;
+			memcpy(dev.fuse_dir, text, (size_t)(slash - text));
+		} else {
+			if (strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,
+				    strlen(HP_DEV_NBD_BACKEND_PREFIX)) ||
+			    strcmp(text + strlen(HP_DEV_NBD_BACKEND_PREFIX),
+				   nbd_sock)) {
+				free(text);
+				continue;
+			}
+			dev.mech = HP_DEV_NBD;
+		}
+		free(text);
+		if (stat(dev.path, &st) < 0 || !S_ISBLK(st.st_mode))
+			continue;
+		dev.major = major(st.st_rdev);
+		dev.minor = minor(st.st_rdev);
+		sweep_one(&dev, &ret, err, found);
+	}
+	closedir(d);
+	return ret;
+}
+
+int hp_dev_sweep_unrecorded(const char *state_dir, const char *nbd_sock,
+			    const struct hp_dev *const *keep, size_t n,
+			    unsigned int *found, struct bks_error *err)
+{
+	struct bks_error second;
+	int ret, rc;
+
+	*found = 0;
+	ret = sweep_fuse_dirs(state_dir, keep, n, found, err);
+	rc = sweep_devices(state_dir, nbd_sock, keep, n, found,
+			   ret < 0 ? &second : err);
+	return ret < 0 ? ret : rc;
+}
+
+bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
+{
+	char sys[128], file[PATH_MAX + 8], *text = NULL;
+	struct bks_error ignore;
+	struct stat st;
+	bool ok = false;
+	int pidfd;
+
+	if (!dev->path[0] || stat(dev->path, &st) < 0 || !S_ISBLK(st.st_mode) ||
+	    major(st.st_rdev) != dev->major || minor(st.st_rdev) != dev->minor)
+		return false;
+	if (dev->mech == HP_DEV_LOOP) {
+		snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
+		if (!dev->fuse_dir[0] ||
+		    loop_backed_by(dev->path, file, &ignore) != 1 ||
+		    fuse_check(dev, &pidfd, &ok) < 0 || !ok)
+			return false;
+		close(pidfd);
+		return true;
+	}
+	snprintf(sys, sizeof(sys), "/sys/block/%s/pid", dev_base(dev->path));
+	if (dev->mech != HP_DEV_NBD || access(sys, F_OK) < 0)
+		return false;
+	snprintf(sys, sizeof(sys), "/sys/block/%s/backend",
+		 dev_base(dev->path));
+	if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+		return true; /* a kernel without it: connected is all we know */
+	text[strcspn(text, "\n")] = '\0';
+	ok = !strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,
+		      strlen(HP_DEV_NBD_BACKEND_PREFIX)) &&
+	     !strcmp(text + strlen(HP_DEV_NBD_BACKEND_PREFIX), nbd_sock);
+	free(text);
+	return ok;
 }
 
 int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,

@@ -33,8 +33,11 @@ enum hp_dev_mech {
 	HP_DEV_LOOP
 };
 
-/* The configuration file hp_dev_choose() reads ($BLKSTACK_CONF overrides). */
-#define HP_DEV_CONF "/etc/blkstack.conf"
+/*
+ * The kernel NBD backend identifier (/sys/block/nbdN/backend) of a device
+ * blkstack made: this prefix and the worker's NBD socket path.
+ */
+#define HP_DEV_NBD_BACKEND_PREFIX "blkstack:"
 
 /* Longest line hp_dev_format() writes, including the NUL. */
 #define HP_DEV_LINE_MAX (PATH_MAX + 160)
@@ -48,6 +51,13 @@ struct hp_dev {
 	bool staged;		 /* nbdfuse belongs to a stage, not to us */
 	int fuse_pid;		 /* nbdfuse process, 0 if none */
 	char fuse_dir[PATH_MAX]; /* its mountpoint (under state_dir), or "" */
+	/*
+	 * The worker the device was made for, "PID:STARTTIME" (its start in
+	 * clock ticks, /proc/PID/stat field 22), or "" if not known.  Set by
+	 * the caller; hp-dev only keeps it in the record.  A device made for
+	 * an earlier worker of the disk is dead even if it still exists.
+	 */
+	char worker[48];
 };
 
 /*
@@ -150,21 +160,34 @@ int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
 int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err);
 
 /*
- * Free every device left in state_dir that no record names: a fuse-*
- * mountpoint (from an attach or a stage killed before it was recorded),
- * the loop device on its file and the nbdfuse serving it, each found by
- * what the kernel says (backing_file, /proc/PID/cmdline) and torn down as
- * hp_dev_detach() would.  For unprepare, after the records are detached:
- * everything in a disk's state directory is that disk's.  *found counts
- * what was swept.  Returns the first failure, after trying them all.
+ * Is the recorded device still the one that was made: the node is a block
+ * device of the record's major:minor, and it is still bound to what it was
+ * made on (a loop device: backed by fuse_dir/nbd, whose nbdfuse is ours
+ * and running; kernel NBD: connected, with blkstack's backend identifier
+ * for nbd_sock)?  Never fails: no means no.
  */
-int hp_dev_sweep(const char *state_dir, unsigned int *found,
-		 struct bks_error *err);
+bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock);
+
+/*
+ * Free what a killed action of this disk left without a record: every
+ * fuse-* mountpoint in state_dir (with the loop device on its file and the
+ * nbdfuse serving it, each found by what the kernel says: backing_file,
+ * /proc/PID/cmdline), every other loop device on a file there, and every
+ * kernel NBD device serving nbd_sock (its backend identifier), that none
+ * of the n records in keep names (NULL entries are skipped).  Each is torn
+ * down as hp_dev_detach() would.  With no records, this frees everything
+ * of the disk (unprepare).  *found counts them.  Returns the first
+ * failure, after trying them all.
+ */
+int hp_dev_sweep_unrecorded(const char *state_dir, const char *nbd_sock,
+			    const struct hp_dev *const *keep, size_t n,
+			    unsigned int *found, struct bks_error *err);
 
 /*
  * One line, "mech=loop path=/dev/loop3 major=7 minor=3 staged=0
- * fuse_pid=123 fuse_dir=/run/...", with every key, in that order (empty
- * values for what is not there yet).  Returns the length, or -ENAMETOOLONG if
+ * fuse_pid=123 fuse_dir=/run/... worker=PID:START", with every key, in
+ * that order (empty values for what is not there yet; no worker key when
+ * it is not known).  Returns the length, or -ENAMETOOLONG if
  * it does not fit, or -EINVAL if dev cannot be represented.
  */
 int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size);

@@ -215,6 +215,7 @@ int hp_worker_images(pid_t pid, const char *wdir, bool disk_rw,
 		img.dev = img.blk ? 0 : st.st_dev;
 		img.ino = img.blk ? st.st_rdev : st.st_ino;
 		img.rw = disk_rw && fd_writable(pid, de->d_name);
+		img.fd = atoi(de->d_name);
 		/* For messages only: a long name is cut. */
 		memcpy(img.path, target, strnlen(target, sizeof(img.path) - 1));
 		for (i = 0; i < u->n; i++) {
@@ -351,7 +352,7 @@ static int may_share(const struct hp_usage *mine, const struct hp_usage *other,
 		     const char *other_name, struct bks_error *err)
 {
 	if (!strcmp(mine->backend, other->backend))
-		return bks_error_setmsg(err, EBUSY,
+		return bks_error_setmsg(err, EEXIST,
 					"backend %s is already served by "
 					"another disk (worker %s)",
 					mine->backend, other_name);
@@ -384,19 +385,28 @@ static int may_share(const struct hp_usage *mine, const struct hp_usage *other,
 static int check_others(const char *rundir, const char *name,
 			const struct hp_usage *mine, struct bks_error *err)
 {
-	static char text[USAGE_MAX];
 	size_t slen = strlen(USAGE_SUFFIX);
+	struct hp_usage *u = NULL;
 	struct dirent *de;
+	char *text = NULL;
+	DIR *d = NULL;
 	int ret = 0;
-	DIR *d = opendir(rundir);
 
-	if (!d)
-		return bks_error_set(err, errno, "open %s", rundir);
+	text = malloc(USAGE_MAX);
+	u = malloc(sizeof(*u));
+	if (!text || !u) {
+		ret = bks_error_set(err, ENOMEM, "check sharing in %s", rundir);
+		goto out;
+	}
+	d = opendir(rundir);
+	if (!d) {
+		ret = bks_error_set(err, errno, "open %s", rundir);
+		goto out;
+	}
 	while (ret == 0 && (de = readdir(d))) {
 		char other[WORKER_NAME_MAX + 1], path[PATH_MAX + 96];
 		size_t len = strlen(de->d_name);
 		unsigned long long start;
-		struct hp_usage u;
 		pid_t pid;
 		int n;
 
@@ -414,10 +424,10 @@ static int check_others(const char *rundir, const char *name,
 			continue; /* its worker is gone: nothing in use */
 		}
 		snprintf(path, sizeof(path), "%s/%s", rundir, de->d_name);
-		n = read_text(path, text, sizeof(text));
+		n = read_text(path, text, USAGE_MAX);
 		if (n == -ENOENT)
 			continue;
-		if (n < 0 || hp_usage_parse(text, &u) < 0) {
+		if (n < 0 || hp_usage_parse(text, u) < 0) {
 			ret = bks_error_setmsg(err, EINVAL,
 					       "the usage record %s of a live "
 					       "disk is unreadable; refusing "
@@ -425,9 +435,13 @@ static int check_others(const char *rundir, const char *name,
 					       path);
 			break;
 		}
-		ret = may_share(mine, &u, other, err);
+		ret = may_share(mine, u, other, err);
 	}
-	closedir(d);
+out:
+	if (d)
+		closedir(d);
+	free(text);
+	free(u);
 	return ret;
 }
 
@@ -435,24 +449,32 @@ static int check_others(const char *rundir, const char *name,
 static int write_record(const char *rundir, const char *name,
 			const struct hp_usage *u, struct bks_error *err)
 {
-	static char text[USAGE_MAX];
-	char path[PATH_MAX + 96], tmp[PATH_MAX + 96];
+	char path[PATH_MAX + 96], tmp[PATH_MAX + 96], *text = NULL;
 	int fd = -1, len, ret = 0;
 
 	snprintf(path, sizeof(path), "%s/%s" USAGE_SUFFIX, rundir, name);
 	snprintf(tmp, sizeof(tmp), "%s/%s" USAGE_TMP_SUFFIX, rundir, name);
-	len = hp_usage_format(u, text, sizeof(text));
-	if (len < 0)
-		return bks_error_setmsg(
-		    err, -len, "usage record of %s: %s", name,
-		    len == -EINVAL ? "bad path" : "too long");
+	text = malloc(USAGE_MAX);
+	if (!text)
+		return bks_error_set(err, ENOMEM, "write %s", path);
+	len = hp_usage_format(u, text, USAGE_MAX);
+	if (len < 0) {
+		ret =
+		    bks_error_setmsg(err, -len, "usage record of %s: %s", name,
+				     len == -EINVAL ? "bad path" : "too long");
+		goto out;
+	}
 	/* A temporary a killed run left (we hold the disk's lock). */
-	if (unlink(tmp) < 0 && errno != ENOENT)
-		return bks_error_set(err, errno, "remove %s", tmp);
+	if (unlink(tmp) < 0 && errno != ENOENT) {
+		ret = bks_error_set(err, errno, "remove %s", tmp);
+		goto out;
+	}
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 		  0600);
-	if (fd < 0)
-		return bks_error_set(err, errno, "create %s", tmp);
+	if (fd < 0) {
+		ret = bks_error_set(err, errno, "create %s", tmp);
+		goto out;
+	}
 	if (write(fd, text, (size_t)len) != len) {
 		ret = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
 		goto out;
@@ -460,9 +482,11 @@ static int write_record(const char *rundir, const char *name,
 	if (rename(tmp, path) < 0)
 		ret = bks_error_set(err, errno, "rename %s", tmp);
 out:
-	close(fd);
-	if (ret < 0)
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0 && fd >= 0)
 		unlink(tmp);
+	free(text);
 	return ret;
 }
 

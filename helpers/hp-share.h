@@ -37,6 +37,7 @@ struct hp_image {
 	unsigned long long dev, ino;
 	bool rw; /* the disk may write it */
 	bool blk;
+	int fd;		/* the worker's descriptor on it (/proc/PID/fd/FD) */
 	char path[256]; /* as the kernel names the open file, for messages */
 };
 
@@ -70,10 +71,10 @@ int hp_worker_images(pid_t pid, const char *wdir, bool disk_rw,
 		     struct hp_usage *u, struct bks_error *err);
 
 /*
- * Under RUNDIR/sharing.lock: refuse (-EBUSY, err says whose) if another
- * added disk of this host, whose worker is alive, serves the same backend
- * or uses one of mine's images against the rule above; else write
- * RUNDIR/NAME.attached.  A malformed record of a live disk is refused
+ * Under RUNDIR/sharing.lock: refuse if another added disk of this host,
+ * whose worker is alive, serves the same backend (-EEXIST) or uses one of
+ * mine's images against the rule above (-EBUSY), err saying whose; else
+ * write RUNDIR/NAME.attached.  A malformed record of a live disk is refused
  * too (-EINVAL): the check fails closed.  Returns 0 or -errno.
  */
 int hp_share_claim(const char *rundir, const char *name,

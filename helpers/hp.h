@@ -21,6 +21,11 @@ struct hp {
 	struct xs_handle *xs; /* NULL until connected */
 	struct bks_error err;
 	int lock_fd; /* per-device lock, -1 until taken */
+	/*
+	 * The backend directory turned out not to be this disk's (another
+	 * disk's, or inconsistent): failure reports stay out of it.
+	 */
+	bool backend_foreign;
 };
 
 /*

@@ -10,8 +10,17 @@
  * quiesced.  Replies go out in the order of the commands: a connection
  * waiting for its pause reads no further command meanwhile.
  *
+ * Limits: a connection that neither sends nor takes a byte for the idle
+ * timeout (CTL_IDLE_TIMEOUT_MS; not while it waits for a pause) is
+ * closed, and when the table is full a newcomer is not refused: the
+ * connection idle longest is evicted to make room (ctl_evict()).  The
+ * toolstack's own commands (info, shutdown for `blkstack-ctl destroy`,
+ * pause) come on a fresh connection and are answered in one go, so they
+ * are never starved by connections that idle.
+ *
  * Lifetimes: connections are freed only from their own watch callback,
- * from the `kick` deferred call, or by worker_ctl_free() -- never from
+ * from their idle timer, from the `kick` deferred call, from the
+ * accept callback (eviction), or by worker_ctl_free() -- never from
  * the pause callback, which may run inside worker_pause() or
  * worker_unpause() while a command of some connection is being handled.
  * The pause callback's argument is the ctl, which outlives every
@@ -38,8 +47,17 @@
 
 /* Longest command line, newline included; longer ones close the link. */
 #define CTL_LINE_MAX 4096
-/* Most control connections at once (the socket is for tools, not crowds). */
+/*
+ * Most control connections at once (the socket is for tools, not crowds).
+ * A newcomer to a full table evicts the connection idle longest.
+ */
 #define CTL_MAX_CONNS 64
+/*
+ * A connection that sends nothing and takes nothing of its replies for
+ * this long is closed: an idle tool, or one that never reads.  Waiting
+ * for a `pause` is not idleness.  --timeouts may shorten it (tests).
+ */
+#define CTL_IDLE_TIMEOUT_MS 30000u
 /* Largest output buffer of a connection. */
 #define CTL_OUT_MAX (1u << 20)
 /*
@@ -61,6 +79,8 @@ struct ctl_conn {
 	int fd;
 	uid_t uid;
 	struct bks_watch watch;
+	struct bks_timer idle; /* the idle timeout */
+	uint64_t active_ns;    /* last byte in or out */
 	char in[CTL_LINE_MAX];
 	size_t in_len;
 	struct json_writer out;
@@ -83,6 +103,9 @@ struct worker_ctl {
 	unsigned int nconns;
 	bool pause_pending; /* our waiter is registered with worker_pause() */
 	struct bks_extent *extents; /* CTL_DIRTY_MAX, for `dirty` */
+	uint64_t idle_ns;	    /* the idle timeout */
+	/* Counters for `stats`. */
+	uint64_t accepted, refused, evicted, timed_out;
 };
 
 /* ---- output -------------------------------------------------------------- */
@@ -172,6 +195,7 @@ static void conn_flush(struct ctl_conn *c)
 			break;
 		}
 		c->out_off += (size_t)n;
+		c->active_ns = bks_now_ns();
 	}
 	if (c->out_off == json_len(&c->out) || c->gone) {
 		json_reset(&c->out);
@@ -199,6 +223,7 @@ static void conn_free(struct ctl_conn *c)
 	struct worker_ctl *ctl = c->ctl;
 
 	bks_watch_del(&c->watch);
+	bks_timer_cancel(&c->idle);
 	close(c->fd);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -361,6 +386,25 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "in_flight", ns.in_flight);
 	json_kv_u64(j, "held", ns.held);
 	json_kv_u64(j, "holding", ns.holding);
+	json_obj_end(j);
+
+	/* The connection limits of both sockets (docs: "Connection limits"). */
+	json_key(j, "limits");
+	json_obj_begin(j);
+	json_key(j, "nbd");
+	json_obj_begin(j);
+	json_kv_u64(j, "evicted", ns.evicted);
+	json_kv_u64(j, "timed_out", ns.timed_out);
+	json_kv_u64(j, "buffer_bytes", ns.buffer_bytes);
+	json_obj_end(j);
+	json_key(j, "control");
+	json_obj_begin(j);
+	json_kv_u64(j, "connections", c->ctl->nconns);
+	json_kv_u64(j, "connections_total", c->ctl->accepted);
+	json_kv_u64(j, "refused", c->ctl->refused);
+	json_kv_u64(j, "evicted", c->ctl->evicted);
+	json_kv_u64(j, "timed_out", c->ctl->timed_out);
+	json_obj_end(j);
 	json_obj_end(j);
 
 	json_key(j, "chain");
@@ -759,6 +803,7 @@ static void conn_read(struct ctl_conn *c)
 			 MSG_DONTWAIT);
 		if (n > 0) {
 			c->in_len += (size_t)n;
+			c->active_ns = bks_now_ns();
 			continue;
 		}
 		if (n == 0) {
@@ -838,6 +883,87 @@ refuse(struct worker_ctl *ctl, int fd, const char *fmt, ...)
 	close(fd);
 }
 
+/*
+ * Log the 1st, 2nd, 4th, 8th... of a kind of event: a flood of
+ * connections must not become a flood of log lines.
+ */
+static bool log_this(uint64_t n)
+{
+	return (n & (n - 1)) == 0;
+}
+
+/* The idle timeout: rechecked when it fires, not moved on every byte. */
+static void conn_idle(struct bks_timer *t)
+{
+	struct ctl_conn *c = t->opaque;
+	struct worker_ctl *ctl = c->ctl;
+	uint64_t now = bks_now_ns();
+	uint64_t idle = now > c->active_ns ? now - c->active_ns : 0;
+
+	if (c->pause_wait) {
+		/* Waiting for the worker, not idle: count from the reply. */
+		c->active_ns = now;
+		bks_timer_arm(&c->idle, ctl->idle_ns);
+		return;
+	}
+	if (idle < ctl->idle_ns) {
+		bks_timer_arm(&c->idle, ctl->idle_ns - idle);
+		return;
+	}
+	ctl->timed_out++;
+	if (log_this(ctl->timed_out))
+		worker_log(ctl->w, LOG_INFO,
+			   "control: closed a connection idle for %llu ms "
+			   "(uid %u; %llu so far)",
+			   (unsigned long long)(idle / 1000000u),
+			   (unsigned int)c->uid,
+			   (unsigned long long)ctl->timed_out);
+	conn_free(c);
+}
+
+/*
+ * The table is full: free the connection that should go first to make
+ * room for a newcomer, and return true; false if none may go.  Never one
+ * waiting for a pause (its reply is the worker's own business) or one
+ * whose pause reply is queued.  Idle ones first (nothing half received,
+ * no reply waiting), then the others; the longest idle first in each:
+ * the toolstack's own connection is the newest and sends its command at
+ * once, so a flood of idlers evicts only itself.
+ */
+static bool ctl_evict(struct worker_ctl *ctl)
+{
+	struct ctl_conn *victim = NULL;
+	bool victim_clean = false;
+
+	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
+		bool clean = c->in_len == 0 && out_pending(c) == 0;
+
+		if (c->pause_wait || c->kick)
+			continue;
+		if (!victim || (clean && !victim_clean) ||
+		    (clean == victim_clean &&
+		     c->active_ns < victim->active_ns)) {
+			victim = c;
+			victim_clean = clean;
+		}
+	}
+	if (!victim)
+		return false;
+	ctl->evicted++;
+	if (log_this(ctl->evicted))
+		worker_log(
+		    ctl->w, LOG_INFO,
+		    "control: %d connections open: evicted one idle "
+		    "for %llu ms (uid %u; %llu so far)",
+		    CTL_MAX_CONNS,
+		    (unsigned long long)((bks_now_ns() - victim->active_ns) /
+					 1000000u),
+		    (unsigned int)victim->uid,
+		    (unsigned long long)ctl->evicted);
+	conn_free(victim);
+	return true;
+}
+
 static void conn_new(struct worker_ctl *ctl, int fd)
 {
 	struct ucred cred;
@@ -862,9 +988,11 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 		       (unsigned int)cred.uid);
 		return;
 	}
-	if (ctl->nconns >= CTL_MAX_CONNS) {
+	if (ctl->nconns >= CTL_MAX_CONNS && !ctl_evict(ctl)) {
+		ctl->refused++;
 		worker_log(ctl->w, LOG_WARNING,
-			   "control: refused a connection: %d already open",
+			   "control: refused a connection: %d already open, "
+			   "none idle",
 			   CTL_MAX_CONNS);
 		refuse(ctl, fd, "too many control connections (%d)",
 		       CTL_MAX_CONNS);
@@ -879,6 +1007,8 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 	c->ctl = ctl;
 	c->fd = fd;
 	c->uid = cred.uid;
+	c->active_ns = bks_now_ns();
+	bks_timer_init(ctl->w->loop, &c->idle, conn_idle, c);
 	json_writer_init(&c->out, CTL_OUT_MAX);
 	rc = bks_watch_add(ctl->w->loop, &c->watch, fd, EPOLLIN | EPOLLRDHUP,
 			   conn_event, c);
@@ -894,6 +1024,8 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 		ctl->conns->prev = c;
 	ctl->conns = c;
 	ctl->nconns++;
+	ctl->accepted++;
+	bks_timer_arm(&c->idle, ctl->idle_ns);
 }
 
 static void accept_retry(struct bks_timer *t)
@@ -949,6 +1081,9 @@ int worker_ctl_new(struct worker_ctl **out, struct worker *w, int listen_fd,
 	}
 	ctl->w = w;
 	ctl->listen_fd = listen_fd;
+	ctl->idle_ns =
+	    (uint64_t)(w->ctl_idle_ms ? w->ctl_idle_ms : CTL_IDLE_TIMEOUT_MS) *
+	    1000000u;
 	bks_timer_init(w->loop, &ctl->accept_retry, accept_retry, ctl);
 	bks_defer_init(w->loop, &ctl->kick, ctl_kick, ctl);
 	bks_defer_init(w->loop, &ctl->shutdown, ctl_do_shutdown, ctl);

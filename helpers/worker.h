@@ -47,6 +47,8 @@ struct worker {
 	char dir[PATH_MAX]; /* RUNDIR/NAME: pid, nbd.sock, ctl.sock */
 	bool read_only;
 	bool foreground; /* log to stderr, not syslog */
+	unsigned int
+	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */
 
 	/* Runtime. */
 	struct bks_loop *loop;

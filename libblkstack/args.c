@@ -1,40 +1,132 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Shared argument parsing for drivers: see include/blkstack/driver.h. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "blkstack/driver.h"
 
-int bks_args_next(const char **cursor, char *key, size_t keysize, char *value,
-		  size_t valuesize, struct bks_error *err)
+/* The option at p, up to the next ',' or the end: its length. */
+static size_t option_len(const char *p)
 {
-	const char *p = *cursor, *end, *eq;
-	size_t klen, vlen;
+	const char *comma = strchr(p, ',');
 
-	if (!p || !*p)
+	return comma ? (size_t)(comma - p) : strlen(p);
+}
+
+/* Refuse the current option: what is wrong, then the usage. */
+static int refuse(const struct bks_args *a, struct bks_error *err,
+		  const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int refuse(const struct bks_args *a, struct bks_error *err,
+		  const char *fmt, ...)
+{
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	return bks_error_setmsg(err, EINVAL, "%s; usage: %s", why, a->usage);
+}
+
+void bks_args_init(struct bks_args *a, const char *text,
+		   const char *const *keys, const char *usage)
+{
+	memset(a, 0, sizeof(*a));
+	a->text = text ? text : "";
+	a->keys = keys;
+	a->usage = usage;
+	a->pos = *a->text ? a->text : NULL;
+}
+
+int bks_args_next(struct bks_args *a, struct bks_error *err)
+{
+	const char *p = a->pos, *eq;
+	size_t len, klen, vlen;
+	unsigned int i;
+
+	if (!p)
 		return 0;
-	end = strchr(p, ',');
-	if (!end)
-		end = p + strlen(p);
-	eq = memchr(p, '=', (size_t)(end - p));
-	klen = (size_t)((eq ? eq : end) - p);
-	vlen = eq ? (size_t)(end - eq - 1) : 0;
+	a->n++;
+	len = option_len(p);
+	a->pos = p[len] ? p + len + 1 : NULL;
+	if (len == 0)
+		return refuse(a, err, "option %u is empty (%s)", a->n,
+			      p == a->text ? "a leading ','"
+			      : !p[0]	   ? "a trailing ','"
+					   : "',,'");
+	eq = memchr(p, '=', len);
+	klen = eq ? (size_t)(eq - p) : len;
 	if (klen == 0)
-		return bks_error_setmsg(err, EINVAL,
-					"empty option name at '%.*s'",
-					(int)(end - p), p);
-	if (klen >= keysize || vlen >= valuesize)
-		return bks_error_setmsg(err, EINVAL,
-					"option '%.*s' is too long",
-					(int)(klen < 64 ? klen : 64), p);
-	memcpy(key, p, klen);
-	key[klen] = '\0';
-	if (eq)
-		memcpy(value, eq + 1, vlen);
-	value[vlen] = '\0';
-	*cursor = *end ? end + 1 : end;
+		return refuse(a, err,
+			      "option %u has no name before '=' ('%.*s')", a->n,
+			      (int)(len < 64 ? len : 64), p);
+	if (klen >= sizeof(a->key))
+		return refuse(a, err,
+			      "option %u: name '%.*s...' is longer than %zu "
+			      "bytes",
+			      a->n, 32, p, sizeof(a->key) - 1);
+	memcpy(a->key, p, klen);
+	a->key[klen] = '\0';
+	for (i = 0; a->keys[i]; i++) {
+		if (strcmp(a->keys[i], a->key) == 0)
+			break;
+	}
+	if (!a->keys[i] || i >= BKS_ARGS_MAX_KEYS)
+		return refuse(a, err, "unknown option '%s'", a->key);
+	if (!eq)
+		return refuse(a, err, "option '%s' has no value (%s=...)",
+			      a->key, a->key);
+	vlen = len - klen - 1;
+	if (vlen == 0)
+		return refuse(a, err, "option '%s' has an empty value", a->key);
+	if (vlen >= sizeof(a->value))
+		return refuse(
+		    a, err, "option '%s': the value is %zu bytes; at most %zu",
+		    a->key, vlen, sizeof(a->value) - 1);
+	if (a->seen[i]) {
+		const char *first = a->seen[i];
+
+		return refuse(
+		    a, err, "option '%s' is given twice: '%.*s', then '%.*s'",
+		    a->key, (int)option_len(first), first, (int)len, p);
+	}
+	a->seen[i] = p;
+	memcpy(a->value, eq + 1, vlen);
+	a->value[vlen] = '\0';
+	a->index = i;
 	return 1;
+}
+
+int bks_args_bad_value(const struct bks_args *a, struct bks_error *err,
+		       const char *fmt, ...)
+{
+	char why[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	return refuse(a, err, "option '%s': '%s' %s", a->key, a->value, why);
+}
+
+int bks_args_size(const struct bks_args *a, uint64_t *out,
+		  struct bks_error *err)
+{
+	int rc = bks_parse_size(a->value, out);
+
+	if (rc == -ERANGE)
+		return bks_args_bad_value(a, err,
+					  "is too large (more than "
+					  "2^64 - 1 bytes)");
+	if (rc < 0)
+		return bks_args_bad_value(a, err,
+					  "is not a size (a number of bytes "
+					  "with an optional K, M, G or T)");
+	return 0;
 }
 
 int bks_parse_size(const char *s, uint64_t *out)

@@ -3,7 +3,10 @@
  * The chain parser: the only code that reads chain strings.  The grammar
  * is in include/blkstack/chain.h.  Chain strings come from xenstore and
  * command lines, so they are untrusted: every byte is checked, and every
- * refusal names the offset, the layer and the reason.
+ * refusal names the offset, the layer and the reason.  Each layer's args
+ * are checked too: a path driver's path must be absolute, and a driver
+ * with a check op checks its options here, so that a chain that parses
+ * is one whose drivers accept their args.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -72,13 +75,6 @@ static int parse_args(const char *s, size_t len, size_t *pos,
 	while (p < len && s[p] != '|') {
 		char c = s[p];
 
-		if (c == '\0') {
-			rc = bks_error_setmsg(err, EINVAL,
-					      "chain: layer %u at offset %zu: "
-					      "NUL byte",
-					      layer, p);
-			goto out;
-		}
 		if (control_char(c)) {
 			rc = bks_error_setmsg(err, EINVAL,
 					      "chain: layer %u at offset %zu: "
@@ -113,6 +109,26 @@ out:
 	return rc;
 }
 
+/*
+ * The driver's rules for its args: a path driver's path is there and
+ * absolute, and the driver's own check (its options) passes.
+ */
+static int check_args(const struct bks_layer_spec *ls, struct bks_error *err)
+{
+	const struct bks_driver *d = ls->driver;
+
+	if (d->args_path && !ls->args[0])
+		return bks_error_setmsg(err, EINVAL, "missing path; usage: %s",
+					d->usage);
+	if (d->args_path && ls->args[0] != '/')
+		return bks_error_setmsg(err, EINVAL,
+					"path '%s' must be an absolute path "
+					"(a relative one would depend on the "
+					"directory of whoever opens it)",
+					ls->args);
+	return d->check ? d->check(ls->args, err) : 0;
+}
+
 /* Parse one layer starting at s[*pos] into spec->layers[spec->n]. */
 static int parse_layer(const char *s, size_t len, size_t *pos,
 		       struct bks_chain_spec *spec, struct bks_error *err)
@@ -139,12 +155,6 @@ static int parse_layer(const char *s, size_t len, size_t *pos,
 					layer, start, (int)nlen, s + start);
 	}
 	if (s[p] != ':') {
-		if (s[p] == '\0')
-			return bks_error_setmsg(
-			    err, EINVAL,
-			    "chain: layer %u at offset %zu: "
-			    "NUL byte",
-			    layer, p);
 		return bks_error_setmsg(err, EINVAL,
 					"chain: layer %u at offset %zu: "
 					"character %s is not allowed in a "
@@ -174,6 +184,15 @@ static int parse_layer(const char *s, size_t len, size_t *pos,
 	rc = parse_args(s, len, &p, layer, &ls->args, err);
 	if (rc < 0)
 		return rc;
+	rc = check_args(ls, err);
+	if (rc < 0) {
+		bks_error_prepend(err,
+				  "chain: layer %u (%s) at offset %zu: ", layer,
+				  ls->driver->name, start);
+		free(ls->args);
+		ls->args = NULL;
+		return rc;
+	}
 	spec->n++;
 	*pos = p;
 	return 0;
@@ -207,6 +226,7 @@ static int check_kinds(const struct bks_chain_spec *spec, struct bks_error *err)
 int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 		    struct bks_error *err)
 {
+	const char *nul;
 	size_t pos = 0;
 	int rc = 0;
 
@@ -217,6 +237,12 @@ int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 		return bks_error_setmsg(err, ENAMETOOLONG,
 					"chain: %zu bytes long; at most %d",
 					len, BKS_CHAIN_STR_MAX);
+	/* First: a NUL would end the string for anyone who reads it as C. */
+	nul = memchr(s, '\0', len);
+	if (nul)
+		return bks_error_setmsg(err, EINVAL,
+					"chain: NUL byte at offset %zu",
+					(size_t)(nul - s));
 	for (;;) {
 		if (spec->n == BKS_CHAIN_MAX_LAYERS) {
 			rc = bks_error_setmsg(err, EINVAL,

@@ -375,12 +375,32 @@ uint64_t bks_chain_retries(const struct bks_chain *chain)
 
 /* ---- opening and closing ------------------------------------------------- */
 
-static bool valid_info(const struct bks_info *info)
+/*
+ * The geometry every layer must have (a driver bug otherwise, or an image
+ * the driver did not check): refused with what is wrong.
+ */
+static int check_info(const struct bks_info *info, unsigned int idx,
+		      const char *name, struct bks_error *err)
 {
 	uint32_t bs = info->block_size;
 
-	return bs >= 512 && bs <= 65536 && (bs & (bs - 1)) == 0 &&
-	       info->size % bs == 0;
+	if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0)
+		return bks_error_setmsg(err, EINVAL,
+					"layer %u (%s): block size %u is not "
+					"a power of two from 512 to 65536",
+					idx + 1, name, bs);
+	if (info->size == 0)
+		return bks_error_setmsg(err, EINVAL,
+					"layer %u (%s): the disk is empty (0 "
+					"bytes)",
+					idx + 1, name);
+	if (info->size % bs)
+		return bks_error_setmsg(err, EINVAL,
+					"layer %u (%s): size %llu bytes is not "
+					"a multiple of the block size %u",
+					idx + 1, name,
+					(unsigned long long)info->size, bs);
+	return 0;
 }
 
 /* Open layer idx of chain with drv and args above next. */
@@ -430,14 +450,7 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	}
 	if (read_only)
 		l->info.read_only = true;
-	if (!valid_info(&l->info))
-		return bks_error_setmsg(err, EINVAL,
-					"layer %u (%s): invalid geometry "
-					"(size %llu, block size %u)",
-					idx + 1, drv->name,
-					(unsigned long long)l->info.size,
-					l->info.block_size);
-	return 0;
+	return check_info(&l->info, idx, drv->name, err);
 }
 
 /*

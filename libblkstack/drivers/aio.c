@@ -25,8 +25,10 @@
  *     device (or its volatile cache): flush (aio fdsync, or fdatasync)
  *     and FUA (RWF_DSYNC) make it durable.
  *
- * A regular file whose size is not a multiple of block_size is refused:
- * its tail could be neither read nor written with O_DIRECT.
+ * The image is opened with bks_image_open() (see driver.h): anything but a
+ * regular file or a block device, an empty image and one whose size is not
+ * a multiple of block_size are refused -- the tail of such a file could be
+ * neither read nor written with O_DIRECT.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -88,36 +90,13 @@ static void dio_align(int fd, uint32_t *offset_align, uint32_t *mem_align)
 	*mem_align = 0;
 }
 
-/* Size and block size of the open fd; path for messages. */
-static int probe(struct aio_state *s, const char *path, struct bks_error *err)
+/* The block size O_DIRECT needs on the open image, and its check. */
+static int probe(struct aio_state *s, const char *path, uint32_t dev_block,
+		 struct bks_error *err)
 {
 	uint32_t off_align, mem_align;
-	struct stat st;
 
-	if (fstat(s->fd, &st) < 0)
-		return bks_error_set(err, errno, "stat %s", path);
-	s->block_size = AIO_MIN_BLOCK;
-	if (S_ISBLK(st.st_mode)) {
-		uint64_t bytes;
-		int ssz;
-
-		if (ioctl(s->fd, BLKGETSIZE64, &bytes) < 0)
-			return bks_error_set(err, errno, "BLKGETSIZE64 %s",
-					     path);
-		if (ioctl(s->fd, BLKSSZGET, &ssz) < 0)
-			return bks_error_set(err, errno, "BLKSSZGET %s", path);
-		s->size = bytes;
-		s->is_blk = true;
-		if (ssz > 0 && (uint32_t)ssz > s->block_size)
-			s->block_size = (uint32_t)ssz;
-	} else if (S_ISREG(st.st_mode)) {
-		s->size = (uint64_t)st.st_size;
-	} else {
-		return bks_error_setmsg(
-		    err, EINVAL, "%s: not a regular file or block device",
-		    path);
-	}
-
+	s->block_size = dev_block > AIO_MIN_BLOCK ? dev_block : AIO_MIN_BLOCK;
 	dio_align(s->fd, &off_align, &mem_align);
 	if (off_align > s->block_size)
 		s->block_size = off_align;
@@ -130,14 +109,8 @@ static int probe(struct aio_state *s, const char *path, struct bks_error *err)
 	/* Unknown memory alignment: assume the strictest, the block. */
 	s->mem_align =
 	    mem_align && power_of_two(mem_align) ? mem_align : s->block_size;
-
-	if (s->size % s->block_size)
-		return bks_error_setmsg(
-		    err, EINVAL,
-		    "%s: size %llu is not a multiple of the block size %u "
-		    "that O_DIRECT needs; resize it (truncate -s) or use sync:",
-		    path, (unsigned long long)s->size, s->block_size);
-	return 0;
+	/* Its tail could be neither read nor written with O_DIRECT. */
+	return bks_image_check_size(path, s->size, s->block_size, err);
 }
 
 static int aio_open(void *state, struct bks_layer *next,
@@ -145,30 +118,19 @@ static int aio_open(void *state, struct bks_layer *next,
 {
 	struct aio_state *s = state;
 	const char *path = args->args;
-	int flags =
-	    (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
+	struct bks_image img;
 	int r;
 
 	(void)next;
 	s->fd = -1;
-	if (!path || !*path)
-		return bks_error_setmsg(err, EINVAL, "missing path; usage: %s",
-					AIO_USAGE);
-	s->fd = open(path, flags);
-	if (s->fd < 0) {
-		if (errno == EINVAL)
-			/* open(2): "The filesystem does not support the
-			 * O_DIRECT flag." */
-			r = bks_error_setmsg(
-			    err, EINVAL,
-			    "open %s: %s (the file system does not support "
-			    "O_DIRECT? use sync:%s)",
-			    path, strerror(EINVAL), path);
-		else
-			r = bks_error_set(err, errno, "open %s", path);
-		goto out;
-	}
-	r = probe(s, path, err);
+	r = bks_image_open(
+	    &img, path, (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, err);
+	if (r < 0)
+		return r;
+	s->fd = img.fd;
+	s->is_blk = img.is_blk;
+	s->size = img.size;
+	r = probe(s, path, img.block_size, err);
 	if (r < 0)
 		goto out;
 	s->read_only = args->read_only;
@@ -178,7 +140,7 @@ static int aio_open(void *state, struct bks_layer *next,
 		goto out;
 	}
 out:
-	if (r < 0 && s->fd >= 0) {
+	if (r < 0) {
 		close(s->fd);
 		s->fd = -1;
 	}

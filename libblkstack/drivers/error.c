@@ -57,20 +57,25 @@ static uint64_t next_random(struct error_state *s)
 	return x * 0x2545f4914f6cdd1dull;
 }
 
-/* A plain decimal number, no sign, no space; false if s is anything else. */
-static bool parse_u64(const char *s, uint64_t *out)
+/*
+ * A plain decimal number, no sign, no space: 0, -ERANGE above 2^64 - 1,
+ * -EINVAL if s is anything else.
+ */
+static int parse_u64(const char *s, uint64_t *out)
 {
 	unsigned long long v;
 	char *end;
 
 	if (*s < '0' || *s > '9')
-		return false;
+		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno || *end)
-		return false;
+	if (*end)
+		return -EINVAL;
+	if (errno)
+		return -ERANGE;
 	*out = v;
-	return true;
+	return 0;
 }
 
 /*
@@ -110,7 +115,7 @@ static bool parse_rate(const char *s, double *out)
 			return false;
 		memcpy(num, s, n);
 		num[n] = '\0';
-		if (!parse_u64(num, &a) || !parse_u64(colon + 1, &b) ||
+		if (parse_u64(num, &a) < 0 || parse_u64(colon + 1, &b) < 0 ||
 		    b == 0 || a > b)
 			return false;
 		*out = (double)a / (double)b;
@@ -159,50 +164,110 @@ static bool parse_ops(const char *s, uint32_t *out)
 	return ops != 0;
 }
 
-static int bad_value(struct bks_error *err, const char *key, const char *value)
+enum {
+	KEY_OPS,
+	KEY_ERRNO,
+	KEY_RATE,
+	KEY_AFTER,
+	KEY_COUNT,
+	KEY_SEED
+};
+
+static const char *const error_keys[] = {
+    [KEY_OPS] = "ops",
+    [KEY_ERRNO] = "errno",
+    [KEY_RATE] = "rate",
+    [KEY_AFTER] = "after",
+    [KEY_COUNT] = "count",
+    [KEY_SEED] = "seed",
+    NULL,
+};
+
+/* A number option: refused as not a number, or as too large. */
+static int number(const struct bks_args *a, uint64_t *out,
+		  struct bks_error *err)
 {
-	return bks_error_setmsg(err, EINVAL,
-				"bad value '%s' for '%s'; usage: %s", value,
-				key, ERROR_USAGE);
+	int rc = parse_u64(a->value, out);
+
+	if (rc == -ERANGE)
+		return bks_args_bad_value(a, err,
+					  "is too large (at most 2^64 - 1)");
+	if (rc < 0)
+		return bks_args_bad_value(a, err, "is not a decimal number");
+	return 0;
+}
+
+/* Parse args into s (its defaults first). */
+static int parse_args(struct error_state *s, const char *args, double *rate,
+		      uint64_t *seed, struct bks_error *err)
+{
+	struct bks_args a;
+	int r;
+
+	s->ops = (1u << BKS_OP_COUNT) - 1;
+	s->errnum = EIO;
+	s->after = 0;
+	s->count = UINT64_MAX;
+	*rate = 1;
+	*seed = 0;
+	bks_args_init(&a, args, error_keys, ERROR_USAGE);
+	while ((r = bks_args_next(&a, err)) > 0) {
+		switch (a.index) {
+		case KEY_OPS:
+			if (!parse_ops(a.value, &s->ops))
+				return bks_args_bad_value(
+				    &a, err,
+				    "is not 'all' or op names joined by '+'");
+			break;
+		case KEY_ERRNO:
+			if (bks_parse_errno(a.value, &s->errnum) < 0)
+				return bks_args_bad_value(
+				    &a, err,
+				    "is not an errno name (EIO, ...) or a "
+				    "number from 1 to 4095");
+			break;
+		case KEY_RATE:
+			if (!parse_rate(a.value, rate))
+				return bks_args_bad_value(
+				    &a, err,
+				    "is not a probability from 0 to 1 (0.25, "
+				    "25%% or 1:4)");
+			break;
+		case KEY_AFTER:
+			r = number(&a, &s->after, err);
+			break;
+		case KEY_COUNT:
+			r = number(&a, &s->count, err);
+			break;
+		default: /* KEY_SEED */
+			r = number(&a, seed, err);
+			break;
+		}
+		if (r < 0)
+			return r;
+	}
+	return r;
+}
+
+static int error_check(const char *args, struct bks_error *err)
+{
+	struct error_state s;
+	uint64_t seed;
+	double rate;
+
+	return parse_args(&s, args, &rate, &seed, err);
 }
 
 static int error_open(void *state, struct bks_layer *next,
 		      const struct bks_open_args *args, struct bks_error *err)
 {
 	struct error_state *s = state;
-	const char *cursor = args->args;
-	char key[32], value[64];
-	uint64_t seed = 0;
-	double rate = 1;
+	uint64_t seed;
+	double rate;
 	int r;
 
 	(void)next;
-	s->ops = (1u << BKS_OP_COUNT) - 1;
-	s->errnum = EIO;
-	s->count = UINT64_MAX;
-	while ((r = bks_args_next(&cursor, key, sizeof(key), value,
-				  sizeof(value), err)) > 0) {
-		bool ok;
-
-		if (strcmp(key, "ops") == 0)
-			ok = parse_ops(value, &s->ops);
-		else if (strcmp(key, "errno") == 0)
-			ok = bks_parse_errno(value, &s->errnum) == 0;
-		else if (strcmp(key, "rate") == 0)
-			ok = parse_rate(value, &rate);
-		else if (strcmp(key, "after") == 0)
-			ok = parse_u64(value, &s->after);
-		else if (strcmp(key, "count") == 0)
-			ok = parse_u64(value, &s->count);
-		else if (strcmp(key, "seed") == 0)
-			ok = parse_u64(value, &seed);
-		else
-			return bks_error_setmsg(
-			    err, EINVAL, "unknown option '%s'; usage: %s", key,
-			    ERROR_USAGE);
-		if (!ok)
-			return bad_value(err, key, value);
-	}
+	r = parse_args(s, args->args, &rate, &seed, err);
 	if (r < 0)
 		return r;
 	s->always = rate >= 1;
@@ -240,6 +305,7 @@ const struct bks_driver bks_driver_error = {
     .kind = BKS_FILTER,
     .usage = ERROR_USAGE,
     .state_size = sizeof(struct error_state),
+    .check = error_check,
     .open = error_open,
     .read = error_op,
     .write = error_op,

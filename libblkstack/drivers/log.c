@@ -27,30 +27,40 @@ struct log_state {
 	uint64_t *bits;
 };
 
+static const char *const log_keys[] = {"block", NULL};
+
 static int parse_args(struct log_state *s, const char *args,
 		      struct bks_error *err)
 {
-	const char *cursor = args;
-	char key[32], value[64];
+	struct bks_args a;
 	int r;
 
 	s->block = BKS_LOG_BLOCK_DEFAULT;
-	while ((r = bks_args_next(&cursor, key, sizeof(key), value,
-				  sizeof(value), err)) > 0) {
+	bks_args_init(&a, args, log_keys, LOG_USAGE);
+	while ((r = bks_args_next(&a, err)) > 0) {
 		uint64_t v;
 
-		if (strcmp(key, "block") != 0)
-			return bks_error_setmsg(
-			    err, EINVAL, "unknown option '%s'; usage: %s", key,
-			    LOG_USAGE);
-		if (bks_parse_size(value, &v) < 0 || v < BKS_LOG_BLOCK_MIN ||
-		    v > BKS_LOG_BLOCK_MAX || (v & (v - 1)))
-			return bks_error_setmsg(
-			    err, EINVAL, "bad block size '%s'; usage: %s",
-			    value, LOG_USAGE);
+		/* The one key: block. */
+		r = bks_args_size(&a, &v, err);
+		if (r < 0)
+			return r;
+		if (v & (v - 1))
+			return bks_args_bad_value(&a, err,
+						  "is not a power of two");
+		if (v < BKS_LOG_BLOCK_MIN)
+			return bks_args_bad_value(&a, err, "is less than 4K");
+		if (v > BKS_LOG_BLOCK_MAX)
+			return bks_args_bad_value(&a, err, "is more than 64M");
 		s->block = v;
 	}
-	return r < 0 ? r : 0;
+	return r;
+}
+
+static int log_check(const char *args, struct bks_error *err)
+{
+	struct log_state s;
+
+	return parse_args(&s, args, err);
 }
 
 static int log_open(void *state, struct bks_layer *next,
@@ -163,6 +173,7 @@ const struct bks_driver bks_driver_log = {
     .kind = BKS_FILTER,
     .usage = LOG_USAGE,
     .state_size = sizeof(struct log_state),
+    .check = log_check,
     .open = log_open,
     .close = log_close,
     /* read and flush: no op, so the framework passes them down. */

@@ -23,20 +23,61 @@ struct ram_state {
 	uint64_t size;
 };
 
+#define RAM_USAGE                                                              \
+	"ram:SIZE (bytes, K/M/G/T suffixes; a multiple of 512, at most 64G)"
+
+/* The size in args, checked. */
+static int parse_size(const char *args, uint64_t *size, struct bks_error *err)
+{
+	int rc = bks_parse_size(args, size);
+
+	if (rc == -ERANGE)
+		return bks_error_setmsg(err, EINVAL,
+					"size '%s' is too large; usage: %s",
+					args, RAM_USAGE);
+	if (rc < 0 && !*args)
+		return bks_error_setmsg(err, EINVAL, "missing size; usage: %s",
+					RAM_USAGE);
+	if (rc < 0)
+		return bks_error_setmsg(err, EINVAL,
+					"'%s' is not a size; usage: %s", args,
+					RAM_USAGE);
+	if (*size == 0)
+		return bks_error_setmsg(err, EINVAL,
+					"size '%s' is empty (0 bytes); usage: "
+					"%s",
+					args, RAM_USAGE);
+	if (*size % 512)
+		return bks_error_setmsg(err, EINVAL,
+					"size '%s' is not a multiple of 512 "
+					"bytes; usage: %s",
+					args, RAM_USAGE);
+	if (*size > RAM_MAX_SIZE)
+		return bks_error_setmsg(err, EINVAL,
+					"size '%s' is more than 64G; usage: %s",
+					args, RAM_USAGE);
+	return 0;
+}
+
+static int ram_check(const char *args, struct bks_error *err)
+{
+	uint64_t size;
+
+	return parse_size(args, &size, err);
+}
+
 static int ram_open(void *state, struct bks_layer *next,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct ram_state *s = state;
 	uint64_t size;
 	void *mem;
+	int rc;
 
 	(void)next;
-	if (bks_parse_size(args->args, &size) < 0 || size == 0 || size % 512 ||
-	    size > RAM_MAX_SIZE)
-		return bks_error_setmsg(err, EINVAL,
-					"bad size '%s' (usage: %s; a multiple "
-					"of 512, at most 64G)",
-					args->args, "ram:SIZE");
+	rc = parse_size(args->args, &size, err);
+	if (rc < 0)
+		return rc;
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (mem == MAP_FAILED)
@@ -150,8 +191,9 @@ static int ram_write_zeroes(void *state, struct bks_layer *next,
 const struct bks_driver bks_driver_ram = {
     .name = "ram",
     .kind = BKS_SINK,
-    .usage = "ram:SIZE (bytes, K/M/G/T suffixes)",
+    .usage = RAM_USAGE,
     .state_size = sizeof(struct ram_state),
+    .check = ram_check,
     .open = ram_open,
     .close = ram_close,
     .info = ram_info,

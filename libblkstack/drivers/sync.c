@@ -11,8 +11,10 @@
  * it works on any file system, and goes through the page cache: flush
  * (fdatasync) and FUA (RWF_DSYNC) are what make data durable.
  *
- * A regular file's size is rounded down to a multiple of 512 bytes; a
- * trailing partial sector is not reachable.
+ * The image is opened with bks_image_open() (see driver.h): anything but a
+ * regular file or a block device is refused, and so is an empty image or
+ * one whose size is not a multiple of 512 bytes (never rounded down, which
+ * would hide its tail).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,40 +57,21 @@ static int sync_open(void *state, struct bks_layer *next,
 {
 	struct sync_state *s = state;
 	const char *path = args->args;
-	struct stat st;
-	int fd = -1, r;
+	struct bks_image img;
+	int r;
 
 	(void)next;
-	if (!path || !*path)
-		return bks_error_setmsg(err, EINVAL, "missing path; usage: %s",
-					SYNC_USAGE);
-	fd = open(path, (args->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-	if (fd < 0) {
-		r = bks_error_set(err, errno, "open %s", path);
+	s->fd = -1;
+	r = bks_image_open(&img, path, args->read_only ? O_RDONLY : O_RDWR,
+			   err);
+	if (r < 0)
+		return r;
+	/* The device's sectors are a multiple of 512: any is reachable. */
+	r = bks_image_check_size(path, img.size, SYNC_BLOCK_SIZE, err);
+	if (r < 0)
 		goto out;
-	}
-	if (fstat(fd, &st) < 0) {
-		r = bks_error_set(err, errno, "stat %s", path);
-		goto out;
-	}
-	if (S_ISBLK(st.st_mode)) {
-		uint64_t bytes;
-
-		if (ioctl(fd, BLKGETSIZE64, &bytes) < 0) {
-			r = bks_error_set(err, errno, "BLKGETSIZE64 %s", path);
-			goto out;
-		}
-		s->size = bytes;
-		s->is_blk = true;
-	} else if (S_ISREG(st.st_mode)) {
-		s->size = (uint64_t)st.st_size;
-	} else {
-		r = bks_error_setmsg(err, EINVAL,
-				     "%s: not a regular file or block device",
-				     path);
-		goto out;
-	}
-	s->size -= s->size % SYNC_BLOCK_SIZE;
+	s->size = img.size;
+	s->is_blk = img.is_blk;
 	s->read_only = args->read_only;
 	if (!s->read_only) {
 		/* Allocated now: nothing allocates on the data path. */
@@ -99,12 +82,11 @@ static int sync_open(void *state, struct bks_layer *next,
 			goto out;
 		}
 	}
-	s->fd = fd;
-	fd = -1;
-	r = 0;
+	s->fd = img.fd;
+	img.fd = -1;
 out:
-	if (fd >= 0)
-		close(fd);
+	if (img.fd >= 0)
+		close(img.fd);
 	return r;
 }
 

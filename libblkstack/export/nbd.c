@@ -14,7 +14,17 @@
  *     pool), its data buffer (4096-aligned for O_DIRECT, grown once to the
  *     largest size seen and reused), and its encoded reply header.  When
  *     every slot is in use the connection stops reading its socket: that
- *     is the per-connection in-flight limit, and it bounds memory.
+ *     is the per-connection in-flight limit.
+ *   - Memory is bounded per connection and for the server (the budgets in
+ *     nbd-server.h): a request whose buffer would pass a budget waits,
+ *     with the connection not reading, until buffers come back -- its
+ *     own (a slot released) or anyone's (the server's "budget" list of
+ *     waiting connections, kicked when a slot is released).  Idle cached
+ *     buffers are freed to make room, ours first.  A connection with more
+ *     than BKS_NBD_CONN_OUT_HIGH bytes of replies queued reads no request.
+ *   - Connection limits: the handshake deadline and the stall check share
+ *     the connection's timer; a full table evicts an idle connection
+ *     (srv_make_room() and evict_before() say which, and why).
  *   - Requests the chain cannot take as they are (offsets or lengths not
  *     multiples of its block size) are turned into aligned ones: reads
  *     are widened, trims shrunk, and writes and write-zeroes done by
@@ -64,11 +74,6 @@
 /* Data buffers: aligned for O_DIRECT, sized in steps of this. */
 #define NBD_BUF_ALIGN 4096u
 #define NBD_BUF_STEP  (64u << 10)
-/*
- * Data buffers of one connection, in all: enough for two requests of the
- * largest size at once, and a bound on what a client can make us hold.
- */
-#define NBD_CONN_BUF_BUDGET (96u << 20)
 /* Descriptors in one NBD_CMD_BLOCK_STATUS reply. */
 #define NBD_MAX_EXTENTS 64u
 /* Longest message in a structured error reply. */
@@ -86,10 +91,20 @@
 static const char nbd_base_allocation[] = "base:allocation";
 
 #define NS_PER_SEC 1000000000ull
-/* A client that has not finished its handshake by then is dropped. */
-#define NBD_HANDSHAKE_TIMEOUT_NS (30 * NS_PER_SEC)
+#define NS_PER_MS  1000000ull
 /* Shutdown waits this long for clients to take their replies. */
 #define NBD_SHUTDOWN_TIMEOUT_NS (10 * NS_PER_SEC)
+/*
+ * A client with replies waiting that has taken no byte of them for this
+ * long may be evicted for a newcomer (see conn_not_reading()).
+ */
+#define NBD_STUCK_EVICT_NS (2 * NS_PER_SEC)
+/*
+ * Most connections of one process (SO_PEERCRED); its next evicts one of
+ * its own (srv_make_room()).  Half the default table, and twice what a
+ * multi-conn client (nbdfuse: 4) opens.
+ */
+#define NBD_PER_PROCESS_MAX 8u
 /* After accept() ran out of file descriptors or memory, wait this long. */
 #define NBD_ACCEPT_RETRY_NS (100 * 1000000ull)
 
@@ -216,13 +231,21 @@ struct nbd_conn {
 	struct bks_watch watch;
 	uint32_t events; /* what the watch asks for now */
 	struct bks_defer defer;
-	struct bks_timer timer; /* handshake deadline */
+	struct bks_timer timer; /* handshake deadline, then stall check */
 	enum conn_phase phase;
 
 	bool dead;	       /* socket closed; freed once busy is 0 */
 	bool eof;	       /* the client closed its side */
 	bool disc;	       /* NBD_CMD_DISC received */
 	bool stalled;	       /* no slot or buffer for the next request */
+	bool budget_wait;      /* stalled on the server's buffer budget */
+	bool stall_armed;      /* the timer is the stall check */
+	struct nbd_link blink; /* the server's budget list, while so */
+	pid_t peer_pid;	       /* SO_PEERCRED at accept, 0 if unknown */
+	uint64_t seq;	       /* accept order: seniority */
+	uint64_t progress_ns;  /* last byte in or out, or start of a wait */
+	uint64_t nrequests;    /* transmission requests received */
+	size_t out_bytes;      /* reply bytes queued, not yet sent */
 	bool close_after_send; /* NBD_OPT_ABORT answered */
 	bool no_zeroes, structured, meta;
 	uint16_t tflags;
@@ -259,9 +282,13 @@ struct bks_nbd_server {
 	unsigned int max_connections, max_in_flight;
 	uint32_t bs;	      /* the chain's block size */
 	uint32_t max_payload; /* advertised maximum block size */
+	uint64_t handshake_ns, stall_ns;
 
 	struct nbd_link conns;
 	unsigned int nopen;
+	uint64_t seq;		/* of the last connection accepted */
+	size_t buf_total;	/* data buffers of every connection */
+	struct nbd_link budget; /* connections waiting for buffer budget */
 	struct nbd_link held;	/* SLOT_HELD, arrival order */
 	struct nbd_link wait;	/* SLOT_WAIT, arrival order */
 	struct nbd_link active; /* busy writes, for overlap checks */
@@ -432,31 +459,79 @@ static void slot_release(struct nbd_slot *s)
 	s->data_len = s->rep_len = s->sent = 0;
 	link_add_head(&c->free, &s->link);
 	c->nused--;
-	if (c->stalled) {
+	if (c->stalled && !c->budget_wait) {
 		/* A request header may be waiting for this slot. */
 		c->stalled = false;
 		conn_kick(c);
 	}
+	/* Its buffer may be freed now: connections waiting for budget. */
+	if (!link_empty(&c->srv->budget))
+		srv_kick(c->srv);
 }
 
-/* Free the data buffer of a free slot, to make room under the budget. */
+/* Free the data buffer of a free slot, to make room under a budget. */
 static void slot_drop_buf(struct nbd_conn *c, struct nbd_slot *s)
 {
 	free(s->buf);
 	c->buf_total -= s->bufsize;
+	c->srv->buf_total -= s->bufsize;
+	c->srv->stats.buffer_bytes = c->srv->buf_total;
 	s->buf = NULL;
 	s->bufsize = 0;
 }
 
 /*
+ * Free idle buffers (of free slots other than keep) of c, or of every
+ * connection when c is NULL, until *total - keep's buffer + size fits
+ * budget.  Returns whether it fits.
+ */
+static bool drop_idle_bufs(struct bks_nbd_server *srv, struct nbd_conn *c,
+			   const struct nbd_slot *keep, const size_t *total,
+			   size_t size, size_t budget)
+{
+	struct nbd_link *cl = c ? &c->link : srv->conns.next;
+
+	for (; cl != &srv->conns; cl = cl->next) {
+		struct nbd_conn *o = link_entry(cl, struct nbd_conn, link);
+		struct nbd_link *l;
+
+		for (l = o->free.next; l != &o->free; l = l->next) {
+			struct nbd_slot *t =
+			    link_entry(l, struct nbd_slot, link);
+
+			if (*total - keep->bufsize + size <= budget)
+				return true;
+			if (t != keep && t->buf)
+				slot_drop_buf(o, t);
+		}
+		if (c)
+			break;
+	}
+	return *total - keep->bufsize + size <= budget;
+}
+
+/*
+ * Wait for the server's buffer budget: stalled, on the budget list, kicked
+ * by srv_defer_fn() when a slot anywhere is released.
+ */
+static void conn_budget_wait(struct nbd_conn *c)
+{
+	if (c->budget_wait)
+		return;
+	c->budget_wait = true;
+	link_add_tail(&c->srv->budget, &c->blink);
+}
+
+/*
  * A free slot with a data buffer of at least need bytes, taken off the
  * free list; NULL if the connection has to wait for one (all in use, or
- * the buffer budget spent by requests in flight).  *err is set to
- * NBD_ENOMEM (and the slot returned without a big enough buffer) when
- * memory ran out.
+ * a buffer budget spent by requests in progress: see nbd-server.h).
+ * *err is set to NBD_ENOMEM (and the slot returned without a big enough
+ * buffer) when memory ran out.
  */
 static struct nbd_slot *slot_get(struct nbd_conn *c, size_t need, uint32_t *err)
 {
+	struct bks_nbd_server *srv = c->srv;
 	struct nbd_slot *s = NULL;
 	struct nbd_link *l;
 	size_t size;
@@ -477,24 +552,31 @@ static struct nbd_slot *slot_get(struct nbd_conn *c, size_t need, uint32_t *err)
 	}
 	if (s->bufsize < need) {
 		size = align_up(need, NBD_BUF_STEP);
-		/* Free idle buffers until the new one fits the budget. */
-		for (l = c->free.next;
-		     l != &c->free &&
-		     c->buf_total - s->bufsize + size > NBD_CONN_BUF_BUDGET;
-		     l = l->next) {
-			struct nbd_slot *t =
-			    link_entry(l, struct nbd_slot, link);
-
-			if (t != s)
-				slot_drop_buf(c, t);
+		/*
+		 * The connection's budget; with nothing else in progress,
+		 * one request of any size (the idle buffers all go).
+		 */
+		if (!drop_idle_bufs(srv, c, s, &c->buf_total, size,
+				    c->nused == 0 ? SIZE_MAX
+						  : BKS_NBD_CONN_BUF_BUDGET))
+			return NULL; /* requests in progress hold it: wait */
+		/*
+		 * The server's budget, but a floor for a connection with
+		 * nothing in progress.  Idle buffers of anyone may go.
+		 */
+		if (!(c->nused == 0 && size <= BKS_NBD_CONN_BUF_FLOOR) &&
+		    !drop_idle_bufs(srv, NULL, s, &srv->buf_total, size,
+				    BKS_NBD_SRV_BUF_BUDGET)) {
+			conn_budget_wait(c);
+			return NULL;
 		}
-		if (c->buf_total - s->bufsize + size > NBD_CONN_BUF_BUDGET)
-			return NULL; /* requests in flight hold it: wait */
 		slot_drop_buf(c, s);
 		if (posix_memalign(&p, NBD_BUF_ALIGN, size) == 0) {
 			s->buf = p;
 			s->bufsize = size;
 			c->buf_total += size;
+			srv->buf_total += size;
+			srv->stats.buffer_bytes = srv->buf_total;
 		} else {
 			*err = NBD_ENOMEM;
 		}
@@ -511,6 +593,10 @@ static void slot_queue_reply(struct nbd_slot *s)
 
 	s->state = SLOT_REPLY;
 	s->sent = 0;
+	/* The stall check counts from the start of a wait to send. */
+	if (c->out_bytes == 0)
+		c->progress_ns = bks_now_ns();
+	c->out_bytes += s->rep_len + s->data_len;
 	link_add_tail(&c->outq, &s->link);
 	conn_kick(c);
 }
@@ -1069,10 +1155,23 @@ static bool conn_can_parse(const struct nbd_conn *c)
 	       !c->srv->stopping;
 }
 
+/*
+ * Too many replies wait for c (the client does not read them): take no
+ * new request until they have gone down (back-pressure).
+ */
+static bool conn_backlogged(const struct nbd_conn *c)
+{
+	return c->phase == PH_TRANSMISSION &&
+	       c->out_bytes >= BKS_NBD_CONN_OUT_HIGH;
+}
+
 /* Should c read its socket now? */
 static bool conn_can_read(const struct nbd_conn *c)
 {
 	if (!conn_can_parse(c) || c->eof)
+		return false;
+	/* A payload under way is still received: it is not a new request. */
+	if (conn_backlogged(c) && !c->rx && !c->skip)
 		return false;
 	/* Option haggling is one reply at a time: no need to read ahead. */
 	return c->phase != PH_OPTIONS || c->outoff == c->outlen;
@@ -1113,8 +1212,14 @@ static void conn_close(struct nbd_conn *c)
 	close(c->fd);
 	c->fd = -1;
 	bks_timer_cancel(&c->timer);
+	c->stall_armed = false;
+	if (c->budget_wait) {
+		link_del(&c->blink);
+		c->budget_wait = false;
+	}
 	srv->nopen--;
 	srv->stats.connections = srv->nopen;
+	c->out_bytes = 0;
 	c->outoff = c->outlen = 0;
 	c->inoff = c->inlen = 0;
 	c->skip = 0;
@@ -1161,6 +1266,8 @@ static void conn_free(struct nbd_conn *c)
 		free(c->slots[i].buf);
 		free(c->slots[i].scratch);
 	}
+	srv->buf_total -= c->buf_total;
+	srv->stats.buffer_bytes = srv->buf_total;
 	free(c->slots);
 	bks_req_pool_free(&c->pool);
 	free(c->inbuf);
@@ -1565,6 +1672,7 @@ static int conn_request(struct nbd_conn *c)
 	}
 	c->inoff += NBD_REQUEST_SIZE;
 	srv->stats.requests++;
+	c->nrequests++;
 	s->cmd = type;
 	s->flags = flags;
 	s->cookie = bks_get_be64(h + 8);
@@ -1641,6 +1749,8 @@ static int conn_parse(struct nbd_conn *c)
 			rc = conn_option(c);
 			break;
 		default:
+			if (conn_backlogged(c))
+				return PARSE_STALL; /* until replies go */
 			if (avail < NBD_REQUEST_SIZE)
 				return PARSE_MORE;
 			rc = conn_request(c);
@@ -1696,6 +1806,8 @@ static ssize_t conn_recv(struct nbd_conn *c)
 		s->rx_done += (uint32_t)n;
 	else
 		c->inlen += (size_t)n;
+	if (n > 0)
+		c->progress_ns = bks_now_ns();
 	return n;
 }
 
@@ -1761,6 +1873,8 @@ static void conn_send(struct nbd_conn *c)
 				conn_close(c); /* the client is gone */
 			return;
 		}
+		if (w > 0)
+			c->progress_ns = bks_now_ns();
 		if (c->outoff < c->outlen) {
 			size_t t = c->outlen - c->outoff;
 
@@ -1775,6 +1889,7 @@ static void conn_send(struct nbd_conn *c)
 			size_t t = (size_t)w < left ? (size_t)w : left;
 
 			s->sent += t;
+			c->out_bytes -= t;
 			w -= (ssize_t)t;
 			if (s->sent == s->rep_len + s->data_len) {
 				link_del(&s->link);
@@ -1799,9 +1914,30 @@ static void conn_check_close(struct nbd_conn *c)
 		conn_close(c);
 }
 
+/*
+ * Is c stuck in the middle of something, waiting on its client: replies
+ * it does not take, or a request it sent only part of?  (A header that
+ * waits for a slot or a budget waits on us, not on the client.)
+ */
+static bool conn_stuck(const struct nbd_conn *c)
+{
+	return c->phase == PH_TRANSMISSION && !c->dead &&
+	       (conn_output_pending(c) || c->rx || c->skip ||
+		(c->inoff < c->inlen && !c->stalled));
+}
+
 static void conn_update_events(struct nbd_conn *c)
 {
 	uint32_t ev = 0;
+
+	/*
+	 * The stall check: armed while stuck, rechecked when it fires.
+	 * Not re-armed on every byte: the progress time is enough.
+	 */
+	if (!c->stall_armed && conn_stuck(c)) {
+		c->stall_armed = true;
+		bks_timer_arm(&c->timer, c->srv->stall_ns);
+	}
 
 	if (conn_can_read(c))
 		ev |= EPOLLIN;
@@ -1874,17 +2010,36 @@ static void conn_defer_fn(struct bks_defer *d)
 		conn_free(c);
 }
 
+/* The handshake deadline, then the stall check (conn_update_events). */
 static void conn_timeout(struct bks_timer *t)
 {
 	struct nbd_conn *c = t->opaque;
+	struct bks_nbd_server *srv = c->srv;
+	uint64_t now, idle;
 
-	if (c->dead || c->phase == PH_TRANSMISSION)
+	c->stall_armed = false;
+	if (c->dead)
 		return;
-	conn_drop(c); /* too slow to negotiate */
+	if (c->phase != PH_TRANSMISSION) {
+		srv->stats.timed_out++; /* too slow to negotiate */
+		conn_close(c);
+		return;
+	}
+	if (!conn_stuck(c))
+		return; /* unstuck meanwhile: idle is fine */
+	now = bks_now_ns();
+	idle = now > c->progress_ns ? now - c->progress_ns : 0;
+	if (idle < srv->stall_ns) {
+		c->stall_armed = true;
+		bks_timer_arm(&c->timer, srv->stall_ns - idle);
+		return;
+	}
+	srv->stats.timed_out++; /* nothing moved for stall_ns */
+	conn_close(c);
 }
 
-/* A new client on fd (non-blocking).  Returns 0 or -errno. */
-static int conn_new(struct bks_nbd_server *srv, int fd)
+/* A new client on fd (non-blocking) of process pid.  Returns 0 or -errno. */
+static int conn_new(struct bks_nbd_server *srv, int fd, pid_t pid)
 {
 	struct nbd_conn *c;
 	unsigned char *p;
@@ -1895,8 +2050,10 @@ static int conn_new(struct bks_nbd_server *srv, int fd)
 		return -ENOMEM;
 	c->srv = srv;
 	c->fd = fd;
+	c->peer_pid = pid;
 	c->nslots = srv->max_in_flight;
 	link_init(&c->link);
+	link_init(&c->blink);
 	link_init(&c->free);
 	link_init(&c->outq);
 	bks_defer_init(srv->loop, &c->defer, conn_defer_fn, c);
@@ -1927,7 +2084,9 @@ static int conn_new(struct bks_nbd_server *srv, int fd)
 	rc = bks_watch_add(srv->loop, &c->watch, fd, c->events, conn_io, c);
 	if (rc < 0)
 		goto out;
-	bks_timer_arm(&c->timer, NBD_HANDSHAKE_TIMEOUT_NS);
+	bks_timer_arm(&c->timer, srv->handshake_ns);
+	c->seq = ++srv->seq;
+	c->progress_ns = bks_now_ns();
 	link_add_tail(&srv->conns, &c->link);
 	srv->nopen++;
 	srv->stats.connections = srv->nopen;
@@ -1945,6 +2104,138 @@ out:
 
 /* ---- the server ---------------------------------------------------------- */
 
+/*
+ * May c be closed to make room for a newcomer?  When it is idle: nothing
+ * in progress (no slot in use: nothing in flight, held, or queued),
+ * nothing half received or half sent, not closing anyway.
+ */
+static bool conn_idle(const struct nbd_conn *c)
+{
+	return !c->dead && !c->eof && !c->disc && !c->close_after_send &&
+	       c->nused == 0 && c->busy == 0 && !c->rx && !c->skip &&
+	       c->inoff == c->inlen && !conn_output_pending(c);
+}
+
+/*
+ * Or when it does not read its replies: some wait, and not a byte has
+ * gone for NBD_STUCK_EVICT_NS (the stall check would drop it later).  A
+ * client that reads takes bytes within milliseconds.
+ */
+static bool conn_not_reading(const struct nbd_conn *c, uint64_t now)
+{
+	return !c->dead && c->phase == PH_TRANSMISSION &&
+	       conn_output_pending(c) &&
+	       now - c->progress_ns >= NBD_STUCK_EVICT_NS;
+}
+
+/*
+ * Should a go before b?  See "Connections" in nbd-server.h.
+ *
+ *   - A client that does not read its replies, the longest stuck first.
+ *   - A client still negotiating, the oldest first: a real client
+ *     negotiates in milliseconds, so the oldest is the likeliest stuck
+ *     (and the handshake deadline would drop it anyway).
+ *   - A client that has never sent a request, then one that has; in
+ *     each, the most recently accepted first: seniority.
+ *
+ * Why seniority, and not the longest idle as a cache would evict: the
+ * device connection is exactly the one that idles longest, and every
+ * idler that came after it would push it out.  By seniority an idler can
+ * only push out what came after the device connection: other idlers
+ * (and each idler of a flood pushes out the one before it).  A new
+ * device connection (after a re-attach) is accepted like any newcomer;
+ * it is the youngest for a moment, and safe from idlers once it has
+ * carried a request -- the device's first I/O (the partition scan or
+ * udev's probe) comes at once.  Until then it competes with them.
+ */
+static bool evict_before(const struct nbd_conn *a, const struct nbd_conn *b,
+			 uint64_t now)
+{
+	bool ha = a->phase != PH_TRANSMISSION, hb = b->phase != PH_TRANSMISSION;
+	bool sa = conn_not_reading(a, now), sb = conn_not_reading(b, now);
+
+	if (sa != sb)
+		return sa;
+	if (sa)
+		return a->progress_ns < b->progress_ns;
+	if (ha != hb)
+		return ha;
+	if (ha)
+		return a->seq < b->seq;
+	if ((a->nrequests == 0) != (b->nrequests == 0))
+		return a->nrequests == 0;
+	return a->seq > b->seq;
+}
+
+/* Connections open now from process pid. */
+static unsigned int srv_conns_of(const struct bks_nbd_server *srv, pid_t pid)
+{
+	const struct nbd_link *l;
+	unsigned int n = 0;
+
+	for (l = srv->conns.next; l != &srv->conns; l = l->next) {
+		const struct nbd_conn *c =
+		    link_entry(l, const struct nbd_conn, link);
+
+		n += !c->dead && c->peer_pid == pid;
+	}
+	return n;
+}
+
+/*
+ * Make room for a newcomer of process pid (SO_PEERCRED; 0 if unknown):
+ * close the idle connection that should go first (evict_before()), and
+ * return true; or return false if the newcomer is refused (nothing may
+ * go).
+ *
+ * One process holds at most NBD_PER_PROCESS_MAX connections: beyond
+ * that its newcomer takes the place of its own youngest idle one.  So
+ * one client -- the 16 idlers of the defect -- can never fill the table:
+ * the rest is room for everyone else, the device among them.
+ *
+ * When the table is full, the newcomer's own connections are passed
+ * over: a client opening its multi-conn set (nbdfuse opens 4, one after
+ * the other) must not push out its first ones, each being the youngest
+ * when the next comes.
+ */
+static bool srv_make_room(struct bks_nbd_server *srv, pid_t pid)
+{
+	unsigned int own = pid > 0 ? srv_conns_of(srv, pid) : 0;
+	bool own_only = own >= NBD_PER_PROCESS_MAX;
+	struct nbd_conn *victim = NULL;
+	uint64_t now = bks_now_ns();
+	struct nbd_link *l;
+
+	if (!own_only && srv->nopen < srv->max_connections)
+		return true;
+	for (l = srv->conns.next; l != &srv->conns; l = l->next) {
+		struct nbd_conn *c = link_entry(l, struct nbd_conn, link);
+
+		if (!conn_idle(c) && !conn_not_reading(c, now))
+			continue;
+		if (pid > 0 && (c->peer_pid == pid) != own_only)
+			continue;
+		if (!victim || evict_before(c, victim, now))
+			victim = c;
+	}
+	if (!victim)
+		return false;
+	srv->stats.evicted++;
+	conn_close(victim);
+	return true;
+}
+
+/* The process at the other end of fd, or 0. */
+static pid_t peer_pid(int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return 0;
+	return cred.pid;
+}
+
 static void srv_accept(struct bks_watch *w, uint32_t events)
 {
 	struct bks_nbd_server *srv = w->opaque;
@@ -1953,6 +2244,7 @@ static void srv_accept(struct bks_watch *w, uint32_t events)
 	for (int i = 0; i < NBD_ACCEPTS_PER_EVENT; i++) {
 		int fd = accept4(srv->listen_fd, NULL, NULL,
 				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		pid_t pid;
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
@@ -1967,8 +2259,8 @@ static void srv_accept(struct bks_watch *w, uint32_t events)
 			bks_timer_arm(&srv->accept_timer, NBD_ACCEPT_RETRY_NS);
 			return;
 		}
-		if (srv->nopen >= srv->max_connections ||
-		    conn_new(srv, fd) < 0) {
+		pid = peer_pid(fd);
+		if (!srv_make_room(srv, pid) || conn_new(srv, fd, pid) < 0) {
 			close(fd);
 			srv->stats.refused++;
 		}
@@ -1995,6 +2287,16 @@ static void srv_defer_fn(struct bks_defer *d)
 {
 	struct bks_nbd_server *srv = d->opaque;
 
+	/* Buffers came back: connections waiting for budget try again. */
+	while (!link_empty(&srv->budget)) {
+		struct nbd_conn *c =
+		    link_entry(srv->budget.next, struct nbd_conn, blink);
+
+		link_del(&c->blink);
+		c->budget_wait = false;
+		c->stalled = false;
+		conn_kick(c);
+	}
 	if (!srv->holding)
 		srv_start_waiters(srv);
 	if (srv->holding && !srv->quiesced_sent && srv->stats.in_flight == 0) {
@@ -2064,6 +2366,14 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 	    cfg->max_in_flight ? cfg->max_in_flight : NBD_DEFAULT_MAX_IN_FLIGHT;
 	if (srv->max_in_flight > NBD_MAX_IN_FLIGHT_LIMIT)
 		srv->max_in_flight = NBD_MAX_IN_FLIGHT_LIMIT;
+	srv->handshake_ns = (uint64_t)(cfg->handshake_timeout_ms
+					   ? cfg->handshake_timeout_ms
+					   : BKS_NBD_HANDSHAKE_TIMEOUT_MS) *
+			    NS_PER_MS;
+	srv->stall_ns =
+	    (uint64_t)(cfg->stall_timeout_ms ? cfg->stall_timeout_ms
+					     : BKS_NBD_STALL_TIMEOUT_MS) *
+	    NS_PER_MS;
 	srv->bs = srv->info->block_size;
 	srv->max_payload = BKS_NBD_MAX_PAYLOAD;
 	/* A chain with a request size limit gets it advertised. */
@@ -2073,6 +2383,7 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 			? (uint32_t)align_down(srv->info->max_io, srv->bs)
 			: srv->bs;
 	link_init(&srv->conns);
+	link_init(&srv->budget);
 	link_init(&srv->held);
 	link_init(&srv->wait);
 	link_init(&srv->active);

@@ -323,10 +323,11 @@ assert_physdev() {
 
 @test "hotplug: add with no device to be had fails clearly; remove copes" {
 	ts v2-create
-	ts v2-run prepare
-	ts v2-backend
 	# There is no nbd module here: forcing kernel NBD cannot give a device.
-	BLKSTACK_DEVICE=nbd run ts v2-run add
+	# prepare decides the mechanism; add uses it.
+	BLKSTACK_DEVICE=nbd ts v2-run prepare
+	ts v2-backend
+	run ts v2-run add
 	assert_failure 1
 	run xs_read "$BACKEND_PATH/hotplug-error"
 	assert_output --partial "nbd"
@@ -336,6 +337,30 @@ assert_physdev() {
 	run ts v2-run unprepare
 	assert_success
 	assert_no_leftovers
+}
+
+@test "hotplug: prepare decides the mechanism; add only uses it, and runs no program" {
+	ts v2-create
+	BLKSTACK_DEVICE=loop run ts v2-run prepare
+	assert_success
+	run field "$(xs_read "$HOTPLUG_PATH/blkstack-stage")" mech
+	assert_output loop
+	ts v2-backend
+	# Neither the environment nor the configuration is read again at add.
+	echo "device = nbd" >"$BATS_TEST_TMPDIR/blkstack.conf"
+	BLKSTACK_DEVICE=nbd BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf \
+		run strace -f -qq -e trace=execve -o "$BATS_TEST_TMPDIR/execs" \
+		"$TOOLSTACK" --quiet --script "$SCRIPT" --target "log:|aio:$IMG" \
+		v2-run add
+	assert_success
+	run field "$(xs_read "$HOTPLUG_PATH/blkstack-dev")" mech
+	assert_output loop
+	# The script and the helper, nothing else: no modprobe, no blkstack-ctl.
+	run grep -c 'execve(' "$BATS_TEST_TMPDIR/execs"
+	assert_output 3
+	run grep -E 'modprobe|blkstack-ctl|nbdfuse' "$BATS_TEST_TMPDIR/execs"
+	assert_failure
+	write_reaches_image_then_detach
 }
 
 @test "hotplug: migration-like: B prepares while A is attached, then A goes, then B adds" {

@@ -25,6 +25,8 @@ setup() {
 		mkdir -p "$IMGDIR"
 	fi
 	: >"$BATS_TEST_TMPDIR/pids"
+	: >"$BATS_TEST_TMPDIR/holders"
+	: >"$BATS_TEST_TMPDIR/mounts"
 	[ -x "$BIN/blkstack-worker" ] || fail "build/bin/blkstack-worker is not built"
 }
 
@@ -43,7 +45,15 @@ wait_exit() {
 }
 
 teardown() {
-	local pid
+	local pid mnt
+	# Background clients (hold_start) and nbdfuse mounts (fuse_attach).
+	while read -r pid; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done <"$BATS_TEST_TMPDIR/holders"
+	while read -r mnt pid; do
+		fusermount3 -u "$mnt" 2>/dev/null || true
+		wait_exit "$pid" || true
+	done <"$BATS_TEST_TMPDIR/mounts"
 	while read -r pid; do
 		kill -TERM "$pid" 2>/dev/null || continue
 		wait_exit "$pid" || true
@@ -61,6 +71,7 @@ start_worker() {
 	WORKER_RUNDIR=$RUNDIR worker_start "$name" "$chain" "$@" ||
 		fail "worker $name did not start"
 	PID=$WORKER_PID
+	NAME=$name
 	echo "$PID" >>"$BATS_TEST_TMPDIR/pids"
 	SOCK=$NBD_SOCK
 	URI=$(nbd_uri "$SOCK")
@@ -101,6 +112,48 @@ make_image() {
 
 worker_alive() {
 	kill -0 "$PID" || fail "the worker died"
+}
+
+# stat_nbd FIELD: a field of the worker's "nbd" or "limits"/"nbd" stats
+# (blkstack-ctl).
+stat_nbd() {
+	"$BIN/blkstack-ctl" --rundir "$RUNDIR" stats --name "$NAME" --json |
+		python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print(dict(d["nbd"], **d["limits"]["nbd"])[sys.argv[1]])' "$1"
+}
+
+# hold_start SCENARIO [N]: a hostile-client.py hold scenario (N
+# connections) in the background, killed in teardown; waits (at most
+# 20 s) for its "holding" line.  Sets HOLD_PID.
+hold_start() {
+	local out=$BATS_TEST_TMPDIR/hold.$$.$RANDOM _
+	HOSTILE_FLOOD=${2:-16} python3 "$HOSTILE" "$SOCK" "$1" >"$out" 2>&1 3>&- &
+	HOLD_PID=$!
+	echo "$HOLD_PID" >>"$BATS_TEST_TMPDIR/holders"
+	for _ in $(seq 200); do
+		grep -q '^holding' "$out" && return 0
+		kill -0 "$HOLD_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	fail "$1 did not start holding: $(cat "$out")"
+}
+
+# fuse_attach MNT: nbdfuse on $SOCK at MNT, the way hp-dev starts it (so
+# with its default of 4 connections: multi-conn); waits (at most 10 s)
+# for its file.  Unmounted in teardown.
+fuse_attach() {
+	local _ pid
+	mkdir -p "$1"
+	nbdfuse "$1" --unix "$SOCK" >>"$BATS_TEST_TMPDIR/nbdfuse.log" 2>&1 3>&- &
+	pid=$!
+	echo "$1 $pid" >>"$BATS_TEST_TMPDIR/mounts"
+	for _ in $(seq 100); do
+		[ -f "$1/nbd" ] && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	fail "nbdfuse on $1 did not come up: $(cat "$BATS_TEST_TMPDIR/nbdfuse.log")"
 }
 
 # ---- what nbdinfo sees --------------------------------------------------
@@ -303,6 +356,107 @@ time.sleep(30)' "$SOCK" 3>&- &
 	kill "$pid"
 	wait "$pid" || true
 	worker_alive
+}
+
+# ---- connection limits (issue 11, defect 8) ------------------------------
+
+@test "nbd: idle clients that fill the table lock no one out; idle nbdfuse devices outlive them" {
+	local img pat=$IMGDIR/pattern m1=$BATS_TEST_TMPDIR/m1 m2=$BATS_TEST_TMPDIR/m2
+	command -v nbdfuse >/dev/null && [ -c /dev/fuse ] ||
+		skip "nbdfuse or /dev/fuse is missing"
+	img=$(make_image d.img 16M)
+	python3 -c 'import sys; sys.stdout.buffer.write(b"\x6d" * (16 << 20))' >"$pat"
+	start_worker d "aio:$img"
+	run -0 qemu-io -f raw "$URI" -c 'write -P 0x6d 0 16M'
+	# The dom0 device, attached before the idlers come; it does no I/O
+	# until the end.
+	fuse_attach "$m1"
+	# 16 clients that finish the handshake and idle, kept open; then
+	# rounds of 16 more that come and go, each round checking that a new
+	# client is served meanwhile (the old code refused it: the defect).
+	hold_start idle-hold
+	# One process holds at most 8: the device's 4 and 8 idlers are open.
+	run -0 stat_nbd connections
+	assert_output 12
+	run -0 timeout 60 python3 "$HOSTILE" "$SOCK" idle-flood
+	run -0 timeout 20 nbdinfo --size "$URI"
+	assert_output 16777216
+	# Another process fills the table up; a re-attach of the device is
+	# accepted all the same (all four connections), and does its I/O.
+	hold_start idle-hold 8
+	fuse_attach "$m2"
+	run -0 timeout 20 cmp -n 1048576 "$m2/nbd" "$pat"
+	run -0 timeout 60 python3 "$HOSTILE" "$SOCK" idle-flood
+	# Both devices still serve: none of their connections was evicted
+	# (nbdfuse does not reconnect: a lost one would fail these reads).
+	run -0 timeout 20 cmp -i 4194304 -n 1048576 "$m1/nbd" "$pat"
+	run -0 timeout 20 cmp -i 8388608 -n 1048576 "$m2/nbd" "$pat"
+	run -0 stat_nbd evicted
+	[ "$output" -gt 0 ] || fail "nothing was evicted: $output"
+	run -0 stat_nbd connections
+	[ "$output" -le 16 ] || fail "more connections than the table: $output"
+	worker_alive
+}
+
+@test "nbd: 16 clients that never read their replies: the worker's memory stays bounded, others are served" {
+	local img rss before after _
+	img=$(make_image nr.img 64M)
+	# A short stall timeout (--timeouts: for tests) to see them dropped.
+	start_worker nr "aio:$img" --timeouts 0,6000,0
+	# 16 clients in two processes (one process gets at most 8), each
+	# sending 32 MiB reads and reading nothing.
+	hold_start no-read 8
+	hold_start no-read 8
+	# Wait (at most 20 s) until the worker has stopped taking requests.
+	before=-1
+	for _ in $(seq 40); do
+		after=$(stat_nbd requests)
+		[ "$after" = "$before" ] && break
+		before=$after
+		sleep 0.5
+	done
+	rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$PID/status")
+	echo "# worker VmRSS with 16 never-reading clients: $rss kB" >&3
+	# The old code held 96 MiB per connection: 1.5 GiB.
+	[ "$rss" -lt $((160 << 10)) ] || fail "worker RSS $rss kB"
+	run -0 stat_nbd buffer_bytes
+	[ "$output" -le $((64 << 20)) ] || fail "buffers over the budget: $output"
+	# A good client is served meanwhile (a never-reader makes room once
+	# it has taken nothing for 2 s: retry, at most 10 times).
+	for _ in $(seq 10); do
+		timeout 20 qemu-io -f raw "$URI" -c 'read -P 0 0 1M' >/dev/null 2>&1 && break
+		sleep 1
+	done
+	run -0 timeout 20 qemu-io -f raw "$URI" -c 'read -P 0 0 1M'
+	# And the stall check drops them (6 s here; at most 60 s of waiting).
+	for _ in $(seq 120); do
+		[ "$(stat_nbd timed_out)" -ge 8 ] && break
+		sleep 0.5
+	done
+	run -0 stat_nbd timed_out
+	[ "$output" -ge 8 ] || fail "only $output clients timed out"
+	run -0 timeout 20 qemu-io -f raw "$URI" -c 'read -P 0 0 1M'
+	worker_alive
+}
+
+@test "nbd: a client that stalls in its handshake or in a request is dropped; an idle one is not" {
+	start_worker hs ram:16M --timeouts 500,500,0
+	run -0 timeout 20 python3 -c '
+import socket, sys, time
+sys.path.insert(0, sys.argv[2])
+hc = __import__("hostile-client")
+idle = hc.Client(sys.argv[1]); idle.greeting(); idle.go()
+slow = hc.Client(sys.argv[1])   # says nothing at all
+half = hc.Client(sys.argv[1]); half.greeting(); half.go()
+half.send(b"\x25\x60\x95\x13\0\0")   # half a request header
+for c, what in ((slow, "handshake"), (half, "half a request")):
+    if not c.closed_by_server():
+        sys.exit("not dropped: " + what)
+time.sleep(2)   # four times the stall timeout: idle is no stall
+idle.read(0, 4096)
+' "$SOCK" "$TOP/tests/nbd"
+	run -0 stat_nbd timed_out
+	assert_output 2
 }
 
 # ---- errors from the chain ----------------------------------------------

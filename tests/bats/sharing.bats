@@ -202,3 +202,30 @@ worker_pid_of() {
 	assert_success
 	assert_no_leftovers
 }
+
+# ro_attach ARGS...: v2-attach, but with the backend's mode "r".
+ro_attach() {
+	ts "$@" v2-create
+	ts "$@" v2-run version
+	ts "$@" v2-run prepare
+	ts "$@" v2-backend
+	paths_of "$@"
+	xenstore-write "$BACKEND_PATH/mode" r
+	ts "$@" v2-run add
+}
+
+@test "sharing: read-only disks of two VMs may share an image; a writer may not join them" {
+	run ro_attach --domid 1
+	assert_success
+	run ro_attach --domid 2
+	assert_success
+	run ts --domid 5 v2-attach
+	assert_failure
+	paths_of --domid 5
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "in use read-only by domain"
+	for d in 1 2 5; do
+		run ts --domid "$d" v2-detach
+	done
+	assert_no_leftovers
+}

@@ -56,6 +56,11 @@ teardown() {
 	assert_failure 2
 	run "$BIN/blkstack-worker" --name x --chain ram:1M --ready-fd nope
 	assert_failure 2
+	for t in 1,2 1,2,3,4 1,,3 1,2,x 1,2,99999999999 -1,2,3; do
+		run "$BIN/blkstack-worker" --name x --chain ram:1M --timeouts "$t"
+		assert_failure 2
+		assert_output --partial "bad --timeouts '$t'"
+	done
 }
 
 @test "worker: a second worker of the same name is refused" {
@@ -138,4 +143,70 @@ PY
 		cat "$BATS_TEST_TMPDIR/vg.log"
 		fail "worker exited $? under valgrind"
 	}
+}
+
+# ---- control connection limits (issue 11, defect 8) ---------------------
+
+# hold_ctl N [LINE]: N control connections from one background process,
+# each having sent LINE if given; waits (at most 20 s) until it holds
+# them.  Sets HOLD_PID (stopped by worker_teardown, a job).
+hold_ctl() {
+	local out=$BATS_TEST_TMPDIR/hold-ctl.$RANDOM _
+	python3 -c '
+import socket, sys, time
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    if sys.argv[3]:
+        s.sendall(sys.argv[3].encode() + b"\n")
+    socks.append(s)
+print("holding", flush=True)
+time.sleep(120)
+' "$WORKER_RUNDIR/$1/ctl.sock" "$2" "${3:-}" >"$out" 2>&1 &
+	HOLD_PID=$!
+	for _ in $(seq 200); do
+		grep -q '^holding' "$out" && return 0
+		kill -0 "$HOLD_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	fail "the control connections were not opened: $(cat "$out")"
+}
+
+ctl() {
+	timeout 20 "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" "$@"
+}
+
+@test "worker: 70 idle control connections: info, pause and destroy still work at once" {
+	worker_start vm1 "ram:16M"
+	hold_ctl vm1 70
+	# The old code refused the 65th: "too many control connections".
+	run -0 ctl info --name vm1
+	run -0 ctl pause --name vm1
+	run -0 ctl unpause --name vm1
+	run -0 ctl stats --name vm1 --json
+	run -0 python3 -c 'import json, sys
+c = json.loads(sys.argv[1])["limits"]["control"]
+assert c["evicted"] >= 6 and c["connections"] <= 64, c' "$output"
+	# Promptly: the default idle timeout (30 s) is not what lets it in.
+	run -0 ctl destroy --name vm1
+	wait "$WORKER_PID" || fail "the worker exited $?"
+	assert_file_not_exists "$WORKER_RUNDIR/vm1/pid"
+}
+
+@test "worker: idle control connections time out; ones that never read their replies too" {
+	worker_start vm1 "ram:16M" --timeouts 0,0,500
+	# Ten idle, and ten that ask for stats 200 times and read nothing.
+	hold_ctl vm1 10
+	idle_pid=$HOLD_PID
+	hold_ctl vm1 10 "$(printf 'stats\n%.0s' $(seq 199))stats"
+	for _ in $(seq 100); do
+		n=$(ctl stats --name vm1 --json | python3 -c 'import json, sys
+print(json.load(sys.stdin)["limits"]["control"]["timed_out"])')
+		[ "$n" -ge 20 ] && break
+		sleep 0.2
+	done
+	[ "$n" -ge 20 ] || fail "only $n control connections timed out"
+	run -0 ctl info --name vm1
+	kill "$idle_pid" "$HOLD_PID"
 }

@@ -4,6 +4,8 @@
  * from xenstore, so the parser must survive any bytes.  Properties checked
  * beyond "no crash, no leak, no UB" (ASan and UBSan are on):
  *   - a refusal leaves the spec empty and a one-line message;
+ *   - an accepted chain holds no NUL byte, every path layer (args_path)
+ *     has an absolute path, and every driver's check accepts its args;
  *   - an accepted chain formats back and reparses to the same layers.
  */
 #include <stdint.h>
@@ -25,6 +27,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (spec.n != 0 || strchr(err.msg, '\n') || err.msg[0] == '\0')
 			abort();
 		return 0;
+	}
+	if (memchr(data, '\0', size))
+		abort();
+	for (unsigned int i = 0; i < spec.n; i++) {
+		const struct bks_layer_spec *ls = &spec.layers[i];
+
+		if (ls->driver->args_path && ls->args[0] != '/')
+			abort();
+		if (ls->driver->check && ls->driver->check(ls->args, &err) < 0)
+			abort();
 	}
 	n = bks_chain_format(&spec, buf, sizeof(buf));
 	if (n < 0)

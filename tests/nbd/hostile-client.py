@@ -14,6 +14,11 @@ bad-request-magic, huge-write, mid-header, mid-payload, mid-option.
 Scenarios that check edge cases: options, too-big-option, errors,
 past-end, simple-replies, unaligned, same-block, zeroes-unaligned,
 trim-unaligned, pipeline, block-status, read-only.
+Scenarios for the connection limits (nbd-server.h): idle-flood checks a
+new client is served while 16 idle clients fill the table, round after
+round; idle-hold and no-read hold 16 connections ($HOSTILE_FLOOD; idle
+after the handshake, or sending 32 MiB reads and never reading a reply)
+until killed (at most HOLD seconds), after printing "holding N".
 
 Only the standard library: it runs wherever python3 does.
 """
@@ -24,6 +29,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -59,6 +65,10 @@ REPLY_TYPE_ERROR = 2**15 + 1
 EPERM, EIO, EINVAL, ENOSPC, EOVERFLOW = 1, 5, 22, 28, 75
 
 TIMEOUT = 20
+# How many connections the limit scenarios open (the server's default
+# table; $HOSTILE_FLOOD overrides), and how long the hold scenarios hold.
+FLOOD = int(os.environ.get("HOSTILE_FLOOD", "16"))
+HOLD = 120
 
 
 class Fail(Exception):
@@ -547,6 +557,73 @@ def sc_read_only(path):
               "command %d on a read-only export" % cmd)
     c.read(0, 512)
     c.disc()
+
+
+# ---- scenarios for the connection limits ----------------------------------
+
+
+def idlers(path, n=FLOOD):
+    """n clients that finish the handshake and then say nothing.  Some may
+    be evicted as they come (the table is full): that is the point."""
+    out = []
+    for _ in range(n):
+        try:
+            c = Client(path)
+            c.greeting()
+            out.append(c.go())
+        except (Fail, OSError):
+            pass  # evicted, or refused, before its handshake ended
+    return out
+
+
+def sc_idle_flood(path):
+    """Idle clients that fill the connection table must not lock out a
+    new one: round after round, a fresh client is served meanwhile."""
+    for rnd in range(3):
+        held = idlers(path)
+        c = Client(path)
+        try:
+            c.greeting()
+            c.go()
+            c.read(0, 4096)
+        except (Fail, OSError) as e:
+            raise Fail("round %d: a new client was not served with %d idle "
+                       "clients open: %s" % (rnd, len(held), e))
+        c.disc()
+        for h in held:
+            h.close()
+
+
+def hold(conns):
+    print("holding %d" % len(conns), flush=True)
+    time.sleep(HOLD)
+
+
+def sc_idle_hold(path):
+    hold(idlers(path))
+
+
+def sc_no_read(path):
+    """Clients that send big reads and never read a reply: the server
+    must stop reading their requests, not buffer the replies."""
+    conns = []
+    for _ in range(FLOOD):
+        c = Client(path)
+        try:
+            c.greeting()
+            c.go()
+        except (Fail, OSError):
+            continue  # refused: the server keeps room for others
+        size = min(c.block[2] if c.block else 32 << 20, c.size)
+        # The kernel may take some of it; the rest is for the server.
+        c.sock.setblocking(False)
+        for i in range(64):
+            try:
+                c.request(CMD_READ, 0, size, i)
+            except (BlockingIOError, OSError):
+                break  # the server stopped reading: back-pressure
+        conns.append(c)
+    hold(conns)
 
 
 SCENARIOS = {name[3:].replace("_", "-"): fn

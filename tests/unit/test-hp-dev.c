@@ -112,6 +112,38 @@ static void test_record_roundtrip(void **state)
 	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
 	assert_memory_equal(&d, &back, sizeof(d));
 
+	/* The worker a device was made for, last. */
+	d.staged = false;
+	strcpy(d.path, "/dev/loop12");
+	d.major = 7;
+	d.minor = 12;
+	d.fuse_pid = 4321;
+	strcpy(d.fuse_dir, "/run/st/fuse-Ab_9.x");
+	strcpy(d.worker, "812:99137");
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line,
+			    "mech=loop path=/dev/loop12 major=7 "
+			    "minor=12 staged=0 fuse_pid=4321 "
+			    "fuse_dir=/run/st/fuse-Ab_9.x worker=812:99137");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+	/* With no fuse_dir before it. */
+	memset(&d, 0, sizeof(d));
+	d.mech = HP_DEV_NBD;
+	strcpy(d.path, "/dev/nbd3");
+	d.major = 43;
+	d.minor = 96;
+	strcpy(d.worker, "1:2");
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line, "mech=nbd path=/dev/nbd3 major=43 minor=96 "
+				  "staged=0 fuse_pid=0 fuse_dir= worker=1:2");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+	strcpy(d.worker, "1:2 x");
+	assert_int_equal(hp_dev_format(&d, line, sizeof(line)), -EINVAL);
+	memset(&d, 0, sizeof(d));
+	d.mech = HP_DEV_LOOP;
+
 	/* Too small a buffer, unrepresentable values. */
 	assert_int_equal(hp_dev_format(&d, line, 10), -ENAMETOOLONG);
 	d.mech = HP_DEV_AUTO;
@@ -196,6 +228,22 @@ static void test_record_invalid(void **state)
 	    -EINVAL);
 	assert_string_equal(err.msg, "invalid device record (at field "
 				     "fuse_dir)");
+	/* Bad worker tokens. */
+	static const char *const bad_worker[] = {
+	    "mech=nbd path=/dev/nbd0 major=43 minor=0 staged=0 fuse_pid=0 "
+	    "fuse_dir= worker=",
+	    "mech=nbd path=/dev/nbd0 major=43 minor=0 staged=0 fuse_pid=0 "
+	    "fuse_dir= worker=12",
+	    "mech=nbd path=/dev/nbd0 major=43 minor=0 staged=0 fuse_pid=0 "
+	    "fuse_dir= worker=:3",
+	    "mech=nbd path=/dev/nbd0 major=43 minor=0 staged=0 fuse_pid=0 "
+	    "fuse_dir= worker=1:x",
+	    "mech=nbd path=/dev/nbd0 major=43 minor=0 staged=0 fuse_pid=0 "
+	    "fuse_dir= worker=1:2 extra=1",
+	};
+	for (size_t i = 0; i < sizeof(bad_worker) / sizeof(*bad_worker); i++)
+		assert_int_equal(
+		    hp_dev_parse(bad_worker[i], "/run/st", &d, &err), -EINVAL);
 	/* A good nbd record. */
 	assert_int_equal(hp_dev_parse("mech=nbd path=/dev/nbd0 major=43 "
 				      "minor=0 staged=0 fuse_pid=0 fuse_dir=",

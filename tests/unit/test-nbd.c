@@ -841,27 +841,194 @@ static void test_shutdown_held(void **state)
 	fx_stop(&fx); /* shutting down twice is fine */
 }
 
+/*
+ * A full table evicts an idle connection for a newcomer (see nbd-server.h):
+ * one that never sent a request before one that did, the youngest first;
+ * one in the middle of a request never.  Only when none is idle is the
+ * newcomer refused.  (All of these clients are of this one process, with
+ * as many connections as the table holds: more than a multi-conn set, so
+ * none is spared as the newcomer's own.)
+ */
 static void test_max_connections(void **state)
 {
-	struct bks_nbd_config cfg = {.name = "disk", .max_connections = 1};
-	unsigned char buf[512];
+	struct bks_nbd_config cfg = {.name = "disk", .max_connections = 8};
+	unsigned char buf[512], part[NBD_REQUEST_SIZE] = {0};
 	struct fx fx = {0};
-	int fd, extra;
+	uint64_t cookie;
+	char msg[256];
+	int a, f[6], b, c, d;
 
 	(void)state;
+	put32be(part, NBD_REQUEST_MAGIC);
 	fx_start(&fx, "ram:1M", &cfg);
-	fd = cl_open(&fx, true, NULL);
-	extra = cl_connect(&fx);
-	assert_true(cl_closed(&fx, extra));
-	close(extra);
+	a = cl_open(&fx, true, NULL);
+	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	/* Six that are busy: half a request each. */
+	for (int i = 0; i < 6; i++) {
+		f[i] = cl_open(&fx, true, NULL);
+		cl_send(&fx, f[i], part, 10);
+	}
+	b = cl_open(&fx, true, NULL);
+	pump(&fx, 5);
+	/* b never sent a request: it goes, a (older, used) stays. */
+	c = cl_open(&fx, true, NULL);
+	assert_true(cl_closed(&fx, b));
+	assert_int_equal(stats(&fx).evicted, 1);
+	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	assert_int_equal(cl_cmd(&fx, c, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	/* Both used: the younger goes (seniority). */
+	d = cl_open(&fx, true, NULL);
+	assert_true(cl_closed(&fx, c));
+	assert_int_equal(cl_cmd(&fx, a, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	/* d never sent a request: it goes before a. */
+	close(b);
+	b = cl_open(&fx, true, NULL);
+	assert_true(cl_closed(&fx, d));
+	assert_int_equal(stats(&fx).evicted, 3);
+	/* All busy (half a request each): the newcomer is refused. */
+	cl_send(&fx, a, part, 10);
+	cl_send(&fx, b, part, 10);
+	pump(&fx, 5);
+	close(c);
+	c = cl_connect(&fx);
+	assert_true(cl_closed(&fx, c));
 	assert_int_equal(stats(&fx).refused, 1);
-	assert_int_equal(cl_cmd(&fx, fd, NBD_CMD_READ, 0, 0, 512, buf), 0);
-	cl_disc(&fx, fd);
-	/* The slot is free again. */
-	fd = cl_open(&fx, true, NULL);
-	cl_disc(&fx, fd);
-	assert_int_equal(stats(&fx).connections_total, 2);
+	assert_int_equal(stats(&fx).evicted, 3);
+	/* The halves are finished, and served. */
+	cl_send(&fx, a, part + 10, sizeof(part) - 10);
+	assert_int_equal(cl_reply(&fx, a, &cookie, NULL, 0, msg, sizeof(msg)),
+			 NBD_EINVAL);
+	cl_disc(&fx, a);
+	for (int i = 0; i < 6; i++)
+		close(f[i]);
+	close(b);
+	close(c);
+	close(d);
+	assert_int_equal(stats(&fx).connections_total, 11);
 	fx_stop(&fx);
+}
+
+/*
+ * The handshake deadline drops a client that does not negotiate; the
+ * stall check drops one that stops in the middle of a request; one that
+ * idles between requests is never dropped for it.
+ */
+static void test_timeouts(void **state)
+{
+	struct bks_nbd_config cfg = {
+	    .name = "disk", .handshake_timeout_ms = 50, .stall_timeout_ms = 50};
+	unsigned char buf[512], part[10] = {0};
+	struct fx fx = {0};
+	int slow, idle, stuck;
+
+	(void)state;
+	put32be(part, NBD_REQUEST_MAGIC);
+	fx_start(&fx, "ram:1M", &cfg);
+	slow = cl_connect(&fx);
+	idle = cl_open(&fx, true, NULL);
+	stuck = cl_open(&fx, true, NULL);
+	cl_send(&fx, stuck, part, sizeof(part));
+	assert_true(cl_closed(&fx, slow));
+	assert_true(cl_closed(&fx, stuck));
+	assert_int_equal(stats(&fx).timed_out, 2);
+	/* Four times the stall timeout later, the idle one still serves. */
+	assert_true(cl_quiet(&fx, idle, 20));
+	assert_int_equal(cl_cmd(&fx, idle, NBD_CMD_READ, 0, 0, 512, buf), 0);
+	assert_int_equal(stats(&fx).timed_out, 2);
+	cl_disc(&fx, idle);
+	close(slow);
+	close(stuck);
+	fx_stop(&fx);
+}
+
+/*
+ * A client that sends reads and reads no reply: the server stops taking
+ * its requests once BKS_NBD_CONN_OUT_HIGH of replies wait, and its
+ * buffers stay within the connection's budget; everything is answered
+ * once it reads.
+ */
+static void test_backpressure(void **state)
+{
+	struct bks_nbd_config cfg = {.name = "disk"};
+	const uint32_t n = 1 << 20, count = 64;
+	unsigned char *buf = malloc(n);
+	struct fx fx = {0};
+	uint64_t cookie, before;
+	bool seen[64] = {false};
+	int fd;
+
+	(void)state;
+	assert_non_null(buf);
+	fx_start(&fx, "ram:4M", &cfg);
+	fd = cl_open(&fx, true, NULL);
+	for (uint32_t i = 0; i < count; i++)
+		cl_request(&fx, fd, NBD_CMD_READ, 0, i, 0, n, NULL);
+	pump(&fx, 50);
+	before = stats(&fx).requests;
+	pump(&fx, 50);
+	/* Stopped, not taking requests any more. */
+	assert_int_equal(stats(&fx).requests, before);
+	assert_true(before < count);
+	assert_true(stats(&fx).buffer_bytes <= BKS_NBD_CONN_BUF_BUDGET);
+	for (uint32_t i = 0; i < count; i++) {
+		assert_int_equal(cl_reply(&fx, fd, &cookie, buf, n, NULL, 0),
+				 0);
+		assert_true(cookie < count && !seen[cookie]);
+		seen[cookie] = true;
+	}
+	assert_int_equal(stats(&fx).requests, count);
+	assert_true(stats(&fx).buffer_bytes <= BKS_NBD_CONN_BUF_BUDGET);
+	cl_disc(&fx, fd);
+	fx_stop(&fx);
+	free(buf);
+}
+
+/*
+ * The server-wide buffer budget: two clients that do not read their
+ * 32 MiB replies hold all of it; a third one's 32 MiB read waits until
+ * one of them reads, while a small read (under the floor) of a fourth
+ * is served at once.
+ */
+static void test_budget(void **state)
+{
+	/* b does not read for long under valgrind: no stall check here. */
+	struct bks_nbd_config cfg = {.name = "disk",
+				     .stall_timeout_ms = 3600000};
+	const uint32_t big = BKS_NBD_MAX_PAYLOAD;
+	unsigned char *buf = malloc(big);
+	struct fx fx = {0};
+	uint64_t cookie;
+	int a, b, c, d;
+
+	(void)state;
+	assert_non_null(buf);
+	fx_start(&fx, "ram:64M", &cfg);
+	a = cl_open(&fx, true, NULL);
+	b = cl_open(&fx, true, NULL);
+	c = cl_open(&fx, true, NULL);
+	d = cl_open(&fx, true, NULL);
+	cl_request(&fx, a, NBD_CMD_READ, 0, 1, 0, big, NULL);
+	cl_request(&fx, b, NBD_CMD_READ, 0, 2, 0, big, NULL);
+	pump(&fx, 20);
+	assert_int_equal(stats(&fx).buffer_bytes, BKS_NBD_SRV_BUF_BUDGET);
+	cl_request(&fx, c, NBD_CMD_READ, 0, 3, 0, big, NULL);
+	assert_true(cl_quiet(&fx, c, 20));
+	assert_int_equal(stats(&fx).requests, 2);
+	assert_int_equal(cl_cmd(&fx, d, NBD_CMD_READ, 0, 0, 65536, buf), 0);
+	/* a takes its reply: its buffer goes to c. */
+	assert_int_equal(cl_reply(&fx, a, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 1);
+	assert_int_equal(cl_reply(&fx, c, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 3);
+	assert_int_equal(cl_reply(&fx, b, &cookie, buf, big, NULL, 0), 0);
+	assert_int_equal(cookie, 2);
+	assert_true(stats(&fx).buffer_bytes <= BKS_NBD_SRV_BUF_BUDGET);
+	cl_disc(&fx, a);
+	cl_disc(&fx, b);
+	cl_disc(&fx, c);
+	cl_disc(&fx, d);
+	fx_stop(&fx);
+	free(buf);
 }
 
 /* More requests than max_in_flight, sent at once: the server stalls. */
@@ -1014,6 +1181,9 @@ int main(void)
 	    cmocka_unit_test(test_hold_in_flight),
 	    cmocka_unit_test(test_shutdown_held),
 	    cmocka_unit_test(test_max_connections),
+	    cmocka_unit_test(test_timeouts),
+	    cmocka_unit_test(test_backpressure),
+	    cmocka_unit_test(test_budget),
 	    cmocka_unit_test(test_stall),
 	    cmocka_unit_test(test_vanish_in_flight),
 	    cmocka_unit_test(test_eof_mid_payload),

@@ -11,12 +11,14 @@
  *   plain   = any byte but "|", "\", NUL and control characters
  *             (0x00-0x1f, 0x7f)
  *
- * Args are opaque to the parser: they run to the next unescaped "|" and
- * are handed to the driver with the escapes removed.  A literal "|" in a
- * path is written "\|", a literal "\" is written "\\"; any other
- * backslash sequence is an error.  The whole string is at most
- * BKS_CHAIN_STR_MAX bytes.  The rightmost layer is the sink; every layer
- * above it must be a filter.
+ * Args run to the next unescaped "|" and are handed to the driver with
+ * the escapes removed.  A literal "|" in a path is written "\|", a
+ * literal "\" is written "\\"; any other backslash sequence is an error.
+ * The whole string is at most BKS_CHAIN_STR_MAX bytes, and a NUL byte
+ * anywhere in it is refused.  The rightmost layer is the sink; every layer
+ * above it must be a filter.  The parser checks each layer's args: an
+ * args_path driver's path must be there and be absolute, and a driver's
+ * check op must accept them (docs/chains.txt has the rules).
  *
  * Example: "log:|aio:/images/vm.img" -- requests enter log: (a filter),
  * which passes them to aio: (the sink, the file /images/vm.img).
@@ -46,10 +48,13 @@ struct bks_chain_spec {
 };
 
 /*
- * Parse len bytes of s (which need not be NUL-terminated, and may hold
- * a NUL, which is refused).  Returns 0, or -EINVAL (-ENAMETOOLONG for an
- * over-long string) with err naming the byte offset, the layer and the
- * reason.  On success free the spec with bks_chain_spec_free().
+ * Parse len bytes of s (which need not be NUL-terminated).  A NUL byte
+ * anywhere in them is refused before anything else ("chain: NUL byte at
+ * offset N"), never taken for the end.  Returns 0, or -EINVAL
+ * (-ENAMETOOLONG for an over-long string) with err naming the byte
+ * offset, the layer and the reason.  On success free the spec with
+ * bks_chain_spec_free().  A caller holding a length (a xenstore read)
+ * passes that length, never strlen().
  */
 int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 		    struct bks_error *err);
@@ -88,7 +93,9 @@ struct bks_retry_policy {
  * parents (get_parent), then the filters from the bottom up; on failure
  * closes what it opened and returns -errno with err saying which layer
  * failed and why ("layer 2 (aio): open /images/vm.img: No such file or
- * directory").  read_only opens every layer read-only.
+ * directory").  read_only opens every layer read-only.  s is a C string;
+ * one that came with a length should go through bks_chain_parse() with
+ * that length first.
  */
 int bks_chain_open(struct bks_chain **out, const char *s, struct bks_loop *loop,
 		   bool read_only, struct bks_error *err);

@@ -191,9 +191,21 @@ struct bks_driver {
 	/*
 	 * True if the args are the path of the image the layer serves (a
 	 * file or a block device): tools use it to see which images a chain
-	 * uses, e.g. to refuse sharing one between guests.
+	 * uses, e.g. to refuse sharing one between guests.  The parser
+	 * refuses an empty or a relative path for such a layer (a relative
+	 * one would be resolved against whichever directory the opening
+	 * process happens to run in); open it with bks_image_open().
 	 */
 	bool args_path;
+
+	/*
+	 * Optional.  Checks args (untrusted text) without opening anything,
+	 * with the same rules and messages as open: bks_chain_parse() calls
+	 * it, so that a bad chain is refused where it is parsed (e.g. by
+	 * the hotplug helper, before any worker starts).  Returns 0 or
+	 * -EINVAL with err saying what is wrong.
+	 */
+	int (*check)(const char *args, struct bks_error *err);
 
 	/*
 	 * Required.  Called once by the chain open path, bottom layer
@@ -260,8 +272,10 @@ struct bks_driver {
 	 * Called by the chain open path after open.  Returns BKS_NO_PARENT,
 	 * or 0 with buf holding the parent as a one-layer chain string
 	 * ("vhd:/images/base.vhd", escaped as in chain.h), or -errno with
-	 * err set.  The framework opens the parent read-only and links it
-	 * as this layer's next.
+	 * err set.  The string is parsed like any chain: a path must be
+	 * absolute, so a backing file named relative to its image is
+	 * resolved against the image's directory here.  The framework opens
+	 * the parent read-only and links it as this layer's next.
 	 */
 	int (*get_parent)(void *state, char *buf, size_t size,
 			  struct bks_error *err);
@@ -333,15 +347,69 @@ extern const struct bks_driver *const bks_drivers[];
 
 /* ---- helpers for drivers ------------------------------------------------- */
 
+/* Longest key and value of one option, NUL included; most keys per driver. */
+#define BKS_ARGS_KEY_MAX   32
+#define BKS_ARGS_VALUE_MAX 64
+#define BKS_ARGS_MAX_KEYS  16
+
 /*
- * Iterate over "key=value,key=value" args.  Set *cursor to args first;
- * each call gives the next pair (value "" when there is no '=').
- * Returns 1 with a pair, 0 at the end, -EINVAL on an empty key or an
- * over-long pair (err names it).  key/value are copied, NUL-terminated,
- * into the caller's buffers.
+ * Reading "key=value,key=value" args, checked as a whole: every option has
+ * a key the driver knows, a '=' and a non-empty value, and is given at
+ * most once; there is no empty option (a leading or trailing ',', ",,").
+ * Every refusal is -EINVAL with a message naming the option and ending in
+ * "; usage: " and the driver's usage, e.g.
+ *
+ *   option 'block' is given twice: 'block=4K', then 'block=8K'; usage: ...
+ *
+ *   struct bks_args a;
+ *   bks_args_init(&a, args->args, keys, USAGE);
+ *   while ((r = bks_args_next(&a, err)) > 0)
+ *           switch (a.index) { ... a.value ... }
+ *   if (r < 0) return r;
  */
-int bks_args_next(const char **cursor, char *key, size_t keysize, char *value,
-		  size_t valuesize, struct bks_error *err);
+struct bks_args {
+	/* The current option, after bks_args_next() returned 1. */
+	unsigned int index;		/* of its key in keys */
+	char key[BKS_ARGS_KEY_MAX];	/* NUL-terminated */
+	char value[BKS_ARGS_VALUE_MAX]; /* NUL-terminated, never "" */
+
+	/* Private. */
+	const char *text;
+	const char *const *keys;
+	const char *usage;
+	const char *pos; /* the next option; NULL at the end */
+	unsigned int n;	 /* options read so far */
+	const char *seen[BKS_ARGS_MAX_KEYS]; /* each key's option, if given */
+};
+
+/*
+ * Start reading text (NULL or "" has no options).  keys: the keys the
+ * driver knows, NULL-terminated, at most BKS_ARGS_MAX_KEYS; usage: the
+ * driver's usage line.  Both must outlive a.
+ */
+void bks_args_init(struct bks_args *a, const char *text,
+		   const char *const *keys, const char *usage);
+
+/*
+ * The next option into a->index, a->key and a->value.  Returns 1 with an
+ * option, 0 at the end, -EINVAL (err says what is wrong) on a bad one.
+ */
+int bks_args_next(struct bks_args *a, struct bks_error *err);
+
+/*
+ * Refuse the value of the current option: "option 'KEY': 'VALUE' " + the
+ * formatted reason + "; usage: ...".  Returns -EINVAL.
+ */
+int bks_args_bad_value(const struct bks_args *a, struct bks_error *err,
+		       const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * The current option's value as a size (bks_parse_size()), or -EINVAL
+ * with err saying whether it is not a size or too large.
+ */
+int bks_args_size(const struct bks_args *a, uint64_t *out,
+		  struct bks_error *err);
 
 /*
  * Extents of [offset, offset + len) of an open file, from SEEK_DATA and
@@ -352,9 +420,43 @@ int bks_args_next(const char **cursor, char *key, size_t keysize, char *value,
 int bks_fd_extents(int fd, bool is_blk, uint64_t offset, uint64_t len,
 		   struct bks_extent *out, size_t max, size_t *n);
 
+/* An image file or block device opened for a sink: see bks_image_open(). */
+struct bks_image {
+	int fd;		     /* -1 when not open */
+	bool is_blk;	     /* a block device (else a regular file) */
+	uint64_t size;	     /* bytes: never 0, a multiple of block_size */
+	uint32_t block_size; /* a device's logical sector size; 512 for files */
+};
+
+/*
+ * Open the image at path for a sink whose args are a path (aio:, sync:):
+ * flags is O_RDONLY or O_RDWR, maybe with O_DIRECT (O_CLOEXEC is added).
+ * Never blocks: the type is checked on an O_PATH descriptor first, which
+ * opens nothing, and the image is then opened with O_NONBLOCK (cleared
+ * before returning).  Refuses, with err naming path:
+ *   - an empty or a relative path ("must be an absolute path");
+ *   - anything but a regular file or a block device ("X is a FIFO, not a
+ *     regular file or block device"), before any O_DIRECT open;
+ *   - an empty image ("X is empty (0 bytes)"), and one whose size is not
+ *     a multiple of its block size (bks_image_check_size());
+ *   - a path that changed between the two opens (-EAGAIN).
+ * Returns 0 with img filled (close img->fd with close()), or -errno.
+ */
+int bks_image_open(struct bks_image *img, const char *path, int flags,
+		   struct bks_error *err);
+
+/*
+ * Refuse (-EINVAL, err naming path, the size and block) an image of size
+ * bytes that is empty or not a multiple of block: never round it down,
+ * which would hide its tail from the guest.  Returns 0 if it is fine.
+ */
+int bks_image_check_size(const char *path, uint64_t size, uint32_t block,
+			 struct bks_error *err);
+
 /*
  * Parse a size: decimal bytes with an optional K, M, G or T suffix (powers
- * of 1024).  Returns 0 or -EINVAL/-ERANGE.
+ * of 1024).  Returns 0, -EINVAL (not a size: a sign, a space, another
+ * suffix, trailing bytes) or -ERANGE (more than 2^64 - 1 bytes).
  */
 int bks_parse_size(const char *s, uint64_t *out);
 

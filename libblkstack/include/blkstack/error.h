@@ -30,6 +30,12 @@ struct bks_error {
  * err may be NULL (the caller only wants the code).  code must be a
  * positive errno value; 0 is treated as EIO so that no failure can be
  * reported as success.
+ *
+ * A message longer than BKS_ERROR_MSG_MAX - 1 bytes is shortened in the
+ * middle: its start (the operation and the start of the object) and its
+ * end (the end of the object, ": " and the strerror text, always whole)
+ * are kept around "...".  A PATH_MAX path never pushes the reason out.
+ * No UTF-8 sequence is cut.
  */
 int bks_error_set(struct bks_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -37,7 +43,8 @@ int bks_error_set(struct bks_error *err, int code, const char *fmt, ...)
 /*
  * Like bks_error_set(), but the message is exactly the formatted text:
  * for failures that have no errno of their own to explain them ("chain
- * position 4: empty layer").
+ * position 4: empty layer").  Shortened like bks_error_set(): the start
+ * and the end (the reason) are kept.
  */
 int bks_error_setmsg(struct bks_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -45,7 +52,8 @@ int bks_error_setmsg(struct bks_error *err, int code, const char *fmt, ...)
 /*
  * Add outer context in front of an existing message: "prepare: " + msg.
  * Leaves err->code untouched and returns -err->code.  A message that no
- * longer fits is truncated at the end, never at the front.
+ * longer fits is shortened in the middle, like bks_error_set(): the new
+ * context at the front and the reason at the end are kept.
  */
 int bks_error_prepend(struct bks_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

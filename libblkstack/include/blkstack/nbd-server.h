@@ -22,25 +22,86 @@
 /* Largest READ/WRITE payload accepted, advertised in NBD_INFO_BLOCK_SIZE. */
 #define BKS_NBD_MAX_PAYLOAD (32u << 20)
 
+/*
+ * Limits (see "Connection limits" in docs/control-protocol.txt).
+ *
+ * Connections.  At most max_connections are open.  There is no idle
+ * timeout once a client is in transmission: the dom0 device's own
+ * connection (kernel NBD, nbdfuse) idles legitimately for as long as the
+ * guest does no I/O, and must never be dropped for it.  Instead:
+ *
+ *   - A client that has not finished its handshake within
+ *     BKS_NBD_HANDSHAKE_TIMEOUT_MS is dropped.
+ *   - A client that is stuck in the middle of something -- replies
+ *     waiting that it does not read, or half a request sent -- and makes
+ *     no progress for BKS_NBD_STALL_TIMEOUT_MS is dropped.  A kernel or
+ *     nbdfuse client always reads its replies and sends whole requests.
+ *   - One process (SO_PEERCRED) holds at most 8 connections: its next
+ *     one takes the place of its own youngest idle connection.  So one
+ *     client cannot fill the table; the rest is room for the others.
+ *   - When the table is full, a newcomer is not refused: the server
+ *     evicts an idle connection (nothing in flight, nothing queued,
+ *     nothing half received) or one that does not read its replies (none
+ *     taken for 2 s) of another process to make room, and refuses only
+ *     when there is none.  The victim is, in this order: one that does
+ *     not read its replies; a client still negotiating (the oldest
+ *     first: a real client negotiates in milliseconds); a client that
+ *     has never sent a request; any other.  Among the last two, the most
+ *     recently accepted goes first -- seniority: a connection that was
+ *     there before a flood of idlers began outlives every one of them,
+ *     so the device connection that has idled for minutes stays while
+ *     idlers come and go.  A new device connection (after a re-attach)
+ *     is accepted, its multi-conn set too (a newcomer never evicts its
+ *     own process's connections to get in), and once it has carried a
+ *     request (its first I/O) only younger or never-used connections go
+ *     before it.  The one gap: between its connect and its first request
+ *     a new device connection is the youngest never-used one, and an idler
+ *     of another process knocking at a full table in that moment takes
+ *     its place.  Nothing on the wire tells the two apart then.
+ *
+ * Memory.  A connection stops reading requests (back-pressure) while
+ * more than BKS_NBD_CONN_OUT_HIGH bytes of replies wait for it, and its
+ * data buffers are bounded by BKS_NBD_CONN_BUF_BUDGET -- except that one
+ * request of up to BKS_NBD_MAX_PAYLOAD may go through when the connection
+ * has nothing else in progress.  All connections together hold at most
+ * BKS_NBD_SRV_BUF_BUDGET of data buffers; a connection with nothing in
+ * progress may always take BKS_NBD_CONN_BUF_FLOOR, so that small clients
+ * (the device) are never starved by big ones.  Requests over a budget
+ * wait (the connection stops reading) until buffers come back; those a
+ * client that does not read holds come back when it is evicted or
+ * dropped by the stall check.
+ */
+#define BKS_NBD_HANDSHAKE_TIMEOUT_MS 30000u
+#define BKS_NBD_STALL_TIMEOUT_MS     30000u
+#define BKS_NBD_CONN_OUT_HIGH	     (4u << 20)
+#define BKS_NBD_CONN_BUF_BUDGET	     (8u << 20)
+#define BKS_NBD_CONN_BUF_FLOOR	     (2u << 20)
+#define BKS_NBD_SRV_BUF_BUDGET	     (64u << 20)
+
 struct bks_nbd_config {
 	const char *name;	 /* the export's name; "" also selects it */
 	const char *description; /* for NBD_INFO_DESCRIPTION, may be NULL */
 	bool read_only;		 /* advertise READ_ONLY, refuse writes */
 	unsigned int max_connections; /* 0: 16 */
 	unsigned int max_in_flight;   /* per connection; 0: 64 */
+	/* 0: the defaults above.  Shorter ones are for tests. */
+	unsigned int handshake_timeout_ms, stall_timeout_ms;
 };
 
 struct bks_nbd_stats {
 	uint64_t connections;	    /* open now */
 	uint64_t connections_total; /* accepted since start */
-	uint64_t refused;	    /* over max_connections */
-	uint64_t dropped;  /* clients disconnected for protocol errors */
-	uint64_t requests; /* transmission requests received */
-	uint64_t errors;   /* replies with an error */
+	uint64_t refused;	    /* table full, none idle to evict */
+	uint64_t evicted;	    /* idle, closed to make room */
+	uint64_t timed_out; /* handshake not finished, or stuck, in time */
+	uint64_t dropped;   /* clients disconnected for protocol errors */
+	uint64_t requests;  /* transmission requests received */
+	uint64_t errors;    /* replies with an error */
 	uint64_t bytes_read, bytes_written;
-	uint64_t in_flight; /* submitted to the chain, not completed */
-	uint64_t held;	    /* received while held, total */
-	uint64_t holding;   /* held now, not yet submitted */
+	uint64_t in_flight;    /* submitted to the chain, not completed */
+	uint64_t held;	       /* received while held, total */
+	uint64_t holding;      /* held now, not yet submitted */
+	uint64_t buffer_bytes; /* data buffers held now, all connections */
 };
 
 struct bks_nbd_server;
