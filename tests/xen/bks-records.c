@@ -25,6 +25,8 @@
  *         gap_ms=G gap_at=S        largest timestamp gap between
  *                                  consecutive records (S: the later one)
  *         from_gap_ms=G from_gap_at=S  the same over records >= FROM_SEQ
+ *         back_ms=K    largest step back in time between consecutive records
+ *         from_span_ms=P  time from record FROM_SEQ to the last record
  *         mean_ms=M    mean interval over the run
  *       Exit 0 when the file could be read; the caller judges the values.
  *
@@ -218,6 +220,7 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 	uint64_t slot, records = 0, bad = 0, after_hole = 0;
 	uint64_t prev_ns = 0, first_ns = 0, gap = 0, gap_at = 0;
 	uint64_t from_gap = 0, from_gap_at = 0, run = 0, other_run = 0;
+	uint64_t back = 0, from_ns = 0;
 	long long last = -1;
 	int hole = 0, fd = -1, rc = 1;
 	struct stat st;
@@ -267,6 +270,10 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 			bad++;
 			continue;
 		}
+		if (last >= 0 && r.ns < prev_ns && prev_ns - r.ns > back)
+			back = prev_ns - r.ns;
+		if (r.seq == from)
+			from_ns = r.ns;
 		if (last >= 0 && r.ns > prev_ns) {
 			uint64_t d = r.ns - prev_ns;
 
@@ -291,9 +298,11 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 	printf("records=%" PRIu64 " last=%lld bad=%" PRIu64
 	       " after_hole=%" PRIu64 " other_run=%" PRIu64 " gap_ms=%" PRIu64
 	       " gap_at=%" PRIu64 " from_gap_ms=%" PRIu64
-	       " from_gap_at=%" PRIu64 " mean_ms=%" PRIu64 "\n",
+	       " from_gap_at=%" PRIu64 " back_ms=%" PRIu64
+	       " from_span_ms=%" PRIu64 " mean_ms=%" PRIu64 "\n",
 	       records, last, bad, after_hole, other_run, gap / 1000000, gap_at,
-	       from_gap / 1000000, from_gap_at,
+	       from_gap / 1000000, from_gap_at, back / 1000000,
+	       from_ns && prev_ns > from_ns ? (prev_ns - from_ns) / 1000000 : 0,
 	       last > 0 ? (prev_ns - first_ns) / (uint64_t)last / 1000000 : 0);
 	rc = 0;
 out:

@@ -624,6 +624,7 @@ EOC
 			"no ack beyond $post (last $(last_ack "$g")); console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 4 | tr '\n' '|')"
 	fi
 
+	t5=$(now_ms)
 	xl shutdown "$g" >"/tmp/$g.shutdown" 2>&1 || true
 	if wait_for 90 domain_gone "$g"; then
 		pass "$tag: guest shut down, domain gone"
@@ -647,6 +648,9 @@ EOC
 	info "$tag: guest-visible blackout: $(kv from_gap_ms) ms (largest gap between" \
 		"records after $pre, at record $(kv from_gap_at); mean interval $(kv mean_ms) ms);" \
 		"$mode wall time $((t2 - t1)) ms"
+	info "$tag: clock check: the guest's records span $(kv from_span_ms) ms from" \
+		"record $pre to the last; dom0 saw $((t5 - t1)) ms from then to xl shutdown;" \
+		"largest step back in the guest's clock $(kv back_ms) ms"
 	wait_for 20 no_workers || true
 	check "$tag: no worker left" no_workers
 	check "$tag: no nbdfuse left" no_nbdfuse
