@@ -71,13 +71,18 @@ objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
 # linking $(LIB) needs.
 AIO_LIBS   := -laio
 LIB_LIBS    = $(AIO_LIBS)
-# libnl-genl-3: the kernel NBD client's netlink, in helpers/hotplug/hp-dev.c.
+# libnl-genl-3: the kernel NBD client's netlink, helpers/hotplug/
+# dev-nbd-kernel.c, and nothing else: what links it adds NL_LIBS.
 NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
 NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
-$(B)/obj/helpers/hotplug/hp-dev.o: CPPFLAGS += $(NL_CFLAGS)
-# Objects of the netlink code: whatever links one of them adds NL_LIBS.
-NL_OBJ     := $(B)/obj/helpers/hotplug/hp-dev.o
+$(B)/obj/helpers/hotplug/dev-nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
 $(B)/obj/helpers/hotplug/%.o: CPPFLAGS += $(XS_CFLAGS)
+
+# The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c, its dev-*.c
+# pieces and hp-conf.c; they include the netlink code (NL_LIBS).
+HP_DEV_OBJ := $(call objs,helpers/hotplug/hp-dev.c \
+                $(sort $(wildcard helpers/hotplug/dev-*.c)) \
+                helpers/hotplug/hp-conf.c)
 
 # ---- the library: every .c under libblkstack/, sub-folders too --------------
 LIB_SRC := $(sort $(shell find libblkstack -name '*.c'))
@@ -151,10 +156,9 @@ $(B)/obj/tests/toolstack/%.o: CPPFLAGS += $(XS_CFLAGS)
 $(TOOLSTACK): $(TOOLSTACK_OBJ)
 	$(call link,$(XS_LIBS))
 
-# build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.c for tests/bats/dev.bats.
+# build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.h for tests/bats/dev.bats.
 HPDEV_TOOL     := $(B)/tests/hp-dev-tool
-HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(NL_OBJ) \
-                  $(B)/obj/helpers/hotplug/hp-conf.o $(LIB)
+HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(LIB)
 $(B)/obj/tests/dev/%.o: CPPFLAGS += $(HELPER_INC)
 $(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
 	$(call link,$(NL_LIBS) $(LIB_LIBS))
@@ -167,8 +171,9 @@ UNIT_SRC  := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 $(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
 
-UNIT_OBJ_test-hp-dev    := $(NL_OBJ) $(B)/obj/helpers/hotplug/hp-conf.o
-UNIT_LIBS_test-hp-dev    = $(NL_LIBS)
+# test-hp-dev: the record and the choice, no devices (no netlink).
+UNIT_OBJ_test-hp-dev    := $(addprefix $(B)/obj/helpers/hotplug/, \
+                             dev-record.o dev-choose.o hp-conf.o)
 UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-conf.o hp-policy.o) $(COMMON)
