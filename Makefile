@@ -52,7 +52,7 @@ $(B)/obj/%.o: %.c
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
 # A program's own folder and helpers/common/ are on its include path.
-HELPER_INC := -Ihelpers/common -Ihelpers/hotplug
+HELPER_INC := -Ihelpers/common -Ihelpers/hotplug -Ihelpers/worker
 $(B)/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
 
 # ---- linking: one recipe for every binary -----------------------------------
@@ -178,6 +178,7 @@ UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-conf.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
+UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 
