@@ -51,9 +51,10 @@ $(B)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 
-# A program's own folder and helpers/common/ are on its include path.
-HELPER_INC := -Ihelpers/common -Ihelpers/hotplug -Ihelpers/worker
+# A program's own folder and helpers/common/ are on its include path; tests
+# of helper code get the helper folders (HELPER_INC).
 $(B)/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
+HELPER_INC := -Ihelpers/common -Ihelpers/hotplug -Ihelpers/worker
 
 # ---- linking: one recipe for every binary -----------------------------------
 # $(call link,LIBS): the rule's objects and archives, in prerequisite order,
