@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "blkstack/chain.h"
+#include "chain-pad.h"
 
 struct bks_layer {
 	const struct bks_driver *drv;
@@ -30,6 +31,7 @@ struct bks_chain {
 	struct bks_retry_policy retry;
 	uint64_t in_flight;
 	uint64_t retries;
+	struct bks_pad pad; /* chain-pad.c: requests at any byte */
 };
 
 static const char *const op_names[BKS_OP_COUNT] = {
@@ -314,7 +316,8 @@ static int chain_done(struct bks_req *req, int result, void *arg);
 static void chain_resubmit(struct bks_chain *chain, struct bks_req *req)
 {
 	req->attempts++;
-	push_frame(req, chain_done, chain); /* nframes is 0 here */
+	/* nframes is 0 here, or 1 with the padding's frame (chain-pad.c) */
+	push_frame(req, chain_done, chain);
 	layer_submit(&chain->layers[0], req);
 }
 
@@ -343,14 +346,57 @@ static int chain_done(struct bks_req *req, int result, void *arg)
 	return result;
 }
 
+/* Submit below the padding (its sub-requests, and what it lets go). */
+static void chain_issue(void *arg, struct bks_req *req)
+{
+	struct bks_chain *chain = arg;
+
+	req->nframes = 0;
+	req->attempts = 0;
+	req->chain = chain;
+	chain->in_flight++;
+	chain_resubmit(chain, req);
+}
+
+static void pad_resubmit(void *arg, struct bks_req *req)
+{
+	chain_resubmit(arg, req);
+}
+
+static void pad_finish(void *arg, struct bks_req *req, int result)
+{
+	struct bks_chain *chain = arg;
+
+	chain->in_flight--;
+	req->done(req, result);
+}
+
+static const struct bks_pad_ops pad_ops = {
+    .issue = chain_issue,
+    .resubmit = pad_resubmit,
+    .finish = pad_finish,
+};
+
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req)
 {
 	req->nframes = 0;
 	req->attempts = 0;
 	req->chain = chain;
 	chain->in_flight++;
-	chain_resubmit(chain, req);
+	if (!bks_pad_take(&chain->pad, req))
+		chain_resubmit(chain, req);
 	return 0;
+}
+
+size_t bks_chain_buf_skew(const struct bks_chain *chain, uint64_t offset)
+{
+	return (size_t)(offset % chain->layers[0].info.block_size);
+}
+
+void bks_chain_pad_stats(const struct bks_chain *chain,
+			 struct bks_pad_stats *out)
+{
+	*out = chain->pad.stats;
 }
 
 void bks_chain_set_retry(struct bks_chain *chain,
@@ -528,6 +574,7 @@ void bks_chain_close(struct bks_chain *chain)
 			l->drv->close(l->state);
 		free(l->state);
 	}
+	bks_pad_fini(&chain->pad);
 	free(chain);
 }
 
@@ -567,6 +614,11 @@ int bks_chain_open(struct bks_chain **out, const char *s, struct bks_loop *loop,
 				read_only, err);
 		if (rc < 0)
 			goto out;
+	}
+	if (bks_pad_init(&chain->pad, &pad_ops, chain, loop,
+			 &chain->layers[0].info) < 0) {
+		rc = bks_error_set(err, ENOMEM, "chain: padding");
+		goto out;
 	}
 	*out = chain;
 	chain = NULL;

@@ -25,13 +25,11 @@
  *   - Connection limits: the handshake deadline and the stall check share
  *     the connection's timer; a full table evicts an idle connection
  *     (srv_make_room() and evict_before() say which, and why).
- *   - Requests the chain cannot take as they are (offsets or lengths not
- *     multiples of its block size) are turned into aligned ones: reads
- *     are widened, trims shrunk, and writes and write-zeroes done by
- *     read-modify-write of the partial blocks.  A read-modify-write owns
- *     its blocks: it starts only when no other write of any client
- *     overlaps them, and writes overlapping it wait (the server-wide
- *     "active" and "wait" lists).
+ *   - Requests go to the chain at the bytes the client named: the chain
+ *     pads those with partial blocks (libblkstack/chain-pad.c) and
+ *     serialises overlapping writes across every export.  A slot's data
+ *     sits bks_chain_buf_skew() bytes into its aligned buffer, so that
+ *     the chain's whole blocks are aligned in memory.
  *   - Replies are queued per connection in completion order (matched by
  *     cookie, as the protocol allows) and written with non-blocking
  *     sendmsg(); EPOLLOUT is watched only while output is pending.
@@ -157,25 +155,9 @@ enum slot_state {
 	SLOT_FREE,  /* on the connection's free list */
 	SLOT_RECV,  /* receiving a write payload (the connection's rx) */
 	SLOT_HELD,  /* on the server's held list (bks_nbd_server_hold) */
-	SLOT_WAIT,  /* on the server's wait list (overlaps a write) */
 	SLOT_BUSY,  /* in the chain */
 	SLOT_REPLY, /* on the connection's output queue */
 };
-
-/* One chain request of a slot's plan. */
-enum step {
-	STEP_READ,	 /* [a, b) into buf */
-	STEP_WRITE,	 /* [a, b) from buf (merged first if rmw) */
-	STEP_READ_HEAD,	 /* the first block of [a, b) into scratch */
-	STEP_READ_TAIL,	 /* the last block of [a, b) into scratch + bs */
-	STEP_WRITE_HEAD, /* scratch back (zeroes merged first) */
-	STEP_WRITE_TAIL, /* scratch + bs back */
-	STEP_ZERO,	 /* write_zeroes of the aligned inside */
-	STEP_DISCARD,	 /* discard [a, b) */
-	STEP_FLUSH,
-};
-
-#define NBD_MAX_STEPS 5
 
 struct nbd_conn;
 
@@ -183,9 +165,7 @@ struct nbd_slot {
 	struct nbd_conn *conn;
 	enum slot_state state;
 	struct nbd_link link;  /* the connection's free list or output queue */
-	struct nbd_link qlink; /* the server's held or wait list */
-	struct nbd_link alink; /* the server's active list (writes) */
-	bool active;
+	struct nbd_link qlink; /* the server's held list */
 
 	/* The request, as the client sent it. */
 	uint16_t cmd, flags;
@@ -193,21 +173,17 @@ struct nbd_slot {
 	uint32_t len;
 
 	/*
-	 * What the chain sees: [a, b) widened to whole blocks (read, write,
-	 * write_zeroes) or shrunk to them (trim).  rmw: a write or
-	 * write_zeroes with partial blocks, done by read-modify-write; it
-	 * owns [a, b) against other writes while it runs.
+	 * What the chain sees: op at [offset, offset + len), then a flush
+	 * for a trim with FUA (the chain's discard takes no flag).
 	 */
-	uint64_t a, b;
-	bool rmw, merged;
-	enum step plan[NBD_MAX_STEPS];
-	unsigned int nsteps, step;
+	enum bks_op op;
+	bool then_flush, flushing;
+	size_t skew;	  /* the data starts this far into buf */
 	uint32_t rx_done; /* write payload received so far */
 
 	unsigned char *buf; /* data, 4096-aligned; grown, never shrunk */
 	size_t bufsize;
-	unsigned char *scratch; /* two blocks, for read-modify-write */
-	struct bks_req *req;	/* while busy */
+	struct bks_req *req; /* while busy */
 	struct iovec iov;
 
 	/* The reply: rep[0, rep_len), then data[0, data_len). */
@@ -290,9 +266,6 @@ struct bks_nbd_server {
 	size_t buf_total;	/* data buffers of every connection */
 	struct nbd_link budget; /* connections waiting for buffer budget */
 	struct nbd_link held;	/* SLOT_HELD, arrival order */
-	struct nbd_link wait;	/* SLOT_WAIT, arrival order */
-	struct nbd_link active; /* busy writes, for overlap checks */
-	unsigned int active_rmw;
 
 	bool holding, quiesced_sent;
 	void (*quiesced)(void *arg);
@@ -308,8 +281,6 @@ struct bks_nbd_server {
 
 static void conn_close(struct nbd_conn *c);
 static void slot_start(struct nbd_slot *s);
-static void slot_run(struct nbd_slot *s);
-static void slot_step(struct nbd_slot *s);
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -651,7 +622,7 @@ static void slot_reply_ok(struct nbd_slot *s)
 	s->data = NULL;
 	s->data_len = 0;
 	if (s->cmd == NBD_CMD_READ) {
-		s->data = s->buf + (s->offset - s->a);
+		s->data = s->buf + s->skew;
 		s->data_len = s->len;
 	}
 	if (s->cmd == NBD_CMD_READ && c->structured) {
@@ -672,62 +643,6 @@ static void slot_reply_ok(struct nbd_slot *s)
 	slot_queue_reply(s);
 }
 
-/* ---- overlap of writes --------------------------------------------------- */
-
-static bool overlaps(const struct nbd_slot *x, const struct nbd_slot *y)
-{
-	return x->a < y->b && y->a < x->b && (x->rmw || y->rmw);
-}
-
-/*
- * Must write s wait?  Yes if it overlaps a write in the chain where one of
- * the two is a read-modify-write (which would lose the other's data), or
- * an earlier waiter it overlaps likewise (writes stay in arrival order).
- */
-static bool slot_blocked(const struct bks_nbd_server *srv,
-			 const struct nbd_slot *s)
-{
-	const struct nbd_link *l;
-
-	if (srv->active_rmw == 0 && !s->rmw && link_empty(&srv->wait))
-		return false;
-	for (l = srv->active.next; l != &srv->active; l = l->next) {
-		if (overlaps(s, link_entry(l, struct nbd_slot, alink)))
-			return true;
-	}
-	for (l = srv->wait.next; l != &srv->wait; l = l->next) {
-		const struct nbd_slot *w =
-		    link_entry(l, struct nbd_slot, qlink);
-
-		if (w == s)
-			break;
-		if (overlaps(s, w))
-			return true;
-	}
-	return false;
-}
-
-/* Start the waiters that no longer overlap anything, in order. */
-static void srv_start_waiters(struct bks_nbd_server *srv)
-{
-	struct nbd_link *l, *next;
-
-	for (l = srv->wait.next; l != &srv->wait; l = next) {
-		struct nbd_slot *s = link_entry(l, struct nbd_slot, qlink);
-
-		next = l->next;
-		if (slot_blocked(srv, s))
-			continue;
-		/*
-		 * Run, not slot_start(): that would see the later waiters
-		 * as earlier ones.  A completion inside never touches the
-		 * wait list (it only kicks the server): next stays valid.
-		 */
-		link_del(&s->qlink);
-		slot_run(s);
-	}
-}
-
 /* ---- running requests ---------------------------------------------------- */
 
 /* s has finished in the chain with result (0 or -errno). */
@@ -743,14 +658,6 @@ static void slot_finish(struct nbd_slot *s, int result)
 	if (s->state == SLOT_BUSY) {
 		srv->stats.in_flight--;
 		c->busy--;
-	}
-	if (s->active) {
-		link_del(&s->alink);
-		s->active = false;
-		if (s->rmw)
-			srv->active_rmw--;
-		if (!link_empty(&srv->wait))
-			srv_kick(srv);
 	}
 	if (srv->holding && srv->stats.in_flight == 0)
 		srv_kick(srv); /* quiesced */
@@ -771,131 +678,47 @@ static void slot_finish(struct nbd_slot *s, int result)
 	slot_reply_ok(s);
 }
 
-/* The second block of a slot's scratch, aligned like the first. */
-static unsigned char *slot_tail_block(const struct nbd_slot *s, uint32_t bs)
-{
-	return s->scratch + align_up(bs, NBD_BUF_ALIGN);
-}
-
-/*
- * Read-modify-write: the partial blocks have been read into scratch; put
- * the client's bytes together with them.  A write keeps the old bytes
- * around its payload in buf; write-zeroes clears its bytes in scratch.
- */
-static void slot_merge(struct nbd_slot *s)
-{
-	uint32_t bs = s->conn->srv->bs;
-	uint64_t end = s->offset + s->len;
-	bool head = s->offset != s->a, tail = end != s->b;
-	bool same = s->b - s->a == bs; /* one block holds both ends */
-	const unsigned char *tb = same ? s->scratch : slot_tail_block(s, bs);
-	uint64_t tb_off = s->b - bs;
-
-	s->merged = true;
-	if (s->cmd == NBD_CMD_WRITE) {
-		if (head)
-			memcpy(s->buf, s->scratch, s->offset - s->a);
-		if (tail)
-			memcpy(s->buf + (end - s->a), tb + (end - tb_off),
-			       s->b - end);
-		return;
-	}
-	if (same) {
-		memset(s->scratch + (s->offset - s->a), 0, s->len);
-		return;
-	}
-	if (head)
-		memset(s->scratch + (s->offset - s->a), 0,
-		       bs - (s->offset - s->a));
-	if (tail)
-		memset(slot_tail_block(s, bs), 0, end - tb_off);
-}
+static void slot_submit(struct nbd_slot *s);
 
 static void slot_req_done(struct bks_req *req, int result)
 {
 	struct nbd_slot *s = req->opaque;
 
-	if (result < 0) {
-		slot_finish(s, result);
+	if (result == 0 && s->then_flush && !s->flushing) {
+		s->flushing = true;
+		slot_submit(s);
 		return;
 	}
-	s->step++;
-	slot_step(s);
+	slot_finish(s, result);
 }
 
-/* Submit the current step of s's plan, or finish s after the last. */
-static void slot_step(struct nbd_slot *s)
+/* Submit s's request (or its flush) to the chain. */
+static void slot_submit(struct nbd_slot *s)
 {
 	struct bks_nbd_server *srv = s->conn->srv;
 	struct bks_req *req = s->req;
-	uint32_t bs = srv->bs;
-	uint32_t fua = s->flags & NBD_CMD_FLAG_FUA ? BKS_REQ_FUA : 0;
-	bool head = s->offset != s->a, tail = s->offset + s->len != s->b;
-	enum step st;
 
-	if (s->step == s->nsteps) {
-		slot_finish(s, 0);
+	memset(req, 0, sizeof(*req));
+	req->done = slot_req_done;
+	req->opaque = s;
+	if (s->flushing) {
+		req->op = BKS_OP_FLUSH;
+		bks_chain_submit(srv->chain, req);
 		return;
 	}
-	st = s->plan[s->step];
-	if (s->rmw && !s->merged && st != STEP_READ_HEAD &&
-	    st != STEP_READ_TAIL)
-		slot_merge(s);
-	req->flags = 0;
-	req->iov = NULL;
-	req->iovcnt = 0;
-	req->offset = s->a;
-	req->len = s->b - s->a;
-	s->iov.iov_base = s->buf;
-	s->iov.iov_len = s->b - s->a;
-	switch (st) {
-	case STEP_READ:
-		req->op = BKS_OP_READ;
-		break;
-	case STEP_WRITE:
-		req->op = BKS_OP_WRITE;
-		req->flags = fua;
-		break;
-	case STEP_READ_HEAD:
-	case STEP_WRITE_HEAD:
-		req->op = st == STEP_READ_HEAD ? BKS_OP_READ : BKS_OP_WRITE;
-		req->flags = st == STEP_WRITE_HEAD ? fua : 0;
-		req->len = bs;
-		s->iov.iov_base = s->scratch;
-		s->iov.iov_len = bs;
-		break;
-	case STEP_READ_TAIL:
-	case STEP_WRITE_TAIL:
-		req->op = st == STEP_READ_TAIL ? BKS_OP_READ : BKS_OP_WRITE;
-		req->flags = st == STEP_WRITE_TAIL ? fua : 0;
-		req->offset = s->b - bs;
-		req->len = bs;
-		s->iov.iov_base = slot_tail_block(s, bs);
-		s->iov.iov_len = bs;
-		break;
-	case STEP_ZERO:
-		/* The whole blocks; partial ones were written from scratch. */
-		req->op = BKS_OP_WRITE_ZEROES;
-		req->flags = fua;
-		if (s->flags & NBD_CMD_FLAG_NO_HOLE)
-			req->flags |= BKS_REQ_NO_HOLE;
-		req->offset = s->rmw && head ? s->a + bs : s->a;
-		req->len = (s->rmw && tail ? s->b - bs : s->b) - req->offset;
-		break;
-	case STEP_DISCARD:
-		req->op = BKS_OP_DISCARD;
-		break;
-	case STEP_FLUSH:
-		req->op = BKS_OP_FLUSH;
-		req->offset = req->len = 0;
-		break;
-	}
-	if (req->op == BKS_OP_READ || req->op == BKS_OP_WRITE) {
+	req->op = s->op;
+	req->offset = s->offset;
+	req->len = s->len;
+	if (s->flags & NBD_CMD_FLAG_FUA && s->op != BKS_OP_DISCARD)
+		req->flags |= BKS_REQ_FUA;
+	if (s->flags & NBD_CMD_FLAG_NO_HOLE)
+		req->flags |= BKS_REQ_NO_HOLE;
+	if (s->op == BKS_OP_READ || s->op == BKS_OP_WRITE) {
+		s->iov.iov_base = s->buf + s->skew;
+		s->iov.iov_len = s->len;
 		req->iov = &s->iov;
 		req->iovcnt = 1;
 	}
-	req->done = slot_req_done;
-	req->opaque = s;
 	bks_chain_submit(srv->chain, req);
 }
 
@@ -958,48 +781,23 @@ static void slot_block_status(struct nbd_slot *s)
 	slot_queue_reply(s);
 }
 
-/* Submit s to the chain now (it is not blocked). */
-static void slot_run(struct nbd_slot *s)
+/* Start s: answer block status at once, or submit it to the chain. */
+static void slot_start(struct nbd_slot *s)
 {
 	struct nbd_conn *c = s->conn;
 	struct bks_nbd_server *srv = c->srv;
 
-	if (cmd_writes(s->cmd)) {
-		link_add_tail(&srv->active, &s->alink);
-		s->active = true;
-		if (s->rmw)
-			srv->active_rmw++;
+	if (s->cmd == NBD_CMD_BLOCK_STATUS) {
+		slot_block_status(s);
+		return;
 	}
 	/* The pool has one request per slot: this never fails. */
 	s->req = bks_req_get(&c->pool);
 	s->state = SLOT_BUSY;
 	srv->stats.in_flight++;
 	c->busy++;
-	s->step = 0;
-	s->merged = false;
-	slot_step(s);
-}
-
-/* Start s: answer it at once, make it wait behind a write, or run it. */
-static void slot_start(struct nbd_slot *s)
-{
-	struct bks_nbd_server *srv = s->conn->srv;
-
-	if (s->cmd == NBD_CMD_BLOCK_STATUS) {
-		slot_block_status(s);
-		return;
-	}
-	if (s->nsteps == 0) {
-		/* A trim of less than a block: a hint we may ignore. */
-		slot_reply_ok(s);
-		return;
-	}
-	if (cmd_writes(s->cmd) && slot_blocked(srv, s)) {
-		s->state = SLOT_WAIT;
-		link_add_tail(&srv->wait, &s->qlink);
-		return;
-	}
-	slot_run(s);
+	s->flushing = false;
+	slot_submit(s);
 }
 
 /* A request has arrived whole: hold it, or start it. */
@@ -1021,79 +819,37 @@ static void slot_dispatch(struct nbd_slot *s)
 	slot_start(s);
 }
 
-/*
- * Work out what the chain must do for s (see struct nbd_slot).  Returns 0
- * or an NBD error value.
- */
-static uint32_t slot_plan(struct nbd_slot *s)
+/* The chain request for s (see struct nbd_slot). */
+static void slot_plan(struct nbd_slot *s)
 {
 	const struct bks_nbd_server *srv = s->conn->srv;
-	uint32_t bs = srv->bs;
-	uint64_t end = s->offset + s->len;
-	bool head, tail, same;
-	void *p;
 
-	s->nsteps = 0;
-	s->rmw = false;
-	s->a = align_down(s->offset, bs);
-	s->b = align_up(end, bs);
+	s->then_flush = false;
+	s->skew = bks_chain_buf_skew(srv->chain, s->offset);
 	switch (s->cmd) {
 	case NBD_CMD_READ:
-		/* Widened to whole blocks; the reply skips the extra. */
-		s->plan[s->nsteps++] = STEP_READ;
-		return 0;
-	case NBD_CMD_FLUSH:
-		s->a = s->b = 0;
-		s->plan[s->nsteps++] = STEP_FLUSH;
-		return 0;
-	case NBD_CMD_TRIM:
-		/* A hint: only the whole blocks inside are discarded. */
-		s->a = align_up(s->offset, bs);
-		s->b = align_down(end, bs);
-		if (s->a >= s->b)
-			return 0;
-		s->plan[s->nsteps++] = STEP_DISCARD;
-		/* FUA: the discard is durable when we reply. */
-		if ((s->flags & NBD_CMD_FLAG_FUA) &&
-		    (srv->info->ops & BKS_OPF(BKS_OP_FLUSH)))
-			s->plan[s->nsteps++] = STEP_FLUSH;
-		return 0;
+		s->op = BKS_OP_READ;
+		break;
 	case NBD_CMD_WRITE:
+		s->op = BKS_OP_WRITE;
+		break;
+	case NBD_CMD_FLUSH:
+		s->op = BKS_OP_FLUSH;
+		s->offset = 0;
+		s->len = 0;
+		break;
+	case NBD_CMD_TRIM:
+		s->op = BKS_OP_DISCARD;
+		/* FUA: the discard is durable when we reply. */
+		s->then_flush = (s->flags & NBD_CMD_FLAG_FUA) &&
+				(srv->info->ops & BKS_OPF(BKS_OP_FLUSH));
+		break;
 	case NBD_CMD_WRITE_ZEROES:
+		s->op = BKS_OP_WRITE_ZEROES;
 		break;
 	default:
-		return 0; /* block status: no plan */
+		break; /* block status: answered without the chain */
 	}
-	head = s->offset != s->a;
-	tail = end != s->b;
-	s->rmw = head || tail;
-	if (!s->rmw) {
-		s->plan[s->nsteps++] =
-		    s->cmd == NBD_CMD_WRITE ? STEP_WRITE : STEP_ZERO;
-		return 0;
-	}
-	if (!s->scratch) {
-		if (posix_memalign(&p, NBD_BUF_ALIGN,
-				   2 * align_up(bs, NBD_BUF_ALIGN)) != 0)
-			return NBD_ENOMEM;
-		s->scratch = p;
-	}
-	same = s->b - s->a == bs;
-	if (head || same)
-		s->plan[s->nsteps++] = STEP_READ_HEAD;
-	if (tail && !same)
-		s->plan[s->nsteps++] = STEP_READ_TAIL;
-	if (s->cmd == NBD_CMD_WRITE) {
-		s->plan[s->nsteps++] = STEP_WRITE;
-		return 0;
-	}
-	if (head || same)
-		s->plan[s->nsteps++] = STEP_WRITE_HEAD;
-	if (tail && !same)
-		s->plan[s->nsteps++] = STEP_WRITE_TAIL;
-	if (!same && (head ? s->a + bs : s->a) < (tail ? s->b - bs : s->b))
-		s->plan[s->nsteps++] = STEP_ZERO;
-	return 0;
 }
 
 /* ---- handshake output ---------------------------------------------------- */
@@ -1233,11 +989,6 @@ static void conn_close(struct nbd_conn *c)
 			link_del(&s->qlink);
 			slot_release(s);
 			break;
-		case SLOT_WAIT:
-			link_del(&s->qlink);
-			slot_release(s);
-			srv_kick(srv); /* later waiters may go now */
-			break;
 		case SLOT_REPLY:
 			link_del(&s->link);
 			slot_release(s);
@@ -1264,7 +1015,6 @@ static void conn_free(struct nbd_conn *c)
 	bks_timer_cancel(&c->timer);
 	for (unsigned int i = 0; i < c->nslots; i++) {
 		free(c->slots[i].buf);
-		free(c->slots[i].scratch);
 	}
 	srv->buf_total -= c->buf_total;
 	srv->stats.buffer_bytes = srv->buf_total;
@@ -1662,8 +1412,7 @@ static int conn_request(struct nbd_conn *c)
 		return conn_drop(c);
 	err = request_check(c, type, flags, offset, len);
 	if (!err && (type == NBD_CMD_READ || type == NBD_CMD_WRITE))
-		need = align_up(offset + len, srv->bs) -
-		       align_down(offset, srv->bs);
+		need = bks_chain_buf_skew(srv->chain, offset) + len;
 	s = slot_get(c, need, &err);
 	if (!s) {
 		/* Leave the header where it is; a completion unstalls. */
@@ -1679,8 +1428,7 @@ static int conn_request(struct nbd_conn *c)
 	s->offset = offset;
 	s->len = len;
 	s->rx_done = 0;
-	if (!err)
-		err = slot_plan(s);
+	slot_plan(s);
 	if (err) {
 		if (type == NBD_CMD_WRITE)
 			c->skip = len; /* the payload still comes */
@@ -1723,7 +1471,7 @@ static int conn_parse(struct nbd_conn *c)
 			size_t want = s->len - s->rx_done;
 			size_t n = avail < want ? avail : want;
 
-			memcpy(s->buf + (s->offset - s->a) + s->rx_done,
+			memcpy(s->buf + s->skew + s->rx_done,
 			       c->inbuf + c->inoff, n);
 			c->inoff += n;
 			s->rx_done += (uint32_t)n;
@@ -1776,7 +1524,7 @@ static ssize_t conn_recv(struct nbd_conn *c)
 
 	if (s && c->inoff == c->inlen &&
 	    s->len - s->rx_done >= NBD_DIRECT_READ_MIN) {
-		dst = s->buf + (s->offset - s->a) + s->rx_done;
+		dst = s->buf + s->skew + s->rx_done;
 		room = s->len - s->rx_done;
 		direct = true;
 	} else {
@@ -2070,7 +1818,6 @@ static int conn_new(struct bks_nbd_server *srv, int fd, pid_t pid)
 		s->conn = c;
 		s->state = SLOT_FREE;
 		link_init(&s->qlink);
-		link_init(&s->alink);
 		link_add_tail(&c->free, &s->link);
 	}
 	/* The greeting: fixed newstyle, and we can leave out the zeroes. */
@@ -2279,7 +2026,7 @@ static void srv_accept_retry(struct bks_timer *t)
 }
 
 /*
- * The server's deferred call: start writes that no longer wait, and tell
+ * The server's deferred call: wake connections waiting for buffers, tell
  * the owner about quiescence and the end of a shutdown -- from the top of
  * the loop, never from inside a completion.
  */
@@ -2297,8 +2044,6 @@ static void srv_defer_fn(struct bks_defer *d)
 		c->stalled = false;
 		conn_kick(c);
 	}
-	if (!srv->holding)
-		srv_start_waiters(srv);
 	if (srv->holding && !srv->quiesced_sent && srv->stats.in_flight == 0) {
 		srv->quiesced_sent = true;
 		if (srv->quiesced)
@@ -2385,8 +2130,6 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 	link_init(&srv->conns);
 	link_init(&srv->budget);
 	link_init(&srv->held);
-	link_init(&srv->wait);
-	link_init(&srv->active);
 	bks_defer_init(loop, &srv->defer, srv_defer_fn, srv);
 	bks_timer_init(loop, &srv->accept_timer, srv_accept_retry, srv);
 	bks_timer_init(loop, &srv->stop_timer, srv_stop_timeout, srv);
@@ -2435,8 +2178,6 @@ void bks_nbd_server_resume(struct bks_nbd_server *srv)
 	srv->holding = false;
 	srv->quiesced = NULL;
 	srv->quiesced_arg = NULL;
-	/* Writes that waited before the hold go first. */
-	srv_start_waiters(srv);
 	while (!link_empty(&srv->held)) {
 		struct nbd_slot *s =
 		    link_entry(srv->held.next, struct nbd_slot, qlink);
@@ -2468,13 +2209,6 @@ void bks_nbd_server_shutdown(struct bks_nbd_server *srv,
 
 		link_del(&s->qlink);
 		srv->stats.holding--;
-		slot_reply_error(s, NBD_ESHUTDOWN, -ESHUTDOWN);
-	}
-	while (!link_empty(&srv->wait)) {
-		struct nbd_slot *s =
-		    link_entry(srv->wait.next, struct nbd_slot, qlink);
-
-		link_del(&s->qlink);
 		slot_reply_error(s, NBD_ESHUTDOWN, -ESHUTDOWN);
 	}
 	for (l = srv->conns.next; l != &srv->conns; l = next) {

@@ -123,6 +123,10 @@ void bks_chain_set_retry(struct bks_chain *chain,
 /*
  * Submit req at the top of the chain.  Its done callback runs exactly
  * once (possibly before this returns) with 0 or -errno.  Returns 0.
+ *
+ * Read, write, write_zeroes and discard may start and end at any byte:
+ * the chain pads them to whole blocks (see "padding" below), and its
+ * layers see only whole blocks.
  */
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
 
@@ -141,6 +145,42 @@ uint64_t bks_chain_in_flight(const struct bks_chain *chain);
 
 /* Retries done so far (see bks_retry_policy). */
 uint64_t bks_chain_retries(const struct bks_chain *chain);
+
+/* ---- padding: requests at any byte (libblkstack/chain-pad.c) ---------------
+ *
+ * A read with partial blocks is widened to whole blocks (the extra bytes
+ * land in bounce blocks); a write or write_zeroes with partial blocks is
+ * a read-modify-write of them; a discard shrinks to the whole blocks
+ * inside (none: it succeeds at once).  Overlapping writes of which one is
+ * a read-modify-write are serialised in arrival order, whoever submitted
+ * them.  Each padded request takes one of BKS_PAD_SLOTS slots (a
+ * sub-request and two bounce blocks, allocated at open); when all are in
+ * use it waits for one.
+ *
+ * The whole blocks of a padded read or write go to and from the caller's
+ * buffers, without a copy, so they must suit the sink as an aligned
+ * request's do (O_DIRECT: block-aligned memory): place the byte for disk
+ * offset X at bks_chain_buf_skew(chain, X) bytes into an aligned buffer,
+ * i.e. the buffer of a request at offset starts that far into it.  A
+ * padded read or write may have at most BKS_PAD_IOV_MAX - 2 iovecs of
+ * whole blocks (else -EINVAL).
+ */
+#define BKS_PAD_SLOTS	16
+#define BKS_PAD_IOV_MAX 64
+
+/* Where in an aligned buffer the byte for disk offset goes (see above). */
+size_t bks_chain_buf_skew(const struct bks_chain *chain, uint64_t offset);
+
+struct bks_pad_stats {
+	uint64_t padded;	/* requests with partial blocks */
+	uint64_t rmw;		/* of which read-modify-writes */
+	uint64_t overlap_waits; /* writes that waited for an overlapping one */
+	uint64_t bounce_waits;	/* requests that waited for a slot */
+	uint64_t waiting;	/* waiting now */
+};
+
+void bks_chain_pad_stats(const struct bks_chain *chain,
+			 struct bks_pad_stats *out);
 
 /* ---- request pools: no allocation on the data path -------------------------
  */

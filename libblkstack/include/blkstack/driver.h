@@ -120,6 +120,10 @@ struct bks_req {
 	struct bks_timer retry_timer;
 	struct bks_chain *chain;   /* the chain it was submitted to */
 	struct bks_req *pool_next; /* free list of a struct bks_req_pool */
+	/* Private to the chain's padding (chain-pad.c). */
+	struct bks_req *pad_prev, *pad_next; /* its active or wait list */
+	uint64_t pad_a, pad_b;		     /* the blocks it touches */
+	uint32_t pad_flags;
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
