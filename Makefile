@@ -42,7 +42,7 @@ B := build
 
 # ---- the library -----------------------------------------------------------
 LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
-             libblkstack/export/*.c)
+             libblkstack/export/*.c libblkstack/export/*/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
@@ -195,6 +195,7 @@ SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
 C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
                libblkstack/drivers/*.c libblkstack/include/blkstack/*.h \
                libblkstack/export/*.c libblkstack/export/*.h \
+               libblkstack/export/*/*.c libblkstack/export/*/*.h \
                helpers/*/*.c helpers/*/*.h tests/unit/*.c tests/unit/*.h \
                tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
                tests/dev/*.c \
