@@ -237,6 +237,11 @@ static int classify(const struct bks_pad *pad, struct bks_req *req, int *result)
 		return -1; /* flush, or an invalid op: the checks see to it */
 	if (req->len == 0 || refused_anyway(pad, req))
 		return -1;
+	if (!aligned && pad->bs > pad->stride) {
+		/* Reopened with larger blocks than the bounce blocks. */
+		*result = -EINVAL;
+		return 1;
+	}
 	if (aligned) {
 		if (req->op == BKS_OP_READ)
 			return -1;
@@ -584,13 +589,6 @@ static void slot_plan(struct bks_pad_slot *s)
 
 /* ---- starting ------------------------------------------------------------ */
 
-/* The completion frame of a tracked write that went down as it is. */
-static int write_done(struct bks_req *req, int result, void *arg)
-{
-	deactivate(arg, req);
-	return result;
-}
-
 /*
  * Start req (it waits for nothing).  Returns true if the pad has it, false
  * if the chain should pass it down now (from bks_pad_take() only).
@@ -606,13 +604,7 @@ static bool start(struct bks_pad *pad, struct bks_req *req, bool taken)
 			pad->active_rmw++;
 	}
 	if (!(req->pad_flags & PAD_SLOT)) {
-		/*
-		 * The bottom frame: it runs after the chain's own (which
-		 * pushes on top of it, retrying included).
-		 */
-		req->frames[0].fn = write_done;
-		req->frames[0].arg = pad;
-		req->nframes = 1;
+		/* It goes down as it is; bks_pad_done() when it is done. */
 		if (taken)
 			pad->ops->resubmit(pad->arg, req);
 		return taken;
@@ -658,11 +650,19 @@ static void start_waiters(struct bks_defer *d)
 	}
 }
 
+void bks_pad_done(struct bks_pad *pad, struct bks_req *req)
+{
+	deactivate(pad, req);
+}
+
 bool bks_pad_take(struct bks_pad *pad, struct bks_req *req)
 {
 	int result = 0, rc;
 	bool slot_short;
 
+	/* The same while requests are in flight: it changes only drained. */
+	pad->info = pad->ops->info(pad->arg);
+	pad->bs = pad->info->block_size;
 	rc = classify(pad, req, &result);
 	if (rc < 0)
 		return false;
@@ -696,18 +696,14 @@ bool bks_pad_take(struct bks_pad *pad, struct bks_req *req)
 /* ---- set-up -------------------------------------------------------------- */
 
 int bks_pad_init(struct bks_pad *pad, const struct bks_pad_ops *ops, void *arg,
-		 struct bks_loop *loop, const struct bks_info *info)
+		 struct bks_loop *loop, uint32_t bs)
 {
 	size_t stride;
 	void *p = NULL;
 
 	memset(pad, 0, sizeof(*pad));
-	pad->ops = ops;
-	pad->arg = arg;
-	pad->info = info;
-	pad->bs = info->block_size;
 	bks_defer_init(loop, &pad->defer, start_waiters, pad);
-	stride = pad->bs > PAD_BUF_ALIGN ? pad->bs : PAD_BUF_ALIGN;
+	stride = bs > PAD_BUF_ALIGN ? bs : PAD_BUF_ALIGN;
 	pad->slots = calloc(BKS_PAD_SLOTS, sizeof(*pad->slots));
 	if (!pad->slots ||
 	    posix_memalign(&p, stride, 2 * stride * BKS_PAD_SLOTS) != 0) {
@@ -715,6 +711,9 @@ int bks_pad_init(struct bks_pad *pad, const struct bks_pad_ops *ops, void *arg,
 		pad->slots = NULL;
 		return -ENOMEM;
 	}
+	pad->ops = ops;
+	pad->arg = arg;
+	pad->stride = (uint32_t)stride;
 	pad->bounce = p;
 	pad->nslots = BKS_PAD_SLOTS;
 	for (unsigned int i = pad->nslots; i-- > 0;) {
