@@ -261,14 +261,14 @@ static void cmd_info(struct ctl_conn *c)
 	struct worker *w = c->ctl->w;
 	struct json_writer *j = &c->out;
 	const struct bks_info *info = NULL;
-	struct bks_nbd_stats ns = {0};
+	struct bks_export_stats ns = {0};
 	char path[PATH_MAX + 16];
 	size_t mark = json_len(j);
 
 	if (w->chain)
 		info = bks_chain_info(w->chain);
 	if (w->nbd)
-		bks_nbd_server_get_stats(w->nbd, &ns);
+		bks_export_get_stats(w->nbd, &ns);
 	snprintf(path, sizeof(path), "%s/nbd.sock", w->dir);
 
 	json_obj_begin(j);
@@ -350,7 +350,8 @@ static void cmd_stats(struct ctl_conn *c)
 {
 	struct worker *w = c->ctl->w;
 	struct json_writer *j = &c->out;
-	struct bks_nbd_stats ns = {0};
+	struct bks_export_stats ns = {0};
+	struct bks_chain_stats cs = {0};
 	size_t mark = json_len(j);
 	uint64_t now = bks_now_ns();
 
@@ -372,7 +373,14 @@ static void cmd_stats(struct ctl_conn *c)
 	json_obj_end(j);
 
 	if (w->nbd)
-		bks_nbd_server_get_stats(w->nbd, &ns);
+		bks_export_get_stats(w->nbd, &ns);
+	if (w->chain)
+		bks_chain_get_stats(w->chain, &cs);
+	/*
+	 * in_flight, held and holding are the chain's now (a pause is its
+	 * drain: requests in it, parked in all, parked now), under the keys
+	 * they had when the NBD server kept them.
+	 */
 	json_key(j, "nbd");
 	json_obj_begin(j);
 	json_kv_u64(j, "connections", ns.connections);
@@ -383,9 +391,9 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "errors", ns.errors);
 	json_kv_u64(j, "bytes_read", ns.bytes_read);
 	json_kv_u64(j, "bytes_written", ns.bytes_written);
-	json_kv_u64(j, "in_flight", ns.in_flight);
-	json_kv_u64(j, "held", ns.held);
-	json_kv_u64(j, "holding", ns.holding);
+	json_kv_u64(j, "in_flight", cs.in_flight);
+	json_kv_u64(j, "held", cs.parked_total);
+	json_kv_u64(j, "holding", cs.parked);
 	json_obj_end(j);
 
 	/* The connection limits of both sockets (docs: "Connection limits"). */

@@ -239,11 +239,6 @@ void nbd_conn_close(struct nbd_conn *c)
 		struct nbd_slot *s = &c->slots[i];
 
 		switch (s->state) {
-		case SLOT_HELD:
-			srv->stats.holding--;
-			link_del(&s->qlink);
-			nbd_slot_release(s);
-			break;
 		case SLOT_REPLY:
 			link_del(&s->link);
 			nbd_slot_release(s);

@@ -70,6 +70,7 @@
 #include <sys/uio.h>
 
 #include "blkstack/chain.h"
+#include "blkstack/export.h"
 #include "blkstack/nbd-proto.h"
 #include "blkstack/nbd-server.h"
 
@@ -169,7 +170,6 @@ static inline void link_del(struct nbd_link *l)
 enum slot_state {
 	SLOT_FREE,  /* on the connection's free list */
 	SLOT_RECV,  /* receiving a write payload (the connection's rx) */
-	SLOT_HELD,  /* on the server's held list (bks_nbd_server_hold) */
 	SLOT_BUSY,  /* in the chain */
 	SLOT_REPLY, /* on the connection's output queue */
 };
@@ -179,8 +179,7 @@ struct nbd_conn;
 struct nbd_slot {
 	struct nbd_conn *conn;
 	enum slot_state state;
-	struct nbd_link link;  /* the connection's free list or output queue */
-	struct nbd_link qlink; /* the server's held list */
+	struct nbd_link link; /* the connection's free list or output queue */
 
 	/* The request, as the client sent it. */
 	uint16_t cmd, flags;
@@ -280,18 +279,14 @@ struct bks_nbd_server {
 	uint64_t seq;		/* of the last connection accepted */
 	size_t buf_total;	/* data buffers of every connection */
 	struct nbd_link budget; /* connections waiting for buffer budget */
-	struct nbd_link held;	/* SLOT_HELD, arrival order */
-
-	bool holding, quiesced_sent;
-	void (*quiesced)(void *arg);
-	void *quiesced_arg;
 
 	bool stopping, done_sent;
 	struct bks_timer stop_timer;
 	void (*done)(void *arg);
 	void *done_arg;
 
-	struct bks_nbd_stats stats;
+	struct bks_export_stats stats;
+	struct bks_export exp; /* our handle (server.c has the ops) */
 };
 
 /*
@@ -367,7 +362,7 @@ int nbd_option(struct nbd_conn *c);
 
 /* One request header (it is in the input).  Returns PARSE_*. */
 int nbd_request(struct nbd_conn *c);
-/* A request has arrived whole (its payload too): hold it, or start it. */
+/* A request has arrived whole (its payload too): start it, or refuse it. */
 void nbd_slot_dispatch(struct nbd_slot *s);
 /* Start s: answer block status, or submit it to the chain. */
 void nbd_slot_start(struct nbd_slot *s);

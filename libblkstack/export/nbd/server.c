@@ -423,7 +423,6 @@ static int conn_new(struct bks_nbd_server *srv, int fd, pid_t pid)
 
 		s->conn = c;
 		s->state = SLOT_FREE;
-		link_init(&s->qlink);
 		link_add_tail(&c->free, &s->link);
 	}
 	if (nbd_greet(c) < 0)
@@ -626,8 +625,8 @@ static void srv_accept_retry(struct bks_timer *t)
 
 /*
  * The server's deferred call: wake connections waiting for buffers, tell
- * the owner about quiescence and the end of a shutdown -- from the top of
- * the loop, never from inside a completion.
+ * the owner about the end of a shutdown -- from the top of the loop, never
+ * from inside a completion.
  */
 static void srv_defer_fn(struct bks_defer *d)
 {
@@ -642,11 +641,6 @@ static void srv_defer_fn(struct bks_defer *d)
 		c->budget_wait = false;
 		c->stalled = false;
 		nbd_conn_kick(c);
-	}
-	if (srv->holding && !srv->quiesced_sent && srv->stats.in_flight == 0) {
-		srv->quiesced_sent = true;
-		if (srv->quiesced)
-			srv->quiesced(srv->quiesced_arg);
 	}
 	if (srv->stopping && !srv->done_sent && link_empty(&srv->conns)) {
 		srv->done_sent = true;
@@ -667,7 +661,9 @@ static void srv_stop_timeout(struct bks_timer *t)
 		nbd_conn_close(link_entry(l, struct nbd_conn, link));
 }
 
-int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
+static const struct bks_export_ops nbd_export_ops;
+
+int bks_nbd_export_new(struct bks_export **out, struct bks_loop *loop,
 		       struct bks_chain *chain, int listen_fd,
 		       const struct bks_nbd_config *cfg, struct bks_error *err)
 {
@@ -728,7 +724,6 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 			: srv->bs;
 	link_init(&srv->conns);
 	link_init(&srv->budget);
-	link_init(&srv->held);
 	bks_defer_init(loop, &srv->defer, srv_defer_fn, srv);
 	bks_timer_init(loop, &srv->accept_timer, srv_accept_retry, srv);
 	bks_timer_init(loop, &srv->stop_timer, srv_stop_timeout, srv);
@@ -739,13 +734,8 @@ int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
 		rc = bks_error_set(err, ENOMEM, "nbd: allocate server");
 		goto out;
 	}
-	rc = bks_watch_add(loop, &srv->lwatch, listen_fd, EPOLLIN, srv_accept,
-			   srv);
-	if (rc < 0) {
-		rc = bks_error_set(err, -rc, "nbd: watch the listening socket");
-		goto out;
-	}
-	*out = srv;
+	bks_export_init(&srv->exp, &nbd_export_ops, srv, chain);
+	*out = &srv->exp;
 	srv = NULL;
 out:
 	if (srv) {
@@ -756,40 +746,25 @@ out:
 	return rc;
 }
 
-void bks_nbd_server_hold(struct bks_nbd_server *srv,
-			 void (*quiesced)(void *arg), void *arg)
+/* ---- the export's ops (include/blkstack/export.h) ------------------------ */
+
+static int nbd_start(void *state, struct bks_error *err)
 {
-	srv->holding = true;
-	srv->quiesced = quiesced;
-	srv->quiesced_arg = arg;
-	srv->quiesced_sent = false;
-	if (srv->stats.in_flight == 0) {
-		srv->quiesced_sent = true;
-		if (quiesced)
-			quiesced(arg);
-	}
+	struct bks_nbd_server *srv = state;
+	int rc;
+
+	rc = bks_watch_add(srv->loop, &srv->lwatch, srv->listen_fd, EPOLLIN,
+			   srv_accept, srv);
+	if (rc < 0)
+		return bks_error_set(err, -rc,
+				     "nbd: watch the listening socket");
+	return 0;
 }
 
-void bks_nbd_server_resume(struct bks_nbd_server *srv)
+/* Requests in the chain complete and are answered; then all is closed. */
+static void nbd_shutdown(void *state, void (*done)(void *arg), void *arg)
 {
-	if (!srv->holding)
-		return;
-	srv->holding = false;
-	srv->quiesced = NULL;
-	srv->quiesced_arg = NULL;
-	while (!link_empty(&srv->held)) {
-		struct nbd_slot *s =
-		    link_entry(srv->held.next, struct nbd_slot, qlink);
-
-		link_del(&s->qlink);
-		srv->stats.holding--;
-		nbd_slot_start(s);
-	}
-}
-
-void bks_nbd_server_shutdown(struct bks_nbd_server *srv,
-			     void (*done)(void *arg), void *arg)
-{
+	struct bks_nbd_server *srv = state;
 	struct nbd_link *l, *next;
 
 	srv->done = done;
@@ -801,15 +776,6 @@ void bks_nbd_server_shutdown(struct bks_nbd_server *srv,
 	srv->stopping = true;
 	bks_watch_del(&srv->lwatch);
 	bks_timer_cancel(&srv->accept_timer);
-	/* Requests not in the chain are answered now. */
-	while (!link_empty(&srv->held)) {
-		struct nbd_slot *s =
-		    link_entry(srv->held.next, struct nbd_slot, qlink);
-
-		link_del(&s->qlink);
-		srv->stats.holding--;
-		nbd_slot_reply_error(s, NBD_ESHUTDOWN, -ESHUTDOWN);
-	}
 	for (l = srv->conns.next; l != &srv->conns; l = next) {
 		struct nbd_conn *c = link_entry(l, struct nbd_conn, link);
 
@@ -830,13 +796,13 @@ void bks_nbd_server_shutdown(struct bks_nbd_server *srv,
 	bks_timer_arm(&srv->stop_timer, NBD_SHUTDOWN_TIMEOUT_NS);
 }
 
-void bks_nbd_server_free(struct bks_nbd_server *srv)
+/* After shutdown: no request of ours is in the chain. */
+static void nbd_free(void *state)
 {
-	if (!srv)
-		return;
+	struct bks_nbd_server *srv = state;
+
 	bks_watch_del(&srv->lwatch);
 	/*
-	 * The caller has shut down: no request of ours is in the chain.
 	 * Connections first: closing them may schedule our deferred call,
 	 * which is cancelled after.
 	 */
@@ -850,8 +816,17 @@ void bks_nbd_server_free(struct bks_nbd_server *srv)
 	free(srv);
 }
 
-void bks_nbd_server_get_stats(const struct bks_nbd_server *srv,
-			      struct bks_nbd_stats *out)
+static void nbd_stats(void *state, struct bks_export_stats *out)
 {
+	const struct bks_nbd_server *srv = state;
+
 	*out = srv->stats;
 }
+
+static const struct bks_export_ops nbd_export_ops = {
+    .name = "nbd",
+    .start = nbd_start,
+    .shutdown = nbd_shutdown,
+    .stats = nbd_stats,
+    .free = nbd_free,
+};

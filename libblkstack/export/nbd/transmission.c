@@ -189,8 +189,6 @@ static void slot_finish(struct nbd_slot *s, int result)
 		srv->stats.in_flight--;
 		c->busy--;
 	}
-	if (srv->holding && srv->stats.in_flight == 0)
-		nbd_srv_kick(srv); /* quiesced */
 	if (c->dead) {
 		/* The client is gone: complete into nothing. */
 		nbd_slot_release(s);
@@ -330,20 +328,13 @@ void nbd_slot_start(struct nbd_slot *s)
 	slot_submit(s);
 }
 
-/* A request has arrived whole: hold it, or start it. */
+/* A request has arrived whole: start it (a hold is the chain's). */
 void nbd_slot_dispatch(struct nbd_slot *s)
 {
 	struct bks_nbd_server *srv = s->conn->srv;
 
 	if (srv->stopping) {
 		nbd_slot_reply_error(s, NBD_ESHUTDOWN, -ESHUTDOWN);
-		return;
-	}
-	if (srv->holding) {
-		s->state = SLOT_HELD;
-		link_add_tail(&srv->held, &s->qlink);
-		srv->stats.held++;
-		srv->stats.holding++;
 		return;
 	}
 	nbd_slot_start(s);
