@@ -696,10 +696,15 @@ static void test_unaligned(void **state)
 				 0);
 		off = (uint32_t)(seed >> 20) % (SPAN - 1);
 		len = 1 + (uint32_t)(seed >> 7) % (SPAN - off);
-		assert_int_equal(
-		    cl_cmd(&fx, fd, NBD_CMD_READ, 0, off, len, buf), 0);
+		/* FUA is valid on every command, a read's too. */
+		assert_int_equal(cl_cmd(&fx, fd, NBD_CMD_READ,
+					i % 7 ? 0 : NBD_CMD_FLAG_FUA, off, len,
+					buf),
+				 0);
 		assert_memory_equal(buf, model + off, len);
 	}
+	assert_int_equal(
+	    cl_cmd(&fx, fd, NBD_CMD_FLUSH, NBD_CMD_FLAG_FUA, 0, 0, NULL), 0);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 	free(model);
@@ -1150,6 +1155,7 @@ static void test_block_status(void **state)
 {
 	unsigned char buf[4 + 8 * 64], q[64];
 	struct fx fx = {0};
+	uint64_t cookie;
 	uint32_t len;
 	int fd;
 
@@ -1192,6 +1198,20 @@ static void test_block_status(void **state)
 	assert_int_equal(
 	    cl_cmd(&fx, fd, NBD_CMD_BLOCK_STATUS, 0, 4 << 20, 512, buf),
 	    NBD_EINVAL);
+	/*
+	 * Block status is a request of the chain like any other: a hold
+	 * parks it, and it is answered after the resume.
+	 */
+	assert_int_equal(bks_export_hold(fx.srv, NULL, NULL), 0);
+	cl_request(&fx, fd, NBD_CMD_BLOCK_STATUS, 0, 9, 0, 4 << 20, NULL);
+	assert_true(cl_quiet(&fx, fd, 10));
+	assert_int_equal(chain_stats(&fx).parked, 1);
+	bks_export_resume(fx.srv);
+	assert_int_equal(cl_reply(&fx, fd, &cookie, buf, 0, NULL, 0), 0);
+	assert_true(cookie == 9);
+	assert_int_equal(get32be(buf), 1);
+	assert_int_equal(get32be(buf + 4), 1 << 20);
+	assert_int_equal(get32be(buf + 8), NBD_STATE_HOLE | NBD_STATE_ZERO);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 }

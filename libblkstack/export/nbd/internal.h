@@ -192,8 +192,9 @@ struct nbd_slot {
 	 */
 	enum bks_op op;
 	bool then_flush, flushing;
-	size_t skew;	  /* the data starts this far into buf */
-	uint32_t rx_done; /* write payload received so far */
+	uint32_t nextents; /* block status: the chain's answer, in buf */
+	size_t skew;	   /* the data starts this far into buf */
+	uint32_t rx_done;  /* write payload received so far */
 
 	unsigned char *buf; /* data, 4096-aligned; grown, never shrunk */
 	size_t bufsize;

@@ -145,7 +145,7 @@ void nbd_slot_reply_error(struct nbd_slot *s, uint32_t err, int rc)
 	slot_queue_reply(s);
 }
 
-/* Encode the successful reply of s (block status encodes its own). */
+/* Encode the successful reply of s (but block status's). */
 static void slot_reply_ok(struct nbd_slot *s)
 {
 	struct nbd_conn *c = s->conn;
@@ -175,100 +175,19 @@ static void slot_reply_ok(struct nbd_slot *s)
 	slot_queue_reply(s);
 }
 
-/* s has finished in the chain with result (0 or -errno). */
-static void slot_finish(struct nbd_slot *s, int result)
+/*
+ * Encode the reply of NBD_CMD_BLOCK_STATUS for base:allocation from the
+ * s->nextents extents the chain put in s->buf.
+ */
+static void slot_reply_block_status(struct nbd_slot *s)
 {
-	struct nbd_conn *c = s->conn;
-	struct bks_nbd_server *srv = c->srv;
-
-	if (s->req) {
-		bks_req_put(&c->pool, s->req);
-		s->req = NULL;
-	}
-	if (s->state == SLOT_BUSY) {
-		srv->stats.in_flight--;
-		c->busy--;
-	}
-	if (c->dead) {
-		/* The client is gone: complete into nothing. */
-		nbd_slot_release(s);
-		nbd_conn_kick(c);
-		return;
-	}
-	if (result < 0) {
-		nbd_slot_reply_error(s, nbd_error(result), result);
-		return;
-	}
-	if (s->cmd == NBD_CMD_READ)
-		srv->stats.bytes_read += s->len;
-	else if (s->cmd == NBD_CMD_WRITE)
-		srv->stats.bytes_written += s->len;
-	slot_reply_ok(s);
-}
-
-static void slot_submit(struct nbd_slot *s);
-
-static void slot_req_done(struct bks_req *req, int result)
-{
-	struct nbd_slot *s = req->opaque;
-
-	if (result == 0 && s->then_flush && !s->flushing) {
-		s->flushing = true;
-		slot_submit(s);
-		return;
-	}
-	slot_finish(s, result);
-}
-
-/* Submit s's request (or its flush) to the chain. */
-static void slot_submit(struct nbd_slot *s)
-{
-	struct bks_nbd_server *srv = s->conn->srv;
-	struct bks_req *req = s->req;
-
-	memset(req, 0, sizeof(*req));
-	req->done = slot_req_done;
-	req->opaque = s;
-	if (s->flushing) {
-		req->op = BKS_OP_FLUSH;
-		bks_chain_submit(srv->chain, req);
-		return;
-	}
-	req->op = s->op;
-	req->offset = s->offset;
-	req->len = s->len;
-	if (s->flags & NBD_CMD_FLAG_FUA && s->op != BKS_OP_DISCARD)
-		req->flags |= BKS_REQ_FUA;
-	if (s->flags & NBD_CMD_FLAG_NO_HOLE)
-		req->flags |= BKS_REQ_NO_HOLE;
-	if (s->op == BKS_OP_READ || s->op == BKS_OP_WRITE) {
-		s->iov.iov_base = s->buf + s->skew;
-		s->iov.iov_len = s->len;
-		req->iov = &s->iov;
-		req->iovcnt = 1;
-	}
-	bks_chain_submit(srv->chain, req);
-}
-
-/* Answer NBD_CMD_BLOCK_STATUS for base:allocation, synchronously. */
-static void slot_block_status(struct nbd_slot *s)
-{
-	struct bks_nbd_server *srv = s->conn->srv;
-	struct bks_extent ext[NBD_MAX_EXTENTS];
-	size_t max = s->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : NBD_MAX_EXTENTS;
+	const struct bks_extent *ext = (const struct bks_extent *)s->buf;
 	unsigned char *p = s->rep + NBD_STRUCTURED_HDR_SIZE + 4;
 	unsigned char *last = NULL;
 	uint64_t total = 0;
 	uint32_t nd = 0;
-	size_t n = 0;
-	int rc;
 
-	rc = bks_chain_extents(srv->chain, s->offset, s->len, ext, max, &n);
-	if (rc < 0) {
-		nbd_slot_reply_error(s, nbd_error(rc), rc);
-		return;
-	}
-	for (size_t i = 0; i < n && total < s->len; i++) {
+	for (size_t i = 0; i < s->nextents && total < s->len; i++) {
 		uint64_t l = ext[i].length;
 		uint32_t st = 0;
 
@@ -309,16 +228,100 @@ static void slot_block_status(struct nbd_slot *s)
 	slot_queue_reply(s);
 }
 
-/* Start s: answer block status at once, or submit it to the chain. */
+/* s has finished in the chain with result (0 or -errno). */
+static void slot_finish(struct nbd_slot *s, int result)
+{
+	struct nbd_conn *c = s->conn;
+	struct bks_nbd_server *srv = c->srv;
+
+	if (s->req) {
+		bks_req_put(&c->pool, s->req);
+		s->req = NULL;
+	}
+	if (s->state == SLOT_BUSY) {
+		srv->stats.in_flight--;
+		c->busy--;
+	}
+	if (c->dead) {
+		/* The client is gone: complete into nothing. */
+		nbd_slot_release(s);
+		nbd_conn_kick(c);
+		return;
+	}
+	if (result < 0) {
+		nbd_slot_reply_error(s, nbd_error(result), result);
+		return;
+	}
+	if (s->cmd == NBD_CMD_READ)
+		srv->stats.bytes_read += s->len;
+	else if (s->cmd == NBD_CMD_WRITE)
+		srv->stats.bytes_written += s->len;
+	if (s->cmd == NBD_CMD_BLOCK_STATUS)
+		slot_reply_block_status(s);
+	else
+		slot_reply_ok(s);
+}
+
+static void slot_submit(struct nbd_slot *s);
+
+static void slot_req_done(struct bks_req *req, int result)
+{
+	struct nbd_slot *s = req->opaque;
+
+	if (result == 0 && s->then_flush && !s->flushing) {
+		s->flushing = true;
+		slot_submit(s);
+		return;
+	}
+	if (req->op == BKS_OP_BLOCK_STATUS)
+		s->nextents = result == 0 ? req->nextents : 0;
+	slot_finish(s, result);
+}
+
+/* Submit s's request (or its flush) to the chain. */
+static void slot_submit(struct nbd_slot *s)
+{
+	struct bks_nbd_server *srv = s->conn->srv;
+	struct bks_req *req = s->req;
+
+	memset(req, 0, sizeof(*req));
+	req->done = slot_req_done;
+	req->opaque = s;
+	if (s->flushing) {
+		req->op = BKS_OP_FLUSH;
+		bks_chain_submit(srv->chain, req);
+		return;
+	}
+	req->op = s->op;
+	req->offset = s->offset;
+	req->len = s->len;
+	/* FUA is valid on every command; it means something on writes. */
+	if ((s->flags & NBD_CMD_FLAG_FUA) &&
+	    (s->op == BKS_OP_WRITE || s->op == BKS_OP_WRITE_ZEROES))
+		req->flags |= BKS_REQ_FUA;
+	if (s->flags & NBD_CMD_FLAG_NO_HOLE)
+		req->flags |= BKS_REQ_NO_HOLE;
+	if (s->op == BKS_OP_READ || s->op == BKS_OP_WRITE) {
+		s->iov.iov_base = s->buf + s->skew;
+		s->iov.iov_len = s->len;
+		req->iov = &s->iov;
+		req->iovcnt = 1;
+	}
+	if (s->op == BKS_OP_BLOCK_STATUS) {
+		/* The answer goes in the slot's buffer (see nbd_request()). */
+		req->extents = (struct bks_extent *)s->buf;
+		req->extents_max =
+		    s->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : NBD_MAX_EXTENTS;
+	}
+	bks_chain_submit(srv->chain, req);
+}
+
+/* Start s: submit it to the chain. */
 void nbd_slot_start(struct nbd_slot *s)
 {
 	struct nbd_conn *c = s->conn;
 	struct bks_nbd_server *srv = c->srv;
 
-	if (s->cmd == NBD_CMD_BLOCK_STATUS) {
-		slot_block_status(s);
-		return;
-	}
 	/* The pool has one request per slot: this never fails. */
 	s->req = bks_req_get(&c->pool);
 	s->state = SLOT_BUSY;
@@ -368,8 +371,11 @@ static void slot_plan(struct nbd_slot *s)
 	case NBD_CMD_WRITE_ZEROES:
 		s->op = BKS_OP_WRITE_ZEROES;
 		break;
+	case NBD_CMD_BLOCK_STATUS:
+		s->op = BKS_OP_BLOCK_STATUS;
+		break;
 	default:
-		break; /* block status: answered without the chain */
+		break; /* refused by request_check() */
 	}
 }
 
@@ -461,6 +467,9 @@ int nbd_request(struct nbd_conn *c)
 	err = request_check(c, type, flags, offset, len);
 	if (!err && (type == NBD_CMD_READ || type == NBD_CMD_WRITE))
 		need = bks_chain_buf_skew(srv->chain, offset) + len;
+	/* Block status: the chain's extents land in the data buffer. */
+	if (!err && type == NBD_CMD_BLOCK_STATUS)
+		need = NBD_MAX_EXTENTS * sizeof(struct bks_extent);
 	s = nbd_slot_get(c, need, &err);
 	if (!s) {
 		/* Leave the header where it is; a completion unstalls. */
