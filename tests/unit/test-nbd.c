@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests: the NBD export (libblkstack/export/nbd.c), driven by a
+ * Unit tests: the NBD export (libblkstack/export/nbd/), driven by a
  * hand-written client on a Unix socket in the same thread.  The client
  * never blocks: while it waits for bytes it runs the server's loop.
  *

@@ -124,8 +124,10 @@ static void start(struct rig *r, int i, enum bks_op op, uint32_t flags,
 	q->req.done = rq_done;
 	q->req.opaque = q;
 	d = rq_data(r, q);
+	/* (Out of range, the model ends at SPAN: the chain refuses those.) */
 	if (op == BKS_OP_WRITE)
-		memcpy(d, r->model + offset, len);
+		memcpy(d, r->model + offset,
+		       offset + len <= SPAN ? len : SPAN - offset);
 	if (op == BKS_OP_READ)
 		memset(d, 0xee, len);
 	if (op == BKS_OP_READ || op == BKS_OP_WRITE) {
