@@ -225,6 +225,53 @@ static void test_drain_waits_for_busy(void **state)
 	rig_close(&r);
 }
 
+/* A request waiting for its retry is in flight: the drain waits for it. */
+static void test_drain_waits_for_retry(void **state)
+{
+	static char buf[512];
+	struct bks_retry_policy p = {.max_attempts = 2, .delay_ns = 20000000};
+	struct rig r;
+	(void)state;
+
+	rig_open(&r, "error:ops=write,count=1|ram:1M");
+	bks_chain_set_retry(r.chain, &p);
+	submit(&r, 0, BKS_OP_WRITE, 0, buf, 512);
+	assert_int_equal(r.results[0], 1);
+	assert_int_equal(bks_chain_retries(r.chain), 1);
+	assert_int_equal(bks_chain_drain_begin(r.chain, on_drained, &r), 0);
+	spin(&r);
+	assert_int_equal(r.drained, 0);
+	for (int i = 0; i < 100 && r.results[0] == 1; i++)
+		bks_loop_run_once(r.loop, 10);
+	assert_int_equal(r.results[0], 0);
+	spin(&r);
+	assert_int_equal(r.drained, 1);
+	bks_chain_drain_end(r.chain);
+	rig_close(&r);
+}
+
+/* Drains waiting for their call are counted; more are refused. */
+static void test_drain_waiters_limit(void **state)
+{
+	struct rig r;
+	(void)state;
+
+	rig_open(&r, "ram:1M");
+	for (unsigned int i = 0; i < BKS_DRAIN_WAITERS; i++)
+		assert_int_equal(bks_chain_drain_begin(r.chain, on_drained, &r),
+				 0);
+	assert_int_equal(bks_chain_drain_begin(r.chain, on_drained, &r),
+			 -EBUSY);
+	spin(&r);
+	assert_int_equal(r.drained, BKS_DRAIN_WAITERS);
+	/* Told: room again. */
+	assert_int_equal(bks_chain_drain_begin(r.chain, on_drained, &r), 0);
+	for (unsigned int i = 0; i <= BKS_DRAIN_WAITERS; i++)
+		bks_chain_drain_end(r.chain);
+	assert_false(bks_chain_is_drained(r.chain));
+	rig_close(&r);
+}
+
 /* A drain waits for sub-requests that outlive their parent (lazy fmt). */
 static void test_drain_waits_for_subrequests(void **state)
 {
@@ -682,6 +729,8 @@ static void test_split_async(void **state)
 	submit(&r, 0, BKS_OP_DISCARD, 0, NULL, 256 * 1024);
 	for (unsigned int i = 0; i < 4; i++) {
 		assert_int_equal(hold_count(hold), 1);
+		/* The parent and its piece (a sub-request). */
+		assert_int_equal(bks_chain_in_flight(r.chain), 2);
 		assert_int_equal(hold_peek(hold, 0)->offset, 65536 * i);
 		assert_int_equal(r.results[0], 1);
 		hold_release(hold, 1);
@@ -792,6 +841,8 @@ int main(void)
 	    cmocka_unit_test(test_drain_parks_in_order),
 	    cmocka_unit_test(test_drain_idle_and_nested),
 	    cmocka_unit_test(test_drain_waits_for_busy),
+	    cmocka_unit_test(test_drain_waits_for_retry),
+	    cmocka_unit_test(test_drain_waiters_limit),
 	    cmocka_unit_test(test_drain_waits_for_subrequests),
 	    cmocka_unit_test(test_fmt_write_read),
 	    cmocka_unit_test(test_subreq_pool_exhaustion),
