@@ -256,6 +256,15 @@ bench: deps
 	QUICK=$(QUICK) bench/run
 # ---- end of benchmark --------------------------------------------------------
 
+# ---- the parse-only driver table (libblkstack/drivers-parse.c) --------------
+# blkstack-ctl and blkstack-hotplug only parse chains: the library has a
+# section per function and object, and they link with --gc-sections, so
+# they keep none of the data path and need no libaio (parse-only.bats).
+$(LIB_OBJ): ALL_CFLAGS += -ffunction-sections -fdata-sections
+$(HOTPLUG) $(CTL): LDFLAGS += -Wl,--gc-sections
+$(HOTPLUG) $(CTL): AIO_LIBS :=
+# ---- end of the parse-only driver table -------------------------------------
+
 # ---- install ---------------------------------------------------------------
 install: all
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
