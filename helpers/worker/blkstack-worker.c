@@ -124,6 +124,8 @@ static void quiesced(void *arg)
 /* ops.pause: see worker-ctl.h. */
 static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 {
+	int rc;
+
 	switch (w->state) {
 	case WORKER_STOPPING:
 		return -ESHUTDOWN;
@@ -144,9 +146,14 @@ static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 	w->pause_done = done;
 	w->pause_arg = arg;
 	worker_log(w, LOG_INFO, "pausing: holding new requests");
-	/* May call quiesced() at once. */
-	bks_nbd_server_hold(w->nbd, quiesced, w);
-	return 0;
+	/* A hold is a drain of the chain: quiesced() comes from the loop. */
+	rc = bks_export_hold(w->nbd, quiesced, w);
+	if (rc < 0) {
+		w->state = WORKER_RUNNING;
+		w->pause_done = NULL;
+		w->pause_arg = NULL;
+	}
+	return rc;
 }
 
 /* ops.unpause: see worker-ctl.h. */
@@ -166,7 +173,7 @@ static int worker_unpause(struct worker *w)
 	}
 	w->paused_ns += bks_now_ns() - w->pause_start;
 	w->state = WORKER_RUNNING;
-	bks_nbd_server_resume(w->nbd);
+	bks_export_resume(w->nbd);
 	worker_log(w, LOG_INFO, "running");
 	return 0;
 }
@@ -237,8 +244,8 @@ static void worker_shutdown(struct worker *w)
 	w->state = WORKER_STOPPING;
 	bks_timer_init(w->loop, &w->stop_timer, stop_timeout, w);
 	bks_timer_arm(&w->stop_timer, STOP_TIMEOUT_NS);
-	/* May call nbd_down() at once. */
-	bks_nbd_server_shutdown(w->nbd, nbd_down, w);
+	/* Ends a pause first; may call nbd_down() at once. */
+	bks_export_shutdown(w->nbd, nbd_down, w);
 }
 
 static void on_signal(struct bks_watch *watch, uint32_t events)
@@ -484,8 +491,11 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = listen_unix(w, "ctl.sock", &r->ctl_fd, &r->ctl_sock, err);
 	if (rc < 0)
 		return rc;
-	rc = bks_nbd_server_new(&w->nbd, w->loop, w->chain, r->nbd_fd, &cfg,
+	rc = bks_nbd_export_new(&w->nbd, w->loop, w->chain, r->nbd_fd, &cfg,
 				err);
+	if (rc < 0)
+		return rc;
+	rc = bks_export_start(w->nbd, err);
 	if (rc < 0)
 		return rc;
 	rc = worker_ctl_new(&w->ctl, w, &ctl_ops, r->ctl_fd, err);
@@ -523,8 +533,7 @@ static void cleanup(struct worker *w, struct res *r)
 
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
-	if (w->nbd)
-		bks_nbd_server_free(w->nbd);
+	bks_export_free(w->nbd);
 	if (r->sig_fd >= 0) {
 		bks_watch_del(&r->sig_watch);
 		close(r->sig_fd);

@@ -49,7 +49,7 @@ struct worker {
 	/* Runtime. */
 	struct bks_loop *loop;
 	struct bks_chain *chain;
-	struct bks_nbd_server *nbd;
+	struct bks_export *nbd; /* the NBD export (export.h) */
 	struct worker_ctl *ctl;
 	enum worker_state state;
 	uint64_t started_ns;	     /* bks_now_ns() at start */

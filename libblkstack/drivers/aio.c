@@ -113,7 +113,7 @@ static int probe(struct aio_state *s, const char *path, uint32_t dev_block,
 	return bks_image_check_size(path, s->size, s->block_size, err);
 }
 
-static int aio_open(void *state, struct bks_layer *next,
+static int aio_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct aio_state *s = state;
@@ -121,7 +121,7 @@ static int aio_open(void *state, struct bks_layer *next,
 	struct bks_image img;
 	int r;
 
-	(void)next;
+	(void)self;
 	s->fd = -1;
 	r = bks_image_open(
 	    &img, path, (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, err);
@@ -148,22 +148,27 @@ out:
 }
 
 /* The framework has drained the layer: nothing is queued or in flight. */
-static void aio_close(void *state)
+static void aio_close(void *state, struct bks_layer *self)
 {
 	struct aio_state *s = state;
 
+	(void)self;
 	bks_aioq_free(s->q);
 	close(s->fd);
 }
 
-static int aio_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int aio_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = s->size;
 	info->block_size = s->block_size;
 	info->max_io = 0; /* the kernel splits large iocbs itself */
+	/* Larger ones are split by the framework: each piece is one
+	 * fallocate or ioctl, so one call never covers 4 GiB. */
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
 	/*
 	 * A read-only layer still lists the writing ops, so that the
 	 * framework refuses them with -EROFS (which says why), not with
@@ -192,11 +197,11 @@ static bool iov_aligned(const struct aio_state *s, const struct bks_req *req)
 	return bad == 0;
 }
 
-static int aio_rw(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_rw(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	if (!iov_aligned(s, req))
 		return -EINVAL;
 	return bks_aioq_queue(s->q, s->fd, req);
@@ -206,11 +211,11 @@ static int aio_rw(void *state, struct bks_layer *next, struct bks_req *req)
  * Through the queue as an aio fdsync, so that it does not block the loop;
  * the queue falls back to fdatasync() where the kernel lacks aio fdsync.
  */
-static int aio_flush(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	return bks_aioq_queue(s->q, s->fd, req);
 }
 
@@ -241,12 +246,12 @@ static int falloc(struct aio_state *s, int mode, const struct bks_req *req,
 }
 
 /* Synchronous: see the top of the file. */
-static int aio_discard(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_discard(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 	int r;
 
-	(void)next;
+	(void)self;
 	if (s->is_blk)
 		r = blk_range_ioctl(s, BLKDISCARD, req);
 	else
@@ -260,14 +265,14 @@ static int aio_discard(void *state, struct bks_layer *next, struct bks_req *req)
 }
 
 /* Synchronous: see the top of the file. */
-static int aio_write_zeroes(void *state, struct bks_layer *next,
+static int aio_write_zeroes(void *state, struct bks_layer *self,
 			    struct bks_req *req)
 {
 	struct aio_state *s = state;
 	const int keep = FALLOC_FL_KEEP_SIZE;
 	int r = -EOPNOTSUPP;
 
-	(void)next;
+	(void)self;
 	if (s->is_blk) {
 		/* BLKZEROOUT never unmaps: it honours NO_HOLE too. */
 		r = blk_range_ioctl(s, BLKZEROOUT, req);
@@ -291,21 +296,51 @@ static int aio_write_zeroes(void *state, struct bks_layer *next,
 }
 
 /* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
-static int aio_extents(void *state, struct bks_layer *next, uint64_t offset,
-		       uint64_t len, struct bks_extent *out, size_t max,
-		       size_t *n)
+static int aio_block_status(void *state, struct bks_layer *self,
+			    struct bks_req *req)
 {
 	struct aio_state *s = state;
+	size_t n = 0;
+	int r;
 
-	(void)next;
-	return bks_fd_extents(s->fd, s->is_blk, offset, len, out, max, n);
+	(void)self;
+	r = bks_fd_extents(s->fd, s->is_blk, req->offset, req->len,
+			   req->extents, req->extents_max, &n);
+	req->nextents = (uint32_t)n;
+	bks_req_complete(req, r);
+	return 0;
 }
 
+/* The control socket's "aio" object: the queue's counters. */
+static void aio_stats(void *state, struct bks_layer *self,
+		      struct bks_stats_out *out)
+{
+	struct aio_state *s = state;
+	struct bks_aioq_stats as;
+
+	(void)self;
+	bks_aioq_get_stats(s->q, &as);
+	bks_stats_u64(out, "requests", as.requests);
+	bks_stats_u64(out, "submitted", as.submitted);
+	bks_stats_u64(out, "merged", as.merged);
+	bks_stats_u64(out, "deferred", as.deferred);
+	bks_stats_u64(out, "completed", as.completed);
+	bks_stats_u64(out, "errors", as.errors);
+	bks_stats_u64(out, "partial", as.partial);
+	bks_stats_u64(out, "in_flight", as.in_flight);
+}
+
+/* What parsing needs of aio: (bks_driver_descs[] has it alone). */
+#define AIO_DESC                                                               \
+	{                                                                      \
+		.name = "aio", .kind = BKS_SINK, .args_path = true,            \
+		.usage = AIO_USAGE                                             \
+	}
+
+const struct bks_driver_desc bks_desc_aio = AIO_DESC;
+
 const struct bks_driver bks_driver_aio = {
-    .name = "aio",
-    .kind = BKS_SINK,
-    .args_path = true,
-    .usage = AIO_USAGE,
+    .desc = AIO_DESC,
     .state_size = sizeof(struct aio_state),
     .open = aio_open,
     .close = aio_close,
@@ -315,7 +350,8 @@ const struct bks_driver bks_driver_aio = {
     .flush = aio_flush,
     .discard = aio_discard,
     .write_zeroes = aio_write_zeroes,
-    .extents = aio_extents,
+    .block_status = aio_block_status,
+    .stats = aio_stats,
 };
 
 int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out)

@@ -52,7 +52,7 @@ struct sync_state {
 	void *zero_buf; /* ZERO_BUF_SIZE zeroed bytes, allocated at open */
 };
 
-static int sync_open(void *state, struct bks_layer *next,
+static int sync_open(void *state, struct bks_layer *self,
 		     const struct bks_open_args *args, struct bks_error *err)
 {
 	struct sync_state *s = state;
@@ -60,7 +60,7 @@ static int sync_open(void *state, struct bks_layer *next,
 	struct bks_image img;
 	int r;
 
-	(void)next;
+	(void)self;
 	s->fd = -1;
 	r = bks_image_open(&img, path, args->read_only ? O_RDONLY : O_RDWR,
 			   err);
@@ -90,22 +90,26 @@ out:
 	return r;
 }
 
-static void sync_close(void *state)
+static void sync_close(void *state, struct bks_layer *self)
 {
 	struct sync_state *s = state;
 
+	(void)self;
 	close(s->fd);
 	free(s->zero_buf);
 }
 
-static int sync_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int sync_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = s->size;
 	info->block_size = SYNC_BLOCK_SIZE;
 	info->max_io = 0;
+	/* Larger ones are split by the framework (one call per piece). */
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
 	/* Read-only keeps the ops listed: the framework refuses writes
 	 * with EROFS, which says why. */
 	info->read_only = s->read_only;
@@ -179,11 +183,11 @@ static int datasync(struct sync_state *s)
 	return fdatasync(s->fd) < 0 ? -errno : 0;
 }
 
-static int sync_read(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	bks_req_complete(req, rw_full(s, false, req->iov, req->iovcnt,
 				      req->offset, req->len, 0));
 	return 0;
@@ -208,16 +212,16 @@ static int do_write(struct sync_state *s, struct bks_req *req)
 	return r < 0 ? r : datasync(s);
 }
 
-static int sync_write(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_write(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, do_write(state, req));
 	return 0;
 }
 
-static int sync_flush(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, datasync(state));
 	return 0;
 }
@@ -259,10 +263,10 @@ static int do_discard(struct sync_state *s, const struct bks_req *req)
 	return r == -EOPNOTSUPP ? 0 : r;
 }
 
-static int sync_discard(void *state, struct bks_layer *next,
+static int sync_discard(void *state, struct bks_layer *self,
 			struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, do_discard(state, req));
 	return 0;
 }
@@ -339,30 +343,41 @@ static int do_write_zeroes(struct sync_state *s, const struct bks_req *req)
 	return r;
 }
 
-static int sync_write_zeroes(void *state, struct bks_layer *next,
+static int sync_write_zeroes(void *state, struct bks_layer *self,
 			     struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, do_write_zeroes(state, req));
 	return 0;
 }
 
 /* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
-static int sync_extents(void *state, struct bks_layer *next, uint64_t offset,
-			uint64_t len, struct bks_extent *out, size_t max,
-			size_t *n)
+static int sync_block_status(void *state, struct bks_layer *self,
+			     struct bks_req *req)
 {
 	struct sync_state *s = state;
+	size_t n = 0;
+	int r;
 
-	(void)next;
-	return bks_fd_extents(s->fd, s->is_blk, offset, len, out, max, n);
+	(void)self;
+	r = bks_fd_extents(s->fd, s->is_blk, req->offset, req->len,
+			   req->extents, req->extents_max, &n);
+	req->nextents = (uint32_t)n;
+	bks_req_complete(req, r);
+	return 0;
 }
 
+/* What parsing needs of sync: (bks_driver_descs[] has it alone). */
+#define SYNC_DESC                                                              \
+	{                                                                      \
+		.name = "sync", .kind = BKS_SINK, .args_path = true,           \
+		.usage = SYNC_USAGE                                            \
+	}
+
+const struct bks_driver_desc bks_desc_sync = SYNC_DESC;
+
 const struct bks_driver bks_driver_sync = {
-    .name = "sync",
-    .kind = BKS_SINK,
-    .args_path = true,
-    .usage = SYNC_USAGE,
+    .desc = SYNC_DESC,
     .state_size = sizeof(struct sync_state),
     .open = sync_open,
     .close = sync_close,
@@ -372,5 +387,5 @@ const struct bks_driver bks_driver_sync = {
     .flush = sync_flush,
     .discard = sync_discard,
     .write_zeroes = sync_write_zeroes,
-    .extents = sync_extents,
+    .block_status = sync_block_status,
 };

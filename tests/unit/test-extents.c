@@ -35,6 +35,11 @@ static void make_sparse(char *path, size_t size)
 	close(fd);
 }
 
+static void status_done(struct bks_req *req, int result)
+{
+	*(int *)req->opaque = result;
+}
+
 /* Check the extents of the chain "<prefix><path>". */
 static void check_chain(const char *prefix, const char *path)
 {
@@ -42,6 +47,8 @@ static void check_chain(const char *prefix, const char *path)
 	struct bks_chain *chain;
 	struct bks_loop *loop;
 	struct bks_error err = {0};
+	struct bks_req req = {0};
+	int result = 1;
 	char spec[512];
 	size_t n;
 
@@ -72,6 +79,22 @@ static void check_chain(const char *prefix, const char *path)
 	/* Out of range. */
 	assert_int_equal(bks_chain_extents(chain, 4 * MIB, 512, ext, 16, &n),
 			 -EINVAL);
+	/* The same as a request submitted like any other. */
+	memset(ext, 0, sizeof(ext));
+	req.op = BKS_OP_BLOCK_STATUS;
+	req.offset = 512;
+	req.len = 4 * MIB - 512;
+	req.extents = ext;
+	req.extents_max = 16;
+	req.done = status_done;
+	req.opaque = &result;
+	assert_int_equal(bks_chain_submit(chain, &req), 0);
+	assert_int_equal(result, 0);
+	assert_int_equal(req.nextents, 4);
+	assert_int_equal(ext[0].offset, 512);
+	assert_int_equal(ext[0].length, 1 * MIB - 512);
+	assert_int_equal(ext[0].flags, BKS_EXTENT_HOLE | BKS_EXTENT_ZERO);
+	assert_int_equal(ext[3].offset, 3 * MIB);
 	bks_chain_close(chain);
 	bks_loop_free(loop);
 }
@@ -84,7 +107,7 @@ static void test_file_holes(void **state)
 	make_sparse(path, sizeof(path));
 	check_chain("sync:", path);
 	check_chain("aio:", path);
-	/* log: has no extents op: it passes the question down. */
+	/* log: has no block_status op: it passes the question down. */
 	check_chain("log:|aio:", path);
 	unlink(path);
 }

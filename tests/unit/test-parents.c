@@ -2,9 +2,9 @@
 /*
  * Unit tests: the chain open path's parent handling (get_parent).
  *
- * No built-in driver has parents yet (VHD will), so this test brings its
- * own registry: it defines bks_drivers[] and bks_driver_lookup(), which
- * the linker then takes instead of libblkstack's drivers.o.  Its "img:"
+ * No built-in driver has parents yet (VHD will), so this test brings a
+ * driver of its own, opened with bks_chain_open_with() (looked up before
+ * the registry, also for the parents' chain strings).  Its "img:"
  * sink is an image of 8 blocks whose content names itself; its parent is
  * named by a table, like a backing file in an image header.
  */
@@ -52,12 +52,12 @@ static int img_find(const char *name)
 	return -1;
 }
 
-static int img_open(void *state, struct bks_layer *next,
+static int img_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct img_state *s = state;
 
-	(void)next;
+	(void)self;
 	if (img_find(args->args) < 0)
 		return bks_error_set(err, ENOENT, "open %s", args->args);
 	snprintf(s->name, sizeof(s->name), "%s", args->args);
@@ -65,20 +65,21 @@ static int img_open(void *state, struct bks_layer *next,
 	return 0;
 }
 
-static int img_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int img_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	(void)state;
-	(void)next;
+	(void)self;
 	info->size = IMG_SIZE;
 	info->block_size = 512;
 	info->ops = BKS_OPF(BKS_OP_READ);
 	return 0;
 }
 
-/* Reads answer "<name>:<ro|rw>:<next>" so the test sees the stacking. */
-static int img_read(void *state, struct bks_layer *next, struct bks_req *req)
+/* Reads answer "<name>:<ro|rw>:<backing>" so the test sees the stacking. */
+static int img_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct img_state *s = state;
+	struct bks_layer *next = bks_layer_child(self, BKS_CHILD_BACKING);
 
 	memset(req->iov[0].iov_base, 0, req->iov[0].iov_len);
 	snprintf(req->iov[0].iov_base, req->iov[0].iov_len, "%s:%s:%s", s->name,
@@ -88,12 +89,13 @@ static int img_read(void *state, struct bks_layer *next, struct bks_req *req)
 	return 0;
 }
 
-static int img_get_parent(void *state, char *buf, size_t size,
-			  struct bks_error *err)
+static int img_get_parent(void *state, struct bks_layer *self, char *buf,
+			  size_t size, struct bks_error *err)
 {
 	struct img_state *s = state;
 	const char *parent = family[img_find(s->name)].parent;
 
+	(void)self;
 	if (!parent)
 		return bks_error_setmsg(err, EIO, "%s: corrupt header",
 					s->name);
@@ -116,21 +118,12 @@ static const struct bks_driver test_driver_img = {
 
 extern const struct bks_driver bks_driver_log;
 
-const struct bks_driver *const bks_drivers[] = {
+/* Opened with bks_chain_open_with(): looked up before the registry. */
+static const struct bks_driver *const test_drivers[] = {
     &test_driver_img,
     &bks_driver_log,
     NULL,
 };
-
-const struct bks_driver *bks_driver_lookup(const char *name, size_t len)
-{
-	for (size_t i = 0; bks_drivers[i]; i++) {
-		if (strlen(bks_drivers[i]->name) == len &&
-		    memcmp(bks_drivers[i]->name, name, len) == 0)
-			return bks_drivers[i];
-	}
-	return NULL;
-}
 
 /* ---- tests --------------------------------------------------------------- */
 
@@ -169,7 +162,8 @@ static void test_parents_stacked_read_only(void **state)
 	(void)state;
 
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
-	if (bks_chain_open(&chain, "log:|img:child", loop, false, &err))
+	if (bks_chain_open_with(&chain, "log:|img:child", test_drivers, loop,
+				false, &err))
 		fail_msg("%s", err.msg);
 	/* log, child, then its parents in order below it. */
 	assert_int_equal(bks_chain_layers(chain), 4);
@@ -210,8 +204,8 @@ static void test_parent_errors(void **state)
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct bks_chain *chain = NULL;
-		int rc =
-		    bks_chain_open(&chain, cases[i].chain, loop, false, &err);
+		int rc = bks_chain_open_with(&chain, cases[i].chain,
+					     test_drivers, loop, false, &err);
 
 		if (rc != cases[i].rc || !strstr(err.msg, cases[i].msg))
 			fail_msg("%s: rc %d '%s', expected %d '%s'",
