@@ -155,6 +155,7 @@ struct bks_req {
 	struct bks_layer *subreq_layer; /* a sub-request's pool */
 	struct bks_req *split_parent;	/* a piece of a split request */
 	uint64_t split_pos, split_end;	/* a split request's progress */
+	int split_state, split_result;	/* a piece's */
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
