@@ -153,9 +153,9 @@ struct bks_req {
 	void (*wait_fn)(struct bks_layer *self, struct bks_req *req);
 	void *subreq_data;		/* a sub-request's driver data */
 	struct bks_layer *subreq_layer; /* a sub-request's pool */
+	int split_state, split_result;	/* a piece of a split request's */
 	struct bks_req *split_parent;	/* a piece of a split request */
 	uint64_t split_pos, split_end;	/* a split request's progress */
-	int split_state, split_result;	/* a piece's */
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
