@@ -229,18 +229,40 @@ static uint64_t split_limit(const struct bks_layer *l, enum bks_op op)
 static void split_issue(struct bks_layer *l, struct bks_req *parent,
 			struct bks_req *piece);
 
+/* A piece's split_state: being issued, or done while being issued. */
+enum {
+	SPLIT_ASYNC,
+	SPLIT_ISSUING,
+	SPLIT_DONE_INSIDE
+};
+
+/* The last piece is done, or one failed: the parent completes. */
+static void split_finish(struct bks_layer *l, struct bks_req *parent,
+			 struct bks_req *piece, int result)
+{
+	subpool_put(l, &l->split, piece);
+	bks_req_complete(parent, result);
+}
+
 /*
- * A piece is done: the next one reuses it, in order, until the range is
- * done or a piece failed; then the parent completes with that result.
+ * A piece is done.  Done inside its own issue (a layer that completes
+ * before its op returns): split_issue() goes on in its loop, so that a
+ * request of many pieces never recurses once per piece.  Done later: the
+ * next piece reuses it, in order, until the range is done or a piece
+ * failed.
  */
 static void split_piece_done(struct bks_req *piece, int result)
 {
 	struct bks_req *parent = piece->split_parent;
 	struct bks_layer *l = piece->subreq_layer;
 
+	if (piece->split_state == SPLIT_ISSUING) {
+		piece->split_state = SPLIT_DONE_INSIDE;
+		piece->split_result = result;
+		return;
+	}
 	if (result < 0 || parent->split_pos >= parent->split_end) {
-		subpool_put(l, &l->split, piece);
-		bks_req_complete(parent, result);
+		split_finish(l, parent, piece, result);
 		return;
 	}
 	split_issue(l, parent, piece);
@@ -250,18 +272,31 @@ static void split_issue(struct bks_layer *l, struct bks_req *parent,
 			struct bks_req *piece)
 {
 	uint64_t lim = split_limit(l, parent->op);
-	uint64_t left = parent->split_end - parent->split_pos;
 
-	piece->nframes = 0;
-	piece->op = parent->op;
-	piece->flags = parent->flags;
-	piece->offset = parent->split_pos;
-	piece->len = left < lim ? left : lim;
-	piece->done = split_piece_done;
-	piece->opaque = NULL;
-	piece->split_parent = parent;
-	parent->split_pos += piece->len;
-	call_op(l, piece);
+	for (;;) {
+		uint64_t left = parent->split_end - parent->split_pos;
+
+		piece->nframes = 0;
+		piece->op = parent->op;
+		piece->flags = parent->flags;
+		piece->offset = parent->split_pos;
+		piece->len = left < lim ? left : lim;
+		piece->done = split_piece_done;
+		piece->opaque = NULL;
+		piece->split_parent = parent;
+		piece->split_state = SPLIT_ISSUING;
+		parent->split_pos += piece->len;
+		call_op(l, piece);
+		if (piece->split_state == SPLIT_ISSUING) {
+			piece->split_state = SPLIT_ASYNC; /* done later */
+			return;
+		}
+		if (piece->split_result < 0 ||
+		    parent->split_pos >= parent->split_end) {
+			split_finish(l, parent, piece, piece->split_result);
+			return;
+		}
+	}
 }
 
 static void split_resume(struct bks_layer *l, struct bks_req *parent)

@@ -121,7 +121,8 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 
 /*
  * Close every layer, top first, and free the chain.  Nothing may be in
- * flight (drain first: bks_chain_in_flight() == 0).
+ * flight (drain first: bks_chain_in_flight() == 0), and no request parked
+ * by a drain (they would never complete).
  */
 void bks_chain_close(struct bks_chain *chain);
 
@@ -246,7 +247,9 @@ bool bks_chain_is_drained(const struct bks_chain *chain);
  * driver's reopen_prepare runs (top first); if all succeed, reopen_commit
  * runs on each and the infos are computed again, bottom first; if one
  * fails, reopen_abort runs on those prepared and the chain serves as
- * before.  Returns 0, -EBUSY if the chain is not drained, -EINVAL if s
+ * before.  (An info op that fails after the commits is returned too; the
+ * layers then serve the new args, and the caller should close the
+ * chain.)  Returns 0, -EBUSY if the chain is not drained, -EINVAL if s
  * does not match, -EOPNOTSUPP for a layer that cannot reopen, or the
  * prepare's -errno; err says which layer and why.
  */
