@@ -90,6 +90,14 @@ LIB_SRC := $(sort $(shell find libblkstack -name '*.c'))
 LIB_OBJ := $(call objs,$(LIB_SRC))
 LIB     := $(B)/lib/libblkstack.a
 
+# A section per function and object, so that a program linking with
+# --gc-sections (PARSE_ONLY_LDFLAGS) keeps only what it calls: blkstack-ctl
+# and blkstack-hotplug only parse chains (the parse-only driver table,
+# libblkstack/drivers-parse.c), keep none of the data path and link no
+# libaio (tests/bats/parse-only.bats).
+$(LIB_OBJ): ALL_CFLAGS += -ffunction-sections -fdata-sections
+PARSE_ONLY_LDFLAGS := -Wl,--gc-sections
+
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	rm -f $@
@@ -109,7 +117,7 @@ $(COMMON): $(call objs,$(COMMON_SRC))
 HOTPLUG      := $(B)/bin/blkstack-hotplug
 HOTPLUG_OBJ  := $(call objs,$(sort $(wildcard helpers/hotplug/*.c))) \
                 $(COMMON) $(LIB)
-HOTPLUG_LIBS  = $(XS_LIBS) $(NL_LIBS) $(LIB_LIBS)
+HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 # The installed hotplug helper finds blkstack-ctl here (or beside itself).
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 
@@ -121,7 +129,7 @@ WORKER_LIBS   = $(LIB_LIBS)
 CTL          := $(B)/bin/blkstack-ctl
 CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
-CTL_LIBS      = $(LIB_LIBS)
+CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
 
 PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
 
