@@ -123,6 +123,7 @@ struct fx {
 	int fd;	   /* O_RDWR | O_DIRECT on path */
 	int plain; /* O_RDWR on path, for checking through the page cache */
 	struct bks_aioq *q;
+	struct bks_offload *off; /* the queue's, for the fdsync fallback */
 	struct bks_chain *chain;
 	unsigned int outstanding;
 };
@@ -157,6 +158,7 @@ static int teardown(void **state)
 	if (fx->chain)
 		bks_chain_close(fx->chain);
 	bks_aioq_free(fx->q);
+	assert_int_equal(bks_offload_free(fx->off, 0), 0);
 	close(fx->fd);
 	close(fx->plain);
 	unlink(fx->path);
@@ -169,7 +171,10 @@ static void new_queue(struct fx *fx, unsigned int depth)
 {
 	struct bks_error err = {0};
 
-	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, &err), 0);
+	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, depth, &err),
+			 0);
+	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, fx->off, &err),
+			 0);
 }
 
 static void open_chain(struct fx *fx, bool read_only)
@@ -792,9 +797,13 @@ static void test_new_errors(void **state)
 	int dummy;
 	struct bks_aioq *q = (struct bks_aioq *)&dummy; /* must be reset */
 
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, &err), -EINVAL);
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, fx->off, &err), -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "depth"));
+	q = (struct bks_aioq *)&dummy;
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 4, NULL, &err), -EINVAL);
+	assert_null(q);
+	assert_non_null(strstr(err.msg, "offload"));
 }
 
 /* ---- the aio: driver in a chain --------------------------------------------
