@@ -768,10 +768,12 @@ static void test_flush_fallback(void **state)
 	run_until_idle(fx);
 	assert_int_equal(t[0].result, 0);
 	assert_int_equal(qstats(fx).submitted, 0);
-	/* The next one does not try the kernel queue again. */
+	/* The next one does not try the kernel queue again, and does not
+	 * block the loop either: it completes from the loop, later. */
 	sub.no_fdsync = false;
 	treq_prep(fx, &t[1], BKS_OP_FLUSH, 0, 0, 0, NULL);
 	tq(fx, fx->fd, &t[1]);
+	assert_false(t[1].done);
 	run_until_idle(fx);
 	assert_int_equal(t[1].result, 0);
 	assert_int_equal(qstats(fx).submitted, 0);
@@ -917,6 +919,48 @@ static void test_chain_fua_flush_discard_zeroes(void **state)
 	assert_int_equal(chain_do(fx, BKS_OP_READ, 0, 0, MiB, buf), 0);
 	assert_int_equal(unit_check(buf, part, 0, SEED), -1);
 	assert_true(unit_is_zero(buf + part, 3 * part));
+	free(buf);
+}
+
+/*
+ * Discard and write_zeroes run on the layer's helper threads: they
+ * complete from the loop, after the submission returned.  40 at once
+ * are more than the layer's jobs: the rest wait their turn.
+ */
+static void test_chain_offloaded(void **state)
+{
+	struct fx *fx = *state;
+	enum {
+		N = 40
+	};
+	struct treq t[N];
+	unsigned char *buf = unit_alloc_aligned(N * 2 * BLK);
+
+	assert_non_null(buf);
+	fill_plain(fx, 0, N * 2 * BLK, SEED);
+	open_chain(fx, false);
+	for (int i = 0; i < N; i++) {
+		uint64_t off = (uint64_t)i * 2 * BLK;
+
+		treq_prep(fx, &t[i],
+			  i % 2 ? BKS_OP_WRITE_ZEROES : BKS_OP_DISCARD,
+			  i % 4 == 1 ? BKS_REQ_NO_HOLE | BKS_REQ_FUA : 0, off,
+			  BLK, NULL);
+		fx->outstanding++;
+		assert_int_equal(bks_chain_submit(fx->chain, &t[i].req), 0);
+		assert_false(t[i].done);
+	}
+	run_until_idle(fx);
+	assert_int_equal(chain_do(fx, BKS_OP_READ, 0, 0, N * 2 * BLK, buf), 0);
+	for (int i = 0; i < N; i++) {
+		uint64_t off = (uint64_t)i * 2 * BLK;
+
+		assert_int_equal(t[i].result, 0);
+		/* The range is zeroes, the block after it untouched. */
+		assert_true(unit_is_zero(buf + off, BLK));
+		assert_int_equal(
+		    unit_check(buf + off + BLK, BLK, off + BLK, SEED), -1);
+	}
 	free(buf);
 }
 
@@ -1226,6 +1270,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_chain_fua_flush_discard_zeroes,
 					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_offloaded, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_alloc_data_path, setup,
 					    teardown),
