@@ -47,9 +47,10 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
 # ---- helpers ---------------------------------------------------------------
-HP_SRC  := helpers/hp-env.c helpers/hp-xs.c helpers/hp-dev.c helpers/hp-share.c \
-           helpers/hp-conf.c helpers/hp-policy.c \
-           helpers/worker-name.c
+HP_SRC  := helpers/hotplug/hp-env.c helpers/hotplug/hp-xs.c \
+           helpers/hotplug/hp-dev.c helpers/hotplug/hp-share.c \
+           helpers/hotplug/hp-conf.c helpers/hotplug/hp-policy.c \
+           helpers/common/worker-name.c
 HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
 HOTPLUG := $(B)/bin/blkstack-hotplug
 SCRIPT  := $(B)/hotplug/block-stack
@@ -61,8 +62,8 @@ UNIT_SRC  := $(wildcard tests/unit/test-*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 
 WORKER  := $(B)/bin/blkstack-worker
-WORKER_SRC := helpers/blkstack-worker.c helpers/worker-ctl.c helpers/json.c \
-              helpers/worker-name.c
+WORKER_SRC := helpers/worker/blkstack-worker.c helpers/worker/worker-ctl.c \
+              helpers/common/json.c helpers/common/worker-name.c
 PROGRAMS := $(HOTPLUG) $(WORKER)
 FUZZ_CC   ?= clang
 FUZZ_TIME ?= 60
@@ -71,24 +72,23 @@ FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
 TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
 
 # ---- blkstack-ctl (1/2: variables, before 'all') ---------------------------
-# The worker's objects $(B)/obj/helpers/{worker-ctl,json}.o come from the
-# pattern rule (WORKER_SRC above); blkstack-ctl shares json.o.
+# blkstack-ctl shares helpers/common/ with the worker.
 CTL     := $(B)/bin/blkstack-ctl
-CTL_OBJ := $(B)/obj/helpers/blkstack-ctl.o $(B)/obj/helpers/json.o \
-           $(B)/obj/helpers/worker-name.o
+CTL_OBJ := $(B)/obj/helpers/ctl/blkstack-ctl.o $(B)/obj/helpers/common/json.o \
+           $(B)/obj/helpers/common/worker-name.o
 PROGRAMS += $(CTL)
 # ---- end of blkstack-ctl (1/2) ---------------------------------------------
 
 # ---- hp-dev (1/2: variables, before 'tests') --------------------------------
-# helpers/hp-dev.c uses libnl-genl-3 (the kernel NBD client's netlink).
+# helpers/hotplug/hp-dev.c uses libnl-genl-3 (the kernel NBD client's netlink).
 # Everything that links hp-dev.o gets NL_LIBS: the hotplug helper and the
 # unit tests (through HP_OBJ) by the target-specific appends below.
 NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
 NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
-$(B)/obj/helpers/hp-dev.o: CPPFLAGS += $(NL_CFLAGS)
+$(B)/obj/helpers/hotplug/hp-dev.o: CPPFLAGS += $(NL_CFLAGS)
 $(HOTPLUG): XS_LIBS += $(NL_LIBS)
 $(B)/tests/unit/%: XS_LIBS += $(NL_LIBS)
-# build/tests/hp-dev-tool drives helpers/hp-dev.c for tests/bats/dev.bats.
+# build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.c for tests/bats/dev.bats.
 HPDEV_TOOL := $(B)/tests/hp-dev-tool
 TEST_BIN   += $(HPDEV_TOOL)
 # ---- end of hp-dev (1/2) ----------------------------------------------------
@@ -100,6 +100,9 @@ all: $(LIB) $(PROGRAMS) $(SCRIPT)
 
 tests: all $(TEST_BIN)
 
+# A program's own folder and helpers/common/ are on its include path.
+HELPER_INC := -Ihelpers/common -Ihelpers/hotplug
+$(B)/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
 $(B)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -MMD -MP -c -o $@ $<
@@ -109,10 +112,10 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-HOTPLUG_OBJ := $(B)/obj/helpers/blkstack-hotplug.o \
-               $(B)/obj/helpers/hp-actions.o
+HOTPLUG_OBJ := $(B)/obj/helpers/hotplug/blkstack-hotplug.o \
+               $(B)/obj/helpers/hotplug/hp-actions.o
 # The installed hotplug helper finds blkstack-ctl here (or beside itself).
-$(B)/obj/helpers/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+$(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 $(HOTPLUG): $(HOTPLUG_OBJ) $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
@@ -127,14 +130,14 @@ $(CTL): $(CTL_OBJ) $(LIB)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
 
 # The JSON unit test links the helper's json.o (added to the rule's $^).
-$(B)/tests/unit/test-json: $(B)/obj/helpers/json.o
+$(B)/tests/unit/test-json: $(B)/obj/helpers/common/json.o
 # ---- end of blkstack-ctl (2/2) ---------------------------------------------
 
 # ---- hp-dev (2/2: the test tool's rule, after 'all') ------------------------
-$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hp-dev.o \
-               $(B)/obj/helpers/hp-conf.o $(LIB)
+$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hotplug/hp-dev.o \
+               $(B)/obj/helpers/hotplug/hp-conf.o $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Ihelpers $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(NL_LIBS)
+	$(CC) $(CPPFLAGS) $(HELPER_INC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(NL_LIBS)
 # ---- end of hp-dev (2/2) ----------------------------------------------------
 
 # The in-tree copy of the hotplug script points at build/bin.
@@ -156,7 +159,7 @@ UNIT_LDFLAGS_test-aioq := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                           -Wl,--wrap=realloc -Wl,--wrap=free
 $(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Ihelpers -Itests/unit $(ALL_CFLAGS) $(CMOCKA_CFLAGS) \
+	$(CC) $(CPPFLAGS) $(HELPER_INC) -Itests/unit $(ALL_CFLAGS) $(CMOCKA_CFLAGS) \
 		$(XS_CFLAGS) -o $@ $^ $(UNIT_LDFLAGS_$(*F)) $(CMOCKA_LIBS) \
 		$(XS_LIBS) $(AIO_LIBS)
 
@@ -192,7 +195,7 @@ SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
 C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
                libblkstack/drivers/*.c libblkstack/include/blkstack/*.h \
                libblkstack/export/*.c libblkstack/export/*.h \
-               helpers/*.c helpers/*.h tests/unit/*.c tests/unit/*.h \
+               helpers/*/*.c helpers/*/*.h tests/unit/*.c tests/unit/*.h \
                tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
                tests/dev/*.c \
                tests/fuzz/*.c)

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Unit tests: the control protocol's JSON writer and reader (helpers/json.c).
+/* Unit tests: the control protocol's JSON writer and reader
+ * (helpers/common/json.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -21,12 +21,7 @@
 #include "blkstack/chain.h"
 #include "blkstack/loop.h"
 #include "blkstack/nbd-server.h"
-
-/* Worker names: [A-Za-z0-9_.-]{1,64}, not "." or "..". */
-#define WORKER_NAME_MAX 64
-
-/* Is s a worker name: safe as one path component (worker-name.c)? */
-bool worker_name_valid(const char *s);
+#include "worker-name.h"
 
 enum worker_state {
 	WORKER_RUNNING,

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "hp-share.h"
-#include "worker.h"
+#include "worker-name.h"
 
 #define SHARING_LOCK	 "sharing.lock"
 #define USAGE_SUFFIX	 ".attached"

@@ -36,7 +36,7 @@
 #include "blkstack/chain.h"
 #include "blkstack/error.h"
 #include "json.h"
-#include "worker.h"
+#include "worker-name.h"
 
 #define PROG	       "blkstack-ctl"
 #define DEFAULT_RUNDIR "/run/blkstack"

@@ -48,7 +48,7 @@
 #include "hp-policy.h"
 #include "hp-share.h"
 #include "hp.h"
-#include "worker.h"
+#include "worker-name.h"
 
 #ifndef BKS_SBINDIR
 #define BKS_SBINDIR "/usr/local/sbin"

@@ -2,7 +2,7 @@
 /* Worker names: shared by the worker, blkstack-ctl and the hotplug helper. */
 #include <string.h>
 
-#include "worker.h"
+#include "worker-name.h"
 
 bool worker_name_valid(const char *s)
 {
