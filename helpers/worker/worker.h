@@ -21,6 +21,7 @@
 #include "blkstack/chain.h"
 #include "blkstack/loop.h"
 #include "blkstack/nbd-server.h"
+#include "blkstack/syslog-client.h"
 #include "worker-name.h"
 
 enum worker_state {
@@ -41,7 +42,8 @@ struct worker {
 	const char *chain_str;
 	char dir[PATH_MAX]; /* RUNDIR/NAME: pid, nbd.sock, ctl.sock */
 	bool read_only;
-	bool foreground; /* log to stderr, not syslog */
+	bool foreground;	   /* log to stderr, not syslog */
+	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int
 	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */
 
@@ -67,7 +69,9 @@ struct worker {
 /* "running", "pausing", "paused", "stopping". */
 const char *worker_state_name(enum worker_state state);
 
-/* Log a line (stderr with --foreground, else syslog). */
+/* Log a line (stderr with --foreground, else syslog, without blocking:
+ * a line the daemon does not take at once is dropped, and counted in
+ * stats as worker.log_dropped). */
 void worker_log(const struct worker *w, int prio, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
