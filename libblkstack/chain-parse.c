@@ -130,7 +130,19 @@ static int check_args(const struct bks_layer_spec *ls, struct bks_error *err)
 }
 
 /* Parse one layer starting at s[*pos] into spec->layers[spec->n]. */
+static const struct bks_driver *lookup(const struct bks_driver *const *extra,
+				       const char *name, size_t len)
+{
+	for (size_t i = 0; extra && extra[i]; i++) {
+		if (strlen(extra[i]->name) == len &&
+		    memcmp(extra[i]->name, name, len) == 0)
+			return extra[i];
+	}
+	return bks_driver_lookup(name, len);
+}
+
 static int parse_layer(const char *s, size_t len, size_t *pos,
+		       const struct bks_driver *const *extra,
 		       struct bks_chain_spec *spec, struct bks_error *err)
 {
 	unsigned int layer = spec->n + 1; /* 1-based, for people */
@@ -174,7 +186,7 @@ static int parse_layer(const char *s, size_t len, size_t *pos,
 					BKS_DRIVER_NAME_MAX);
 	ls = &spec->layers[spec->n];
 	ls->offset = start;
-	ls->driver = bks_driver_lookup(s + start, nlen);
+	ls->driver = lookup(extra, s + start, nlen);
 	if (!ls->driver)
 		return bks_error_setmsg(err, EINVAL,
 					"chain: layer %u at offset %zu: "
@@ -226,6 +238,13 @@ static int check_kinds(const struct bks_chain_spec *spec, struct bks_error *err)
 int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 		    struct bks_error *err)
 {
+	return bks_chain_parse_with(s, len, NULL, spec, err);
+}
+
+int bks_chain_parse_with(const char *s, size_t len,
+			 const struct bks_driver *const *extra,
+			 struct bks_chain_spec *spec, struct bks_error *err)
+{
 	const char *nul;
 	size_t pos = 0;
 	int rc = 0;
@@ -251,7 +270,7 @@ int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 					      BKS_CHAIN_MAX_LAYERS, pos);
 			goto out;
 		}
-		rc = parse_layer(s, len, &pos, spec, err);
+		rc = parse_layer(s, len, &pos, extra, spec, err);
 		if (rc < 0)
 			goto out;
 		if (pos >= len)

@@ -75,6 +75,16 @@ all_data:
 	return 0;
 }
 
+int bks_image_block_status(const struct bks_image *img, struct bks_req *req)
+{
+	size_t n = 0;
+	int r = bks_image_extents(img, req->offset, req->len, req->extents,
+				  req->extents_max, &n);
+
+	req->nextents = (uint32_t)n;
+	return r;
+}
+
 /* ---- the blocking calls -------------------------------------------------- */
 
 /* The no_* flags: see image-file.h. */

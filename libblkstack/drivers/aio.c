@@ -117,14 +117,14 @@ static int probe(struct aio_state *s, const char *path, uint32_t dev_block,
 	return bks_image_check_size(path, s->img.size, s->block_size, err);
 }
 
-static int aio_open(void *state, struct bks_layer *next,
+static int aio_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct aio_state *s = state;
 	const char *path = args->args;
 	int r;
 
-	(void)next;
+	(void)self;
 	r = bks_image_open(&s->img, path,
 			   (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
 			   err);
@@ -159,23 +159,28 @@ out:
  * The framework has drained the layer: nothing is queued or in flight,
  * no job either (each belongs to a request).
  */
-static void aio_close(void *state)
+static void aio_close(void *state, struct bks_layer *self)
 {
 	struct aio_state *s = state;
 
+	(void)self;
 	bks_aioq_free(s->q);
 	bks_offload_free(s->off, AIO_CLOSE_WAIT_NS);
 	bks_image_close(&s->img);
 }
 
-static int aio_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int aio_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = s->img.size;
 	info->block_size = s->block_size;
 	info->max_io = 0; /* the kernel splits large iocbs itself */
+	/* Larger ones are split by the framework: each piece is one
+	 * fallocate or ioctl, so one call never covers 4 GiB. */
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
 	/*
 	 * A read-only layer still lists the writing ops, so that the
 	 * framework refuses them with -EROFS (which says why), not with
@@ -204,11 +209,11 @@ static bool iov_aligned(const struct aio_state *s, const struct bks_req *req)
 	return bad == 0;
 }
 
-static int aio_rw(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_rw(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	if (!iov_aligned(s, req))
 		return -EINVAL;
 	return bks_aioq_queue(s->q, s->img.fd, req);
@@ -218,11 +223,11 @@ static int aio_rw(void *state, struct bks_layer *next, struct bks_req *req)
  * Through the queue as an aio fdsync, so that it does not block the loop;
  * the queue falls back to fdatasync() where the kernel lacks aio fdsync.
  */
-static int aio_flush(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)next;
+	(void)self;
 	return bks_aioq_queue(s->q, s->img.fd, req);
 }
 
@@ -295,12 +300,12 @@ static void job_done(struct bks_offload_job *job, int result)
 }
 
 /* Discard and write_zeroes: on a job now, or in turn when one is free. */
-static int aio_offload(void *state, struct bks_layer *next, struct bks_req *req)
+static int aio_offload(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
 	struct aio_job *j = s->free_jobs;
 
-	(void)next;
+	(void)self;
 	if (j && !s->wait_head) {
 		s->free_jobs = j->next_free;
 		job_start(s, j, req);
@@ -315,15 +320,38 @@ static int aio_offload(void *state, struct bks_layer *next, struct bks_req *req)
 	return 0;
 }
 
-/* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
-static int aio_extents(void *state, struct bks_layer *next, uint64_t offset,
-		       uint64_t len, struct bks_extent *out, size_t max,
-		       size_t *n)
+/*
+ * Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status.
+ * Inline for now: the NBD export still asks through the synchronous
+ * bks_chain_extents(), which cannot wait for a helper thread.
+ */
+static int aio_block_status(void *state, struct bks_layer *self,
+			    struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)next;
-	return bks_image_extents(&s->img, offset, len, out, max, n);
+	(void)self;
+	bks_req_complete(req, bks_image_block_status(&s->img, req));
+	return 0;
+}
+
+/* The control socket's "aio" object: the queue's counters. */
+static void aio_stats(void *state, struct bks_layer *self,
+		      struct bks_stats_out *out)
+{
+	struct aio_state *s = state;
+	struct bks_aioq_stats as;
+
+	(void)self;
+	bks_aioq_get_stats(s->q, &as);
+	bks_stats_u64(out, "requests", as.requests);
+	bks_stats_u64(out, "submitted", as.submitted);
+	bks_stats_u64(out, "merged", as.merged);
+	bks_stats_u64(out, "deferred", as.deferred);
+	bks_stats_u64(out, "completed", as.completed);
+	bks_stats_u64(out, "errors", as.errors);
+	bks_stats_u64(out, "partial", as.partial);
+	bks_stats_u64(out, "in_flight", as.in_flight);
 }
 
 const struct bks_driver bks_driver_aio = {
@@ -340,7 +368,8 @@ const struct bks_driver bks_driver_aio = {
     .flush = aio_flush,
     .discard = aio_offload,
     .write_zeroes = aio_offload,
-    .extents = aio_extents,
+    .block_status = aio_block_status,
+    .stats = aio_stats,
 };
 
 int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out)

@@ -258,7 +258,7 @@ static int error_check(const char *args, struct bks_error *err)
 	return parse_args(&s, args, &rate, &seed, err);
 }
 
-static int error_open(void *state, struct bks_layer *next,
+static int error_open(void *state, struct bks_layer *self,
 		      const struct bks_open_args *args, struct bks_error *err)
 {
 	struct error_state *s = state;
@@ -266,7 +266,7 @@ static int error_open(void *state, struct bks_layer *next,
 	double rate;
 	int r;
 
-	(void)next;
+	(void)self;
 	r = parse_args(s, args->args, &rate, &seed, err);
 	if (r < 0)
 		return r;
@@ -291,13 +291,24 @@ static bool should_fail(struct error_state *s)
 }
 
 /* Every op: refuse it, or pass it down untouched. */
-static int error_op(void *state, struct bks_layer *next, struct bks_req *req)
+static int error_op(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct error_state *s = state;
 
 	if ((s->ops & BKS_OPF(req->op)) && should_fail(s))
 		return -s->errnum;
-	return bks_next_submit(next, req);
+	return bks_next_submit(bks_layer_child(self, BKS_CHILD_FILE), req);
+}
+
+/* The control socket's "error" object: seen, injected. */
+static void error_stats(void *state, struct bks_layer *self,
+			struct bks_stats_out *out)
+{
+	struct error_state *s = state;
+
+	(void)self;
+	bks_stats_u64(out, "seen", s->stats.seen);
+	bks_stats_u64(out, "injected", s->stats.injected);
 }
 
 const struct bks_driver bks_driver_error = {
@@ -312,6 +323,7 @@ const struct bks_driver bks_driver_error = {
     .flush = error_op,
     .discard = error_op,
     .write_zeroes = error_op,
+    .stats = error_stats,
 };
 
 int bks_errinj_get_stats(struct bks_layer *layer, struct bks_errinj_stats *out)

@@ -63,7 +63,7 @@ static int log_check(const char *args, struct bks_error *err)
 	return parse_args(&s, args, err);
 }
 
-static int log_open(void *state, struct bks_layer *next,
+static int log_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct log_state *s = state;
@@ -74,7 +74,7 @@ static int log_open(void *state, struct bks_layer *next,
 	if (r < 0)
 		return r;
 	s->shift = (unsigned int)__builtin_ctzll(s->block);
-	s->size = bks_next_info(next)->size;
+	s->size = bks_next_info(bks_layer_child(self, BKS_CHILD_FILE))->size;
 	s->nblocks = (s->size >> s->shift) + !!(s->size & (s->block - 1));
 	/* At least one word, so that an empty layer needs no special case. */
 	words = s->nblocks / 64 + 1;
@@ -85,10 +85,11 @@ static int log_open(void *state, struct bks_layer *next,
 	return 0;
 }
 
-static void log_close(void *state)
+static void log_close(void *state, struct bks_layer *self)
 {
 	struct log_state *s = state;
 
+	(void)self;
 	free(s->bits);
 }
 
@@ -160,12 +161,35 @@ static int log_completed(struct bks_req *req, int result, void *arg)
 }
 
 /* write, write_zeroes and discard: mark first, then pass down. */
-static int log_modify(void *state, struct bks_layer *next, struct bks_req *req)
+static int log_modify(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct log_state *s = state;
 
 	mark(s, req->offset, req->len);
-	return bks_next_submit_hook(next, req, log_completed, s);
+	return bks_next_submit_hook(bks_layer_child(self, BKS_CHILD_FILE), req,
+				    log_completed, s);
+}
+
+/* Bytes of the blocks marked, the last block counting up to the size. */
+static uint64_t dirty_bytes(const struct log_state *s)
+{
+	uint64_t bytes = s->ndirty << s->shift;
+
+	if (s->nblocks && (s->size & (s->block - 1)) &&
+	    (s->bits[(s->nblocks - 1) / 64] >> ((s->nblocks - 1) % 64)) & 1)
+		bytes -= s->block - (s->size & (s->block - 1));
+	return bytes;
+}
+
+/* The control socket's "log" object: dirty_bytes, block_size. */
+static void log_stats(void *state, struct bks_layer *self,
+		      struct bks_stats_out *out)
+{
+	struct log_state *s = state;
+
+	(void)self;
+	bks_stats_u64(out, "dirty_bytes", dirty_bytes(s));
+	bks_stats_u64(out, "block_size", s->block);
 }
 
 const struct bks_driver bks_driver_log = {
@@ -180,6 +204,7 @@ const struct bks_driver bks_driver_log = {
     .write = log_modify,
     .discard = log_modify,
     .write_zeroes = log_modify,
+    .stats = log_stats,
 };
 
 /* ---- the public API (log.h) ---------------------------------------------- */
@@ -251,14 +276,6 @@ int64_t bks_log_block_size(struct bks_layer *log)
 int64_t bks_log_dirty_bytes(struct bks_layer *log)
 {
 	struct log_state *s = log_state_of(log);
-	uint64_t bytes;
 
-	if (!s)
-		return -EINVAL;
-	bytes = s->ndirty << s->shift;
-	/* The last block counts only up to the size. */
-	if (s->nblocks && (s->size & (s->block - 1)) &&
-	    (s->bits[(s->nblocks - 1) / 64] >> ((s->nblocks - 1) % 64)) & 1)
-		bytes -= s->block - (s->size & (s->block - 1));
-	return (int64_t)bytes;
+	return s ? (int64_t)dirty_bytes(s) : -EINVAL;
 }

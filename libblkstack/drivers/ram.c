@@ -66,7 +66,7 @@ static int ram_check(const char *args, struct bks_error *err)
 	return parse_size(args, &size, err);
 }
 
-static int ram_open(void *state, struct bks_layer *next,
+static int ram_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct ram_state *s = state;
@@ -74,7 +74,7 @@ static int ram_open(void *state, struct bks_layer *next,
 	void *mem;
 	int rc;
 
-	(void)next;
+	(void)self;
 	rc = parse_size(args->args, &size, err);
 	if (rc < 0)
 		return rc;
@@ -88,18 +88,19 @@ static int ram_open(void *state, struct bks_layer *next,
 	return 0;
 }
 
-static void ram_close(void *state)
+static void ram_close(void *state, struct bks_layer *self)
 {
 	struct ram_state *s = state;
 
+	(void)self;
 	munmap(s->mem, s->size);
 }
 
-static int ram_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int ram_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct ram_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = s->size;
 	info->block_size = 512;
 	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
@@ -126,26 +127,26 @@ static void ram_copy(struct ram_state *s, struct bks_req *req, bool to_mem)
 	}
 }
 
-static int ram_read(void *state, struct bks_layer *next, struct bks_req *req)
+static int ram_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	ram_copy(state, req, false);
 	bks_req_complete(req, 0);
 	return 0;
 }
 
-static int ram_write(void *state, struct bks_layer *next, struct bks_req *req)
+static int ram_write(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	ram_copy(state, req, true);
 	bks_req_complete(req, 0);
 	return 0;
 }
 
-static int ram_flush(void *state, struct bks_layer *next, struct bks_req *req)
+static int ram_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	(void)state;
-	(void)next;
+	(void)self;
 	bks_req_complete(req, 0);
 	return 0;
 }
@@ -171,18 +172,18 @@ static void ram_zero(struct ram_state *s, uint64_t offset, uint64_t len,
 	memset(s->mem + end, 0, offset + len - end);
 }
 
-static int ram_discard(void *state, struct bks_layer *next, struct bks_req *req)
+static int ram_discard(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	ram_zero(state, req->offset, req->len, false);
 	bks_req_complete(req, 0);
 	return 0;
 }
 
-static int ram_write_zeroes(void *state, struct bks_layer *next,
+static int ram_write_zeroes(void *state, struct bks_layer *self,
 			    struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	ram_zero(state, req->offset, req->len, req->flags & BKS_REQ_NO_HOLE);
 	bks_req_complete(req, 0);
 	return 0;

@@ -47,7 +47,7 @@ struct sync_state {
 	void *zero_buf; /* ZERO_BUF_SIZE zeroed bytes, allocated at open */
 };
 
-static int sync_open(void *state, struct bks_layer *next,
+static int sync_open(void *state, struct bks_layer *self,
 		     const struct bks_open_args *args, struct bks_error *err)
 {
 	struct sync_state *s = state;
@@ -55,7 +55,7 @@ static int sync_open(void *state, struct bks_layer *next,
 	struct bks_image img;
 	int r;
 
-	(void)next;
+	(void)self;
 	s->img.fd = -1;
 	r = bks_image_open(&img, path, args->read_only ? O_RDONLY : O_RDWR,
 			   err);
@@ -82,22 +82,26 @@ out:
 	return r;
 }
 
-static void sync_close(void *state)
+static void sync_close(void *state, struct bks_layer *self)
 {
 	struct sync_state *s = state;
 
+	(void)self;
 	bks_image_close(&s->img);
 	free(s->zero_buf);
 }
 
-static int sync_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int sync_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = s->img.size;
 	info->block_size = SYNC_BLOCK_SIZE;
 	info->max_io = 0;
+	/* Larger ones are split by the framework (one call per piece). */
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
 	/* Read-only keeps the ops listed: the framework refuses writes
 	 * with EROFS, which says why. */
 	info->read_only = s->read_only;
@@ -167,11 +171,11 @@ static int rw_full(struct sync_state *s, bool write, const struct iovec *iov,
 	return done < len ? -EIO : 0;
 }
 
-static int sync_read(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	bks_req_complete(req, rw_full(s, false, req->iov, req->iovcnt,
 				      req->offset, req->len, 0));
 	return 0;
@@ -196,28 +200,28 @@ static int do_write(struct sync_state *s, struct bks_req *req)
 	return r < 0 ? r : bks_image_datasync(&s->img);
 }
 
-static int sync_write(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_write(void *state, struct bks_layer *self, struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, do_write(state, req));
 	return 0;
 }
 
-static int sync_flush(void *state, struct bks_layer *next, struct bks_req *req)
+static int sync_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	bks_req_complete(req, bks_image_datasync(&s->img));
 	return 0;
 }
 
-static int sync_discard(void *state, struct bks_layer *next,
+static int sync_discard(void *state, struct bks_layer *self,
 			struct bks_req *req)
 {
 	struct sync_state *s = state;
 
-	(void)next;
+	(void)self;
 	bks_req_complete(req,
 			 bks_image_discard(&s->img, req->offset, req->len));
 	return 0;
@@ -269,23 +273,23 @@ static int do_write_zeroes(struct sync_state *s, const struct bks_req *req)
 	return r;
 }
 
-static int sync_write_zeroes(void *state, struct bks_layer *next,
+static int sync_write_zeroes(void *state, struct bks_layer *self,
 			     struct bks_req *req)
 {
-	(void)next;
+	(void)self;
 	bks_req_complete(req, do_write_zeroes(state, req));
 	return 0;
 }
 
 /* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
-static int sync_extents(void *state, struct bks_layer *next, uint64_t offset,
-			uint64_t len, struct bks_extent *out, size_t max,
-			size_t *n)
+static int sync_block_status(void *state, struct bks_layer *self,
+			     struct bks_req *req)
 {
 	struct sync_state *s = state;
 
-	(void)next;
-	return bks_image_extents(&s->img, offset, len, out, max, n);
+	(void)self;
+	bks_req_complete(req, bks_image_block_status(&s->img, req));
+	return 0;
 }
 
 const struct bks_driver bks_driver_sync = {
@@ -302,5 +306,5 @@ const struct bks_driver bks_driver_sync = {
     .flush = sync_flush,
     .discard = sync_discard,
     .write_zeroes = sync_write_zeroes,
-    .extents = sync_extents,
+    .block_status = sync_block_status,
 };

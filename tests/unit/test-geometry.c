@@ -43,12 +43,12 @@ struct geo_state {
 	unsigned int i;
 };
 
-static int geo_open(void *state, struct bks_layer *next,
+static int geo_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct geo_state *s = state;
 
-	(void)next;
+	(void)self;
 	for (s->i = 0; s->i < sizeof(geometries) / sizeof(geometries[0]);
 	     s->i++) {
 		if (strcmp(geometries[s->i].name, args->args) == 0)
@@ -57,21 +57,21 @@ static int geo_open(void *state, struct bks_layer *next,
 	return bks_error_setmsg(err, EINVAL, "no geometry '%s'", args->args);
 }
 
-static int geo_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int geo_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	struct geo_state *s = state;
 
-	(void)next;
+	(void)self;
 	info->size = geometries[s->i].size;
 	info->block_size = geometries[s->i].block_size;
 	info->ops = BKS_OPF(BKS_OP_READ);
 	return 0;
 }
 
-static int geo_read(void *state, struct bks_layer *next, struct bks_req *req)
+static int geo_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	(void)state;
-	(void)next;
+	(void)self;
 	bks_req_complete(req, 0);
 	return 0;
 }
@@ -93,11 +93,11 @@ static int chk_check(const char *args, struct bks_error *err)
 	return bks_error_setmsg(err, EINVAL, "'%s' is not good", args);
 }
 
-static int chk_open(void *state, struct bks_layer *next,
+static int chk_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	(void)state;
-	(void)next;
+	(void)self;
 	return chk_check(args->args, err);
 }
 

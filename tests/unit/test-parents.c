@@ -52,12 +52,12 @@ static int img_find(const char *name)
 	return -1;
 }
 
-static int img_open(void *state, struct bks_layer *next,
+static int img_open(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err)
 {
 	struct img_state *s = state;
 
-	(void)next;
+	(void)self;
 	if (img_find(args->args) < 0)
 		return bks_error_set(err, ENOENT, "open %s", args->args);
 	snprintf(s->name, sizeof(s->name), "%s", args->args);
@@ -65,20 +65,21 @@ static int img_open(void *state, struct bks_layer *next,
 	return 0;
 }
 
-static int img_info(void *state, struct bks_layer *next, struct bks_info *info)
+static int img_info(void *state, struct bks_layer *self, struct bks_info *info)
 {
 	(void)state;
-	(void)next;
+	(void)self;
 	info->size = IMG_SIZE;
 	info->block_size = 512;
 	info->ops = BKS_OPF(BKS_OP_READ);
 	return 0;
 }
 
-/* Reads answer "<name>:<ro|rw>:<next>" so the test sees the stacking. */
-static int img_read(void *state, struct bks_layer *next, struct bks_req *req)
+/* Reads answer "<name>:<ro|rw>:<backing>" so the test sees the stacking. */
+static int img_read(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct img_state *s = state;
+	struct bks_layer *next = bks_layer_child(self, BKS_CHILD_BACKING);
 
 	memset(req->iov[0].iov_base, 0, req->iov[0].iov_len);
 	snprintf(req->iov[0].iov_base, req->iov[0].iov_len, "%s:%s:%s", s->name,
@@ -88,12 +89,13 @@ static int img_read(void *state, struct bks_layer *next, struct bks_req *req)
 	return 0;
 }
 
-static int img_get_parent(void *state, char *buf, size_t size,
-			  struct bks_error *err)
+static int img_get_parent(void *state, struct bks_layer *self, char *buf,
+			  size_t size, struct bks_error *err)
 {
 	struct img_state *s = state;
 	const char *parent = family[img_find(s->name)].parent;
 
+	(void)self;
 	if (!parent)
 		return bks_error_setmsg(err, EIO, "%s: corrupt header",
 					s->name);

@@ -59,6 +59,15 @@ struct bks_chain_spec {
 int bks_chain_parse(const char *s, size_t len, struct bks_chain_spec *spec,
 		    struct bks_error *err);
 
+/*
+ * Like bks_chain_parse(), looking drivers up in extra (NULL-terminated;
+ * may be NULL) before the built-in registry.  For tests and tools that
+ * bring drivers of their own without shipping them in the registry.
+ */
+int bks_chain_parse_with(const char *s, size_t len,
+			 const struct bks_driver *const *extra,
+			 struct bks_chain_spec *spec, struct bks_error *err);
+
 /* Free what bks_chain_parse() allocated; harmless on a zeroed spec. */
 void bks_chain_spec_free(struct bks_chain_spec *spec);
 
@@ -101,17 +110,38 @@ int bks_chain_open(struct bks_chain **out, const char *s, struct bks_loop *loop,
 		   bool read_only, struct bks_error *err);
 
 /*
- * Close every layer, top first, and free the chain.  No request may be
- * in flight (drain first: bks_chain_in_flight() == 0).
+ * Like bks_chain_open(), with drivers looked up in extra first (see
+ * bks_chain_parse_with()): how unit tests open their test drivers.
+ */
+int bks_chain_open_with(struct bks_chain **out, const char *s,
+			const struct bks_driver *const *extra,
+			struct bks_loop *loop, bool read_only,
+			struct bks_error *err);
+
+/*
+ * Close every layer, top first, and free the chain.  Nothing may be in
+ * flight (drain first: bks_chain_in_flight() == 0).
  */
 void bks_chain_close(struct bks_chain *chain);
 
-/* The chain's info: that of its top layer. */
+/*
+ * The chain's info: that of its top layer.  It can change when the chain
+ * is reopened or a child replaced (while drained): read it again after.
+ */
 const struct bks_info *bks_chain_info(const struct bks_chain *chain);
 
-/* Number of layers (parents included), and layer i (0 = top). */
+/*
+ * Iterating the layers: the top layer, then depth first through each
+ * layer's children (file, then backing): filters, the sink, its
+ * parents.  Layers are not an array: i is a position in that walk.
+ * bks_chain_layers() counts them; bks_chain_layer(chain, i) is the
+ * i-th (0 = top), or NULL past the end.
+ */
 unsigned int bks_chain_layers(const struct bks_chain *chain);
 struct bks_layer *bks_chain_layer(struct bks_chain *chain, unsigned int i);
+struct bks_layer *bks_chain_top(struct bks_chain *chain);
+/* The layer after layer in that walk, or NULL. */
+struct bks_layer *bks_chain_next_layer(struct bks_layer *layer);
 
 /* The topmost layer of driver name, or NULL. */
 struct bks_layer *bks_chain_find(struct bks_chain *chain, const char *name);
@@ -122,13 +152,22 @@ void bks_chain_set_retry(struct bks_chain *chain,
 
 /*
  * Submit req at the top of the chain.  Its done callback runs exactly
- * once (possibly before this returns) with 0 or -errno.  Returns 0.
+ * once (possibly before this returns) with 0 or -errno.  While the chain
+ * is drained (bks_chain_drain_begin()) req is parked instead, in arrival
+ * order, and passed down at bks_chain_drain_end().  Block status
+ * (BKS_OP_BLOCK_STATUS with req->extents) is submitted like any other
+ * request.  Returns 0.
  */
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
 
 /*
- * Where the data is, from the top layer down (see the extents op in
- * driver.h).  Returns 0 or -errno.
+ * Block status without a request of one's own, for callers that cannot
+ * wait for a completion: only for chains whose layers answer block
+ * status before their op returns (every built-in driver does).  It
+ * bypasses a drain's parking.  Returns 0 with out and *n filled, -errno,
+ * or -EWOULDBLOCK if a layer answers later (the answer is then dropped;
+ * a further call until it arrives is -EBUSY).  New code submits
+ * BKS_OP_BLOCK_STATUS with bks_chain_submit() instead.
  */
 int bks_chain_extents(struct bks_chain *chain, uint64_t offset, uint64_t len,
 		      struct bks_extent *out, size_t max, size_t *n);
@@ -136,11 +175,97 @@ int bks_chain_extents(struct bks_chain *chain, uint64_t offset, uint64_t len,
 /* True if some layer knows holes (else every range is data). */
 bool bks_chain_has_extents(const struct bks_chain *chain);
 
-/* Requests submitted and not yet completed. */
+/*
+ * What is in flight: requests submitted at the top and not completed
+ * (parked ones not), sub-requests and busy references; 0 when nothing is
+ * in flight in any layer.
+ */
 uint64_t bks_chain_in_flight(const struct bks_chain *chain);
 
 /* Retries done so far (see bks_retry_policy). */
 uint64_t bks_chain_retries(const struct bks_chain *chain);
+
+/* Framework counters of a chain. */
+struct bks_chain_stats {
+	uint64_t in_flight;    /* top requests submitted, not completed */
+	uint64_t retries;      /* see bks_retry_policy */
+	uint64_t subreqs;      /* sub-requests in use, every layer */
+	uint64_t busy;	       /* busy references, every layer */
+	uint64_t parked;       /* requests parked by a drain now */
+	uint64_t parked_total; /* requests ever parked */
+	uint64_t drains;       /* drains begun (nested ones too) */
+	unsigned int draining; /* drain depth now (0: not drained) */
+};
+
+void bks_chain_get_stats(const struct bks_chain *chain,
+			 struct bks_chain_stats *out);
+
+/* ---- drain ---------------------------------------------------------------
+ */
+
+/*
+ * Pause the chain.  From this call on, requests submitted with
+ * bks_chain_submit() are parked in arrival order.  drained(arg) is called
+ * once, always from the loop (never inside this call), as soon as nothing
+ * is in flight in any layer: no top request (retries included), no
+ * sub-request, no busy reference (driver.h).  The first drain calls the
+ * drivers' drain_begin ops, top first.  Drains nest: each
+ * bks_chain_drain_begin() gets its own drained call and needs its own
+ * bks_chain_drain_end().  drained may be NULL.  Returns 0, or -EBUSY if
+ * BKS_DRAIN_WAITERS drains are already waiting for their drained call
+ * (then nothing changed).
+ */
+#define BKS_DRAIN_WAITERS 8
+int bks_chain_drain_begin(struct bks_chain *chain, void (*drained)(void *arg),
+			  void *arg);
+
+/*
+ * End one drain.  A drained call still pending for a drain is dropped
+ * only when the last drain ends.  When the last ends: the drivers'
+ * drain_end ops run, bottom first, then the parked requests are
+ * resubmitted in arrival order (if one's completion begins a new drain,
+ * the rest stay parked, in order).
+ */
+void bks_chain_drain_end(struct bks_chain *chain);
+
+/* True while drained: at least one drain begun and nothing in flight. */
+bool bks_chain_is_drained(const struct bks_chain *chain);
+
+/* ---- changing a running chain (only while drained) ------------------------
+ */
+
+/*
+ * Reopen the chain with new args: s is a chain string with the same
+ * drivers in the same order as the chain's own layers (parents not
+ * included).  For every layer whose args or read_only change, the
+ * driver's reopen_prepare runs (top first); if all succeed, reopen_commit
+ * runs on each and the infos are computed again, bottom first; if one
+ * fails, reopen_abort runs on those prepared and the chain serves as
+ * before.  Returns 0, -EBUSY if the chain is not drained, -EINVAL if s
+ * does not match, -EOPNOTSUPP for a layer that cannot reopen, or the
+ * prepare's -errno; err says which layer and why.
+ */
+int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
+		     struct bks_error *err);
+
+/*
+ * Put the top of chain *new_child (opened on the same loop) in role
+ * below layer, in place of the child there (which may be none).  The
+ * layers of *new_child join layer's chain and *new_child is freed (set
+ * to NULL).  The old child and everything below it leave the chain: if
+ * old is not NULL they become a chain of their own in *old (the caller
+ * closes it, or hangs it below a layer of the new child with another
+ * call, e.g. as the backing of a snapshot overlay); if old is NULL they
+ * are closed.  The infos of layer and every layer above are computed
+ * again; if one fails, nothing changes.  Both chains must be drained
+ * (*new_child may also be just opened).  Returns 0, -EBUSY, -EINVAL (a
+ * role the layer's kind has no use for: a filter's file child, a sink's
+ * backing child), -ELOOP (too many layers), or an info's -errno; err
+ * says why.
+ */
+int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
+			    struct bks_chain **new_child,
+			    struct bks_chain **old, struct bks_error *err);
 
 /* ---- request pools: no allocation on the data path -------------------------
  */

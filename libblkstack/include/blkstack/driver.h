@@ -13,9 +13,17 @@
  *   - Its per-layer state is a struct of state_size bytes that the
  *     framework allocates (zeroed) before open and frees after close.
  *     Drivers keep no globals.
- *   - It reaches the layer below only through the `next` handle passed to
- *     each op, with bks_next_*().  A sink's next is NULL, except when the
- *     framework has linked the sink's parent image below it (get_parent).
+ *   - Every op gets `self`, the layer it runs for.  A layer reaches what
+ *     is below it only through its children, found by role with
+ *     bks_layer_child(self, role): a filter's BKS_CHILD_FILE (the layer
+ *     below it), a sink's BKS_CHILD_BACKING (its parent image, linked by
+ *     the framework: get_parent).  It passes requests to a child with
+ *     bks_next_*().
+ *   - Its own I/O (metadata reads and writes, the pieces of a request it
+ *     splits) uses sub-requests from the layer's pool (subreq_max, sized
+ *     at open: bks_subreq_get()), joined under the parent request with a
+ *     struct bks_join.  Background work is registered with
+ *     bks_layer_busy_get/put().  A drain (chain.h) waits for all of it.
  *   - Every function returns 0 (or a non-negative value) or -errno.
  *     Request ops return 0 when they have taken the request, which they
  *     then complete exactly once with bks_req_complete(req, 0 or -errno);
@@ -51,8 +59,18 @@ enum bks_op {
 	BKS_OP_FLUSH,
 	BKS_OP_DISCARD,
 	BKS_OP_WRITE_ZEROES,
-	BKS_OP_COUNT,
+	/*
+	 * Where the data is (NBD block status): fill req->extents.  Not a
+	 * data op: it is not in BKS_OP_COUNT (the data ops, which have
+	 * counters in bks_layer_stats.op[] and which error: can fail), it
+	 * needs no bit in bks_info.ops (every layer answers it), and its
+	 * counters are bks_layer_stats.block_status.
+	 */
+	BKS_OP_BLOCK_STATUS,
 };
+
+/* Number of data ops (BKS_OP_READ .. BKS_OP_WRITE_ZEROES). */
+#define BKS_OP_COUNT BKS_OP_BLOCK_STATUS
 
 /* Bit for op in bks_info.ops. */
 #define BKS_OPF(op) (1u << (op))
@@ -67,6 +85,8 @@ enum {
 
 struct bks_req;
 struct bks_chain;
+struct bks_layer;
+struct bks_extent;
 
 /*
  * The submitter's completion: called exactly once per submission, with 0
@@ -104,6 +124,14 @@ struct bks_req {
 	int iovcnt;
 	bks_req_done_fn *done;
 	void *opaque; /* the submitter's */
+	/*
+	 * Block status: the submitter's array of extents_max entries; the
+	 * layer that answers fills the first *nextents (at least one, the
+	 * first at offset, in order, covering at most len bytes).
+	 */
+	struct bks_extent *extents;
+	uint32_t extents_max;
+	uint32_t nextents;
 
 	/*
 	 * Free for the layer that has taken the request (between its op
@@ -120,6 +148,13 @@ struct bks_req {
 	struct bks_timer retry_timer;
 	struct bks_chain *chain;   /* the chain it was submitted to */
 	struct bks_req *pool_next; /* free list of a struct bks_req_pool */
+	struct bks_req *park_next; /* parked by a drain; a sub-request pool */
+	struct bks_req *wait_next; /* waiting for a sub-request */
+	void (*wait_fn)(struct bks_layer *self, struct bks_req *req);
+	void *subreq_data;		/* a sub-request's driver data */
+	struct bks_layer *subreq_layer; /* a sub-request's pool */
+	struct bks_req *split_parent;	/* a piece of a split request */
+	uint64_t split_pos, split_end;	/* a split request's progress */
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
@@ -134,12 +169,28 @@ struct bks_info {
 	uint64_t size;	     /* bytes; a multiple of block_size */
 	uint32_t block_size; /* logical block: offsets and lengths are
 				multiples of it (power of two, 512..65536) */
-	uint32_t max_io;     /* largest request in bytes, 0 for no limit */
-	uint32_t ops;	     /* BKS_OPF() of each supported op */
-	bool read_only;	     /* write, discard, write_zeroes refused */
-	bool can_fua;	     /* BKS_REQ_FUA honoured (else refused) */
-	bool zero_no_hole;   /* write_zeroes honours BKS_REQ_NO_HOLE */
+	uint32_t max_io;     /* largest read or write in bytes, 0 for no
+				limit (larger ones are refused, -EINVAL) */
+	/*
+	 * Largest discard and write_zeroes in bytes, 0 for no limit.  The
+	 * framework splits a larger request into pieces of at most this
+	 * (rounded down to block_size) and completes it when they are all
+	 * done, in order, with the first error: the op never sees more.
+	 * A filter inherits them from the layer below.
+	 */
+	uint64_t max_discard;
+	uint64_t max_write_zeroes;
+	uint32_t ops;	   /* BKS_OPF() of each supported op */
+	bool read_only;	   /* write, discard, write_zeroes refused */
+	bool can_fua;	   /* BKS_REQ_FUA honoured (else refused) */
+	bool zero_no_hole; /* write_zeroes honours BKS_REQ_NO_HOLE */
 };
+
+/*
+ * The discard and write_zeroes limit the file sinks (aio:, sync:)
+ * declare: one fallocate or range ioctl covers at most this.
+ */
+#define BKS_FILE_MAX_RANGE (1ull << 30)
 
 /* A byte range, with BKS_EXTENT_* flags where it describes allocation. */
 struct bks_extent {
@@ -155,8 +206,24 @@ enum {
 
 /* ---- the driver ---------------------------------------------------------- */
 
-/* Handle on a layer: what a driver gets as `next`, and what it is. */
+/* Handle on a layer: what a driver gets as `self` and finds as a child. */
 struct bks_layer;
+
+/* The roles of a layer's children. */
+enum bks_child_role {
+	BKS_CHILD_FILE,	   /* a filter's layer below */
+	BKS_CHILD_BACKING, /* a sink's parent image (get_parent) */
+	BKS_CHILD_COUNT,
+};
+
+/*
+ * The child of self in role, or NULL.  Valid from open on (a filter's
+ * file child is open before the filter; a sink's backing child is linked
+ * after the sink's open and before anything is submitted), and it can
+ * change while the chain is drained (bks_chain_replace_child()).
+ */
+struct bks_layer *bks_layer_child(struct bks_layer *self,
+				  enum bks_child_role role);
 
 enum bks_driver_kind {
 	BKS_SINK,   /* holds the data; only parents can be below it */
@@ -178,6 +245,26 @@ struct bks_open_args {
 
 /* Longest parent description get_parent may return, NUL included. */
 #define BKS_PARENT_MAX 4096
+
+/*
+ * Where a driver emits its own counters (the stats op): named values,
+ * nested objects.  The framework puts them in an object named after the
+ * driver, under the layer (the control socket's "stats" reply).  Keys are
+ * [a-z0-9_]+ and stay stable: tools read them.
+ */
+struct bks_stats_out {
+	void (*u64)(struct bks_stats_out *out, const char *key, uint64_t v);
+	void (*str)(struct bks_stats_out *out, const char *key, const char *v);
+	void (*begin)(struct bks_stats_out *out, const char *key);
+	void (*end)(struct bks_stats_out *out);
+	void *arg; /* the consumer's */
+};
+
+void bks_stats_u64(struct bks_stats_out *out, const char *key, uint64_t v);
+void bks_stats_str(struct bks_stats_out *out, const char *key, const char *v);
+/* An object named key; bks_stats_end() closes it. */
+void bks_stats_begin(struct bks_stats_out *out, const char *key);
+void bks_stats_end(struct bks_stats_out *out);
 
 struct bks_driver {
 	/* Required.  The name in chain strings: [a-z0-9-]+. */
@@ -209,29 +296,40 @@ struct bks_driver {
 	int (*check)(const char *args, struct bks_error *err);
 
 	/*
+	 * Sub-requests the framework allocates for this layer at open
+	 * (bks_subreq_get()), each with subreq_data_size bytes of driver
+	 * data (bks_subreq_data()).  0: the layer issues none of its own.
+	 */
+	unsigned int subreq_max;
+	size_t subreq_data_size;
+
+	/*
 	 * Required.  Called once by the chain open path, bottom layer
-	 * first, so that next (NULL for a sink) is already open.  Parses
+	 * first, so that a filter's file child is already open (a sink's
+	 * backing child is linked after its open).  Parses
 	 * args (untrusted text: validate it), opens what the layer needs.
 	 * Returns 0, or -errno with err saying what failed and on what
 	 * object.  On failure close is not called: open cleans up itself.
 	 */
-	int (*open)(void *state, struct bks_layer *next,
+	int (*open)(void *state, struct bks_layer *self,
 		    const struct bks_open_args *args, struct bks_error *err);
 
 	/*
 	 * Optional.  Called once by the chain close path, top layer first,
-	 * when no request is in flight in this layer.  Releases everything
-	 * open took.
+	 * when nothing is in flight in this layer (no request, sub-request
+	 * or busy reference).  Releases everything open took.
 	 */
-	void (*close)(void *state);
+	void (*close)(void *state, struct bks_layer *self);
 
 	/*
-	 * Required for sinks, optional for filters.  Called once after
-	 * open.  For a filter, *info arrives filled with the info of the
-	 * layer below; the filter narrows it (e.g. clears ops it refuses).
-	 * For a sink it arrives zeroed.  Returns 0 or -errno.
+	 * Required for sinks, optional for filters.  Called by the
+	 * framework after open, and again after a reopen commit or a
+	 * replaced child (the chain is drained then).  For a filter, *info
+	 * arrives filled with the info of its file child; the filter
+	 * narrows it (e.g. clears ops it refuses).  For a sink it arrives
+	 * zeroed.  Returns 0 or -errno.
 	 */
-	int (*info)(void *state, struct bks_layer *next, struct bks_info *info);
+	int (*info)(void *state, struct bks_layer *self, struct bks_info *info);
 
 	/*
 	 * Request ops, called by the framework after its checks.  Each
@@ -245,28 +343,27 @@ struct bks_driver {
 	 * discard: optional.  The range may read back as anything after.
 	 * write_zeroes: optional.  The range reads back as zeroes; honour
 	 *   BKS_REQ_NO_HOLE and BKS_REQ_FUA.
+	 * block_status: optional.  Where the data is: fill req->extents
+	 *   with up to req->extents_max extents covering [offset, offset +
+	 *   len) from offset on, in order, each with BKS_EXTENT_* flags, and
+	 *   set req->nextents (at least 1; it may cover less than len).  It
+	 *   may complete later (a format reads its metadata first).  Offset
+	 *   and len need not be block-aligned; the framework checks bounds
+	 *   and, on completion, the shape of the answer (-EIO if wrong).
+	 *   A sink without it has only data (the framework answers).
 	 * A filter without an op passes that op down unchanged.
+	 * discard and write_zeroes never exceed info's max_discard and
+	 * max_write_zeroes: the framework splits larger ones.
 	 */
-	int (*read)(void *state, struct bks_layer *next, struct bks_req *req);
-	int (*write)(void *state, struct bks_layer *next, struct bks_req *req);
-	int (*flush)(void *state, struct bks_layer *next, struct bks_req *req);
-	int (*discard)(void *state, struct bks_layer *next,
+	int (*read)(void *state, struct bks_layer *self, struct bks_req *req);
+	int (*write)(void *state, struct bks_layer *self, struct bks_req *req);
+	int (*flush)(void *state, struct bks_layer *self, struct bks_req *req);
+	int (*discard)(void *state, struct bks_layer *self,
 		       struct bks_req *req);
-	int (*write_zeroes)(void *state, struct bks_layer *next,
+	int (*write_zeroes)(void *state, struct bks_layer *self,
 			    struct bks_req *req);
-
-	/*
-	 * Optional.  Where the data is: fill out with up to max extents
-	 * covering [offset, offset + len) from offset on, in order, each
-	 * with BKS_EXTENT_* flags, and set *n.  It may cover less than len
-	 * (at least one extent).  Synchronous and cheap (SEEK_DATA/HOLE,
-	 * a bitmap): it is called on the data path, by NBD BLOCK_STATUS.
-	 * A filter without it passes it down; a sink without it has only
-	 * data.  Returns 0 or -errno.  Called via bks_next_extents().
-	 */
-	int (*extents)(void *state, struct bks_layer *next, uint64_t offset,
-		       uint64_t len, struct bks_extent *out, size_t max,
-		       size_t *n);
+	int (*block_status)(void *state, struct bks_layer *self,
+			    struct bks_req *req);
 
 	/*
 	 * Optional, for image formats with backing files (sinks only).
@@ -276,25 +373,61 @@ struct bks_driver {
 	 * err set.  The string is parsed like any chain: a path must be
 	 * absolute, so a backing file named relative to its image is
 	 * resolved against the image's directory here.  The framework opens
-	 * the parent read-only and links it as this layer's next.
+	 * the parent read-only and links it as this layer's
+	 * BKS_CHILD_BACKING.
 	 */
-	int (*get_parent)(void *state, char *buf, size_t size,
-			  struct bks_error *err);
+	int (*get_parent)(void *state, struct bks_layer *self, char *buf,
+			  size_t size, struct bks_error *err);
+
+	/*
+	 * Optional.  Called by bks_chain_drain_begin() on every layer, top
+	 * first, when a drain starts (not for a nested one): stop starting
+	 * background work (a timer, a cache flush); work already running
+	 * holds a busy reference, which the drain waits for.
+	 */
+	void (*drain_begin)(void *state, struct bks_layer *self);
+	/*
+	 * Optional.  Called by bks_chain_drain_end() on every layer, bottom
+	 * first, when the last drain ends, before the parked requests are
+	 * resubmitted: restart background work.
+	 */
+	void (*drain_end)(void *state, struct bks_layer *self);
+
+	/*
+	 * Optional: the three together, or none (a layer without them
+	 * refuses new args with -EOPNOTSUPP).  Called by bks_chain_reopen()
+	 * on a drained chain, for each layer whose args or read-only mode
+	 * change.  prepare checks args->args (untrusted text) and gets
+	 * ready (opens what the new args need) without changing what the
+	 * layer serves; it returns 0, or -errno with err set.  Then either
+	 * commit (every prepare succeeded: switch to the new args, drop the
+	 * old) or abort (one failed: drop what prepare made, keep serving
+	 * as before) is called once on every layer whose prepare returned
+	 * 0.  Neither may fail.  info is called again after a commit.
+	 */
+	int (*reopen_prepare)(void *state, struct bks_layer *self,
+			      const struct bks_open_args *args,
+			      struct bks_error *err);
+	void (*reopen_commit)(void *state, struct bks_layer *self);
+	void (*reopen_abort)(void *state, struct bks_layer *self);
+
+	/*
+	 * Optional.  Emit the driver's own counters into out (see struct
+	 * bks_stats_out); called by bks_layer_emit_stats() (the control
+	 * socket's stats).  The framework's per-op counters are not
+	 * repeated here.
+	 */
+	void (*stats)(void *state, struct bks_layer *self,
+		      struct bks_stats_out *out);
 };
 
-/* ---- extents ---------------------------------------------------------------
- */
+/* ---- block status -------------------------------------------------------- */
 
 /*
- * The extents of layer next (see the extents op; bounds checked against
- * its info: -EINVAL outside).  A layer without the op, down to the sink,
- * reports one data extent for the whole range.
+ * True if some layer from layer down implements block_status (else
+ * every range is data).
  */
-int bks_next_extents(struct bks_layer *next, uint64_t offset, uint64_t len,
-		     struct bks_extent *out, size_t max, size_t *n);
-
-/* True if some layer from next down implements extents. */
-bool bks_next_has_extents(const struct bks_layer *next);
+bool bks_next_has_extents(const struct bks_layer *layer);
 
 /* ---- what a layer can do with the layer below ---------------------------- */
 
@@ -322,6 +455,63 @@ const struct bks_info *bks_next_info(const struct bks_layer *next);
 const struct bks_driver *bks_layer_driver(const struct bks_layer *layer);
 void *bks_layer_state(struct bks_layer *layer);
 unsigned int bks_layer_index(const struct bks_layer *layer);
+/* The args the layer was opened (or last reopened) with. */
+const char *bks_layer_args(const struct bks_layer *layer);
+
+/*
+ * Background work: a layer that starts work of its own that is not a
+ * sub-request (a timer, a thread's job) takes a busy reference for it,
+ * and drops it when the work is done.  A drain waits for every
+ * reference.  Never fails.
+ */
+void bks_layer_busy_get(struct bks_layer *self);
+void bks_layer_busy_put(struct bks_layer *self);
+
+/* ---- sub-requests and joins ---------------------------------------------- */
+
+/*
+ * A zeroed request from self's pool (subreq_max of them, allocated at
+ * open), or NULL when all are in use.  The driver fills it (op, offset,
+ * len, iov, done, opaque) and submits it to a child with
+ * bks_next_submit(); in its done callback (or whenever it is finished
+ * with it) it gives it back with bks_subreq_put().  It counts as in
+ * flight for a drain from get to put.  bks_subreq_data(sub) is the
+ * driver's subreq_data_size bytes that go with it (kept across uses,
+ * not zeroed).
+ */
+struct bks_req *bks_subreq_get(struct bks_layer *self);
+void bks_subreq_put(struct bks_layer *self, struct bks_req *sub);
+void *bks_subreq_data(struct bks_req *sub);
+
+/*
+ * Pool exhausted: queue req (a request self has taken) until a
+ * sub-request is put back, then call fn(self, req), from inside that
+ * bks_subreq_put(), in the order of the waits; fn calls
+ * bks_subreq_get() again (it succeeds for the first waiter).  Uses
+ * req's framework fields only: owner_next/owner_data stay the driver's.
+ */
+void bks_subreq_wait(struct bks_layer *self, struct bks_req *req,
+		     void (*fn)(struct bks_layer *self, struct bks_req *req));
+
+/*
+ * A join: completes one thing (usually a parent request) when all its
+ * pieces are done, with the first error.  Init takes a reference for
+ * the builder; add one per piece before submitting it; put one per
+ * piece completion and one when the builder has issued every piece.
+ * done(join, result) runs once, at the last put, with 0 or the first
+ * -errno put.
+ */
+struct bks_join {
+	unsigned int pending;
+	int result;
+	void (*done)(struct bks_join *join, int result);
+	void *arg; /* the user's */
+};
+
+void bks_join_init(struct bks_join *join,
+		   void (*done)(struct bks_join *join, int result), void *arg);
+void bks_join_add(struct bks_join *join);
+void bks_join_put(struct bks_join *join, int result);
 
 /* Per-layer counters, kept by the framework for every op. */
 struct bks_op_stats {
@@ -332,11 +522,20 @@ struct bks_op_stats {
 
 struct bks_layer_stats {
 	struct bks_op_stats op[BKS_OP_COUNT];
+	struct bks_op_stats block_status;
 	uint64_t in_flight;
+	uint64_t subreqs; /* sub-requests of this layer's pool in use */
+	uint64_t split;	  /* requests the framework split at this layer */
 };
 
 void bks_layer_get_stats(const struct bks_layer *layer,
 			 struct bks_layer_stats *out);
+
+/*
+ * The driver's own counters (its stats op), as an object named after the
+ * driver, into out; nothing for a driver without the op.
+ */
+void bks_layer_emit_stats(struct bks_layer *layer, struct bks_stats_out *out);
 
 /* ---- the driver registry ------------------------------------------------- */
 

@@ -114,4 +114,11 @@ int bks_image_extents(const struct bks_image *img, uint64_t offset,
 		      uint64_t len, struct bks_extent *out, size_t max,
 		      size_t *n);
 
+/*
+ * A sink's block_status op: bks_image_extents() of req's range into
+ * req->extents (req->extents_max of them), setting req->nextents.  Does
+ * not complete req.  Returns 0.
+ */
+int bks_image_block_status(const struct bks_image *img, struct bks_req *req);
+
 #endif /* BLKSTACK_IMAGE_FILE_H */
