@@ -8,6 +8,8 @@
  * drops what the socket will not take at once, counting the drops for
  * stats.  Where no daemon listens (no /dev/log, or it was restarted) it
  * connects again at the next line; lines sent meanwhile count as dropped.
+ * A stream socket at /dev/log (rare: journald, rsyslog and syslog-ng all
+ * listen on datagrams) is not spoken to: its lines count as dropped.
  *
  * Not thread-safe: one thread (the loop's) uses a client.
  */
