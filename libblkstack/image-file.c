@@ -173,6 +173,22 @@ int bks_image_zero_realloc(struct bks_image *img, uint64_t offset, uint64_t len)
 
 /* ---- probing ------------------------------------------------------------- */
 
+void bks_image_info(const struct bks_image *img, uint32_t block_size,
+		    bool read_only, struct bks_info *info)
+{
+	info->size = img->size;
+	info->block_size = block_size;
+	info->max_io = 0;
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
+	info->read_only = read_only;
+	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
+		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
+		    BKS_OPF(BKS_OP_WRITE_ZEROES);
+	info->can_fua = true;
+	info->zero_no_hole = true;
+}
+
 void bks_image_dio_align(const struct bks_image *img, uint32_t *offset_align,
 			 uint32_t *mem_align)
 {

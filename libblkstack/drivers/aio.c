@@ -174,24 +174,8 @@ static int aio_info(void *state, struct bks_layer *self, struct bks_info *info)
 	struct aio_state *s = state;
 
 	(void)self;
-	info->size = s->img.size;
-	info->block_size = s->block_size;
-	info->max_io = 0; /* the kernel splits large iocbs itself */
-	/* Larger ones are split by the framework: each piece is one
-	 * fallocate or ioctl, so one call never covers 4 GiB. */
-	info->max_discard = BKS_FILE_MAX_RANGE;
-	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
-	/*
-	 * A read-only layer still lists the writing ops, so that the
-	 * framework refuses them with -EROFS (which says why), not with
-	 * -EOPNOTSUPP.
-	 */
-	info->read_only = s->read_only;
-	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
-		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
-		    BKS_OPF(BKS_OP_WRITE_ZEROES);
-	info->can_fua = true;
-	info->zero_no_hole = true;
+	/* The kernel splits large iocbs itself: no max_io. */
+	bks_image_info(&s->img, s->block_size, s->read_only, info);
 	return 0;
 }
 

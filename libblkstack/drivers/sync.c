@@ -96,20 +96,7 @@ static int sync_info(void *state, struct bks_layer *self, struct bks_info *info)
 	struct sync_state *s = state;
 
 	(void)self;
-	info->size = s->img.size;
-	info->block_size = SYNC_BLOCK_SIZE;
-	info->max_io = 0;
-	/* Larger ones are split by the framework (one call per piece). */
-	info->max_discard = BKS_FILE_MAX_RANGE;
-	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
-	/* Read-only keeps the ops listed: the framework refuses writes
-	 * with EROFS, which says why. */
-	info->read_only = s->read_only;
-	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
-		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
-		    BKS_OPF(BKS_OP_WRITE_ZEROES);
-	info->can_fua = true;
-	info->zero_no_hole = true;
+	bks_image_info(&s->img, SYNC_BLOCK_SIZE, s->read_only, info);
 	return 0;
 }
 

@@ -65,6 +65,17 @@ int bks_image_check_size(const char *path, uint64_t size, uint32_t block,
 			 struct bks_error *err);
 
 /*
+ * What a file sink offers, into info (a sink's info op): img's size, the
+ * given block_size, every op (read-only ones keep the writing ops listed,
+ * so that the framework refuses them with -EROFS, which says why, not
+ * -EOPNOTSUPP), FUA, NO_HOLE, no max_io, and discard and write_zeroes up
+ * to BKS_FILE_MAX_RANGE: the framework splits larger ones, so one
+ * fallocate or range ioctl never covers 4 GiB.
+ */
+void bks_image_info(const struct bks_image *img, uint32_t block_size,
+		    bool read_only, struct bks_info *info);
+
+/*
  * The O_DIRECT alignments the kernel reports for the open image (statx
  * STATX_DIOALIGN, Linux 6.1): of file offsets and lengths, and of buffer
  * addresses; 0 where it reports none.
