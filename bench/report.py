@@ -14,7 +14,9 @@ import sys
 PEERS = ["direct", "aio", "logaio", "qemu-nbd", "nbdkit"]
 # The log: layer on a RAM sink: its own table.
 RAM_PEERS = ["ram", "logram"]
-ALL_PEERS = PEERS + RAM_PEERS
+# BENCH_BASELINE: another build's worker on the same aio: chain.
+AB_PEERS = ["base"]
+ALL_PEERS = PEERS + RAM_PEERS + AB_PEERS
 PEER_LABEL = {
     "direct": "direct (libaio, O_DIRECT)",
     "aio": "blkstack `aio:`",
@@ -23,6 +25,7 @@ PEER_LABEL = {
     "nbdkit": "nbdkit file",
     "ram": "blkstack `ram:`",
     "logram": "blkstack `log:\\|ram:`",
+    "base": "baseline build's `aio:`",
 }
 # workload: (direction in fio's JSON, unit)
 WORKLOADS = {
@@ -158,6 +161,7 @@ def main():
             "logaio_vs_qemu_nbd": ratio(med["logaio"], med["qemu-nbd"]),
             "logaio_vs_aio": ratio(med["logaio"], med["aio"]),
             "logram_vs_ram": ratio(med["logram"], med["ram"]),
+            "aio_vs_base": ratio(med["aio"], med["base"]),
         }
         lr = row["ratios"]["logaio_vs_aio"]
         row["log_overhead_pct"] = None if lr is None else (1.0 - lr) * 100.0
@@ -321,7 +325,7 @@ def main():
 
     machine = {k: m.get(k) for k in ["cpu", "cores", "kernel", "fs", "date",
                                      "git", "mode", "load_start",
-                                     "load_end"]}
+                                     "load_end", "baseline"]}
     peers = {"fio": m.get("fio"), "qemu-nbd": m.get("qemu_nbd"),
              "nbdkit": m.get("nbdkit"),
              "nbdkit_cache": m.get("nbdkit_cache")}
@@ -402,6 +406,24 @@ def main():
           "and is the figure the target is judged on; it moves with the "
           "rate too (more requests per wakeup cost less each), so read "
           "it across the four workloads.")
+        a("")
+    if any(data[w]["peers"]["base"]["median"] is not None
+           for w in WORKLOADS):
+        a(f"A/B against another build ({m.get('baseline')}), the same "
+          "`aio:` chain, interleaved with the rest:")
+        a("")
+        a("| workload | unit | this build's `aio:` | baseline's `aio:` | "
+          "this÷baseline | worker CPU µs/request, this / baseline |")
+        a("| --- | --- | --- | --- | --- | --- |")
+        for w, row in data.items():
+            if row["peers"]["base"]["median"] is None:
+                continue
+            a(f"| {WORKLOAD_LABEL[w]} | {row['unit']} | "
+              f"{fmt(row['peers']['aio']['median'])} | "
+              f"{fmt(row['peers']['base']['median'])} | "
+              f"{fmt_ratio(row['ratios']['aio_vs_base'])} | "
+              f"{fmt(row['peers']['aio']['server_us_per_io'], 2)} / "
+              f"{fmt(row['peers']['base']['server_us_per_io'], 2)} |")
         a("")
     if rounds > 1:
         a("Run-to-run spread (lowest-highest over the rounds): read it "

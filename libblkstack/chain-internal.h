@@ -79,6 +79,8 @@ bool chain_idle(const struct bks_chain *chain);
 void chain_check_drained(struct bks_chain *chain);
 
 /* chain-open.c */
+const struct bks_driver *chain_driver_of(const struct bks_chain *chain,
+					 const struct bks_driver_desc *desc);
 struct bks_chain *chain_alloc(struct bks_loop *loop,
 			      const struct bks_driver *const *extra);
 void chain_free(struct bks_chain *chain); /* the chain, not its layers */

@@ -196,6 +196,16 @@ int layer_info(struct bks_layer *l, struct bks_error *err)
 
 /* ---- opening and closing ------------------------------------------------- */
 
+const struct bks_driver *chain_driver_of(const struct bks_chain *chain,
+					 const struct bks_driver_desc *desc)
+{
+	for (size_t i = 0; chain->extra && chain->extra[i]; i++) {
+		if (&chain->extra[i]->desc == desc)
+			return chain->extra[i];
+	}
+	return bks_driver_of(desc);
+}
+
 struct bks_chain *chain_alloc(struct bks_loop *loop,
 			      const struct bks_driver *const *extra)
 {
@@ -241,11 +251,12 @@ void layer_close_tree(struct bks_layer *l)
  * backing child of parent_of (a parent image), or as the top (the sink).
  */
 static int layer_open(struct bks_chain *chain, unsigned int idx,
-		      const struct bks_driver *drv, const char *args,
+		      const struct bks_driver_desc *desc, const char *args,
 		      struct bks_layer *file, struct bks_layer *parent_of,
 		      bool read_only, struct bks_error *err)
 {
-	struct bks_layer *l = calloc(1, sizeof(*l));
+	const struct bks_driver *drv = chain_driver_of(chain, desc);
+	struct bks_layer *l;
 	struct bks_open_args oa = {
 	    .args = args ? args : "",
 	    .loop = chain->loop,
@@ -253,6 +264,11 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	};
 	int rc;
 
+	if (!drv) /* a desc without a driver: a registry bug */
+		return bks_error_setmsg(err, ENOENT,
+					"layer %u (%s): no such driver",
+					idx + 1, desc->name);
+	l = calloc(1, sizeof(*l));
 	if (!l)
 		return bks_error_set(err, ENOMEM, "layer %u (%s)", idx + 1,
 				     drv->name);
@@ -342,7 +358,7 @@ static int open_parents(struct bks_chain *chain, struct bks_layer *bottom,
 					  l->index + 1, l->drv->name);
 			goto out;
 		}
-		rc = layer_open(chain, chain->n, pspec.layers[0].driver,
+		rc = layer_open(chain, chain->n, pspec.layers[0].desc,
 				pspec.layers[0].args, NULL, l, true, err);
 		chain->n++;
 		if (rc < 0)
@@ -388,7 +404,7 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 	/* The sink, then its parents below it, then the filters above. */
 	last = spec.n - 1;
 	chain->n = spec.n;
-	rc = layer_open(chain, last, spec.layers[last].driver,
+	rc = layer_open(chain, last, spec.layers[last].desc,
 			spec.layers[last].args, NULL, NULL, read_only, err);
 	if (rc < 0)
 		goto out;
@@ -397,7 +413,7 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 	if (rc < 0)
 		goto out;
 	for (unsigned int i = last; i-- > 0;) {
-		rc = layer_open(chain, i, spec.layers[i].driver,
+		rc = layer_open(chain, i, spec.layers[i].desc,
 				spec.layers[i].args, chain->top, NULL,
 				read_only, err);
 		if (rc < 0)

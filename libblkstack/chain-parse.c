@@ -115,7 +115,7 @@ out:
  */
 static int check_args(const struct bks_layer_spec *ls, struct bks_error *err)
 {
-	const struct bks_driver *d = ls->driver;
+	const struct bks_driver_desc *d = ls->desc;
 
 	if (d->args_path && !ls->args[0])
 		return bks_error_setmsg(err, EINVAL, "missing path; usage: %s",
@@ -130,15 +130,16 @@ static int check_args(const struct bks_layer_spec *ls, struct bks_error *err)
 }
 
 /* Parse one layer starting at s[*pos] into spec->layers[spec->n]. */
-static const struct bks_driver *lookup(const struct bks_driver *const *extra,
-				       const char *name, size_t len)
+/* Only the parse-only table: parsing links no data path. */
+static const struct bks_driver_desc *
+lookup(const struct bks_driver *const *extra, const char *name, size_t len)
 {
 	for (size_t i = 0; extra && extra[i]; i++) {
 		if (strlen(extra[i]->name) == len &&
 		    memcmp(extra[i]->name, name, len) == 0)
-			return extra[i];
+			return &extra[i]->desc;
 	}
-	return bks_driver_lookup(name, len);
+	return bks_driver_desc_lookup(name, len);
 }
 
 static int parse_layer(const char *s, size_t len, size_t *pos,
@@ -186,8 +187,8 @@ static int parse_layer(const char *s, size_t len, size_t *pos,
 					BKS_DRIVER_NAME_MAX);
 	ls = &spec->layers[spec->n];
 	ls->offset = start;
-	ls->driver = lookup(extra, s + start, nlen);
-	if (!ls->driver)
+	ls->desc = lookup(extra, s + start, nlen);
+	if (!ls->desc)
 		return bks_error_setmsg(err, EINVAL,
 					"chain: layer %u at offset %zu: "
 					"unknown driver '%.*s'",
@@ -200,7 +201,7 @@ static int parse_layer(const char *s, size_t len, size_t *pos,
 	if (rc < 0) {
 		bks_error_prepend(err,
 				  "chain: layer %u (%s) at offset %zu: ", layer,
-				  ls->driver->name, start);
+				  ls->desc->name, start);
 		free(ls->args);
 		ls->args = NULL;
 		return rc;
@@ -217,20 +218,20 @@ static int check_kinds(const struct bks_chain_spec *spec, struct bks_error *err)
 		const struct bks_layer_spec *ls = &spec->layers[i];
 		bool last = i + 1 == spec->n;
 
-		if (!last && ls->driver->kind == BKS_SINK)
+		if (!last && ls->desc->kind == BKS_SINK)
 			return bks_error_setmsg(
 			    err, EINVAL,
 			    "chain: layer %u at offset %zu: '%s' is a "
 			    "sink and must be the last layer; only "
 			    "filters can be stacked above another layer",
-			    i + 1, ls->offset, ls->driver->name);
-		if (last && ls->driver->kind != BKS_SINK)
+			    i + 1, ls->offset, ls->desc->name);
+		if (last && ls->desc->kind != BKS_SINK)
 			return bks_error_setmsg(
 			    err, EINVAL,
 			    "chain: layer %u at offset %zu: '%s' is a "
 			    "filter and cannot be the last layer: a "
 			    "chain ends in a sink (e.g. aio:PATH)",
-			    i + 1, ls->offset, ls->driver->name);
+			    i + 1, ls->offset, ls->desc->name);
 	}
 	return 0;
 }
@@ -300,7 +301,7 @@ int bks_chain_format(const struct bks_chain_spec *spec, char *buf, size_t size)
 
 		if (i)
 			PUT('|');
-		for (const char *p = ls->driver->name; *p; p++)
+		for (const char *p = ls->desc->name; *p; p++)
 			PUT(*p);
 		PUT(':');
 		for (const char *p = ls->args; p && *p; p++) {

@@ -71,12 +71,13 @@ int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
 		goto out;
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		if (spec.layers[i].driver != layers[i]->drv) {
+		if (chain_driver_of(chain, spec.layers[i].desc) !=
+		    layers[i]->drv) {
 			rc = bks_error_setmsg(err, EINVAL,
 					      "chain: reopen: layer %u is "
 					      "'%s', not '%s'",
 					      i + 1, layers[i]->drv->name,
-					      spec.layers[i].driver->name);
+					      spec.layers[i].desc->name);
 			goto out;
 		}
 	}

@@ -1,29 +1,39 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The registry of built-in drivers: one line per file in drivers/. */
+/*
+ * The built-in drivers (drivers.def), data path included, in the order of
+ * the parse-only table (drivers-parse.c).
+ */
 #include <string.h>
 
 #include "blkstack/driver.h"
 
-extern const struct bks_driver bks_driver_aio;
-extern const struct bks_driver bks_driver_sync;
-extern const struct bks_driver bks_driver_ram;
-extern const struct bks_driver bks_driver_log;
-extern const struct bks_driver bks_driver_error;
+#define BKS_DRIVER(n) extern const struct bks_driver bks_driver_##n;
+#include "drivers.def"
+#undef BKS_DRIVER
 
 const struct bks_driver *const bks_drivers[] = {
-    &bks_driver_aio, &bks_driver_sync,	&bks_driver_ram,
-    &bks_driver_log, &bks_driver_error, NULL,
+#define BKS_DRIVER(n) &bks_driver_##n,
+#include "drivers.def"
+#undef BKS_DRIVER
+    NULL,
 };
 
 const struct bks_driver *bks_driver_lookup(const char *name, size_t len)
 {
-	for (size_t i = 0; i < sizeof(bks_drivers) / sizeof(bks_drivers[0]);
-	     i++) {
+	for (size_t i = 0; bks_drivers[i]; i++) {
 		const struct bks_driver *d = bks_drivers[i];
 
-		if (d && strlen(d->name) == len &&
-		    memcmp(d->name, name, len) == 0)
+		if (strlen(d->name) == len && memcmp(d->name, name, len) == 0)
 			return d;
+	}
+	return NULL;
+}
+
+const struct bks_driver *bks_driver_of(const struct bks_driver_desc *desc)
+{
+	for (size_t i = 0; bks_driver_descs[i]; i++) {
+		if (bks_driver_descs[i] == desc)
+			return bks_drivers[i];
 	}
 	return NULL;
 }

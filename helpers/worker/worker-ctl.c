@@ -39,8 +39,6 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "blkstack/aioq.h"
-#include "blkstack/errinj.h"
 #include "blkstack/log.h"
 #include "json.h"
 #include "worker.h"
@@ -286,12 +284,9 @@ static void cmd_info(struct ctl_conn *c)
 	json_kv_str(j, "nbd_socket", path);
 	json_key(j, "layers");
 	json_arr_begin(j);
-	for (unsigned int i = 0; w->chain && i < bks_chain_layers(w->chain);
-	     i++) {
-		struct bks_layer *l = bks_chain_layer(w->chain, i);
-
+	for (struct bks_layer *l = w->chain ? bks_chain_top(w->chain) : NULL; l;
+	     l = bks_chain_next_layer(l))
 		json_str(j, bks_layer_driver(l)->name);
-	}
 	json_arr_end(j);
 	json_obj_end(j);
 	reply_end(c, mark);
@@ -308,42 +303,39 @@ static void op_stats(struct json_writer *j, const char *name,
 	json_obj_end(j);
 }
 
-/* The counters only some drivers keep, under the driver's name. */
+/* The drivers' own counters (their stats op) as JSON, under the layer. */
+static void stats_u64(struct bks_stats_out *out, const char *key, uint64_t v)
+{
+	json_kv_u64(out->arg, key, v);
+}
+
+static void stats_str(struct bks_stats_out *out, const char *key, const char *v)
+{
+	json_kv_str(out->arg, key, v);
+}
+
+static void stats_begin(struct bks_stats_out *out, const char *key)
+{
+	json_key(out->arg, key);
+	json_obj_begin(out->arg);
+}
+
+static void stats_end(struct bks_stats_out *out)
+{
+	json_obj_end(out->arg);
+}
+
 static void driver_stats(struct json_writer *j, struct bks_layer *l)
 {
-	const char *name = bks_layer_driver(l)->name;
-	struct bks_aioq_stats as;
-	struct bks_errinj_stats es;
-	int64_t dirty, block;
+	struct bks_stats_out out = {
+	    .u64 = stats_u64,
+	    .str = stats_str,
+	    .begin = stats_begin,
+	    .end = stats_end,
+	    .arg = j,
+	};
 
-	if (strcmp(name, "aio") == 0 && bks_aio_layer_stats(l, &as) == 0) {
-		json_key(j, "aio");
-		json_obj_begin(j);
-		json_kv_u64(j, "requests", as.requests);
-		json_kv_u64(j, "submitted", as.submitted);
-		json_kv_u64(j, "merged", as.merged);
-		json_kv_u64(j, "deferred", as.deferred);
-		json_kv_u64(j, "completed", as.completed);
-		json_kv_u64(j, "errors", as.errors);
-		json_kv_u64(j, "partial", as.partial);
-		json_kv_u64(j, "in_flight", as.in_flight);
-		json_obj_end(j);
-	} else if (strcmp(name, "error") == 0 &&
-		   bks_errinj_get_stats(l, &es) == 0) {
-		json_key(j, "error");
-		json_obj_begin(j);
-		json_kv_u64(j, "seen", es.seen);
-		json_kv_u64(j, "injected", es.injected);
-		json_obj_end(j);
-	} else if (strcmp(name, "log") == 0 &&
-		   (dirty = bks_log_dirty_bytes(l)) >= 0 &&
-		   (block = bks_log_block_size(l)) >= 0) {
-		json_key(j, "log");
-		json_obj_begin(j);
-		json_kv_u64(j, "dirty_bytes", (uint64_t)dirty);
-		json_kv_u64(j, "block_size", (uint64_t)block);
-		json_obj_end(j);
-	}
+	bks_layer_emit_stats(l, &out);
 }
 
 static void cmd_stats(struct ctl_conn *c)
@@ -418,14 +410,13 @@ static void cmd_stats(struct ctl_conn *c)
 
 	json_key(j, "layers");
 	json_arr_begin(j);
-	for (unsigned int i = 0; w->chain && i < bks_chain_layers(w->chain);
-	     i++) {
-		struct bks_layer *l = bks_chain_layer(w->chain, i);
+	for (struct bks_layer *l = w->chain ? bks_chain_top(w->chain) : NULL; l;
+	     l = bks_chain_next_layer(l)) {
 		struct bks_layer_stats ls;
 
 		bks_layer_get_stats(l, &ls);
 		json_obj_begin(j);
-		json_kv_u64(j, "index", i);
+		json_kv_u64(j, "index", bks_layer_index(l));
 		json_kv_str(j, "driver", bks_layer_driver(l)->name);
 		json_kv_u64(j, "in_flight", ls.in_flight);
 		json_key(j, "ops");

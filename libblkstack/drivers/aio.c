@@ -338,11 +338,17 @@ static void aio_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "in_flight", as.in_flight);
 }
 
+/* What parsing needs of aio: (bks_driver_descs[] has it alone). */
+#define AIO_DESC                                                               \
+	{                                                                      \
+		.name = "aio", .kind = BKS_SINK, .args_path = true,            \
+		.usage = AIO_USAGE                                             \
+	}
+
+const struct bks_driver_desc bks_desc_aio = AIO_DESC;
+
 const struct bks_driver bks_driver_aio = {
-    .name = "aio",
-    .kind = BKS_SINK,
-    .args_path = true,
-    .usage = AIO_USAGE,
+    .desc = AIO_DESC,
     .state_size = sizeof(struct aio_state),
     .open = aio_open,
     .close = aio_close,

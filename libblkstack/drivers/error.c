@@ -311,12 +311,18 @@ static void error_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "injected", s->stats.injected);
 }
 
+/* What parsing needs of error: (bks_driver_descs[] has it alone). */
+#define ERROR_DESC                                                             \
+	{                                                                      \
+		.name = "error", .kind = BKS_FILTER, .usage = ERROR_USAGE,     \
+		.check = error_check                                           \
+	}
+
+const struct bks_driver_desc bks_desc_error = ERROR_DESC;
+
 const struct bks_driver bks_driver_error = {
-    .name = "error",
-    .kind = BKS_FILTER,
-    .usage = ERROR_USAGE,
+    .desc = ERROR_DESC,
     .state_size = sizeof(struct error_state),
-    .check = error_check,
     .open = error_open,
     .read = error_op,
     .write = error_op,

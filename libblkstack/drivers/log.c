@@ -192,12 +192,18 @@ static void log_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "block_size", s->block);
 }
 
+/* What parsing needs of log: (bks_driver_descs[] has it alone). */
+#define LOG_DESC                                                               \
+	{                                                                      \
+		.name = "log", .kind = BKS_FILTER, .usage = LOG_USAGE,         \
+		.check = log_check                                             \
+	}
+
+const struct bks_driver_desc bks_desc_log = LOG_DESC;
+
 const struct bks_driver bks_driver_log = {
-    .name = "log",
-    .kind = BKS_FILTER,
-    .usage = LOG_USAGE,
+    .desc = LOG_DESC,
     .state_size = sizeof(struct log_state),
-    .check = log_check,
     .open = log_open,
     .close = log_close,
     /* read and flush: no op, so the framework passes them down. */

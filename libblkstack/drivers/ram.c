@@ -189,12 +189,18 @@ static int ram_write_zeroes(void *state, struct bks_layer *self,
 	return 0;
 }
 
+/* What parsing needs of ram: (bks_driver_descs[] has it alone). */
+#define RAM_DESC                                                               \
+	{                                                                      \
+		.name = "ram", .kind = BKS_SINK, .usage = RAM_USAGE,           \
+		.check = ram_check                                             \
+	}
+
+const struct bks_driver_desc bks_desc_ram = RAM_DESC;
+
 const struct bks_driver bks_driver_ram = {
-    .name = "ram",
-    .kind = BKS_SINK,
-    .usage = RAM_USAGE,
+    .desc = RAM_DESC,
     .state_size = sizeof(struct ram_state),
-    .check = ram_check,
     .open = ram_open,
     .close = ram_close,
     .info = ram_info,

@@ -279,11 +279,17 @@ static int sync_block_status(void *state, struct bks_layer *self,
 	return 0;
 }
 
+/* What parsing needs of sync: (bks_driver_descs[] has it alone). */
+#define SYNC_DESC                                                              \
+	{                                                                      \
+		.name = "sync", .kind = BKS_SINK, .args_path = true,           \
+		.usage = SYNC_USAGE                                            \
+	}
+
+const struct bks_driver_desc bks_desc_sync = SYNC_DESC;
+
 const struct bks_driver bks_driver_sync = {
-    .name = "sync",
-    .kind = BKS_SINK,
-    .args_path = true,
-    .usage = SYNC_USAGE,
+    .desc = SYNC_DESC,
     .state_size = sizeof(struct sync_state),
     .open = sync_open,
     .close = sync_close,

@@ -33,9 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned int i = 0; i < spec.n; i++) {
 		const struct bks_layer_spec *ls = &spec.layers[i];
 
-		if (ls->driver->args_path && ls->args[0] != '/')
+		if (ls->desc->args_path && ls->args[0] != '/')
 			abort();
-		if (ls->driver->check && ls->driver->check(ls->args, &err) < 0)
+		if (ls->desc->check && ls->desc->check(ls->args, &err) < 0)
 			abort();
 	}
 	n = bks_chain_format(&spec, buf, sizeof(buf));
@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (again.n != spec.n)
 			abort();
 		for (unsigned int i = 0; i < spec.n; i++) {
-			if (again.layers[i].driver != spec.layers[i].driver ||
+			if (again.layers[i].desc != spec.layers[i].desc ||
 			    strcmp(again.layers[i].args, spec.layers[i].args))
 				abort();
 		}

@@ -177,9 +177,9 @@ static void describe(const struct bks_chain_spec *spec, char *buf, size_t size)
 
 	buf[0] = '\0';
 	for (unsigned int i = 0; i < spec->n; i++)
-		n += (size_t)snprintf(
-		    buf + n, size - n, "%s%s=%s", i ? " " : "",
-		    spec->layers[i].driver->name, spec->layers[i].args);
+		n += (size_t)snprintf(buf + n, size - n, "%s%s=%s",
+				      i ? " " : "", spec->layers[i].desc->name,
+				      spec->layers[i].args);
 }
 
 static void test_parse_table(void **state)
@@ -446,6 +446,34 @@ static void test_open_errors(void **state)
 
 /* ---- pools and the loop -------------------------------------------------- */
 
+/* The parse-only table and the drivers: the same drivers, in order. */
+static void test_driver_tables(void **state)
+{
+	size_t i;
+	(void)state;
+
+	for (i = 0; bks_drivers[i]; i++) {
+		const struct bks_driver_desc *d = bks_driver_descs[i];
+		const struct bks_driver *drv = bks_drivers[i];
+
+		assert_non_null(d);
+		assert_string_equal(d->name, drv->name);
+		assert_int_equal(d->kind, drv->kind);
+		assert_string_equal(d->usage, drv->usage);
+		assert_int_equal(d->args_path, drv->args_path);
+		assert_ptr_equal(d->check, drv->check);
+		assert_ptr_equal(bks_driver_of(d), drv);
+		assert_ptr_equal(
+		    bks_driver_desc_lookup(d->name, strlen(d->name)), d);
+		assert_ptr_equal(bks_driver_lookup(d->name, strlen(d->name)),
+				 drv);
+	}
+	assert_null(bks_driver_descs[i]);
+	assert_int_equal(i, 5);
+	assert_null(bks_driver_desc_lookup("ra", 2));
+	assert_null(bks_driver_of(NULL));
+}
+
 static void test_req_pool(void **state)
 {
 	struct bks_req_pool pool;
@@ -531,6 +559,7 @@ int main(void)
 	    cmocka_unit_test(test_framework_checks),
 	    cmocka_unit_test(test_read_only),
 	    cmocka_unit_test(test_open_errors),
+	    cmocka_unit_test(test_driver_tables),
 	    cmocka_unit_test(test_req_pool),
 	    cmocka_unit_test(test_loop_timers_and_defers),
 	};

@@ -129,6 +129,14 @@ static void check_chain(const char *prefix, const char *path, ask_fn *ask)
 	assert_int_equal(ext[0].length, 1 * MIB);
 	/* Out of range. */
 	assert_int_equal(ask(chain, loop, 4 * MIB, 512, ext, 16, &n), -EINVAL);
+	/* Not block-aligned: block status takes any byte range. */
+	memset(ext, 0, sizeof(ext));
+	assert_int_equal(ask(chain, loop, 512, 4 * MIB - 512, ext, 16, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(ext[0].offset, 512);
+	assert_int_equal(ext[0].length, 1 * MIB - 512);
+	assert_int_equal(ext[0].flags, BKS_EXTENT_HOLE | BKS_EXTENT_ZERO);
+	assert_int_equal(ext[3].offset, 3 * MIB);
 	bks_chain_close(chain);
 	bks_loop_free(loop);
 }

@@ -2,8 +2,8 @@
 /*
  * Unit tests: the framework's own refusals, with drivers that misbehave.
  *
- * Like test-parents.c, this test brings its own registry (bks_drivers[]
- * and bks_driver_lookup(), taken by the linker instead of drivers.o):
+ * Like test-parents.c, this test brings drivers of its own, opened with
+ * bks_chain_open_with() (looked up before the registry):
  *
  *   geo:NAME   a sink whose geometry is named by its args ("empty", "odd",
  *              "bs3000", "ok"): the chain open path refuses every bad one
@@ -120,22 +120,13 @@ static const struct bks_driver test_driver_file = {
     .read = geo_read,
 };
 
-const struct bks_driver *const bks_drivers[] = {
+/* Opened with bks_chain_open_with(): looked up before the registry. */
+static const struct bks_driver *const test_drivers[] = {
     &test_driver_geo,
     &test_driver_chk,
     &test_driver_file,
     NULL,
 };
-
-const struct bks_driver *bks_driver_lookup(const char *name, size_t len)
-{
-	for (size_t i = 0; bks_drivers[i]; i++) {
-		if (strlen(bks_drivers[i]->name) == len &&
-		    memcmp(bks_drivers[i]->name, name, len) == 0)
-			return bks_drivers[i];
-	}
-	return NULL;
-}
 
 /* ---- the tests ----------------------------------------------------------- */
 
@@ -164,8 +155,8 @@ static void test_bad_geometry(void **state)
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		chain = (void *)1;
-		if (bks_chain_open(&chain, cases[i].chain, loop, false, &err) !=
-		    -EINVAL)
+		if (bks_chain_open_with(&chain, cases[i].chain, test_drivers,
+					loop, false, &err) != -EINVAL)
 			fail_msg("'%s' opened", cases[i].chain);
 		assert_null(chain);
 		if (!strstr(err.msg, cases[i].msg))
@@ -173,8 +164,9 @@ static void test_bad_geometry(void **state)
 				 cases[i].chain, err.msg, cases[i].msg);
 	}
 	/* The good one opens. */
-	assert_int_equal(
-	    bks_chain_open(&chain, "chk:good|geo:ok", loop, false, &err), 0);
+	assert_int_equal(bks_chain_open_with(&chain, "chk:good|geo:ok",
+					     test_drivers, loop, false, &err),
+			 0);
 	assert_int_equal(bks_chain_info(chain)->size, 4096);
 	bks_chain_close(chain);
 	bks_loop_free(loop);
@@ -204,14 +196,16 @@ static void test_parser_checks(void **state)
 		const char *s = cases[i].chain;
 
 		/* Under valgrind: a refused layer's args are not leaked. */
-		assert_int_equal(bks_chain_parse(s, strlen(s), &spec, &err),
+		assert_int_equal(bks_chain_parse_with(
+				     s, strlen(s), test_drivers, &spec, &err),
 				 -EINVAL);
 		assert_int_equal(spec.n, 0);
 		if (!strstr(err.msg, cases[i].msg))
 			fail_msg("'%s': message '%s' lacks '%s'", s, err.msg,
 				 cases[i].msg);
 	}
-	assert_int_equal(bks_chain_parse("chk:good|file:/ok", 17, &spec, &err),
+	assert_int_equal(bks_chain_parse_with("chk:good|file:/ok", 17,
+					      test_drivers, &spec, &err),
 			 0);
 	assert_int_equal(spec.n, 2);
 	bks_chain_spec_free(&spec);

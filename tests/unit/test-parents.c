@@ -2,9 +2,9 @@
 /*
  * Unit tests: the chain open path's parent handling (get_parent).
  *
- * No built-in driver has parents yet (VHD will), so this test brings its
- * own registry: it defines bks_drivers[] and bks_driver_lookup(), which
- * the linker then takes instead of libblkstack's drivers.o.  Its "img:"
+ * No built-in driver has parents yet (VHD will), so this test brings a
+ * driver of its own, opened with bks_chain_open_with() (looked up before
+ * the registry, also for the parents' chain strings).  Its "img:"
  * sink is an image of 8 blocks whose content names itself; its parent is
  * named by a table, like a backing file in an image header.
  */
@@ -118,21 +118,12 @@ static const struct bks_driver test_driver_img = {
 
 extern const struct bks_driver bks_driver_log;
 
-const struct bks_driver *const bks_drivers[] = {
+/* Opened with bks_chain_open_with(): looked up before the registry. */
+static const struct bks_driver *const test_drivers[] = {
     &test_driver_img,
     &bks_driver_log,
     NULL,
 };
-
-const struct bks_driver *bks_driver_lookup(const char *name, size_t len)
-{
-	for (size_t i = 0; bks_drivers[i]; i++) {
-		if (strlen(bks_drivers[i]->name) == len &&
-		    memcmp(bks_drivers[i]->name, name, len) == 0)
-			return bks_drivers[i];
-	}
-	return NULL;
-}
 
 /* ---- tests --------------------------------------------------------------- */
 
@@ -171,7 +162,8 @@ static void test_parents_stacked_read_only(void **state)
 	(void)state;
 
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
-	if (bks_chain_open(&chain, "log:|img:child", loop, false, &err))
+	if (bks_chain_open_with(&chain, "log:|img:child", test_drivers, loop,
+				false, &err))
 		fail_msg("%s", err.msg);
 	/* log, child, then its parents in order below it. */
 	assert_int_equal(bks_chain_layers(chain), 4);
@@ -212,8 +204,8 @@ static void test_parent_errors(void **state)
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct bks_chain *chain = NULL;
-		int rc =
-		    bks_chain_open(&chain, cases[i].chain, loop, false, &err);
+		int rc = bks_chain_open_with(&chain, cases[i].chain,
+					     test_drivers, loop, false, &err);
 
 		if (rc != cases[i].rc || !strstr(err.msg, cases[i].msg))
 			fail_msg("%s: rc %d '%s', expected %d '%s'",

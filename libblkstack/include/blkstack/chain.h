@@ -41,7 +41,8 @@
 struct bks_chain_spec {
 	unsigned int n;
 	struct bks_layer_spec {
-		const struct bks_driver *driver;
+		/* The driver's parse-time facts (the parse-only table). */
+		const struct bks_driver_desc *desc;
 		char *args;    /* unescaped, malloc'd */
 		size_t offset; /* of the layer in the string */
 	} layers[BKS_CHAIN_MAX_LAYERS];

@@ -266,15 +266,25 @@ void bks_stats_str(struct bks_stats_out *out, const char *key, const char *v);
 void bks_stats_begin(struct bks_stats_out *out, const char *key);
 void bks_stats_end(struct bks_stats_out *out);
 
-struct bks_driver {
+/*
+ * What parsing a chain needs to know of a driver: the first fields of
+ * struct bks_driver (its member desc), and on their own the parse-only
+ * table bks_driver_descs[], which programs that only parse chains
+ * (blkstack-ctl, blkstack-hotplug) link without any data path.  A driver
+ * file defines both from one macro, and its registry line (drivers.def)
+ * names both:
+ *
+ *   #define RAM_DESC {.name = "ram", .kind = BKS_SINK, ...}
+ *   const struct bks_driver_desc bks_desc_ram = RAM_DESC;
+ *   const struct bks_driver bks_driver_ram = {.desc = RAM_DESC, ...};
+ */
+struct bks_driver_desc {
 	/* Required.  The name in chain strings: [a-z0-9-]+. */
 	const char *name;
 	/* Required.  Sink or filter. */
 	enum bks_driver_kind kind;
 	/* Required.  One line: the syntax of the args, for error messages. */
 	const char *usage;
-	/* Bytes of per-layer state; the framework allocates it, zeroed. */
-	size_t state_size;
 	/*
 	 * True if the args are the path of the image the layer serves (a
 	 * file or a block device): tools use it to see which images a chain
@@ -294,6 +304,23 @@ struct bks_driver {
 	 * -EINVAL with err saying what is wrong.
 	 */
 	int (*check)(const char *args, struct bks_error *err);
+};
+
+struct bks_driver {
+	/* The parse-time facts, by name (drv->name) or whole (&drv->desc). */
+	union {
+		struct bks_driver_desc desc;
+		struct {
+			const char *name;
+			enum bks_driver_kind kind;
+			const char *usage;
+			bool args_path;
+			int (*check)(const char *args, struct bks_error *err);
+		};
+	};
+
+	/* Bytes of per-layer state; the framework allocates it, zeroed. */
+	size_t state_size;
 
 	/*
 	 * Sub-requests the framework allocates for this layer at open
@@ -539,11 +566,23 @@ void bks_layer_emit_stats(struct bks_layer *layer, struct bks_stats_out *out);
 
 /* ---- the driver registry ------------------------------------------------- */
 
+/*
+ * The registry is libblkstack/drivers.def, one line per driver; it makes
+ * two tables in the same order: bks_driver_descs[] (drivers-parse.c, the
+ * parse-only table: no data path) and bks_drivers[] (drivers.c).
+ */
+
 /* The driver called name (len bytes, not NUL-terminated), or NULL. */
 const struct bks_driver *bks_driver_lookup(const char *name, size_t len);
+/* The same in the parse-only table. */
+const struct bks_driver_desc *bks_driver_desc_lookup(const char *name,
+						     size_t len);
+/* The built-in driver of a desc from bks_driver_descs[], or NULL. */
+const struct bks_driver *bks_driver_of(const struct bks_driver_desc *desc);
 
 /* The built-in drivers, NULL-terminated, for listings. */
 extern const struct bks_driver *const bks_drivers[];
+extern const struct bks_driver_desc *const bks_driver_descs[];
 
 /* ---- helpers for drivers ------------------------------------------------- */
 

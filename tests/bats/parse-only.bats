@@ -1,0 +1,32 @@
+#!/usr/bin/env bats
+# Programs that only parse chains (blkstack-ctl, blkstack-hotplug) link the
+# parse-only driver table (libblkstack/drivers-parse.c), not the data path:
+# no libaio, no io_submit, no driver ops.  The worker, which serves chains,
+# is the control: the same checks find them there.
+
+load helpers
+
+# Succeeds if program $1 refers to libaio or holds the data path.
+has_data_path() {
+	local prog=$1
+	ldd "$prog" | grep -q libaio && return 0
+	nm "$prog" | grep -qE ' (io_submit|bks_aioq_queue|bks_driver_aio)$'
+}
+
+@test "parse-only: blkstack-ctl links neither libaio nor the data path" {
+	run has_data_path "$BIN/blkstack-ctl"
+	assert_failure
+}
+
+@test "parse-only: blkstack-hotplug links neither libaio nor the data path" {
+	run has_data_path "$BIN/blkstack-hotplug"
+	assert_failure
+	# It still has the parse-only table, and parses with it.
+	run nm "$BIN/blkstack-hotplug"
+	assert_output --partial bks_driver_descs
+}
+
+@test "parse-only: the worker, which serves chains, has both (the control)" {
+	run has_data_path "$BIN/blkstack-worker"
+	assert_success
+}
