@@ -361,14 +361,3 @@ const struct bks_driver bks_driver_aio = {
     .block_status = aio_block_status,
     .stats = aio_stats,
 };
-
-int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out)
-{
-	struct aio_state *s;
-
-	if (bks_layer_driver(layer) != &bks_driver_aio)
-		return -EINVAL;
-	s = bks_layer_state(layer);
-	bks_aioq_get_stats(s->q, out);
-	return 0;
-}

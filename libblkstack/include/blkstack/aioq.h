@@ -71,10 +71,4 @@ int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req);
 
 void bks_aioq_get_stats(const struct bks_aioq *q, struct bks_aioq_stats *out);
 
-/*
- * The counters of the queue of an aio: layer (for stats).  Returns 0, or
- * -EINVAL if layer is not an aio: layer.
- */
-int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out);
-
 #endif /* BLKSTACK_AIOQ_H */
