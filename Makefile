@@ -45,11 +45,6 @@ LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
              libblkstack/export/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
-# A section per function and object, so that a program that only parses
-# chains (the parse-only driver table) keeps none of the data path when
-# linked with PARSE_ONLY_LDFLAGS, and needs no libaio.
-$(LIB_OBJ): ALL_CFLAGS += -ffunction-sections -fdata-sections
-PARSE_ONLY_LDFLAGS := -Wl,--gc-sections
 
 # ---- helpers ---------------------------------------------------------------
 HP_SRC  := helpers/hotplug/hp-env.c helpers/hotplug/hp-xs.c \
@@ -123,7 +118,7 @@ HOTPLUG_OBJ := $(B)/obj/helpers/hotplug/blkstack-hotplug.o \
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 $(HOTPLUG): $(HOTPLUG_OBJ) $(HP_OBJ) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) $(PARSE_ONLY_LDFLAGS) -o $@ $^ $(XS_LIBS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
 
 $(WORKER): $(WORKER_SRC:%.c=$(B)/obj/%.o) $(LIB)
 	@mkdir -p $(@D)
@@ -132,7 +127,7 @@ $(WORKER): $(WORKER_SRC:%.c=$(B)/obj/%.o) $(LIB)
 # ---- blkstack-ctl (2/2: the rule, after 'all', the default goal) ----------
 $(CTL): $(CTL_OBJ) $(LIB)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) $(PARSE_ONLY_LDFLAGS) -o $@ $^
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
 
 # The JSON unit test links the helper's json.o (added to the rule's $^).
 $(B)/tests/unit/test-json: $(B)/obj/helpers/common/json.o
@@ -259,6 +254,15 @@ bench: deps
 	$(MAKE) all tests
 	QUICK=$(QUICK) bench/run
 # ---- end of benchmark --------------------------------------------------------
+
+# ---- the parse-only driver table (libblkstack/drivers-parse.c) --------------
+# blkstack-ctl and blkstack-hotplug only parse chains: the library has a
+# section per function and object, and they link with --gc-sections, so
+# they keep none of the data path and need no libaio (parse-only.bats).
+$(LIB_OBJ): ALL_CFLAGS += -ffunction-sections -fdata-sections
+$(HOTPLUG) $(CTL): LDFLAGS += -Wl,--gc-sections
+$(HOTPLUG) $(CTL): AIO_LIBS :=
+# ---- end of the parse-only driver table -------------------------------------
 
 # ---- install ---------------------------------------------------------------
 install: all
