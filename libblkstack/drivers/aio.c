@@ -87,6 +87,9 @@ struct aio_state {
 	struct aio_job *free_jobs;
 	/* Requests waiting for a job, oldest first (through owner_next). */
 	struct bks_req *wait_head, *wait_tail;
+	/* For stats: requests run on a job, those that waited for one, and
+	 * those waiting now. */
+	uint64_t offloaded, offload_waited, offload_waiting;
 };
 
 static bool power_of_two(uint32_t v)
@@ -249,6 +252,7 @@ static void job_start(struct aio_state *s, struct aio_job *j,
 	int r;
 
 	j->req = req;
+	s->offloaded++;
 	j->job.fn = job_run;
 	j->job.done = job_done;
 	j->job.opaque = j;
@@ -275,6 +279,7 @@ static void job_done(struct bks_offload_job *job, int result)
 		if (!s->wait_head)
 			s->wait_tail = NULL;
 		next->owner_next = NULL;
+		s->offload_waiting--;
 		job_start(s, j, next);
 	} else {
 		j->next_free = s->free_jobs;
@@ -301,6 +306,8 @@ static int aio_offload(void *state, struct bks_layer *self, struct bks_req *req)
 	else
 		s->wait_head = req;
 	s->wait_tail = req;
+	s->offload_waited++;
+	s->offload_waiting++;
 	return 0;
 }
 
@@ -319,7 +326,11 @@ static int aio_block_status(void *state, struct bks_layer *self,
 	return 0;
 }
 
-/* The control socket's "aio" object: the queue's counters. */
+/*
+ * The control socket's "aio" object: the queue's counters, and the
+ * requests run on the helper threads (offloaded), those that waited for a
+ * job (offload_waited) and those waiting now (offload_waiting).
+ */
 static void aio_stats(void *state, struct bks_layer *self,
 		      struct bks_stats_out *out)
 {
@@ -336,6 +347,9 @@ static void aio_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "errors", as.errors);
 	bks_stats_u64(out, "partial", as.partial);
 	bks_stats_u64(out, "in_flight", as.in_flight);
+	bks_stats_u64(out, "offloaded", s->offloaded);
+	bks_stats_u64(out, "offload_waited", s->offload_waited);
+	bks_stats_u64(out, "offload_waiting", s->offload_waiting);
 }
 
 /* What parsing needs of aio: (bks_driver_descs[] has it alone). */

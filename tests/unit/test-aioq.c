@@ -922,6 +922,52 @@ static void test_chain_fua_flush_discard_zeroes(void **state)
 	free(buf);
 }
 
+/* The aio: layer's stats op, captured: the value of key, or ~0. */
+struct stats_find {
+	struct bks_stats_out out;
+	const char *key;
+	uint64_t v;
+};
+
+static void find_u64(struct bks_stats_out *out, const char *key, uint64_t v)
+{
+	struct stats_find *f = (struct stats_find *)out;
+
+	if (strcmp(key, f->key) == 0)
+		f->v = v;
+}
+
+static void find_str(struct bks_stats_out *out, const char *key, const char *v)
+{
+	(void)out;
+	(void)key;
+	(void)v;
+}
+
+static void find_begin(struct bks_stats_out *out, const char *key)
+{
+	(void)out;
+	(void)key;
+}
+
+static void find_end(struct bks_stats_out *out)
+{
+	(void)out;
+}
+
+static uint64_t aio_stat(struct fx *fx, const char *key)
+{
+	struct stats_find f = {.out = {.u64 = find_u64,
+				       .str = find_str,
+				       .begin = find_begin,
+				       .end = find_end},
+			       .key = key,
+			       .v = ~0ull};
+
+	bks_layer_emit_stats(bks_chain_find(fx->chain, "aio"), &f.out);
+	return f.v;
+}
+
 /*
  * Discard and write_zeroes run on the layer's helper threads: they
  * complete from the loop, after the submission returned.  40 at once
@@ -953,9 +999,14 @@ static void test_chain_offloaded(void **state)
 		assert_int_equal(bks_chain_submit(fx->chain, &t[i].req), 0);
 		assert_false(t[i].done);
 	}
+	/* 16 jobs: the other 24 wait their turn. */
+	assert_int_equal(aio_stat(fx, "offload_waiting"), N - 16);
 	run_until_idle(fx);
 	allocs.on = false;
 	assert_int_equal(allocs.calls, 0);
+	assert_int_equal(aio_stat(fx, "offloaded"), N);
+	assert_int_equal(aio_stat(fx, "offload_waited"), N - 16);
+	assert_int_equal(aio_stat(fx, "offload_waiting"), 0);
 	assert_int_equal(chain_do(fx, BKS_OP_READ, 0, 0, N * 2 * BLK, buf), 0);
 	for (int i = 0; i < N; i++) {
 		uint64_t off = (uint64_t)i * 2 * BLK;
