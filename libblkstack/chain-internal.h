@@ -8,6 +8,7 @@
 #define BLKSTACK_CHAIN_INTERNAL_H
 
 #include "blkstack/chain.h"
+#include "chain-pad.h"
 
 /* Pieces of split requests in flight at once, per layer with limits. */
 #define BKS_SPLIT_POOL 4
@@ -67,11 +68,14 @@ struct bks_chain {
 	bool ext_busy;
 	int ext_result;
 	struct bks_extent ext_buf[BKS_CHAIN_EXTENTS_MAX];
+	/* Requests at any byte (chain-pad.c). */
+	struct bks_pad pad;
 };
 
 /* chain-submit.c */
 void chain_layer_submit(struct bks_layer *l, struct bks_req *req);
 void chain_start(struct bks_chain *chain, struct bks_req *req);
+extern const struct bks_pad_ops chain_pad_ops; /* arg: the chain */
 
 /* chain-drain.c */
 void chain_drain_init(struct bks_chain *chain);

@@ -225,6 +225,7 @@ void chain_free(struct bks_chain *chain)
 	if (!chain)
 		return;
 	bks_defer_cancel(&chain->drained_defer);
+	bks_pad_fini(&chain->pad);
 	free(chain);
 }
 
@@ -420,6 +421,11 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 			goto out;
 	}
 	chain_renumber(chain);
+	if (bks_pad_init(&chain->pad, &chain_pad_ops, chain, loop,
+			 bks_chain_info(chain)->block_size) < 0) {
+		rc = bks_error_set(err, ENOMEM, "chain: padding");
+		goto out;
+	}
 	*out = chain;
 	chain = NULL;
 out:

@@ -229,18 +229,40 @@ static uint64_t split_limit(const struct bks_layer *l, enum bks_op op)
 static void split_issue(struct bks_layer *l, struct bks_req *parent,
 			struct bks_req *piece);
 
+/* A piece's split_state: being issued, or done while being issued. */
+enum {
+	SPLIT_ASYNC,
+	SPLIT_ISSUING,
+	SPLIT_DONE_INSIDE
+};
+
+/* The last piece is done, or one failed: the parent completes. */
+static void split_finish(struct bks_layer *l, struct bks_req *parent,
+			 struct bks_req *piece, int result)
+{
+	subpool_put(l, &l->split, piece);
+	bks_req_complete(parent, result);
+}
+
 /*
- * A piece is done: the next one reuses it, in order, until the range is
- * done or a piece failed; then the parent completes with that result.
+ * A piece is done.  Done inside its own issue (a layer that completes
+ * before its op returns): split_issue() goes on in its loop, so that a
+ * request of many pieces never recurses once per piece.  Done later: the
+ * next piece reuses it, in order, until the range is done or a piece
+ * failed.
  */
 static void split_piece_done(struct bks_req *piece, int result)
 {
 	struct bks_req *parent = piece->split_parent;
 	struct bks_layer *l = piece->subreq_layer;
 
+	if (piece->split_state == SPLIT_ISSUING) {
+		piece->split_state = SPLIT_DONE_INSIDE;
+		piece->split_result = result;
+		return;
+	}
 	if (result < 0 || parent->split_pos >= parent->split_end) {
-		subpool_put(l, &l->split, piece);
-		bks_req_complete(parent, result);
+		split_finish(l, parent, piece, result);
 		return;
 	}
 	split_issue(l, parent, piece);
@@ -250,18 +272,31 @@ static void split_issue(struct bks_layer *l, struct bks_req *parent,
 			struct bks_req *piece)
 {
 	uint64_t lim = split_limit(l, parent->op);
-	uint64_t left = parent->split_end - parent->split_pos;
 
-	piece->nframes = 0;
-	piece->op = parent->op;
-	piece->flags = parent->flags;
-	piece->offset = parent->split_pos;
-	piece->len = left < lim ? left : lim;
-	piece->done = split_piece_done;
-	piece->opaque = NULL;
-	piece->split_parent = parent;
-	parent->split_pos += piece->len;
-	call_op(l, piece);
+	for (;;) {
+		uint64_t left = parent->split_end - parent->split_pos;
+
+		piece->nframes = 0;
+		piece->op = parent->op;
+		piece->flags = parent->flags;
+		piece->offset = parent->split_pos;
+		piece->len = left < lim ? left : lim;
+		piece->done = split_piece_done;
+		piece->opaque = NULL;
+		piece->split_parent = parent;
+		piece->split_state = SPLIT_ISSUING;
+		parent->split_pos += piece->len;
+		call_op(l, piece);
+		if (piece->split_state == SPLIT_ISSUING) {
+			piece->split_state = SPLIT_ASYNC; /* done later */
+			return;
+		}
+		if (piece->split_result < 0 ||
+		    parent->split_pos >= parent->split_end) {
+			split_finish(l, parent, piece, piece->split_result);
+			return;
+		}
+	}
 }
 
 static void split_resume(struct bks_layer *l, struct bks_req *parent)
@@ -429,18 +464,70 @@ static int chain_done(struct bks_req *req, int result, void *arg)
 		bks_timer_arm(&req->retry_timer, p->delay_ns);
 		return BKS_REQ_HELD;
 	}
+	bks_pad_done(&chain->pad, req);
 	chain->in_flight--;
 	chain_check_drained(chain);
 	return result;
 }
 
+/* Count req in flight and pass it down, below the padding. */
+static void chain_issue(void *arg, struct bks_req *req)
+{
+	struct bks_chain *chain = arg;
+
+	req->nframes = 0;
+	req->attempts = 0;
+	req->chain = chain;
+	chain->in_flight++;
+	chain_resubmit(chain, req);
+}
+
+static void pad_resubmit(void *arg, struct bks_req *req)
+{
+	chain_resubmit(arg, req);
+}
+
+static void pad_finish(void *arg, struct bks_req *req, int result)
+{
+	struct bks_chain *chain = arg;
+
+	chain->in_flight--;
+	chain_check_drained(chain);
+	req->done(req, result);
+}
+
+static const struct bks_info *pad_info(void *arg)
+{
+	return bks_chain_info(arg);
+}
+
+const struct bks_pad_ops chain_pad_ops = {
+    .issue = chain_issue,
+    .resubmit = pad_resubmit,
+    .finish = pad_finish,
+    .info = pad_info,
+};
+
+/* A request from the top: padded (chain-pad.c), or passed down. */
 void chain_start(struct bks_chain *chain, struct bks_req *req)
 {
 	req->nframes = 0;
 	req->attempts = 0;
 	req->chain = chain;
 	chain->in_flight++;
-	chain_resubmit(chain, req);
+	if (!bks_pad_take(&chain->pad, req))
+		chain_resubmit(chain, req);
+}
+
+size_t bks_chain_buf_skew(const struct bks_chain *chain, uint64_t offset)
+{
+	return (size_t)(offset % bks_chain_info(chain)->block_size);
+}
+
+void bks_chain_pad_stats(const struct bks_chain *chain,
+			 struct bks_pad_stats *out)
+{
+	*out = chain->pad.stats;
 }
 
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req)

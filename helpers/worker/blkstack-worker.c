@@ -37,6 +37,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "worker-ctl.h"
 #include "worker.h"
 
 #define PROG	       "blkstack-worker"
@@ -68,28 +69,15 @@ struct res {
 
 /* ---- logging and state -------------------------------------------------- */
 
-const char *worker_state_name(enum worker_state state)
-{
-	static const char *const names[] = {
-	    [WORKER_RUNNING] = "running",
-	    [WORKER_PAUSING] = "pausing",
-	    [WORKER_PAUSED] = "paused",
-	    [WORKER_STOPPING] = "stopping",
-	};
-
-	return (unsigned int)state < sizeof(names) / sizeof(names[0])
-		   ? names[state]
-		   : "unknown";
-}
-
-void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+/* Log a line (stderr with --foreground, else syslog); ops.log too. */
+static void worker_vlog(const struct worker *w, int prio, const char *fmt,
+			va_list ap) __attribute__((format(printf, 3, 0)));
+static void worker_vlog(const struct worker *w, int prio, const char *fmt,
+			va_list ap)
 {
 	char msg[1024];
-	va_list ap;
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	bks_sanitize_line(msg);
 	if (w->syslog) {
 		char line[sizeof(msg) + 256];
@@ -99,6 +87,17 @@ void worker_log(const struct worker *w, int prio, const char *fmt, ...)
 	} else {
 		fprintf(stderr, PROG "[%s]: %s\n", w->name, msg);
 	}
+}
+
+static void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	worker_vlog(w, prio, fmt, ap);
+	va_end(ap);
 }
 
 /* ---- pause --------------------------------------------------------------- */
@@ -126,8 +125,11 @@ static void quiesced(void *arg)
 	pause_notify(w, 0);
 }
 
-int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
+/* ops.pause: see worker-ctl.h. */
+static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 {
+	int rc;
+
 	switch (w->state) {
 	case WORKER_STOPPING:
 		return -ESHUTDOWN;
@@ -148,12 +150,18 @@ int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 	w->pause_done = done;
 	w->pause_arg = arg;
 	worker_log(w, LOG_INFO, "pausing: holding new requests");
-	/* May call quiesced() at once. */
-	bks_nbd_server_hold(w->nbd, quiesced, w);
-	return 0;
+	/* A hold is a drain of the chain: quiesced() comes from the loop. */
+	rc = bks_export_hold(w->nbd, quiesced, w);
+	if (rc < 0) {
+		w->state = WORKER_RUNNING;
+		w->pause_done = NULL;
+		w->pause_arg = NULL;
+	}
+	return rc;
 }
 
-int worker_unpause(struct worker *w)
+/* ops.unpause: see worker-ctl.h. */
+static int worker_unpause(struct worker *w)
 {
 	switch (w->state) {
 	case WORKER_STOPPING:
@@ -169,9 +177,19 @@ int worker_unpause(struct worker *w)
 	}
 	w->paused_ns += bks_now_ns() - w->pause_start;
 	w->state = WORKER_RUNNING;
-	bks_nbd_server_resume(w->nbd);
+	bks_export_resume(w->nbd);
 	worker_log(w, LOG_INFO, "running");
 	return 0;
+}
+
+/* ops.pause_forget: see worker-ctl.h. */
+static void worker_pause_forget(struct worker *w, worker_pause_fn *done,
+				void *arg)
+{
+	if (w->pause_done == done && w->pause_arg == arg) {
+		w->pause_done = NULL;
+		w->pause_arg = NULL;
+	}
 }
 
 /* ---- shutdown ------------------------------------------------------------ */
@@ -216,7 +234,12 @@ static void stop_timeout(struct bks_timer *t)
 	bks_loop_stop(w->loop);
 }
 
-void worker_shutdown(struct worker *w)
+/*
+ * Shut down gracefully (ops.shutdown, SIGTERM): stop taking requests, let
+ * in-flight ones finish, flush the chain, remove the sockets and pid file,
+ * leave the loop; the process then exits 0.  Idempotent.
+ */
+static void worker_shutdown(struct worker *w)
 {
 	if (w->state == WORKER_STOPPING)
 		return;
@@ -225,8 +248,8 @@ void worker_shutdown(struct worker *w)
 	w->state = WORKER_STOPPING;
 	bks_timer_init(w->loop, &w->stop_timer, stop_timeout, w);
 	bks_timer_arm(&w->stop_timer, STOP_TIMEOUT_NS);
-	/* May call nbd_down() at once. */
-	bks_nbd_server_shutdown(w->nbd, nbd_down, w);
+	/* Ends a pause first; may call nbd_down() at once. */
+	bks_export_shutdown(w->nbd, nbd_down, w);
 }
 
 static void on_signal(struct bks_watch *watch, uint32_t events)
@@ -426,6 +449,15 @@ static int setup_signals(struct worker *w, struct res *r, struct bks_error *err)
 	return 0;
 }
 
+/* What the control socket calls up to. */
+static const struct worker_ctl_ops ctl_ops = {
+    .log = worker_vlog,
+    .pause = worker_pause,
+    .unpause = worker_unpause,
+    .pause_forget = worker_pause_forget,
+    .shutdown = worker_shutdown,
+};
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -463,11 +495,14 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = listen_unix(w, "ctl.sock", &r->ctl_fd, &r->ctl_sock, err);
 	if (rc < 0)
 		return rc;
-	rc = bks_nbd_server_new(&w->nbd, w->loop, w->chain, r->nbd_fd, &cfg,
+	rc = bks_nbd_export_new(&w->nbd, w->loop, w->chain, r->nbd_fd, &cfg,
 				err);
 	if (rc < 0)
 		return rc;
-	rc = worker_ctl_new(&w->ctl, w, r->ctl_fd, err);
+	rc = bks_export_start(w->nbd, err);
+	if (rc < 0)
+		return rc;
+	rc = worker_ctl_new(&w->ctl, w, &ctl_ops, r->ctl_fd, err);
 	if (rc < 0)
 		return rc;
 	rc = setup_signals(w, r, err);
@@ -502,8 +537,7 @@ static void cleanup(struct worker *w, struct res *r)
 
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
-	if (w->nbd)
-		bks_nbd_server_free(w->nbd);
+	bks_export_free(w->nbd);
 	if (r->sig_fd >= 0) {
 		bks_watch_del(&r->sig_watch);
 		close(r->sig_fd);

@@ -22,15 +22,18 @@
  *   hold:            a filter that keeps every request until the test
  *                    releases it (hold_release()), in arrival order: what
  *                    makes completions come later, as from a disk.
- *   rec:[max=SIZE]   a filter that records each discard and write_zeroes
- *                    it sees (rec_pieces()) and, with max, limits both to
- *                    SIZE bytes.
+ *   rec:[max=SIZE][,absorb]
+ *                    a filter that records each discard and write_zeroes
+ *                    it sees (the first REC_MAX, and a count) and, with
+ *                    max, limits both to SIZE bytes; with absorb it
+ *                    completes them itself, before its op returns.
  */
 #ifndef BLKSTACK_FW_DRIVERS_H
 #define BLKSTACK_FW_DRIVERS_H
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "blkstack/chain.h"
@@ -398,6 +401,8 @@ struct rec_piece {
 
 struct rec_state {
 	uint64_t max;
+	bool absorb;
+	uintptr_t stack_lo, stack_hi; /* where rec_op's frame was */
 	unsigned int n;
 	struct rec_piece pieces[REC_MAX];
 };
@@ -407,12 +412,15 @@ static int rec_open(void *state, struct bks_layer *self,
 {
 	struct rec_state *s = state;
 
+	char max[32] = "";
+
 	(void)self;
 	if (!*args->args)
 		return 0;
-	if (strncmp(args->args, "max=", 4) != 0 ||
-	    bks_parse_size(args->args + 4, &s->max) < 0)
+	if (sscanf(args->args, "max=%31[^,]", max) != 1 ||
+	    bks_parse_size(max, &s->max) < 0)
 		return bks_error_setmsg(err, EINVAL, "rec: bad args");
+	s->absorb = strstr(args->args, ",absorb") != NULL;
 	return 0;
 }
 
@@ -438,6 +446,15 @@ static int rec_op(void *state, struct bks_layer *self, struct bks_req *req)
 		s->pieces[s->n].len = req->len;
 	}
 	s->n++;
+	/* How deep the stack is here: a loop keeps it flat. */
+	if (!s->stack_lo || (uintptr_t)&s < s->stack_lo)
+		s->stack_lo = (uintptr_t)&s;
+	if ((uintptr_t)&s > s->stack_hi)
+		s->stack_hi = (uintptr_t)&s;
+	if (s->absorb) {
+		bks_req_complete(req, 0);
+		return 0;
+	}
 	return bks_next_submit(bks_layer_child(self, BKS_CHILD_FILE), req);
 }
 

@@ -730,6 +730,27 @@ static void test_split_error(void **state)
 	rig_close(&r);
 }
 
+/*
+ * Many pieces that complete before their op returns: a loop, not a
+ * recursion per piece (which would overflow the stack here).
+ */
+static void test_split_many_sync(void **state)
+{
+	struct rec_state *rs;
+	struct rig r;
+	(void)state;
+
+	rig_open(&r, "rec:max=512,absorb|ram:64M");
+	rs = bks_layer_state(layer(&r, "rec"));
+	assert_int_equal(run(&r, BKS_OP_DISCARD, 0, NULL, 64 << 20), 0);
+	assert_int_equal(rs->n, (64 << 20) / 512);
+	/* Every piece's op ran at (about) the same depth. */
+	assert_true(rs->stack_hi - rs->stack_lo < 4096);
+	assert_int_equal(rs->pieces[REC_MAX - 1].offset, 512 * (REC_MAX - 1));
+	assert_int_equal(r.dones, 1);
+	rig_close(&r);
+}
+
 /* Pieces that complete later: still one at a time, in order. */
 static void test_split_async(void **state)
 {
@@ -869,6 +890,7 @@ int main(void)
 	    cmocka_unit_test(test_replace_child),
 	    cmocka_unit_test(test_split_discard),
 	    cmocka_unit_test(test_split_error),
+	    cmocka_unit_test(test_split_many_sync),
 	    cmocka_unit_test(test_split_async),
 	    cmocka_unit_test(test_file_sink_limits),
 	    cmocka_unit_test(test_stats_op),

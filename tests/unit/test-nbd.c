@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests: the NBD export (libblkstack/export/nbd.c), driven by a
+ * Unit tests: the NBD export (libblkstack/export/nbd/), driven by a
  * hand-written client on a Unix socket in the same thread.  The client
  * never blocks: while it waits for bytes it runs the server's loop.
  *
  * What the real clients of tests/bats/nbd.bats cannot easily show:
- * hold/resume/quiesce, shutdown with held and in-flight requests, the
- * connection limit, stalling at the in-flight limit, error mapping, a
- * client vanishing with requests in the chain, and reads and writes that
- * ignore the block size (read-modify-write).
+ * hold/resume (the chain's drain, through the export interface), shutdown with
+ * held and in-flight requests, the connection limit, stalling at the in-flight
+ * limit, error mapping, a client vanishing with requests in the chain, and
+ * reads and writes that ignore the block size (read-modify-write).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,8 +25,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../../libblkstack/export/nbd-proto.h"
 #include "blkstack/chain.h"
+#include "blkstack/nbd-proto.h"
 #include "blkstack/nbd-server.h"
 #include "unit-util.h"
 
@@ -36,7 +36,7 @@
 struct fx {
 	struct bks_loop *loop;
 	struct bks_chain *chain;
-	struct bks_nbd_server *srv;
+	struct bks_export *srv;
 	int lfd;
 	int quiesced, done;
 };
@@ -62,10 +62,13 @@ static void fx_start(struct fx *fx, const char *chain,
 	assert_true(fx->lfd >= 0);
 	assert_int_equal(bind(fx->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	assert_int_equal(listen(fx->lfd, 16), 0);
-	rc = bks_nbd_server_new(&fx->srv, fx->loop, fx->chain, fx->lfd, cfg,
+	rc = bks_nbd_export_new(&fx->srv, fx->loop, fx->chain, fx->lfd, cfg,
 				&err);
 	if (rc < 0)
 		fail_msg("server: %s", err.msg);
+	assert_string_equal(bks_export_name(fx->srv), "nbd");
+	assert_int_equal(bks_export_start(fx->srv, &err), 0);
+	assert_int_equal(bks_export_start(fx->srv, &err), -EALREADY);
 }
 
 static void on_done(void *arg)
@@ -90,22 +93,31 @@ static void fx_stop(struct fx *fx)
 	int before = fx->done;
 
 	/* A second shutdown (after one) calls its callback once more. */
-	bks_nbd_server_shutdown(fx->srv, on_done, fx);
+	bks_export_shutdown(fx->srv, on_done, fx);
 	for (int i = 0; i < WAIT_ROUNDS && fx->done == before; i++)
 		bks_loop_run_once(fx->loop, 10);
 	assert_int_equal(fx->done, before + 1);
 	assert_int_equal(bks_chain_in_flight(fx->chain), 0);
-	bks_nbd_server_free(fx->srv);
+	bks_export_free(fx->srv);
 	close(fx->lfd);
 	bks_chain_close(fx->chain);
 	bks_loop_free(fx->loop);
 }
 
-static struct bks_nbd_stats stats(const struct fx *fx)
+static struct bks_export_stats stats(const struct fx *fx)
 {
-	struct bks_nbd_stats st;
+	struct bks_export_stats st;
 
-	bks_nbd_server_get_stats(fx->srv, &st);
+	bks_export_get_stats(fx->srv, &st);
+	return st;
+}
+
+/* The chain's counters: a hold's parked requests are there. */
+static struct bks_chain_stats chain_stats(const struct fx *fx)
+{
+	struct bks_chain_stats st;
+
+	bks_chain_get_stats(fx->chain, &st);
 	return st;
 }
 
@@ -684,10 +696,15 @@ static void test_unaligned(void **state)
 				 0);
 		off = (uint32_t)(seed >> 20) % (SPAN - 1);
 		len = 1 + (uint32_t)(seed >> 7) % (SPAN - off);
-		assert_int_equal(
-		    cl_cmd(&fx, fd, NBD_CMD_READ, 0, off, len, buf), 0);
+		/* FUA is valid on every command, a read's too. */
+		assert_int_equal(cl_cmd(&fx, fd, NBD_CMD_READ,
+					i % 7 ? 0 : NBD_CMD_FLAG_FUA, off, len,
+					buf),
+				 0);
 		assert_memory_equal(buf, model + off, len);
 	}
+	assert_int_equal(
+	    cl_cmd(&fx, fd, NBD_CMD_FLUSH, NBD_CMD_FLAG_FUA, 0, 0, NULL), 0);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 	free(model);
@@ -745,19 +762,29 @@ static void test_hold_resume(void **state)
 	(void)state;
 	fx_start(&fx, "ram:1M", &default_cfg);
 	fd = cl_open(&fx, true, NULL);
-	/* Nothing in flight: quiesced at once. */
-	bks_nbd_server_hold(fx.srv, on_quiesced, &fx);
+	/* Nothing in flight: quiesced at the next turn of the loop. */
+	assert_int_equal(bks_export_hold(fx.srv, on_quiesced, &fx), 0);
+	assert_int_equal(fx.quiesced, 0);
+	pump(&fx, 2);
 	assert_int_equal(fx.quiesced, 1);
 	memset(buf, 0x77, sizeof(buf));
 	cl_request(&fx, fd, NBD_CMD_WRITE, 0, 1, 0, sizeof(buf), buf);
 	cl_request(&fx, fd, NBD_CMD_READ, 0, 2, 0, sizeof(buf), NULL);
 	assert_true(cl_quiet(&fx, fd, 20));
-	assert_int_equal(stats(&fx).holding, 2);
-	assert_int_equal(stats(&fx).held, 2);
-	/* Holding twice replaces the callback (and it is quiesced still). */
-	bks_nbd_server_hold(fx.srv, on_quiesced, &fx);
+	/* Received and submitted; the chain parks them. */
+	assert_int_equal(stats(&fx).requests, 2);
+	assert_int_equal(chain_stats(&fx).parked, 2);
+	assert_int_equal(chain_stats(&fx).parked_total, 2);
+	/* Holds nest: a second one is quiesced too, and needs its resume. */
+	assert_int_equal(bks_export_hold(fx.srv, on_quiesced, &fx), 0);
+	pump(&fx, 2);
 	assert_int_equal(fx.quiesced, 2);
-	bks_nbd_server_resume(fx.srv);
+	assert_int_equal(bks_export_holds(fx.srv), 2);
+	bks_export_resume(fx.srv);
+	assert_true(cl_quiet(&fx, fd, 10));
+	assert_int_equal(chain_stats(&fx).parked, 2);
+	bks_export_resume(fx.srv);
+	bks_export_resume(fx.srv); /* one too many: harmless */
 	/* In arrival order: the read sees the write. */
 	assert_int_equal(cl_reply(&fx, fd, &cookie, NULL, 0, msg, sizeof(msg)),
 			 0);
@@ -766,7 +793,7 @@ static void test_hold_resume(void **state)
 	assert_int_equal(
 	    cl_reply(&fx, fd, &cookie, buf, sizeof(buf), msg, sizeof(msg)), 0);
 	assert_true(cookie == 2 && buf[0] == 0x77 && buf[4095] == 0x77);
-	assert_int_equal(stats(&fx).holding, 0);
+	assert_int_equal(chain_stats(&fx).parked, 0);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 }
@@ -800,7 +827,7 @@ static void test_hold_in_flight(void **state)
 		free(buf);
 		skip();
 	}
-	bks_nbd_server_hold(fx.srv, on_quiesced, &fx);
+	assert_int_equal(bks_export_hold(fx.srv, on_quiesced, &fx), 0);
 	assert_int_equal(fx.quiesced, 0);
 	for (i = 0; i < WAIT_ROUNDS && !fx.quiesced; i++)
 		bks_loop_run_once(fx.loop, 10);
@@ -808,13 +835,17 @@ static void test_hold_in_flight(void **state)
 	assert_int_equal(stats(&fx).in_flight, 0);
 	assert_int_equal(cl_reply(&fx, fd, &cookie, NULL, 0, msg, sizeof(msg)),
 			 0);
-	bks_nbd_server_resume(fx.srv);
+	bks_export_resume(fx.srv);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 	free(buf);
 }
 
-/* Shutdown: held requests get ESHUTDOWN, then the client is closed. */
+/*
+ * Shutdown while held: the hold ends first, so the held request is served
+ * (it is in the chain, parked: nothing is lost), then the client is
+ * closed; a hold after the shutdown is refused.
+ */
 static void test_shutdown_held(void **state)
 {
 	unsigned char buf[512];
@@ -827,13 +858,16 @@ static void test_shutdown_held(void **state)
 	fx_start(&fx, "ram:1M", &default_cfg);
 	fd = cl_open(&fx, true, NULL);
 	idle = cl_connect(&fx); /* still negotiating: just closed */
-	bks_nbd_server_hold(fx.srv, NULL, NULL);
+	assert_int_equal(bks_export_hold(fx.srv, NULL, NULL), 0);
 	cl_request(&fx, fd, NBD_CMD_READ, 0, 5, 0, sizeof(buf), NULL);
 	assert_true(cl_quiet(&fx, fd, 10));
-	bks_nbd_server_shutdown(fx.srv, on_done, &fx);
+	assert_int_equal(chain_stats(&fx).parked, 1);
+	bks_export_shutdown(fx.srv, on_done, &fx);
+	assert_int_equal(bks_export_holds(fx.srv), 0);
+	assert_int_equal(bks_export_hold(fx.srv, NULL, NULL), -ESHUTDOWN);
 	assert_int_equal(
-	    cl_reply(&fx, fd, &cookie, buf, sizeof(buf), msg, sizeof(msg)),
-	    NBD_ESHUTDOWN);
+	    cl_reply(&fx, fd, &cookie, buf, sizeof(buf), msg, sizeof(msg)), 0);
+	assert_true(cookie == 5);
 	assert_true(cl_closed(&fx, fd));
 	assert_true(cl_closed(&fx, idle));
 	close(fd);
@@ -1121,6 +1155,7 @@ static void test_block_status(void **state)
 {
 	unsigned char buf[4 + 8 * 64], q[64];
 	struct fx fx = {0};
+	uint64_t cookie;
 	uint32_t len;
 	int fd;
 
@@ -1163,6 +1198,20 @@ static void test_block_status(void **state)
 	assert_int_equal(
 	    cl_cmd(&fx, fd, NBD_CMD_BLOCK_STATUS, 0, 4 << 20, 512, buf),
 	    NBD_EINVAL);
+	/*
+	 * Block status is a request of the chain like any other: a hold
+	 * parks it, and it is answered after the resume.
+	 */
+	assert_int_equal(bks_export_hold(fx.srv, NULL, NULL), 0);
+	cl_request(&fx, fd, NBD_CMD_BLOCK_STATUS, 0, 9, 0, 4 << 20, NULL);
+	assert_true(cl_quiet(&fx, fd, 10));
+	assert_int_equal(chain_stats(&fx).parked, 1);
+	bks_export_resume(fx.srv);
+	assert_int_equal(cl_reply(&fx, fd, &cookie, buf, 0, NULL, 0), 0);
+	assert_true(cookie == 9);
+	assert_int_equal(get32be(buf), 1);
+	assert_int_equal(get32be(buf + 4), 1 << 20);
+	assert_int_equal(get32be(buf + 8), NBD_STATE_HOLE | NBD_STATE_ZERO);
 	cl_disc(&fx, fd);
 	fx_stop(&fx);
 }

@@ -121,7 +121,8 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 
 /*
  * Close every layer, top first, and free the chain.  Nothing may be in
- * flight (drain first: bks_chain_in_flight() == 0).
+ * flight (drain first: bks_chain_in_flight() == 0), and no request parked
+ * by a drain (they would never complete).
  */
 void bks_chain_close(struct bks_chain *chain);
 
@@ -157,7 +158,11 @@ void bks_chain_set_retry(struct bks_chain *chain,
  * is drained (bks_chain_drain_begin()) req is parked instead, in arrival
  * order, and passed down at bks_chain_drain_end().  Block status
  * (BKS_OP_BLOCK_STATUS with req->extents) is submitted like any other
- * request.  Returns 0.
+ * request.
+ *
+ * Read, write, write_zeroes and discard may start and end at any byte:
+ * the chain pads them to whole blocks (see "padding" below), and its
+ * layers see only whole blocks.  Returns 0.
  */
 int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
 
@@ -242,7 +247,9 @@ bool bks_chain_is_drained(const struct bks_chain *chain);
  * driver's reopen_prepare runs (top first); if all succeed, reopen_commit
  * runs on each and the infos are computed again, bottom first; if one
  * fails, reopen_abort runs on those prepared and the chain serves as
- * before.  Returns 0, -EBUSY if the chain is not drained, -EINVAL if s
+ * before.  (An info op that fails after the commits is returned too; the
+ * layers then serve the new args, and the caller should close the
+ * chain.)  Returns 0, -EBUSY if the chain is not drained, -EINVAL if s
  * does not match, -EOPNOTSUPP for a layer that cannot reopen, or the
  * prepare's -errno; err says which layer and why.
  */
@@ -267,6 +274,42 @@ int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
 int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
 			    struct bks_chain **new_child,
 			    struct bks_chain **old, struct bks_error *err);
+
+/* ---- padding: requests at any byte (libblkstack/chain-pad.c) ---------------
+ *
+ * A read with partial blocks is widened to whole blocks (the extra bytes
+ * land in bounce blocks); a write or write_zeroes with partial blocks is
+ * a read-modify-write of them; a discard shrinks to the whole blocks
+ * inside (none: it succeeds at once).  Overlapping writes of which one is
+ * a read-modify-write are serialised in arrival order, whoever submitted
+ * them.  Each padded request takes one of BKS_PAD_SLOTS slots (a
+ * sub-request and two bounce blocks, allocated at open); when all are in
+ * use it waits for one.
+ *
+ * The whole blocks of a padded read or write go to and from the caller's
+ * buffers, without a copy, so they must suit the sink as an aligned
+ * request's do (O_DIRECT: block-aligned memory): place the byte for disk
+ * offset X at bks_chain_buf_skew(chain, X) bytes into an aligned buffer,
+ * i.e. the buffer of a request at offset starts that far into it.  A
+ * padded read or write may have at most BKS_PAD_IOV_MAX - 2 iovecs of
+ * whole blocks (else -EINVAL).
+ */
+#define BKS_PAD_SLOTS	16
+#define BKS_PAD_IOV_MAX 64
+
+/* Where in an aligned buffer the byte for disk offset goes (see above). */
+size_t bks_chain_buf_skew(const struct bks_chain *chain, uint64_t offset);
+
+struct bks_pad_stats {
+	uint64_t padded;	/* requests with partial blocks */
+	uint64_t rmw;		/* of which read-modify-writes */
+	uint64_t overlap_waits; /* writes that waited for an overlapping one */
+	uint64_t bounce_waits;	/* requests that waited for a slot */
+	uint64_t waiting;	/* waiting now */
+};
+
+void bks_chain_pad_stats(const struct bks_chain *chain,
+			 struct bks_pad_stats *out);
 
 /* ---- request pools: no allocation on the data path -------------------------
  */

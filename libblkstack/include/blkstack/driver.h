@@ -31,7 +31,8 @@
  *     it with that error.  A completion may happen before the op returns.
  *   - The framework (bks_next_submit and the chain entry point) checks
  *     every request against the layer's bks_info before the op sees it:
- *     supported op, read-only, bounds, alignment, data length, flags.
+ *     supported op, read-only, bounds, alignment, data length, flags;
+ *     and it splits discard and write_zeroes above the layer's limits.
  *     Drivers do not repeat those checks.
  *   - Nothing blocks on the data path except in drivers whose documented
  *     purpose is to be synchronous (sync:).  Nothing allocates on it.
@@ -153,8 +154,13 @@ struct bks_req {
 	void (*wait_fn)(struct bks_layer *self, struct bks_req *req);
 	void *subreq_data;		/* a sub-request's driver data */
 	struct bks_layer *subreq_layer; /* a sub-request's pool */
+	int split_state, split_result;	/* a piece of a split request's */
 	struct bks_req *split_parent;	/* a piece of a split request */
 	uint64_t split_pos, split_end;	/* a split request's progress */
+	/* Private to the chain's padding (chain-pad.c). */
+	struct bks_req *pad_prev, *pad_next; /* its active or wait list */
+	uint64_t pad_a, pad_b;		     /* the blocks it touches */
+	uint32_t pad_flags;
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
@@ -410,13 +416,14 @@ struct bks_driver {
 	 * Optional.  Called by bks_chain_drain_begin() on every layer, top
 	 * first, when a drain starts (not for a nested one): stop starting
 	 * background work (a timer, a cache flush); work already running
-	 * holds a busy reference, which the drain waits for.
+	 * holds a busy reference, which the drain waits for.  Returns
+	 * nothing: it cannot fail.
 	 */
 	void (*drain_begin)(void *state, struct bks_layer *self);
 	/*
 	 * Optional.  Called by bks_chain_drain_end() on every layer, bottom
 	 * first, when the last drain ends, before the parked requests are
-	 * resubmitted: restart background work.
+	 * resubmitted: restart background work.  Returns nothing.
 	 */
 	void (*drain_end)(void *state, struct bks_layer *self);
 

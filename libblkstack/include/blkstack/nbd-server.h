@@ -2,12 +2,17 @@
 /*
  * The NBD export: serves one chain to NBD clients on a listening socket
  * (a Unix socket in the worker), following the NBD protocol document
- * (fixed newstyle handshake, simple and structured replies).
+ * (fixed newstyle handshake, simple and structured replies).  The code is
+ * in libblkstack/export/nbd/, split by protocol phase (its internal.h).
  *
- * This is the export side: it only uses the chain's public API
- * (bks_chain_submit, bks_chain_info, ...), so that other exports (the
- * blkif ring, later) can stand beside it.  Everything runs on the given
- * loop and nothing blocks; every client is untrusted.
+ * An export behind the one interface of export.h: programs start, hold,
+ * resume, shut down and free it with the bks_export_*() functions.  It
+ * only uses the chain's public API (bks_chain_submit, bks_chain_info,
+ * ...) and translates the wire format to requests and back, so that other
+ * exports (the blkif ring, later) can stand beside it.  A hold is the
+ * chain's drain: the export goes on reading requests and the chain parks
+ * them.  Everything runs on the given loop and nothing blocks; every
+ * client is untrusted.
  */
 #ifndef BLKSTACK_NBD_SERVER_H
 #define BLKSTACK_NBD_SERVER_H
@@ -17,6 +22,7 @@
 
 #include "blkstack/chain.h"
 #include "blkstack/error.h"
+#include "blkstack/export.h"
 #include "blkstack/loop.h"
 
 /* Largest READ/WRITE payload accepted, advertised in NBD_INFO_BLOCK_SIZE. */
@@ -88,56 +94,15 @@ struct bks_nbd_config {
 	unsigned int handshake_timeout_ms, stall_timeout_ms;
 };
 
-struct bks_nbd_stats {
-	uint64_t connections;	    /* open now */
-	uint64_t connections_total; /* accepted since start */
-	uint64_t refused;	    /* table full, none idle to evict */
-	uint64_t evicted;	    /* idle, closed to make room */
-	uint64_t timed_out; /* handshake not finished, or stuck, in time */
-	uint64_t dropped;   /* clients disconnected for protocol errors */
-	uint64_t requests;  /* transmission requests received */
-	uint64_t errors;    /* replies with an error */
-	uint64_t bytes_read, bytes_written;
-	uint64_t in_flight;    /* submitted to the chain, not completed */
-	uint64_t held;	       /* received while held, total */
-	uint64_t holding;      /* held now, not yet submitted */
-	uint64_t buffer_bytes; /* data buffers held now, all connections */
-};
-
-struct bks_nbd_server;
-
 /*
- * Serve chain on listen_fd (a listening stream socket, non-blocking; the
- * server does not close it).  Returns 0 or -errno with err set.
+ * Make the NBD export of chain on listen_fd (a listening stream socket,
+ * made non-blocking; the export does not close it): the handle of
+ * include/blkstack/export.h, which serves once bks_export_start() is
+ * called.  Its counters are struct bks_export_stats.  Returns 0 or -errno
+ * with err set.
  */
-int bks_nbd_server_new(struct bks_nbd_server **out, struct bks_loop *loop,
+int bks_nbd_export_new(struct bks_export **out, struct bks_loop *loop,
 		       struct bks_chain *chain, int listen_fd,
 		       const struct bks_nbd_config *cfg, struct bks_error *err);
-
-/*
- * Hold: keep reading requests from clients but submit none of them (they
- * wait, counted in `held`), and call quiesced(arg) once no request of this
- * server is in flight in the chain -- at once if none is.  Resume submits
- * the held requests in arrival order.  Holding twice replaces the
- * callback.
- */
-void bks_nbd_server_hold(struct bks_nbd_server *srv,
-			 void (*quiesced)(void *arg), void *arg);
-void bks_nbd_server_resume(struct bks_nbd_server *srv);
-
-/*
- * Shut down gracefully: stop accepting and reading, let in-flight
- * requests complete and their replies go out (best effort, bounded by the
- * clients), close every connection, then call done(arg).  Held requests
- * are answered with ESHUTDOWN.
- */
-void bks_nbd_server_shutdown(struct bks_nbd_server *srv,
-			     void (*done)(void *arg), void *arg);
-
-/* Free the server; it must have no connection left (after shutdown). */
-void bks_nbd_server_free(struct bks_nbd_server *srv);
-
-void bks_nbd_server_get_stats(const struct bks_nbd_server *srv,
-			      struct bks_nbd_stats *out);
 
 #endif /* BLKSTACK_NBD_SERVER_H */
