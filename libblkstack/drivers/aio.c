@@ -8,8 +8,10 @@
  * Discard and write_zeroes are fallocate() or a BLKDISCARD/BLKZEROOUT
  * ioctl (image-file.h), which have no aio form and may take long (NBD
  * lets a client ask for 4 GiB at once): they run on the layer's helper
- * threads (offload.h), as does a flush where the kernel has no aio
- * fdsync (aioq.h), and complete from the loop.  Nothing blocks the loop.
+ * threads (offload.h), as do block status on a file (lseek SEEK_DATA and
+ * SEEK_HOLE, which may read metadata from disk) and a flush where the
+ * kernel has no aio fdsync (aioq.h), and complete from the loop.  Nothing
+ * blocks the loop.
  *
  * Offloaded requests take one of AIO_JOBS jobs, embedded in the state;
  * when all are busy a request waits, in arrival order, on a list linked
@@ -68,7 +70,7 @@
 
 struct aio_state;
 
-/* A discard or write_zeroes on a helper thread. */
+/* A discard, write_zeroes or block status on a helper thread. */
 struct aio_job {
 	struct bks_offload_job job;
 	struct aio_state *s;
@@ -225,9 +227,11 @@ static int job_run(struct bks_offload_job *job)
 {
 	struct aio_job *j = job->opaque;
 	struct bks_image *img = &j->s->img;
-	const struct bks_req *req = j->req;
+	struct bks_req *req = j->req;
 	int r;
 
+	if (req->op == BKS_OP_BLOCK_STATUS)
+		return bks_image_block_status(img, req);
 	if (req->op == BKS_OP_DISCARD)
 		return bks_image_discard(img, req->offset, req->len);
 	/*
@@ -288,7 +292,10 @@ static void job_done(struct bks_offload_job *job, int result)
 	bks_req_complete(req, result);
 }
 
-/* Discard and write_zeroes: on a job now, or in turn when one is free. */
+/*
+ * Discard, write_zeroes and block status: on a job now, or in turn when
+ * one is free.
+ */
 static int aio_offload(void *state, struct bks_layer *self, struct bks_req *req)
 {
 	struct aio_state *s = state;
@@ -312,16 +319,16 @@ static int aio_offload(void *state, struct bks_layer *self, struct bks_req *req)
 }
 
 /*
- * Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status.
- * Inline for now: the NBD export still asks through the synchronous
- * bks_chain_extents(), which cannot wait for a helper thread.
+ * Holes and data of the file (SEEK_DATA/SEEK_HOLE) on a helper thread; a
+ * block device is all data, answered at once (no system call).
  */
 static int aio_block_status(void *state, struct bks_layer *self,
 			    struct bks_req *req)
 {
 	struct aio_state *s = state;
 
-	(void)self;
+	if (!s->img.is_blk)
+		return aio_offload(state, self, req);
 	bks_req_complete(req, bks_image_block_status(&s->img, req));
 	return 0;
 }

@@ -1020,6 +1020,32 @@ static void test_chain_offloaded(void **state)
 	free(buf);
 }
 
+/* Block status on a file (lseek) runs on a helper thread too. */
+static void test_chain_block_status_offloaded(void **state)
+{
+	struct fx *fx = *state;
+	struct bks_extent ext[8];
+	struct treq t;
+
+	open_chain(fx, false);
+	/* The image is all holes but for [1 MiB, 1 MiB + 64 KiB). */
+	fill_plain(fx, MiB, 64 * KiB, SEED);
+	treq_prep(fx, &t, BKS_OP_BLOCK_STATUS, 0, 0, 2 * MiB, NULL);
+	t.req.extents = ext;
+	t.req.extents_max = 8;
+	fx->outstanding++;
+	assert_int_equal(bks_chain_submit(fx->chain, &t.req), 0);
+	assert_false(t.done);
+	run_until_idle(fx);
+	assert_int_equal(t.result, 0);
+	assert_int_equal(t.req.nextents, 3);
+	assert_int_equal(ext[0].length, MiB);
+	assert_int_equal(ext[0].flags, BKS_EXTENT_HOLE | BKS_EXTENT_ZERO);
+	assert_int_equal(ext[1].offset, MiB);
+	assert_int_equal(ext[1].length, 64 * KiB);
+	assert_int_equal(ext[1].flags, 0);
+}
+
 static void test_open_errors(void **state)
 {
 	struct fx *fx = *state;
@@ -1328,6 +1354,8 @@ int main(void)
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_chain_offloaded, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_block_status_offloaded,
+					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_alloc_data_path, setup,
 					    teardown),
