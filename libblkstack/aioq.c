@@ -17,7 +17,9 @@
  *                     that waiting requests take the freed slots.
  *
  * A flush is an IO_CMD_FDSYNC iocb of its own (never merged); where the
- * kernel refuses that, fdatasync() stands in (see aioq.h).
+ * kernel refuses that, fdatasync() stands in, run on a helper thread of
+ * the queue's offload pool: the flush keeps its slot (whose job it uses)
+ * until the job is done, so the pool never holds more than depth of them.
  *
  * A slot is an iocb plus the list of requests it covers.  Slots, their
  * iovec arrays, the iocb pointer array and the event array are all
@@ -43,6 +45,7 @@
 #include <unistd.h>
 
 #include "blkstack/aioq.h"
+#include "blkstack/offload.h"
 
 /* How long to wait before retrying io_submit() after -EAGAIN when no
  * completion is coming to trigger the retry. */
@@ -65,10 +68,13 @@ struct aioq_slot {
 	uint64_t offset, bytes;
 	struct bks_req *head, *tail; /* requests covered, in offset order */
 	struct aioq_slot *next_free;
+	struct bks_offload_job job; /* a flush's fdatasync() fallback */
+	struct bks_aioq *q;
 };
 
 struct bks_aioq {
 	struct bks_loop *loop;
+	struct bks_offload *off;
 	unsigned int depth;
 	io_context_t ctx;
 	int efd;
@@ -89,7 +95,8 @@ struct bks_aioq {
 	/* io_submit() said -EAGAIN: submit nothing until a completion (or
 	 * the retry timer, when nothing is in flight) says to try again. */
 	bool blocked;
-	/* IO_CMD_FDSYNC was refused (-EINVAL): flush with fdatasync(). */
+	/* IO_CMD_FDSYNC was refused (-EINVAL): flush with fdatasync(), on
+	 * the offload pool. */
 	bool no_fdsync;
 	/* Inside a loop callback; bks_aioq_free() waits for it to end. */
 	unsigned int busy;
@@ -240,27 +247,54 @@ static void complete_list(struct bks_aioq *q, struct bks_req *head,
 	}
 }
 
-/*
- * A flush the kernel refused as an aio command (kernels before 4.18, or a
- * file system without ->fsync for aio): do it synchronously, and from now
- * on skip the kernel queue for flushes.
- */
-static long fdsync_fallback(struct bks_aioq *q, int fd)
-{
-	q->no_fdsync = true;
-	return fdatasync(fd) < 0 ? -errno : 0;
-}
-
 /* Take slot s's requests off it, free it, and complete them with res. */
 static void finish_slot(struct bks_aioq *q, struct aioq_slot *s, long res)
 {
 	struct bks_req *head = s->head;
 	uint64_t total = s->bytes;
 
-	if (s->op == BKS_OP_FLUSH && res == -EINVAL)
-		res = fdsync_fallback(q, s->fd);
 	slot_put(q, s);
 	complete_list(q, head, total, res);
+}
+
+/* ---- the fdatasync() fallback for flush ------------------------------------
+ */
+
+/* On a helper thread. */
+static int fdsync_run(struct bks_offload_job *job)
+{
+	const struct aioq_slot *s = job->opaque;
+
+	return fdatasync(s->fd) < 0 ? -errno : 0;
+}
+
+/* On the loop thread: the flush of slot s is done. */
+static void fdsync_done(struct bks_offload_job *job, int result)
+{
+	struct aioq_slot *s = job->opaque;
+	struct bks_aioq *q = s->q;
+
+	enter(q);
+	finish_slot(q, s, result);
+	if (!q->dead && q->pend_head)
+		bks_defer_schedule(&q->defer);
+	leave(q);
+}
+
+/*
+ * A flush the kernel refused as an aio command (kernels before 4.18, or a
+ * file system without ->fsync for aio), or one after that: fdatasync() on
+ * a helper thread, the slot held meanwhile; from the first refusal on,
+ * flushes skip the kernel queue.  Returns 0, or -errno from the pool
+ * (then the slot is the caller's still).
+ */
+static int fdsync_fallback(struct bks_aioq *q, struct aioq_slot *s)
+{
+	q->no_fdsync = true;
+	s->job.fn = fdsync_run;
+	s->job.done = fdsync_done;
+	s->job.opaque = s;
+	return bks_offload_submit(q->off, &s->job);
 }
 
 static void on_eventfd(struct bks_watch *w, uint32_t events)
@@ -284,6 +318,15 @@ static void on_eventfd(struct bks_watch *w, uint32_t events)
 			struct aioq_slot *s = slot_of(q->events[i].obj);
 
 			q->stats.in_flight--;
+			if (s->op == BKS_OP_FLUSH &&
+			    (long)q->events[i].res == -EINVAL) {
+				int r = fdsync_fallback(q, s);
+
+				if (r == 0)
+					continue; /* fdsync_done finishes */
+				finish_slot(q, s, r);
+				continue;
+			}
 			finish_slot(q, s, (long)q->events[i].res);
 		}
 	}
@@ -373,6 +416,20 @@ static void unbatch(struct bks_aioq *q, int from, int n)
 	}
 }
 
+/* Put slot bad's requests on the failed list with -errno r, free it. */
+static void fail_slot(struct bks_aioq *q, struct aioq_slot *bad, int r,
+		      struct bks_req **failed, struct bks_req **failed_tail)
+{
+	for (struct bks_req *req = bad->head; req; req = req->owner_next)
+		req->owner_data = (uint64_t)(uint32_t)-r;
+	if (*failed)
+		(*failed_tail)->owner_next = bad->head;
+	else
+		*failed = bad->head;
+	*failed_tail = bad->tail;
+	slot_put(q, bad);
+}
+
 static void submit_pending(struct bks_aioq *q)
 {
 	struct aioq_slot *s = NULL;
@@ -387,6 +444,7 @@ static void submit_pending(struct bks_aioq *q)
 	/* Fill free slots from the pending list, merging as we go. */
 	while (q->pend_head) {
 		struct bks_req *req = q->pend_head;
+		int r;
 
 		if (s && can_merge(s, req)) {
 			slot_add(s, pend_pop(q));
@@ -398,7 +456,15 @@ static void submit_pending(struct bks_aioq *q)
 		s = q->free_slots;
 		q->free_slots = s->next_free;
 		slot_start(s, pend_pop(q));
-		q->iocbs[n++] = &s->iocb;
+		if (s->op != BKS_OP_FLUSH || !q->no_fdsync) {
+			q->iocbs[n++] = &s->iocb;
+			continue;
+		}
+		/* No aio fdsync here: straight to the helper thread. */
+		r = fdsync_fallback(q, s);
+		if (r < 0)
+			fail_slot(q, s, r, &failed, &failed_tail);
+		s = NULL;
 	}
 	count_deferred(q);
 	for (int i = 0; i < n; i++)
@@ -435,19 +501,14 @@ static void submit_pending(struct bks_aioq *q)
 		 * callbacks never run in a half-submitted batch.
 		 */
 		bad = slot_of(q->iocbs[done]);
-		if (bad->op == BKS_OP_FLUSH && r == -EINVAL)
-			/* No aio fdsync here: flush synchronously. */
-			r = (int)fdsync_fallback(q, bad->fd);
-		for (struct bks_req *req = bad->head; req;
-		     req = req->owner_next)
-			req->owner_data = (uint64_t)(uint32_t)-r;
-		if (failed)
-			failed_tail->owner_next = bad->head;
-		else
-			failed = bad->head;
-		failed_tail = bad->tail;
-		slot_put(q, bad);
 		done++;
+		/* No aio fdsync here: on a helper thread from now on. */
+		if (bad->op == BKS_OP_FLUSH && r == -EINVAL) {
+			r = fdsync_fallback(q, bad);
+			if (r == 0)
+				continue;
+		}
+		fail_slot(q, bad, r, &failed, &failed_tail);
 	}
 	while (failed) {
 		struct bks_req *req = failed;
@@ -484,16 +545,7 @@ int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req)
 	switch (req->op) {
 	case BKS_OP_READ:
 	case BKS_OP_WRITE:
-		break;
 	case BKS_OP_FLUSH:
-		if (q->no_fdsync) {
-			int r = fdatasync(fd) < 0 ? -errno : 0;
-
-			q->stats.requests++;
-			/* Last touch of q: the callback may free it. */
-			complete_one(q, req, r);
-			return 0;
-		}
 		break;
 	default:
 		return -EINVAL;
@@ -508,7 +560,8 @@ int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req)
 }
 
 int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
-		 unsigned int depth, struct bks_error *err)
+		 unsigned int depth, struct bks_offload *off,
+		 struct bks_error *err)
 {
 	struct bks_aioq *q;
 	int rc;
@@ -517,10 +570,14 @@ int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
 	if (depth == 0 || depth > 65536)
 		return bks_error_setmsg(
 		    err, EINVAL, "aio queue depth %u: must be 1..65536", depth);
+	if (!off)
+		return bks_error_setmsg(err, EINVAL,
+					"aio queue: no offload pool");
 	q = calloc(1, sizeof(*q));
 	if (!q)
 		return bks_error_set(err, ENOMEM, "aio queue");
 	q->loop = loop;
+	q->off = off;
 	q->depth = depth;
 	q->efd = -1;
 	q->slots = calloc(depth, sizeof(*q->slots));
@@ -533,6 +590,7 @@ int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
 	}
 	for (unsigned int i = depth; i-- > 0;) {
 		q->slots[i].iov = q->iovs + (size_t)i * BKS_AIOQ_MAX_IOV;
+		q->slots[i].q = q;
 		slot_put(q, &q->slots[i]);
 	}
 

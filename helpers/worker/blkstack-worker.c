@@ -79,10 +79,14 @@ static void worker_vlog(const struct worker *w, int prio, const char *fmt,
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	bks_sanitize_line(msg);
-	if (w->foreground)
+	if (w->syslog) {
+		char line[sizeof(msg) + 256];
+
+		snprintf(line, sizeof(line), "%s: %s", w->name, msg);
+		bks_syslog_send(w->syslog, prio, line);
+	} else {
 		fprintf(stderr, PROG "[%s]: %s\n", w->name, msg);
-	else
-		syslog(prio, "%s: %s", w->name, msg);
+	}
 }
 
 static void worker_log(const struct worker *w, int prio, const char *fmt, ...)
@@ -735,8 +739,12 @@ int main(int argc, char **argv)
 	w.foreground = o.foreground;
 	w.ctl_idle_ms = o.ctl_idle_ms;
 	w.started_ns = bks_now_ns();
-	if (!w.foreground)
-		openlog(PROG, LOG_PID, LOG_DAEMON);
+	/* Without it (out of memory), lines go to stderr. */
+	if (!w.foreground &&
+	    bks_syslog_open(&w.syslog, PROG, LOG_DAEMON, NULL, &err) < 0) {
+		fprintf(stderr, PROG "[%s]: %s\n", w.name, err.msg);
+		bks_error_clear(&err);
+	}
 	rc = start(&w, &o, &r, &err);
 	if (rc < 0) {
 		worker_log(&w, LOG_ERR, "%s", err.msg);
@@ -757,5 +765,6 @@ int main(int argc, char **argv)
 	worker_log(&w, LOG_INFO, "stopped");
 out:
 	cleanup(&w, &r);
+	bks_syslog_close(w.syslog);
 	return w.exit_code;
 }

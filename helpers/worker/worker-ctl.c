@@ -376,6 +376,8 @@ static void cmd_stats(struct ctl_conn *c)
 				? (now - w->pause_start) / 1000000u
 				: 0);
 	json_kv_u64(j, "uptime_s", (now - w->started_ns) / 1000000000u);
+	json_kv_u64(j, "log_dropped",
+		    w->syslog ? bks_syslog_dropped(w->syslog) : 0);
 	json_obj_end(j);
 
 	if (w->nbd)

@@ -22,6 +22,7 @@
 #include "blkstack/chain.h"
 #include "blkstack/loop.h"
 #include "blkstack/nbd-server.h"
+#include "blkstack/syslog-client.h"
 #include "worker-name.h"
 
 enum worker_state {
@@ -42,7 +43,8 @@ struct worker {
 	const char *chain_str;
 	char dir[PATH_MAX]; /* RUNDIR/NAME: pid, nbd.sock, ctl.sock */
 	bool read_only;
-	bool foreground; /* log to stderr, not syslog */
+	bool foreground;	   /* log to stderr, not syslog */
+	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int
 	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */
 

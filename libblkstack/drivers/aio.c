@@ -5,10 +5,17 @@
  *
  * Reads, writes and flushes go through a bks_aioq (see aioq.h): batched
  * per loop iteration, merged when adjacent, completed from the loop.
- * Nothing blocks on that path.  Discard and write_zeroes are fallocate()
- * or a BLKDISCARD/BLKZEROOUT ioctl, which have no aio form: they are
- * done synchronously inside the op.  They are rare, and mostly metadata
- * work for the file system or the device.
+ * Discard and write_zeroes are fallocate() or a BLKDISCARD/BLKZEROOUT
+ * ioctl (image-file.h), which have no aio form and may take long (NBD
+ * lets a client ask for 4 GiB at once): they run on the layer's helper
+ * threads (offload.h), as do block status on a file (lseek SEEK_DATA and
+ * SEEK_HOLE, which may read metadata from disk) and a flush where the
+ * kernel has no aio fdsync (aioq.h), and complete from the loop.  Nothing
+ * blocks the loop.
+ *
+ * Offloaded requests take one of AIO_JOBS jobs, embedded in the state;
+ * when all are busy a request waits, in arrival order, on a list linked
+ * through its owner_next, and takes the next job freed.
  *
  * O_DIRECT means:
  *   - the file system must support it: tmpfs (before Linux 6.6) and some
@@ -25,25 +32,23 @@
  *     device (or its volatile cache): flush (aio fdsync, or fdatasync)
  *     and FUA (RWF_DSYNC) make it durable.
  *
- * The image is opened with bks_image_open() (see driver.h): anything but a
+ * The image is opened with bks_image_open() (see image-file.h): anything but a
  * regular file or a block device, an empty image and one whose size is not
  * a multiple of block_size are refused -- the tail of such a file could be
  * neither read nor written with O_DIRECT.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/falloc.h>
-#include <linux/fs.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "blkstack/aioq.h"
 #include "blkstack/driver.h"
+#include "blkstack/image-file.h"
+#include "blkstack/offload.h"
 
 #define AIO_USAGE                                                              \
 	"aio:PATH (a raw image file or a block device, opened with O_DIRECT)"
@@ -53,41 +58,45 @@
 #define AIO_MAX_BLOCK 65536u
 /* iocbs in flight per layer. */
 #define AIO_QUEUE_DEPTH 128u
+/*
+ * Helper threads per layer, and discards/write_zeroes running at once.
+ * The pool has room for those jobs and for one flush per queue slot.
+ */
+#define AIO_THREADS 2u
+#define AIO_JOBS    16u
+/* How long close waits for a running job; never reached, as the chain
+ * closes a layer only when nothing is in flight (see offload.h). */
+#define AIO_CLOSE_WAIT_NS (5ull * 1000 * 1000 * 1000)
+
+struct aio_state;
+
+/* A discard, write_zeroes or block status on a helper thread. */
+struct aio_job {
+	struct bks_offload_job job;
+	struct aio_state *s;
+	struct bks_req *req;
+	struct aio_job *next_free;
+};
 
 struct aio_state {
-	int fd;
-	bool is_blk;
+	struct bks_image img; /* with what fallocate refused */
 	bool read_only;
-	uint64_t size;
 	uint32_t block_size;
 	uint32_t mem_align; /* buffer address alignment for O_DIRECT */
 	struct bks_aioq *q;
-	/* What the file system refused once with EOPNOTSUPP. */
-	bool no_punch, no_zero_range;
+	struct bks_offload *off;
+	struct aio_job jobs[AIO_JOBS];
+	struct aio_job *free_jobs;
+	/* Requests waiting for a job, oldest first (through owner_next). */
+	struct bks_req *wait_head, *wait_tail;
+	/* For stats: requests run on a job, those that waited for one, and
+	 * those waiting now. */
+	uint64_t offloaded, offload_waited, offload_waiting;
 };
 
 static bool power_of_two(uint32_t v)
 {
 	return v && !(v & (v - 1));
-}
-
-/* The O_DIRECT alignments the kernel reports, if it does. */
-static void dio_align(int fd, uint32_t *offset_align, uint32_t *mem_align)
-{
-#ifdef STATX_DIOALIGN
-	struct statx stx;
-
-	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-	    (stx.stx_mask & STATX_DIOALIGN)) {
-		*offset_align = stx.stx_dio_offset_align;
-		*mem_align = stx.stx_dio_mem_align;
-		return;
-	}
-#else
-	(void)fd;
-#endif
-	*offset_align = 0;
-	*mem_align = 0;
 }
 
 /* The block size O_DIRECT needs on the open image, and its check. */
@@ -97,7 +106,7 @@ static int probe(struct aio_state *s, const char *path, uint32_t dev_block,
 	uint32_t off_align, mem_align;
 
 	s->block_size = dev_block > AIO_MIN_BLOCK ? dev_block : AIO_MIN_BLOCK;
-	dio_align(s->fd, &off_align, &mem_align);
+	bks_image_dio_align(&s->img, &off_align, &mem_align);
 	if (off_align > s->block_size)
 		s->block_size = off_align;
 	if (!power_of_two(s->block_size) || s->block_size > AIO_MAX_BLOCK)
@@ -110,7 +119,7 @@ static int probe(struct aio_state *s, const char *path, uint32_t dev_block,
 	s->mem_align =
 	    mem_align && power_of_two(mem_align) ? mem_align : s->block_size;
 	/* Its tail could be neither read nor written with O_DIRECT. */
-	return bks_image_check_size(path, s->size, s->block_size, err);
+	return bks_image_check_size(path, s->img.size, s->block_size, err);
 }
 
 static int aio_open(void *state, struct bks_layer *self,
@@ -118,43 +127,51 @@ static int aio_open(void *state, struct bks_layer *self,
 {
 	struct aio_state *s = state;
 	const char *path = args->args;
-	struct bks_image img;
 	int r;
 
 	(void)self;
-	s->fd = -1;
-	r = bks_image_open(
-	    &img, path, (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT, err);
+	r = bks_image_open(&s->img, path,
+			   (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
+			   err);
 	if (r < 0)
 		return r;
-	s->fd = img.fd;
-	s->is_blk = img.is_blk;
-	s->size = img.size;
-	r = probe(s, path, img.block_size, err);
+	r = probe(s, path, s->img.block_size, err);
 	if (r < 0)
 		goto out;
 	s->read_only = args->read_only;
-	r = bks_aioq_new(&s->q, args->loop, AIO_QUEUE_DEPTH, err);
-	if (r < 0) {
-		bks_error_prepend(err, "%s: ", path);
-		goto out;
+	for (unsigned int i = AIO_JOBS; i-- > 0;) {
+		s->jobs[i].s = s;
+		s->jobs[i].next_free = s->free_jobs;
+		s->free_jobs = &s->jobs[i];
 	}
+	r = bks_offload_new(&s->off, args->loop, AIO_THREADS,
+			    AIO_JOBS + AIO_QUEUE_DEPTH, err);
+	if (r == 0)
+		r = bks_aioq_new(&s->q, args->loop, AIO_QUEUE_DEPTH, s->off,
+				 err);
+	if (r < 0)
+		bks_error_prepend(err, "%s: ", path);
 out:
 	if (r < 0) {
-		close(s->fd);
-		s->fd = -1;
+		bks_offload_free(s->off, 0);
+		s->off = NULL;
+		bks_image_close(&s->img);
 	}
 	return r;
 }
 
-/* The framework has drained the layer: nothing is queued or in flight. */
+/*
+ * The framework has drained the layer: nothing is queued or in flight,
+ * no job either (each belongs to a request).
+ */
 static void aio_close(void *state, struct bks_layer *self)
 {
 	struct aio_state *s = state;
 
 	(void)self;
 	bks_aioq_free(s->q);
-	close(s->fd);
+	bks_offload_free(s->off, AIO_CLOSE_WAIT_NS);
+	bks_image_close(&s->img);
 }
 
 static int aio_info(void *state, struct bks_layer *self, struct bks_info *info)
@@ -162,24 +179,8 @@ static int aio_info(void *state, struct bks_layer *self, struct bks_info *info)
 	struct aio_state *s = state;
 
 	(void)self;
-	info->size = s->size;
-	info->block_size = s->block_size;
-	info->max_io = 0; /* the kernel splits large iocbs itself */
-	/* Larger ones are split by the framework: each piece is one
-	 * fallocate or ioctl, so one call never covers 4 GiB. */
-	info->max_discard = BKS_FILE_MAX_RANGE;
-	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
-	/*
-	 * A read-only layer still lists the writing ops, so that the
-	 * framework refuses them with -EROFS (which says why), not with
-	 * -EOPNOTSUPP.
-	 */
-	info->read_only = s->read_only;
-	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
-		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
-		    BKS_OPF(BKS_OP_WRITE_ZEROES);
-	info->can_fua = true;
-	info->zero_no_hole = true;
+	/* The kernel splits large iocbs itself: no max_io. */
+	bks_image_info(&s->img, s->block_size, s->read_only, info);
 	return 0;
 }
 
@@ -204,7 +205,7 @@ static int aio_rw(void *state, struct bks_layer *self, struct bks_req *req)
 	(void)self;
 	if (!iov_aligned(s, req))
 		return -EINVAL;
-	return bks_aioq_queue(s->q, s->fd, req);
+	return bks_aioq_queue(s->q, s->img.fd, req);
 }
 
 /*
@@ -216,102 +217,127 @@ static int aio_flush(void *state, struct bks_layer *self, struct bks_req *req)
 	struct aio_state *s = state;
 
 	(void)self;
-	return bks_aioq_queue(s->q, s->fd, req);
+	return bks_aioq_queue(s->q, s->img.fd, req);
 }
 
-static int datasync(struct aio_state *s)
-{
-	return fdatasync(s->fd) < 0 ? -errno : 0;
-}
+/* ---- discard and write_zeroes, on a helper thread ------------------------ */
 
-static int blk_range_ioctl(struct aio_state *s, unsigned long cmd,
-			   const struct bks_req *req)
+/* On a helper thread: the blocking call for j's request. */
+static int job_run(struct bks_offload_job *job)
 {
-	uint64_t range[2] = {req->offset, req->len};
-
-	return ioctl(s->fd, cmd, range) < 0 ? -errno : 0;
-}
-
-/* fallocate(mode) on the request's range; remember EOPNOTSUPP in *no. */
-static int falloc(struct aio_state *s, int mode, const struct bks_req *req,
-		  bool *no)
-{
-	if (*no)
-		return -EOPNOTSUPP;
-	if (fallocate(s->fd, mode, (off_t)req->offset, (off_t)req->len) == 0)
-		return 0;
-	if (errno == EOPNOTSUPP)
-		*no = true;
-	return -errno;
-}
-
-/* Synchronous: see the top of the file. */
-static int aio_discard(void *state, struct bks_layer *self, struct bks_req *req)
-{
-	struct aio_state *s = state;
+	struct aio_job *j = job->opaque;
+	struct bks_image *img = &j->s->img;
+	struct bks_req *req = j->req;
 	int r;
 
-	(void)self;
-	if (s->is_blk)
-		r = blk_range_ioctl(s, BLKDISCARD, req);
-	else
-		r = falloc(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req,
-			   &s->no_punch);
-	/* A hint ("may read back as anything"): not doing it is doing it. */
-	if (r == -EOPNOTSUPP)
-		r = 0;
-	bks_req_complete(req, r);
-	return 0;
-}
-
-/* Synchronous: see the top of the file. */
-static int aio_write_zeroes(void *state, struct bks_layer *self,
-			    struct bks_req *req)
-{
-	struct aio_state *s = state;
-	const int keep = FALLOC_FL_KEEP_SIZE;
-	int r = -EOPNOTSUPP;
-
-	(void)self;
-	if (s->is_blk) {
-		/* BLKZEROOUT never unmaps: it honours NO_HOLE too. */
-		r = blk_range_ioctl(s, BLKZEROOUT, req);
-	} else {
-		/* A hole reads as zeroes and is the cheapest way there. */
-		if (!(req->flags & BKS_REQ_NO_HOLE))
-			r = falloc(s, FALLOC_FL_PUNCH_HOLE | keep, req,
-				   &s->no_punch);
-		/* Zeroed and allocated: what NO_HOLE asks for. */
-		if (r == -EOPNOTSUPP)
-			r = falloc(s, FALLOC_FL_ZERO_RANGE | keep, req,
-				   &s->no_zero_range);
-		/* Neither works (rare among O_DIRECT file systems): the
-		 * caller can write zeroes itself; sync: has that fallback. */
-	}
+	if (req->op == BKS_OP_BLOCK_STATUS)
+		return bks_image_block_status(img, req);
+	if (req->op == BKS_OP_DISCARD)
+		return bks_image_discard(img, req->offset, req->len);
+	/*
+	 * write_zeroes.  Where the file system can neither punch nor
+	 * ZERO_RANGE (rare among O_DIRECT file systems) it fails with
+	 * -EOPNOTSUPP: the caller can write zeroes itself; sync: has that
+	 * fallback.
+	 */
+	r = bks_image_zero(img, req->offset, req->len, req->flags);
 	/* fallocate and BLKZEROOUT have no per-call FUA: sync after. */
 	if (r == 0 && (req->flags & BKS_REQ_FUA))
-		r = datasync(s);
-	bks_req_complete(req, r);
+		r = bks_image_datasync(img);
+	return r;
+}
+
+static void job_done(struct bks_offload_job *job, int result);
+
+/* Run req on job j; a submission the pool refuses fails req. */
+static void job_start(struct aio_state *s, struct aio_job *j,
+		      struct bks_req *req)
+{
+	int r;
+
+	j->req = req;
+	s->offloaded++;
+	j->job.fn = job_run;
+	j->job.done = job_done;
+	j->job.opaque = j;
+	r = bks_offload_submit(s->off, &j->job);
+	if (r < 0) {
+		/* Never with the pool sized for every job; say so anyway. */
+		j->req = NULL;
+		j->next_free = s->free_jobs;
+		s->free_jobs = j;
+		bks_req_complete(req, r);
+	}
+}
+
+/* On the loop thread: j's request is done; j serves the next waiting. */
+static void job_done(struct bks_offload_job *job, int result)
+{
+	struct aio_job *j = job->opaque;
+	struct aio_state *s = j->s;
+	struct bks_req *req = j->req, *next = s->wait_head;
+
+	j->req = NULL;
+	if (next) {
+		s->wait_head = next->owner_next;
+		if (!s->wait_head)
+			s->wait_tail = NULL;
+		next->owner_next = NULL;
+		s->offload_waiting--;
+		job_start(s, j, next);
+	} else {
+		j->next_free = s->free_jobs;
+		s->free_jobs = j;
+	}
+	bks_req_complete(req, result);
+}
+
+/*
+ * Discard, write_zeroes and block status: on a job now, or in turn when
+ * one is free.
+ */
+static int aio_offload(void *state, struct bks_layer *self, struct bks_req *req)
+{
+	struct aio_state *s = state;
+	struct aio_job *j = s->free_jobs;
+
+	(void)self;
+	if (j && !s->wait_head) {
+		s->free_jobs = j->next_free;
+		job_start(s, j, req);
+		return 0;
+	}
+	req->owner_next = NULL;
+	if (s->wait_tail)
+		s->wait_tail->owner_next = req;
+	else
+		s->wait_head = req;
+	s->wait_tail = req;
+	s->offload_waited++;
+	s->offload_waiting++;
 	return 0;
 }
 
-/* Holes and data of the file (SEEK_DATA/SEEK_HOLE), for NBD block status. */
+/*
+ * Holes and data of the file (SEEK_DATA/SEEK_HOLE) on a helper thread; a
+ * block device is all data, answered at once (no system call).
+ */
 static int aio_block_status(void *state, struct bks_layer *self,
 			    struct bks_req *req)
 {
 	struct aio_state *s = state;
-	size_t n = 0;
-	int r;
 
-	(void)self;
-	r = bks_fd_extents(s->fd, s->is_blk, req->offset, req->len,
-			   req->extents, req->extents_max, &n);
-	req->nextents = (uint32_t)n;
-	bks_req_complete(req, r);
+	if (!s->img.is_blk)
+		return aio_offload(state, self, req);
+	bks_req_complete(req, bks_image_block_status(&s->img, req));
 	return 0;
 }
 
-/* The control socket's "aio" object: the queue's counters. */
+/*
+ * The control socket's "aio" object: the queue's counters, and the
+ * requests run on the helper threads (offloaded), those that waited for a
+ * job (offload_waited) and those waiting now (offload_waiting).
+ */
 static void aio_stats(void *state, struct bks_layer *self,
 		      struct bks_stats_out *out)
 {
@@ -328,6 +354,9 @@ static void aio_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "errors", as.errors);
 	bks_stats_u64(out, "partial", as.partial);
 	bks_stats_u64(out, "in_flight", as.in_flight);
+	bks_stats_u64(out, "offloaded", s->offloaded);
+	bks_stats_u64(out, "offload_waited", s->offload_waited);
+	bks_stats_u64(out, "offload_waiting", s->offload_waiting);
 }
 
 /* What parsing needs of aio: (bks_driver_descs[] has it alone). */
@@ -348,19 +377,8 @@ const struct bks_driver bks_driver_aio = {
     .read = aio_rw,
     .write = aio_rw,
     .flush = aio_flush,
-    .discard = aio_discard,
-    .write_zeroes = aio_write_zeroes,
+    .discard = aio_offload,
+    .write_zeroes = aio_offload,
     .block_status = aio_block_status,
     .stats = aio_stats,
 };
-
-int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out)
-{
-	struct aio_state *s;
-
-	if (bks_layer_driver(layer) != &bks_driver_aio)
-		return -EINVAL;
-	s = bks_layer_state(layer);
-	bks_aioq_get_stats(s->q, out);
-	return 0;
-}

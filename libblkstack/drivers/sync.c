@@ -11,7 +11,10 @@
  * it works on any file system, and goes through the page cache: flush
  * (fdatasync) and FUA (RWF_DSYNC) are what make data durable.
  *
- * The image is opened with bks_image_open() (see driver.h): anything but a
+ * The image is opened with bks_image_open() (see image-file.h), and the
+ * range ioctls, fallocate and datasync are the shared ones there, which
+ * aio: makes off its loop (anything sync: adds is its fallbacks).
+ * Anything but a
  * regular file or a block device is refused, and so is an empty image or
  * one whose size is not a multiple of 512 bytes (never rounded down, which
  * would hide its tail).
@@ -19,18 +22,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/falloc.h>
-#include <linux/fs.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "blkstack/driver.h"
+#include "blkstack/image-file.h"
 
 #define SYNC_USAGE	"sync:PATH (a regular file or a block device)"
 #define SYNC_BLOCK_SIZE 512u
@@ -40,15 +40,10 @@
 #define ZERO_BUF_IOV  16
 
 struct sync_state {
-	int fd;
-	bool is_blk;
+	struct bks_image img; /* with what fallocate refused */
 	bool read_only;
-	uint64_t size;
-	/*
-	 * What the file system refused once with EOPNOTSUPP, so that the
-	 * next request goes straight to the fallback.
-	 */
-	bool no_rwf_dsync, no_punch, no_zero_range, no_alloc;
+	/* The kernel refused RWF_DSYNC once (EOPNOTSUPP): write, then sync. */
+	bool no_rwf_dsync;
 	void *zero_buf; /* ZERO_BUF_SIZE zeroed bytes, allocated at open */
 };
 
@@ -61,7 +56,7 @@ static int sync_open(void *state, struct bks_layer *self,
 	int r;
 
 	(void)self;
-	s->fd = -1;
+	s->img.fd = -1;
 	r = bks_image_open(&img, path, args->read_only ? O_RDONLY : O_RDWR,
 			   err);
 	if (r < 0)
@@ -70,8 +65,6 @@ static int sync_open(void *state, struct bks_layer *self,
 	r = bks_image_check_size(path, img.size, SYNC_BLOCK_SIZE, err);
 	if (r < 0)
 		goto out;
-	s->size = img.size;
-	s->is_blk = img.is_blk;
 	s->read_only = args->read_only;
 	if (!s->read_only) {
 		/* Allocated now: nothing allocates on the data path. */
@@ -82,11 +75,10 @@ static int sync_open(void *state, struct bks_layer *self,
 			goto out;
 		}
 	}
-	s->fd = img.fd;
+	s->img = img;
 	img.fd = -1;
 out:
-	if (img.fd >= 0)
-		close(img.fd);
+	bks_image_close(&img);
 	return r;
 }
 
@@ -95,7 +87,7 @@ static void sync_close(void *state, struct bks_layer *self)
 	struct sync_state *s = state;
 
 	(void)self;
-	close(s->fd);
+	bks_image_close(&s->img);
 	free(s->zero_buf);
 }
 
@@ -104,20 +96,7 @@ static int sync_info(void *state, struct bks_layer *self, struct bks_info *info)
 	struct sync_state *s = state;
 
 	(void)self;
-	info->size = s->size;
-	info->block_size = SYNC_BLOCK_SIZE;
-	info->max_io = 0;
-	/* Larger ones are split by the framework (one call per piece). */
-	info->max_discard = BKS_FILE_MAX_RANGE;
-	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
-	/* Read-only keeps the ops listed: the framework refuses writes
-	 * with EROFS, which says why. */
-	info->read_only = s->read_only;
-	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
-		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
-		    BKS_OPF(BKS_OP_WRITE_ZEROES);
-	info->can_fua = true;
-	info->zero_no_hole = true;
+	bks_image_info(&s->img, SYNC_BLOCK_SIZE, s->read_only, info);
 	return 0;
 }
 
@@ -151,10 +130,11 @@ static int rw_full(struct sync_state *s, bool write, const struct iovec *iov,
 		if (cnt > IOV_MAX)
 			cnt = IOV_MAX;
 		if (write)
-			r = pwritev2(s->fd, v, cnt, (off_t)(offset + done),
+			r = pwritev2(s->img.fd, v, cnt, (off_t)(offset + done),
 				     rwflags);
 		else
-			r = preadv2(s->fd, v, cnt, (off_t)(offset + done), 0);
+			r = preadv2(s->img.fd, v, cnt, (off_t)(offset + done),
+				    0);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -176,11 +156,6 @@ static int rw_full(struct sync_state *s, bool write, const struct iovec *iov,
 		}
 	}
 	return done < len ? -EIO : 0;
-}
-
-static int datasync(struct sync_state *s)
-{
-	return fdatasync(s->fd) < 0 ? -errno : 0;
 }
 
 static int sync_read(void *state, struct bks_layer *self, struct bks_req *req)
@@ -209,7 +184,7 @@ static int do_write(struct sync_state *s, struct bks_req *req)
 		s->no_rwf_dsync = true;
 	}
 	r = rw_full(s, true, req->iov, req->iovcnt, req->offset, req->len, 0);
-	return r < 0 ? r : datasync(s);
+	return r < 0 ? r : bks_image_datasync(&s->img);
 }
 
 static int sync_write(void *state, struct bks_layer *self, struct bks_req *req)
@@ -221,53 +196,21 @@ static int sync_write(void *state, struct bks_layer *self, struct bks_req *req)
 
 static int sync_flush(void *state, struct bks_layer *self, struct bks_req *req)
 {
+	struct sync_state *s = state;
+
 	(void)self;
-	bks_req_complete(req, datasync(state));
+	bks_req_complete(req, bks_image_datasync(&s->img));
 	return 0;
-}
-
-static int blk_range_ioctl(struct sync_state *s, unsigned long cmd,
-			   const struct bks_req *req)
-{
-	uint64_t range[2] = {req->offset, req->len};
-
-	return ioctl(s->fd, cmd, range) < 0 ? -errno : 0;
-}
-
-/* fallocate(mode) on the request's range; cache EOPNOTSUPP in *no. */
-static int falloc(struct sync_state *s, int mode, const struct bks_req *req,
-		  bool *no)
-{
-	if (*no)
-		return -EOPNOTSUPP;
-	if (fallocate(s->fd, mode, (off_t)req->offset, (off_t)req->len) == 0)
-		return 0;
-	if (errno == EOPNOTSUPP)
-		*no = true;
-	return -errno;
-}
-
-static int do_discard(struct sync_state *s, const struct bks_req *req)
-{
-	int r;
-
-	if (s->is_blk)
-		r = blk_range_ioctl(s, BLKDISCARD, req);
-	else
-		r = falloc(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, req,
-			   &s->no_punch);
-	/*
-	 * Discard is a hint ("may read back as anything"): a device or file
-	 * system that cannot do it has done what was asked.
-	 */
-	return r == -EOPNOTSUPP ? 0 : r;
 }
 
 static int sync_discard(void *state, struct bks_layer *self,
 			struct bks_req *req)
 {
+	struct sync_state *s = state;
+
 	(void)self;
-	bks_req_complete(req, do_discard(state, req));
+	bks_req_complete(req,
+			 bks_image_discard(&s->img, req->offset, req->len));
 	return 0;
 }
 
@@ -300,46 +243,20 @@ static int write_zero_buf(struct sync_state *s, const struct bks_req *req)
 	return 0;
 }
 
-static int zero_file(struct sync_state *s, const struct bks_req *req)
-{
-	const int keep = FALLOC_FL_KEEP_SIZE;
-	int r;
-
-	/* A hole reads as zeroes and is the cheapest way to get them. */
-	if (!(req->flags & BKS_REQ_NO_HOLE)) {
-		r = falloc(s, FALLOC_FL_PUNCH_HOLE | keep, req, &s->no_punch);
-		if (r != -EOPNOTSUPP)
-			return r;
-	}
-	r = falloc(s, FALLOC_FL_ZERO_RANGE | keep, req, &s->no_zero_range);
-	if (r != -EOPNOTSUPP)
-		return r;
-	/*
-	 * No ZERO_RANGE (tmpfs, for one): punch, then allocate the hole
-	 * again, which leaves the range zeroed and allocated.
-	 */
-	if (!s->no_punch && !s->no_alloc) {
-		r = falloc(s, FALLOC_FL_PUNCH_HOLE | keep, req, &s->no_punch);
-		if (r == 0)
-			r = falloc(s, keep, req, &s->no_alloc);
-		if (r != -EOPNOTSUPP)
-			return r;
-	}
-	return write_zero_buf(s, req);
-}
-
 static int do_write_zeroes(struct sync_state *s, const struct bks_req *req)
 {
-	int r;
+	int r = bks_image_zero(&s->img, req->offset, req->len, req->flags);
 
-	/* BLKZEROOUT keeps the range mapped: it honours NO_HOLE too. */
-	if (s->is_blk)
-		r = blk_range_ioctl(s, BLKZEROOUT, req);
-	else
-		r = zero_file(s, req);
+	/* A file system with neither punch nor ZERO_RANGE: punch and
+	 * allocate again (tmpfs), else write the zeroes themselves. */
+	if (r == -EOPNOTSUPP && !s->img.is_blk) {
+		r = bks_image_zero_realloc(&s->img, req->offset, req->len);
+		if (r == -EOPNOTSUPP)
+			r = write_zero_buf(s, req);
+	}
 	/* fallocate and BLKZEROOUT have no per-call FUA: sync after. */
 	if (r == 0 && (req->flags & BKS_REQ_FUA))
-		r = datasync(s);
+		r = bks_image_datasync(&s->img);
 	return r;
 }
 
@@ -356,14 +273,9 @@ static int sync_block_status(void *state, struct bks_layer *self,
 			     struct bks_req *req)
 {
 	struct sync_state *s = state;
-	size_t n = 0;
-	int r;
 
 	(void)self;
-	r = bks_fd_extents(s->fd, s->is_blk, req->offset, req->len,
-			   req->extents, req->extents_max, &n);
-	req->nextents = (uint32_t)n;
-	bks_req_complete(req, r);
+	bks_req_complete(req, bks_image_block_status(&s->img, req));
 	return 0;
 }
 

@@ -123,6 +123,7 @@ struct fx {
 	int fd;	   /* O_RDWR | O_DIRECT on path */
 	int plain; /* O_RDWR on path, for checking through the page cache */
 	struct bks_aioq *q;
+	struct bks_offload *off; /* the queue's, for the fdsync fallback */
 	struct bks_chain *chain;
 	unsigned int outstanding;
 };
@@ -157,6 +158,7 @@ static int teardown(void **state)
 	if (fx->chain)
 		bks_chain_close(fx->chain);
 	bks_aioq_free(fx->q);
+	assert_int_equal(bks_offload_free(fx->off, 0), 0);
 	close(fx->fd);
 	close(fx->plain);
 	unlink(fx->path);
@@ -169,7 +171,10 @@ static void new_queue(struct fx *fx, unsigned int depth)
 {
 	struct bks_error err = {0};
 
-	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, &err), 0);
+	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, depth, &err),
+			 0);
+	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, fx->off, &err),
+			 0);
 }
 
 static void open_chain(struct fx *fx, bool read_only)
@@ -763,10 +768,12 @@ static void test_flush_fallback(void **state)
 	run_until_idle(fx);
 	assert_int_equal(t[0].result, 0);
 	assert_int_equal(qstats(fx).submitted, 0);
-	/* The next one does not try the kernel queue again. */
+	/* The next one does not try the kernel queue again, and does not
+	 * block the loop either: it completes from the loop, later. */
 	sub.no_fdsync = false;
 	treq_prep(fx, &t[1], BKS_OP_FLUSH, 0, 0, 0, NULL);
 	tq(fx, fx->fd, &t[1]);
+	assert_false(t[1].done);
 	run_until_idle(fx);
 	assert_int_equal(t[1].result, 0);
 	assert_int_equal(qstats(fx).submitted, 0);
@@ -792,9 +799,13 @@ static void test_new_errors(void **state)
 	int dummy;
 	struct bks_aioq *q = (struct bks_aioq *)&dummy; /* must be reset */
 
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, &err), -EINVAL);
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, fx->off, &err), -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "depth"));
+	q = (struct bks_aioq *)&dummy;
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 4, NULL, &err), -EINVAL);
+	assert_null(q);
+	assert_non_null(strstr(err.msg, "offload"));
 }
 
 /* ---- the aio: driver in a chain --------------------------------------------
@@ -909,6 +920,130 @@ static void test_chain_fua_flush_discard_zeroes(void **state)
 	assert_int_equal(unit_check(buf, part, 0, SEED), -1);
 	assert_true(unit_is_zero(buf + part, 3 * part));
 	free(buf);
+}
+
+/* The aio: layer's stats op, captured: the value of key, or ~0. */
+struct stats_find {
+	struct bks_stats_out out;
+	const char *key;
+	uint64_t v;
+};
+
+static void find_u64(struct bks_stats_out *out, const char *key, uint64_t v)
+{
+	struct stats_find *f = (struct stats_find *)out;
+
+	if (strcmp(key, f->key) == 0)
+		f->v = v;
+}
+
+static void find_str(struct bks_stats_out *out, const char *key, const char *v)
+{
+	(void)out;
+	(void)key;
+	(void)v;
+}
+
+static void find_begin(struct bks_stats_out *out, const char *key)
+{
+	(void)out;
+	(void)key;
+}
+
+static void find_end(struct bks_stats_out *out)
+{
+	(void)out;
+}
+
+static uint64_t aio_stat(struct fx *fx, const char *key)
+{
+	struct stats_find f = {.out = {.u64 = find_u64,
+				       .str = find_str,
+				       .begin = find_begin,
+				       .end = find_end},
+			       .key = key,
+			       .v = ~0ull};
+
+	bks_layer_emit_stats(bks_chain_find(fx->chain, "aio"), &f.out);
+	return f.v;
+}
+
+/*
+ * Discard and write_zeroes run on the layer's helper threads: they
+ * complete from the loop, after the submission returned.  40 at once
+ * are more than the layer's jobs: the rest wait their turn.
+ */
+static void test_chain_offloaded(void **state)
+{
+	struct fx *fx = *state;
+	enum {
+		N = 40
+	};
+	struct treq t[N];
+	unsigned char *buf = unit_alloc_aligned(N * 2 * BLK);
+
+	assert_non_null(buf);
+	fill_plain(fx, 0, N * 2 * BLK, SEED);
+	open_chain(fx, false);
+	/* Offloading allocates nothing either: jobs are in the state. */
+	allocs.calls = 0;
+	allocs.on = true;
+	for (int i = 0; i < N; i++) {
+		uint64_t off = (uint64_t)i * 2 * BLK;
+
+		treq_prep(fx, &t[i],
+			  i % 2 ? BKS_OP_WRITE_ZEROES : BKS_OP_DISCARD,
+			  i % 4 == 1 ? BKS_REQ_NO_HOLE | BKS_REQ_FUA : 0, off,
+			  BLK, NULL);
+		fx->outstanding++;
+		assert_int_equal(bks_chain_submit(fx->chain, &t[i].req), 0);
+		assert_false(t[i].done);
+	}
+	/* 16 jobs: the other 24 wait their turn. */
+	assert_int_equal(aio_stat(fx, "offload_waiting"), N - 16);
+	run_until_idle(fx);
+	allocs.on = false;
+	assert_int_equal(allocs.calls, 0);
+	assert_int_equal(aio_stat(fx, "offloaded"), N);
+	assert_int_equal(aio_stat(fx, "offload_waited"), N - 16);
+	assert_int_equal(aio_stat(fx, "offload_waiting"), 0);
+	assert_int_equal(chain_do(fx, BKS_OP_READ, 0, 0, N * 2 * BLK, buf), 0);
+	for (int i = 0; i < N; i++) {
+		uint64_t off = (uint64_t)i * 2 * BLK;
+
+		assert_int_equal(t[i].result, 0);
+		/* The range is zeroes, the block after it untouched. */
+		assert_true(unit_is_zero(buf + off, BLK));
+		assert_int_equal(
+		    unit_check(buf + off + BLK, BLK, off + BLK, SEED), -1);
+	}
+	free(buf);
+}
+
+/* Block status on a file (lseek) runs on a helper thread too. */
+static void test_chain_block_status_offloaded(void **state)
+{
+	struct fx *fx = *state;
+	struct bks_extent ext[8];
+	struct treq t;
+
+	open_chain(fx, false);
+	/* The image is all holes but for [1 MiB, 1 MiB + 64 KiB). */
+	fill_plain(fx, MiB, 64 * KiB, SEED);
+	treq_prep(fx, &t, BKS_OP_BLOCK_STATUS, 0, 0, 2 * MiB, NULL);
+	t.req.extents = ext;
+	t.req.extents_max = 8;
+	fx->outstanding++;
+	assert_int_equal(bks_chain_submit(fx->chain, &t.req), 0);
+	assert_false(t.done);
+	run_until_idle(fx);
+	assert_int_equal(t.result, 0);
+	assert_int_equal(t.req.nextents, 3);
+	assert_int_equal(ext[0].length, MiB);
+	assert_int_equal(ext[0].flags, BKS_EXTENT_HOLE | BKS_EXTENT_ZERO);
+	assert_int_equal(ext[1].offset, MiB);
+	assert_int_equal(ext[1].length, 64 * KiB);
+	assert_int_equal(ext[1].flags, 0);
 }
 
 static void test_open_errors(void **state)
@@ -1216,6 +1351,10 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_chain_read_only, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_chain_fua_flush_discard_zeroes,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_offloaded, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_block_status_offloaded,
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_alloc_data_path, setup,

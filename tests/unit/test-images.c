@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Unit tests: what the path sinks (aio:, sync:) refuse to open, through
- * bks_chain_open() and so bks_image_open() (libblkstack/fd-extents.c):
+ * bks_chain_open() and so bks_image_open() (libblkstack/image-file.c):
  *
  *   - anything but a regular file or a block device (a FIFO, a character
  *     device, a directory, a socket, a symbolic link to a FIFO), named for

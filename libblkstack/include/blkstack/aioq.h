@@ -19,6 +19,7 @@
 #include "blkstack/driver.h"
 #include "blkstack/error.h"
 #include "blkstack/loop.h"
+#include "blkstack/offload.h"
 
 /* Most buffers in a merged iocb (one request alone may have up to IOV_MAX). */
 #define BKS_AIOQ_MAX_IOV 256
@@ -39,11 +40,15 @@ struct bks_aioq_stats {
 struct bks_aioq;
 
 /*
- * Create a queue of depth iocbs on loop.  Returns 0, or -errno with err
- * set (-EAGAIN from io_setup: raise /proc/sys/fs/aio-max-nr).
+ * Create a queue of depth iocbs on loop.  off (required) runs the
+ * fdatasync() that stands in for aio fdsync where the kernel lacks it;
+ * the queue submits at most depth jobs to it at once, and off must
+ * outlive the queue.  Returns 0, or -errno with err set (-EAGAIN from
+ * io_setup: raise /proc/sys/fs/aio-max-nr).
  */
 int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
-		 unsigned int depth, struct bks_error *err);
+		 unsigned int depth, struct bks_offload *off,
+		 struct bks_error *err);
 
 /* Free the queue.  No request may be queued or in flight. */
 void bks_aioq_free(struct bks_aioq *q);
@@ -58,17 +63,12 @@ void bks_aioq_free(struct bks_aioq *q);
  * BKS_OP_FLUSH is queued too, as an IO_CMD_FDSYNC iocb (never merged),
  * so that a flush does not block the loop.  A kernel or file system that
  * refuses it (-EINVAL; aio fdsync exists since Linux 4.18) gets one
- * fdatasync() instead, and every later flush on this queue is done with
- * fdatasync() at once, inside this call.
+ * fdatasync() on a helper thread of the offload pool instead, and every
+ * later flush on this queue goes there at once, without trying the
+ * kernel queue; it still takes a slot, and completes from the loop.
  */
 int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req);
 
 void bks_aioq_get_stats(const struct bks_aioq *q, struct bks_aioq_stats *out);
-
-/*
- * The counters of the queue of an aio: layer (for stats).  Returns 0, or
- * -EINVAL if layer is not an aio: layer.
- */
-int bks_aio_layer_stats(struct bks_layer *layer, struct bks_aioq_stats *out);
 
 #endif /* BLKSTACK_AIOQ_H */

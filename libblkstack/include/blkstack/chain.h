@@ -169,8 +169,9 @@ int bks_chain_submit(struct bks_chain *chain, struct bks_req *req);
 /*
  * Block status without a request of one's own, for callers that cannot
  * wait for a completion: only for chains whose layers answer block
- * status before their op returns (every built-in driver does).  It
- * bypasses a drain's parking.  Returns 0 with out and *n filled, -errno,
+ * status before their op returns (ram:, sync:, aio: on a block device;
+ * aio: on a file answers later, from its helper threads).  It bypasses
+ * a drain's parking.  Returns 0 with out and *n filled, -errno,
  * or -EWOULDBLOCK if a layer answers later (the answer is then dropped;
  * a further call until it arrives is -EBUSY).  New code submits
  * BKS_OP_BLOCK_STATUS with bks_chain_submit() instead.

@@ -297,7 +297,8 @@ struct bks_driver_desc {
 	 * uses, e.g. to refuse sharing one between guests.  The parser
 	 * refuses an empty or a relative path for such a layer (a relative
 	 * one would be resolved against whichever directory the opening
-	 * process happens to run in); open it with bks_image_open().
+	 * process happens to run in); open it with bks_image_open()
+	 * (image-file.h).
 	 */
 	bool args_path;
 
@@ -656,47 +657,8 @@ int bks_args_bad_value(const struct bks_args *a, struct bks_error *err,
 int bks_args_size(const struct bks_args *a, uint64_t *out,
 		  struct bks_error *err);
 
-/*
- * Extents of [offset, offset + len) of an open file, from SEEK_DATA and
- * SEEK_HOLE (holes are BKS_EXTENT_HOLE | BKS_EXTENT_ZERO); a block device,
- * or a file system without SEEK_DATA, is all data.  For a sink's
- * block_status op.  Returns 0.
- */
-int bks_fd_extents(int fd, bool is_blk, uint64_t offset, uint64_t len,
-		   struct bks_extent *out, size_t max, size_t *n);
-
-/* An image file or block device opened for a sink: see bks_image_open(). */
-struct bks_image {
-	int fd;		     /* -1 when not open */
-	bool is_blk;	     /* a block device (else a regular file) */
-	uint64_t size;	     /* bytes: never 0, a multiple of block_size */
-	uint32_t block_size; /* a device's logical sector size; 512 for files */
-};
-
-/*
- * Open the image at path for a sink whose args are a path (aio:, sync:):
- * flags is O_RDONLY or O_RDWR, maybe with O_DIRECT (O_CLOEXEC is added).
- * Never blocks: the type is checked on an O_PATH descriptor first, which
- * opens nothing, and the image is then opened with O_NONBLOCK (cleared
- * before returning).  Refuses, with err naming path:
- *   - an empty or a relative path ("must be an absolute path");
- *   - anything but a regular file or a block device ("X is a FIFO, not a
- *     regular file or block device"), before any O_DIRECT open;
- *   - an empty image ("X is empty (0 bytes)"), and one whose size is not
- *     a multiple of its block size (bks_image_check_size());
- *   - a path that changed between the two opens (-EAGAIN).
- * Returns 0 with img filled (close img->fd with close()), or -errno.
- */
-int bks_image_open(struct bks_image *img, const char *path, int flags,
-		   struct bks_error *err);
-
-/*
- * Refuse (-EINVAL, err naming path, the size and block) an image of size
- * bytes that is empty or not a multiple of block: never round it down,
- * which would hide its tail from the guest.  Returns 0 if it is fine.
- */
-int bks_image_check_size(const char *path, uint64_t size, uint32_t block,
-			 struct bks_error *err);
+/* Opening an image file or a block device, and the blocking calls on
+ * it (range ioctls, fallocate, datasync, extents): see image-file.h. */
 
 /*
  * Parse a size: decimal bytes with an optional K, M, G or T suffix (powers

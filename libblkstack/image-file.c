@@ -1,17 +1,21 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * What aio: and sync: share: opening an image file or block device
- * (bks_image_open), and its extents from SEEK_DATA/SEEK_HOLE.
+ * What aio: and sync: share about the image under them: opening and
+ * probing it, the range ioctls, fallocate modes and datasync, and its
+ * extents.  See include/blkstack/image-file.h.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "blkstack/driver.h"
+#include "blkstack/image-file.h"
+
+/* ---- extents ------------------------------------------------------------- */
 
 /* Append [off, off + len) with flags, merging with a like predecessor. */
 static void add(struct bks_extent *out, size_t *n, uint64_t off, uint64_t len,
@@ -28,14 +32,16 @@ static void add(struct bks_extent *out, size_t *n, uint64_t off, uint64_t len,
 	(*n)++;
 }
 
-int bks_fd_extents(int fd, bool is_blk, uint64_t offset, uint64_t len,
-		   struct bks_extent *out, size_t max, size_t *n)
+int bks_image_extents(const struct bks_image *img, uint64_t offset,
+		      uint64_t len, struct bks_extent *out, size_t max,
+		      size_t *n)
 {
 	const uint32_t hole = BKS_EXTENT_HOLE | BKS_EXTENT_ZERO;
 	uint64_t pos = offset, end = offset + len;
+	int fd = img->fd;
 
 	*n = 0;
-	if (is_blk) {
+	if (img->is_blk) {
 		add(out, n, offset, len, 0);
 		return 0;
 	}
@@ -67,6 +73,139 @@ all_data:
 	if (pos < end && *n < max)
 		add(out, n, pos, end - pos, 0);
 	return 0;
+}
+
+int bks_image_block_status(const struct bks_image *img, struct bks_req *req)
+{
+	size_t n = 0;
+	int r = bks_image_extents(img, req->offset, req->len, req->extents,
+				  req->extents_max, &n);
+
+	req->nextents = (uint32_t)n;
+	return r;
+}
+
+/* ---- the blocking calls -------------------------------------------------- */
+
+/* The no_* flags: see image-file.h. */
+static bool refused(const bool *no)
+{
+	return __atomic_load_n(no, __ATOMIC_RELAXED);
+}
+
+static void set_refused(bool *no)
+{
+	__atomic_store_n(no, true, __ATOMIC_RELAXED);
+}
+
+static int range_ioctl(const struct bks_image *img, unsigned long cmd,
+		       uint64_t offset, uint64_t len)
+{
+	uint64_t range[2] = {offset, len};
+
+	return ioctl(img->fd, cmd, range) < 0 ? -errno : 0;
+}
+
+/* fallocate(mode) on the range; remember EOPNOTSUPP in *no. */
+static int falloc(const struct bks_image *img, int mode, uint64_t offset,
+		  uint64_t len, bool *no)
+{
+	if (refused(no))
+		return -EOPNOTSUPP;
+	if (fallocate(img->fd, mode, (off_t)offset, (off_t)len) == 0)
+		return 0;
+	if (errno == EOPNOTSUPP)
+		set_refused(no);
+	return -errno;
+}
+
+int bks_image_datasync(const struct bks_image *img)
+{
+	return fdatasync(img->fd) < 0 ? -errno : 0;
+}
+
+int bks_image_discard(struct bks_image *img, uint64_t offset, uint64_t len)
+{
+	int r;
+
+	if (img->is_blk)
+		r = range_ioctl(img, BLKDISCARD, offset, len);
+	else
+		r = falloc(img, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			   offset, len, &img->no_punch);
+	/* A hint: not doing it is doing it (see image-file.h). */
+	return r == -EOPNOTSUPP ? 0 : r;
+}
+
+int bks_image_zero(struct bks_image *img, uint64_t offset, uint64_t len,
+		   uint32_t flags)
+{
+	const int keep = FALLOC_FL_KEEP_SIZE;
+	int r = -EOPNOTSUPP;
+
+	if (img->is_blk)
+		return range_ioctl(img, BLKZEROOUT, offset, len);
+	/* A hole reads as zeroes and is the cheapest way there. */
+	if (!(flags & BKS_REQ_NO_HOLE))
+		r = falloc(img, FALLOC_FL_PUNCH_HOLE | keep, offset, len,
+			   &img->no_punch);
+	/* Zeroed and allocated: what NO_HOLE asks for. */
+	if (r == -EOPNOTSUPP)
+		r = falloc(img, FALLOC_FL_ZERO_RANGE | keep, offset, len,
+			   &img->no_zero_range);
+	return r;
+}
+
+int bks_image_zero_realloc(struct bks_image *img, uint64_t offset, uint64_t len)
+{
+	const int keep = FALLOC_FL_KEEP_SIZE;
+	int r;
+
+	/* Known not to work: do not punch a hole that stays one. */
+	if (refused(&img->no_punch) || refused(&img->no_alloc))
+		return -EOPNOTSUPP;
+	r = falloc(img, FALLOC_FL_PUNCH_HOLE | keep, offset, len,
+		   &img->no_punch);
+	if (r == 0)
+		r = falloc(img, keep, offset, len, &img->no_alloc);
+	return r;
+}
+
+/* ---- probing ------------------------------------------------------------- */
+
+void bks_image_info(const struct bks_image *img, uint32_t block_size,
+		    bool read_only, struct bks_info *info)
+{
+	info->size = img->size;
+	info->block_size = block_size;
+	info->max_io = 0;
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
+	info->read_only = read_only;
+	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_WRITE) |
+		    BKS_OPF(BKS_OP_FLUSH) | BKS_OPF(BKS_OP_DISCARD) |
+		    BKS_OPF(BKS_OP_WRITE_ZEROES);
+	info->can_fua = true;
+	info->zero_no_hole = true;
+}
+
+void bks_image_dio_align(const struct bks_image *img, uint32_t *offset_align,
+			 uint32_t *mem_align)
+{
+#ifdef STATX_DIOALIGN
+	struct statx stx;
+
+	if (statx(img->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+	    (stx.stx_mask & STATX_DIOALIGN)) {
+		*offset_align = stx.stx_dio_offset_align;
+		*mem_align = stx.stx_dio_mem_align;
+		return;
+	}
+#else
+	(void)img;
+#endif
+	*offset_align = 0;
+	*mem_align = 0;
 }
 
 /* ---- opening images ------------------------------------------------------ */
@@ -199,9 +338,14 @@ int bks_image_open(struct bks_image *img, const char *path, int flags,
 out:
 	if (pfd >= 0)
 		close(pfd);
-	if (rc < 0 && img->fd >= 0) {
-		close(img->fd);
-		img->fd = -1;
-	}
+	if (rc < 0)
+		bks_image_close(img);
 	return rc;
+}
+
+void bks_image_close(struct bks_image *img)
+{
+	if (img->fd >= 0)
+		close(img->fd);
+	img->fd = -1;
 }
