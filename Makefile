@@ -47,10 +47,17 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LIB     := $(B)/lib/libblkstack.a
 
 # ---- helpers ---------------------------------------------------------------
+# The control client library (helpers/common/): blkstack-ctl and the
+# hotplug helper start, stop, list and talk to workers with it.
+CTLLIB_SRC := helpers/common/ctl-client.c helpers/common/worker-live.c \
+              helpers/common/worker-run.c helpers/common/worker-list.c \
+              helpers/common/child.c helpers/common/lockfile.c \
+              helpers/common/sibling.c helpers/common/json.c \
+              helpers/common/worker-name.c
 HP_SRC  := helpers/hotplug/hp-env.c helpers/hotplug/hp-xs.c \
            helpers/hotplug/hp-dev.c helpers/hotplug/hp-share.c \
            helpers/hotplug/hp-conf.c helpers/hotplug/hp-policy.c \
-           helpers/common/worker-name.c
+           helpers/common/worker-name.c $(CTLLIB_SRC)
 HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
 HOTPLUG := $(B)/bin/blkstack-hotplug
 SCRIPT  := $(B)/hotplug/block-stack
@@ -74,8 +81,7 @@ TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
 # ---- blkstack-ctl (1/2: variables, before 'all') ---------------------------
 # blkstack-ctl shares helpers/common/ with the worker.
 CTL     := $(B)/bin/blkstack-ctl
-CTL_OBJ := $(B)/obj/helpers/ctl/blkstack-ctl.o $(B)/obj/helpers/common/json.o \
-           $(B)/obj/helpers/common/worker-name.o
+CTL_OBJ := $(B)/obj/helpers/ctl/blkstack-ctl.o $(CTLLIB_SRC:%.c=$(B)/obj/%.o)
 PROGRAMS += $(CTL)
 # ---- end of blkstack-ctl (1/2) ---------------------------------------------
 

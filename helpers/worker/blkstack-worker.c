@@ -37,10 +37,10 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "rundir.h"
 #include "worker.h"
 
-#define PROG	       "blkstack-worker"
-#define DEFAULT_RUNDIR "/run/blkstack"
+#define PROG "blkstack-worker"
 /* How long shutdown waits for clients to take their last replies. */
 #define STOP_TIMEOUT_NS (30ull * 1000000000ull)
 
@@ -475,13 +475,20 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 /* Tell the starter how start-up went, and let go of the fd. */
 static void report_ready(int fd, const struct bks_error *err)
 {
-	char line[BKS_ERROR_MSG_MAX + 16];
+	char line[BKS_ERROR_MSG_MAX + 64];
 	int n;
 
 	if (fd < 0)
 		return;
+	/*
+	 * The errno on a line of its own: a starter that reads one line
+	 * still gets the message (docs/control-protocol.txt, "Readiness").
+	 */
 	if (err)
-		n = snprintf(line, sizeof(line), "error: %s\n", err->msg);
+		n = snprintf(
+		    line, sizeof(line), "error: %s\nerrno: %s\n", err->msg,
+		    strerrorname_np(err->code) ? strerrorname_np(err->code)
+					       : "EIO");
 	else
 		n = snprintf(line, sizeof(line), "ok\n");
 	if (n > 0 && write(fd, line, (size_t)n) < 0) {

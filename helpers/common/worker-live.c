@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Is a worker alive: the holder of its lock file (worker-live.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "rundir.h"
+#include "worker-live.h"
+
+/* Read a small file whole (NUL-terminated): its length or -errno. */
+static int read_small(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	size_t len = 0;
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t n = read(fd, buf + len, size - 1 - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+
+			close(fd);
+			return -e;
+		}
+		if (n == 0 || (len += (size_t)n) == size - 1)
+			break;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return (int)len;
+}
+
+/*
+ * /proc/PID/stat: its state letter into *state and field 22 (the start
+ * time) into *start.  Returns 0, or -ESRCH if the process is gone.
+ */
+static int proc_stat(pid_t pid, char *state, unsigned long long *start)
+{
+	char path[64], buf[1024], *p;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (read_small(path, buf, sizeof(buf)) < 0)
+		return -ESRCH;
+	/* "PID (COMM) S ...": COMM may hold ')', so the last one. */
+	p = strrchr(buf, ')');
+	if (!p || p[1] != ' ' || !p[2])
+		return -ESRCH;
+	*state = p[2];
+	p += 2;
+	for (int field = 3; field < 22; field++) {
+		p = strchr(p, ' ');
+		if (!p)
+			return -ESRCH;
+		p++;
+	}
+	return sscanf(p, "%llu", start) == 1 ? 0 : -ESRCH;
+}
+
+/*
+ * Does pid have (dev, ino) open?  1 yes, 0 no, -EACCES if its
+ * descriptors may not be read.
+ */
+static int holds(pid_t pid, dev_t dev, ino_t ino)
+{
+	char dir[64], p[384];
+	struct dirent *de;
+	int found = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	d = opendir(dir);
+	if (!d)
+		return errno == EACCES || errno == EPERM ? -EACCES : 0;
+	while (!found && (de = readdir(d))) {
+		struct stat st;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+		found =
+		    stat(p, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+	}
+	closedir(d);
+	return found;
+}
+
+int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
+{
+	char path[PATH_MAX + 16], buf[32], *end, state = '?';
+	unsigned long long start = 0;
+	struct stat lk;
+	long v;
+	int n;
+
+	p->pid = 0;
+	p->start = 0;
+	p->file_pid = 0;
+	if (snprintf(path, sizeof(path), "%s/" WORKER_FILE_PID, wdir) >=
+	    (int)sizeof(path))
+		return bks_error_setmsg(err, ENAMETOOLONG, "%s/pid: too long",
+					wdir);
+	n = read_small(path, buf, sizeof(buf));
+	if (n == -ENOENT)
+		return bks_error_setmsg(err, ESRCH,
+					"no worker in %s (no pid file)", wdir);
+	if (n < 0)
+		return bks_error_set(err, -n, "read %s", path);
+	buf[strcspn(buf, "\n")] = '\0';
+	errno = 0;
+	v = strtol(buf, &end, 10);
+	if (errno || end == buf || *end || v <= 0 || v > INT_MAX)
+		return bks_error_setmsg(err, EINVAL, "%s: not a pid", path);
+	p->file_pid = (pid_t)v;
+	snprintf(path, sizeof(path), "%s/" WORKER_FILE_LOCK, wdir);
+	if (stat(path, &lk) < 0)
+		return bks_error_setmsg(err, ESRCH, "no worker in %s (no lock)",
+					wdir);
+	if (proc_stat((pid_t)v, &state, &start) < 0 || state == 'Z' ||
+	    state == 'X')
+		return bks_error_setmsg(
+		    err, ESRCH, "no worker in %s (pid %ld is gone)", wdir, v);
+	/* The pid may have been recycled: the worker is who holds its lock. */
+	n = holds((pid_t)v, lk.st_dev, lk.st_ino);
+	if (n == 0)
+		return bks_error_setmsg(err, ESRCH,
+					"no worker in %s (pid %ld does not "
+					"hold its lock)",
+					wdir, v);
+	/* n < 0: another user's process, alive; it may well be the worker. */
+	p->pid = (pid_t)v;
+	p->start = start;
+	return 0;
+}
+
+int worker_pidfd(const struct worker_proc *p)
+{
+	unsigned long long start = 0;
+	char state = '?';
+	int fd = pidfd_open(p->pid, 0);
+
+	if (fd < 0)
+		return -errno;
+	if (proc_stat(p->pid, &state, &start) < 0 || start != p->start ||
+	    state == 'Z' || state == 'X') {
+		close(fd);
+		return -ESRCH;
+	}
+	return fd;
+}
