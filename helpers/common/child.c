@@ -29,19 +29,51 @@ int pidfd_wait(int pidfd, int timeout_ms)
 	}
 }
 
+/*
+ * Without pidfds (old kernels, valgrind): look every 10 ms until the
+ * deadline.  Returns 1 once reaped (*st filled), 0 at the deadline, or
+ * -errno.
+ */
+static int reap_by_looking(pid_t pid, int timeout_ms, int *st)
+{
+	uint64_t deadline = deadline_in(timeout_ms);
+
+	for (;;) {
+		pid_t r = waitpid(pid, st, WNOHANG);
+		int left;
+
+		if (r == pid)
+			return 1;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		left = ms_left(deadline);
+		if (left == 0)
+			return 0;
+		poll(NULL, 0, left < 10 ? left : 10);
+	}
+}
+
 int child_reap(pid_t pid, int timeout_ms, int *status)
 {
-	int pidfd = pidfd_open(pid, 0), st = 0;
+	int pidfd = pidfd_open(pid, 0), st = 0, rc;
 
 	if (pidfd >= 0) {
 		if (pidfd_wait(pidfd, timeout_ms) == -ETIMEDOUT)
 			kill(pid, SIGKILL);
 		close(pidfd);
+	} else {
+		rc = reap_by_looking(pid, timeout_ms, &st);
+		if (rc < 0)
+			return rc;
+		if (rc == 1)
+			goto out;
+		kill(pid, SIGKILL);
 	}
 	while (waitpid(pid, &st, 0) < 0) {
 		if (errno != EINTR)
 			return -errno;
 	}
+out:
 	if (status)
 		*status = st;
 	return 0;

@@ -17,9 +17,9 @@ int pidfd_wait(int pidfd, int timeout_ms);
 
 /*
  * Reap our child pid: wait up to timeout_ms for it to exit (on a pidfd;
- * without pidfds, waitpid waits as long as it takes), SIGKILL it if it
- * has not, and collect its status into *status (may be NULL).  Returns 0,
- * or -errno from waitpid (-ECHILD: not our child, or reaped already).
+ * without pidfds, by looking every 10 ms), SIGKILL it if it has not, and
+ * collect its status into *status (may be NULL).  Returns 0, or -errno
+ * from waitpid (-ECHILD: not our child, or reaped already).
  */
 int child_reap(pid_t pid, int timeout_ms, int *status);
 

@@ -25,13 +25,13 @@ void worker_status(const char *rundir, const char *name, int timeout_ms,
 	snprintf(st->name, sizeof(st->name), "%.*s", WORKER_NAME_MAX, name);
 	if (snprintf(wdir, sizeof(wdir), "%s/%s", rundir, name) >=
 	    (int)sizeof(wdir)) {
-		st->state = "dead";
+		snprintf(st->state, sizeof(st->state), "dead");
 		snprintf(st->why, sizeof(st->why), "path too long");
 		return;
 	}
 	rc = worker_live(wdir, &p, &err);
 	if (rc < 0) {
-		st->state = "dead";
+		snprintf(st->state, sizeof(st->state), "dead");
 		st->pid = p.file_pid;
 		if (p.file_pid)
 			snprintf(st->why, sizeof(st->why), "stale pid %d",
@@ -47,7 +47,7 @@ void worker_status(const char *rundir, const char *name, int timeout_ms,
 	if (rc == 0)
 		rc = ctl_client_call(&cl, "info", &err);
 	if (rc < 0) {
-		st->state = "unreachable";
+		snprintf(st->state, sizeof(st->state), "unreachable");
 		snprintf(st->why, sizeof(st->why), "%s", err.msg);
 		ctl_client_close(&cl);
 		return;
@@ -56,8 +56,7 @@ void worker_status(const char *rundir, const char *name, int timeout_ms,
 	st->size = ctl_reply_u64(&cl, 0, "size");
 	st->read_only =
 	    json_is_true(&cl.doc, json_get(&cl.doc, 0, "read_only"));
-	ctl_reply_str(&cl, 0, "state", st->state_buf, sizeof(st->state_buf));
-	st->state = st->state_buf;
+	ctl_reply_str(&cl, 0, "state", st->state, sizeof(st->state));
 	ctl_reply_str(&cl, 0, "chain", st->chain, sizeof(st->chain));
 	ctl_client_close(&cl);
 }

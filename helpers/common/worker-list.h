@@ -21,9 +21,8 @@
 /* One worker directory. */
 struct worker_status {
 	char name[WORKER_NAME_MAX + 1];
-	pid_t pid;	   /* the live worker's, or the stale one; 0: none */
-	const char *state; /* "running", ..., or "dead", "unreachable" */
-	char state_buf[32];
+	pid_t pid;	/* the live worker's, or the stale one; 0: none */
+	char state[32]; /* "running", ..., or "dead", "unreachable" */
 	char chain[BKS_CHAIN_STR_MAX + 1]; /* live only */
 	uint64_t size;			   /* live only */
 	bool read_only;			   /* live only */

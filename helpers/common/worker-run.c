@@ -125,6 +125,9 @@ static int spawn_worker(const struct worker_spec *s, int ready_fd, pid_t *pid,
 	const char *argv[12];
 	int argc = 0, rc;
 
+	/* Said here, whether posix_spawn would say it or the child's exit. */
+	if (access(s->exe, X_OK) < 0)
+		return bks_error_set(err, errno, "start %s", s->exe);
 	snprintf(fdstr, sizeof(fdstr), "%d", ready_fd);
 	argv[argc++] = s->exe;
 	argv[argc++] = "--name";
