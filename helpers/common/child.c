@@ -39,13 +39,10 @@ static int reap_by_looking(pid_t pid, int timeout_ms, int *st)
 	uint64_t deadline = deadline_in(timeout_ms);
 
 	for (;;) {
-		pid_t r = waitpid(pid, st, WNOHANG);
-		int left;
+		int rc = child_try_reap(pid, st), left;
 
-		if (r == pid)
-			return 1;
-		if (r < 0 && errno != EINTR)
-			return -errno;
+		if (rc != 0)
+			return rc;
 		left = ms_left(deadline);
 		if (left == 0)
 			return 0;
@@ -69,14 +66,33 @@ int child_reap(pid_t pid, int timeout_ms, int *status)
 			goto out;
 		kill(pid, SIGKILL);
 	}
-	while (waitpid(pid, &st, 0) < 0) {
-		if (errno != EINTR)
-			return -errno;
-	}
+	rc = child_wait(pid, &st);
+	if (rc < 0)
+		return rc;
 out:
 	if (status)
 		*status = st;
 	return 0;
+}
+
+int child_wait(pid_t pid, int *status)
+{
+	while (waitpid(pid, status, 0) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+int child_try_reap(pid_t pid, int *status)
+{
+	pid_t r;
+
+	while ((r = waitpid(pid, status, WNOHANG)) < 0 && errno == EINTR)
+		;
+	if (r < 0)
+		return -errno;
+	return r == pid;
 }
 
 void child_describe(int status, char *buf, size_t size)

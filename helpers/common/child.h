@@ -23,6 +23,19 @@ int pidfd_wait(int pidfd, int timeout_ms);
  */
 int child_reap(pid_t pid, int timeout_ms, int *status);
 
+/*
+ * Reap our child pid, waiting as long as it takes (for a child that is
+ * known to end: killed, or bounded by itself).  status may be NULL.
+ * Returns 0 or -errno from waitpid.
+ */
+int child_wait(pid_t pid, int *status);
+
+/*
+ * Reap our child pid if it has exited, without waiting.  Returns 1 if it
+ * was reaped, 0 if it still runs, or -errno (-ECHILD: not our child).
+ */
+int child_try_reap(pid_t pid, int *status);
+
 /* "exited with status 3", "killed by signal 9 (Killed)". */
 void child_describe(int status, char *buf, size_t size);
 

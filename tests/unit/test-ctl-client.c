@@ -481,6 +481,17 @@ static void test_child_reap(void **state)
 	assert_int_equal(child_reap(pid, 5000, &status), 0);
 	child_describe(status, how, sizeof(how));
 	assert_string_equal(how, "exited with status 3");
+
+	/* Without waiting: still running, then gone. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		child_sleep();
+	assert_int_equal(child_try_reap(pid, &status), 0);
+	assert_int_equal(kill(pid, SIGTERM), 0);
+	assert_int_equal(child_wait(pid, &status), 0);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+	assert_int_equal(child_try_reap(pid, &status), -ECHILD);
 }
 
 int main(int argc, char **argv)
