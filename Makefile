@@ -35,145 +35,177 @@ XS_LIBS     = $(shell $(PKG_CONFIG) --libs xenstore)
 SHIM_CFLAGS = $(shell $(PKG_CONFIG) --cflags xencontrol xenevtchn xengnttab)
 CMOCKA_CFLAGS = $(shell $(PKG_CONFIG) --cflags cmocka)
 CMOCKA_LIBS = $(shell $(PKG_CONFIG) --libs cmocka)
-# libaio ships no .pc file.
-AIO_LIBS   := -laio
 
 B := build
 
-# ---- the library -----------------------------------------------------------
-LIB_SRC := $(wildcard libblkstack/*.c libblkstack/drivers/*.c \
-             libblkstack/export/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
-LIB     := $(B)/lib/libblkstack.a
-
-# ---- helpers ---------------------------------------------------------------
-# The control client library (helpers/common/): blkstack-ctl and the
-# hotplug helper start, stop, list and talk to workers with it.
-CTLLIB_SRC := helpers/common/ctl-client.c helpers/common/worker-live.c \
-              helpers/common/worker-run.c helpers/common/worker-list.c \
-              helpers/common/child.c helpers/common/lockfile.c \
-              helpers/common/sibling.c helpers/common/json.c \
-              helpers/common/worker-name.c
-HP_SRC  := helpers/hotplug/hp-env.c helpers/hotplug/hp-xs.c \
-           helpers/hotplug/hp-dev.c helpers/hotplug/hp-share.c \
-           helpers/hotplug/hp-conf.c helpers/hotplug/hp-policy.c \
-           helpers/common/worker-name.c $(CTLLIB_SRC)
-HP_OBJ  := $(HP_SRC:%.c=$(B)/obj/%.o)
-HOTPLUG := $(B)/bin/blkstack-hotplug
-SCRIPT  := $(B)/hotplug/block-stack
-
-# ---- tests -----------------------------------------------------------------
-SHIM      := $(B)/tests/xsd-shim.so
-TOOLSTACK := $(B)/tests/xs-toolstack
-UNIT_SRC  := $(wildcard tests/unit/test-*.c)
-UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
-
-WORKER  := $(B)/bin/blkstack-worker
-WORKER_SRC := helpers/worker/blkstack-worker.c helpers/worker/worker-ctl.c \
-              helpers/common/json.c helpers/common/worker-name.c
-PROGRAMS := $(HOTPLUG) $(WORKER)
-FUZZ_CC   ?= clang
-FUZZ_TIME ?= 60
-FUZZ_BIN  := $(B)/fuzz/fuzz-chain-parse
-
-TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN)
-
-# ---- blkstack-ctl (1/2: variables, before 'all') ---------------------------
-# blkstack-ctl shares helpers/common/ with the worker.
-CTL     := $(B)/bin/blkstack-ctl
-CTL_OBJ := $(B)/obj/helpers/ctl/blkstack-ctl.o $(CTLLIB_SRC:%.c=$(B)/obj/%.o)
-PROGRAMS += $(CTL)
-# ---- end of blkstack-ctl (1/2) ---------------------------------------------
-
-# ---- hp-dev (1/2: variables, before 'tests') --------------------------------
-# helpers/hotplug/hp-dev.c uses libnl-genl-3 (the kernel NBD client's netlink).
-# Everything that links hp-dev.o gets NL_LIBS: the hotplug helper and the
-# unit tests (through HP_OBJ) by the target-specific appends below.
-NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
-NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
-$(B)/obj/helpers/hotplug/hp-dev.o: CPPFLAGS += $(NL_CFLAGS)
-$(HOTPLUG): XS_LIBS += $(NL_LIBS)
-$(B)/tests/unit/%: XS_LIBS += $(NL_LIBS)
-# build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.c for tests/bats/dev.bats.
-HPDEV_TOOL := $(B)/tests/hp-dev-tool
-TEST_BIN   += $(HPDEV_TOOL)
-# ---- end of hp-dev (1/2) ----------------------------------------------------
-
+# 'make' builds everything; rules may follow the variables they use.
+.DEFAULT_GOAL := all
 .PHONY: all tests deps lint format check demo install uninstall clean
 .DELETE_ON_ERROR:
+.SECONDEXPANSION:
 
-all: $(LIB) $(PROGRAMS) $(SCRIPT)
-
-tests: all $(TEST_BIN)
-
-# A program's own folder and helpers/common/ are on its include path.
-HELPER_INC := -Ihelpers/common -Ihelpers/hotplug
-$(B)/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
+# ---- compiling: one rule, dependency tracking for everything ----------------
+# Every C file compiles to $(B)/obj/<its path>.o with -MMD -MP; the .d files
+# are included at the end, so touching a header rebuilds what includes it.
 $(B)/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -MMD -MP -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+# A program's own folder and helpers/common/ are on its include path; tests
+# of helper code get the helper folders (HELPER_INC).
+$(B)/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
+HELPER_INC := -Ihelpers/common -Ihelpers/hotplug -Ihelpers/worker
+
+# ---- linking: one recipe for every binary -----------------------------------
+# $(call link,LIBS): the rule's objects and archives, in prerequisite order,
+# then LIBS (the binary's own libraries, nothing else).
+define link
+@mkdir -p $(@D)
+$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(1)
+endef
+
+# $(call objs,SOURCES): their objects.
+objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
+
+# Libraries, each only on what links the code that needs it.
+# libaio (no .pc file): the aio driver, in libblkstack.a; LIB_LIBS is what
+# linking $(LIB) needs.
+AIO_LIBS   := -laio
+LIB_LIBS    = $(AIO_LIBS)
+# libnl-genl-3: the kernel NBD client's netlink, helpers/hotplug/
+# dev-nbd-kernel.c, and nothing else: what links it adds NL_LIBS.
+NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
+NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
+$(B)/obj/helpers/hotplug/dev-nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
+$(B)/obj/helpers/hotplug/%.o: CPPFLAGS += $(XS_CFLAGS)
+
+# The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c, its dev-*.c
+# pieces and hp-conf.c; they include the netlink code (NL_LIBS).
+HP_DEV_OBJ := $(call objs,helpers/hotplug/hp-dev.c \
+                $(sort $(wildcard helpers/hotplug/dev-*.c)) \
+                helpers/hotplug/hp-conf.c)
+
+# ---- the library: every .c under libblkstack/, sub-folders too --------------
+LIB_SRC := $(sort $(shell find libblkstack -name '*.c'))
+LIB_OBJ := $(call objs,$(LIB_SRC))
+LIB     := $(B)/lib/libblkstack.a
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-HOTPLUG_OBJ := $(B)/obj/helpers/hotplug/blkstack-hotplug.o \
-               $(B)/obj/helpers/hotplug/hp-actions.o
-# The installed hotplug helper finds blkstack-ctl here (or beside itself).
+# ---- helpers/common/: what the programs share, as an archive ----------------
+# A program links it whole; the linker takes only the members it uses.
+COMMON_SRC := $(sort $(wildcard helpers/common/*.c))
+COMMON     := $(B)/lib/libhelpers-common.a
+
+$(COMMON): $(call objs,$(COMMON_SRC))
+	@mkdir -p $(@D)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+# ---- the programs: an object list and a library list each -------------------
+HOTPLUG      := $(B)/bin/blkstack-hotplug
+HOTPLUG_OBJ  := $(call objs,$(sort $(wildcard helpers/hotplug/*.c))) \
+                $(COMMON) $(LIB)
+HOTPLUG_LIBS  = $(XS_LIBS) $(NL_LIBS) $(LIB_LIBS)
+# The installed hotplug helper finds blkstack-worker here (or beside itself).
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
-$(HOTPLUG): $(HOTPLUG_OBJ) $(HP_OBJ) $(LIB)
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(XS_LIBS) $(AIO_LIBS)
 
-$(WORKER): $(WORKER_SRC:%.c=$(B)/obj/%.o) $(LIB)
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
+WORKER       := $(B)/bin/blkstack-worker
+WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
+                $(COMMON) $(LIB)
+WORKER_LIBS   = $(LIB_LIBS)
 
-# ---- blkstack-ctl (2/2: the rule, after 'all', the default goal) ----------
-$(CTL): $(CTL_OBJ) $(LIB)
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(AIO_LIBS)
+CTL          := $(B)/bin/blkstack-ctl
+CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
+                $(COMMON) $(LIB)
+CTL_LIBS      = $(LIB_LIBS)
 
-# The JSON unit test links the helper's json.o (added to the rule's $^).
-$(B)/tests/unit/test-json: $(B)/obj/helpers/common/json.o
-# ---- end of blkstack-ctl (2/2) ---------------------------------------------
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
 
-# ---- hp-dev (2/2: the test tool's rule, after 'all') ------------------------
-$(HPDEV_TOOL): tests/dev/hp-dev-tool.c $(B)/obj/helpers/hotplug/hp-dev.o \
-               $(B)/obj/helpers/hotplug/hp-conf.o $(LIB)
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(HELPER_INC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(NL_LIBS)
-# ---- end of hp-dev (2/2) ----------------------------------------------------
+$(HOTPLUG): $(HOTPLUG_OBJ)
+	$(call link,$(HOTPLUG_LIBS))
+$(WORKER): $(WORKER_OBJ)
+	$(call link,$(WORKER_LIBS))
+$(CTL): $(CTL_OBJ)
+	$(call link,$(CTL_LIBS))
 
 # The in-tree copy of the hotplug script points at build/bin.
+SCRIPT  := $(B)/hotplug/block-stack
 $(SCRIPT): hotplug/block-stack
 	@mkdir -p $(@D)
 	sed 's|@HELPERDIR@|$(abspath $(B)/bin)|' $< >$@
 	chmod 0755 $@
 
-$(SHIM): tests/xenstored/xsd-shim.c
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(SHIM_CFLAGS) -fPIC -shared -o $@ $< -ldl
+all: $(LIB) $(PROGRAMS) $(SCRIPT)
 
-$(TOOLSTACK): $(wildcard tests/toolstack/*.c tests/toolstack/*.h)
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(XS_CFLAGS) -o $@ $(filter %.c,$^) $(XS_LIBS)
+# ---- tests -----------------------------------------------------------------
+# The harness xenstored's shim (LD_PRELOADed into xenstored).
+SHIM      := $(B)/tests/xsd-shim.so
+SHIM_OBJ  := $(B)/obj/tests/xenstored/xsd-shim.o
+$(SHIM_OBJ): CPPFLAGS += $(SHIM_CFLAGS)
+$(SHIM_OBJ): ALL_CFLAGS += -fPIC
+$(SHIM): $(SHIM_OBJ)
+	$(call link,-shared -ldl)
 
-# A unit test may add link flags with UNIT_LDFLAGS_<name> (e.g. --wrap).
-UNIT_LDFLAGS_test-aioq := -Wl,--wrap=malloc -Wl,--wrap=calloc \
-                          -Wl,--wrap=realloc -Wl,--wrap=free
-$(B)/tests/unit/%: tests/unit/%.c $(HP_OBJ) $(LIB)
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(HELPER_INC) -Itests/unit $(ALL_CFLAGS) $(CMOCKA_CFLAGS) \
-		$(XS_CFLAGS) -o $@ $^ $(UNIT_LDFLAGS_$(*F)) $(CMOCKA_LIBS) \
-		$(XS_LIBS) $(AIO_LIBS)
+# The toolstack driver: every .c in tests/toolstack/.
+TOOLSTACK     := $(B)/tests/xs-toolstack
+TOOLSTACK_OBJ := $(call objs,$(sort $(wildcard tests/toolstack/*.c)))
+$(B)/obj/tests/toolstack/%.o: CPPFLAGS += $(XS_CFLAGS)
+$(TOOLSTACK): $(TOOLSTACK_OBJ)
+	$(call link,$(XS_LIBS))
+
+# build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.h for tests/bats/dev.bats.
+HPDEV_TOOL     := $(B)/tests/hp-dev-tool
+HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(COMMON) $(LIB)
+$(B)/obj/tests/dev/%.o: CPPFLAGS += $(HELPER_INC)
+$(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
+	$(call link,$(NL_LIBS) $(LIB_LIBS))
+
+# Unit tests: tests/unit/test-NAME.c links libblkstack.a and, if it tests
+# helper code, the helper objects in UNIT_OBJ_test-NAME (default none) and
+# their libraries in UNIT_LIBS_test-NAME; UNIT_LDFLAGS_test-NAME adds link
+# flags (e.g. --wrap).  A new test of the library needs no line here.
+UNIT_SRC  := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
+$(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
+
+# test-hp-dev: the record and the choice, no devices (no netlink).
+UNIT_OBJ_test-hp-dev    := $(addprefix $(B)/obj/helpers/hotplug/, \
+                             dev-record.o dev-choose.o hp-conf.o) $(COMMON)
+UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
+UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
+                             hp-share.o hp-conf.o hp-policy.o) $(COMMON)
+UNIT_OBJ_test-json      := $(COMMON)
+# test-ctl-client: the control client library, against real workers.
+UNIT_OBJ_test-ctl-client := $(COMMON)
+UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
+UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
+                           -Wl,--wrap=realloc -Wl,--wrap=free
+
+$(B)/tests/unit/%: $(B)/obj/tests/unit/%.o $$(UNIT_OBJ_$$*) $(LIB)
+	$(call link,$(UNIT_LDFLAGS_$*) $(UNIT_LIBS_$*) $(CMOCKA_LIBS) $(LIB_LIBS))
 
 # ---- fuzzing (clang, libFuzzer) ---------------------------------------------
-$(FUZZ_BIN): tests/fuzz/fuzz-chain-parse.c $(LIB_SRC)
+# The parser's fuzz target with the whole library, instrumented: objects in
+# $(B)/fuzz/obj/, tracked like the others.
+FUZZ_CC     ?= clang
+FUZZ_TIME   ?= 60
+FUZZ_BIN    := $(B)/fuzz/fuzz-chain-parse
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_OBJ    := $(patsubst %.c,$(B)/fuzz/obj/%.o,tests/fuzz/fuzz-chain-parse.c \
+                 $(LIB_SRC))
+
+$(B)/fuzz/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=undefined -o $@ $^ $(AIO_LIBS)
+	$(FUZZ_CC) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer-no-link $(FUZZ_SAN) \
+		-MMD -MP -c -o $@ $<
+
+$(FUZZ_BIN): $(FUZZ_OBJ)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LIB_LIBS)
 
 # make fuzz: FUZZ_TIME seconds on a scratch copy of the seed corpus.
 .PHONY: fuzz
@@ -181,6 +213,10 @@ fuzz: $(FUZZ_BIN)
 	rm -rf $(B)/fuzz/corpus && cp -r tests/fuzz/corpus-chain $(B)/fuzz/corpus
 	$(FUZZ_BIN) -max_total_time=$(FUZZ_TIME) -max_len=8192 \
 		$(B)/fuzz/corpus tests/fuzz/corpus-chain
+
+TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN) $(HPDEV_TOOL)
+
+tests: all $(TEST_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
@@ -198,13 +234,8 @@ deps:
 # ---- checks ----------------------------------------------------------------
 SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
-C_FILES     := $(wildcard libblkstack/*.c libblkstack/*.h \
-               libblkstack/drivers/*.c libblkstack/include/blkstack/*.h \
-               libblkstack/export/*.c libblkstack/export/*.h \
-               helpers/*/*.c helpers/*/*.h tests/unit/*.c tests/unit/*.h \
-               tests/toolstack/*.c tests/toolstack/*.h tests/xenstored/*.c \
-               tests/dev/*.c \
-               tests/fuzz/*.c)
+# Every C source and header of the tree (tests/xen/bks-records.c too).
+C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
 lint:
 	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)
@@ -234,8 +265,6 @@ XEN_IMG := $(B)/xen/dom0.cpio.gz
 XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
                    tests/xen/dom0-test.sh tests/xen/guest-init \
                    tests/xen/test-bootloader
-# bks-records.c (the migration items' record writer) goes to clang-format.
-C_FILES += $(wildcard tests/xen/*.c)
 .PHONY: deps-xen check-xen
 
 deps-xen:
@@ -281,4 +310,4 @@ uninstall:
 clean:
 	rm -rf $(B)
 
--include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(B)/obj $(B)/fuzz/obj -name '*.d' 2>/dev/null)

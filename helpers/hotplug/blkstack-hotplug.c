@@ -18,64 +18,10 @@
 #include <unistd.h>
 
 #include "blkstack/error.h"
+#include "hp-error.h"
 #include "hp.h"
 
 #define PROG "blkstack-hotplug"
-
-/* base + "/" + name into buf.  Returns 0 or -ENAMETOOLONG with err set. */
-int hp_child_path(char *buf, size_t size, const char *base, const char *name,
-		  struct bks_error *err)
-{
-	int n = snprintf(buf, size, "%s/%s", base, name);
-
-	if (n < 0 || (size_t)n >= size)
-		return bks_error_setmsg(err, ENAMETOOLONG,
-					"xenstore path %s/%s is too long", base,
-					name);
-	return 0;
-}
-
-/*
- * The directories that get our hotplug-error node: HOTPLUG_PATH (v2),
- * also BACKEND_PATH where the action has it (libxl reads the node there),
- * and XENBUS_PATH in v1.  Fills dirs and returns how many.
- */
-static int error_dirs(const struct hp *hp, const char *dirs[2])
-{
-	int n = 0;
-
-	if (hp->env.iface == HP_IFACE_V2) {
-		dirs[n++] = hp->env.hotplug_path;
-		if (hp->env.backend_path && !hp->backend_foreign)
-			dirs[n++] = hp->env.backend_path;
-	} else if (!hp->backend_foreign) {
-		dirs[n++] = hp->env.xenbus_path;
-	}
-	return n;
-}
-
-/*
- * Transaction body run by a successful action: remove a hotplug-error
- * left by an earlier failed attempt, so that a retried action leaves the
- * same state as a first successful one.
- */
-int hp_clear_stale_error(struct hp *hp, xs_transaction_t t)
-{
-	char path[HP_PATH_BUF];
-	const char *dirs[2];
-	int n = error_dirs(hp, dirs), rc;
-
-	for (int i = 0; i < n; i++) {
-		rc = hp_child_path(path, sizeof(path), dirs[i], "hotplug-error",
-				   &hp->err);
-		if (rc < 0)
-			return rc;
-		rc = hp_xs_rm(hp->xs, t, path, &hp->err);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
 
 /* ---- version ----------------------------------------------------------- */
 
@@ -124,43 +70,6 @@ static hp_action_fn *const handlers[] = {
 
 /* ---- failure reporting ------------------------------------------------- */
 
-struct error_note {
-	struct hp *hp;
-	const char *msg;
-};
-
-static int error_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
-		     struct bks_error *err)
-{
-	struct error_note *note = arg;
-	char path[HP_PATH_BUF];
-	const char *dirs[2];
-	int n = error_dirs(note->hp, dirs), rc;
-
-	for (int i = 0; i < n; i++) {
-		/* Never create a directory the toolstack did not make. */
-		rc = hp_xs_exists(xs, t, dirs[i], err);
-		if (rc <= 0)
-			continue;
-		rc = hp_child_path(path, sizeof(path), dirs[i], "hotplug-error",
-				   err);
-		if (rc == 0)
-			rc = hp_xs_write(xs, t, path, note->msg, err);
-		if (rc < 0)
-			return rc;
-		if (note->hp->env.iface != HP_IFACE_V1)
-			continue;
-		/* v1: as Xen's own scripts do, for udev-style waiters. */
-		rc = hp_child_path(path, sizeof(path), dirs[i],
-				   "hotplug-status", err);
-		if (rc == 0)
-			rc = hp_xs_write(xs, t, path, "error", err);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
-
 /* Print one line to stderr and syslog. */
 static void say(int prio, const char *msg)
 {
@@ -180,9 +89,7 @@ static int fail(struct hp *hp, enum hp_exit code)
 	snprintf(msg, sizeof(msg), "%s: %s", hp->action->name, hp->err.msg);
 	say(LOG_ERR, msg);
 	if (hp->xs) {
-		struct error_note note = {.hp = hp, .msg = msg};
-
-		if (hp_xs_transaction(hp->xs, error_txn, &note, &werr) < 0) {
+		if (hp_error_record(hp, msg, &werr) < 0) {
 			bks_error_prepend(&werr,
 					  "%s: could not record "
 					  "hotplug-error: ",

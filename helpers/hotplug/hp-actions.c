@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "hp-dev.h"
+#include "hp-error.h"
 #include "hp-policy.h"
 #include "hp-share.h"
 #include "hp.h"

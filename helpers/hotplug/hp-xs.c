@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* xenstore access with context: see hp-xs.h. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,4 +108,16 @@ int hp_xs_transaction(struct xs_handle *xs, hp_xs_txn_fn *fn, void *arg,
 				"xenstore transaction still conflicting after "
 				"%d attempts",
 				HP_XS_TXN_RETRIES);
+}
+
+int hp_child_path(char *buf, size_t size, const char *base, const char *name,
+		  struct bks_error *err)
+{
+	int n = snprintf(buf, size, "%s/%s", base, name);
+
+	if (n < 0 || (size_t)n >= size)
+		return bks_error_setmsg(err, ENAMETOOLONG,
+					"xenstore path %s/%s is too long", base,
+					name);
+	return 0;
 }

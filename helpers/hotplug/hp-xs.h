@@ -8,6 +8,7 @@
 #define BLKSTACK_HP_XS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <xenstore.h>
 
 #include "blkstack/error.h"
@@ -53,5 +54,12 @@ typedef int hp_xs_txn_fn(struct xs_handle *xs, xs_transaction_t t, void *arg,
  */
 int hp_xs_transaction(struct xs_handle *xs, hp_xs_txn_fn *fn, void *arg,
 		      struct bks_error *err);
+
+/*
+ * The xenstore path base + "/" + name into buf.  Returns 0 or
+ * -ENAMETOOLONG with err set.
+ */
+int hp_child_path(char *buf, size_t size, const char *base, const char *name,
+		  struct bks_error *err);
 
 #endif /* BLKSTACK_HP_XS_H */

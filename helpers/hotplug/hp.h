@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The hotplug helper's inside, shared by blkstack-hotplug.c (entry,
- * version, failure reporting) and hp-actions.c (the actions that run a
- * worker and a dom0 device).
+ * version, failure reporting), hp-actions.c (the actions that run a
+ * worker and a dom0 device) and hp-error.c (the hotplug-error node).
  */
 #ifndef BLKSTACK_HP_H
 #define BLKSTACK_HP_H
@@ -36,13 +36,6 @@ struct hp {
  * completes.
  */
 typedef int hp_action_fn(struct hp *hp);
-
-/* base + "/" + name into buf.  Returns 0 or -ENAMETOOLONG with err set. */
-int hp_child_path(char *buf, size_t size, const char *base, const char *name,
-		  struct bks_error *err);
-
-/* Transaction body: remove the hotplug-error a failed attempt left. */
-int hp_clear_stale_error(struct hp *hp, xs_transaction_t t);
 
 /* hp-actions.c */
 hp_action_fn hp_act_prepare;

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "rundir.h"
+#include "worker-ctl.h"
 #include "worker.h"
 
 #define PROG "blkstack-worker"
@@ -68,33 +69,31 @@ struct res {
 
 /* ---- logging and state -------------------------------------------------- */
 
-const char *worker_state_name(enum worker_state state)
-{
-	static const char *const names[] = {
-	    [WORKER_RUNNING] = "running",
-	    [WORKER_PAUSING] = "pausing",
-	    [WORKER_PAUSED] = "paused",
-	    [WORKER_STOPPING] = "stopping",
-	};
-
-	return (unsigned int)state < sizeof(names) / sizeof(names[0])
-		   ? names[state]
-		   : "unknown";
-}
-
-void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+/* Log a line (stderr with --foreground, else syslog); ops.log too. */
+static void worker_vlog(const struct worker *w, int prio, const char *fmt,
+			va_list ap) __attribute__((format(printf, 3, 0)));
+static void worker_vlog(const struct worker *w, int prio, const char *fmt,
+			va_list ap)
 {
 	char msg[1024];
-	va_list ap;
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	bks_sanitize_line(msg);
 	if (w->foreground)
 		fprintf(stderr, PROG "[%s]: %s\n", w->name, msg);
 	else
 		syslog(prio, "%s: %s", w->name, msg);
+}
+
+static void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void worker_log(const struct worker *w, int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	worker_vlog(w, prio, fmt, ap);
+	va_end(ap);
 }
 
 /* ---- pause --------------------------------------------------------------- */
@@ -122,7 +121,8 @@ static void quiesced(void *arg)
 	pause_notify(w, 0);
 }
 
-int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
+/* ops.pause: see worker-ctl.h. */
+static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 {
 	switch (w->state) {
 	case WORKER_STOPPING:
@@ -149,7 +149,8 @@ int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 	return 0;
 }
 
-int worker_unpause(struct worker *w)
+/* ops.unpause: see worker-ctl.h. */
+static int worker_unpause(struct worker *w)
 {
 	switch (w->state) {
 	case WORKER_STOPPING:
@@ -168,6 +169,16 @@ int worker_unpause(struct worker *w)
 	bks_nbd_server_resume(w->nbd);
 	worker_log(w, LOG_INFO, "running");
 	return 0;
+}
+
+/* ops.pause_forget: see worker-ctl.h. */
+static void worker_pause_forget(struct worker *w, worker_pause_fn *done,
+				void *arg)
+{
+	if (w->pause_done == done && w->pause_arg == arg) {
+		w->pause_done = NULL;
+		w->pause_arg = NULL;
+	}
 }
 
 /* ---- shutdown ------------------------------------------------------------ */
@@ -212,7 +223,12 @@ static void stop_timeout(struct bks_timer *t)
 	bks_loop_stop(w->loop);
 }
 
-void worker_shutdown(struct worker *w)
+/*
+ * Shut down gracefully (ops.shutdown, SIGTERM): stop taking requests, let
+ * in-flight ones finish, flush the chain, remove the sockets and pid file,
+ * leave the loop; the process then exits 0.  Idempotent.
+ */
+static void worker_shutdown(struct worker *w)
 {
 	if (w->state == WORKER_STOPPING)
 		return;
@@ -422,6 +438,15 @@ static int setup_signals(struct worker *w, struct res *r, struct bks_error *err)
 	return 0;
 }
 
+/* What the control socket calls up to. */
+static const struct worker_ctl_ops ctl_ops = {
+    .log = worker_vlog,
+    .pause = worker_pause,
+    .unpause = worker_unpause,
+    .pause_forget = worker_pause_forget,
+    .shutdown = worker_shutdown,
+};
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -463,7 +488,7 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 				err);
 	if (rc < 0)
 		return rc;
-	rc = worker_ctl_new(&w->ctl, w, r->ctl_fd, err);
+	rc = worker_ctl_new(&w->ctl, w, &ctl_ops, r->ctl_fd, err);
 	if (rc < 0)
 		return rc;
 	rc = setup_signals(w, r, err);

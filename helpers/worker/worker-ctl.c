@@ -21,8 +21,8 @@
  * Lifetimes: connections are freed only from their own watch callback,
  * from their idle timer, from the `kick` deferred call, from the
  * accept callback (eviction), or by worker_ctl_free() -- never from
- * the pause callback, which may run inside worker_pause() or
- * worker_unpause() while a command of some connection is being handled.
+ * the pause callback, which may run inside ops->pause() or
+ * ops->unpause() while a command of some connection is being handled.
  * The pause callback's argument is the ctl, which outlives every
  * connection; the connections waiting for the pause are found by their
  * flag, so a client that disconnects meanwhile is simply no longer there.
@@ -43,7 +43,7 @@
 #include "blkstack/errinj.h"
 #include "blkstack/log.h"
 #include "json.h"
-#include "worker.h"
+#include "worker-ctl.h"
 
 /* Longest command line, newline included; longer ones close the link. */
 #define CTL_LINE_MAX 4096
@@ -94,19 +94,33 @@ struct ctl_conn {
 
 struct worker_ctl {
 	struct worker *w;
+	const struct worker_ctl_ops *ops; /* up to the worker */
 	int listen_fd;
 	struct bks_watch accept_watch;
 	struct bks_timer accept_retry;
 	struct bks_defer kick;	   /* resume connections after a pause */
-	struct bks_defer shutdown; /* worker_shutdown() after the reply */
+	struct bks_defer shutdown; /* ops->shutdown() after the reply */
 	struct ctl_conn *conns;
 	unsigned int nconns;
-	bool pause_pending; /* our waiter is registered with worker_pause() */
+	bool pause_pending; /* our waiter is registered with ops->pause() */
 	struct bks_extent *extents; /* CTL_DIRTY_MAX, for `dirty` */
 	uint64_t idle_ns;	    /* the idle timeout */
 	/* Counters for `stats`. */
 	uint64_t accepted, refused, evicted, timed_out;
 };
+
+/* Log a line through the worker. */
+static void ctl_log(const struct worker_ctl *ctl, int prio, const char *fmt,
+		    ...) __attribute__((format(printf, 3, 4)));
+static void ctl_log(const struct worker_ctl *ctl, int prio, const char *fmt,
+		    ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	ctl->ops->log(ctl->w, prio, fmt, ap);
+	va_end(ap);
+}
 
 /* ---- output -------------------------------------------------------------- */
 
@@ -448,7 +462,7 @@ static void cmd_stats(struct ctl_conn *c)
 	reply_end(c, mark);
 }
 
-/* The reply to a pause waiter, rc from worker_pause's callback. */
+/* The reply to a pause waiter, rc from ops->pause's callback. */
 static void reply_pause(struct ctl_conn *c, int rc)
 {
 	struct worker *w = c->ctl->w;
@@ -476,8 +490,8 @@ static void reply_pause(struct ctl_conn *c, int rc)
 }
 
 /*
- * worker_pause()'s callback: answer every connection waiting for the
- * pause.  It may run inside worker_pause()/worker_unpause() while some
+ * ops->pause()'s callback: answer every connection waiting for the
+ * pause.  It may run inside ops->pause()/ops->unpause() while some
  * connection is handling a command, so it frees nothing and handles no
  * command itself: it queues the replies and lets `kick` send them.
  */
@@ -504,14 +518,13 @@ static void cmd_pause(struct ctl_conn *c)
 	struct worker_ctl *ctl = c->ctl;
 	int rc;
 
-	worker_log(ctl->w, LOG_INFO, "control: pause (uid %u)",
-		   (unsigned int)c->uid);
+	ctl_log(ctl, LOG_INFO, "control: pause (uid %u)", (unsigned int)c->uid);
 	c->pause_wait = true;
 	/* One waiter in the worker serves every connection that asks. */
 	if (ctl->pause_pending)
 		return;
 	ctl->pause_pending = true;
-	rc = worker_pause(ctl->w, ctl_pause_done, ctl);
+	rc = ctl->ops->pause(ctl->w, ctl_pause_done, ctl);
 	if (rc < 0) {
 		/* Refused without calling back: only this one was waiting. */
 		ctl->pause_pending = false;
@@ -529,9 +542,9 @@ static void cmd_unpause(struct ctl_conn *c)
 	struct worker *w = c->ctl->w;
 	int rc;
 
-	worker_log(w, LOG_INFO, "control: unpause (uid %u)",
-		   (unsigned int)c->uid);
-	rc = worker_unpause(w);
+	ctl_log(c->ctl, LOG_INFO, "control: unpause (uid %u)",
+		(unsigned int)c->uid);
+	rc = c->ctl->ops->unpause(w);
 	if (rc == -ESHUTDOWN)
 		reply_error(c, ESHUTDOWN, "unpause: the worker is stopping");
 	else if (rc < 0)
@@ -608,7 +621,6 @@ static void cmd_dirty(struct ctl_conn *c, int argc, char **argv)
 
 static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 {
-	struct worker *w = c->ctl->w;
 	struct json_writer *j = &c->out;
 	struct bks_layer *log;
 	uint64_t off = 0, len = UINT64_MAX;
@@ -635,9 +647,9 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 		    rc == -EINVAL ? "offset beyond the disk" : strerror(-rc));
 		return;
 	}
-	worker_log(w, LOG_INFO,
-		   "control: clear-dirty %" PRIu64 " %" PRIu64 " (uid %u)", off,
-		   len, (unsigned int)c->uid);
+	ctl_log(c->ctl, LOG_INFO,
+		"control: clear-dirty %" PRIu64 " %" PRIu64 " (uid %u)", off,
+		len, (unsigned int)c->uid);
 	json_obj_begin(j);
 	json_kv_bool(j, "ok", true);
 	json_kv_u64(j, "dirty_bytes", (uint64_t)bks_log_dirty_bytes(log));
@@ -647,11 +659,11 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 
 static void cmd_shutdown(struct ctl_conn *c)
 {
-	worker_log(c->ctl->w, LOG_INFO, "control: shutdown (uid %u)",
-		   (unsigned int)c->uid);
+	ctl_log(c->ctl, LOG_INFO, "control: shutdown (uid %u)",
+		(unsigned int)c->uid);
 	reply_ok(c);
 	/*
-	 * Not here: worker_shutdown() may free the ctl and this connection.
+	 * Not here: ops->shutdown() may free the ctl and this connection.
 	 * The deferred call runs after the reply was sent (conn_flush at
 	 * the end of this batch's handling).
 	 */
@@ -871,7 +883,7 @@ static void ctl_do_shutdown(struct bks_defer *d)
 	struct worker_ctl *ctl = d->opaque;
 
 	/* Last thing: this may free the ctl. */
-	worker_shutdown(ctl->w);
+	ctl->ops->shutdown(ctl->w);
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -890,7 +902,7 @@ refuse(struct worker_ctl *ctl, int fd, int code, const char *fmt, ...)
 	/* Best effort: a fresh socket has room for one short line. */
 	if (json_error(&j) == 0 &&
 	    send(fd, j.buf, json_len(&j), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-		worker_log(ctl->w, LOG_DEBUG, "control: send refusal: %m");
+		ctl_log(ctl, LOG_DEBUG, "control: send refusal: %m");
 	json_writer_free(&j);
 	close(fd);
 }
@@ -924,12 +936,12 @@ static void conn_idle(struct bks_timer *t)
 	}
 	ctl->timed_out++;
 	if (log_this(ctl->timed_out))
-		worker_log(ctl->w, LOG_INFO,
-			   "control: closed a connection idle for %llu ms "
-			   "(uid %u; %llu so far)",
-			   (unsigned long long)(idle / 1000000u),
-			   (unsigned int)c->uid,
-			   (unsigned long long)ctl->timed_out);
+		ctl_log(ctl, LOG_INFO,
+			"control: closed a connection idle for %llu ms "
+			"(uid %u; %llu so far)",
+			(unsigned long long)(idle / 1000000u),
+			(unsigned int)c->uid,
+			(unsigned long long)ctl->timed_out);
 	conn_free(c);
 }
 
@@ -963,8 +975,8 @@ static bool ctl_evict(struct worker_ctl *ctl)
 		return false;
 	ctl->evicted++;
 	if (log_this(ctl->evicted))
-		worker_log(
-		    ctl->w, LOG_INFO,
+		ctl_log(
+		    ctl, LOG_INFO,
 		    "control: %d connections open: evicted one idle "
 		    "for %llu ms (uid %u; %llu so far)",
 		    CTL_MAX_CONNS,
@@ -984,16 +996,16 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 	int rc;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
-		worker_log(ctl->w, LOG_ERR, "control: SO_PEERCRED: %m");
+		ctl_log(ctl, LOG_ERR, "control: SO_PEERCRED: %m");
 		close(fd);
 		return;
 	}
 	if (cred.uid != 0 && cred.uid != geteuid()) {
-		worker_log(ctl->w, LOG_WARNING,
-			   "control: refused uid %u (pid %d): only root and "
-			   "uid %u may control this worker",
-			   (unsigned int)cred.uid, (int)cred.pid,
-			   (unsigned int)geteuid());
+		ctl_log(ctl, LOG_WARNING,
+			"control: refused uid %u (pid %d): only root and "
+			"uid %u may control this worker",
+			(unsigned int)cred.uid, (int)cred.pid,
+			(unsigned int)geteuid());
 		refuse(ctl, fd, EACCES,
 		       "permission denied: uid %u may not control "
 		       "this worker",
@@ -1002,17 +1014,17 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 	}
 	if (ctl->nconns >= CTL_MAX_CONNS && !ctl_evict(ctl)) {
 		ctl->refused++;
-		worker_log(ctl->w, LOG_WARNING,
-			   "control: refused a connection: %d already open, "
-			   "none idle",
-			   CTL_MAX_CONNS);
+		ctl_log(ctl, LOG_WARNING,
+			"control: refused a connection: %d already open, "
+			"none idle",
+			CTL_MAX_CONNS);
 		refuse(ctl, fd, EAGAIN, "too many control connections (%d)",
 		       CTL_MAX_CONNS);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		worker_log(ctl->w, LOG_ERR, "control: allocate connection: %m");
+		ctl_log(ctl, LOG_ERR, "control: allocate connection: %m");
 		refuse(ctl, fd, ENOMEM, "out of memory");
 		return;
 	}
@@ -1025,8 +1037,8 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 	rc = bks_watch_add(ctl->w->loop, &c->watch, fd, EPOLLIN | EPOLLRDHUP,
 			   conn_event, c);
 	if (rc < 0) {
-		worker_log(ctl->w, LOG_ERR, "control: watch connection: %s",
-			   strerror(-rc));
+		ctl_log(ctl, LOG_ERR, "control: watch connection: %s",
+			strerror(-rc));
 		free(c);
 		close(fd);
 		return;
@@ -1045,8 +1057,8 @@ static void accept_retry(struct bks_timer *t)
 	struct worker_ctl *ctl = t->opaque;
 
 	if (bks_watch_mod(&ctl->accept_watch, EPOLLIN) < 0)
-		worker_log(ctl->w, LOG_ERR,
-			   "control: cannot watch the socket again: %m");
+		ctl_log(ctl, LOG_ERR,
+			"control: cannot watch the socket again: %m");
 }
 
 static void accept_event(struct bks_watch *watch, uint32_t events)
@@ -1066,7 +1078,7 @@ static void accept_event(struct bks_watch *watch, uint32_t events)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			break;
-		worker_log(ctl->w, LOG_ERR, "control: accept: %m");
+		ctl_log(ctl, LOG_ERR, "control: accept: %m");
 		/*
 		 * Out of fds or memory: the listening socket stays readable,
 		 * so stop watching it for a while instead of spinning.
@@ -1079,7 +1091,8 @@ static void accept_event(struct bks_watch *watch, uint32_t events)
 
 /* ---- the ctl ------------------------------------------------------------- */
 
-int worker_ctl_new(struct worker_ctl **out, struct worker *w, int listen_fd,
+int worker_ctl_new(struct worker_ctl **out, struct worker *w,
+		   const struct worker_ctl_ops *ops, int listen_fd,
 		   struct bks_error *err)
 {
 	struct worker_ctl *ctl = NULL;
@@ -1092,6 +1105,7 @@ int worker_ctl_new(struct worker_ctl **out, struct worker *w, int listen_fd,
 		goto out;
 	}
 	ctl->w = w;
+	ctl->ops = ops;
 	ctl->listen_fd = listen_fd;
 	ctl->idle_ns =
 	    (uint64_t)(w->ctl_idle_ms ? w->ctl_idle_ms : CTL_IDLE_TIMEOUT_MS) *
@@ -1131,15 +1145,9 @@ void worker_ctl_free(struct worker_ctl *ctl)
 	bks_timer_cancel(&ctl->accept_retry);
 	bks_defer_cancel(&ctl->kick);
 	bks_defer_cancel(&ctl->shutdown);
-	/*
-	 * A pause waiter still registered would call a freed ctl: take it
-	 * back (the worker calls only a non-NULL pause_done).
-	 */
-	if (ctl->pause_pending && w->pause_done == ctl_pause_done &&
-	    w->pause_arg == ctl) {
-		w->pause_done = NULL;
-		w->pause_arg = NULL;
-	}
+	/* A pause waiter still registered would call a freed ctl. */
+	if (ctl->pause_pending)
+		ctl->ops->pause_forget(w, ctl_pause_done, ctl);
 	while (ctl->conns) {
 		/* Replies already made (e.g. to `shutdown`) still go out. */
 		conn_flush(ctl->conns);

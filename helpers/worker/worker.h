@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * blkstack-worker: one process serving one virtual disk.  This header is
- * the worker's inside, shared by its parts: blkstack-worker.c (start-up,
- * signals, the state machine, shutdown) and worker-ctl.c (the control
- * socket, docs/control-protocol.txt).
+ * the worker's state, kept by blkstack-worker.c (start-up, signals, the
+ * state machine, shutdown) and read by worker-ctl.c (the control socket,
+ * docs/control-protocol.txt), which acts on the worker only through the
+ * ops of worker-ctl.h.
  *
  * State machine (see docs/control-protocol.txt):
  *
@@ -65,45 +66,18 @@ struct worker {
 };
 
 /* "running", "pausing", "paused", "stopping". */
-const char *worker_state_name(enum worker_state state);
+static inline const char *worker_state_name(enum worker_state state)
+{
+	static const char *const names[] = {
+	    [WORKER_RUNNING] = "running",
+	    [WORKER_PAUSING] = "pausing",
+	    [WORKER_PAUSED] = "paused",
+	    [WORKER_STOPPING] = "stopping",
+	};
 
-/* Log a line (stderr with --foreground, else syslog). */
-void worker_log(const struct worker *w, int prio, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/*
- * Pause: hold new requests and call done(arg, 0) once none is in flight
- * (at once if already paused).  A second pause while pausing replaces the
- * waiter (the old one gets -ECANCELED).  Returns 0, or -ESHUTDOWN when
- * stopping.
- */
-int worker_pause(struct worker *w, worker_pause_fn *done, void *arg);
-
-/*
- * Unpause: submit what was held and go on.  Returns 0 (also when not
- * paused), or -ESHUTDOWN when stopping.  A pending pause waiter gets
- * -ECANCELED.
- */
-int worker_unpause(struct worker *w);
-
-/*
- * Shut down gracefully: stop taking requests, let in-flight ones finish,
- * flush the chain, remove the sockets and pid file, leave the loop; the
- * process then exits 0.  Idempotent.
- */
-void worker_shutdown(struct worker *w);
-
-/* ---- worker-ctl.c: the control socket ------------------------------------ */
-
-/*
- * Serve the control protocol on listen_fd (listening, non-blocking; not
- * closed by the ctl).  Only root and the worker's own uid may talk to it
- * (SO_PEERCRED).  Returns 0 or -errno with err set.
- */
-int worker_ctl_new(struct worker_ctl **out, struct worker *w, int listen_fd,
-		   struct bks_error *err);
-
-/* Close every control connection and free the ctl. */
-void worker_ctl_free(struct worker_ctl *ctl);
+	return (unsigned int)state < sizeof(names) / sizeof(names[0])
+		   ? names[state]
+		   : "unknown";
+}
 
 #endif /* BLKSTACK_WORKER_H */

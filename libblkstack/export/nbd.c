@@ -56,8 +56,8 @@
 #include <unistd.h>
 
 #include "blkstack/endian.h"
+#include "blkstack/nbd-proto.h"
 #include "blkstack/nbd-server.h"
-#include "nbd-proto.h"
 
 /* Defaults and limits of struct bks_nbd_config. */
 #define NBD_DEFAULT_MAX_CONNECTIONS 16u

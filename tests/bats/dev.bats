@@ -1,8 +1,9 @@
 #!/usr/bin/env bats
-# helpers/hotplug/hp-dev.c: dom0 block devices on a worker's NBD socket, through
-# build/tests/hp-dev-tool.  Only the loop fallback (nbdfuse + loop) runs
-# end to end here: the test machines have no nbd kernel module, so the
-# kernel path is tested up to the netlink call (handshake, clean failure).
+# helpers/hotplug/hp-dev.h (hp-dev.c and its dev-*.c): dom0 block devices
+# on a worker's NBD socket, through build/tests/hp-dev-tool.  Only the loop
+# fallback (nbdfuse + loop) runs end to end here: the test machines have no
+# nbd kernel module, so the kernel path is tested up to the netlink call
+# (handshake, clean failure).
 
 load helpers
 

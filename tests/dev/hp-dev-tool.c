@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * hp-dev-tool: drives helpers/hotplug/hp-dev.c for tests/bats/dev.bats.
+ * hp-dev-tool: drives helpers/hotplug/hp-dev.h (hp-dev.c, dev-*.c) for
+ * tests/bats/dev.bats.
  *
  *   hp-dev-tool choose                       print the mechanism
  *   hp-dev-tool attach [--ro] SOCK STATE_DIR print the device record

@@ -25,8 +25,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../../libblkstack/export/nbd-proto.h"
 #include "blkstack/chain.h"
+#include "blkstack/nbd-proto.h"
 #include "blkstack/nbd-server.h"
 #include "unit-util.h"
 

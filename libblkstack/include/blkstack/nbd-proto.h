@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * NBD wire constants, from the NBD protocol document (doc/proto.md of the
- * NetworkBlockDevice/nbd project).  Private to the export (and its unit
- * test): everything on the wire is big-endian.
+ * NetworkBlockDevice/nbd project), for the export (export/nbd/) and for
+ * clients (the hotplug helper's kernel NBD handshake, tests): everything
+ * on the wire is big-endian.
  */
 #ifndef BLKSTACK_NBD_PROTO_H
 #define BLKSTACK_NBD_PROTO_H
