@@ -36,8 +36,8 @@ void worker_status(const char *rundir, const char *name, int timeout_ms,
 		if (p.file_pid)
 			snprintf(st->why, sizeof(st->why), "stale pid %d",
 				 (int)p.file_pid);
-		else if (rc == -ESRCH && strstr(err.msg, "(no pid file)"))
-			snprintf(st->why, sizeof(st->why), "no pid file");
+		else if (rc == -ESRCH)
+			snprintf(st->why, sizeof(st->why), "%s", p.why);
 		else
 			snprintf(st->why, sizeof(st->why), "%s", err.msg);
 		return;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +98,20 @@ static int holds(pid_t pid, dev_t dev, ino_t ino)
 	return found;
 }
 
+/* Dead: p->why gets the reason, err "no worker in WDIR (REASON)". */
+static int __attribute__((format(printf, 4, 5)))
+dead(struct worker_proc *p, const char *wdir, struct bks_error *err,
+     const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(p->why, sizeof(p->why), fmt, ap);
+	va_end(ap);
+	return bks_error_setmsg(err, ESRCH, "no worker in %s (%s)", wdir,
+				p->why);
+}
+
 int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 {
 	char path[PATH_MAX + 16], buf[32], *end, state = '?';
@@ -108,14 +123,14 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	p->pid = 0;
 	p->start = 0;
 	p->file_pid = 0;
+	p->why[0] = '\0';
 	if (snprintf(path, sizeof(path), "%s/" WORKER_FILE_PID, wdir) >=
 	    (int)sizeof(path))
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/pid: too long",
 					wdir);
 	n = read_small(path, buf, sizeof(buf));
 	if (n == -ENOENT)
-		return bks_error_setmsg(err, ESRCH,
-					"no worker in %s (no pid file)", wdir);
+		return dead(p, wdir, err, "no pid file");
 	if (n < 0)
 		return bks_error_set(err, -n, "read %s", path);
 	buf[strcspn(buf, "\n")] = '\0';
@@ -126,19 +141,14 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	p->file_pid = (pid_t)v;
 	snprintf(path, sizeof(path), "%s/" WORKER_FILE_LOCK, wdir);
 	if (stat(path, &lk) < 0)
-		return bks_error_setmsg(err, ESRCH, "no worker in %s (no lock)",
-					wdir);
+		return dead(p, wdir, err, "no lock");
 	if (proc_stat((pid_t)v, &state, &start) < 0 || state == 'Z' ||
 	    state == 'X')
-		return bks_error_setmsg(
-		    err, ESRCH, "no worker in %s (pid %ld is gone)", wdir, v);
+		return dead(p, wdir, err, "pid %ld is gone", v);
 	/* The pid may have been recycled: the worker is who holds its lock. */
 	n = holds((pid_t)v, lk.st_dev, lk.st_ino);
 	if (n == 0)
-		return bks_error_setmsg(err, ESRCH,
-					"no worker in %s (pid %ld does not "
-					"hold its lock)",
-					wdir, v);
+		return dead(p, wdir, err, "pid %ld does not hold its lock", v);
 	/* n < 0: another user's process, alive; it may well be the worker. */
 	p->pid = (pid_t)v;
 	p->start = start;

@@ -22,6 +22,7 @@ struct worker_proc {
 	pid_t pid;		  /* the holder of the lock, 0 if none */
 	unsigned long long start; /* its start time (/proc/PID/stat field 22) */
 	pid_t file_pid;		  /* what DIR/NAME/pid says, 0 if nothing */
+	char why[64]; /* dead (-ESRCH): the reason alone, "no pid file" */
 };
 
 /*
@@ -29,9 +30,11 @@ struct worker_proc {
  * filled: pid and start name this one process for good (a pid alone may
  * be recycled).  Returns -ESRCH when it is not, err saying why ("no
  * worker in WDIR (no pid file)", "(pid N does not hold its lock)", ...)
- * and p->file_pid the stale pid if there was one; or another -errno (a
- * pid file that cannot be read).  Where /proc/PID/fd may not be read (the
- * worker is another user's), a live, non-zombie pid counts as the holder.
+ * and p->why the reason alone ("no pid file", "pid N is gone"), and
+ * p->file_pid the stale pid if there was one; or another -errno (a pid
+ * file that cannot be read, or -EINVAL: one that holds no pid).  Where
+ * /proc/PID/fd may not be read (the worker is another user's), a live,
+ * non-zombie pid counts as the holder.
  */
 int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err);
 

@@ -377,7 +377,7 @@ static int stop_stale(const char *rundir, const char *name,
 int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		struct worker_stopped *out, struct bks_error *err)
 {
-	char wdir[PATH_MAX], why[BKS_ERROR_MSG_MAX];
+	char wdir[PATH_MAX];
 	struct ctl_client cl = {.fd = -1};
 	struct worker_proc p;
 	struct bks_error lerr = {0};
@@ -395,14 +395,11 @@ int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		return 0;
 	}
 	rc = worker_live(wdir, &p, &lerr);
-	if (rc == -ESRCH || rc == -EINVAL) {
-		/* "no worker in DIR (REASON)": the reason is enough here. */
-		char *open = strrchr(lerr.msg, '(');
-
-		snprintf(why, sizeof(why), "%s", open ? open + 1 : lerr.msg);
-		why[strcspn(why, ")")] = '\0';
-		return stop_stale(rundir, name, &p, why, out, err);
-	}
+	if (rc == -ESRCH)
+		return stop_stale(rundir, name, &p, p.why, out, err);
+	/* A pid file that holds no pid: dead too (the lock decides). */
+	if (rc == -EINVAL)
+		return stop_stale(rundir, name, &p, lerr.msg, out, err);
 	if (rc < 0)
 		return bks_error_setmsg(err, lerr.code, "worker %s: %s", name,
 					lerr.msg);

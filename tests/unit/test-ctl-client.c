@@ -365,6 +365,7 @@ static void test_recycled_pid(void **state)
 	/* No lock, no pid file. */
 	assert_int_equal(worker_live(dir, &p, &err), -ESRCH);
 	assert_non_null(strstr(err.msg, "(no pid file)"));
+	assert_string_equal(p.why, "no pid file");
 	snprintf(path, sizeof(path), "%s/pid", dir);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	assert_true(fd >= 0);
@@ -389,8 +390,8 @@ static void test_recycled_pid(void **state)
 	assert_true(lock_fd >= 0);
 	close(lock_fd);
 	assert_int_equal(worker_live(dir, &p, &err), -ESRCH);
-	snprintf(msg, sizeof(msg), "(pid %d does not hold its lock)",
-		 (int)other);
+	snprintf(msg, sizeof(msg), "pid %d does not hold its lock", (int)other);
+	assert_string_equal(p.why, msg);
 	assert_non_null(strstr(err.msg, msg));
 	assert_int_equal(p.file_pid, other);
 	kill(other, SIGKILL);
@@ -488,9 +489,9 @@ static void test_child_reap(void **state)
 	if (pid == 0)
 		child_sleep();
 	assert_int_equal(child_try_reap(pid, &status), 0);
-	assert_int_equal(kill(pid, SIGTERM), 0);
+	assert_int_equal(kill(pid, SIGKILL), 0);
 	assert_int_equal(child_wait(pid, &status), 0);
-	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 	assert_int_equal(child_try_reap(pid, &status), -ECHILD);
 }
 
