@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -14,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "child.h"
+#include "deadline.h"
 #include "rundir.h"
 #include "worker-live.h"
 
@@ -98,6 +101,43 @@ static int holds(pid_t pid, dev_t dev, ino_t ino)
 	return found;
 }
 
+/* Threads of pid still listed in /proc/PID/task, the zombie leader too. */
+static int task_count(pid_t pid)
+{
+	char path[64];
+	struct dirent *de;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/*
+ * Wait (WORKER_DYING_WAIT_MS at most) for the thread group of pid, whose
+ * leader is a zombie, to be empty: on a pidfd, which turns readable then;
+ * without pidfds (valgrind), by looking at /proc/PID/task every 10 ms.
+ */
+static void wait_group_gone(pid_t pid)
+{
+	uint64_t deadline = deadline_in(WORKER_DYING_WAIT_MS);
+	int fd = pidfd_open(pid, 0);
+
+	if (fd >= 0) {
+		pidfd_wait(fd, WORKER_DYING_WAIT_MS);
+		close(fd);
+		return;
+	}
+	while (task_count(pid) > 1 && ms_left(deadline) > 0)
+		poll(NULL, 0, 10);
+}
+
 /* Dead: p->why gets the reason, err "no worker in WDIR (REASON)". */
 static int __attribute__((format(printf, 4, 5)))
 dead(struct worker_proc *p, const char *wdir, struct bks_error *err,
@@ -142,9 +182,18 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	snprintf(path, sizeof(path), "%s/" WORKER_FILE_LOCK, wdir);
 	if (stat(path, &lk) < 0)
 		return dead(p, wdir, err, "no lock");
-	if (proc_stat((pid_t)v, &state, &start) < 0 || state == 'Z' ||
-	    state == 'X')
+	if (proc_stat((pid_t)v, &state, &start) < 0)
 		return dead(p, wdir, err, "pid %ld is gone", v);
+	if (state == 'Z' || state == 'X') {
+		/*
+		 * Dead, but its other threads may still be exiting, and they
+		 * hold the lock until the last one is gone: a worker started
+		 * now would find it taken.  The pidfd of a zombie leader
+		 * turns readable once its thread group is empty.
+		 */
+		wait_group_gone((pid_t)v);
+		return dead(p, wdir, err, "pid %ld is gone", v);
+	}
 	/* The pid may have been recycled: the worker is who holds its lock. */
 	n = holds((pid_t)v, lk.st_dev, lk.st_ino);
 	if (n == 0)

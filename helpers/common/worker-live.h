@@ -17,6 +17,13 @@
 
 #include "blkstack/error.h"
 
+/*
+ * How long worker_live() waits for a dead worker's last threads to exit
+ * (and let go of its lock): they are being killed, so it takes
+ * milliseconds, unless one is stuck in the kernel.
+ */
+#define WORKER_DYING_WAIT_MS 5000
+
 /* The live worker process of a run directory entry. */
 struct worker_proc {
 	pid_t pid;		  /* the holder of the lock, 0 if none */
@@ -34,7 +41,9 @@ struct worker_proc {
  * p->file_pid the stale pid if there was one; or another -errno (a pid
  * file that cannot be read, or -EINVAL: one that holds no pid).  Where
  * /proc/PID/fd may not be read (the worker is another user's), a live,
- * non-zombie pid counts as the holder.
+ * non-zombie pid counts as the holder.  The one wait: for a worker whose
+ * main thread is a zombie while its other threads still exit (at most
+ * WORKER_DYING_WAIT_MS), so that "dead" means its lock is free.
  */
 int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err);
 

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include "worker-run.h"
 
 static char worker_exe[PATH_MAX];
+static const char *self_exe; /* argv[0]: this test, run again as a helper */
 
 /* A private run directory per test. */
 struct fixture {
@@ -431,6 +433,80 @@ static void test_recycled_pid(void **state)
 	assert_int_equal(access(dir, F_OK), -1);
 }
 
+/*
+ * test-ctl-client --hold-then-die LOCK: what a multi-threaded worker
+ * killed leaves for a moment: its main thread a zombie while another
+ * thread, still exiting, holds the lock.  The thread ends the process
+ * 500 ms after the main thread is gone.
+ */
+static void *hold_thread(void *arg)
+{
+	(void)arg;
+	usleep(500000);
+	_exit(0);
+}
+
+static int hold_then_die(const char *lock)
+{
+	pthread_t t;
+	int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0 || flock(fd, LOCK_EX) < 0 ||
+	    pthread_create(&t, NULL, hold_thread, NULL) != 0)
+		return 1;
+	pthread_exit(NULL);
+}
+
+/* A dead worker's last thread still holds the lock: dead means free. */
+static void test_dying_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct bks_error err = {0};
+	struct worker_proc p;
+	char dir[128], path[160], line[32];
+	int fd, lock_fd = -1, zombie = 0;
+	pid_t pid;
+
+	wdir(f, "d1", dir, sizeof(dir));
+	assert_int_equal(mkdir(dir, 0700), 0);
+	snprintf(path, sizeof(path), "%s/lock", dir);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl(self_exe, self_exe, "--hold-then-die", path,
+		      (char *)NULL);
+		_exit(1);
+	}
+	/* Its main thread gone, its other thread not yet. */
+	for (int i = 0; i < 400 && !zombie; i++) {
+		char sp[64], buf[256] = "";
+		FILE *fp;
+
+		snprintf(sp, sizeof(sp), "/proc/%d/stat", (int)pid);
+		fp = fopen(sp, "r");
+		if (fp && fgets(buf, sizeof(buf), fp))
+			zombie = strstr(buf, ") Z ") != NULL;
+		if (fp)
+			fclose(fp);
+		if (!zombie)
+			usleep(5000);
+	}
+	assert_true(zombie);
+	snprintf(path, sizeof(path), "%s/pid", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	snprintf(line, sizeof(line), "%d\n", (int)pid);
+	assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+	close(fd);
+	assert_int_equal(worker_live(dir, &p, &err), -ESRCH);
+	/* Told dead only once the lock is free: a new worker may start. */
+	snprintf(path, sizeof(path), "%s/lock", dir);
+	assert_int_equal(lockfile_take(path, LOCKFILE_NONBLOCK, &lock_fd, &err),
+			 0);
+	close(lock_fd);
+	assert_int_equal(child_reap(pid, 5000, NULL), 0);
+}
+
 static void test_lockfile(void **state)
 {
 	struct fixture *f = *state;
@@ -505,12 +581,16 @@ int main(int argc, char **argv)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_dead_worker, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_recycled_pid, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_dying_threads, setup,
+					    teardown),
 	    cmocka_unit_test_setup_teardown(test_lockfile, setup, teardown),
 	    cmocka_unit_test(test_child_reap),
 	};
 	char *slash;
 
-	(void)argc;
+	if (argc == 3 && strcmp(argv[1], "--hold-then-die") == 0)
+		return hold_then_die(argv[2]);
+	self_exe = argv[0];
 	/* build/tests/unit/test-ctl-client -> build/bin/blkstack-worker */
 	snprintf(worker_exe, sizeof(worker_exe), "%s", argv[0]);
 	slash = strrchr(worker_exe, '/');
