@@ -118,7 +118,7 @@ HOTPLUG      := $(B)/bin/blkstack-hotplug
 HOTPLUG_OBJ  := $(call objs,$(sort $(wildcard helpers/hotplug/*.c))) \
                 $(COMMON) $(LIB)
 HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
-# The installed hotplug helper finds blkstack-ctl here (or beside itself).
+# The installed hotplug helper finds blkstack-worker here (or beside itself).
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 
 WORKER       := $(B)/bin/blkstack-worker
@@ -167,7 +167,7 @@ $(TOOLSTACK): $(TOOLSTACK_OBJ)
 
 # build/tests/hp-dev-tool drives helpers/hotplug/hp-dev.h for tests/bats/dev.bats.
 HPDEV_TOOL     := $(B)/tests/hp-dev-tool
-HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(LIB)
+HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(COMMON) $(LIB)
 $(B)/obj/tests/dev/%.o: CPPFLAGS += $(HELPER_INC)
 $(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
 	$(call link,$(NL_LIBS) $(LIB_LIBS))
@@ -182,11 +182,13 @@ $(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
 
 # test-hp-dev: the record and the choice, no devices (no netlink).
 UNIT_OBJ_test-hp-dev    := $(addprefix $(B)/obj/helpers/hotplug/, \
-                             dev-record.o dev-choose.o hp-conf.o)
+                             dev-record.o dev-choose.o hp-conf.o) $(COMMON)
 UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-conf.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
+# test-ctl-client: the control client library, against real workers.
+UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "hp-conf.h"
 #include "hp-dev.h"
 
@@ -123,10 +124,8 @@ static bool nbd_available(void)
 	close(nullfd);
 	if (pid < 0)
 		return false;
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR)
-			return false;
-	}
+	if (child_wait(pid, &status) < 0)
+		return false;
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
 	       access("/sys/module/nbd", F_OK) == 0;
 }

@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "blkstack/nbd-proto.h"
+#include "child.h"
 #include "dev-nbd-kernel.h"
-#include "dev-proc.h"
 #include "dev-record.h"
 #include "hp-conf.h"
 
@@ -227,8 +227,7 @@ static int flush_bounded(int fd, pid_t *child)
 	}
 	pidfd = pidfd_open(pid, 0);
 	if (pidfd >= 0) {
-		bool done =
-		    hp_dev_pidfd_wait(pidfd, NBD_FLUSH_TIMEOUT_S * 1000);
+		bool done = pidfd_wait(pidfd, NBD_FLUSH_TIMEOUT_S * 1000) == 0;
 
 		close(pidfd);
 		if (!done) {
@@ -236,10 +235,9 @@ static int flush_bounded(int fd, pid_t *child)
 			return -ETIMEDOUT;
 		}
 	}
-	while ((ret = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
-		;
+	ret = child_wait(pid, &status);
 	if (ret < 0)
-		return -errno;
+		return ret;
 	if (WIFEXITED(status))
 		return -WEXITSTATUS(status);
 	return -EIO;
@@ -343,8 +341,7 @@ out:
 		close(fd);
 	if (flusher > 0) {
 		/* The disconnect failed whatever it waited for: it ends. */
-		while (waitpid(flusher, NULL, 0) < 0 && errno == EINTR)
-			;
+		child_wait(flusher, NULL);
 	}
 	free(backend);
 	return ret;

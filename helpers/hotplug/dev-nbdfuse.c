@@ -29,8 +29,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "child.h"
+#include "deadline.h"
 #include "dev-nbdfuse.h"
-#include "dev-proc.h"
 #include "dev-record.h"
 #include "hp-conf.h"
 
@@ -89,7 +90,7 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 	int nullfd = -1, logfd = -1, mfd = -1, pidfd = -1, ret;
 	char *argv[6];
 	int argc = 0;
-	int64_t deadline;
+	uint64_t deadline;
 	pid_t pid;
 
 	if (!exe)
@@ -155,13 +156,12 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 		ret = bks_error_set(err, errno, "pidfd_open nbdfuse %d", pid);
 		goto out;
 	}
-	deadline = hp_dev_now_ms() + FUSE_READY_MS;
+	deadline = deadline_in(FUSE_READY_MS);
 	for (;;) {
 		struct pollfd pfd[2] = {{.fd = mfd, .events = POLLPRI},
 					{.fd = pidfd, .events = POLLIN}};
 		struct stat st;
-		int64_t left;
-		int n;
+		int left, n;
 
 		/*
 		 * Before the mount, fuse_dir is an empty directory; after
@@ -182,8 +182,8 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 			add_fuse_log(err, log);
 			goto out;
 		}
-		left = deadline - hp_dev_now_ms();
-		if (left <= 0) {
+		left = ms_left(deadline);
+		if (left == 0) {
 			ret = bks_error_setmsg(err, ETIMEDOUT,
 					       "nbdfuse on %s: no %s after %d "
 					       "ms",
@@ -191,7 +191,7 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 			add_fuse_log(err, log);
 			goto out;
 		}
-		n = poll(pfd, 2, (int)left);
+		n = poll(pfd, 2, left);
 		if (n < 0 && errno != EINTR) {
 			ret = bks_error_set(err, errno, "poll for nbdfuse");
 			goto out;
@@ -203,7 +203,7 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 					       "serving %s",
 					       nbd_sock, file);
 			add_fuse_log(err, log);
-			hp_dev_reap(pid);
+			child_try_reap(pid, NULL);
 			dev->fuse_pid = 0;
 			goto out;
 		}
@@ -250,7 +250,7 @@ int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 	if (!exe_ok || strcmp(arg, dev->fuse_dir) != 0)
 		goto not_ours;
 	/* Still the same process after we read its command line? */
-	if (hp_dev_pidfd_wait(fd, 0))
+	if (pidfd_wait(fd, 0) == 0)
 		goto not_ours;
 	free(cmd);
 	*ours = true;
@@ -278,14 +278,15 @@ int hp_fuse_stop(const struct hp_dev *dev, int pidfd, bool ours,
 		return bks_error_set(err, errno, "unmount %s", dev->fuse_dir);
 
 	if (ours) {
-		if (!hp_dev_pidfd_wait(pidfd, FUSE_EXIT_MS)) {
+		if (pidfd_wait(pidfd, FUSE_EXIT_MS) < 0) {
 			pidfd_send_signal(pidfd, SIGTERM, NULL, 0);
-			if (!hp_dev_pidfd_wait(pidfd, FUSE_EXIT_MS)) {
+			if (pidfd_wait(pidfd, FUSE_EXIT_MS) < 0) {
 				pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-				hp_dev_pidfd_wait(pidfd, FUSE_EXIT_MS);
+				pidfd_wait(pidfd, FUSE_EXIT_MS);
 			}
 		}
-		hp_dev_reap(dev->fuse_pid);
+		/* Not our child when detach runs in another process. */
+		child_try_reap(dev->fuse_pid, NULL);
 	}
 
 	if (rmdir(dev->fuse_dir) < 0 && errno != ENOENT)

@@ -14,9 +14,12 @@
  *              then only configures a loop device on it, so the blackout
  *              step is a few xenstore operations and one ioctl.  remove
  *              frees the loop device, unprepare the stage.
- *   worker     RUNDIR/NAME, started and stopped through blkstack-ctl;
- *              NAME comes from the records path, so every action of one
- *              device finds the same worker without reading it back.
+ *   worker     RUNDIR/NAME, started and stopped with the control client
+ *              library (helpers/common/worker-run.h: blkstack-worker is
+ *              spawned directly, its errno and message come back);
+ *              alive by the one rule of worker-live.h.  NAME comes from
+ *              the records path, so every action of one device finds
+ *              the same worker without reading it back.
  *   lock       RUNDIR/NAME.lock, flock()ed for the whole action: calls
  *              for one device are serialised, calls for others are not.
  *
@@ -25,22 +28,19 @@
  * remove right after a failed add and the reason must survive it.
  *
  * Every value read back from xenstore is parsed strictly before use, and
- * nothing is ever handed to a shell: blkstack-ctl is spawned with an
+ * nothing is ever handed to a shell: blkstack-worker is spawned with an
  * argument vector.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
-#include <sys/wait.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "blkstack/chain.h"
@@ -49,14 +49,17 @@
 #include "hp-policy.h"
 #include "hp-share.h"
 #include "hp.h"
+#include "lockfile.h"
+#include "rundir.h"
+#include "sibling.h"
+#include "worker-live.h"
 #include "worker-name.h"
+#include "worker-run.h"
 
+/* Where an installed blkstack-worker is, when it is not beside us. */
 #ifndef BKS_SBINDIR
 #define BKS_SBINDIR "/usr/local/sbin"
 #endif
-#define DEFAULT_RUNDIR "/run/blkstack"
-
-extern char **environ;
 
 /* Record nodes, below the records directory. */
 #define NODE_WORKER    "blkstack-worker"
@@ -148,8 +151,8 @@ static int get_rundir(char *buf, size_t size, struct bks_error *err)
 static int take_lock(struct hp *hp, const struct target *t)
 {
 	char path[PATH_MAX + 16];
-	struct stat a, b;
-	int fd;
+	struct stat a;
+	int fd, rc;
 
 	if (mkdir(t->rundir, 0755) < 0 && errno != EEXIST)
 		return bks_error_set(&hp->err, errno, "mkdir %s", t->rundir);
@@ -177,20 +180,9 @@ static int take_lock(struct hp *hp, const struct target *t)
 		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
 					"%s/%s.lock: too long", t->rundir,
 					t->name);
-	for (;;) {
-		fd =
-		    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (fd < 0)
-			return bks_error_set(&hp->err, errno, "open %s", path);
-		if (flock(fd, LOCK_EX) < 0) {
-			close(fd);
-			return bks_error_set(&hp->err, errno, "lock %s", path);
-		}
-		if (fstat(fd, &a) == 0 && stat(path, &b) == 0 &&
-		    a.st_ino == b.st_ino && a.st_dev == b.st_dev)
-			break;
-		close(fd);
-	}
+	rc = lockfile_take(path, LOCKFILE_CREATE, &fd, &hp->err);
+	if (rc < 0)
+		return rc;
 	hp->lock_fd = fd;
 	return 0;
 }
@@ -221,100 +213,34 @@ static int target_init(struct hp *hp, struct target *t)
 	return take_lock(hp, t);
 }
 
-/* ---- running blkstack-ctl ------------------------------------------------ */
-
-/* blkstack-ctl beside us (a build tree), else the installed one. */
-static int ctl_path(char *buf, size_t size, struct bks_error *err)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash;
-
-	if (n > 0) {
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if (snprintf(buf, size, "%s/blkstack-ctl", self) <
-				(int)size &&
-			    access(buf, X_OK) == 0)
-				return 0;
-		}
-	}
-	if (snprintf(buf, size, "%s/blkstack-ctl", BKS_SBINDIR) < (int)size &&
-	    access(buf, X_OK) == 0)
-		return 0;
-	return bks_error_set(err, errno, "find blkstack-ctl (%s)", buf);
-}
+/* ---- running the worker ------------------------------------------------- */
 
 /*
- * Run blkstack-ctl --rundir RUNDIR ARGS...; its stdout is discarded and
- * its stderr kept: on failure, its last line is the error.  Returns the
- * exit status (0 or positive), or -errno with err set.
+ * Start the disk's worker on chain (worker-run.h).  Returns 0, or the
+ * worker's -errno with hp->err saying "worker NAME: REASON".
  */
-static int run_ctl(const struct target *t, const char *const args[],
-		   struct bks_error *err)
+static int start_worker(struct hp *hp, const struct target *t,
+			const char *chain)
 {
-	const char *argv[16];
-	char exe[PATH_MAX], out[2048], *line, *nl;
-	posix_spawn_file_actions_t fa;
-	size_t argc = 0, len = 0;
-	int pipefd[2] = {-1, -1}, status, rc;
+	char exe[PATH_MAX];
+	struct worker_spec spec = {
+	    .exe = exe, .rundir = t->rundir, .name = t->name, .chain = chain};
 	pid_t pid;
+	int rc;
 
-	rc = ctl_path(exe, sizeof(exe), err);
-	if (rc < 0)
-		return rc;
-	argv[argc++] = exe;
-	argv[argc++] = "--rundir";
-	argv[argc++] = t->rundir;
-	for (size_t i = 0; args[i] && argc < 15; i++)
-		argv[argc++] = args[i];
-	argv[argc] = NULL;
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		return bks_error_set(err, errno, "pipe");
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-	rc = posix_spawn(&pid, exe, &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(pipefd[1]);
-	if (rc) {
-		close(pipefd[0]);
-		return bks_error_set(err, rc, "start %s", exe);
-	}
-	for (;;) {
-		ssize_t n = read(pipefd[0], out + len, sizeof(out) - 1 - len);
+	/* blkstack-worker beside us (a build tree), else the installed one. */
+	rc = sibling_path(exe, sizeof(exe), "blkstack-worker", BKS_SBINDIR,
+			  &hp->err);
+	return rc < 0 ? rc : worker_start(&spec, &pid, &hp->err);
+}
 
-		if (n > 0 && len + (size_t)n < sizeof(out) - 1) {
-			len += (size_t)n;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n > 0) /* full: keep the latest text */
-			len = 0;
-		else
-			break;
-	}
-	close(pipefd[0]);
-	out[len] = '\0';
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR)
-			return bks_error_set(err, errno, "wait for %s", exe);
-	}
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		return 0;
-	/* The last non-empty line, without the program's prefix. */
-	while (len && out[len - 1] == '\n')
-		out[--len] = '\0';
-	nl = strrchr(out, '\n');
-	line = nl ? nl + 1 : out;
-	if (!strncmp(line, "blkstack-ctl: ", 14))
-		line += 14;
-	bks_error_setmsg(err, EIO, "%s", *line ? line : "blkstack-ctl failed");
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+/* Stop the disk's worker, if any, and remove its files (idempotent). */
+static int stop_worker(const struct target *t, struct bks_error *err)
+{
+	struct worker_stopped how;
+
+	return worker_stop(t->rundir, t->name, WORKER_EXIT_TIMEOUT_MS, &how,
+			   err);
 }
 
 /* ---- xenstore records ---------------------------------------------------- */
@@ -387,13 +313,13 @@ static int commit(struct hp *hp, struct writes *w)
 /* ---- device records --------------------------------------------------------
  */
 
-/* The worker's control socket answers: it is running. */
+/* The disk's worker is alive: a process holds its lock (worker-live.h). */
 static bool worker_running(const struct target *t)
 {
 	struct bks_error ignore;
-	const char *args[] = {"info", "--name", t->name, NULL};
+	struct worker_proc p;
 
-	return run_ctl(t, args, &ignore) == 0;
+	return worker_live(t->dir, &p, &ignore) == 0;
 }
 
 /* The worker's NBD socket path. */
@@ -406,38 +332,38 @@ static int nbd_sock_path(struct hp *hp, const struct target *t, char *sock,
 	return 0;
 }
 
-/* The worker's NBD socket accepts connections. */
-static int check_worker(struct hp *hp, const struct target *t, char *sock,
-			size_t size)
-{
-	int rc = nbd_sock_path(hp, t, sock, size);
-
-	if (rc < 0)
-		return rc;
-	rc = hp_dev_sock_probe(sock);
-	if (rc == -ENAMETOOLONG)
-		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
-					"%s: too long for a socket", sock);
-	if (rc < 0)
-		return bks_error_set(&hp->err, -rc,
-				     "worker %s is not serving (was prepare "
-				     "run? did the worker die?): connect %s",
-				     t->name, sock);
-	return 0;
-}
-
-/* The disk's running worker (hp_worker_pid), or an error that says so. */
+/* The disk's running worker (worker_live), or an error that says so. */
 static int find_worker(struct hp *hp, const struct target *t, pid_t *pid,
 		       unsigned long long *start)
 {
-	int rc = hp_worker_pid(t->dir, pid, start, &hp->err);
+	struct worker_proc p;
+	int rc = worker_live(t->dir, &p, &hp->err);
 
+	*pid = p.pid;
+	*start = p.start;
 	if (rc < 0)
 		bks_error_prepend(&hp->err,
 				  "worker %s is not serving (was prepare run? "
 				  "did the worker die?): ",
 				  t->name);
 	return rc;
+}
+
+/* The worker is alive (find_worker); sock gets its NBD socket's path. */
+static int check_worker(struct hp *hp, const struct target *t, char *sock,
+			size_t size)
+{
+	struct sockaddr_un sa;
+	unsigned long long start;
+	pid_t pid;
+	int rc = nbd_sock_path(hp, t, sock, size);
+
+	if (rc < 0)
+		return rc;
+	if (strlen(sock) >= sizeof(sa.sun_path))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s: too long for a socket", sock);
+	return find_worker(hp, t, &pid, &start);
 }
 
 /* The worker as a device record names it: "PID:STARTTIME". */
@@ -656,14 +582,9 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		goto out;
 	bks_chain_spec_free(&spec);
 	if (!worker_running(t)) {
-		const char *args[] = {"create",	 "--name", t->name,
-				      "--chain", chain,	   NULL};
-
-		rc = run_ctl(t, args, &hp->err);
-		if (rc) {
-			rc = -EIO;
+		rc = start_worker(hp, t, chain);
+		if (rc < 0)
 			goto out;
-		}
 		new_worker = true;
 	}
 	rc = check_images(hp, t);
@@ -686,10 +607,9 @@ out:
 	}
 	if (rc < 0 && new_worker) {
 		/* prepare undoes itself: a worker it started goes too. */
-		const char *args[] = {"destroy", "--name", t->name, NULL};
 		struct bks_error ignore;
 
-		run_ctl(t, args, &ignore);
+		stop_worker(t, &ignore);
 	}
 	free(chain);
 	return rc;
@@ -1042,7 +962,6 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 {
 	static const char *const nodes[] = {NODE_DEV, NODE_LOCAL_DEV,
 					    NODE_STAGE};
-	const char *args[] = {"destroy", "--name", t->name, NULL};
 	struct writes w = {0};
 	struct bks_error first;
 	int rc, first_rc = 0;
@@ -1059,8 +978,7 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	/* Devices of attaches killed before they were recorded. */
 	keep_first(hp, sweep_leftovers(hp, t), &first_rc, &first);
 	hp_share_release(t->rundir, t->name);
-	if (run_ctl(t, args, &hp->err))
-		keep_first(hp, -EIO, &first_rc, &first);
+	keep_first(hp, stop_worker(t, &hp->err), &first_rc, &first);
 	if (first_rc < 0) {
 		hp->err = first;
 		return first_rc;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "hp-share.h"
+#include "worker-live.h"
 #include "worker-name.h"
 
 #define SHARING_LOCK	 "sharing.lock"
@@ -61,97 +62,6 @@ static int read_text(const char *path, char *buf, size_t size)
 	close(fd);
 	buf[len] = '\0';
 	return (int)len;
-}
-
-/* Does process pid hold a descriptor on (dev, ino)? */
-static bool holds(pid_t pid, dev_t dev, ino_t ino)
-{
-	char dir[64], p[384];
-	struct dirent *de;
-	bool found = false;
-	DIR *d;
-
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	d = opendir(dir);
-	if (!d)
-		return false;
-	while (!found && (de = readdir(d))) {
-		struct stat st;
-
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-		found =
-		    stat(p, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
-	}
-	closedir(d);
-	return found;
-}
-
-/* Field 22 of /proc/PID/stat: after the ")" of the name, 20 fields on. */
-static int proc_start(pid_t pid, unsigned long long *start)
-{
-	char path[64], buf[1024], *p;
-	int n;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	n = read_text(path, buf, sizeof(buf));
-	if (n < 0)
-		return n;
-	p = strrchr(buf, ')');
-	if (!p)
-		return -EINVAL;
-	for (int field = 2; field < 22; field++) {
-		p = strchr(p + 1, ' ');
-		if (!p)
-			return -EINVAL;
-	}
-	return sscanf(p + 1, "%llu", start) == 1 ? 0 : -EINVAL;
-}
-
-int hp_worker_pid(const char *wdir, pid_t *pid, unsigned long long *start,
-		  struct bks_error *err)
-{
-	char path[PATH_MAX + 16], buf[32], *end;
-	struct stat lk;
-	long v;
-	int n;
-
-	*pid = 0;
-	*start = 0;
-	if (snprintf(path, sizeof(path), "%s/pid", wdir) >= (int)sizeof(path))
-		return bks_error_setmsg(err, ENAMETOOLONG, "%s/pid: too long",
-					wdir);
-	n = read_text(path, buf, sizeof(buf));
-	if (n == -ENOENT)
-		return bks_error_setmsg(err, ESRCH,
-					"no worker in %s (no pid "
-					"file)",
-					wdir);
-	if (n < 0)
-		return bks_error_set(err, -n, "read %s", path);
-	buf[strcspn(buf, "\n")] = '\0';
-	errno = 0;
-	v = strtol(buf, &end, 10);
-	if (errno || end == buf || *end || v <= 0 || v > INT_MAX)
-		return bks_error_setmsg(err, EINVAL, "%s: not a pid", path);
-	snprintf(path, sizeof(path), "%s/lock", wdir);
-	if (stat(path, &lk) < 0)
-		return bks_error_setmsg(err, ESRCH, "no worker in %s (no lock)",
-					wdir);
-	/* The pid may have been recycled: the worker is who holds its lock. */
-	if (!holds((pid_t)v, lk.st_dev, lk.st_ino))
-		return bks_error_setmsg(err, ESRCH,
-					"no worker in %s (pid %ld does not "
-					"hold its lock)",
-					wdir, v);
-	if (proc_start((pid_t)v, start) < 0)
-		return bks_error_setmsg(err, ESRCH,
-					"no worker in %s (pid %ld "
-					"is gone)",
-					wdir, v);
-	*pid = (pid_t)v;
-	return 0;
 }
 
 /* The access mode of /proc/PID/fdinfo/FD: true if open for writing. */
@@ -406,8 +316,7 @@ static int check_others(const char *rundir, const char *name,
 	while (ret == 0 && (de = readdir(d))) {
 		char other[WORKER_NAME_MAX + 1], path[PATH_MAX + 96];
 		size_t len = strlen(de->d_name);
-		unsigned long long start;
-		pid_t pid;
+		struct worker_proc p;
 		int n;
 
 		if (len <= slen ||
@@ -419,7 +328,7 @@ static int check_others(const char *rundir, const char *name,
 		if (!strcmp(other, name) || !worker_name_valid(other))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", rundir, other);
-		if (hp_worker_pid(path, &pid, &start, err) < 0) {
+		if (worker_live(path, &p, err) < 0) {
 			bks_error_clear(err);
 			continue; /* its worker is gone: nothing in use */
 		}

@@ -51,17 +51,6 @@ struct hp_usage {
 };
 
 /*
- * The pid of the worker in wdir (RUNDIR/NAME): the process named by
- * wdir/pid, and only if it holds wdir/lock open (so a dead worker's pid,
- * recycled by another process, is not taken for it).  *start gets the
- * process's start time (/proc/PID/stat field 22), which with the pid names
- * this one worker for good.  Returns 0, -ESRCH (no such worker: no pid
- * file, or the process is not the lock's holder), or -errno; err set.
- */
-int hp_worker_pid(const char *wdir, pid_t *pid, unsigned long long *start,
-		  struct bks_error *err);
-
-/*
  * The images worker pid (of wdir) holds open: every regular file and block
  * device among its descriptors, except its own files in wdir.  An image
  * is rw when the worker opened it for writing and disk_rw.  Fills

@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -37,11 +36,12 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "lockfile.h"
+#include "rundir.h"
 #include "worker-ctl.h"
 #include "worker.h"
 
-#define PROG	       "blkstack-worker"
-#define DEFAULT_RUNDIR "/run/blkstack"
+#define PROG "blkstack-worker"
 /* How long shutdown waits for clients to take their last replies. */
 #define STOP_TIMEOUT_NS (30ull * 1000000000ull)
 
@@ -300,38 +300,31 @@ static int dir_path(const struct worker *w, const char *name, char *buf,
 static int take_lock(struct worker *w, struct res *r, struct bks_error *err)
 {
 	char path[PATH_MAX + 16], pid[32] = "?";
-	struct stat fst, pst;
 	int rc;
 
 	rc = dir_path(w, "lock", path, sizeof(path), err);
 	if (rc < 0)
 		return rc;
+	/* lockfile.h rechecks the inode; DIR/NAME itself may go too. */
 	for (int i = 0; i < LOCK_RETRIES; i++) {
 		rc = ensure_dir(w->dir, 0700, err);
 		if (rc < 0)
 			return rc;
-		r->lock_fd =
-		    open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (r->lock_fd < 0 && errno == ENOENT)
-			continue; /* DIR/NAME went just now */
-		if (r->lock_fd < 0)
-			return bks_error_set(err, errno, "open %s", path);
-		if (flock(r->lock_fd, LOCK_EX | LOCK_NB) < 0)
-			break;
-		if (fstat(r->lock_fd, &fst) == 0 && stat(path, &pst) == 0 &&
-		    fst.st_dev == pst.st_dev && fst.st_ino == pst.st_ino) {
-			r->locked = true;
-			return 0;
-		}
-		close(r->lock_fd);
-		r->lock_fd = -1;
+		rc = lockfile_take(path, LOCKFILE_CREATE | LOCKFILE_NONBLOCK,
+				   &r->lock_fd, err);
+		if (rc != -ENOENT)
+			break; /* -ENOENT: DIR/NAME went just now */
 	}
-	if (r->lock_fd < 0)
+	if (rc == 0) {
+		r->locked = true;
+		return 0;
+	}
+	if (rc == -ENOENT)
 		return bks_error_setmsg(err, EAGAIN,
 					"lock %s: removed under us %d times",
 					path, LOCK_RETRIES);
-	if (errno != EWOULDBLOCK)
-		return bks_error_set(err, errno, "lock %s", path);
+	if (rc != -EWOULDBLOCK)
+		return rc;
 	if (dir_path(w, "pid", path, sizeof(path), err) == 0) {
 		int fd = open(path, O_RDONLY | O_CLOEXEC);
 
@@ -514,13 +507,20 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 /* Tell the starter how start-up went, and let go of the fd. */
 static void report_ready(int fd, const struct bks_error *err)
 {
-	char line[BKS_ERROR_MSG_MAX + 16];
+	char line[BKS_ERROR_MSG_MAX + 64];
 	int n;
 
 	if (fd < 0)
 		return;
+	/*
+	 * The errno on a line of its own: a starter that reads one line
+	 * still gets the message (docs/control-protocol.txt, "Readiness").
+	 */
 	if (err)
-		n = snprintf(line, sizeof(line), "error: %s\n", err->msg);
+		n = snprintf(
+		    line, sizeof(line), "error: %s\nerrno: %s\n", err->msg,
+		    strerrorname_np(err->code) ? strerrorname_np(err->code)
+					       : "EIO");
 	else
 		n = snprintf(line, sizeof(line), "ok\n");
 	if (n > 0 && write(fd, line, (size_t)n) < 0) {

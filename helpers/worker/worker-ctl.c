@@ -123,33 +123,42 @@ static void ctl_log(const struct worker_ctl *ctl, int prio, const char *fmt,
 /* ---- output -------------------------------------------------------------- */
 
 /*
- * Reply {"ok":false,"error":"NAME: reason"}.  Used for refusals before a
- * connection exists too, hence the writer argument.
+ * Reply {"ok":false,"error":"NAME: reason","errno":"EINVAL","errnum":22}:
+ * code is the positive errno of the failure, by name (portable) and by
+ * number (docs/control-protocol.txt, "Framing").  Used for refusals
+ * before a connection exists too, hence the writer argument.
  */
-static void __attribute__((format(printf, 3, 0)))
-put_verror(struct json_writer *j, const struct worker *w, const char *fmt,
-	   va_list ap)
+static void __attribute__((format(printf, 4, 0)))
+put_verror(struct json_writer *j, const struct worker *w, int code,
+	   const char *fmt, va_list ap)
 {
 	char msg[BKS_ERROR_MSG_MAX + WORKER_NAME_MAX + 64];
+	const char *ename;
 	int n = snprintf(msg, sizeof(msg), "%s: ", w->name);
 
 	if (n < 0 || (size_t)n >= sizeof(msg))
 		n = 0;
 	vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+	if (code <= 0)
+		code = EIO;
+	ename = strerrorname_np(code);
 	json_obj_begin(j);
 	json_kv_bool(j, "ok", false);
 	json_kv_str(j, "error", msg);
+	if (ename)
+		json_kv_str(j, "errno", ename);
+	json_kv_u64(j, "errnum", (uint64_t)code);
 	json_obj_end(j);
 	json_raw(j, "\n", 1);
 }
 
-static void __attribute__((format(printf, 2, 3)))
-reply_error(struct ctl_conn *c, const char *fmt, ...)
+static void __attribute__((format(printf, 3, 4)))
+reply_error(struct ctl_conn *c, int code, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	put_verror(&c->out, c->ctl->w, fmt, ap);
+	put_verror(&c->out, c->ctl->w, code, fmt, ap);
 	va_end(ap);
 }
 
@@ -175,7 +184,7 @@ static void reply_end(struct ctl_conn *c, size_t mark)
 	if (rc == 0)
 		return;
 	json_rewind(&c->out, mark);
-	reply_error(c, "reply: %s", strerror(-rc));
+	reply_error(c, -rc, "reply: %s", strerror(-rc));
 }
 
 /*
@@ -462,15 +471,16 @@ static void reply_pause(struct ctl_conn *c, int rc)
 
 	if (rc == -ESHUTDOWN ||
 	    (rc == -ECANCELED && w->state == WORKER_STOPPING)) {
-		reply_error(c, "pause cancelled: the worker is stopping");
+		reply_error(c, ESHUTDOWN,
+			    "pause cancelled: the worker is stopping");
 		return;
 	}
 	if (rc == -ECANCELED) {
-		reply_error(c, "pause cancelled by unpause");
+		reply_error(c, ECANCELED, "pause cancelled by unpause");
 		return;
 	}
 	if (rc < 0) {
-		reply_error(c, "pause: %s", strerror(-rc));
+		reply_error(c, -rc, "pause: %s", strerror(-rc));
 		return;
 	}
 	json_obj_begin(&c->out);
@@ -521,9 +531,10 @@ static void cmd_pause(struct ctl_conn *c)
 		ctl->pause_pending = false;
 		c->pause_wait = false;
 		if (rc == -ESHUTDOWN)
-			reply_error(c, "pause: the worker is stopping");
+			reply_error(c, ESHUTDOWN,
+				    "pause: the worker is stopping");
 		else
-			reply_error(c, "pause: %s", strerror(-rc));
+			reply_error(c, -rc, "pause: %s", strerror(-rc));
 	}
 }
 
@@ -536,9 +547,9 @@ static void cmd_unpause(struct ctl_conn *c)
 		(unsigned int)c->uid);
 	rc = c->ctl->ops->unpause(w);
 	if (rc == -ESHUTDOWN)
-		reply_error(c, "unpause: the worker is stopping");
+		reply_error(c, ESHUTDOWN, "unpause: the worker is stopping");
 	else if (rc < 0)
-		reply_error(c, "unpause: %s", strerror(-rc));
+		reply_error(c, -rc, "unpause: %s", strerror(-rc));
 	else
 		reply_ok(c);
 }
@@ -551,7 +562,8 @@ static struct bks_layer *find_log(struct ctl_conn *c, const char *cmd)
 	    w->chain ? bks_chain_find(w->chain, "log") : NULL;
 
 	if (!log)
-		reply_error(c, "%s: the chain has no log: layer", cmd);
+		reply_error(c, EOPNOTSUPP, "%s: the chain has no log: layer",
+			    cmd);
 	return log;
 }
 
@@ -565,7 +577,7 @@ static void cmd_dirty(struct ctl_conn *c, int argc, char **argv)
 	int rc;
 
 	if (argc > 2) {
-		reply_error(c, "usage: dirty [START]");
+		reply_error(c, EINVAL, "usage: dirty [START]");
 		return;
 	}
 	log = find_log(c, "dirty");
@@ -574,7 +586,7 @@ static void cmd_dirty(struct ctl_conn *c, int argc, char **argv)
 	size = bks_next_info(log)->size;
 	if (argc == 2 && (parse_u64(argv[1], &start) < 0 || start > size)) {
 		reply_error(
-		    c,
+		    c, EINVAL,
 		    "dirty: bad start '%.64s' (a byte offset up to %" PRIu64
 		    ")",
 		    argv[1], size);
@@ -582,7 +594,7 @@ static void cmd_dirty(struct ctl_conn *c, int argc, char **argv)
 	}
 	rc = bks_log_dirty(log, start, ctl->extents, CTL_DIRTY_MAX, &n);
 	if (rc < 0) {
-		reply_error(c, "dirty: %s", strerror(-rc));
+		reply_error(c, -rc, "dirty: %s", strerror(-rc));
 		return;
 	}
 	json_obj_begin(j);
@@ -617,7 +629,7 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 	int rc;
 
 	if (argc != 1 && argc != 3) {
-		reply_error(c, "usage: clear-dirty [OFFSET LENGTH]");
+		reply_error(c, EINVAL, "usage: clear-dirty [OFFSET LENGTH]");
 		return;
 	}
 	log = find_log(c, "clear-dirty");
@@ -625,14 +637,14 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 		return;
 	if (argc == 3 &&
 	    (parse_u64(argv[1], &off) < 0 || parse_u64(argv[2], &len) < 0)) {
-		reply_error(c, "clear-dirty: bad range '%.32s %.32s'", argv[1],
-			    argv[2]);
+		reply_error(c, EINVAL, "clear-dirty: bad range '%.32s %.32s'",
+			    argv[1], argv[2]);
 		return;
 	}
 	rc = bks_log_clear(log, off, len);
 	if (rc < 0) {
 		reply_error(
-		    c, "clear-dirty %" PRIu64 " %" PRIu64 ": %s", off, len,
+		    c, -rc, "clear-dirty %" PRIu64 " %" PRIu64 ": %s", off, len,
 		    rc == -EINVAL ? "offset beyond the disk" : strerror(-rc));
 		return;
 	}
@@ -669,20 +681,20 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 	int argc = 0;
 
 	if (memchr(line, '\0', len)) {
-		reply_error(c, "the command contains a NUL byte");
+		reply_error(c, EINVAL, "the command contains a NUL byte");
 		return;
 	}
 	for (tok = strtok_r(line, " \t", &save); tok;
 	     tok = strtok_r(NULL, " \t", &save)) {
 		if (argc == CTL_MAX_ARGS) {
-			reply_error(c, "too many arguments");
+			reply_error(c, E2BIG, "too many arguments");
 			return;
 		}
 		argv[argc++] = tok;
 	}
 	argv[argc] = NULL;
 	if (argc == 0) {
-		reply_error(c, "empty command");
+		reply_error(c, EINVAL, "empty command");
 		return;
 	}
 	if (strcmp(argv[0], "dirty") == 0) {
@@ -697,11 +709,11 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 	    strcmp(argv[0], "pause") != 0 && strcmp(argv[0], "unpause") != 0 &&
 	    strcmp(argv[0], "shutdown") != 0) {
 		bks_sanitize_line(argv[0]);
-		reply_error(c, "unknown command '%.64s'", argv[0]);
+		reply_error(c, ENOSYS, "unknown command '%.64s'", argv[0]);
 		return;
 	}
 	if (argc > 1) {
-		reply_error(c, "%s takes no arguments", argv[0]);
+		reply_error(c, EINVAL, "%s takes no arguments", argv[0]);
 		return;
 	}
 	if (strcmp(argv[0], "info") == 0)
@@ -734,7 +746,7 @@ static void process_lines(struct ctl_conn *c)
 			len = (size_t)(nl - c->in);
 			used = len + 1;
 		} else if (c->in_len == sizeof(c->in)) {
-			reply_error(c,
+			reply_error(c, EMSGSIZE,
 				    "command line too long (more than %d "
 				    "bytes)",
 				    CTL_LINE_MAX - 1);
@@ -878,15 +890,15 @@ static void ctl_do_shutdown(struct bks_defer *d)
 /* ---- accepting ----------------------------------------------------------- */
 
 /* Send one error line to a client being refused, and close it. */
-static void __attribute__((format(printf, 3, 4)))
-refuse(struct worker_ctl *ctl, int fd, const char *fmt, ...)
+static void __attribute__((format(printf, 4, 5)))
+refuse(struct worker_ctl *ctl, int fd, int code, const char *fmt, ...)
 {
 	struct json_writer j;
 	va_list ap;
 
 	json_writer_init(&j, 4096);
 	va_start(ap, fmt);
-	put_verror(&j, ctl->w, fmt, ap);
+	put_verror(&j, ctl->w, code, fmt, ap);
 	va_end(ap);
 	/* Best effort: a fresh socket has room for one short line. */
 	if (json_error(&j) == 0 &&
@@ -995,7 +1007,7 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 			"uid %u may control this worker",
 			(unsigned int)cred.uid, (int)cred.pid,
 			(unsigned int)geteuid());
-		refuse(ctl, fd,
+		refuse(ctl, fd, EACCES,
 		       "permission denied: uid %u may not control "
 		       "this worker",
 		       (unsigned int)cred.uid);
@@ -1007,14 +1019,14 @@ static void conn_new(struct worker_ctl *ctl, int fd)
 			"control: refused a connection: %d already open, "
 			"none idle",
 			CTL_MAX_CONNS);
-		refuse(ctl, fd, "too many control connections (%d)",
+		refuse(ctl, fd, EAGAIN, "too many control connections (%d)",
 		       CTL_MAX_CONNS);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
 		ctl_log(ctl, LOG_ERR, "control: allocate connection: %m");
-		refuse(ctl, fd, "out of memory");
+		refuse(ctl, fd, ENOMEM, "out of memory");
 		return;
 	}
 	c->ctl = ctl;

@@ -51,6 +51,11 @@ create() {
 	assert_output "$RUNDIR/$name/nbd.sock"
 }
 
+# errno_num NAME: the number of errno NAME here.
+errno_num() {
+	python3 -c 'import errno, sys; print(getattr(errno, sys.argv[1]))' "$1"
+}
+
 # nbd NAME: the NBD URI of worker NAME.
 nbd() {
 	echo "nbd+unix:///?socket=$RUNDIR/$1/nbd.sock"
@@ -496,11 +501,11 @@ EOF
 	create vm1 'log:|ram:16M'
 	run raw vm1 frobnicate 'info extra' '' 'dirty nope' 'clear-dirty 1' info
 	assert_success
-	assert_line --index 0 "{\"ok\":false,\"error\":\"vm1: unknown command 'frobnicate'\"}"
-	assert_line --index 1 '{"ok":false,"error":"vm1: info takes no arguments"}'
-	assert_line --index 2 '{"ok":false,"error":"vm1: empty command"}'
+	assert_line --index 0 "{\"ok\":false,\"error\":\"vm1: unknown command 'frobnicate'\",\"errno\":\"ENOSYS\",\"errnum\":$(errno_num ENOSYS)}"
+	assert_line --index 1 "{\"ok\":false,\"error\":\"vm1: info takes no arguments\",\"errno\":\"EINVAL\",\"errnum\":$(errno_num EINVAL)}"
+	assert_line --index 2 "{\"ok\":false,\"error\":\"vm1: empty command\",\"errno\":\"EINVAL\",\"errnum\":$(errno_num EINVAL)}"
 	assert_line --index 3 --partial '"error":"vm1: dirty: bad start '"'"'nope'"'"
-	assert_line --index 4 '{"ok":false,"error":"vm1: usage: clear-dirty [OFFSET LENGTH]"}'
+	assert_line --index 4 "{\"ok\":false,\"error\":\"vm1: usage: clear-dirty [OFFSET LENGTH]\",\"errno\":\"EINVAL\",\"errnum\":$(errno_num EINVAL)}"
 	run jq_py "${lines[5]}" '(d["ok"], d["name"])'
 	assert_output '[true, "vm1"]'
 	# Pipelined requests, an over-long line, and the close after it.

@@ -32,7 +32,8 @@ teardown() {
 		--chain "log:|aio:$IMG_DIR/missing.img" --foreground --ready-fd 3 3>"$ready"
 	assert_failure 1
 	run cat "$ready"
-	assert_output "error: layer 2 (aio): open $IMG_DIR/missing.img: No such file or directory"
+	# The message, then its errno by name (docs/control-protocol.txt).
+	assert_output "$(printf 'error: layer 2 (aio): open %s/missing.img: No such file or directory\nerrno: ENOENT' "$IMG_DIR")"
 	# Nothing left to mislead a later start or a listing.
 	assert_file_not_exists "$WORKER_RUNDIR/bad/pid"
 	assert_file_not_exists "$WORKER_RUNDIR/bad/nbd.sock"
@@ -45,7 +46,7 @@ teardown() {
 		--chain "log:||ram:1M" --foreground --ready-fd 3 3>"$ready"
 	assert_failure 1
 	run cat "$ready"
-	assert_output "error: chain: layer 2 at offset 5: empty layer"
+	assert_output "$(printf 'error: chain: layer 2 at offset 5: empty layer\nerrno: EINVAL')"
 }
 
 @test "worker: usage errors exit 2" {
