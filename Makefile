@@ -178,6 +178,9 @@ $(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
 # flags (e.g. --wrap).  A new test of the library needs no line here.
 UNIT_SRC  := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
+# Made by a pattern chain, so make would delete them as intermediates and
+# rebuild every test on the next run: keep them.
+.SECONDARY: $(UNIT_SRC:tests/unit/%.c=$(B)/obj/tests/unit/%.o)
 $(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
 
 # test-hp-dev: the record and the choice, no devices (no netlink).
@@ -187,6 +190,7 @@ UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-conf.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
+UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)

@@ -18,34 +18,8 @@
 #include "child.h"
 #include "deadline.h"
 #include "rundir.h"
+#include "small-file.h"
 #include "worker-live.h"
-
-/* Read a small file whole (NUL-terminated): its length or -errno. */
-static int read_small(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	size_t len = 0;
-
-	if (fd < 0)
-		return -errno;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, size - 1 - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-
-			close(fd);
-			return -e;
-		}
-		if (n == 0 || (len += (size_t)n) == size - 1)
-			break;
-	}
-	close(fd);
-	buf[len] = '\0';
-	return (int)len;
-}
 
 /*
  * /proc/PID/stat: its state letter into *state and field 22 (the start
@@ -56,7 +30,7 @@ static int proc_stat(pid_t pid, char *state, unsigned long long *start)
 	char path[64], buf[1024], *p;
 
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if (read_small(path, buf, sizeof(buf)) < 0)
+	if (small_file_read(path, buf, sizeof(buf)) < 0)
 		return -ESRCH;
 	/* "PID (COMM) S ...": COMM may hold ')', so the last one. */
 	p = strrchr(buf, ')');
@@ -168,7 +142,7 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	    (int)sizeof(path))
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/pid: too long",
 					wdir);
-	n = read_small(path, buf, sizeof(buf));
+	n = small_file_read(path, buf, sizeof(buf));
 	if (n == -ENOENT)
 		return dead(p, wdir, err, "no pid file");
 	if (n < 0)

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "hp-share.h"
+#include "small-file.h"
 #include "worker-live.h"
 #include "worker-name.h"
 
@@ -32,38 +33,6 @@
 /* A record is a few lines per image. */
 #define USAGE_MAX (HP_SHARE_BACKEND_MAX + HP_SHARE_VM_MAX + 64 * 80)
 
-/* Read a small file whole (NUL-terminated) without following a symlink. */
-static int read_text(const char *path, char *buf, size_t size)
-{
-	size_t len = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-
-	if (fd < 0)
-		return -errno;
-	for (;;) {
-		ssize_t n = read(fd, buf + len, size - 1 - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-
-			close(fd);
-			return -e;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len == size - 1) {
-			close(fd);
-			return -EFBIG;
-		}
-	}
-	close(fd);
-	buf[len] = '\0';
-	return (int)len;
-}
-
 /* The access mode of /proc/PID/fdinfo/FD: true if open for writing. */
 static bool fd_writable(pid_t pid, const char *fd)
 {
@@ -71,7 +40,7 @@ static bool fd_writable(pid_t pid, const char *fd)
 	unsigned long flags;
 
 	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, fd);
-	if (read_text(path, buf, sizeof(buf)) < 0)
+	if (small_file_read(path, buf, sizeof(buf)) < 0)
 		return true; /* cannot tell: assume the worst */
 	p = strstr(buf, "flags:");
 	if (!p || sscanf(p + 6, "%lo", &flags) != 1)
@@ -333,7 +302,7 @@ static int check_others(const char *rundir, const char *name,
 			continue; /* its worker is gone: nothing in use */
 		}
 		snprintf(path, sizeof(path), "%s/%s", rundir, de->d_name);
-		n = read_text(path, text, USAGE_MAX);
+		n = small_file_read(path, text, USAGE_MAX);
 		if (n == -ENOENT)
 			continue;
 		if (n < 0 || hp_usage_parse(text, u) < 0) {
