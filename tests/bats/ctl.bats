@@ -257,10 +257,12 @@ stat_of() {
 }
 
 @test "ctl: pause answers only when quiesced; requests that arrive meanwhile wait for unpause" {
-	create vm1 'log:|ram:512M'
-	# Load: a copy of 512 MiB through the export, 16 requests at a time,
-	# every byte read and written (no extents, no zero detection).
-	truncate -s 512M "$IMGDIR/src.img"
+	create vm1 'log:|ram:2G'
+	# Load: a copy of 2 GiB through the export, 16 requests at a time,
+	# every byte read and written (no extents, no zero detection): long
+	# enough that the pause below lands in its middle on a fast machine
+	# too (512 MiB could finish first under load).
+	truncate -s 2G "$IMGDIR/src.img"
 	timeout 120 nbdcopy --no-extents --sparse=0 --request-size=1048576 \
 		--requests=16 "$IMGDIR/src.img" "$(nbd vm1)" &
 	copy=$!
@@ -278,7 +280,7 @@ stat_of() {
 	assert wait "$copy"
 	# The pause did fall in the middle of the copy.
 	run stat_of vm1 '(d["worker"]["pauses"], d["nbd"]["held"] > 0, d["nbd"]["bytes_written"])'
-	assert_output '[1, true, 536870912]'
+	assert_output '[1, true, 2147483648]'
 
 	# A request sent while paused is held, not refused, and completes
 	# after unpause.
