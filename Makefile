@@ -79,11 +79,11 @@ NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
 $(B)/obj/helpers/hotplug/dev-nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
 $(B)/obj/helpers/hotplug/%.o: CPPFLAGS += $(XS_CFLAGS)
 
-# The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c, its dev-*.c
-# pieces and hp-conf.c; they include the netlink code (NL_LIBS).
+# The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c and its dev-*.c
+# pieces (with helpers/common/, for the configuration file); they include
+# the netlink code (NL_LIBS).
 HP_DEV_OBJ := $(call objs,helpers/hotplug/hp-dev.c \
-                $(sort $(wildcard helpers/hotplug/dev-*.c)) \
-                helpers/hotplug/hp-conf.c)
+                $(sort $(wildcard helpers/hotplug/dev-*.c)))
 
 # ---- the library: every .c under libblkstack/, sub-folders too --------------
 LIB_SRC := $(sort $(shell find libblkstack -name '*.c'))
@@ -185,10 +185,10 @@ $(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
 
 # test-hp-dev: the record and the choice, no devices (no netlink).
 UNIT_OBJ_test-hp-dev    := $(addprefix $(B)/obj/helpers/hotplug/, \
-                             dev-record.o dev-choose.o hp-conf.o) $(COMMON)
+                             dev-record.o dev-choose.o) $(COMMON)
 UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
-                             hp-share.o hp-conf.o hp-policy.o) $(COMMON)
+                             hp-share.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
 UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.

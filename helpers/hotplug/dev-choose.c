@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "child.h"
-#include "hp-conf.h"
+#include "conf.h"
 #include "hp-dev.h"
 
 /*
@@ -61,7 +61,7 @@ int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 	size_t len;
 	int ret;
 
-	ret = hp_conf_find(text, name, "device", &v, &len, &lineno, found, err);
+	ret = conf_find(text, name, "device", &v, &len, &lineno, found, err);
 	if (ret < 0 || !*found)
 		return ret;
 	if (len >= sizeof(val))
@@ -153,7 +153,7 @@ int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 			    shown);
 		}
 	} else {
-		ret = hp_conf_read(&text, &conf, err);
+		ret = conf_read(&text, &conf, err);
 		if (ret == 0)
 			ret = hp_dev_conf_parse(text, conf, &mech, &found, err);
 		free(text);

@@ -21,9 +21,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "dev-loop.h"
 #include "dev-record.h"
-#include "hp-conf.h"
 
 /* LOOP_CONFIGURE attempts lost to other processes before giving up. */
 #define LOOP_RETRIES 64
@@ -36,7 +36,7 @@ int hp_loop_backed_by(const char *path, const char *file, struct bks_error *err)
 
 	snprintf(sys, sizeof(sys), "/sys/block/%s/loop/backing_file",
 		 hp_dev_node_name(path));
-	ret = hp_read_file(sys, &text, PATH_MAX + 32, err);
+	ret = conf_read_file(sys, &text, PATH_MAX + 32, err);
 	if (ret == -ENOENT) {
 		/* No loop/ directory: the device is not configured. */
 		bks_error_clear(err);

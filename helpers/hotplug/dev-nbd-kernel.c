@@ -24,9 +24,9 @@
 
 #include "blkstack/nbd-proto.h"
 #include "child.h"
+#include "conf.h"
 #include "dev-nbd-kernel.h"
 #include "dev-record.h"
-#include "hp-conf.h"
 
 /* How long detach's flush may take (libxl kills the script after 40 s). */
 #define NBD_FLUSH_TIMEOUT_S 15
@@ -267,7 +267,7 @@ int hp_nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 	if (access(sys, F_OK) < 0)
 		return 0; /* no such device, or not connected */
 	snprintf(sys, sizeof(sys), "/sys/block/nbd%lu/backend", index);
-	ret = hp_read_file(sys, &backend, PATH_MAX + 32, err);
+	ret = conf_read_file(sys, &backend, PATH_MAX + 32, err);
 	if (ret == 0 && strncmp(backend, HP_DEV_NBD_BACKEND_PREFIX,
 				strlen(HP_DEV_NBD_BACKEND_PREFIX)) != 0)
 		goto out; /* somebody else's (ret is 0) */
@@ -359,7 +359,7 @@ bool hp_nbd_bound(const struct hp_dev *dev, const char *nbd_sock)
 		return false;
 	snprintf(sys, sizeof(sys), "/sys/block/%s/backend",
 		 hp_dev_node_name(dev->path));
-	if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+	if (conf_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
 		return true; /* a kernel without it: connected is all we know */
 	text[strcspn(text, "\n")] = '\0';
 	ok = !strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,

@@ -30,10 +30,10 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "conf.h"
 #include "deadline.h"
 #include "dev-nbdfuse.h"
 #include "dev-record.h"
-#include "hp-conf.h"
 
 /* Where nbdfuse may live; PATH is never searched (we run as root). */
 static const char *const nbdfuse_paths[] = {"/usr/bin/nbdfuse",
@@ -235,7 +235,7 @@ int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 	if (fd < 0)
 		return errno == ESRCH ? 0 : -errno;
 	snprintf(proc, sizeof(proc), "/proc/%d/cmdline", dev->fuse_pid);
-	if (hp_read_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
+	if (conf_read_file(proc, &cmd, 2 * PATH_MAX + 64, NULL) < 0)
 		goto not_ours;
 	/* cmdline is NUL-separated; read_small_file stopped at the end. */
 	for (size_t i = 0; i < sizeof(nbdfuse_paths) / sizeof(*nbdfuse_paths);

@@ -16,10 +16,10 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "dev-loop.h"
 #include "dev-nbdfuse.h"
 #include "dev-record.h"
-#include "hp-conf.h"
 #include "hp-dev.h"
 
 /* The loop device backed by file, if any: fills dev's path and numbers. */
@@ -204,7 +204,7 @@ static int sweep_devices(const char *state_dir, const char *nbd_sock,
 			continue;
 		snprintf(sys, sizeof(sys), "/sys/block/%s/%s", de->d_name,
 			 loop ? "loop/backing_file" : "backend");
-		if (hp_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
+		if (conf_read_file(sys, &text, PATH_MAX + 32, &ignore) < 0)
 			continue; /* not configured, or not ours to know */
 		len = strlen(text);
 		if (len && text[len - 1] == '\n')

@@ -12,7 +12,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "hp-conf.h"
+#include "conf.h"
 #include "hp-dev.h"
 #include "hp-policy.h"
 
@@ -52,8 +52,7 @@ int hp_policy_parse(struct hp_policy *p, const char *text, const char *name,
 	int ret;
 
 	memset(p, 0, sizeof(*p));
-	ret =
-	    hp_conf_find(text, name, "images", &v, &len, &lineno, &found, err);
+	ret = conf_find(text, name, "images", &v, &len, &lineno, &found, err);
 	if (ret < 0 || !found)
 		return ret;
 	p->text = strndup(v, len);
@@ -101,7 +100,7 @@ int hp_policy_load(struct hp_policy *p, struct bks_error *err)
 	int ret;
 
 	memset(p, 0, sizeof(*p));
-	ret = hp_conf_read(&text, &name, err);
+	ret = conf_read(&text, &name, err);
 	if (ret == 0)
 		ret = hp_policy_parse(p, text, name, err);
 	free(text);
@@ -122,7 +121,7 @@ static bool sys_read(dev_t d, const char *rel, char *buf, size_t size)
 
 	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s", major(d),
 		 minor(d), rel);
-	ok = hp_read_file(path, &text, PATH_MAX + 64, NULL) == 0;
+	ok = conf_read_file(path, &text, PATH_MAX + 64, NULL) == 0;
 	if (ok) {
 		text[strcspn(text, "\n")] = '\0';
 		snprintf(buf, size, "%s", text);

@@ -40,7 +40,7 @@ struct hp_policy {
 };
 
 /*
- * The policy from the configuration file (hp-conf.h).  Each directory
+ * The policy from the configuration file (conf.h).  Each directory
  * must be absolute, without "." or ".." components, "//" or a trailing
  * "/" (but "/" itself).  Returns 0 or -EINVAL naming file:line; on
  * failure nothing needs freeing.

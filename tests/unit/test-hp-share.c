@@ -2,7 +2,7 @@
 /*
  * Unit tests: the pure parts of the sharing record (hp-share.h), the
  * image policy's configuration (hp-policy.h) and the configuration file
- * (hp-conf.h).  What the worker holds open, and the claim under the host
+ * (conf.h).  What the worker holds open, and the claim under the host
  * lock, are tested with real workers in tests/bats/sharing.bats.
  */
 #include <setjmp.h>
@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "hp-conf.h"
+#include "conf.h"
 #include "hp-policy.h"
 #include "hp-share.h"
 
@@ -106,25 +106,25 @@ static void test_conf_find(void **state)
 	bool found;
 	(void)state;
 
-	assert_int_equal(hp_conf_find("# c\n\n device = nbd\n images = /a "
-				      "/b  \n",
-				      "f", "images", &v, &len, &line, &found,
-				      &err),
+	assert_int_equal(conf_find("# c\n\n device = nbd\n images = /a "
+				   "/b  \n",
+				   "f", "images", &v, &len, &line, &found,
+				   &err),
 			 0);
 	assert_true(found);
 	assert_int_equal(line, 4);
 	assert_int_equal(len, 5);
 	assert_memory_equal(v, "/a /b", 5);
-	assert_int_equal(hp_conf_find("x = 1\n", "f", "images", &v, &len, &line,
-				      &found, &err),
-			 0);
+	assert_int_equal(
+	    conf_find("x = 1\n", "f", "images", &v, &len, &line, &found, &err),
+	    0);
 	assert_false(found);
-	assert_int_equal(hp_conf_find("images = /a\nimages = /b\n", "f",
-				      "images", &v, &len, &line, &found, &err),
+	assert_int_equal(conf_find("images = /a\nimages = /b\n", "f", "images",
+				   &v, &len, &line, &found, &err),
 			 -EINVAL);
 	assert_string_equal(err.msg, "f:2: images given twice");
-	assert_int_equal(hp_conf_find("images /a\n", "f", "images", &v, &len,
-				      &line, &found, &err),
+	assert_int_equal(conf_find("images /a\n", "f", "images", &v, &len,
+				   &line, &found, &err),
 			 -EINVAL);
 	assert_string_equal(err.msg, "f:1: expected key = value");
 }

@@ -5,23 +5,23 @@
  * starting with '#'.  Each module reads its own keys (hp-dev.h: device;
  * hp-policy.h: images) and ignores the others'.
  */
-#ifndef BLKSTACK_HP_CONF_H
-#define BLKSTACK_HP_CONF_H
+#ifndef BLKSTACK_CONF_H
+#define BLKSTACK_CONF_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "blkstack/error.h"
 
-/* The configuration file hp_conf_read() reads ($BLKSTACK_CONF overrides). */
-#define HP_CONF_FILE "/etc/blkstack.conf"
+/* The configuration file conf_read() reads ($BLKSTACK_CONF overrides). */
+#define CONF_FILE "/etc/blkstack.conf"
 
 /*
  * Read the configuration file whole into *text (caller frees); a missing
  * file is an empty configuration.  *name gets the file's name, for
  * messages.  Returns 0 or -errno with err set.
  */
-int hp_conf_read(char **text, const char **name, struct bks_error *err);
+int conf_read(char **text, const char **name, struct bks_error *err);
 
 /*
  * Find key in text: *v and *vlen get its value (trimmed, not copied) and
@@ -29,9 +29,9 @@ int hp_conf_read(char **text, const char **name, struct bks_error *err);
  * "key = value", or key given twice, is an error (-EINVAL, naming
  * name:line).  Other keys are skipped.
  */
-int hp_conf_find(const char *text, const char *name, const char *key,
-		 const char **v, size_t *vlen, unsigned int *lineno,
-		 bool *found, struct bks_error *err);
+int conf_find(const char *text, const char *name, const char *key,
+	      const char **v, size_t *vlen, unsigned int *lineno, bool *found,
+	      struct bks_error *err);
 
 /*
  * Read a small file whole into a malloc'd, NUL-terminated string (with a
@@ -39,7 +39,7 @@ int hp_conf_find(const char *text, const char *name, const char *key,
  * one of max bytes or more (-EFBIG).  Returns 0 or -errno (err may be
  * NULL).
  */
-int hp_read_file(const char *path, char **out, size_t max,
-		 struct bks_error *err);
+int conf_read_file(const char *path, char **out, size_t max,
+		   struct bks_error *err);
 
-#endif /* BLKSTACK_HP_CONF_H */
+#endif /* BLKSTACK_CONF_H */

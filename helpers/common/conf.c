@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The host's configuration file, and small-file reading (hp-conf.h). */
+/* The host's configuration file, and small-file reading (conf.h). */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -7,13 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "hp-conf.h"
+#include "conf.h"
 
 /* Longest configuration file read. */
 #define CONF_MAX 65536
 
-int hp_read_file(const char *path, char **out, size_t max,
-		 struct bks_error *err)
+int conf_read_file(const char *path, char **out, size_t max,
+		   struct bks_error *err)
 {
 	char *buf = NULL;
 	size_t len = 0;
@@ -58,15 +58,15 @@ out:
 	return ret;
 }
 
-int hp_conf_read(char **text, const char **name, struct bks_error *err)
+int conf_read(char **text, const char **name, struct bks_error *err)
 {
 	const char *conf = getenv("BLKSTACK_CONF");
 	int ret;
 
 	if (!conf || !*conf)
-		conf = HP_CONF_FILE;
+		conf = CONF_FILE;
 	*name = conf;
-	ret = hp_read_file(conf, text, CONF_MAX, err);
+	ret = conf_read_file(conf, text, CONF_MAX, err);
 	if (ret == -ENOENT) {
 		bks_error_clear(err);
 		*text = strdup("");
@@ -86,9 +86,9 @@ static void trim(const char **s, const char **e)
 		(*e)--;
 }
 
-int hp_conf_find(const char *text, const char *name, const char *key,
-		 const char **v_out, size_t *vlen, unsigned int *lineno_out,
-		 bool *found, struct bks_error *err)
+int conf_find(const char *text, const char *name, const char *key,
+	      const char **v_out, size_t *vlen, unsigned int *lineno_out,
+	      bool *found, struct bks_error *err)
 {
 	const char *line = text;
 	size_t klen = strlen(key);
