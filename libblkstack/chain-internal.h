@@ -53,6 +53,8 @@ struct bks_chain {
 	unsigned int n;
 	struct bks_retry_policy retry;
 	uint64_t in_flight; /* top requests */
+	/* The top requests in flight, oldest first (bks_chain_oldest_ns()). */
+	struct bks_req *age_head, *age_tail;
 	uint64_t retries;
 	uint64_t subreqs; /* in use, every layer, split pieces included */
 	uint64_t busy;	  /* busy references, every layer */

@@ -361,6 +361,14 @@ static void driver_stats(struct json_writer *j, struct bks_layer *l)
 	bks_layer_emit_stats(l, &out);
 }
 
+/* Age of the oldest request in flight in the chain, 0 if none. */
+static uint64_t oldest_ms(const struct worker *w, uint64_t now)
+{
+	uint64_t t = w->chain ? bks_chain_oldest_ns(w->chain) : 0;
+
+	return t && now > t ? (now - t) / 1000000u : 0;
+}
+
 static void cmd_stats(struct ctl_conn *c)
 {
 	struct worker *w = c->ctl->w;
@@ -437,6 +445,7 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "in_flight",
 		    w->chain ? bks_chain_in_flight(w->chain) : 0);
 	json_kv_u64(j, "retries", w->chain ? bks_chain_retries(w->chain) : 0);
+	json_kv_u64(j, "oldest_request_ms", oldest_ms(w, now));
 	json_obj_end(j);
 
 	json_key(j, "layers");

@@ -189,6 +189,20 @@ bool bks_chain_has_extents(const struct bks_chain *chain);
  */
 uint64_t bks_chain_in_flight(const struct bks_chain *chain);
 
+/*
+ * The bks_now_ns() time at which the oldest request now in flight was
+ * submitted at the top of the chain, or 0 if none is.  Counted are the
+ * requests bks_chain_in_flight() counts as top requests: submitted and
+ * not completed (waiting for a retry, a padding slot or an overlapping
+ * write included); not those parked by a drain (their time starts when
+ * the drain ends and they go down), not sub-requests, split pieces or
+ * busy references (they belong to a top request or to none).  O(1): the
+ * chain keeps its top requests in submission order.  Optional to use;
+ * the worker calls it for its stats reply and its heartbeat, to report
+ * a request that is stuck (hang-timeout).
+ */
+uint64_t bks_chain_oldest_ns(const struct bks_chain *chain);
+
 /* Retries done so far (see bks_retry_policy). */
 uint64_t bks_chain_retries(const struct bks_chain *chain);
 

@@ -161,6 +161,10 @@ struct bks_req {
 	struct bks_req *pad_prev, *pad_next; /* its active or wait list */
 	uint64_t pad_a, pad_b;		     /* the blocks it touches */
 	uint32_t pad_flags;
+	/* Private to the chain's in-flight age list (chain-submit.c). */
+	struct bks_req *age_prev, *age_next; /* submission order */
+	uint64_t submit_ns;		     /* bks_now_ns() at the top */
+	bool age_listed;		     /* on its chain's age list */
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
