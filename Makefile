@@ -131,7 +131,15 @@ CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
 CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
+# The worker's supervisor (docs/control-protocol.txt, "Supervision"):
+# libxenstore for the hotplug-error it writes when it gives up.
+SUPERVISOR      := $(B)/bin/blkstack-supervisor
+SUPERVISOR_OBJ  := $(call objs,$(sort $(wildcard helpers/supervisor/*.c))) \
+                   $(COMMON) $(LIB)
+SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS)
+$(B)/obj/helpers/supervisor/%.o: CPPFLAGS += $(XS_CFLAGS)
+
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -139,6 +147,8 @@ $(WORKER): $(WORKER_OBJ)
 	$(call link,$(WORKER_LIBS))
 $(CTL): $(CTL_OBJ)
 	$(call link,$(CTL_LIBS))
+$(SUPERVISOR): $(SUPERVISOR_OBJ)
+	$(call link,$(SUPERVISOR_LIBS))
 
 # The in-tree copy of the hotplug script points at build/bin.
 SCRIPT  := $(B)/hotplug/block-stack
@@ -307,14 +317,16 @@ install: all
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
 		$(DESTDIR)$(SBINDIR)
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
-	# blkstack-ctl starts the blkstack-worker that stands beside it.
-	install -m 0755 $(WORKER) $(CTL) $(DESTDIR)$(SBINDIR)/
+	# blkstack-ctl starts the blkstack-worker (and its
+	# blkstack-supervisor) that stand beside it.
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl
+	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
+		$(DESTDIR)$(SBINDIR)/blkstack-supervisor
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)
