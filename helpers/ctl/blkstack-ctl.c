@@ -116,6 +116,46 @@ struct list_out {
 	struct json_writer j;
 };
 
+/* The supervisor's part of a list line (" supervisor=none" without). */
+static void print_supervisor(const struct worker_status *e)
+{
+	if (!e->supervised) {
+		printf(" supervisor=none\n");
+		return;
+	}
+	printf(" supervisor=%s restarts=%u", e->sup_state, e->restarts);
+	if (e->last_exit[0])
+		printf(" last_exit=\"%s\"", e->last_exit);
+	if (e->hung[0])
+		printf(" hung=\"%s\"", e->hung);
+	if (e->gave_up[0])
+		printf(" gave_up=\"%s\"", e->gave_up);
+	printf("\n");
+}
+
+/* The supervisor's part of a list object: null without one. */
+static void json_supervisor(struct json_writer *j,
+			    const struct worker_status *e)
+{
+	json_key(j, "supervisor");
+	if (!e->supervised) {
+		json_null(j);
+		return;
+	}
+	json_obj_begin(j);
+	json_kv_str(j, "state", e->sup_state);
+	json_key(j, "pid");
+	if (e->sup_live)
+		json_u64(j, (uint64_t)e->sup_pid);
+	else
+		json_null(j);
+	json_kv_u64(j, "restarts", e->restarts);
+	json_kv_str(j, "last_exit", e->last_exit);
+	json_kv_str(j, "hung", e->hung);
+	json_kv_str(j, "gave_up", e->gave_up);
+	json_obj_end(j);
+}
+
 static int list_one(const struct worker_status *e, void *arg)
 {
 	struct list_out *lo = arg;
@@ -137,16 +177,19 @@ static int list_one(const struct worker_status *e, void *arg)
 		} else {
 			json_kv_str(j, "error", e->why);
 		}
+		json_supervisor(j, e);
 		json_obj_end(j);
-	} else if (e->live) {
-		printf("name=%s pid=%d state=%s chain=%s\n", e->name,
-		       (int)e->pid, e->state, e->chain);
-	} else if (strcmp(e->state, "dead") == 0) {
-		printf("name=%s state=dead (%s)\n", e->name, e->why);
-	} else {
-		printf("name=%s pid=%d state=unreachable\n", e->name,
-		       (int)e->pid);
+		return 0;
 	}
+	if (e->live)
+		printf("name=%s pid=%d state=%s chain=%s", e->name, (int)e->pid,
+		       e->state, e->chain);
+	else if (strcmp(e->state, "dead") == 0)
+		printf("name=%s state=dead (%s)", e->name, e->why);
+	else
+		printf("name=%s pid=%d state=unreachable", e->name,
+		       (int)e->pid);
+	print_supervisor(e);
 	return 0;
 }
 
