@@ -130,7 +130,7 @@ WORKER_LIBS   = $(LIB_LIBS)
 CTL          := $(B)/bin/blkstack-ctl
 CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
-CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
+CTL_LIBS      = $(PARSE_ONLY_LDFLAGS) $(NL_LIBS)
 
 PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
 

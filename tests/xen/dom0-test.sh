@@ -168,7 +168,6 @@ guest_run() {
 	mode=${2:-shutdown}
 	g=g-$mech-$mode
 	tag=$mech
-	[ "$mode" = kill ] && tag=$mech-kill
 	img=$IMGS/disk-$mech-$mode.img
 	truncate -s 64M "$img"
 	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
@@ -203,10 +202,6 @@ guest_run() {
 		not no_backends
 	check "$tag: control: the domain check sees the guest" not domain_gone "$g"
 
-	if [ "$mode" = kill ]; then
-		kill_test "$g" "$domid" "$w"
-		return 0
-	fi
 	attach_tests "$g" "$domid"
 
 	t1=$(now)
@@ -408,44 +403,207 @@ EOF
 	check "boot: no backend left" no_backends
 }
 
-# ---- item 5: kill -9 the worker under guest I/O (nbd) -----------------------
-kill_test() {
-	g=$1
-	domid=$2
-	w=$3
-	pid=$(cat "/run/blkstack/$w/pid" 2>/dev/null ||
-		procs blkstack-worker | head -n 1)
-	info "kill: worker $w pid ${pid:-unknown}"
-	info "kill: rundir: $(find "/run/blkstack/$w" 2>&1 | tr '\n' ' ')"
-	[ -n "$pid" ] || { fail "kill: worker pid" "not found"; return 0; }
-	kill -9 "$pid"
-	sleep 5
-	info "kill: dom0 dmesg: $(dmesg | tail -n 8 | tr '\n' '|')"
-	info "kill: guest console: $(tail -n 5 "$CONS/guest-$g.log" | tr '\n' '|')"
-	t1=$(now)
-	xl destroy "$g" >/tmp/kill.destroy 2>&1 &
-	dpid=$!
-	if wait_for 60 domain_gone "$g"; then
-		pass "kill: xl destroy after the worker died"
-		info "kill: destroy took $(($(now) - t1))s"
-	else
-		fail "kill: xl destroy after the worker died" "domain still there after 60s"
+# ---- item 5: the guest's I/O resumes when its worker dies (kernel NBD) ------
+# A PV guest writing records (bks-records, as in item 6) on a kernel NBD
+# disk.  5a, by hand (supervise = no): kill -9 the worker, the guest's
+# writes wait (dead_conn_timeout), start a new worker of the same name and
+# chain, `blkstack-ctl reconnect`, the writes resume with no I/O error and
+# no acknowledged record lost; then kill -9 again with no restart: xl
+# destroy is bounded and leaves nothing.  5b, with the supervisor (when it
+# is in the image): kill -9, SIGSTOP (hang-action=restart), repeated
+# crashes up to the give-up limit, xl destroy.
+
+# rec_cfg NAME TYPE IMAGE: a guest that writes records (guest-init).
+rec_cfg() {
+	cat >"/root/$1.cfg" <<EOC
+name = "$1"
+type = "$2"
+kernel = "/root/guest-vmlinuz"
+ramdisk = "/root/guest.cpio.gz"
+extra = "console=hvc0 quiet bks_records"
+memory = 160
+vcpus = 1
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_crash = "destroy"
+on_reboot = "destroy"
+disk = ['vdev=xvda,script=block-stack,target=log:|aio:$3']
+EOC
+}
+# io_errors NAME: the guest's console lines that tell of a failed I/O.
+io_errors() {
+	tr -d '\r' <"$CONS/guest-$1.log" | grep -i 'I/O error\|REC error\|blk_update_request\|Buffer I/O' | head -n 3
+}
+no_io_errors() {
+	_e=$(io_errors "$1")
+	[ -z "$_e" ] && return 0
+	echo "guest console: $_e" | tr '\n' '|'
+	return 1
+}
+# worker_pid NAME: the worker's pid (its pid file).
+worker_pid() { cat "/run/blkstack/$1/pid" 2>/dev/null || true; }
+# first_ack_after NAME N SECONDS: wait (0.2 s steps) for an ack beyond N;
+# prints the milliseconds waited, or nothing.
+first_ack_after() {
+	_t0=$(now_ms)
+	_n=$(($3 * 5))
+	while [ "$_n" -gt 0 ]; do
+		if acks_beyond "$1" "$2"; then
+			echo $(($(now_ms) - _t0))
+			return 0
+		fi
+		sleep 0.2
+		_n=$((_n - 1))
+	done
+	return 1
+}
+# nbd_connected N: /dev/nbdN is configured.
+nbd_connected() { [ -e "/sys/block/nbd$1/pid" ]; }
+
+# rec_guest_up NAME TAG CONF: create the records guest on kernel NBD under
+# BLKSTACK_CONF=CONF, wait for 20 acks; sets domid be w dev n.  Fails
+# (returns 1) after reporting and cleaning up.
+rec_guest_up() {
+	_g=$1
+	_tag=$2
+	img=$IMGS/rec-$_g.img
+	truncate -s 128M "$img"
+	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
+	rec_cfg "$_g" pv "$img"
+	if ! BLKSTACK_CONF=$3 BLKSTACK_DEVICE=nbd xl create "/root/$_g.cfg" \
+		>"/tmp/$_g.create" 2>&1; then
+		fail "$_tag: xl create" "$(xl_errors "/tmp/$_g.create")"
+		cleanup_after "$_g"
+		return 1
 	fi
-	# xl destroy may itself be stuck (that is the failure above): do not
-	# wait for it for ever.
+	pass "$_tag: xl create (PV guest writing records, kernel NBD)"
+	domid=$(xl domid "$_g")
+	be=/local/domain/0/backend/vbd/$domid/$XVDA
+	w=$(xenstore-read "$be/blkstack-worker" 2>/dev/null || echo none)
+	dev=$(xenstore-read "$be/physical-device-path" 2>/dev/null || echo none)
+	n=${dev#/dev/nbd}
+	info "$_tag: worker $w, device $dev, backend identifier" \
+		"'$(cat "/sys/block/nbd$n/backend" 2>&1)'," \
+		"io_timeout $(cat "/sys/block/nbd$n/queue/io_timeout" 2>&1) ms"
+	wait_for 150 acks_or_gone "$_g" 20 || true
+	if ! acks_beyond "$_g" 20; then
+		fail "$_tag: guest writes records" "last ack $(last_ack "$_g"); console: $(tr -d '\r' <"$CONS/guest-$_g.log" | tail -n 5 | tr '\n' '|')"
+		cleanup_after "$_g"
+		return 1
+	fi
+	pass "$_tag: guest writes records (O_DIRECT|O_DSYNC, acknowledged)"
+	return 0
+}
+
+# rec_verify NAME TAG FROM: after the guest is gone, every acknowledged
+# record is in the image (bks-records check), from one writer run.
+rec_verify() {
+	acked=$(last_ack "$1")
+	bks-records check "$img" "$REC_BASE" "$3" >"/tmp/$1.records" 2>&1
+	r=$(cat "/tmp/$1.records")
+	info "$2: records in the image: $r; last acknowledged on the console: $acked"
+	kv() { echo "$r" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+	last=$(kv last)
+	check "$2: one run of the writer in the image" [ "$(kv other_run)" = 0 ]
+	check "$2: no acknowledged record lost (records 0..$acked contiguous in the image)" \
+		sh -c "[ '$(kv bad)' = 0 ] && [ '$(kv after_hole)' = 0 ] && [ '${last:--1}' -ge '$acked' ] && [ '$acked' -ge 0 ]"
+	info "$2: largest gap between records after $3: $(kv from_gap_ms) ms at record $(kv from_gap_at)"
+}
+
+# nothing_left TAG: no worker, nbd device, backend.
+nothing_left() {
+	wait_for 20 no_workers || true
+	check "$1: no worker left" no_workers
+	check "$1: no nbd device left" no_nbddev
+	check "$1: no backend left in xenstore" no_backends
+	check "$1: no blkstack run directory left" \
+		sh -c "[ -z \"\$(ls -A /run/blkstack 2>/dev/null)\" ] || { ls -A /run/blkstack; exit 1; }"
+}
+
+# destroy_bounded NAME TAG: xl destroy, bounded (60 s), reporting.
+destroy_bounded() {
+	t1=$(now_ms)
+	xl destroy "$1" >"/tmp/$1.destroy" 2>&1 &
+	dpid=$!
+	if wait_for 60 domain_gone "$1"; then
+		pass "$2: xl destroy takes the guest down"
+		info "$2: xl destroy took $(($(now_ms) - t1)) ms"
+	else
+		fail "$2: xl destroy takes the guest down" "domain still there after 60s"
+	fi
 	if wait_for 30 sh -c "! kill -0 $dpid"; then
 		wait "$dpid" 2>/dev/null || true
 	else
-		info "kill: xl destroy still running after 90s; processes in D state:" \
+		info "$2: xl destroy still running after 90s; processes in D state:" \
 			"$(ps -o pid,stat,args 2>/dev/null | awk '$2 ~ /D/' | tr '\n' '|')"
 	fi
-	info "kill: xl destroy said: $(tail -n 4 /tmp/kill.destroy | tr '\n' '|')"
-	info "kill: workers left: $(workers); nbd devices with pid: $(grep -l . /sys/block/nbd*/pid 2>/dev/null | tr '\n' ' ')"
-	info "kill: /run/blkstack: $(find /run/blkstack 2>&1 | tr '\n' ' ')"
-	check "kill: no worker left" no_workers
-	check "kill: nbd device released" sh -c '! grep -l . /sys/block/nbd*/pid 2>/dev/null'
-	info "kill: guest saw: $(grep -c 'GUEST io-error' "$CONS/guest-$g.log") io-error lines"
-	check "kill: no backend left" no_backends
+	info "$2: xl destroy said: $(tail -n 4 "/tmp/$1.destroy" | tr '\n' '|')"
+}
+
+# 5a: a restart by hand and `blkstack-ctl reconnect`.
+restart_item() {
+	g=nbd-restart
+	tag="restart nbd"
+	conf=/root/nosup.conf
+	printf 'supervise = no\n' >"$conf"
+	rec_guest_up "$g" "$tag" "$conf" || return 0
+	check "$tag: the device's request timer is nbd-io-timeout (5 s)" \
+		[ "$(cat "/sys/block/nbd$n/queue/io_timeout" 2>&1)" = 5000 ]
+	chain=$("$CTL" list | sed -n "s/^name=$w .* chain=\([^ ]*\).*/\1/p")
+	pid=$(worker_pid "$w")
+	info "$tag: worker pid ${pid:-unknown}, chain ${chain:-unknown}"
+	if [ -z "$pid" ] || [ -z "$chain" ]; then
+		fail "$tag: worker pid and chain" "not found"
+		cleanup_after "$g"
+		return 0
+	fi
+	pre=$(last_ack "$g")
+	kill -9 "$pid"
+	tk=$(now_ms)
+	sleep 4
+	mid=$(last_ack "$g")
+	info "$tag: last ack $pre at the kill, $mid 4 s later"
+	check "$tag: the guest's writes wait while no worker serves" \
+		[ "$mid" -le $((pre + 2)) ]
+	check "$tag: the nbd device stays connected (I/O queued, not failed)" \
+		nbd_connected "$n"
+	check "$tag: no I/O error on the guest while it waits" no_io_errors "$g"
+	if "$CTL" create --name "$w" --chain "$chain" >"/tmp/$g.start" 2>&1; then
+		pass "$tag: a new worker of the same name and chain (blkstack-ctl create)"
+	else
+		fail "$tag: a new worker of the same name and chain" "$(tr '\n' ' ' <"/tmp/$g.start")"
+	fi
+	"$CTL" reconnect --name "$w" >"/tmp/$g.reconnect" 2>&1
+	tr=$(now_ms)
+	check "$tag: blkstack-ctl reconnect reconnects the device" \
+		grep -q '^reconnected 1 kernel NBD device$' "/tmp/$g.reconnect"
+	waited=$(first_ack_after "$g" "$mid" 60)
+	if [ -n "$waited" ]; then
+		pass "$tag: the guest's writes resume after the reconnect"
+		info "$tag: kill to first new ack $((tr - tk + waited)) ms;" \
+			"reconnect to first new ack $waited ms"
+	else
+		fail "$tag: the guest's writes resume after the reconnect" \
+			"no ack beyond $mid in 60 s; console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 4 | tr '\n' '|')"
+	fi
+	wait_for 60 acks_beyond "$g" $((mid + 20)) || true
+	check "$tag: the guest keeps writing (20 more records)" acks_beyond "$g" $((mid + 20))
+	check "$tag: no I/O error on the guest's console" no_io_errors "$g"
+	dmesg | grep "nbd$n" | tail -n 6 | sed "s/^/INFO $tag: dmesg: /"
+	"$CTL" reconnect --name "$w" >"/tmp/$g.reconnect2" 2>&1
+	check "$tag: reconnect leaves a live connection alone" \
+		grep -q '^reconnected 0 kernel NBD devices$' "/tmp/$g.reconnect2"
+	check "$tag: the guest still writes after that" \
+		first_ack_after "$g" "$(last_ack "$g")" 30
+
+	# The worker dies again and nothing restarts it: the guest's I/O waits
+	# for a reconnect; xl destroy's remove must not wait that long.
+	pid=$(worker_pid "$w")
+	kill -9 "$pid"
+	sleep 2
+	destroy_bounded "$g" "$tag"
+	rec_verify "$g" "$tag" "$pre"
+	nothing_left "$tag"
 }
 
 # ---- item 6: live migration and save/restore of a writing guest -------------
@@ -682,8 +840,9 @@ rec_item() {
 }
 
 echo "XENTEST start $(now)s"
-# xentest_only=rec on dom0's command line (tests/xen/run: XEN_ONLY=rec):
-# only the migration and save/restore items, for working on them.
+# xentest_only=rec or =kill on dom0's command line (tests/xen/run:
+# XEN_ONLY=rec|kill): only the migration and save/restore items, or only
+# item 5, for working on them.
 only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
 # pgrep; a missing one must not make a check pass).
@@ -696,7 +855,7 @@ for c in xl xenstore-read xenstore-write xenstore-ls xenstore-exists \
 done
 check "dom0 has every command dom0-test.sh uses" sh -c \
 	"[ -z '$missing' ] || { echo 'missing:$missing'; exit 1; }"
-if [ "$only" != rec ]; then
+if [ -z "$only" ]; then
 	guest_run loop
 fi
 if modprobe nbd; then
@@ -704,18 +863,24 @@ if modprobe nbd; then
 else
 	info "modprobe nbd failed"
 fi
-if [ "$only" != rec ]; then
+if [ -z "$only" ]; then
 	guest_run nbd
-	guest_run nbd kill
+fi
+if [ -z "$only" ] || [ "$only" = kill ]; then
+	restart_item
+fi
+if [ -z "$only" ]; then
 	missing_create
 	bootloader_run
 	local_attach loop
 	local_attach nbd
 else
-	info "xentest_only=rec: items 1-5 skipped"
+	info "xentest_only=$only: the other items skipped"
 fi
-rec_item loop migrate
-rec_item nbd migrate
-rec_item loop save
-rec_item nbd save
+if [ -z "$only" ] || [ "$only" = rec ]; then
+	rec_item loop migrate
+	rec_item nbd migrate
+	rec_item loop save
+	rec_item nbd save
+fi
 echo "XENTEST done $(now)s"
