@@ -63,8 +63,11 @@ workers() { "$CTL" list 2>/dev/null | grep -c . || true; }
 no_workers() {
 	_n=$(workers)
 	_p=$(procs blkstack-worker | tr '\n' ' ')
-	[ "$_n" = 0 ] && [ -z "$_p" ] && return 0
-	echo "blkstack-ctl list: $_n workers; blkstack-worker processes: ${_p:-none}"
+	# A supervisor's comm is cut to 15 characters.
+	_s=$(procs blkstack-superv | tr '\n' ' ')
+	[ "$_n" = 0 ] && [ -z "$_p" ] && [ -z "$_s" ] && return 0
+	echo "blkstack-ctl list: $_n workers; blkstack-worker processes:" \
+		"${_p:-none}; blkstack-supervisor processes: ${_s:-none}"
 	return 1
 }
 no_nbdfuse() {
@@ -461,7 +464,8 @@ first_ack_after() {
 nbd_connected() { [ -e "/sys/block/nbd$1/pid" ]; }
 
 # rec_guest_up NAME TAG CONF: create the records guest on kernel NBD under
-# BLKSTACK_CONF=CONF, wait for 20 acks; sets domid be w dev n.  Fails
+# BLKSTACK_CONF=CONF, wait for 20 acks; sets domid be w dev nbdn (N of
+# /dev/nbdN; not n, which wait_for uses).  Fails
 # (returns 1) after reporting and cleaning up.
 rec_guest_up() {
 	_g=$1
@@ -481,10 +485,10 @@ rec_guest_up() {
 	be=/local/domain/0/backend/vbd/$domid/$XVDA
 	w=$(xenstore-read "$be/blkstack-worker" 2>/dev/null || echo none)
 	dev=$(xenstore-read "$be/physical-device-path" 2>/dev/null || echo none)
-	n=${dev#/dev/nbd}
+	nbdn=${dev#/dev/nbd}
 	info "$_tag: worker $w, device $dev, backend identifier" \
-		"'$(cat "/sys/block/nbd$n/backend" 2>&1)'," \
-		"io_timeout $(cat "/sys/block/nbd$n/queue/io_timeout" 2>&1) ms"
+		"'$(cat "/sys/block/nbd$nbdn/backend" 2>&1)'," \
+		"io_timeout $(cat "/sys/block/nbd$nbdn/queue/io_timeout" 2>&1) ms"
 	wait_for 150 acks_or_gone "$_g" 20 || true
 	if ! acks_beyond "$_g" 20; then
 		fail "$_tag: guest writes records" "last ack $(last_ack "$_g"); console: $(tr -d '\r' <"$CONS/guest-$_g.log" | tail -n 5 | tr '\n' '|')"
@@ -516,8 +520,8 @@ nothing_left() {
 	check "$1: no worker left" no_workers
 	check "$1: no nbd device left" no_nbddev
 	check "$1: no backend left in xenstore" no_backends
-	check "$1: no blkstack run directory left" \
-		sh -c "[ -z \"\$(ls -A /run/blkstack 2>/dev/null)\" ] || { ls -A /run/blkstack; exit 1; }"
+	check "$1: no worker run directory left" \
+		sh -c "[ -z \"\$(find /run/blkstack -mindepth 1 -maxdepth 1 -type d)\" ] || { find /run/blkstack; exit 1; }"
 }
 
 # destroy_bounded NAME TAG: xl destroy, bounded (60 s), reporting.
@@ -548,7 +552,7 @@ restart_item() {
 	printf 'supervise = no\n' >"$conf"
 	rec_guest_up "$g" "$tag" "$conf" || return 0
 	check "$tag: the device's request timer is nbd-io-timeout (5 s)" \
-		[ "$(cat "/sys/block/nbd$n/queue/io_timeout" 2>&1)" = 5000 ]
+		[ "$(cat "/sys/block/nbd$nbdn/queue/io_timeout" 2>&1)" = 5000 ]
 	chain=$("$CTL" list | sed -n "s/^name=$w .* chain=\([^ ]*\).*/\1/p")
 	pid=$(worker_pid "$w")
 	info "$tag: worker pid ${pid:-unknown}, chain ${chain:-unknown}"
@@ -557,16 +561,22 @@ restart_item() {
 		cleanup_after "$g"
 		return 0
 	fi
+	# SIGSTOP first, so that a write is surely in flight (sent to the
+	# socket, never answered) when the worker dies: the kernel must re-send
+	# it to the new worker, not fail it.
 	pre=$(last_ack "$g")
+	kill -STOP "$pid"
+	sleep 2
+	stopped=$(last_ack "$g")
 	kill -9 "$pid"
 	tk=$(now_ms)
-	sleep 4
+	sleep 3
 	mid=$(last_ack "$g")
-	info "$tag: last ack $pre at the kill, $mid 4 s later"
+	info "$tag: last ack $pre at SIGSTOP, $stopped 2 s later at the kill, $mid 3 s after it"
 	check "$tag: the guest's writes wait while no worker serves" \
 		[ "$mid" -le $((pre + 2)) ]
 	check "$tag: the nbd device stays connected (I/O queued, not failed)" \
-		nbd_connected "$n"
+		nbd_connected "$nbdn"
 	check "$tag: no I/O error on the guest while it waits" no_io_errors "$g"
 	if "$CTL" create --name "$w" --chain "$chain" >"/tmp/$g.start" 2>&1; then
 		pass "$tag: a new worker of the same name and chain (blkstack-ctl create)"
@@ -589,7 +599,9 @@ restart_item() {
 	wait_for 60 acks_beyond "$g" $((mid + 20)) || true
 	check "$tag: the guest keeps writing (20 more records)" acks_beyond "$g" $((mid + 20))
 	check "$tag: no I/O error on the guest's console" no_io_errors "$g"
-	dmesg | grep "nbd$n" | tail -n 6 | sed "s/^/INFO $tag: dmesg: /"
+	dmesg | grep "nbd$nbdn" | tail -n 6 | sed "s/^/INFO $tag: dmesg: /"
+	info "$tag: requests the kernel re-sent after its timer fired:" \
+		"$(dmesg | grep -c "nbd$nbdn: Possible stuck request")"
 	"$CTL" reconnect --name "$w" >"/tmp/$g.reconnect2" 2>&1
 	check "$tag: reconnect leaves a live connection alone" \
 		grep -q '^reconnected 0 kernel NBD devices$' "/tmp/$g.reconnect2"
@@ -603,6 +615,106 @@ restart_item() {
 	sleep 2
 	destroy_bounded "$g" "$tag"
 	rec_verify "$g" "$tag" "$pre"
+	nothing_left "$tag"
+}
+
+# sup_state W KEY: KEY's value in DIR/W/supervisor.state.
+sup_state() { sed -n "s/^$2=//p" "/run/blkstack/$1/supervisor.state" 2>/dev/null; }
+sup_state_is() { [ "$(sup_state "$1" "$2")" = "$3" ]; }
+# new_worker W OLD: a worker pid other than OLD is in W's pid file.
+new_worker() {
+	_p=$(worker_pid "$1")
+	[ -n "$_p" ] && [ "$_p" != "$2" ] && kill -0 "$_p" 2>/dev/null
+}
+sup_info() {
+	info "$1: supervisor.state: $(tr '\n' ' ' <"/run/blkstack/$2/supervisor.state" 2>&1)"
+}
+
+# 5b: the supervisor restarts a killed worker and a hung one, and gives up
+# after restart-limit crashes in restart-window.
+supervised_item() {
+	g=nbd-super
+	tag="supervised nbd"
+	if [ ! -x /usr/sbin/blkstack-supervisor ]; then
+		fail "$tag: blkstack-supervisor in dom0" "not in this build"
+		return 0
+	fi
+	conf=/root/super.conf
+	printf '%s\n' 'supervise = yes' 'restart-limit = 3' \
+		'restart-window = 300' 'hang-timeout = 5' 'hang-action = restart' \
+		>"$conf"
+	rec_guest_up "$g" "$tag" "$conf" || return 0
+	sup_info "$tag" "$w"
+	check "$tag: the worker runs under its supervisor" \
+		sup_state_is "$w" state running
+
+	# kill -9: restarted and reconnected; the guest sees latency only.
+	pid=$(worker_pid "$w")
+	pre=$(last_ack "$g")
+	kill -9 "$pid"
+	waited=$(first_ack_after "$g" $((pre + 1)) 60)
+	if [ -n "$waited" ]; then
+		pass "$tag: kill -9: the guest's writes resume (restarted, reconnected)"
+		info "$tag: kill -9 to the first ack beyond the next record: $waited ms"
+	else
+		fail "$tag: kill -9: the guest's writes resume" \
+			"no ack beyond $((pre + 1)) in 60 s; console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 4 | tr '\n' '|')"
+	fi
+	sup_info "$tag" "$w"
+	check "$tag: kill -9: a new worker" new_worker "$w" "$pid"
+	check "$tag: kill -9: supervisor.state counts the restart" \
+		sup_state_is "$w" restarts 1
+	check "$tag: kill -9: supervisor.state says the worker was killed by signal 9" \
+		sh -c "sed -n 's/^last_exit=//p' /run/blkstack/$w/supervisor.state | grep -q 'signal 9'"
+	check "$tag: kill -9: the supervisor reconnected the device" \
+		sh -c "sed -n 's/^reconnect=//p' /run/blkstack/$w/supervisor.state | grep -q 'reconnected 1'"
+	check "$tag: kill -9: no I/O error on the guest" no_io_errors "$g"
+	"$CTL" list 2>&1 | sed "s/^/INFO $tag: blkstack-ctl list: /"
+
+	# SIGSTOP: no beat; after hang-timeout the supervisor kills it and
+	# starts another (hang-action = restart).
+	pid=$(worker_pid "$w")
+	pre=$(last_ack "$g")
+	kill -STOP "$pid"
+	ts=$(now_ms)
+	if wait_for 60 new_worker "$w" "$pid"; then
+		pass "$tag: SIGSTOP: the hung worker is replaced"
+		info "$tag: SIGSTOP to a new worker: $(($(now_ms) - ts)) ms"
+	else
+		fail "$tag: SIGSTOP: the hung worker is replaced" "pid still $(worker_pid "$w") after 60 s"
+	fi
+	sup_info "$tag" "$w"
+	check "$tag: SIGSTOP: supervisor.state says it hung" \
+		sh -c "grep '^last_exit=\|^hung=' /run/blkstack/$w/supervisor.state | grep -qi 'hung\|hang'"
+	waited=$(first_ack_after "$g" $((pre + 1)) 60)
+	check "$tag: SIGSTOP: the guest's writes resume" [ -n "$waited" ]
+	info "$tag: SIGSTOP: first ack beyond the next record $(($(now_ms) - ts)) ms after SIGSTOP"
+	check "$tag: SIGSTOP: no I/O error on the guest" no_io_errors "$g"
+	kill -9 "$pid" 2>/dev/null || true
+
+	# Repeated crashes: the third in restart-window is the last.
+	acked_before=$(last_ack "$g")
+	i=0
+	while [ "$i" -lt 5 ] && ! sup_state_is "$w" state gave-up; do
+		pid=$(worker_pid "$w")
+		[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+		wait_for 20 sh -c "[ \"\$(sed -n 's/^state=//p' /run/blkstack/$w/supervisor.state 2>/dev/null)\" = gave-up ] || { p=\$(cat /run/blkstack/$w/pid 2>/dev/null); [ -n \"\$p\" ] && [ \"\$p\" != '$pid' ] && kill -0 \"\$p\"; }" || true
+		i=$((i + 1))
+	done
+	wait_for 10 sup_state_is "$w" state gave-up || true
+	sup_info "$tag" "$w"
+	check "$tag: repeated crashes: the supervisor gives up (restart-limit 3)" \
+		sup_state_is "$w" state gave-up
+	herr=$(xenstore-read "$be/hotplug-error" 2>/dev/null || true)
+	info "$tag: hotplug-error: ${herr:-none}"
+	check "$tag: repeated crashes: hotplug-error says the supervisor gave up" \
+		sh -c "echo '$herr' | grep -qi 'gave up\|giving up\|give up'"
+	check "$tag: give-up: the nbd device is failed, not left waiting" \
+		wait_for 15 not nbd_connected "$nbdn"
+	check "$tag: give-up: the guest gets errors instead of hanging" \
+		wait_for 30 sh -c "tr -d '\r' <'$CONS/guest-$g.log' | grep -q 'REC error\|I/O error'"
+	destroy_bounded "$g" "$tag"
+	rec_verify "$g" "$tag" "$acked_before"
 	nothing_left "$tag"
 }
 
@@ -868,6 +980,7 @@ if [ -z "$only" ]; then
 fi
 if [ -z "$only" ] || [ "$only" = kill ]; then
 	restart_item
+	supervised_item
 fi
 if [ -z "$only" ]; then
 	missing_create
