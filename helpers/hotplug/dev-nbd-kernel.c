@@ -25,6 +25,7 @@
 #include "dev-record.h"
 #include "nbd-client.h"
 #include "nbd-kernel.h"
+#include "worker-live.h"
 
 /* How long detach's flush may take (libxl kills the script after 40 s). */
 #define NBD_FLUSH_TIMEOUT_S 15
@@ -110,6 +111,29 @@ static int flush_bounded(int fd, pid_t *child)
 }
 
 /*
+ * Is the worker serving sock (DIR/NAME/nbd.sock) still the one the device
+ * was made for (dev->worker, "PID:START")?  Then its connection is the
+ * device's first and alive.  No means it was restarted since (or nothing
+ * is known): the connection may be dead.
+ */
+static bool same_worker(const struct hp_dev *dev, const char *sock)
+{
+	char wdir[PATH_MAX], tok[sizeof(dev->worker)];
+	const char *slash = strrchr(sock, '/');
+	struct bks_error ignore;
+	struct worker_proc p;
+
+	if (!dev->worker[0] || !slash || (size_t)(slash - sock) >= sizeof(wdir))
+		return false;
+	memcpy(wdir, sock, (size_t)(slash - sock));
+	wdir[slash - sock] = '\0';
+	if (worker_live(wdir, &p, &ignore) < 0)
+		return false;
+	snprintf(tok, sizeof(tok), "%d:%llu", (int)p.pid, p.start);
+	return strcmp(tok, dev->worker) == 0;
+}
+
+/*
  * Flush and disconnect /dev/nbdN if it is connected and ours: its
  * backend identifier is blkstack's (kernels without
  * /sys/block/nbdN/backend cannot tell, and then a connected device is
@@ -123,10 +147,13 @@ static int flush_bounded(int fd, pid_t *child)
  *   - the worker's socket refuses connections (dead, or its supervisor
  *     between two restarts): no flush, straight to the disconnect, which
  *     fails what was in flight or queued;
- *   - it accepts them: first reconnect the device if its connection is
- *     dead (a restarted worker the supervisor has not reconnected yet:
- *     the flush then reaches it), then a flush waited for at most
- *     NBD_FLUSH_TIMEOUT_S, then the disconnect.
+ *   - it accepts them: if the worker is not the one the device was made
+ *     for (dev->worker), first reconnect the device (a restarted worker
+ *     the supervisor has not reconnected yet: the flush then reaches it;
+ *     a no-op if it has), then a flush waited for at most
+ *     NBD_FLUSH_TIMEOUT_S, then the disconnect.  (The reconnect's
+ *     handshake is bounded too, 10 s: a hung new worker costs at most
+ *     that plus the flush's 15 s, inside libxl's 40 s.)
  */
 int hp_nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 {
@@ -162,7 +189,7 @@ int hp_nbd_detach(const struct hp_dev *dev, struct bks_error *err)
 		rc = nbd_sock_probe(sock);
 		dead = rc == -ECONNREFUSED || rc == -ENOENT;
 	}
-	if (fd >= 0 && sock && !dead) {
+	if (fd >= 0 && sock && !dead && !same_worker(dev, sock)) {
 		struct bks_error ignore;
 		bool done;
 
