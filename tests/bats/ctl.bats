@@ -434,6 +434,9 @@ EOF
 }
 
 @test "ctl: reconnect after a restart by hand finds the worker's kernel NBD devices (none here) and leaves the worker alone" {
+	# A restart by hand: no supervisor to restart it first.
+	printf 'supervise = no\n' >"$BATS_TEST_TMPDIR/blkstack.conf"
+	export BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
 	create vm1 'ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
 	kill -9 "$pid"
