@@ -5,12 +5,11 @@
  * localdetach), possibly from another process, from a one-line record.
  *
  * Two mechanisms:
- *   nbd   the kernel NBD client (helpers/common/nbd-kernel.h): the
- *         handshake, then the socket is handed to the kernel with netlink
- *         NBD_CMD_CONNECT; a restarted worker is reconnected to it.  Run on
- * real Xen 4.17 (make check-xen); "auto" picks it where the module is. loop
- * nbdfuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd and a loop
- * device (direct I/O) is put on that file.
+ *   nbd   the kernel NBD client: the handshake here, then the socket is
+ *         handed to the kernel with netlink NBD_CMD_CONNECT.  Run on real
+ *         Xen 4.17 (make check-xen); "auto" picks it where the module is.
+ *   loop  nbdfuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd
+ *         and a loop device (direct I/O) is put on that file.
  *
  * Staging (loop only): starting nbdfuse is the slow part of a loop attach
  * (a fork, an exec, a FUSE mount, tens of milliseconds), so prepare starts

@@ -70,10 +70,16 @@ no_workers() {
 		"${_p:-none}; blkstack-supervisor processes: ${_s:-none}"
 	return 1
 }
+# The loop mechanism's FUSE server: nbdfuse before issue 13, blkstack-fuse
+# since (either may be the one in this build).
+fuse_servers() {
+	procs nbdfuse
+	procs blkstack-fuse
+}
 no_nbdfuse() {
-	_p=$(procs nbdfuse | tr '\n' ' ')
+	_p=$(fuse_servers | tr '\n' ' ')
 	[ -z "$_p" ] && return 0
-	echo "nbdfuse running: pids $_p"
+	echo "FUSE server (nbdfuse, blkstack-fuse) running: pids $_p"
 	return 1
 }
 no_fuse_mount() {
@@ -224,7 +230,7 @@ guest_run() {
 	check "$tag: guest's pattern is in the image after shutdown" [ "$got" = blkstack-guest-pattern ]
 	wait_for 20 no_workers || true
 	check "$tag: no worker left" no_workers
-	check "$tag: no nbdfuse left" no_nbdfuse
+	check "$tag: no FUSE server left" no_nbdfuse
 	check "$tag: no loop or nbd device left" no_blockdev
 	check "$tag: no backend left in xenstore" no_backends
 	info "$tag: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
@@ -261,7 +267,7 @@ attach_tests() {
 	# A missing image under block-attach: libxl does not run remove.  The
 	# guest's xvda has an nbdfuse of its own under loop: the failed attach
 	# must not add one.
-	fuse_before=$(procs nbdfuse | sort | tr '\n' ' ')
+	fuse_before=$(fuse_servers | sort | tr '\n' ' ')
 	if BLKSTACK_DEVICE=$mech xl block-attach "$g" "vdev=xvdc,script=block-stack,target=log:|aio:$IMGS/missing.img" \
 		>/tmp/attach-missing.out 2>&1; then
 		fail "$mech: missing image: block-attach fails" "it succeeded"
@@ -275,9 +281,9 @@ attach_tests() {
 	info "missing image: after block-attach, backend xvdc:" \
 		"$(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-300)"
 	check "$mech: missing image: block-attach leaves no worker" [ "$(workers)" = 1 ]
-	fuse_after=$(procs nbdfuse | sort | tr '\n' ' ')
-	info "$mech: nbdfuse before the failed block-attach: ${fuse_before:-none}; after: ${fuse_after:-none}"
-	check "$mech: missing image: block-attach leaves no nbdfuse" \
+	fuse_after=$(fuse_servers | sort | tr '\n' ' ')
+	info "$mech: FUSE servers before the failed block-attach: ${fuse_before:-none}; after: ${fuse_after:-none}"
+	check "$mech: missing image: block-attach leaves no FUSE server" \
 		[ "$fuse_after" = "$fuse_before" ]
 	if BLKSTACK_DEVICE=$mech xl block-detach "$g" xvdc >/tmp/detach-missing.out 2>&1; then
 		info "$mech: xl block-detach of the failed xvdc: ok"
@@ -302,7 +308,7 @@ missing_create() {
 	wait_for 20 domain_gone g-missing || true
 	check "missing image: no domain left" domain_gone g-missing
 	check "missing image: no worker left" no_workers
-	check "missing image: no nbdfuse left" no_nbdfuse
+	check "missing image: no FUSE server left" no_nbdfuse
 	check "missing image: no backend left" no_backends
 }
 
@@ -331,7 +337,7 @@ local_attach() {
 	# Controls: each "nothing left" check fails while this disk is up.
 	check "$mech: control: the worker check sees the worker" not no_workers
 	if [ "$mech" = loop ]; then
-		check "loop: control: the nbdfuse check sees nbdfuse" not no_nbdfuse
+		check "loop: control: the FUSE server check sees it" not no_nbdfuse
 		check "loop: control: the fuse mount check sees its mount" \
 			not no_fuse_mount
 		check "loop: control: the loop device check sees $dev" not no_loopdev
@@ -349,7 +355,7 @@ local_attach() {
 	check "$mech: localdetach" ts v2-run localdetach
 	check "$mech: unprepare" ts v2-run unprepare
 	check "$mech: no worker left after unprepare" no_workers
-	check "$mech: no nbdfuse left after unprepare" no_nbdfuse
+	check "$mech: no FUSE server left after unprepare" no_nbdfuse
 	check "$mech: no fuse mount left after unprepare" no_fuse_mount
 	check "$mech: no loop or nbd device left after unprepare" no_blockdev
 	xenstore-rm "${hp%/vbd/*}" 2>/dev/null || true
@@ -402,7 +408,7 @@ EOF
 	wait_for 20 no_workers || true
 	check "boot: no domain left" domain_gone "$g"
 	check "boot: no worker left" no_workers
-	check "boot: no nbdfuse left" no_nbdfuse
+	check "boot: no FUSE server left" no_nbdfuse
 	check "boot: no backend left" no_backends
 }
 
@@ -473,7 +479,8 @@ nbd_failed_since() {
 	return 0
 }
 
-# rec_guest_up NAME TAG CONF: create the records guest on kernel NBD under
+# rec_guest_up NAME TAG CONF [MECH]: create the records guest on kernel NBD
+# (or MECH) under
 # BLKSTACK_CONF=CONF, wait for 20 acks; sets domid be w dev nbdn (N of
 # /dev/nbdN; not n, which wait_for uses).  Fails
 # (returns 1) after reporting and cleaning up.
@@ -484,13 +491,13 @@ rec_guest_up() {
 	truncate -s 128M "$img"
 	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
 	rec_cfg "$_g" pv "$img"
-	if ! BLKSTACK_CONF=$3 BLKSTACK_DEVICE=nbd xl create "/root/$_g.cfg" \
+	if ! BLKSTACK_CONF=$3 BLKSTACK_DEVICE=${4:-nbd} xl create "/root/$_g.cfg" \
 		>"/tmp/$_g.create" 2>&1; then
 		fail "$_tag: xl create" "$(xl_errors "/tmp/$_g.create")"
 		cleanup_after "$_g"
 		return 1
 	fi
-	pass "$_tag: xl create (PV guest writing records, kernel NBD)"
+	pass "$_tag: xl create (PV guest writing records, ${4:-nbd})"
 	domid=$(xl domid "$_g")
 	be=/local/domain/0/backend/vbd/$domid/$XVDA
 	w=$(xenstore-read "$be/blkstack-worker" 2>/dev/null || echo none)
@@ -752,6 +759,50 @@ supervised_item() {
 	nothing_left "$tag"
 }
 
+# 5c: the loop fallback (blkstack-fuse + loop) across a kill -9 under the
+# supervisor: blkstack-fuse holds and re-sends the requests, the guest
+# sees latency.  Before blkstack-fuse (nbdfuse), nothing to test here.
+loop_kill_item() {
+	g=loop-kill
+	tag="supervised loop"
+	if [ ! -x /usr/libexec/blkstack/blkstack-fuse ] &&
+		[ ! -x /usr/sbin/blkstack-fuse ]; then
+		info "$tag: no blkstack-fuse in this build: the loop fallback's restart is not tested here"
+		return 0
+	fi
+	conf=/root/loop-super.conf
+	printf '%s\n' 'supervise = yes' >"$conf"
+	rec_guest_up "$g" "$tag" "$conf" loop || return 0
+	info "$tag: FUSE servers: $(fuse_servers | tr '\n' ' ')"
+	pid=$(worker_pid "$w")
+	kill -STOP "$pid"
+	sleep 1
+	pre=$(last_ack "$g")
+	kill -9 "$pid"
+	waited=$(first_ack_after "$g" "$pre" 60)
+	if [ -n "$waited" ]; then
+		pass "$tag: kill -9: the guest's writes resume"
+		info "$tag: kill -9 to the first completed write: $waited ms"
+	else
+		fail "$tag: kill -9: the guest's writes resume" \
+			"no ack beyond $pre in 60 s; console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 4 | tr '\n' '|')"
+	fi
+	wait_for 60 acks_beyond "$g" $((pre + 20)) || true
+	check "$tag: the guest keeps writing (20 more records)" acks_beyond "$g" $((pre + 20))
+	check "$tag: no I/O error on the guest" no_io_errors "$g"
+	sup_info "$tag" "$w"
+	xl shutdown "$g" >/dev/null 2>&1 || true
+	if ! wait_for 90 domain_gone "$g"; then
+		fail "$tag: guest shut down" "still there after 90s; destroying"
+		xl destroy "$g" >/dev/null 2>&1 || true
+		wait_for 30 domain_gone "$g" || true
+	fi
+	rec_verify "$g" "$tag" "$pre"
+	nothing_left "$tag"
+	check "$tag: no FUSE server left" no_nbdfuse
+	check "$tag: no loop device left" no_loopdev
+}
+
 # ---- item 6: live migration and save/restore of a writing guest -------------
 # The guest runs bks-records (tests/xen/bks-records.c, guest-init with
 # bks_records): one O_DIRECT|O_DSYNC record per 4 KiB slot from 16 MiB
@@ -890,7 +941,7 @@ EOC
 		check "$tag: saved: domain gone" domain_gone "$g"
 		check "$tag: saved: no worker left" no_workers
 		check "$tag: saved: no backend left" no_backends
-		check "$tag: saved: no nbdfuse left" no_nbdfuse
+		check "$tag: saved: no FUSE server left" no_nbdfuse
 		check "$tag: saved: no loop or nbd device left" no_blockdev
 		t3=$(now_ms)
 		BLKSTACK_DEVICE=$mech xl restore "/root/$g.save" >"/tmp/$g.op2" 2>&1
@@ -957,7 +1008,7 @@ EOC
 		"largest step back in the guest's clock $(kv back_ms) ms"
 	wait_for 20 no_workers || true
 	check "$tag: no worker left" no_workers
-	check "$tag: no nbdfuse left" no_nbdfuse
+	check "$tag: no FUSE server left" no_nbdfuse
 	check "$tag: no fuse mount left" no_fuse_mount
 	check "$tag: no loop or nbd device left" no_blockdev
 	check "$tag: no backend left in xenstore" no_backends
@@ -1015,6 +1066,7 @@ fi
 if [ -z "$only" ] || [ "$only" = kill ]; then
 	restart_item
 	supervised_item
+	loop_kill_item
 fi
 if [ -z "$only" ]; then
 	missing_create
