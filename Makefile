@@ -72,11 +72,12 @@ objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
 # linking $(LIB) needs.
 AIO_LIBS   := -laio
 LIB_LIBS    = $(AIO_LIBS)
-# libnl-genl-3: the kernel NBD client's netlink, helpers/hotplug/
-# dev-nbd-kernel.c, and nothing else: what links it adds NL_LIBS.
+# libnl-genl-3: the kernel NBD client's netlink, helpers/common/
+# nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
+# supervisor, blkstack-ctl reconnect) adds NL_LIBS.
 NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
 NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
-$(B)/obj/helpers/hotplug/dev-nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
+$(B)/obj/helpers/common/nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
 $(B)/obj/helpers/hotplug/%.o: CPPFLAGS += $(XS_CFLAGS)
 
 # The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c and its dev-*.c
@@ -129,7 +130,7 @@ WORKER_LIBS   = $(LIB_LIBS)
 CTL          := $(B)/bin/blkstack-ctl
 CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
-CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
+CTL_LIBS      = $(PARSE_ONLY_LDFLAGS) $(NL_LIBS)
 
 # The worker's supervisor (docs/control-protocol.txt, "Supervision"):
 # libxenstore for the hotplug-error it writes when it gives up.
@@ -204,6 +205,9 @@ UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
+# test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
+UNIT_OBJ_test-nbd-kernel := $(COMMON)
+UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 

@@ -28,6 +28,7 @@
 #include "blkstack/error.h"
 #include "ctl-client.h"
 #include "json.h"
+#include "nbd-kernel.h"
 #include "rundir.h"
 #include "sibling.h"
 #include "worker-list.h"
@@ -83,6 +84,9 @@ static void usage(FILE *f)
 	    "  dirty --name NAME [--json]         dirty extents of the log: "
 	    "layer\n"
 	    "  dirty --name NAME --clear          mark everything clean\n"
+	    "  reconnect --name NAME              reconnect its kernel NBD "
+	    "devices\n"
+	    "                                     whose connection died\n"
 	    "\n"
 	    "DIR: --rundir, else $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR ".\n"
 	    "Exit: 0 ok, 1 failure, 2 usage.\n");
@@ -260,6 +264,34 @@ static int cmd_destroy(struct ctl *ctl)
 	}
 	if (how.how != WORKER_STOPPED)
 		fail("%s", how.note);
+	return EXIT_OK;
+}
+
+/* ---- reconnect ----------------------------------------------------------- */
+
+/*
+ * After a worker was restarted by hand (its supervisor does this itself):
+ * every /dev/nbdN made for DIR/NAME/nbd.sock whose connection died gets a
+ * connection to the new worker (nbd-kernel.h).  Prints how many.
+ */
+static int cmd_reconnect(struct ctl *ctl)
+{
+	char sock[PATH_MAX];
+	struct bks_error err = {0};
+	unsigned int n;
+	int len;
+
+	len = snprintf(sock, sizeof(sock), "%s/%s/" WORKER_FILE_NBD,
+		       ctl->rundir, ctl->name);
+	if (len < 0 || (size_t)len >= sizeof(sock)) {
+		fail("worker %s: NBD socket path too long", ctl->name);
+		return EXIT_FAIL;
+	}
+	if (nbd_kernel_reconnect_all(sock, &n, &err) < 0) {
+		fail("worker %s: %s", ctl->name, err.msg);
+		return EXIT_FAIL;
+	}
+	printf("reconnected %u kernel NBD device%s\n", n, n == 1 ? "" : "s");
 	return EXIT_OK;
 }
 
@@ -509,6 +541,7 @@ static const struct command {
     {"info", OPT_NAME, OPT_NAME | OPT_JSON},
     {"stats", OPT_NAME, OPT_NAME | OPT_JSON},
     {"dirty", OPT_NAME, OPT_NAME | OPT_JSON | OPT_CLEAR},
+    {"reconnect", OPT_NAME, OPT_NAME},
 };
 
 static const struct option long_opts[] = {
@@ -679,5 +712,7 @@ int main(int argc, char **argv)
 		return cmd_create(&ctl);
 	if (strcmp(cmd->name, "destroy") == 0)
 		return cmd_destroy(&ctl);
+	if (strcmp(cmd->name, "reconnect") == 0)
+		return cmd_reconnect(&ctl);
 	return cmd_worker(&ctl, cmd->name);
 }

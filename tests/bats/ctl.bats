@@ -437,6 +437,27 @@ EOF
 	create vm1 'ram:16M'
 }
 
+@test "ctl: reconnect after a restart by hand finds the worker's kernel NBD devices (none here) and leaves the worker alone" {
+	# A restart by hand: no supervisor to restart it first.
+	printf 'supervise = no\n' >"$BATS_TEST_TMPDIR/blkstack.conf"
+	export BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	create vm1 'ram:16M'
+	pid=$(cat "$RUNDIR/vm1/pid")
+	kill -9 "$pid"
+	wait_exit "$pid"
+	create vm1 'ram:16M'
+	run -0 "$CTL" reconnect --name vm1
+	# No /dev/nbdN carries this worker's backend identifier (without the
+	# nbd module there is no /dev/nbdN at all): nothing to do.
+	assert_output "reconnected 0 kernel NBD devices"
+	run -0 "$CTL" info --name vm1
+	run -2 "$CTL" reconnect
+	assert_output "blkstack-ctl: reconnect: needs --name NAME"
+	run -2 "$CTL" reconnect --name vm1 --json
+	run -2 "$CTL" reconnect --name ../x
+	assert_output --partial "invalid worker name"
+}
+
 @test "ctl: destroy stops the worker and is idempotent" {
 	create vm1 'log:|ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
