@@ -133,11 +133,12 @@ CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
 CTL_LIBS      = $(PARSE_ONLY_LDFLAGS) $(NL_LIBS)
 
 # The worker's supervisor (docs/control-protocol.txt, "Supervision"):
-# libxenstore for the hotplug-error it writes when it gives up.
+# libxenstore for the hotplug-error it writes when it gives up, netlink
+# for the kernel NBD devices it reconnects (helpers/common/nbd-kernel.c).
 SUPERVISOR      := $(B)/bin/blkstack-supervisor
 SUPERVISOR_OBJ  := $(call objs,$(sort $(wildcard helpers/supervisor/*.c))) \
                    $(COMMON) $(LIB)
-SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS)
+SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 $(B)/obj/helpers/supervisor/%.o: CPPFLAGS += $(XS_CFLAGS)
 
 PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR)

@@ -3,25 +3,36 @@
 #include <errno.h>
 #include <stdio.h>
 
+#include "nbd-kernel.h"
 #include "sup-rebind.h"
 
-/*
- * TODO(knbd): nbd_kernel_reconnect_all() and nbd_kernel_fail_all() of
- * helpers/common/nbd-kernel.h are written on branch knbd; until it is
- * merged, say that nothing was done (never pretend it was).
- */
 int sup_rebind_restarted(const char *nbd_sock, char *result, size_t size)
 {
-	(void)nbd_sock;
-	snprintf(result, size,
-		 "not done: kernel NBD reconnection is not in this build");
-	return -ENOSYS;
+	struct bks_error err = {0};
+	unsigned int n = 0;
+	int rc = nbd_kernel_reconnect_all(nbd_sock, &n, &err);
+
+	if (rc < 0) {
+		snprintf(result, size,
+			 "kernel NBD reconnect failed after %u device%s: %s", n,
+			 n == 1 ? "" : "s", err.msg);
+		return rc;
+	}
+	snprintf(result, size, "kernel NBD: reconnected %u device%s", n,
+		 n == 1 ? "" : "s");
+	return (int)n;
 }
 
 int sup_rebind_gave_up(const char *nbd_sock, char *result, size_t size)
 {
-	(void)nbd_sock;
-	snprintf(result, size,
-		 "not done: kernel NBD give-up is not in this build");
-	return -ENOSYS;
+	struct bks_error err = {0};
+	int rc = nbd_kernel_fail_all(nbd_sock, &err);
+
+	if (rc < 0) {
+		snprintf(result, size, "kernel NBD: failing the devices: %s",
+			 err.msg);
+		return rc;
+	}
+	snprintf(result, size, "kernel NBD: devices failed (if any)");
+	return 0;
 }

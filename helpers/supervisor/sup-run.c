@@ -226,8 +226,7 @@ static void on_ready(struct bks_watch *w, uint32_t events)
 			s->st.restarts, s->st.last_exit);
 		count = sup_rebind_restarted(s->nbd_sock, note, sizeof(note));
 		snprintf(s->st.reconnect, sizeof(s->st.reconnect), "%s", note);
-		sup_log(s, count < 0 && count != -ENOSYS ? LOG_ERR : LOG_INFO,
-			"devices: %s", note);
+		sup_log(s, count < 0 ? LOG_ERR : LOG_INFO, "devices: %s", note);
 		sup_save(s);
 		return;
 	}

@@ -240,8 +240,12 @@ print(s.makefile().readline().strip())
 	run xs_read "$HOTPLUG_PATH/hotplug-error"
 	assert_success
 	assert_output "worker $name: gave up after 2 crashes in 60 s: last killed by signal 9 (Killed)"
-	# Then the toolstack's clean-up still cleans up.
-	run ts v2-detach
+	# Then the toolstack's clean-up still cleans up.  remove may report
+	# the I/O error of the flush (nbdfuse does not reconnect to a new
+	# worker, let alone to none); unprepare frees the rest.
+	run timeout 40 "$TOOLSTACK" --quiet --script "$SCRIPT" --target "log:|aio:$IMG" v2-run remove
+	refute [ "$status" = 124 ]
+	run ts v2-run unprepare
 	assert_success
 	assert_no_leftovers
 }
@@ -271,7 +275,13 @@ print(s.makefile().readline().strip())
 	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
 	pid=$(cat "$BLKSTACK_RUNDIR/$name/pid")
 	kill -STOP "$pid"
-	run timeout 40 "$TOOLSTACK" --quiet --script "$SCRIPT" --target "log:|aio:$IMG" v2-detach
+	run timeout 40 "$TOOLSTACK" --quiet --script "$SCRIPT" --target "log:|aio:$IMG" v2-run remove
+	# Bounded: the flush ends once the hung worker is replaced (with an
+	# I/O error: nbdfuse lost its connection and does not reconnect).
+	refute [ "$status" = 124 ]
+	run sup_field "$BLKSTACK_RUNDIR/$name" last_exit
+	assert_output --regexp '^hung: no beat for [0-9]+ s$'
+	run ts v2-run unprepare
 	assert_success
 	gone "$pid"
 	assert_no_leftovers
