@@ -206,6 +206,10 @@ UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
+# test-sup: the supervisor's restart policy, keys and channel messages.
+UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
+                       sup-policy.o sup-hang.o) $(COMMON)
+$(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
 # test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
 UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
