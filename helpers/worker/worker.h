@@ -60,6 +60,7 @@ struct worker {
 	uint64_t pause_start;	     /* when the current pause began */
 	worker_pause_fn *pause_done; /* waiter of the pause under way */
 	void *pause_arg;
+	bool started_paused; /* came up paused: DIR/NAME/paused was there */
 
 	/* Shutdown (blkstack-worker.c). */
 	struct bks_req flush_req;    /* the final flush of the chain */
