@@ -84,8 +84,7 @@ int worker_state_remove(const struct worker *w, struct bks_error *err)
 
 	for (size_t i = 0; i < sizeof(state_files) / sizeof(state_files[0]);
 	     i++) {
-		if (state_path(w, state_files[i], path, sizeof(path), err) <
-		    0)
+		if (state_path(w, state_files[i], path, sizeof(path), err) < 0)
 			return -ENAMETOOLONG;
 		if (unlink(path) < 0 && errno != ENOENT && rc == 0)
 			rc = bks_error_set(err, errno, "remove %s", path);
