@@ -101,11 +101,13 @@ static int file_refuse(const char *path, const struct log_file *h,
 	    h->version != want->version ||
 	    h->header_size != want->header_size ||
 	    memcmp(h->driver, want->driver, sizeof(h->driver)) != 0)
-		return bks_error_setmsg(err, EEXIST,
-					"state file %s is not a log: dirty "
-					"bitmap of version %u (remove it, or "
-					"destroy the disk's worker)",
-					path, LOG_FILE_VERSION);
+		return bks_error_setmsg(
+		    err, EEXIST,
+		    "state file %s is not a log: dirty "
+		    "bitmap of version %u: not used (remove "
+		    "it: blkstack-ctl destroy of the dead "
+		    "worker)",
+		    path, LOG_FILE_VERSION);
 	if (h->size != want->size || h->block != want->block ||
 	    h->position != want->position || h->words != want->words ||
 	    h->nblocks != want->nblocks)
@@ -113,8 +115,9 @@ static int file_refuse(const char *path, const struct log_file *h,
 		    err, EEXIST,
 		    "state file %s is the dirty log of another chain (layer "
 		    "%u, %llu bytes in blocks of %llu; this is layer %u, %llu "
-		    "bytes in blocks of %llu): not merged; destroy the disk's "
-		    "worker to start a new log",
+		    "bytes in blocks of %llu): not merged (remove it to start "
+		    "a "
+		    "new log: blkstack-ctl destroy of the dead worker)",
 		    path, h->position, (unsigned long long)h->size,
 		    (unsigned long long)h->block, want->position,
 		    (unsigned long long)want->size,
