@@ -94,6 +94,11 @@ nbd() {
 	echo "nbd+unix:///?socket=$RUNDIR/$1/nbd.sock"
 }
 
+# lines FILE: its line count, 0 if it is not there yet.
+lines() {
+	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
+}
+
 @test "restart-state: a paused worker killed with SIGKILL comes back paused; unpause lets held requests through" {
 	create vm1 'log:block=4K|ram:16M'
 	run info_of vm1 'd["started_paused"]'
@@ -235,4 +240,72 @@ nbd() {
 	assert_output ""
 	run stat_of vm1 '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"])'
 	assert_output '[0, 0]'
+}
+
+# check_acked IMG LOG: every acknowledged block in LOG holds its byte in IMG.
+check_acked() {
+	python3 - "$1" "$2" <<'PY'
+import sys
+img, log = sys.argv[1], sys.argv[2]
+with open(img, "rb") as f, open(log) as acked:
+    for line in acked:
+        off, byte = map(int, line.split())
+        f.seek(off)
+        if f.read(4096) != bytes([byte]) * 4096:
+            sys.exit("acknowledged write at %d is not on disk" % off)
+PY
+}
+
+@test "restart-state: acked-writes --reconnect rides out a kill -9 and a restart by hand, re-sending what was not acknowledged" {
+	truncate -s 64M "$IMGDIR/disk.img"
+	chain="log:|aio:$IMGDIR/disk.img"
+	create vm1 "$chain"
+	log=$BATS_TEST_TMPDIR/acked
+	out=$BATS_TEST_TMPDIR/writer.out
+	python3 "$TOP/tests/worker/acked-writes.py" --reconnect 30 --depth 8 \
+		"$RUNDIR/vm1/nbd.sock" 8192 "$log" >"$out" 2>&1 &
+	WRITER=$!
+	for _ in $(seq 1000); do
+		[ "$(lines "$log")" -ge 300 ] && break
+		sleep 0.01
+	done
+	kill9 vm1
+	# The writer waits for a worker: it has not finished, nor failed.
+	sleep 0.3
+	assert kill -0 "$WRITER"
+	create vm1 "$chain"
+	rc=0
+	wait "$WRITER" || rc=$?
+	WRITER=
+	cat "$out" >&2
+	assert_equal "$rc" 0
+	run cat "$out"
+	assert_output --regexp '^acked=8192 reconnects=[1-9][0-9]* longest_outage_ms=[0-9]+$'
+	# Every block once in the log, and on disk with its byte.
+	run sh -c "cut -d' ' -f1 '$log' | sort -u | wc -l"
+	assert_output 8192
+	check_acked "$IMGDIR/disk.img" "$log"
+	# The dirty log saw the writes of both workers: all 32 MiB of them.
+	run stat_of vm1 'd["layers"][0]["log"]["dirty_bytes"]'
+	assert_output 33554432
+}
+
+@test "restart-state: acked-writes --reconnect gives up after SECONDS without a worker" {
+	create vm1 'ram:16M'
+	log=$BATS_TEST_TMPDIR/acked
+	python3 "$TOP/tests/worker/acked-writes.py" --reconnect 1 \
+		"$RUNDIR/vm1/nbd.sock" 1000000 "$log" \
+		>"$BATS_TEST_TMPDIR/out" 2>&1 &
+	WRITER=$!
+	for _ in $(seq 1000); do
+		[ "$(lines "$log")" -ge 10 ] && break
+		sleep 0.01
+	done
+	kill9 vm1
+	rc=0
+	wait "$WRITER" || rc=$?
+	WRITER=
+	assert_equal "$rc" 1
+	run cat "$BATS_TEST_TMPDIR/out"
+	assert_output --partial "acked-writes: no connection to $RUNDIR/vm1/nbd.sock within 1 s of the failure"
 }
