@@ -277,14 +277,6 @@ static int parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
-/* Age of the oldest request in flight in the chain, 0 if none. */
-static uint64_t oldest_ms(const struct worker *w, uint64_t now)
-{
-	uint64_t t = w->chain ? bks_chain_oldest_ns(w->chain) : 0;
-
-	return t && now > t ? (now - t) / 1000000u : 0;
-}
-
 static void cmd_info(struct ctl_conn *c)
 {
 	struct worker *w = c->ctl->w;
@@ -314,7 +306,8 @@ static void cmd_info(struct ctl_conn *c)
 	json_kv_u64(j, "connections", ns.connections);
 	json_kv_u64(j, "in_flight",
 		    w->chain ? bks_chain_in_flight(w->chain) : 0);
-	json_kv_u64(j, "oldest_request_ms", oldest_ms(w, bks_now_ns()));
+	json_kv_u64(j, "oldest_request_ms",
+		    worker_oldest_request_ms(w, bks_now_ns()));
 	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_str(j, "nbd_socket", path);
 	json_key(j, "layers");
@@ -450,7 +443,7 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "in_flight",
 		    w->chain ? bks_chain_in_flight(w->chain) : 0);
 	json_kv_u64(j, "retries", w->chain ? bks_chain_retries(w->chain) : 0);
-	json_kv_u64(j, "oldest_request_ms", oldest_ms(w, now));
+	json_kv_u64(j, "oldest_request_ms", worker_oldest_request_ms(w, now));
 	json_obj_end(j);
 
 	json_key(j, "layers");
