@@ -178,6 +178,16 @@ static int file_map(struct log_state *s, const char *path,
 		rc = file_refuse(path, &have, &want, st.st_size, err);
 		goto out;
 	}
+	/*
+	 * Every page allocated now: a full tmpfs fails the open, where a
+	 * store into a page it could not allocate would be a SIGBUS later.
+	 */
+	rc = posix_fallocate(fd, 0, (off_t)len);
+	if (rc != 0) {
+		rc = bks_error_set(err, rc, "state file %s: allocate %zu bytes",
+				   path, len);
+		goto out;
+	}
 	/* Populated now: no page fault on the data path. */
 	map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
 		   fd, 0);
