@@ -103,9 +103,8 @@ static int file_refuse(const char *path, const struct log_file *h,
 	    memcmp(h->driver, want->driver, sizeof(h->driver)) != 0)
 		return bks_error_setmsg(
 		    err, EEXIST,
-		    "state file %s is not a log: dirty "
-		    "bitmap of version %u: not used (remove "
-		    "it: blkstack-ctl destroy of the dead "
+		    "state file %s is not a log: dirty bitmap of version %u: "
+		    "not used (remove it: blkstack-ctl destroy of the dead "
 		    "worker)",
 		    path, LOG_FILE_VERSION);
 	if (h->size != want->size || h->block != want->block ||
@@ -116,17 +115,15 @@ static int file_refuse(const char *path, const struct log_file *h,
 		    "state file %s is the dirty log of another chain (layer "
 		    "%u, %llu bytes in blocks of %llu; this is layer %u, %llu "
 		    "bytes in blocks of %llu): not merged (remove it to start "
-		    "a "
-		    "new log: blkstack-ctl destroy of the dead worker)",
+		    "a new log: blkstack-ctl destroy of the dead worker)",
 		    path, h->position, (unsigned long long)h->size,
 		    (unsigned long long)h->block, want->position,
 		    (unsigned long long)want->size,
 		    (unsigned long long)want->block);
 	return bks_error_setmsg(
 	    err, EEXIST,
-	    "state file %s: %lld bytes, not %llu: not "
-	    "written by log:",
-	    path, (long long)len,
+	    "state file %s: %lld bytes, not %llu: not written by log:", path,
+	    (long long)len,
 	    (unsigned long long)(LOG_FILE_HEADER + want->words * 8));
 }
 
