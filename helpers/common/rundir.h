@@ -10,12 +10,6 @@
 
 #define DEFAULT_RUNDIR "/run/blkstack"
 
-/* The files of DIR/NAME. */
-#define WORKER_FILE_LOCK "lock"
-#define WORKER_FILE_PID	 "pid"
-#define WORKER_FILE_NBD	 "nbd.sock"
-#define WORKER_FILE_CTL	 "ctl.sock"
-
 /*
  * State kept across a restart of the worker (docs/control-protocol.txt,
  * "State kept across a restart"): "paused" while a pause holds, and the
@@ -31,5 +25,11 @@
 	    "layer14.state", "layer15.state"
 /* Layer state files named in WORKER_FILES_STATE. */
 #define WORKER_LAYER_STATES 16
+
+/* The files of DIR/NAME. */
+#define WORKER_FILE_LOCK "lock"
+#define WORKER_FILE_PID	 "pid"
+#define WORKER_FILE_NBD	 "nbd.sock"
+#define WORKER_FILE_CTL	 "ctl.sock"
 
 #endif /* BLKSTACK_RUNDIR_H */

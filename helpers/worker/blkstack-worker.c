@@ -15,15 +15,15 @@
  * SIGTERM (or SIGINT, or the ctl "shutdown") drains in-flight I/O, flushes
  * the chain, removes the sockets and pid file, and exits 0.
  *
- * What a worker restarted after a crash needs is kept in DIR/NAME
- * (worker-state.h): the pause ("paused": a worker that finds it comes up
- * paused) and the layers' state (layerN.state: log: bitmaps, through the
- * chain's state directory).  A graceful stop removes it.
- *
  * --timeouts is for tests, so that they need not wait for the defaults:
  * the NBD handshake deadline, the NBD stall timeout and the control
  * connections' idle timeout, in milliseconds, each 0 for its default
  * (docs/control-protocol.txt, "Connection limits").
+ *
+ * What a worker restarted after a crash needs is kept in DIR/NAME
+ * (worker-state.h): the pause ("paused": a worker that finds it comes up
+ * paused) and the layers' state (layerN.state: log: bitmaps, through the
+ * chain's state directory).  A graceful stop removes it.
  */
 #include <errno.h>
 #include <fcntl.h>
