@@ -18,12 +18,21 @@ setup() {
 		IMGDIR=$(mktemp -d /var/tmp/blkstack-rs.XXXXXX)
 	fi
 	WRITER=
+	STOPPED=
+	MNT=
 }
 
 teardown() {
 	local d pid
+	if [ -n "$STOPPED" ]; then
+		kill -CONT "$STOPPED" 2>/dev/null || true
+	fi
 	if [ -n "$WRITER" ]; then
 		kill "$WRITER" 2>/dev/null || true
+	fi
+	if [ -n "$MNT" ]; then
+		timeout 40 "$CTL" destroy --name top >/dev/null 2>&1 || true
+		fusermount3 -u "$MNT" 2>/dev/null || true
 	fi
 	for d in "$RUNDIR"/*/; do
 		[ -d "$d" ] || continue
@@ -308,4 +317,41 @@ PY
 	assert_equal "$rc" 1
 	run cat "$BATS_TEST_TMPDIR/out"
 	assert_output --partial "acked-writes: no connection to $RUNDIR/vm1/nbd.sock within 1 s of the failure"
+}
+
+@test "restart-state: stats and info report the age of a request stuck below (oldest_request_ms)" {
+	command -v nbdfuse >/dev/null || skip "nbdfuse is not installed"
+	[ -c /dev/fuse ] || skip "no /dev/fuse"
+	# top's sink is a file that nbdfuse serves from worker below: stopping
+	# below leaves top's request in flight, stuck.
+	create below 'ram:16M'
+	MNT=$BATS_TEST_TMPDIR/mnt
+	mkdir "$MNT"
+	nbdfuse "$MNT" --unix "$RUNDIR/below/nbd.sock" &
+	for _ in $(seq 200); do
+		[ -e "$MNT/nbd" ] && break
+		sleep 0.05
+	done
+	create top "aio:$MNT/nbd"
+	run stat_of top '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"])'
+	assert_output '[0, 0]'
+	STOPPED=$(cat "$RUNDIR/below/pid")
+	kill -STOP "$STOPPED"
+	timeout 60 qemu-io -f raw -c 'write -P 9 0 4k' "$(nbd top)" &
+	WRITER=$!
+	# Its age grows while it is stuck: wait until it passes 1 s.
+	for _ in $(seq 200); do
+		[ "$(stat_of top 'd["chain"]["oldest_request_ms"]')" -ge 1000 ] && break
+		sleep 0.05
+	done
+	run stat_of top '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"] >= 1000)'
+	assert_output '[1, true]'
+	run info_of top '(d["in_flight"], d["oldest_request_ms"] >= 1000)'
+	assert_output '[1, true]'
+	kill -CONT "$STOPPED"
+	STOPPED=
+	assert wait "$WRITER"
+	WRITER=
+	run stat_of top '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"])'
+	assert_output '[0, 0]'
 }
