@@ -355,3 +355,23 @@ PY
 	run stat_of top '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"])'
 	assert_output '[0, 0]'
 }
+
+@test "restart-state: a pause that cannot be recorded fails, and the worker runs on" {
+	create vm1 'ram:16M'
+	# A directory where the record goes: creating the file fails.
+	mkdir "$RUNDIR/vm1/paused"
+	run "$CTL" pause --name vm1
+	assert_failure 1
+	assert_output --partial "pause: Is a directory"
+	run stat_of vm1 '(d["worker"]["state"], d["worker"]["pauses"], d["nbd"]["holding"])'
+	assert_output '["running", 0, 0]'
+	run timeout 60 qemu-io -f raw -c 'write 0 4k' "$(nbd vm1)"
+	assert_success
+	rmdir "$RUNDIR/vm1/paused"
+	run "$CTL" pause --name vm1
+	assert_success
+	assert_file_exists "$RUNDIR/vm1/paused"
+	run "$CTL" unpause --name vm1
+	assert_success
+	assert_file_not_exists "$RUNDIR/vm1/paused"
+}
