@@ -49,10 +49,13 @@ struct drain_waiter {
 struct bks_chain {
 	struct bks_loop *loop;
 	const struct bks_driver *const *extra; /* bks_chain_open_with() */
+	const char *state_dir;		       /* while opening, or NULL */
 	struct bks_layer *top;
 	unsigned int n;
 	struct bks_retry_policy retry;
 	uint64_t in_flight; /* top requests */
+	/* The top requests in flight, oldest first (bks_chain_oldest_ns()). */
+	struct bks_req *age_head, *age_tail;
 	uint64_t retries;
 	uint64_t subreqs; /* in use, every layer, split pieces included */
 	uint64_t busy;	  /* busy references, every layer */

@@ -39,6 +39,11 @@ uint64_t bks_chain_in_flight(const struct bks_chain *chain)
 	return chain->in_flight + chain->subreqs + chain->busy;
 }
 
+uint64_t bks_chain_oldest_ns(const struct bks_chain *chain)
+{
+	return chain->age_head ? chain->age_head->submit_ns : 0;
+}
+
 uint64_t bks_chain_retries(const struct bks_chain *chain)
 {
 	return chain->retries;

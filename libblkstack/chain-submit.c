@@ -364,6 +364,39 @@ int bks_next_submit_hook(struct bks_layer *next, struct bks_req *req,
 	return 0;
 }
 
+/* ---- the age list: top requests in flight, oldest first ------------------ */
+
+/* req enters the chain at the top: it is the newest in flight. */
+static void age_add(struct bks_chain *chain, struct bks_req *req)
+{
+	req->submit_ns = bks_now_ns();
+	req->age_next = NULL;
+	req->age_prev = chain->age_tail;
+	if (chain->age_tail)
+		chain->age_tail->age_next = req;
+	else
+		chain->age_head = req;
+	chain->age_tail = req;
+	req->age_listed = true;
+}
+
+/* req leaves (a top request done; anything else is not listed). */
+static void age_del(struct bks_chain *chain, struct bks_req *req)
+{
+	if (!req->age_listed)
+		return;
+	if (req->age_prev)
+		req->age_prev->age_next = req->age_next;
+	else
+		chain->age_head = req->age_next;
+	if (req->age_next)
+		req->age_next->age_prev = req->age_prev;
+	else
+		chain->age_tail = req->age_prev;
+	req->age_prev = req->age_next = NULL;
+	req->age_listed = false;
+}
+
 /* ---- block status -------------------------------------------------------- */
 
 bool bks_next_has_extents(const struct bks_layer *layer)
@@ -388,6 +421,7 @@ static void ext_done(struct bks_req *req, int result)
 
 	chain->ext_result = result;
 	chain->ext_busy = false;
+	age_del(chain, req);
 	chain->in_flight--;
 	chain_check_drained(chain);
 }
@@ -414,6 +448,7 @@ int bks_chain_extents(struct bks_chain *chain, uint64_t offset, uint64_t len,
 	req->chain = chain;
 	chain->ext_busy = true;
 	chain->in_flight++;
+	age_add(chain, req);
 	chain_layer_submit(chain->top, req);
 	if (chain->ext_busy)
 		return -EWOULDBLOCK;
@@ -465,6 +500,7 @@ static int chain_done(struct bks_req *req, int result, void *arg)
 		return BKS_REQ_HELD;
 	}
 	bks_pad_done(&chain->pad, req);
+	age_del(chain, req);
 	chain->in_flight--;
 	chain_check_drained(chain);
 	return result;
@@ -478,6 +514,7 @@ static void chain_issue(void *arg, struct bks_req *req)
 	req->nframes = 0;
 	req->attempts = 0;
 	req->chain = chain;
+	req->age_listed = false; /* a padding step, not a top request */
 	chain->in_flight++;
 	chain_resubmit(chain, req);
 }
@@ -491,6 +528,7 @@ static void pad_finish(void *arg, struct bks_req *req, int result)
 {
 	struct bks_chain *chain = arg;
 
+	age_del(chain, req);
 	chain->in_flight--;
 	chain_check_drained(chain);
 	req->done(req, result);
@@ -515,6 +553,7 @@ void chain_start(struct bks_chain *chain, struct bks_req *req)
 	req->attempts = 0;
 	req->chain = chain;
 	chain->in_flight++;
+	age_add(chain, req);
 	if (!bks_pad_take(&chain->pad, req))
 		chain_resubmit(chain, req);
 }

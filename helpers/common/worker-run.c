@@ -26,7 +26,8 @@ extern char **environ;
 
 /* The files a worker keeps in DIR/NAME, the lock last. */
 static const char *const worker_files[] = {WORKER_FILE_PID, WORKER_FILE_NBD,
-					   WORKER_FILE_CTL, WORKER_FILE_LOCK};
+					   WORKER_FILE_CTL, WORKER_FILES_STATE,
+					   WORKER_FILE_LOCK};
 
 /* DIR/NAME[/FILE] into buf.  Returns 0 or -ENAMETOOLONG with err set. */
 static int wpath(char *buf, size_t size, const char *rundir, const char *name,

@@ -864,9 +864,142 @@ static void test_stats_op(void **state)
 	     l = bks_chain_next_layer(l))
 		bks_layer_emit_stats(l, &t.out);
 	bks_stats_str(&t.out, "end", "yes");
-	assert_string_equal(t.buf, "error{ seen=1 injected=1 } "
-				   "log{ dirty_bytes=4096 block_size=4096 } "
-				   "end=yes ");
+	assert_string_equal(
+	    t.buf, "error{ seen=1 injected=1 } "
+		   "log{ dirty_bytes=4096 block_size=4096 persisted=0 } "
+		   "end=yes ");
+	rig_close(&r);
+}
+
+/* ---- the oldest request in flight ---------------------------------------- */
+
+/* Pass the i-th request the hold: layer keeps down, out of order. */
+static void hold_release_nth(struct bks_layer *hold, unsigned int i)
+{
+	struct hold_state *s = bks_layer_state(hold);
+	struct bks_req **pp = &s->head, *prev = NULL, *req;
+
+	while (*pp && i--) {
+		prev = *pp;
+		pp = &(*pp)->owner_next;
+	}
+	req = *pp;
+	assert_non_null(req);
+	*pp = req->owner_next;
+	if (s->tail == req)
+		s->tail = prev;
+	s->n--;
+	bks_next_submit(bks_layer_child(hold, BKS_CHILD_FILE), req);
+}
+
+/* A clock step between two submissions, so that their times differ. */
+static void tick(void)
+{
+	uint64_t t = bks_now_ns();
+
+	while (bks_now_ns() == t)
+		;
+}
+
+/*
+ * The oldest top request's submit time: in submission order, whatever
+ * the completion order; parked requests not counted until they go down;
+ * a padded request counted once (its steps not); split pieces not.
+ */
+static void test_oldest(void **state)
+{
+	static char buf[4][512];
+	struct bks_layer *hold;
+	uint64_t t0, o0, o1, o2;
+	struct rig r;
+	(void)state;
+
+	rig_open(&r, "hold:|ram:1M");
+	hold = layer(&r, "hold");
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
+	t0 = bks_now_ns();
+	submit(&r, 0, BKS_OP_WRITE, 0, buf[0], 512);
+	o0 = bks_chain_oldest_ns(r.chain);
+	assert_true(o0 >= t0 && o0 <= bks_now_ns());
+	tick();
+	submit(&r, 1, BKS_OP_WRITE, 512, buf[1], 512);
+	tick();
+	submit(&r, 2, BKS_OP_READ, 1024, buf[2], 512);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), o0);
+	/* The middle one done: the oldest stays. */
+	hold_release_nth(hold, 1);
+	assert_int_equal(r.results[1], 0);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), o0);
+	/* The oldest done: the next one (req 2) is the oldest now. */
+	hold_release_nth(hold, 0);
+	o2 = bks_chain_oldest_ns(r.chain);
+	assert_true(o2 > o0);
+	/* Parked by a drain: not in flight, not counted. */
+	assert_int_equal(bks_chain_drain_begin(r.chain, on_drained, &r), 0);
+	submit(&r, 3, BKS_OP_WRITE, 0, buf[3], 512);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), o2);
+	hold_release(hold, 1);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
+	spin(&r);
+	assert_int_equal(r.drained, 1);
+	tick();
+	t0 = bks_now_ns();
+	bks_chain_drain_end(r.chain);
+	/* Its time starts when it goes down. */
+	o1 = bks_chain_oldest_ns(r.chain);
+	assert_true(o1 >= t0);
+	hold_release(hold, 1);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
+	/* A padded write (read-modify-write): one top request, its steps
+	   not counted. */
+	submit(&r, 0, BKS_OP_WRITE, 100, buf[0], 100);
+	o0 = bks_chain_oldest_ns(r.chain);
+	assert_true(o0 != 0);
+	for (int i = 0; i < 4 && r.results[0] == 1; i++) {
+		assert_int_equal(hold_count(hold), 1);
+		assert_int_equal(bks_chain_oldest_ns(r.chain), o0);
+		hold_release(hold, 1);
+	}
+	assert_int_equal(r.results[0], 0);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
+	for (unsigned int i = 0; i < 4; i++)
+		assert_int_equal(r.results[i], 0);
+	rig_close(&r);
+}
+
+/* Split pieces and a retry keep the one request's time. */
+static void test_oldest_split_retry(void **state)
+{
+	static char buf[512];
+	struct bks_retry_policy p = {.max_attempts = 2, .delay_ns = 20000000};
+	uint64_t o0;
+	struct rig r;
+	(void)state;
+
+	rig_open(&r, "rec:max=64K|hold:|ram:1M");
+	submit(&r, 0, BKS_OP_DISCARD, 0, NULL, 256 * 1024);
+	o0 = bks_chain_oldest_ns(r.chain);
+	assert_true(o0 != 0);
+	for (unsigned int i = 0; i < 4; i++) {
+		assert_int_equal(bks_chain_oldest_ns(r.chain), o0);
+		hold_release(layer(&r, "hold"), 1);
+	}
+	assert_int_equal(r.results[0], 0);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
+	rig_close(&r);
+
+	rig_open(&r, "error:ops=write,count=1|ram:1M");
+	bks_chain_set_retry(r.chain, &p);
+	submit(&r, 0, BKS_OP_WRITE, 0, buf, 512);
+	o0 = bks_chain_oldest_ns(r.chain);
+	assert_true(o0 != 0);
+	assert_int_equal(r.results[0], 1); /* waiting for its retry */
+	for (int i = 0; i < 100 && r.results[0] == 1; i++) {
+		assert_int_equal(bks_chain_oldest_ns(r.chain), o0);
+		bks_loop_run_once(r.loop, 10);
+	}
+	assert_int_equal(r.results[0], 0);
+	assert_int_equal(bks_chain_oldest_ns(r.chain), 0);
 	rig_close(&r);
 }
 
@@ -894,6 +1027,8 @@ int main(void)
 	    cmocka_unit_test(test_split_async),
 	    cmocka_unit_test(test_file_sink_limits),
 	    cmocka_unit_test(test_stats_op),
+	    cmocka_unit_test(test_oldest),
+	    cmocka_unit_test(test_oldest_split_retry),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

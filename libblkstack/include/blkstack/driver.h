@@ -161,6 +161,10 @@ struct bks_req {
 	struct bks_req *pad_prev, *pad_next; /* its active or wait list */
 	uint64_t pad_a, pad_b;		     /* the blocks it touches */
 	uint32_t pad_flags;
+	/* Private to the chain's in-flight age list (chain-submit.c). */
+	struct bks_req *age_prev, *age_next; /* submission order */
+	uint64_t submit_ns;		     /* bks_now_ns() at the top */
+	bool age_listed;		     /* on its chain's age list */
 };
 
 /* Complete req with 0 or -errno.  Called by the layer that took it. */
@@ -241,6 +245,22 @@ struct bks_open_args {
 	const char *args; /* the text after "name:", unescaped; may be "" */
 	struct bks_loop *loop; /* the worker's loop, for fds and timers */
 	bool read_only;	       /* open for reading only (parents always are) */
+	/*
+	 * Optional, may be NULL: a file this layer may keep state in that
+	 * must survive the process (a worker restarted after a crash opens
+	 * the same chain with the same path).  The framework gives it only
+	 * when the chain was opened with a state directory
+	 * (bks_chain_config.state_dir), and only to the layers of the chain
+	 * string (not to parents): STATE_DIR/layerN.state, N the layer's
+	 * position in the string (0 = top, as bks_layer_index()).  The file
+	 * may not exist yet; the layer creates it (mode 0600), checks that
+	 * one it finds is its own (a header: what it is, for which
+	 * geometry) and refuses one that is not, never merging it.  It
+	 * never removes it (close included): the owner of the directory
+	 * does, when the disk's life ends.  Layers without such state
+	 * ignore it; with it NULL, they keep their state in memory.
+	 */
+	const char *state_path;
 };
 
 /*
