@@ -72,11 +72,12 @@ objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
 # linking $(LIB) needs.
 AIO_LIBS   := -laio
 LIB_LIBS    = $(AIO_LIBS)
-# libnl-genl-3: the kernel NBD client's netlink, helpers/hotplug/
-# dev-nbd-kernel.c, and nothing else: what links it adds NL_LIBS.
+# libnl-genl-3: the kernel NBD client's netlink, helpers/common/
+# nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
+# supervisor, blkstack-ctl reconnect) adds NL_LIBS.
 NL_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libnl-genl-3.0)
 NL_LIBS     = $(shell $(PKG_CONFIG) --libs libnl-genl-3.0)
-$(B)/obj/helpers/hotplug/dev-nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
+$(B)/obj/helpers/common/nbd-kernel.o: CPPFLAGS += $(NL_CFLAGS)
 $(B)/obj/helpers/hotplug/%.o: CPPFLAGS += $(XS_CFLAGS)
 
 # The hotplug helper's dom0 devices (hp-dev.h): hp-dev.c and its dev-*.c
@@ -129,9 +130,18 @@ WORKER_LIBS   = $(LIB_LIBS)
 CTL          := $(B)/bin/blkstack-ctl
 CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
-CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
+CTL_LIBS      = $(PARSE_ONLY_LDFLAGS) $(NL_LIBS)
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
+# The worker's supervisor (docs/control-protocol.txt, "Supervision"):
+# libxenstore for the hotplug-error it writes when it gives up, netlink
+# for the kernel NBD devices it reconnects (helpers/common/nbd-kernel.c).
+SUPERVISOR      := $(B)/bin/blkstack-supervisor
+SUPERVISOR_OBJ  := $(call objs,$(sort $(wildcard helpers/supervisor/*.c))) \
+                   $(COMMON) $(LIB)
+SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
+$(B)/obj/helpers/supervisor/%.o: CPPFLAGS += $(XS_CFLAGS)
+
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -139,6 +149,8 @@ $(WORKER): $(WORKER_OBJ)
 	$(call link,$(WORKER_LIBS))
 $(CTL): $(CTL_OBJ)
 	$(call link,$(CTL_LIBS))
+$(SUPERVISOR): $(SUPERVISOR_OBJ)
+	$(call link,$(SUPERVISOR_LIBS))
 
 # The in-tree copy of the hotplug script points at build/bin.
 SCRIPT  := $(B)/hotplug/block-stack
@@ -194,6 +206,13 @@ UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
+# test-sup: the supervisor's restart policy, keys and channel messages.
+UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
+                       sup-policy.o sup-hang.o) $(COMMON)
+$(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
+# test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
+UNIT_OBJ_test-nbd-kernel := $(COMMON)
+UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 
@@ -307,14 +326,16 @@ install: all
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
 		$(DESTDIR)$(SBINDIR)
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
-	# blkstack-ctl starts the blkstack-worker that stands beside it.
-	install -m 0755 $(WORKER) $(CTL) $(DESTDIR)$(SBINDIR)/
+	# blkstack-ctl starts the blkstack-worker (and its
+	# blkstack-supervisor) that stand beside it.
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl
+	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
+		$(DESTDIR)$(SBINDIR)/blkstack-supervisor
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

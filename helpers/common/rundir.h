@@ -32,4 +32,10 @@
 #define WORKER_FILE_NBD	 "nbd.sock"
 #define WORKER_FILE_CTL	 "ctl.sock"
 
+/* The supervisor's files of DIR/NAME (docs/control-protocol.txt,
+ * "Supervision"). */
+#define SUPERVISOR_FILE_LOCK  "supervisor.lock"
+#define SUPERVISOR_FILE_PID   "supervisor.pid"
+#define SUPERVISOR_FILE_STATE "supervisor.state"
+
 #endif /* BLKSTACK_RUNDIR_H */

@@ -9,8 +9,57 @@
 #include <sys/stat.h>
 
 #include "ctl-client.h"
+#include "rundir.h"
+#include "small-file.h"
 #include "worker-list.h"
 #include "worker-live.h"
+
+/* The value of "key=" in the lines of text into buf ("" if none). */
+static void state_value(const char *text, const char *key, char *buf,
+			size_t size)
+{
+	size_t klen = strlen(key);
+
+	buf[0] = '\0';
+	for (const char *l = text; *l;
+	     l += strcspn(l, "\n") + (l[strcspn(l, "\n")] != '\0')) {
+		size_t len = strcspn(l, "\n");
+
+		if (len > klen && strncmp(l, key, klen) == 0 &&
+		    l[klen] == '=') {
+			snprintf(buf, size, "%.*s", (int)(len - klen - 1),
+				 l + klen + 1);
+			bks_sanitize_line(buf);
+			return;
+		}
+	}
+}
+
+/* What supervisor.state of wdir says, if there is one. */
+static void supervisor_status(const char *wdir, struct worker_status *st)
+{
+	char path[PATH_MAX + 32], text[4096], num[32], *end;
+	struct worker_proc p;
+	struct bks_error ignore;
+
+	if (snprintf(path, sizeof(path), "%s/" SUPERVISOR_FILE_STATE, wdir) >=
+		(int)sizeof(path) ||
+	    small_file_read(path, text, sizeof(text)) < 0)
+		return;
+	st->supervised = true;
+	state_value(text, "state", st->sup_state, sizeof(st->sup_state));
+	state_value(text, "pid", num, sizeof(num));
+	st->sup_pid = (pid_t)strtol(num, &end, 10);
+	state_value(text, "restarts", num, sizeof(num));
+	st->restarts = (unsigned int)strtoul(num, &end, 10);
+	state_value(text, "last_exit", st->last_exit, sizeof(st->last_exit));
+	state_value(text, "hung", st->hung, sizeof(st->hung));
+	state_value(text, "gave_up", st->gave_up, sizeof(st->gave_up));
+	st->sup_live = supervisor_live(wdir, &p, &ignore) == 0;
+	/* A supervisor that died (killed) says nothing true any more. */
+	if (!st->sup_live && strcmp(st->sup_state, "gave-up") != 0)
+		snprintf(st->sup_state, sizeof(st->sup_state), "dead");
+}
 
 void worker_status(const char *rundir, const char *name, int timeout_ms,
 		   struct worker_status *st)
@@ -29,6 +78,7 @@ void worker_status(const char *rundir, const char *name, int timeout_ms,
 		snprintf(st->why, sizeof(st->why), "path too long");
 		return;
 	}
+	supervisor_status(wdir, st);
 	rc = worker_live(wdir, &p, &err);
 	if (rc < 0) {
 		snprintf(st->state, sizeof(st->state), "dead");

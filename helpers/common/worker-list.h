@@ -28,9 +28,25 @@ struct worker_status {
 	bool read_only;			   /* live only */
 	bool live;			   /* alive and answered `info` */
 	char why[BKS_ERROR_MSG_MAX];	   /* not live: why */
+
+	/*
+	 * From DIR/NAME/supervisor.state (docs/control-protocol.txt,
+	 * "Supervision"), live or not; supervised false: there is none.
+	 */
+	bool supervised;
+	char sup_state[16]; /* running, restarting, gave-up, stopping */
+	pid_t sup_pid;	    /* the supervisor's pid (it may be gone) */
+	bool sup_live;	    /* it holds supervisor.lock */
+	unsigned int restarts;
+	char last_exit[256]; /* why the worker last died, or "" */
+	char hung[256];	     /* why it is hung now, or "" */
+	char gave_up[256];   /* why the supervisor gave up, or "" */
 };
 
-/* The status of worker name of rundir.  Never fails: st says it all. */
+/*
+ * The status of worker name of rundir, its supervisor's too.  Never
+ * fails: st says it all.
+ */
 void worker_status(const char *rundir, const char *name, int timeout_ms,
 		   struct worker_status *st);
 

@@ -126,7 +126,10 @@ dead(struct worker_proc *p, const char *wdir, struct bks_error *err,
 				p->why);
 }
 
-int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
+/* The liveness rule for the pid file and lock file of wdir. */
+static int proc_live(const char *wdir, const char *pid_file,
+		     const char *lock_file, struct worker_proc *p,
+		     struct bks_error *err)
 {
 	char path[PATH_MAX + 16], buf[32], *end, state = '?';
 	unsigned long long start = 0;
@@ -138,10 +141,10 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	p->start = 0;
 	p->file_pid = 0;
 	p->why[0] = '\0';
-	if (snprintf(path, sizeof(path), "%s/" WORKER_FILE_PID, wdir) >=
+	if (snprintf(path, sizeof(path), "%s/%s", wdir, pid_file) >=
 	    (int)sizeof(path))
-		return bks_error_setmsg(err, ENAMETOOLONG, "%s/pid: too long",
-					wdir);
+		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
+					wdir, pid_file);
 	n = small_file_read(path, buf, sizeof(buf));
 	if (n == -ENOENT)
 		return dead(p, wdir, err, "no pid file");
@@ -153,7 +156,7 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	if (errno || end == buf || *end || v <= 0 || v > INT_MAX)
 		return bks_error_setmsg(err, EINVAL, "%s: not a pid", path);
 	p->file_pid = (pid_t)v;
-	snprintf(path, sizeof(path), "%s/" WORKER_FILE_LOCK, wdir);
+	snprintf(path, sizeof(path), "%s/%s", wdir, lock_file);
 	if (stat(path, &lk) < 0)
 		return dead(p, wdir, err, "no lock");
 	if (proc_stat((pid_t)v, &state, &start) < 0)
@@ -176,6 +179,18 @@ int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
 	p->pid = (pid_t)v;
 	p->start = start;
 	return 0;
+}
+
+int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err)
+{
+	return proc_live(wdir, WORKER_FILE_PID, WORKER_FILE_LOCK, p, err);
+}
+
+int supervisor_live(const char *wdir, struct worker_proc *p,
+		    struct bks_error *err)
+{
+	return proc_live(wdir, SUPERVISOR_FILE_PID, SUPERVISOR_FILE_LOCK, p,
+			 err);
 }
 
 int worker_pidfd(const struct worker_proc *p)

@@ -48,6 +48,14 @@ struct worker_proc {
 int worker_live(const char *wdir, struct worker_proc *p, struct bks_error *err);
 
 /*
+ * The same rule for the worker's supervisor (docs/control-protocol.txt,
+ * "Supervision"): alive iff the process named by DIR/NAME/supervisor.pid
+ * holds DIR/NAME/supervisor.lock.  Returns as worker_live() does.
+ */
+int supervisor_live(const char *wdir, struct worker_proc *p,
+		    struct bks_error *err);
+
+/*
  * A pidfd of p's process, checked to be that very process (the same
  * start time) after it was opened: from then on a recycled pid cannot
  * be mistaken for it.  Returns the descriptor, -ESRCH if the process is

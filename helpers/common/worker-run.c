@@ -9,12 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "blkstack/chain.h"
 #include "child.h"
+#include "conf.h"
 #include "ctl-client.h"
 #include "deadline.h"
 #include "lockfile.h"
@@ -24,10 +26,16 @@
 
 extern char **environ;
 
-/* The files a worker keeps in DIR/NAME, the lock last. */
-static const char *const worker_files[] = {WORKER_FILE_PID, WORKER_FILE_NBD,
-					   WORKER_FILE_CTL, WORKER_FILES_STATE,
-					   WORKER_FILE_LOCK};
+/*
+ * The files of DIR/NAME: the worker's (with the state a restart needs),
+ * then its supervisor's (state that must survive a worker's restart too),
+ * the locks last, the supervisor's after the worker's.
+ */
+static const char *const worker_files[] = {
+    WORKER_FILE_PID,	WORKER_FILE_NBD,      WORKER_FILE_CTL,
+    WORKER_FILES_STATE, SUPERVISOR_FILE_PID,  SUPERVISOR_FILE_STATE,
+    WORKER_FILE_LOCK,	SUPERVISOR_FILE_LOCK,
+};
 
 /* DIR/NAME[/FILE] into buf.  Returns 0 or -ENAMETOOLONG with err set. */
 static int wpath(char *buf, size_t size, const char *rundir, const char *name,
@@ -42,25 +50,43 @@ static int wpath(char *buf, size_t size, const char *rundir, const char *name,
 	return 0;
 }
 
-int worker_remove_files(const char *rundir, const char *name,
+/* Take DIR/NAME/file, a lock, without waiting: -EBUSY if it is held. */
+static int try_lock(const char *rundir, const char *name, const char *file,
+		    int *fd, struct bks_error *err)
+{
+	char path[PATH_MAX];
+	int rc = wpath(path, sizeof(path), rundir, name, file, err);
+
+	if (rc < 0)
+		return rc;
+	rc = lockfile_take(path, LOCKFILE_NONBLOCK, fd, err);
+	if (rc == -EWOULDBLOCK)
+		return bks_error_setmsg(err, EBUSY, "a running %s holds %s",
+					strcmp(file, WORKER_FILE_LOCK) == 0
+					    ? "worker"
+					    : "supervisor",
+					path);
+	/* No lock file: nothing can hold the rest. */
+	if (rc == -ENOENT) {
+		bks_error_clear(err);
+		return 0;
+	}
+	return rc;
+}
+
+/* worker_remove_files(); sup_held: the caller holds supervisor.lock. */
+static int remove_files(const char *rundir, const char *name, bool sup_held,
 			struct bks_error *err)
 {
 	char path[PATH_MAX];
-	int rc, lock_fd = -1;
+	int rc = 0, lock_fd = -1, sup_fd = -1;
 
-	rc = wpath(path, sizeof(path), rundir, name, WORKER_FILE_LOCK, err);
+	if (!sup_held)
+		rc = try_lock(rundir, name, SUPERVISOR_FILE_LOCK, &sup_fd, err);
+	if (rc == 0)
+		rc = try_lock(rundir, name, WORKER_FILE_LOCK, &lock_fd, err);
 	if (rc < 0)
 		goto out;
-	rc = lockfile_take(path, LOCKFILE_NONBLOCK, &lock_fd, err);
-	if (rc == -EWOULDBLOCK) {
-		rc = bks_error_setmsg(err, EBUSY, "a running worker holds %s",
-				      path);
-		goto out;
-	}
-	/* No lock file: nothing can hold the rest. */
-	if (rc < 0 && rc != -ENOENT)
-		goto out;
-	bks_error_clear(err);
 	for (size_t i = 0; i < sizeof(worker_files) / sizeof(*worker_files);
 	     i++) {
 		rc = wpath(path, sizeof(path), rundir, name, worker_files[i],
@@ -81,7 +107,21 @@ int worker_remove_files(const char *rundir, const char *name,
 out:
 	if (lock_fd >= 0)
 		close(lock_fd);
+	if (sup_fd >= 0)
+		close(sup_fd);
 	return rc;
+}
+
+int worker_remove_files(const char *rundir, const char *name,
+			struct bks_error *err)
+{
+	return remove_files(rundir, name, false, err);
+}
+
+int worker_remove_files_supervised(const char *rundir, const char *name,
+				   struct bks_error *err)
+{
+	return remove_files(rundir, name, true, err);
 }
 
 /* After worker pid exited: its leftovers go, unless a new one holds them. */
@@ -111,38 +151,17 @@ static int above_stdio(int fd)
 	return nfd < 0 ? -errno : nfd;
 }
 
-/*
- * Start the worker in its own session, stdio on /dev/null, with the
- * write end of the readiness pipe as --ready-fd.  Returns 0 with *pid,
- * or -errno with err set.
- */
-static int spawn_worker(const struct worker_spec *s, int ready_fd, pid_t *pid,
-			struct bks_error *err)
+int worker_spawn(const char *exe, const char *const *argv, const int *keep,
+		 size_t nkeep, pid_t *pid, struct bks_error *err)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none;
-	char fdstr[16];
-	const char *argv[12];
-	int argc = 0, rc;
+	int rc;
 
 	/* Said here, whether posix_spawn would say it or the child's exit. */
-	if (access(s->exe, X_OK) < 0)
-		return bks_error_set(err, errno, "start %s", s->exe);
-	snprintf(fdstr, sizeof(fdstr), "%d", ready_fd);
-	argv[argc++] = s->exe;
-	argv[argc++] = "--name";
-	argv[argc++] = s->name;
-	argv[argc++] = "--chain";
-	argv[argc++] = s->chain;
-	argv[argc++] = "--rundir";
-	argv[argc++] = s->rundir;
-	argv[argc++] = "--ready-fd";
-	argv[argc++] = fdstr;
-	if (s->read_only)
-		argv[argc++] = "--read-only";
-	argv[argc] = NULL;
-
+	if (access(exe, X_OK) < 0)
+		return bks_error_set(err, errno, "start %s", exe);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawnattr_init(&attr);
 	sigemptyset(&none);
@@ -156,24 +175,56 @@ static int spawn_worker(const struct worker_spec *s, int ready_fd, pid_t *pid,
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, 1, 2);
-	/* dup2 onto itself clears O_CLOEXEC: only the worker's end stays. */
-	posix_spawn_file_actions_adddup2(&fa, ready_fd, ready_fd);
-	rc = posix_spawn(pid, s->exe, &fa, &attr, (char *const *)argv, environ);
+	/* dup2 onto itself clears O_CLOEXEC: only these stay open. */
+	for (size_t i = 0; i < nkeep; i++)
+		posix_spawn_file_actions_adddup2(&fa, keep[i], keep[i]);
+	rc = posix_spawn(pid, exe, &fa, &attr, (char *const *)argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	if (rc != 0)
-		return bks_error_set(err, rc, "start %s", s->exe);
+		return bks_error_set(err, rc, "start %s", exe);
 	return 0;
 }
 
 /*
- * Read the worker's readiness report into buf: "ok\n", or "error: MSG\n"
- * and maybe "errno: NAME\n" after it, up to EOF.  Returns the length (0 at
- * EOF without anything), or -ETIMEDOUT / -errno.
+ * Start the worker, or its supervisor (sup_exe not NULL), with the write
+ * end of the readiness pipe as --ready-fd.  Returns 0 with *pid, or
+ * -errno with err set.
  */
-static int read_ready(int fd, char *buf, size_t size)
+static int spawn_worker(const struct worker_spec *s, const char *sup_exe,
+			int ready_fd, pid_t *pid, struct bks_error *err)
 {
-	uint64_t deadline = deadline_in(WORKER_READY_TIMEOUT_MS);
+	char fdstr[16];
+	const char *argv[16];
+	int argc = 0;
+
+	snprintf(fdstr, sizeof(fdstr), "%d", ready_fd);
+	argv[argc++] = sup_exe ? sup_exe : s->exe;
+	argv[argc++] = "--name";
+	argv[argc++] = s->name;
+	argv[argc++] = "--chain";
+	argv[argc++] = s->chain;
+	argv[argc++] = "--rundir";
+	argv[argc++] = s->rundir;
+	argv[argc++] = "--ready-fd";
+	argv[argc++] = fdstr;
+	if (s->read_only)
+		argv[argc++] = "--read-only";
+	if (sup_exe) {
+		argv[argc++] = "--worker";
+		argv[argc++] = s->exe;
+		if (s->xs_error_path) {
+			argv[argc++] = "--xs-error-path";
+			argv[argc++] = s->xs_error_path;
+		}
+	}
+	argv[argc] = NULL;
+	return worker_spawn(argv[0], argv, &ready_fd, 1, pid, err);
+}
+
+int worker_read_ready(int fd, int timeout_ms, char *buf, size_t size)
+{
+	uint64_t deadline = deadline_in(timeout_ms);
 	size_t len = 0;
 
 	for (;;) {
@@ -228,9 +279,55 @@ static int ready_error(const char *name, char *buf, struct bks_error *err)
 				buf + 7);
 }
 
+int worker_conf_supervise(bool *yes, struct bks_error *err)
+{
+	const char *name, *v;
+	char *text = NULL;
+	unsigned int line;
+	size_t len;
+	bool found;
+	int rc;
+
+	*yes = true;
+	rc = conf_read(&text, &name, err);
+	if (rc < 0)
+		goto out;
+	rc = conf_find(text, name, "supervise", &v, &len, &line, &found, err);
+	if (rc < 0 || !found)
+		goto out;
+	if (len == 2 && strncmp(v, "no", 2) == 0)
+		*yes = false;
+	else if (!(len == 3 && strncmp(v, "yes", 3) == 0))
+		rc =
+		    bks_error_setmsg(err, EINVAL,
+				     "%s:%u: supervise: '%.*s' is not yes or "
+				     "no",
+				     name, line, (int)(len > 32 ? 32 : len), v);
+out:
+	free(text);
+	return rc;
+}
+
+/* blkstack-supervisor beside the worker's exe, into buf. */
+static int supervisor_exe(const char *exe, char *buf, size_t size,
+			  struct bks_error *err)
+{
+	const char *slash = strrchr(exe, '/');
+	int dlen = slash ? (int)(slash - exe) : 1;
+	int n = snprintf(buf, size, "%.*s/" SUPERVISOR_EXE, dlen,
+			 slash ? exe : ".");
+
+	if (n < 0 || (size_t)n >= size)
+		return bks_error_setmsg(err, ENAMETOOLONG, "%s: path too long",
+					exe);
+	return 0;
+}
+
 int worker_start(const struct worker_spec *s, pid_t *pidp,
 		 struct bks_error *err)
 {
+	char sup[PATH_MAX];
+	bool supervise = false;
 	char wdir[PATH_MAX], line[2 * BKS_ERROR_MSG_MAX + 64], how[64];
 	struct worker_proc live;
 	struct bks_error ignore;
@@ -251,6 +348,16 @@ int worker_start(const struct worker_spec *s, pid_t *pidp,
 		return bks_error_setmsg(err, EBUSY,
 					"worker %s: already running (pid %d)",
 					s->name, (int)live.pid);
+	if (supervisor_live(wdir, &live, &ignore) == 0)
+		return bks_error_setmsg(err, EBUSY,
+					"worker %s: already running "
+					"(supervisor pid %d)",
+					s->name, (int)live.pid);
+	rc = worker_conf_supervise(&supervise, err);
+	if (rc == 0 && supervise)
+		rc = supervisor_exe(s->exe, sup, sizeof(sup), err);
+	if (rc < 0)
+		return bks_error_prepend(err, "worker %s: ", s->name);
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return bks_error_set(err, errno, "worker %s: pipe", s->name);
 	fds[0] = above_stdio(fds[0]);
@@ -260,17 +367,24 @@ int worker_start(const struct worker_spec *s, pid_t *pidp,
 				   "worker %s: pipe", s->name);
 		goto out;
 	}
-	rc = spawn_worker(s, fds[1], &pid, err);
+	rc = spawn_worker(s, supervise ? sup : NULL, fds[1], &pid, err);
 	close(fds[1]);
 	fds[1] = -1;
 	if (rc < 0) {
 		bks_error_prepend(err, "worker %s: ", s->name);
 		goto out;
 	}
-	n = read_ready(fds[0], line, sizeof(line));
+	/* The supervisor waits as long for its worker, and a little more. */
+	n = worker_read_ready(fds[0],
+			      WORKER_READY_TIMEOUT_MS +
+				  (supervise ? WORKER_READY_SLACK_MS : 0),
+			      line, sizeof(line));
 	if (n > 0 && strncmp(line, "ok\n", 3) == 0) {
 		/* It serves; it is no longer ours to wait for. */
 		*pidp = pid;
+		/* The worker's pid, not its supervisor's, if we can tell. */
+		if (supervise && worker_live(wdir, &live, &ignore) == 0)
+			*pidp = live.pid;
 		rc = 0;
 		goto out;
 	}
@@ -375,6 +489,93 @@ static int stop_stale(const char *rundir, const char *name,
 	return 0;
 }
 
+/* Send sig to the process of pidfd fd, or to pid without pidfds. */
+static void send_sig(int fd, pid_t pid, int sig)
+{
+	if (fd >= 0)
+		pidfd_send_signal(fd, sig, NULL, 0);
+	else if (pid > 0)
+		kill(pid, sig);
+}
+
+/* Wait for the process of fd (or pid, not our child) to be gone. */
+static int wait_gone(int fd, pid_t pid, int timeout_ms)
+{
+	uint64_t deadline = deadline_in(timeout_ms);
+
+	if (fd >= 0)
+		return pidfd_wait(fd, timeout_ms);
+	while (kill(pid, 0) == 0) {
+		if (ms_left(deadline) == 0)
+			return -ETIMEDOUT;
+		poll(NULL, 0, 10);
+	}
+	return 0;
+}
+
+/*
+ * The worker of wdir has a live supervisor sp: SIGTERM it (it stops the
+ * worker, SIGKILLing one that does not finish, and removes the files) and
+ * wait up to timeout_ms; if it does not exit, SIGKILL it and the worker.
+ * Returns 0, 1 if the supervisor was gone already (the caller goes on as
+ * without one), or -errno.
+ */
+static int stop_supervised(const char *rundir, const char *name,
+			   const char *wdir, const struct worker_proc *sp,
+			   int timeout_ms, struct worker_stopped *out,
+			   struct bks_error *err)
+{
+	struct worker_proc wp = {0};
+	struct bks_error ignore;
+	int spfd, wpfd = -1, rc;
+
+	spfd = worker_pidfd(sp);
+	if (spfd == -ESRCH)
+		return 1;
+	if (spfd < 0 && spfd != -ENOSYS)
+		return bks_error_set(err, -spfd,
+				     "worker %s: pidfd_open supervisor %d",
+				     name, (int)sp->pid);
+	if (worker_live(wdir, &wp, &ignore) == 0)
+		wpfd = worker_pidfd(&wp);
+	send_sig(spfd, sp->pid, SIGTERM);
+	rc = wait_gone(spfd, sp->pid, timeout_ms);
+	if (rc == -ETIMEDOUT) {
+		/* remove must never hang: both go, whatever they do. */
+		send_sig(spfd, sp->pid, SIGKILL);
+		wait_gone(spfd, sp->pid, WORKER_DYING_WAIT_MS);
+		if (worker_live(wdir, &wp, &ignore) == 0) {
+			if (wpfd >= 0)
+				close(wpfd);
+			wpfd = worker_pidfd(&wp);
+		}
+		send_sig(wpfd, wp.pid, SIGKILL);
+		wait_gone(wpfd, wp.pid, WORKER_DYING_WAIT_MS);
+		snprintf(out->note, sizeof(out->note),
+			 "worker %s: supervisor pid %d did not exit within "
+			 "%d s; killed it and the worker",
+			 name, (int)sp->pid, timeout_ms / 1000);
+	} else if (rc < 0) {
+		rc = bks_error_set(err, -rc,
+				   "worker %s: wait for supervisor pid %d",
+				   name, (int)sp->pid);
+		goto out;
+	}
+	rc = cleanup_after(rundir, name, err);
+	if (rc < 0) {
+		bks_error_prepend(err, "worker %s: ", name);
+		goto out;
+	}
+	out->how = WORKER_STOPPED;
+	out->pid = wp.pid;
+out:
+	if (spfd >= 0)
+		close(spfd);
+	if (wpfd >= 0)
+		close(wpfd);
+	return rc;
+}
+
 int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		struct worker_stopped *out, struct bks_error *err)
 {
@@ -395,6 +596,13 @@ int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		snprintf(out->note, sizeof(out->note), "no worker %s", name);
 		return 0;
 	}
+	if (supervisor_live(wdir, &p, &lerr) == 0) {
+		rc = stop_supervised(rundir, name, wdir, &p, timeout_ms, out,
+				     err);
+		if (rc <= 0)
+			return rc;
+	}
+	bks_error_clear(&lerr);
 	rc = worker_live(wdir, &p, &lerr);
 	if (rc == -ESRCH)
 		return stop_stale(rundir, name, &p, p.why, out, err);

@@ -10,6 +10,7 @@
 #define BLKSTACK_WORKER_RUN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #include "blkstack/error.h"
@@ -19,6 +20,11 @@
 /* How long a worker may take to exit after `shutdown` or a failed start. */
 #define WORKER_EXIT_TIMEOUT_MS 30000
 
+/* The supervisor waits WORKER_READY_TIMEOUT_MS; its starter this longer. */
+#define WORKER_READY_SLACK_MS 5000
+/* The supervisor's program, found beside blkstack-worker. */
+#define SUPERVISOR_EXE "blkstack-supervisor"
+
 /* What to start. */
 struct worker_spec {
 	const char *exe;    /* blkstack-worker (sibling_path) */
@@ -26,12 +32,47 @@ struct worker_spec {
 	const char *name;   /* worker_name_valid() */
 	const char *chain;
 	bool read_only;
+	/*
+	 * Optional: the xenstore node the supervisor writes when it gives up
+	 * on the worker (the hotplug helper's BACKEND/hotplug-error).
+	 */
+	const char *xs_error_path;
 };
+
+/*
+ * `supervise` of the configuration file (conf.h): *yes is true unless it
+ * says "no".  Returns 0, or -errno (-EINVAL: a value neither yes nor no)
+ * with err set.  Called by worker_start(); public for the tests' sake.
+ */
+int worker_conf_supervise(bool *yes, struct bks_error *err);
+
+/*
+ * posix_spawn exe with argv (argv[0] first, NULL-terminated) in a session
+ * of its own, stdio on /dev/null, the signal mask empty, and of our
+ * descriptors only keep[0..nkeep) left open (close-on-exec cleared).
+ * For worker_start() and blkstack-supervisor.  Returns 0 with *pid (our
+ * child: the caller reaps it), or -errno with err set.
+ */
+int worker_spawn(const char *exe, const char *const *argv, const int *keep,
+		 size_t nkeep, pid_t *pid, struct bks_error *err);
+
+/*
+ * Read a readiness report from fd into buf (docs/control-protocol.txt,
+ * "Readiness"): "ok\n" (returned at once: the sender keeps fd open), or
+ * "error: MSG\n" and maybe "errno: NAME\n", up to EOF, waiting at most
+ * timeout_ms.  Returns the length (0: EOF without anything), -ETIMEDOUT
+ * or -errno.  For worker_start() and blkstack-supervisor.
+ */
+int worker_read_ready(int fd, int timeout_ms, char *buf, size_t size);
 
 /*
  * Start a worker and wait until it serves: spawned directly (posix_spawn,
  * no shell, no PATH) in a session of its own with stdio on /dev/null,
- * reporting on a readiness pipe.  Returns 0 with *pid (no longer ours to
+ * reporting on a readiness pipe.  Unless the configuration says
+ * `supervise = no`, what is spawned is blkstack-supervisor (beside
+ * s->exe), which starts the worker, forwards its readiness report and
+ * restarts it when it dies (docs/control-protocol.txt, "Supervision");
+ * the contract is the same either way.  Returns 0 with *pid (no longer ours to
  * wait for: the caller must not reap it), or -errno: -EBUSY if a worker
  * of that name is alive already, else the worker's own errno and message
  * when it reported one, else this side's ("not ready within 30 s; killed
@@ -66,13 +107,17 @@ int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		struct worker_stopped *out, struct bks_error *err);
 
 /*
- * Remove what a dead worker left in DIR/NAME, and the directory, holding
- * its lock so that files a live worker holds are never removed.  Returns
- * 0 (also when there is nothing, or when a new worker's files stand
- * there now), -EBUSY if a worker holds the lock, or -errno; err set
- * (without the worker's name).
+ * Remove what a dead worker (and its dead supervisor) left in DIR/NAME,
+ * and the directory, holding their locks so that files a live one holds
+ * are never removed.  Returns 0 (also when there is nothing, or when a
+ * new worker's files stand there now), -EBUSY if a worker or supervisor
+ * holds its lock, or -errno; err set (without the worker's name).
  */
 int worker_remove_files(const char *rundir, const char *name,
 			struct bks_error *err);
+
+/* The same, called by the supervisor, which holds supervisor.lock. */
+int worker_remove_files_supervised(const char *rundir, const char *name,
+				   struct bks_error *err);
 
 #endif /* BLKSTACK_WORKER_RUN_H */

@@ -28,6 +28,7 @@
 #include "blkstack/error.h"
 #include "ctl-client.h"
 #include "json.h"
+#include "nbd-kernel.h"
 #include "rundir.h"
 #include "sibling.h"
 #include "worker-list.h"
@@ -83,6 +84,9 @@ static void usage(FILE *f)
 	    "  dirty --name NAME [--json]         dirty extents of the log: "
 	    "layer\n"
 	    "  dirty --name NAME --clear          mark everything clean\n"
+	    "  reconnect --name NAME              reconnect its kernel NBD "
+	    "devices\n"
+	    "                                     whose connection died\n"
 	    "\n"
 	    "DIR: --rundir, else $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR ".\n"
 	    "Exit: 0 ok, 1 failure, 2 usage.\n");
@@ -116,6 +120,46 @@ struct list_out {
 	struct json_writer j;
 };
 
+/* The supervisor's part of a list line (" supervisor=none" without). */
+static void print_supervisor(const struct worker_status *e)
+{
+	if (!e->supervised) {
+		printf(" supervisor=none\n");
+		return;
+	}
+	printf(" supervisor=%s restarts=%u", e->sup_state, e->restarts);
+	if (e->last_exit[0])
+		printf(" last_exit=\"%s\"", e->last_exit);
+	if (e->hung[0])
+		printf(" hung=\"%s\"", e->hung);
+	if (e->gave_up[0])
+		printf(" gave_up=\"%s\"", e->gave_up);
+	printf("\n");
+}
+
+/* The supervisor's part of a list object: null without one. */
+static void json_supervisor(struct json_writer *j,
+			    const struct worker_status *e)
+{
+	json_key(j, "supervisor");
+	if (!e->supervised) {
+		json_null(j);
+		return;
+	}
+	json_obj_begin(j);
+	json_kv_str(j, "state", e->sup_state);
+	json_key(j, "pid");
+	if (e->sup_live)
+		json_u64(j, (uint64_t)e->sup_pid);
+	else
+		json_null(j);
+	json_kv_u64(j, "restarts", e->restarts);
+	json_kv_str(j, "last_exit", e->last_exit);
+	json_kv_str(j, "hung", e->hung);
+	json_kv_str(j, "gave_up", e->gave_up);
+	json_obj_end(j);
+}
+
 static int list_one(const struct worker_status *e, void *arg)
 {
 	struct list_out *lo = arg;
@@ -137,16 +181,19 @@ static int list_one(const struct worker_status *e, void *arg)
 		} else {
 			json_kv_str(j, "error", e->why);
 		}
+		json_supervisor(j, e);
 		json_obj_end(j);
-	} else if (e->live) {
-		printf("name=%s pid=%d state=%s chain=%s\n", e->name,
-		       (int)e->pid, e->state, e->chain);
-	} else if (strcmp(e->state, "dead") == 0) {
-		printf("name=%s state=dead (%s)\n", e->name, e->why);
-	} else {
-		printf("name=%s pid=%d state=unreachable\n", e->name,
-		       (int)e->pid);
+		return 0;
 	}
+	if (e->live)
+		printf("name=%s pid=%d state=%s chain=%s", e->name, (int)e->pid,
+		       e->state, e->chain);
+	else if (strcmp(e->state, "dead") == 0)
+		printf("name=%s state=dead (%s)", e->name, e->why);
+	else
+		printf("name=%s pid=%d state=unreachable", e->name,
+		       (int)e->pid);
+	print_supervisor(e);
 	return 0;
 }
 
@@ -217,6 +264,34 @@ static int cmd_destroy(struct ctl *ctl)
 	}
 	if (how.how != WORKER_STOPPED)
 		fail("%s", how.note);
+	return EXIT_OK;
+}
+
+/* ---- reconnect ----------------------------------------------------------- */
+
+/*
+ * After a worker was restarted by hand (its supervisor does this itself):
+ * every /dev/nbdN made for DIR/NAME/nbd.sock whose connection died gets a
+ * connection to the new worker (nbd-kernel.h).  Prints how many.
+ */
+static int cmd_reconnect(struct ctl *ctl)
+{
+	char sock[PATH_MAX];
+	struct bks_error err = {0};
+	unsigned int n;
+	int len;
+
+	len = snprintf(sock, sizeof(sock), "%s/%s/" WORKER_FILE_NBD,
+		       ctl->rundir, ctl->name);
+	if (len < 0 || (size_t)len >= sizeof(sock)) {
+		fail("worker %s: NBD socket path too long", ctl->name);
+		return EXIT_FAIL;
+	}
+	if (nbd_kernel_reconnect_all(sock, &n, &err) < 0) {
+		fail("worker %s: %s", ctl->name, err.msg);
+		return EXIT_FAIL;
+	}
+	printf("reconnected %u kernel NBD device%s\n", n, n == 1 ? "" : "s");
 	return EXIT_OK;
 }
 
@@ -466,6 +541,7 @@ static const struct command {
     {"info", OPT_NAME, OPT_NAME | OPT_JSON},
     {"stats", OPT_NAME, OPT_NAME | OPT_JSON},
     {"dirty", OPT_NAME, OPT_NAME | OPT_JSON | OPT_CLEAR},
+    {"reconnect", OPT_NAME, OPT_NAME},
 };
 
 static const struct option long_opts[] = {
@@ -636,5 +712,7 @@ int main(int argc, char **argv)
 		return cmd_create(&ctl);
 	if (strcmp(cmd->name, "destroy") == 0)
 		return cmd_destroy(&ctl);
+	if (strcmp(cmd->name, "reconnect") == 0)
+		return cmd_reconnect(&ctl);
 	return cmd_worker(&ctl, cmd->name);
 }

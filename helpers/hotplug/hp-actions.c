@@ -222,11 +222,29 @@ static int target_init(struct hp *hp, struct target *t)
 static int start_worker(struct hp *hp, const struct target *t,
 			const char *chain)
 {
-	char exe[PATH_MAX];
+	char exe[PATH_MAX], xs_error[HP_PATH_BUF];
 	struct worker_spec spec = {
 	    .exe = exe, .rundir = t->rundir, .name = t->name, .chain = chain};
+	const char *dir = NULL;
 	pid_t pid;
 	int rc;
+
+	/*
+	 * Where the supervisor says it gave up (hp-error.c's node, which
+	 * libxl reads): the backend's hotplug-error, else ours (v2) or
+	 * XENBUS_PATH's (v1, if absolute).
+	 */
+	if (hp->env.iface == HP_IFACE_V2)
+		dir = hp->env.backend_path && !hp->backend_foreign
+			  ? hp->env.backend_path
+			  : hp->env.hotplug_path;
+	else if (!hp->backend_foreign && hp->env.xenbus_path &&
+		 hp->env.xenbus_path[0] == '/')
+		dir = hp->env.xenbus_path;
+	if (dir && hp_child_path(xs_error, sizeof(xs_error), dir,
+				 "hotplug-error", &hp->err) == 0)
+		spec.xs_error_path = xs_error;
+	bks_error_clear(&hp->err);
 
 	/* blkstack-worker beside us (a build tree), else the installed one. */
 	rc = sibling_path(exe, sizeof(exe), "blkstack-worker", BKS_SBINDIR,

@@ -26,6 +26,7 @@
 #include <stddef.h>
 
 #include "blkstack/error.h"
+#include "nbd-kernel.h"
 
 enum hp_dev_mech {
 	HP_DEV_AUTO,
@@ -37,7 +38,7 @@ enum hp_dev_mech {
  * The kernel NBD backend identifier (/sys/block/nbdN/backend) of a device
  * blkstack made: this prefix and the worker's NBD socket path.
  */
-#define HP_DEV_NBD_BACKEND_PREFIX "blkstack:"
+#define HP_DEV_NBD_BACKEND_PREFIX NBD_KERNEL_BACKEND_PREFIX
 
 /* Longest line hp_dev_format() writes, including the NUL. */
 #define HP_DEV_LINE_MAX (PATH_MAX + 160)
@@ -83,29 +84,6 @@ int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 
 /* "auto", "nbd", "loop". */
 const char *hp_dev_mech_name(enum hp_dev_mech mech);
-
-/* What the NBD handshake learnt about the export. */
-struct hp_dev_export {
-	unsigned long long size; /* bytes */
-	unsigned short flags;	 /* transmission flags (NBD_FLAG_*) */
-	unsigned int min_block;	 /* NBD_INFO_BLOCK_SIZE minimum, 0 if none */
-};
-
-/*
- * Connect to the NBD server on nbd_sock and complete the handshake
- * (fixed newstyle, NBD_OPT_GO on the default export), leaving the socket
- * (*fd) in the transmission phase for the kernel.  Used by the kernel NBD
- * path; public so that it can be tested without an nbd module.
- */
-int hp_dev_nbd_handshake(const char *nbd_sock, int *fd,
-			 struct hp_dev_export *ex, struct bks_error *err);
-
-/*
- * Does the Unix socket sock accept a connection (which is then closed)?
- * 0, or -errno from connect: -ECONNREFUSED or -ENOENT mean nobody serves
- * it; -ENAMETOOLONG if sock cannot be a socket address.
- */
-int hp_dev_sock_probe(const char *sock);
 
 /*
  * Attach a block device to the NBD server on nbd_sock, read-only if ro.

@@ -2,6 +2,7 @@
 /*
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
+ *                 [--supervisor-fd FD]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -14,6 +15,10 @@
  *
  * SIGTERM (or SIGINT, or the ctl "shutdown") drains in-flight I/O, flushes
  * the chain, removes the sockets and pid file, and exits 0.
+ *
+ * --supervisor-fd is given by blkstack-supervisor: the worker's end of
+ * the channel of worker-super.h, on which it beats every second and says
+ * "stopping" when it shuts down gracefully.
  *
  * --timeouts is for tests, so that they need not wait for the defaults:
  * the NBD handshake deadline, the NBD stall timeout and the control
@@ -45,6 +50,7 @@
 #include "rundir.h"
 #include "worker-ctl.h"
 #include "worker-state.h"
+#include "worker-super.h"
 #include "worker.h"
 
 #define PROG "blkstack-worker"
@@ -58,6 +64,7 @@ struct opts {
 	bool read_only;
 	bool foreground;
 	int ready_fd;
+	int super_fd; /* --supervisor-fd, -1: none */
 	/* --timeouts, ms (0: default) */
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
 };
@@ -143,6 +150,7 @@ static void quiesced(void *arg)
 		return;
 	}
 	w->state = WORKER_PAUSED;
+	worker_super_beat(w->super);
 	worker_log(w, LOG_INFO, "paused: no request in flight");
 	pause_notify(w, 0);
 }
@@ -168,6 +176,7 @@ static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 		break;
 	}
 	w->state = WORKER_PAUSING;
+	worker_super_beat(w->super);
 	w->pause_start = bks_now_ns();
 	w->pause_done = done;
 	w->pause_arg = arg;
@@ -208,6 +217,7 @@ static int worker_unpause(struct worker *w)
 	}
 	w->paused_ns += bks_now_ns() - w->pause_start;
 	w->state = WORKER_RUNNING;
+	worker_super_beat(w->super);
 	bks_export_resume(w->nbd);
 	worker_log(w, LOG_INFO, "running");
 	return 0;
@@ -277,6 +287,7 @@ static void worker_shutdown(struct worker *w)
 	worker_log(w, LOG_INFO, "shutting down: draining in-flight I/O");
 	pause_notify(w, -ECANCELED);
 	w->state = WORKER_STOPPING;
+	worker_super_stopping(w->super);
 	bks_timer_init(w->loop, &w->stop_timer, stop_timeout, w);
 	bks_timer_arm(&w->stop_timer, STOP_TIMEOUT_NS);
 	/* Ends a pause first; may call nbd_down() at once. */
@@ -627,6 +638,7 @@ static void cleanup(struct worker *w, struct res *r)
 			    (unsigned long long)bks_chain_in_flight(w->chain));
 	}
 	bks_timer_cancel(&w->stop_timer);
+	worker_super_free(w->super);
 	if (w->loop)
 		bks_loop_free(w->loop);
 	/*
@@ -652,18 +664,23 @@ static void cleanup(struct worker *w, struct res *r)
 
 /*
  * A long-lived worker must not keep its starter's descriptors (a pipe held
- * open keeps the starter's reader waiting forever): close all but 0-2 and
- * the readiness fd.
+ * open keeps the starter's reader waiting forever): close all but 0-2, the
+ * readiness fd and the supervisor channel (-1: none).
  */
-static void close_inherited(int keep)
+static void close_inherited(int keep1, int keep2)
 {
-	if (keep < 3) {
-		close_range(3, ~0u, 0);
-		return;
+	unsigned int from = 3;
+	int keep[2] = {keep1 < keep2 ? keep1 : keep2,
+		       keep1 < keep2 ? keep2 : keep1};
+
+	for (int i = 0; i < 2; i++) {
+		if (keep[i] < (int)from)
+			continue;
+		if ((unsigned int)keep[i] > from)
+			close_range(from, (unsigned int)keep[i] - 1, 0);
+		from = (unsigned int)keep[i] + 1;
 	}
-	if (keep > 3)
-		close_range(3, (unsigned int)keep - 1, 0);
-	close_range((unsigned int)keep + 1, ~0u, 0);
+	close_range(from, ~0u, 0);
 }
 
 static void usage(FILE *f)
@@ -671,6 +688,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " --name NAME --chain CHAIN [--rundir DIR] "
 		"[--read-only] [--foreground] [--ready-fd FD]\n"
+		"  [--supervisor-fd FD] (given by blkstack-supervisor)\n"
 		"  [--timeouts HANDSHAKE,STALL,CTL_IDLE] (ms; for tests)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
@@ -715,6 +733,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"foreground", no_argument, NULL, 'f'},
 	    {"ready-fd", required_argument, NULL, 'F'},
 	    {"timeouts", required_argument, NULL, 'T'},
+	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -749,6 +768,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return 2;
 			}
 			o->ready_fd = (int)v;
+			break;
+		case 'S':
+			errno = 0;
+			v = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || v < 3 ||
+			    v > 65535) {
+				fprintf(stderr,
+					PROG ": bad --supervisor-fd '%s'\n",
+					optarg);
+				return 2;
+			}
+			o->super_fd = (int)v;
 			break;
 		case 'T':
 			if (parse_timeouts(optarg, o) < 0) {
@@ -789,7 +820,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.ready_fd = -1};
+	struct opts o = {.ready_fd = -1, .super_fd = -1};
 	struct res r = {
 	    .lock_fd = -1, .nbd_fd = -1, .ctl_fd = -1, .sig_fd = -1};
 	struct worker w = {0};
@@ -803,7 +834,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": --ready-fd %d: %m\n", o.ready_fd);
 		return 2;
 	}
-	close_inherited(o.ready_fd);
+	if (o.super_fd >= 0 && fcntl(o.super_fd, F_SETFD, FD_CLOEXEC) < 0) {
+		fprintf(stderr, PROG ": --supervisor-fd %d: %m\n", o.super_fd);
+		return 2;
+	}
+	close_inherited(o.ready_fd, o.super_fd);
 	w.name = o.name;
 	w.chain_str = o.chain;
 	w.read_only = o.read_only;
@@ -827,6 +862,12 @@ int main(int argc, char **argv)
 	}
 	worker_log(&w, LOG_INFO, "serving %s on %s/nbd.sock", w.chain_str,
 		   w.dir);
+	/* Beats begin before "ok": the supervisor's hang watch starts then. */
+	if (o.super_fd >= 0 &&
+	    worker_super_new(&w.super, &w, o.super_fd, &err) < 0) {
+		worker_log(&w, LOG_ERR, "%s", err.msg);
+		bks_error_clear(&err);
+	}
 	report_ready(o.ready_fd, NULL);
 	rc = bks_loop_run(w.loop);
 	if (rc < 0) {

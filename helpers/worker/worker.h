@@ -33,6 +33,7 @@ enum worker_state {
 };
 
 struct worker_ctl;
+struct worker_super;
 
 /* Called when a pause completes (rc 0) or is abandoned (-ECANCELED). */
 typedef void worker_pause_fn(void *arg, int rc);
@@ -53,6 +54,7 @@ struct worker {
 	struct bks_chain *chain;
 	struct bks_export *nbd; /* the NBD export (export.h) */
 	struct worker_ctl *ctl;
+	struct worker_super *super; /* worker-super.h; NULL: unsupervised */
 	enum worker_state state;
 	uint64_t started_ns;	     /* bks_now_ns() at start */
 	uint64_t pauses;	     /* completed pauses */

@@ -129,11 +129,11 @@ stat_of() {
 	pid=$(cat "$RUNDIR/vm1/pid")
 	run "$CTL" list
 	assert_success
-	assert_output "name=vm1 pid=$pid state=running chain=log:|ram:64M"
+	assert_output "name=vm1 pid=$pid state=running chain=log:|ram:64M supervisor=running restarts=0"
 	run "$CTL" list --json
 	assert_success
-	run jq_py "$output" '[(e["name"], e["pid"], e["state"], e["chain"], e["size"]) for e in d]'
-	assert_output "[[\"vm1\", $pid, \"running\", \"log:|ram:64M\", 67108864]]"
+	run jq_py "$output" '[(e["name"], e["pid"], e["state"], e["chain"], e["size"], e["supervisor"]["state"], e["supervisor"]["restarts"]) for e in d]'
+	assert_output "[[\"vm1\", $pid, \"running\", \"log:|ram:64M\", 67108864, \"running\", 0]]"
 	# The NBD export answers.
 	run nbdinfo --size "$(nbd vm1)"
 	assert_success
@@ -382,7 +382,9 @@ EOF
 	chmod 0711 "$EXTRA_RUNDIR"
 	cp "$CTL" "$EXTRA_RUNDIR/blkstack-ctl"
 	cp "$BIN/blkstack-worker" "$EXTRA_RUNDIR/blkstack-worker"
-	chmod 0755 "$EXTRA_RUNDIR/blkstack-ctl" "$EXTRA_RUNDIR/blkstack-worker"
+	cp "$BIN/blkstack-supervisor" "$EXTRA_RUNDIR/blkstack-supervisor"
+	chmod 0755 "$EXTRA_RUNDIR/blkstack-ctl" "$EXTRA_RUNDIR/blkstack-worker" \
+		"$EXTRA_RUNDIR/blkstack-supervisor"
 	run "$EXTRA_RUNDIR/blkstack-ctl" --rundir "$EXTRA_RUNDIR" create --name vm1 --chain 'ram:16M'
 	assert_success
 	chmod 0711 "$EXTRA_RUNDIR/vm1"
@@ -408,6 +410,8 @@ EOF
 }
 
 @test "ctl: a worker killed with SIGKILL is listed as dead, and destroy cleans it up" {
+	# A bare worker: a supervised one is restarted (supervise.bats).
+	sup_conf supervise=no
 	create vm1 'ram:16M'
 	create vm2 'ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
@@ -416,8 +420,8 @@ EOF
 	wait_exit "$pid"
 	run "$CTL" list
 	assert_success
-	assert_line --index 0 "name=vm1 state=dead (stale pid $pid)"
-	assert_line --index 1 "name=vm2 pid=$pid2 state=running chain=ram:16M"
+	assert_line --index 0 "name=vm1 state=dead (stale pid $pid) supervisor=none"
+	assert_line --index 1 "name=vm2 pid=$pid2 state=running chain=ram:16M supervisor=none"
 	run "$CTL" list --json
 	assert_success
 	run jq_py "$output" '[(e["name"], e["state"], e["pid"]) for e in d]'
@@ -431,6 +435,27 @@ EOF
 	assert [ ! -e "$RUNDIR/vm1" ]
 	# The name is free again.
 	create vm1 'ram:16M'
+}
+
+@test "ctl: reconnect after a restart by hand finds the worker's kernel NBD devices (none here) and leaves the worker alone" {
+	# A restart by hand: no supervisor to restart it first.
+	printf 'supervise = no\n' >"$BATS_TEST_TMPDIR/blkstack.conf"
+	export BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	create vm1 'ram:16M'
+	pid=$(cat "$RUNDIR/vm1/pid")
+	kill -9 "$pid"
+	wait_exit "$pid"
+	create vm1 'ram:16M'
+	run -0 "$CTL" reconnect --name vm1
+	# No /dev/nbdN carries this worker's backend identifier (without the
+	# nbd module there is no /dev/nbdN at all): nothing to do.
+	assert_output "reconnected 0 kernel NBD devices"
+	run -0 "$CTL" info --name vm1
+	run -2 "$CTL" reconnect
+	assert_output "blkstack-ctl: reconnect: needs --name NAME"
+	run -2 "$CTL" reconnect --name vm1 --json
+	run -2 "$CTL" reconnect --name ../x
+	assert_output --partial "invalid worker name"
 }
 
 @test "ctl: destroy stops the worker and is idempotent" {
@@ -468,6 +493,7 @@ EOF
 }
 
 @test "ctl: a directory left by a killed worker does not hold the name" {
+	sup_conf supervise=no
 	create vm1 'ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
 	kill -KILL "$pid"
@@ -574,7 +600,7 @@ EOF
 	touch "$RUNDIR/file"
 	run "$CTL" list
 	assert_success
-	assert_output "name=empty state=dead (no pid file)"
+	assert_output "name=empty state=dead (no pid file) supervisor=none"
 }
 
 @test "ctl: --rundir takes precedence over BLKSTACK_RUNDIR" {

@@ -342,6 +342,29 @@ c, _ = s.accept(); c.sendall(b"HELLO, NOT NBD AT ALL"); c.close()' \
 		"mech=nbd path=/dev/nbd7 major=43 minor=224 staged=0 fuse_pid=0 fuse_dir="
 }
 
+@test "dev: reconnect and give-up find no kernel NBD device of a worker that has none" {
+	start_disk d1
+	# No /dev/nbdN serves this socket (without the module there is none at
+	# all): both succeed having done nothing, and the worker is untouched.
+	run -0 "$TOOL" reconnect "$NBD_SOCK"
+	assert_output "reconnected=0"
+	run -0 "$TOOL" fail "$NBD_SOCK"
+	run -0 "$TOOL" handshake "$NBD_SOCK"
+}
+
+@test "dev: a bad reconnect-timeout or nbd-io-timeout fails an nbd attach before any device" {
+	start_disk d1
+	conf=$BATS_TEST_TMPDIR/blkstack.conf
+	printf 'device = nbd\nreconnect-timeout = soon\n' >"$conf"
+	run -1 env BLKSTACK_CONF="$conf" BLKSTACK_DEVICE=nbd "$TOOL" attach "$NBD_SOCK" "$STATE"
+	assert_output --partial "$conf:2: reconnect-timeout wants a number of seconds, 0 to 86400"
+	printf 'nbd-io-timeout = 0\n' >"$conf"
+	run -1 env BLKSTACK_CONF="$conf" BLKSTACK_DEVICE=nbd "$TOOL" attach "$NBD_SOCK" "$STATE"
+	assert_output --partial "$conf:1: nbd-io-timeout wants a number of seconds, 1 to 86400"
+	run ls -A "$STATE"
+	assert_output ""
+}
+
 @test "dev: records from outside are checked strictly" {
 	ok="mech=loop path=/dev/loop3 major=7 minor=3 staged=0 fuse_pid=12 fuse_dir=$STATE/fuse-ab"
 	run -0 "$TOOL" parse "$STATE" "$ok"

@@ -135,6 +135,71 @@ nbd_uri() {
 	printf 'nbd+unix:///?socket=%s\n' "${1:-$NBD_SOCK}"
 }
 
+# ---- supervision (docs/control-protocol.txt, "Supervision") -----------------
+
+# sup_conf KEY=VALUE...: a private configuration file with these keys,
+# exported as BLKSTACK_CONF (what blkstack-ctl, the hotplug helper and
+# the supervisor read).
+sup_conf() {
+	local kv
+	BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	: >"$BLKSTACK_CONF"
+	for kv in "$@"; do
+		printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >>"$BLKSTACK_CONF"
+	done
+	export BLKSTACK_CONF
+}
+
+# sup_field WDIR KEY: KEY's value in WDIR/supervisor.state (WDIR is
+# RUNDIR/NAME); empty if there is none.
+sup_field() {
+	sed -n "s/^$2=//p" "$1/supervisor.state" 2>/dev/null || true
+}
+
+# wait_sup WDIR KEY VALUE [SECONDS]: wait (default 20 s at most) until
+# supervisor.state says KEY=VALUE; VALUE '?*' waits for any non-empty one.
+wait_sup() {
+	local wdir=$1 key=$2 want=$3 n=$((${4:-20} * 20)) v
+	while [ "$n" -gt 0 ]; do
+		v=$(sup_field "$wdir" "$key")
+		# shellcheck disable=SC2053 # $want may be a pattern
+		if [[ $v == $want ]]; then
+			return 0
+		fi
+		sleep 0.05
+		n=$((n - 1))
+	done
+	echo "$wdir: $key is '$v', not '$want', after ${4:-20} s" >&2
+	return 1
+}
+
+# wait_restart WDIR OLDPID [SECONDS]: wait (default 20 s at most) until
+# the supervisor says a new worker (not OLDPID) serves; prints its pid.
+wait_restart() {
+	local wdir=$1 old=$2 n=$((${3:-20} * 20)) pid
+	while [ "$n" -gt 0 ]; do
+		pid=$(sup_field "$wdir" worker_pid)
+		if [ "$(sup_field "$wdir" state)" = running ] &&
+			[ -n "$pid" ] && [ "$pid" != 0 ] && [ "$pid" != "$old" ]; then
+			printf '%s\n' "$pid"
+			return 0
+		fi
+		sleep 0.05
+		n=$((n - 1))
+	done
+	echo "$wdir: no new worker after ${3:-20} s (state $(sup_field "$wdir" state))" >&2
+	return 1
+}
+
+# kill_and_wait_restart WDIR [SIGNAL]: kill WDIR's worker (SIGKILL by
+# default) and wait for its replacement; prints the new pid.
+kill_and_wait_restart() {
+	local wdir=$1 sig=${2:-KILL} pid
+	pid=$(cat "$wdir/pid")
+	kill -"$sig" "$pid"
+	wait_restart "$wdir" "$pid"
+}
+
 # ---- the hotplug actions (hotplug.bats, sharing.bats) -------------------------
 
 # hotplug_setup: a private xenstored, rundir and 64 MiB image $IMG; the

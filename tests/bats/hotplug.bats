@@ -133,6 +133,8 @@ assert_physdev() {
 }
 
 @test "hotplug v2: prepare after the worker died starts a new worker and a new stage" {
+	# A bare worker that stays dead (supervise.bats: one restarted).
+	sup_conf supervise=no
 	ts v2-create
 	ts v2-run prepare
 	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
@@ -296,6 +298,8 @@ assert_physdev() {
 }
 
 @test "hotplug: the worker killed between prepare and add" {
+	# A bare worker that stays dead (supervise.bats: one restarted).
+	sup_conf supervise=no
 	ts v2-create
 	ts v2-run prepare
 	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")

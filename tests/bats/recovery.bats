@@ -23,6 +23,9 @@ stage_file() {
 }
 
 @test "recovery: after the worker was killed, prepare and add give a device that reads, not the dead one" {
+	# A bare worker that stays dead (a supervised one is restarted:
+	# supervise.bats).
+	sup_conf supervise=no
 	run ts v2-attach
 	assert_success
 	old=$(xs_read "$HOTPLUG_PATH/pdev")

@@ -12,6 +12,9 @@
  *   hp-dev-tool detach STATE_DIR RECORD      detach what RECORD names
  *   hp-dev-tool parse STATE_DIR RECORD       print the record re-formatted
  *   hp-dev-tool handshake SOCK               NBD handshake: size, flags
+ *   hp-dev-tool reconnect SOCK               nbd_kernel_reconnect_all():
+ *                                            print "reconnected=N"
+ *   hp-dev-tool fail SOCK                    nbd_kernel_fail_all()
  *
  * The mechanism for attach comes from hp_dev_choose() ($BLKSTACK_DEVICE).
  * Exit 0 on success, 1 with the error on stderr, 2 on usage errors.
@@ -21,6 +24,8 @@
 #include <unistd.h>
 
 #include "hp-dev.h"
+#include "nbd-client.h"
+#include "nbd-kernel.h"
 
 static int usage(void)
 {
@@ -28,7 +33,8 @@ static int usage(void)
 			"STATE_DIR | stage SOCK STATE_DIR | attach-staged "
 			"[--ro] STATE_DIR STAGE_RECORD | staged-ok STATE_DIR "
 			"STAGE_RECORD | detach STATE_DIR RECORD | parse "
-			"STATE_DIR RECORD | handshake SOCK\n");
+			"STATE_DIR RECORD | handshake SOCK | reconnect SOCK | "
+			"fail SOCK\n");
 	return 2;
 }
 
@@ -60,14 +66,27 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (strcmp(argv[1], "handshake") == 0 && argc == 3) {
-		struct hp_dev_export ex;
+		struct nbd_export ex;
 		int fd;
 
-		if (hp_dev_nbd_handshake(argv[2], &fd, &ex, &err) < 0)
+		if (nbd_client_handshake(argv[2], &fd, &ex, &err) < 0)
 			goto fail;
 		close(fd);
 		printf("size=%llu flags=%#x min_block=%u\n", ex.size,
 		       (unsigned int)ex.flags, ex.min_block);
+		return 0;
+	}
+	if (strcmp(argv[1], "reconnect") == 0 && argc == 3) {
+		unsigned int n;
+
+		if (nbd_kernel_reconnect_all(argv[2], &n, &err) < 0)
+			goto fail;
+		printf("reconnected=%u\n", n);
+		return 0;
+	}
+	if (strcmp(argv[1], "fail") == 0 && argc == 3) {
+		if (nbd_kernel_fail_all(argv[2], &err) < 0)
+			goto fail;
 		return 0;
 	}
 	if (strcmp(argv[1], "stage") == 0 && argc == 4) {

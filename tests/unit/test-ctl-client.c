@@ -600,5 +600,23 @@ int main(int argc, char **argv)
 		snprintf(worker_exe, sizeof(worker_exe), ".");
 	strncat(worker_exe, "/../../bin/blkstack-worker",
 		sizeof(worker_exe) - strlen(worker_exe) - 1);
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	/*
+	 * Bare workers (supervise = no): these tests are about the worker
+	 * as our child, its zombie and its stale files; the supervisor has
+	 * tests/bats/supervise.bats.
+	 */
+	{
+		char conf[] = "/tmp/test-ctl-client-conf.XXXXXX";
+		int fd = mkstemp(conf), rc;
+
+		if (fd < 0 || write(fd, "supervise = no\n", 15) != 15) {
+			perror("test-ctl-client: configuration file");
+			return 1;
+		}
+		close(fd);
+		setenv("BLKSTACK_CONF", conf, 1);
+		rc = cmocka_run_group_tests(tests, NULL, NULL);
+		unlink(conf);
+		return rc;
+	}
 }

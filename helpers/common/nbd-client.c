@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The NBD client side of the hotplug helper: the handshake (fixed
- * newstyle, NBD_OPT_GO on the default export) done here because the kernel
- * takes the socket in the transmission phase, and the probe of a worker's
- * NBD socket.  Wire constants from blkstack/nbd-proto.h, the export's own.
- * See hp_dev_nbd_handshake() and hp_dev_sock_probe() in hp-dev.h.
+ * The NBD client side of the helpers: the handshake (fixed newstyle,
+ * NBD_OPT_GO on the default export) done here because the kernel takes the
+ * socket in the transmission phase, and the probe of a worker's NBD
+ * socket.  Wire constants from blkstack/nbd-proto.h, the export's own.
+ * See nbd-client.h.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,7 +18,7 @@
 
 #include "blkstack/endian.h"
 #include "blkstack/nbd-proto.h"
-#include "hp-dev.h"
+#include "nbd-client.h"
 
 /* The server's greeting: NBDMAGIC, IHAVEOPT, 16-bit handshake flags. */
 #define NBD_GREETING_SIZE 18u
@@ -75,8 +75,8 @@ static int sock_timeouts(int fd, int secs)
 	return 0;
 }
 
-int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
-			 struct hp_dev_export *ex, struct bks_error *err)
+int nbd_client_handshake(const char *nbd_sock, int *out_fd,
+			 struct nbd_export *ex, struct bks_error *err)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	unsigned char hdr[NBD_OPTION_REPLY_HDR_SIZE],
@@ -94,7 +94,7 @@ int hp_dev_nbd_handshake(const char *nbd_sock, int *out_fd,
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return bks_error_set(err, errno, "socket for %s", nbd_sock);
-	/* A wedged worker must not hang the hotplug action. */
+	/* A wedged worker must not hang the caller. */
 	ret = sock_timeouts(fd, NBD_HS_TIMEOUT_S);
 	if (ret < 0) {
 		bks_error_set(err, -ret, "set timeouts on %s", nbd_sock);
@@ -225,7 +225,7 @@ out:
 	return ret;
 }
 
-int hp_dev_sock_probe(const char *sock)
+int nbd_sock_probe(const char *sock)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, rc = 0;
