@@ -131,7 +131,17 @@ CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
                 $(COMMON) $(LIB)
 CTL_LIBS      = $(PARSE_ONLY_LDFLAGS)
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL)
+# blkstack-fuse: the loop fallback's FUSE server (libfuse3).
+FUSE_CFLAGS   = $(shell $(PKG_CONFIG) --cflags fuse3)
+FUSE_LIBS     = $(shell $(PKG_CONFIG) --libs fuse3)
+FUSE         := $(B)/bin/blkstack-fuse
+FUSE_OBJ     := $(call objs,$(sort $(wildcard helpers/fuse/*.c))) \
+                $(COMMON) $(LIB)
+$(B)/obj/helpers/fuse/%.o: CPPFLAGS += $(FUSE_CFLAGS)
+$(FUSE): $(FUSE_OBJ)
+	$(call link,$(PARSE_ONLY_LDFLAGS) $(FUSE_LIBS))
+
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(FUSE)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -233,8 +243,8 @@ tests: all $(TEST_BIN)
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
-             libnl-3-dev libnl-genl-3-dev
-DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
+             libnl-3-dev libnl-genl-3-dev libfuse3-dev
+DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
              python3 strace
