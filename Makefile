@@ -120,6 +120,8 @@ HOTPLUG_OBJ  := $(call objs,$(sort $(wildcard helpers/hotplug/*.c))) \
 HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 # The installed hotplug helper finds blkstack-worker here (or beside itself).
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+# ... and blkstack-fuse (dev-fuse.c) the same way.
+$(B)/obj/helpers/hotplug/dev-fuse.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 
 WORKER       := $(B)/bin/blkstack-worker
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
@@ -179,8 +181,12 @@ $(TOOLSTACK): $(TOOLSTACK_OBJ)
 HPDEV_TOOL     := $(B)/tests/hp-dev-tool
 HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(COMMON) $(LIB)
 $(B)/obj/tests/dev/%.o: CPPFLAGS += $(HELPER_INC)
-$(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
+$(HPDEV_TOOL): $(HPDEV_TOOL_OBJ) | $(B)/tests/blkstack-fuse
 	$(call link,$(NL_LIBS) $(LIB_LIBS))
+# hp-dev-tool finds blkstack-fuse beside itself (sibling_path).
+$(B)/tests/blkstack-fuse: | $(FUSE)
+	@mkdir -p $(@D)
+	ln -sfn ../bin/blkstack-fuse $@
 
 # Unit tests: tests/unit/test-NAME.c links libblkstack.a and, if it tests
 # helper code, the helper objects in UNIT_OBJ_test-NAME (default none) and
@@ -317,14 +323,16 @@ install: all
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
 		$(DESTDIR)$(SBINDIR)
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
-	# blkstack-ctl starts the blkstack-worker that stands beside it.
-	install -m 0755 $(WORKER) $(CTL) $(DESTDIR)$(SBINDIR)/
+	# blkstack-ctl starts the blkstack-worker that stands beside it;
+	# the hotplug helper falls back to sbin for it and blkstack-fuse.
+	install -m 0755 $(WORKER) $(CTL) $(FUSE) $(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl
+	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
+		$(DESTDIR)$(SBINDIR)/blkstack-fuse
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

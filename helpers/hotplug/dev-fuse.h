@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The nbdfuse supervisor of the loop mechanism: start nbdfuse on a new
- * mountpoint, recognise it later from another process, stop it.
- * Internal to the dev-*.c files.
+ * The FUSE server of the loop mechanism, blkstack-fuse (helpers/fuse/):
+ * start it on a new mountpoint, recognise it later from another process,
+ * stop it.  Internal to the dev-*.c files.
  */
-#ifndef BLKSTACK_DEV_NBDFUSE_H
-#define BLKSTACK_DEV_NBDFUSE_H
+#ifndef BLKSTACK_DEV_FUSE_H
+#define BLKSTACK_DEV_FUSE_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -14,7 +14,7 @@
 #include "hp-dev.h"
 
 /*
- * nbdfuse for nbd_sock on a new STATE_DIR/fuse-XXXXXX, filling the fuse
+ * blkstack-fuse for nbd_sock on a new STATE_DIR/fuse-XXXXXX, filling the fuse
  * fields of dev (mech already set) and file (the export as a file,
  * FUSE_DIR/nbd).  On failure, undoes what it did and leaves dev's fuse
  * fields empty.
@@ -24,16 +24,16 @@ int hp_fuse_setup(const char *nbd_sock, const char *state_dir, bool ro,
 		  struct bks_error *err);
 
 /*
- * Is the nbdfuse the record names (fuse_pid, fuse_dir) still running and
- * still ours (one of our nbdfuse paths, serving fuse_dir)?  If so *ours is
- * true and *pidfd refers to it (the caller closes it), so that a recycled
- * pid can never be signalled; else *ours is false and *pidfd -1.  Returns
- * 0, or -errno from pidfd_open (then not ours).
+ * Is the blkstack-fuse the record names (fuse_pid, fuse_dir) still
+ * running and still ours (our blkstack-fuse executable, --mount fuse_dir)?  If
+ * so *ours is true and *pidfd refers to it (the caller closes it), so that a
+ * recycled pid can never be signalled; else *ours is false and *pidfd -1.
+ * Returns 0, or -errno from pidfd_open (then not ours).
  */
 int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours);
 
 /*
- * Stop the nbdfuse of dev->fuse_dir once its loop device is gone: lazy
+ * Stop the blkstack-fuse of dev->fuse_dir once its loop device is gone: lazy
  * unmount, wait for it to exit (then SIGTERM, then SIGKILL) if ours
  * (pidfd and ours from hp_fuse_check()), remove the mountpoint and its
  * log.  Whatever is already gone is success.
@@ -41,4 +41,4 @@ int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours);
 int hp_fuse_stop(const struct hp_dev *dev, int pidfd, bool ours,
 		 struct bks_error *err);
 
-#endif /* BLKSTACK_DEV_NBDFUSE_H */
+#endif /* BLKSTACK_DEV_FUSE_H */
