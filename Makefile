@@ -311,7 +311,7 @@ check-xen: deps-xen
 # Not part of 'make check': the data path against direct I/O, qemu-nbd and
 # nbdkit, v2 add against Xen's block add, and N disks at once.  As root.
 # QUICK=1 for the short run.  Writes bench/results/latest.{md,json}.
-BENCH_SHELL_FILES := bench/run
+BENCH_SHELL_FILES := bench/run bench/fuse-vs-nbdfuse
 .PHONY: bench
 bench: deps
 	$(MAKE) all tests

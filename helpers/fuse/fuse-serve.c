@@ -33,6 +33,8 @@
 #define ZERO_PART (1u << 30)
 /* The file's attributes never change while mounted. */
 #define ATTR_TIMEOUT 3600.0
+/* Writes from this size on keep libfuse's buffer instead of a copy. */
+#define STEAL_MIN (64u << 10)
 /* /dev/fuse reads per loop callback, so that NBD replies get their turn. */
 #define FUSE_BATCH 64
 
@@ -63,6 +65,7 @@ struct fq {
 	unsigned int pending;
 	uint32_t len; /* read and write: the bytes */
 	char *data;
+	void *owned; /* a write's libfuse receive buffer, taken over */
 	struct bf_req parts[];
 };
 
@@ -82,6 +85,7 @@ static void fq_done(struct bf_req *part, int rc)
 		fuse_reply_write(q->req, q->len);
 	else
 		fuse_reply_err(q->req, 0);
+	free(q->owned);
 	free(q);
 }
 
@@ -311,13 +315,33 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		size = IO_MAX;
 	if (size > f->size - o)
 		size = (size_t)(f->size - o);
-	/* buf is libfuse's receive buffer: the NBD request keeps a copy. */
-	q = fq_new(f, req, K_WRITE, 1, size);
+	q = fq_new(f, req, K_WRITE, 1, 0);
 	if (!q) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	memcpy(q->data, buf, size);
+	/*
+	 * buf is in libfuse's receive buffer, which the next receive reuses:
+	 * take a big write's buffer over (libfuse allocates a new one when
+	 * it finds none), so that its payload is not copied; a small one is. It
+	 * stays until the request is done, and is what a reconnect re-sends.
+	 */
+	if (size >= STEAL_MIN && f->fbuf.mem &&
+	    buf >= (const char *)f->fbuf.mem &&
+	    buf + size <= (const char *)f->fbuf.mem + f->fbuf.size) {
+		q->owned = f->fbuf.mem;
+		f->fbuf.mem = NULL;
+		q->data = (char *)buf;
+	} else {
+		q->owned = malloc(size);
+		if (!q->owned) {
+			free(q);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(q->owned, buf, size);
+		q->data = q->owned;
+	}
 	q->len = (uint32_t)size;
 	fq_part(q, 0, NBD_CMD_WRITE, 0, o, (uint32_t)size, q->data);
 	fq_submit(q, 1);

@@ -395,7 +395,8 @@ static void send_some(struct bf_nbd *c)
 		size_t n = 0;
 		ssize_t got;
 
-		for (r = c->sendq.head; r && n < 2 * SEND_BATCH; r = r->next) {
+		for (r = c->sendq.head; r && n + 2 <= 2 * SEND_BATCH;
+		     r = r->next) {
 			uint32_t pay = r->cmd == NBD_CMD_WRITE ? r->len : 0;
 			uint32_t s = r->sent;
 
