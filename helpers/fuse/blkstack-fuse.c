@@ -22,6 +22,12 @@
  *                           /etc/blkstack.conf, else 60; 0: fail at once)
  *   --foreground            log to stderr instead of syslog
  *
+ * SIGUSR1: a detach is coming (the hotplug helper's remove flushes the
+ * loop device first): from now on no request waits more than 5 s for the
+ * worker, connected or not (bf_nbd_hurry in nbd-client.h), so that the
+ * flush cannot hang on a dead or hung worker; the next open of the file
+ * ends it.
+ *
  * It never forks (its starter keeps its pid).  Exit: the file system was
  * unmounted (umount, fusermount3 -u: the process exits once the last user
  * of the file let go), or SIGTERM/SIGINT: lazy unmount, then up to
@@ -56,6 +62,8 @@
 #define CONNECT_MS 10000
 /* After SIGTERM: how long the last user of the file gets. */
 #define STOP_MS 5000
+/* SIGUSR1 (a detach is coming): how long a request may still wait. */
+#define HURRY_MS 5000
 /* Default and largest reconnect timeout, in seconds. */
 #define RECONNECT_DEFAULT 60u
 #define RECONNECT_MAX	  86400u
@@ -241,6 +249,10 @@ static void on_signal(struct bks_watch *w, uint32_t events)
 
 	(void)events;
 	while (read(m->sig_fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGUSR1) {
+			bf_nbd_hurry(m->nbd, HURRY_MS);
+			continue;
+		}
 		if (m->stopping)
 			continue;
 		m->stopping = true;
@@ -264,6 +276,7 @@ static int setup_signals(struct fuse_main *m, struct bks_error *err)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return bks_error_set(err, errno, "sigprocmask");
 	/* A starter that ignores SIGPIPE or not: we never take it. */

@@ -228,6 +228,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
+	/* A new user (a loop device being attached): no hurry any more. */
+	bf_nbd_hurry(f->nbd, 0);
 	fuse_reply_open(req, fi);
 }
 

@@ -66,6 +66,8 @@ struct bf_nbd {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char state_file[PATH_MAX];
 	unsigned int timeout_s;
+	unsigned int hurry_ms;	  /* bf_nbd_hurry(): 0 if not hurried */
+	struct bks_timer hurry_t; /* hurried: the connected stall check */
 	int state;
 	int fd;
 	struct bks_watch w;
@@ -275,6 +277,9 @@ static void hold_check(struct bf_nbd *c)
 {
 	uint64_t now = bks_now_ns(), lim = (uint64_t)c->timeout_s * 1000000000u,
 		 next = 0;
+
+	if (c->hurry_ms && (uint64_t)c->hurry_ms * 1000000u < lim)
+		lim = (uint64_t)c->hurry_ms * 1000000u;
 	unsigned int failed = 0;
 	struct bf_req *r, *n;
 
@@ -790,6 +795,8 @@ static void on_retry(struct bks_timer *t)
 
 /* ---- the interface ------------------------------------------------------- */
 
+static void on_hurry(struct bks_timer *t);
+
 int bf_nbd_new(struct bf_nbd **out, struct bks_loop *loop, const char *path,
 	       unsigned int reconnect_timeout_s, struct bf_log *log,
 	       struct bks_error *err)
@@ -822,6 +829,7 @@ int bf_nbd_new(struct bf_nbd **out, struct bks_loop *loop, const char *path,
 			 "%.*s/supervisor.state", (int)(slash - path), path);
 	bks_timer_init(loop, &c->retry_t, on_retry, c);
 	bks_timer_init(loop, &c->hold_t, on_hold, c);
+	bks_timer_init(loop, &c->hurry_t, on_hurry, c);
 	bks_defer_init(loop, &c->flush_d, on_flush, c);
 	*out = c;
 	return 0;
@@ -894,6 +902,57 @@ void bf_nbd_submit(struct bf_nbd *c, struct bf_req *req)
 		hold_check(c);
 }
 
+/* Hurried and connected: fail everything if the oldest waited too long. */
+static void on_hurry(struct bks_timer *t)
+{
+	struct bf_nbd *c = t->opaque;
+	uint64_t now = bks_now_ns(), lim = (uint64_t)c->hurry_ms * 1000000u;
+	uint64_t oldest = 0;
+	unsigned int n;
+
+	if (!c->hurry_ms)
+		return;
+	bks_timer_arm(&c->hurry_t, 1000000000u);
+	if (c->state != C_UP)
+		return; /* hold_check bounds held requests */
+	if (c->waitq.head)
+		oldest = c->waitq.head->held_ns;
+	if (c->sendq.head && (!oldest || c->sendq.head->held_ns < oldest))
+		oldest = c->sendq.head->held_ns;
+	if (!oldest || now - oldest < lim)
+		return;
+	n = c->in_flight;
+	bf_log(c->log, LOG_ERR,
+	       "%s has not answered for %llu ms while hurried: dropping the "
+	       "connection, %u requests fail with EIO",
+	       c->path, (unsigned long long)((now - oldest) / 1000000u), n);
+	/* Closed first, so that no late reply can match a reused cookie. */
+	sock_close(c);
+	bks_defer_cancel(&c->flush_d);
+	c->rx = NULL;
+	c->in_start = c->in_end = 0;
+	c->state = C_DOWN;
+	c->outage_ns = now;
+	c->attempts = 0;
+	c->backoff_ms = RETRY_FIRST_MS;
+	bf_nbd_fail_all(c, -EIO);
+	bks_timer_arm(&c->retry_t, 0);
+}
+
+void bf_nbd_hurry(struct bf_nbd *c, unsigned int ms)
+{
+	c->hurry_ms = ms;
+	if (!ms) {
+		bks_timer_cancel(&c->hurry_t);
+		return;
+	}
+	bf_log(c->log, LOG_INFO,
+	       "hurried: no request waits more than %u ms for %s any more", ms,
+	       c->path);
+	bks_timer_arm(&c->hurry_t, 0);
+	hold_check(c);
+}
+
 void bf_nbd_free(struct bf_nbd *c)
 {
 	if (!c)
@@ -901,6 +960,7 @@ void bf_nbd_free(struct bf_nbd *c)
 	sock_close(c);
 	bks_timer_cancel(&c->retry_t);
 	bks_timer_cancel(&c->hold_t);
+	bks_timer_cancel(&c->hurry_t);
 	bks_defer_cancel(&c->flush_d);
 	free(c->hs);
 	free(c->in);

@@ -102,6 +102,17 @@ unsigned int bf_nbd_in_flight(const struct bf_nbd *c);
  */
 void bf_nbd_fail_all(struct bf_nbd *c, int rc);
 
+/*
+ * Hurry (ms > 0): from now on no request waits more than ms for the
+ * worker: held requests fail with EIO once held that long (sooner than
+ * reconnect_timeout_s), and while connected, if the oldest unanswered
+ * request is older than that, the connection is dropped and every
+ * request fails with EIO (checked each second).  For a detach that must
+ * not hang on a dead or hung worker (SIGUSR1, from the hotplug helper).
+ * ms = 0 ends it (a new user opened the file).
+ */
+void bf_nbd_hurry(struct bf_nbd *c, unsigned int ms);
+
 /* Close the connection and free the client (NULL: nothing); every
  * request must be done (bf_nbd_fail_all). */
 void bf_nbd_free(struct bf_nbd *c);

@@ -277,6 +277,12 @@ not_ours:
 	return 0;
 }
 
+void hp_fuse_hurry(int pidfd)
+{
+	if (pidfd >= 0)
+		pidfd_send_signal(pidfd, SIGUSR1, NULL, 0);
+}
+
 int hp_fuse_stop(const struct hp_dev *dev, int pidfd, bool ours,
 		 struct bks_error *err)
 {

@@ -33,6 +33,14 @@ int hp_fuse_setup(const char *nbd_sock, const char *state_dir, bool ro,
 int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours);
 
 /*
+ * Tell the blkstack-fuse of pidfd (ours, from hp_fuse_check()) that a
+ * detach is coming (SIGUSR1): from then on no request waits more than 5 s
+ * for the worker, so that the loop device's flush cannot hang on a dead
+ * or hung worker.  The next open of its file ends that.  Best effort.
+ */
+void hp_fuse_hurry(int pidfd);
+
+/*
  * Stop the blkstack-fuse of dev->fuse_dir once its loop device is gone: lazy
  * unmount, wait for it to exit (then SIGTERM, then SIGKILL) if ours
  * (pidfd and ours from hp_fuse_check()), remove the mountpoint and its

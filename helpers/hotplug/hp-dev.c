@@ -56,6 +56,9 @@ static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 		check_rc =
 		    bks_error_set(err, -check_rc, "pidfd_open blkstack-fuse %d",
 				  dev->fuse_pid);
+	/* The flush below must not wait long on a dead or hung worker. */
+	if (ours)
+		hp_fuse_hurry(pidfd);
 
 	ret = hp_loop_detach(dev, file, &flush_rc, err);
 	if (ret < 0)
