@@ -571,8 +571,12 @@ void bf_fuse_free(struct bf_fuse *f)
 	if (f->watching)
 		bks_watch_del(&f->w);
 	if (f->se) {
-		/* Detached or ended: destroy closes /dev/fuse, no umount. */
-		if (f->mounted && !f->detached && !f->ended)
+		/*
+		 * Ended (ENODEV): libfuse sees it and unmounts nothing.
+		 * Detached and still in use: no second umount; destroy
+		 * closes /dev/fuse, and the kernel fails what is pending.
+		 */
+		if (f->mounted && (!f->detached || f->ended))
 			fuse_session_unmount(f->se);
 		fuse_session_destroy(f->se);
 	}
