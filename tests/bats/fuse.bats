@@ -277,6 +277,45 @@ mounted() {
 	assert_output ""
 }
 
+# odd_server MODE: tests/fuse/odd-nbd-server.py on $NBD_SOCK, then
+# blkstack-fuse on it; a read gets the first connection's broken reply,
+# and must come back from the second connection with the data.
+odd_server() {
+	NBD_SOCK=$BATS_TEST_TMPDIR/odd.sock
+	python3 "$TOP/tests/fuse/odd-nbd-server.py" "$NBD_SOCK" "$1" \
+		>"$BATS_TEST_TMPDIR/odd.log" 2>&1 &
+	for _ in $(seq 100); do
+		[ -S "$NBD_SOCK" ] && break
+		sleep 0.1
+	done
+	fuse_start
+	[ "$READY" = ok ]
+	run stat -c %s "$MNT/nbd"
+	assert_output 1048576
+	run timeout 30 dd if="$MNT/nbd" of="$BATS_TEST_TMPDIR/got" bs=4096 \
+		count=1 iflag=direct
+	assert_success
+	head -c 4096 /dev/zero | tr '\0' Z >"$BATS_TEST_TMPDIR/want"
+	cmp "$BATS_TEST_TMPDIR/got" "$BATS_TEST_TMPDIR/want"
+	run cat "$BATS_TEST_TMPDIR/odd.log"
+	assert_output --partial "conn 2"
+	run cat "$FLOG"
+	assert_output --partial "lost the connection to $NBD_SOCK ($2"
+	assert_output --partial "reconnected to $NBD_SOCK"
+}
+
+@test "fuse: a reply with a cookie never sent drops the connection; the request is re-sent on the next one" {
+	odd_server bad-cookie "reply to no request of ours"
+}
+
+@test "fuse: a reply with a bad magic drops the connection; the request is re-sent on the next one" {
+	odd_server bad-magic "reply with a bad magic"
+}
+
+@test "fuse: random bytes for a reply drop the connection; the request is re-sent on the next one" {
+	odd_server garbage "reply"
+}
+
 @test "fuse: SIGTERM unmounts and exits 0" {
 	start_disk
 	fuse_start
