@@ -71,11 +71,11 @@ static void add_fuse_log(struct bks_error *err, const char *log)
 }
 
 /*
- * Read the readiness pipe rfd to EOF (or deadline), watching pidfd.
- * Returns 0 on "ok", else -errno with err set.
+ * Read the readiness pipe rfd to EOF (or deadline): blkstack-fuse closes
+ * it after its line, and so does its exit.  Returns 0 on "ok", else
+ * -errno with err set.
  */
-static int fuse_wait_ready(int rfd, int pidfd, const char *nbd_sock,
-			   struct bks_error *err)
+static int fuse_wait_ready(int rfd, const char *nbd_sock, struct bks_error *err)
 {
 	char line[BKS_ERROR_MSG_MAX + 64];
 	uint64_t deadline = deadline_in(FUSE_READY_MS);
@@ -110,7 +110,6 @@ static int fuse_wait_ready(int rfd, int pidfd, const char *nbd_sock,
 	line[got] = '\0';
 	if (strcmp(line, "ok\n") == 0)
 		return 0;
-	(void)pidfd;
 	nl = strchr(line, '\n');
 	if (strncmp(line, "error: ", 7) == 0 && nl) {
 		*nl = '\0';
@@ -201,7 +200,7 @@ static int fuse_start(const char *nbd_sock, bool ro, struct hp_dev *dev,
 				    pid);
 		goto out;
 	}
-	ret = fuse_wait_ready(pfd[0], pidfd, nbd_sock, err);
+	ret = fuse_wait_ready(pfd[0], nbd_sock, err);
 	if (ret < 0) {
 		add_fuse_log(err, log);
 		/* Exited (or will be stopped by the undo). */
