@@ -232,7 +232,7 @@ ts() {
 	"$TOOLSTACK" --quiet --script "$SCRIPT" --target "${TARGET:-log:|aio:$IMG}" "$@"
 }
 
-# No worker, device, nbdfuse, mount, socket or lock is left in the rundir.
+# No worker, device, FUSE server, mount, socket or lock is left in the rundir.
 assert_no_leftovers() {
 	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
 	assert_output ""
@@ -245,7 +245,7 @@ assert_no_leftovers() {
 	assert_failure
 	run grep -c "$BLKSTACK_RUNDIR" /proc/mounts
 	assert_output 0
-	run pgrep -f "nbdfuse.*$BLKSTACK_RUNDIR"
+	run pgrep -f "(nbdfuse|blkstack-fuse).*$BLKSTACK_RUNDIR"
 	assert_failure
 	run bash -c "losetup -a | grep -c '$BLKSTACK_RUNDIR'"
 	assert_output 0
