@@ -200,6 +200,21 @@ kill_and_wait_restart() {
 	wait_restart "$wdir" "$pid"
 }
 
+# check_acked IMG LOG: every acknowledged block in LOG (tests/worker/
+# acked-writes.py) holds its byte in IMG.
+check_acked() {
+	python3 - "$1" "$2" <<'PY'
+import sys
+img, log = sys.argv[1], sys.argv[2]
+with open(img, "rb") as f, open(log) as acked:
+    for line in acked:
+        off, byte = map(int, line.split())
+        f.seek(off)
+        if f.read(4096) != bytes([byte]) * 4096:
+            sys.exit("acknowledged write at %d is not on disk" % off)
+PY
+}
+
 # ---- the hotplug actions (hotplug.bats, sharing.bats) -------------------------
 
 # hotplug_setup: a private xenstored, rundir and 64 MiB image $IMG; the

@@ -12,6 +12,8 @@ setup() {
 	CTL=$BIN/blkstack-ctl
 	RUNDIR=$BATS_TEST_TMPDIR/run
 	export BLKSTACK_RUNDIR=$RUNDIR
+	# Restarts by hand: no supervisor (crash.bats has the supervised ones).
+	sup_conf supervise=no
 	# aio: opens images with O_DIRECT, which tmpfs refuses.
 	IMGDIR=$BATS_TEST_TMPDIR
 	if [ "$(stat -f -c %T "$BATS_TEST_TMPDIR")" = tmpfs ]; then
@@ -249,20 +251,6 @@ lines() {
 	assert_output ""
 	run stat_of vm1 '(d["chain"]["in_flight"], d["chain"]["oldest_request_ms"])'
 	assert_output '[0, 0]'
-}
-
-# check_acked IMG LOG: every acknowledged block in LOG holds its byte in IMG.
-check_acked() {
-	python3 - "$1" "$2" <<'PY'
-import sys
-img, log = sys.argv[1], sys.argv[2]
-with open(img, "rb") as f, open(log) as acked:
-    for line in acked:
-        off, byte = map(int, line.split())
-        f.seek(off)
-        if f.read(4096) != bytes([byte]) * 4096:
-            sys.exit("acknowledged write at %d is not on disk" % off)
-PY
 }
 
 @test "restart-state: acked-writes --reconnect rides out a kill -9 and a restart by hand, re-sending what was not acknowledged" {
