@@ -121,6 +121,8 @@ HOTPLUG_OBJ  := $(call objs,$(sort $(wildcard helpers/hotplug/*.c))) \
 HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 # The installed hotplug helper finds blkstack-worker here (or beside itself).
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+# ... and blkstack-fuse (dev-fuse.c) the same way.
+$(B)/obj/helpers/hotplug/dev-fuse.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 
 WORKER       := $(B)/bin/blkstack-worker
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
@@ -141,7 +143,17 @@ SUPERVISOR_OBJ  := $(call objs,$(sort $(wildcard helpers/supervisor/*.c))) \
 SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 $(B)/obj/helpers/supervisor/%.o: CPPFLAGS += $(XS_CFLAGS)
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR)
+# blkstack-fuse: the loop fallback's FUSE server (libfuse3).
+FUSE_CFLAGS   = $(shell $(PKG_CONFIG) --cflags fuse3)
+FUSE_LIBS     = $(shell $(PKG_CONFIG) --libs fuse3)
+FUSE         := $(B)/bin/blkstack-fuse
+FUSE_OBJ     := $(call objs,$(sort $(wildcard helpers/fuse/*.c))) \
+                $(COMMON) $(LIB)
+$(B)/obj/helpers/fuse/%.o: CPPFLAGS += $(FUSE_CFLAGS)
+$(FUSE): $(FUSE_OBJ)
+	$(call link,$(PARSE_ONLY_LDFLAGS) $(FUSE_LIBS))
+
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -181,8 +193,12 @@ $(TOOLSTACK): $(TOOLSTACK_OBJ)
 HPDEV_TOOL     := $(B)/tests/hp-dev-tool
 HPDEV_TOOL_OBJ := $(B)/obj/tests/dev/hp-dev-tool.o $(HP_DEV_OBJ) $(COMMON) $(LIB)
 $(B)/obj/tests/dev/%.o: CPPFLAGS += $(HELPER_INC)
-$(HPDEV_TOOL): $(HPDEV_TOOL_OBJ)
+$(HPDEV_TOOL): $(HPDEV_TOOL_OBJ) | $(B)/tests/blkstack-fuse
 	$(call link,$(NL_LIBS) $(LIB_LIBS))
+# hp-dev-tool finds blkstack-fuse beside itself (sibling_path).
+$(B)/tests/blkstack-fuse: | $(FUSE)
+	@mkdir -p $(@D)
+	ln -sfn ../bin/blkstack-fuse $@
 
 # Unit tests: tests/unit/test-NAME.c links libblkstack.a and, if it tests
 # helper code, the helper objects in UNIT_OBJ_test-NAME (default none) and
@@ -252,8 +268,8 @@ tests: all $(TEST_BIN)
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
-             libnl-3-dev libnl-genl-3-dev
-DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs
+             libnl-3-dev libnl-genl-3-dev libfuse3-dev
+DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
              python3 strace
@@ -314,7 +330,7 @@ check-xen: deps-xen
 # Not part of 'make check': the data path against direct I/O, qemu-nbd and
 # nbdkit, v2 add against Xen's block add, and N disks at once.  As root.
 # QUICK=1 for the short run.  Writes bench/results/latest.{md,json}.
-BENCH_SHELL_FILES := bench/run
+BENCH_SHELL_FILES := bench/run bench/fuse-vs-nbdfuse
 .PHONY: bench
 bench: deps
 	$(MAKE) all tests
@@ -327,15 +343,17 @@ install: all
 		$(DESTDIR)$(SBINDIR)
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
 	# blkstack-ctl starts the blkstack-worker (and its
-	# blkstack-supervisor) that stand beside it.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(DESTDIR)$(SBINDIR)/
+	# blkstack-supervisor) that stand beside it; the hotplug helper falls
+	# back to sbin for them and blkstack-fuse.
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
-		$(DESTDIR)$(SBINDIR)/blkstack-supervisor
+		$(DESTDIR)$(SBINDIR)/blkstack-supervisor \
+		$(DESTDIR)$(SBINDIR)/blkstack-fuse
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

@@ -49,6 +49,7 @@ struct drain_waiter {
 struct bks_chain {
 	struct bks_loop *loop;
 	const struct bks_driver *const *extra; /* bks_chain_open_with() */
+	const char *state_dir;		       /* while opening, or NULL */
 	struct bks_layer *top;
 	unsigned int n;
 	struct bks_retry_policy retry;

@@ -5,6 +5,7 @@
  * include/blkstack/chain.h and driver.h.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -263,7 +264,15 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	    .loop = chain->loop,
 	    .read_only = read_only,
 	};
+	char state_path[BKS_STATE_DIR_MAX + 32];
 	int rc;
+
+	/* Parents have none: they are read-only images. */
+	if (chain->state_dir && !parent_of) {
+		snprintf(state_path, sizeof(state_path),
+			 "%s/" BKS_LAYER_STATE_FMT, chain->state_dir, idx);
+		oa.state_path = state_path;
+	}
 
 	if (!drv) /* a desc without a driver: a registry bug */
 		return bks_error_setmsg(err, ENOENT,
@@ -381,18 +390,27 @@ void bks_chain_close(struct bks_chain *chain)
 	chain_free(chain);
 }
 
-int bks_chain_open_with(struct bks_chain **out, const char *s,
-			const struct bks_driver *const *extra,
-			struct bks_loop *loop, bool read_only,
-			struct bks_error *err)
+int bks_chain_open_config(struct bks_chain **out, const char *s,
+			  const struct bks_chain_config *cfg,
+			  struct bks_error *err)
 {
 	struct bks_chain_spec spec = {0};
 	struct bks_chain *chain = NULL;
+	const struct bks_driver *const *extra = cfg->extra;
+	struct bks_loop *loop = cfg->loop;
+	bool read_only = cfg->read_only;
 	struct bks_layer *sink;
 	unsigned int last;
 	int rc;
 
 	*out = NULL;
+	if (cfg->state_dir && (!cfg->state_dir[0] ||
+			       strnlen(cfg->state_dir, BKS_STATE_DIR_MAX + 1) >
+				   BKS_STATE_DIR_MAX))
+		return bks_error_setmsg(err, EINVAL,
+					"chain: the state directory must be "
+					"a path of 1 to %d bytes",
+					BKS_STATE_DIR_MAX);
 	rc = bks_chain_parse_with(s, s ? strnlen(s, BKS_CHAIN_STR_MAX + 1) : 0,
 				  extra, &spec, err);
 	if (rc < 0)
@@ -402,6 +420,7 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 		rc = bks_error_set(err, ENOMEM, "chain");
 		goto out;
 	}
+	chain->state_dir = cfg->state_dir;
 	/* The sink, then its parents below it, then the filters above. */
 	last = spec.n - 1;
 	chain->n = spec.n;
@@ -421,6 +440,7 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 			goto out;
 	}
 	chain_renumber(chain);
+	chain->state_dir = NULL; /* the caller's string: not kept */
 	if (bks_pad_init(&chain->pad, &chain_pad_ops, chain, loop,
 			 bks_chain_info(chain)->block_size) < 0) {
 		rc = bks_error_set(err, ENOMEM, "chain: padding");
@@ -432,6 +452,17 @@ out:
 	bks_chain_close(chain);
 	bks_chain_spec_free(&spec);
 	return rc;
+}
+
+int bks_chain_open_with(struct bks_chain **out, const char *s,
+			const struct bks_driver *const *extra,
+			struct bks_loop *loop, bool read_only,
+			struct bks_error *err)
+{
+	const struct bks_chain_config cfg = {
+	    .loop = loop, .read_only = read_only, .extra = extra};
+
+	return bks_chain_open_config(out, s, &cfg, err);
 }
 
 int bks_chain_open(struct bks_chain **out, const char *s, struct bks_loop *loop,

@@ -10,6 +10,22 @@
 
 #define DEFAULT_RUNDIR "/run/blkstack"
 
+/*
+ * State kept across a restart of the worker (docs/control-protocol.txt,
+ * "State kept across a restart"): "paused" while a pause holds, and the
+ * layers' state files (BKS_LAYER_STATE_FMT in blkstack/chain.h, one per
+ * position up to BKS_CHAIN_MAX_LAYERS: the log: dirty bitmaps).
+ */
+#define WORKER_FILE_PAUSED "paused"
+#define WORKER_FILES_STATE                                                     \
+	WORKER_FILE_PAUSED, "layer0.state", "layer1.state", "layer2.state",    \
+	    "layer3.state", "layer4.state", "layer5.state", "layer6.state",    \
+	    "layer7.state", "layer8.state", "layer9.state", "layer10.state",   \
+	    "layer11.state", "layer12.state", "layer13.state",                 \
+	    "layer14.state", "layer15.state"
+/* Layer state files named in WORKER_FILES_STATE. */
+#define WORKER_LAYER_STATES 16
+
 /* The files of DIR/NAME. */
 #define WORKER_FILE_LOCK "lock"
 #define WORKER_FILE_PID	 "pid"

@@ -208,3 +208,18 @@ int worker_pidfd(const struct worker_proc *p)
 	}
 	return fd;
 }
+
+int worker_identity(const char *wdir, char *tok, size_t size,
+		    struct bks_error *err)
+{
+	struct worker_proc w, s;
+	struct bks_error ignore;
+	int rc = worker_live(wdir, &w, err);
+
+	if (rc < 0)
+		return rc;
+	if (supervisor_live(wdir, &s, &ignore) == 0)
+		w = s;
+	snprintf(tok, size, "%d:%llu", (int)w.pid, w.start);
+	return 0;
+}

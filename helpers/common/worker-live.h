@@ -63,4 +63,14 @@ int supervisor_live(const char *wdir, struct worker_proc *p,
  */
 int worker_pidfd(const struct worker_proc *p);
 
+/*
+ * Who a device made for the disk of wdir is bound to, as "PID:START" in
+ * tok: the worker's supervisor if one is alive (it outlives the worker's
+ * restarts, and a device made for it stays good across them: the
+ * supervisor reconnects it), else the worker itself.  The worker must be
+ * alive.  Returns 0, or worker_live()'s -ESRCH / -errno with err set.
+ */
+int worker_identity(const char *wdir, char *tok, size_t size,
+		    struct bks_error *err);
+
 #endif /* BLKSTACK_WORKER_LIVE_H */

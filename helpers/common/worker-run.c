@@ -27,14 +27,14 @@
 extern char **environ;
 
 /*
- * The files of DIR/NAME: the worker's, then its supervisor's (state that
- * must survive a worker's restart too), the locks last, the supervisor's
- * after the worker's.
+ * The files of DIR/NAME: the worker's (with the state a restart needs),
+ * then its supervisor's (state that must survive a worker's restart too),
+ * the locks last, the supervisor's after the worker's.
  */
 static const char *const worker_files[] = {
-    WORKER_FILE_PID,	  WORKER_FILE_NBD,	 WORKER_FILE_CTL,
-    SUPERVISOR_FILE_PID,  SUPERVISOR_FILE_STATE, WORKER_FILE_LOCK,
-    SUPERVISOR_FILE_LOCK,
+    WORKER_FILE_PID,	WORKER_FILE_NBD,      WORKER_FILE_CTL,
+    WORKER_FILES_STATE, SUPERVISOR_FILE_PID,  SUPERVISOR_FILE_STATE,
+    WORKER_FILE_LOCK,	SUPERVISOR_FILE_LOCK,
 };
 
 /* DIR/NAME[/FILE] into buf.  Returns 0 or -ENAMETOOLONG with err set. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Loop devices for the loop mechanism (hp-dev.c puts one on nbdfuse's
+ * Loop devices for the loop mechanism (hp-dev.c puts one on blkstack-fuse's
  * file): internal to the dev-*.c files.
  */
 #ifndef BLKSTACK_DEV_LOOP_H

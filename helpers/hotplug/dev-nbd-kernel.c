@@ -112,24 +112,23 @@ static int flush_bounded(int fd, pid_t *child)
 
 /*
  * Is the worker serving sock (DIR/NAME/nbd.sock) still the one the device
- * was made for (dev->worker, "PID:START")?  Then its connection is the
- * device's first and alive.  No means it was restarted since (or nothing
- * is known): the connection may be dead.
+ * was made for (dev->worker, "PID:START", worker_identity)?  Then its
+ * connection is alive: the device's first, or, under a supervisor, the one
+ * the supervisor reconnected after a restart.  No means a worker was
+ * started by hand since (or nothing is known): the connection may be dead.
  */
 static bool same_worker(const struct hp_dev *dev, const char *sock)
 {
 	char wdir[PATH_MAX], tok[sizeof(dev->worker)];
 	const char *slash = strrchr(sock, '/');
 	struct bks_error ignore;
-	struct worker_proc p;
 
 	if (!dev->worker[0] || !slash || (size_t)(slash - sock) >= sizeof(wdir))
 		return false;
 	memcpy(wdir, sock, (size_t)(slash - sock));
 	wdir[slash - sock] = '\0';
-	if (worker_live(wdir, &p, &ignore) < 0)
+	if (worker_identity(wdir, tok, sizeof(tok), &ignore) < 0)
 		return false;
-	snprintf(tok, sizeof(tok), "%d:%llu", (int)p.pid, p.start);
 	return strcmp(tok, dev->worker) == 0;
 }
 

@@ -201,7 +201,7 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 	what = "fuse_pid";
 	if (d.mech == HP_DEV_NBD && (d.fuse_pid || d.fuse_dir[0]))
 		goto bad;
-	/* A staged device is a loop device on a stage's nbdfuse. */
+	/* A staged device is a loop device on a stage's blkstack-fuse. */
 	what = "staged";
 	if (d.staged && (d.mech != HP_DEV_LOOP || !d.path[0] || !d.fuse_pid ||
 			 !d.fuse_dir[0]))

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The sweep: find what a killed action of a disk left without a record
- * (nbdfuse mountpoints in its state directory, loop devices on their
+ * (blkstack-fuse mountpoints in its state directory, loop devices on their
  * files, kernel NBD devices on its socket), each by what the kernel says,
  * and tear it down as hp_dev_detach() would.  See
  * hp_dev_sweep_unrecorded() in hp-dev.h.
@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "dev-fuse.h"
 #include "dev-loop.h"
-#include "dev-nbdfuse.h"
 #include "dev-record.h"
 #include "hp-dev.h"
 
@@ -49,7 +49,8 @@ static void sweep_find_loop(const char *file, struct hp_dev *dev)
 	closedir(d);
 }
 
-/* The nbdfuse serving mountpoint dir, if any (hp_fuse_check() confirms). */
+/* The blkstack-fuse serving mountpoint dir, if any (hp_fuse_check() confirms).
+ */
 static void sweep_find_fuse(struct hp_dev *dev)
 {
 	struct dirent *de;
@@ -141,7 +142,7 @@ static int sweep_fuse_dirs(const char *state_dir,
 			continue;
 		/*
 		 * A directory (mounted or not), or a log without one.
-		 * ENOTCONN: still mounted, but its nbdfuse died.
+		 * ENOTCONN: still mounted, but its blkstack-fuse died.
 		 */
 		if (lstat(dev.fuse_dir, &st) < 0) {
 			if (errno != ENOTCONN)
@@ -174,7 +175,7 @@ static int sweep_fuse_dirs(const char *state_dir,
 /*
  * Loop devices on a state_dir/fuse-*\/nbd file, and kernel NBD devices
  * serving nbd_sock, that no record names.  A loop device is freed alone
- * (as a staged one: its nbdfuse, if any, is a record's).
+ * (as a staged one: its blkstack-fuse, if any, is a record's).
  */
 static int sweep_devices(const char *state_dir, const char *nbd_sock,
 			 const struct hp_dev *const *keep, size_t n,

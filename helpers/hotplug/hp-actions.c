@@ -384,16 +384,21 @@ static int check_worker(struct hp *hp, const struct target *t, char *sock,
 	return find_worker(hp, t, &pid, &start);
 }
 
-/* The worker as a device record names it: "PID:STARTTIME". */
+/*
+ * Who a device record names as its worker (worker_identity: the
+ * supervisor's "PID:STARTTIME" if there is one, so that a device outlives
+ * the worker's restarts, else the worker's).
+ */
 static int worker_token(struct hp *hp, const struct target *t, char *tok,
 			size_t size)
 {
-	unsigned long long start;
-	pid_t pid;
-	int rc = find_worker(hp, t, &pid, &start);
+	int rc = worker_identity(t->dir, tok, size, &hp->err);
 
-	if (rc == 0)
-		snprintf(tok, size, "%d:%llu", (int)pid, start);
+	if (rc < 0)
+		bks_error_prepend(&hp->err,
+				  "worker %s is not serving (was prepare run? "
+				  "did the worker die?): ",
+				  t->name);
 	return rc;
 }
 

@@ -7,16 +7,16 @@
  *   dev-record.c      the one-line record an attach leaves in xenstore
  *   dev-nbd-client.c  the NBD client handshake, the socket probe
  *   dev-nbd-kernel.c  kernel NBD: /dev/nbdN by netlink
- *   dev-nbdfuse.c     loop: the nbdfuse supervisor
- *   dev-loop.c        loop: the loop device on nbdfuse's file
+ *   dev-fuse.c        loop: starts and stops blkstack-fuse
+ *   dev-loop.c        loop: the loop device on blkstack-fuse's file
  *   dev-sweep.c       what a killed action left without a record
  *   dev-proc.c        waiting for the processes they start
  *
- * The loop mechanism is nbdfuse exposing the export as a file plus a loop
+ * The loop mechanism is blkstack-fuse exposing the export as a file plus a loop
  * device on that file.  Its detach undoes the attach in reverse, each
  * step tolerating "already gone", and never touches what the record does
  * not prove to be ours: the loop device must still be backed by
- * FUSE_DIR/nbd, and the process fuse_pid must still be nbdfuse serving
+ * FUSE_DIR/nbd, and the process fuse_pid must still be blkstack-fuse serving
  * FUSE_DIR.
  */
 #include <errno.h>
@@ -27,9 +27,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "dev-fuse.h"
 #include "dev-loop.h"
 #include "dev-nbd-kernel.h"
-#include "dev-nbdfuse.h"
 #include "hp-dev.h"
 
 /* The loop mechanism's detach (see the top of the file). */
@@ -46,28 +46,32 @@ static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 	snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
 
 	/*
-	 * Look at nbdfuse before the teardown stops it.  If we cannot (no
+	 * Look at blkstack-fuse before the teardown stops it.  If we cannot (no
 	 * pidfd_open: old kernel, valgrind), go on: the unmount in
-	 * hp_fuse_stop makes nbdfuse exit by itself; only the wait and the
-	 * kill are lost.
+	 * hp_fuse_stop makes blkstack-fuse exit by itself; only the wait and
+	 * the kill are lost.
 	 */
 	check_rc = hp_fuse_check(dev, &pidfd, &ours);
 	if (check_rc < 0)
-		check_rc = bks_error_set(
-		    err, -check_rc, "pidfd_open nbdfuse %d", dev->fuse_pid);
+		check_rc =
+		    bks_error_set(err, -check_rc, "pidfd_open blkstack-fuse %d",
+				  dev->fuse_pid);
+	/* The flush below must not wait long on a dead or hung worker. */
+	if (ours)
+		hp_fuse_hurry(pidfd);
 
 	ret = hp_loop_detach(dev, file, &flush_rc, err);
 	if (ret < 0)
 		goto out;
-	/* A staged device's nbdfuse is the stage's: it stays. */
+	/* A staged device's blkstack-fuse is the stage's: it stays. */
 	if (!dev->staged) {
 		ret = hp_fuse_stop(dev, pidfd, ours, err);
 		if (ret < 0)
 			goto out;
 	}
 	/*
-	 * A dead nbdfuse cannot take a flush; that is the "gone" case (for a
-	 * staged device, its death only excuses the flush).
+	 * A dead blkstack-fuse cannot take a flush; that is the "gone" case
+	 * (for a staged device, its death only excuses the flush).
 	 */
 	if (flush_rc < 0 && ours)
 		ret = bks_error_set(err, -flush_rc, "flush %s", dev->path);

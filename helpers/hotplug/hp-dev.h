@@ -8,15 +8,15 @@
  *   nbd   the kernel NBD client: the handshake here, then the socket is
  *         handed to the kernel with netlink NBD_CMD_CONNECT.  Run on real
  *         Xen 4.17 (make check-xen); "auto" picks it where the module is.
- *   loop  nbdfuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd
+ *   loop  blkstack-fuse exposes the export as a file STATE_DIR/fuse-XXXXXX/nbd
  *         and a loop device (direct I/O) is put on that file.
  *
- * Staging (loop only): starting nbdfuse is the slow part of a loop attach
+ * Staging (loop only): starting blkstack-fuse is the slow part of a loop attach
  * (a fork, an exec, a FUSE mount, tens of milliseconds), so prepare starts
  * it ahead (hp_dev_stage) and add only puts the loop device on its file
  * (hp_dev_attach_staged), which is one ioctl.  The stage is a record of
  * its own: a staged device's detach frees the loop device and leaves
- * nbdfuse to the stage's detach (unprepare).
+ * blkstack-fuse to the stage's detach (unprepare).
  */
 #ifndef BLKSTACK_HP_DEV_H
 #define BLKSTACK_HP_DEV_H
@@ -49,8 +49,8 @@ struct hp_dev {
 	char path[64];	       /* /dev/loopN or /dev/nbdN, "" if none yet */
 	unsigned int major, minor;
 	/* loop fallback: */
-	bool staged;		 /* nbdfuse belongs to a stage, not to us */
-	int fuse_pid;		 /* nbdfuse process, 0 if none */
+	bool staged;  /* blkstack-fuse belongs to a stage, not to us */
+	int fuse_pid; /* blkstack-fuse process, 0 if none */
 	char fuse_dir[PATH_MAX]; /* its mountpoint (under state_dir), or "" */
 	/*
 	 * The worker the device was made for, "PID:STARTTIME" (its start in
@@ -99,9 +99,9 @@ int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,
 
 /*
  * Start the slow part of an attach ahead of time (prepare).  For
- * HP_DEV_LOOP: nbdfuse on a new STATE_DIR/fuse-XXXXXX, writable (a
+ * HP_DEV_LOOP: blkstack-fuse on a new STATE_DIR/fuse-XXXXXX, writable (a
  * read-only disk gets a read-only loop device at attach); *stage gets
- * mech=loop, no path, the nbdfuse fields.  For HP_DEV_NBD nothing is
+ * mech=loop, no path, the blkstack-fuse fields.  For HP_DEV_NBD nothing is
  * staged (the kernel attach is already quick): *stage gets mech=nbd and
  * nothing else, and hp_dev_staged_ok() is false for it.  mech must not be
  * HP_DEV_AUTO.  On failure nothing is left behind.  A stage is undone with
@@ -112,7 +112,7 @@ int hp_dev_stage(const char *nbd_sock, const char *state_dir,
 		 struct bks_error *err);
 
 /*
- * Can attach use this stage: a loop stage whose nbdfuse is still running,
+ * Can attach use this stage: a loop stage whose blkstack-fuse is still running,
  * still ours and still serving its file?  Never fails: no means no.
  */
 bool hp_dev_staged_ok(const struct hp_dev *stage);
@@ -128,11 +128,11 @@ int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
 
 /*
  * Flush (fsync and BLKFLSBUF on the device) and detach.  Idempotent: a
- * device or nbdfuse already gone is success, and so is a recorded device
+ * device or blkstack-fuse already gone is success, and so is a recorded device
  * that now belongs to somebody else (it is left alone).  A staged device
- * (dev->staged) loses only its loop device: nbdfuse stays with the stage.
+ * (dev->staged) loses only its loop device: blkstack-fuse stays with the stage.
  * Works from a partially-filled hp_dev (after a failed or killed attach).
- * A failed flush is reported (-EIO) only when nbdfuse was still alive to
+ * A failed flush is reported (-EIO) only when blkstack-fuse was still alive to
  * take it, but the teardown goes on regardless.
  */
 int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err);
@@ -140,7 +140,7 @@ int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err);
 /*
  * Is the recorded device still the one that was made: the node is a block
  * device of the record's major:minor, and it is still bound to what it was
- * made on (a loop device: backed by fuse_dir/nbd, whose nbdfuse is ours
+ * made on (a loop device: backed by fuse_dir/nbd, whose blkstack-fuse is ours
  * and running; kernel NBD: connected, with blkstack's backend identifier
  * for nbd_sock)?  Never fails: no means no.
  */
@@ -149,7 +149,7 @@ bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock);
 /*
  * Free what a killed action of this disk left without a record: every
  * fuse-* mountpoint in state_dir (with the loop device on its file and the
- * nbdfuse serving it, each found by what the kernel says: backing_file,
+ * blkstack-fuse serving it, each found by what the kernel says: backing_file,
  * /proc/PID/cmdline), every other loop device on a file there, and every
  * kernel NBD device serving nbd_sock (its backend identifier), that none
  * of the n records in keep names (NULL entries are skipped).  Each is torn
@@ -175,7 +175,7 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size);
  * from xenstore: keys in order, path /dev/loopN or /dev/nbdN matching the
  * mechanism, fuse_dir one plain component directly under state_dir,
  * numbers decimal and in range, staged 0 or 1 (1 only with a loop device
- * and an nbdfuse).  Returns 0 or -EINVAL.
+ * and an blkstack-fuse).  Returns 0 or -EINVAL.
  */
 int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		 struct bks_error *err);

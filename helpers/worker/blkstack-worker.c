@@ -24,6 +24,11 @@
  * the NBD handshake deadline, the NBD stall timeout and the control
  * connections' idle timeout, in milliseconds, each 0 for its default
  * (docs/control-protocol.txt, "Connection limits").
+ *
+ * What a worker restarted after a crash needs is kept in DIR/NAME
+ * (worker-state.h): the pause ("paused": a worker that finds it comes up
+ * paused) and the layers' state (layerN.state: log: bitmaps, through the
+ * chain's state directory).  A graceful stop removes it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +49,7 @@
 #include "lockfile.h"
 #include "rundir.h"
 #include "worker-ctl.h"
+#include "worker-state.h"
 #include "worker-super.h"
 #include "worker.h"
 
@@ -124,9 +130,25 @@ static void pause_notify(struct worker *w, int rc)
 static void quiesced(void *arg)
 {
 	struct worker *w = arg;
+	struct bks_error err = {0};
+	int rc;
 
 	if (w->state != WORKER_PAUSING)
 		return;
+	/*
+	 * Recorded before it is acknowledged: a worker restarted after a
+	 * crash from here on comes up paused.  Not recorded, not paused: a
+	 * pause a restart could lose is refused.
+	 */
+	rc = worker_state_pause_save(w, &err);
+	if (rc < 0) {
+		worker_log(w, LOG_ERR, "pause failed: %s", err.msg);
+		w->paused_ns += bks_now_ns() - w->pause_start;
+		w->state = WORKER_RUNNING;
+		bks_export_resume(w->nbd);
+		pause_notify(w, rc);
+		return;
+	}
 	w->state = WORKER_PAUSED;
 	worker_super_beat(w->super);
 	worker_log(w, LOG_INFO, "paused: no request in flight");
@@ -172,12 +194,21 @@ static int worker_pause(struct worker *w, worker_pause_fn *done, void *arg)
 /* ops.unpause: see worker-ctl.h. */
 static int worker_unpause(struct worker *w)
 {
+	struct bks_error err = {0};
+	int rc;
+
 	switch (w->state) {
 	case WORKER_STOPPING:
 		return -ESHUTDOWN;
 	case WORKER_RUNNING:
 		return 0;
 	case WORKER_PAUSED:
+		/* Forgotten first: a restart must not come up paused. */
+		rc = worker_state_pause_clear(w, &err);
+		if (rc < 0) {
+			worker_log(w, LOG_ERR, "unpause failed: %s", err.msg);
+			return rc;
+		}
 		w->pauses++;
 		break;
 	case WORKER_PAUSING:
@@ -462,6 +493,29 @@ static const struct worker_ctl_ops ctl_ops = {
     .shutdown = worker_shutdown,
 };
 
+/*
+ * A paused worker that died left DIR/NAME/paused: this one replaces it,
+ * so it holds requests from the start, as the pause did, until unpause.
+ */
+static int resume_pause(struct worker *w, struct bks_error *err)
+{
+	struct bks_error why = {0};
+	int rc;
+
+	if (!worker_state_pause_saved(w, &why))
+		return 0;
+	if (why.code)
+		worker_log(w, LOG_ERR, "%s: starting paused", why.msg);
+	rc = worker_pause(w, NULL, NULL);
+	if (rc < 0)
+		return bks_error_set(err, -rc, "start paused");
+	w->started_paused = true;
+	worker_log(w, LOG_INFO,
+		   "starting paused: the worker this one replaces was paused "
+		   "(unpause to go on)");
+	return 0;
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -489,8 +543,14 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = bks_loop_new(&w->loop, err);
 	if (rc < 0)
 		return rc;
-	rc =
-	    bks_chain_open(&w->chain, w->chain_str, w->loop, w->read_only, err);
+	/* Layer state (log: bitmaps) in DIR/NAME: a restart keeps it. */
+	rc = bks_chain_open_config(&w->chain, w->chain_str,
+				   &(const struct bks_chain_config){
+				       .loop = w->loop,
+				       .read_only = w->read_only,
+				       .state_dir = w->dir,
+				   },
+				   err);
 	if (rc < 0)
 		return rc;
 	rc = listen_unix(w, "nbd.sock", &r->nbd_fd, &r->nbd_sock, err);
@@ -504,6 +564,9 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	if (rc < 0)
 		return rc;
 	rc = bks_export_start(w->nbd, err);
+	if (rc < 0)
+		return rc;
+	rc = resume_pause(w, err);
 	if (rc < 0)
 		return rc;
 	rc = worker_ctl_new(&w->ctl, w, &ctl_ops, r->ctl_fd, err);
@@ -578,6 +641,14 @@ static void cleanup(struct worker *w, struct res *r)
 	worker_super_free(w->super);
 	if (w->loop)
 		bks_loop_free(w->loop);
+	/*
+	 * A graceful stop ends the disk's life: what a restart would have
+	 * needed (pause, dirty logs) goes, while we hold the lock.  A crash
+	 * or a failed start leaves it for the next worker of this name.
+	 */
+	if (w->state == WORKER_STOPPING && r->locked &&
+	    worker_state_remove(w, &ignore) < 0)
+		worker_log(w, LOG_ERR, "%s", ignore.msg);
 	/*
 	 * Released last: a new worker may take the name from here on.  Ours
 	 * to remove while we hold it (take_lock re-checks the path); the

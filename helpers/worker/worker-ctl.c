@@ -304,6 +304,11 @@ static void cmd_info(struct ctl_conn *c)
 	json_kv_u64(j, "uptime_s",
 		    (bks_now_ns() - w->started_ns) / 1000000000u);
 	json_kv_u64(j, "connections", ns.connections);
+	json_kv_u64(j, "in_flight",
+		    w->chain ? bks_chain_in_flight(w->chain) : 0);
+	json_kv_u64(j, "oldest_request_ms",
+		    worker_oldest_request_ms(w, bks_now_ns()));
+	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_str(j, "nbd_socket", path);
 	json_key(j, "layers");
 	json_arr_begin(j);
@@ -361,14 +366,6 @@ static void driver_stats(struct json_writer *j, struct bks_layer *l)
 	bks_layer_emit_stats(l, &out);
 }
 
-/* Age of the oldest request in flight in the chain, 0 if none. */
-static uint64_t oldest_ms(const struct worker *w, uint64_t now)
-{
-	uint64_t t = w->chain ? bks_chain_oldest_ns(w->chain) : 0;
-
-	return t && now > t ? (now - t) / 1000000u : 0;
-}
-
 static void cmd_stats(struct ctl_conn *c)
 {
 	struct worker *w = c->ctl->w;
@@ -393,6 +390,7 @@ static void cmd_stats(struct ctl_conn *c)
 				? (now - w->pause_start) / 1000000u
 				: 0);
 	json_kv_u64(j, "uptime_s", (now - w->started_ns) / 1000000000u);
+	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_u64(j, "log_dropped",
 		    w->syslog ? bks_syslog_dropped(w->syslog) : 0);
 	json_obj_end(j);
@@ -445,7 +443,7 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "in_flight",
 		    w->chain ? bks_chain_in_flight(w->chain) : 0);
 	json_kv_u64(j, "retries", w->chain ? bks_chain_retries(w->chain) : 0);
-	json_kv_u64(j, "oldest_request_ms", oldest_ms(w, now));
+	json_kv_u64(j, "oldest_request_ms", worker_oldest_request_ms(w, now));
 	json_obj_end(j);
 
 	json_key(j, "layers");

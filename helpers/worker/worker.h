@@ -62,6 +62,7 @@ struct worker {
 	uint64_t pause_start;	     /* when the current pause began */
 	worker_pause_fn *pause_done; /* waiter of the pause under way */
 	void *pause_arg;
+	bool started_paused; /* came up paused: DIR/NAME/paused was there */
 
 	/* Shutdown (blkstack-worker.c). */
 	struct bks_req flush_req;    /* the final flush of the chain */
@@ -82,6 +83,19 @@ static inline const char *worker_state_name(enum worker_state state)
 	return (unsigned int)state < sizeof(names) / sizeof(names[0])
 		   ? names[state]
 		   : "unknown";
+}
+
+/*
+ * Age in ms at now (bks_now_ns()) of the oldest request in flight in w's
+ * chain (bks_chain_oldest_ns()), 0 if none: the stats and info replies'
+ * oldest_request_ms, and what a heartbeat reports as oldest_ms.
+ */
+static inline uint64_t worker_oldest_request_ms(const struct worker *w,
+						uint64_t now)
+{
+	uint64_t t = w->chain ? bks_chain_oldest_ns(w->chain) : 0;
+
+	return t && now > t ? (now - t) / 1000000u : 0;
 }
 
 #endif /* BLKSTACK_WORKER_H */

@@ -6,12 +6,26 @@
  * The bitmap is sized at open from the layer below and never reallocated:
  * marking a block on the data path is a few word operations and never
  * allocates.
+ *
+ * With a state path (bks_open_args.state_path: a worker's DIR/NAME/
+ * layerN.state) the bitmap lives in that file, mapped MAP_SHARED: a
+ * block's bit is set in the mapping before its write goes down, so every
+ * acknowledged write has its bit in the page cache, which a SIGKILL of
+ * the process does not lose, and a restarted worker maps the same bits.
+ * The file: a header page (struct log_file) and the bitmap words, in host
+ * byte order (the file never leaves the host: it lives on tmpfs, /run,
+ * which a host reboot empties -- and with it the log).  A file of another
+ * geometry (size, block, position) is refused, never merged.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "blkstack/driver.h"
 #include "blkstack/log.h"
@@ -24,8 +38,194 @@ struct log_state {
 	unsigned int shift; /* log2(block) */
 	uint64_t nblocks;   /* the last may be partial */
 	uint64_t ndirty;    /* bits set */
-	uint64_t *bits;
+	uint64_t *bits;	    /* calloc'd, or in map */
+	void *map;	    /* the state file, mapped; NULL: in memory */
+	size_t map_len;
 };
+
+/* ---- the state file ------------------------------------------------------ */
+
+#define LOG_FILE_MAGIC	 "BKSLOG\0\0" /* 8 bytes */
+#define LOG_FILE_VERSION 1u
+/* The bitmap starts a page in: the header has a page of its own. */
+#define LOG_FILE_HEADER 4096u
+
+/* The header, at offset 0, host byte order.  magic is written last. */
+struct log_file {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_size; /* LOG_FILE_HEADER */
+	uint64_t size;	      /* of the layer below, bytes */
+	uint64_t block;	      /* bytes */
+	uint64_t nblocks;
+	uint64_t words;	   /* of the bitmap, 64 bits each */
+	uint32_t position; /* the layer's position in the chain, 0 = top */
+	char driver[12];   /* "log" */
+};
+
+_Static_assert(sizeof(struct log_file) <= LOG_FILE_HEADER, "header page");
+
+/* The header this layer's file must have. */
+static void file_header(const struct log_state *s, unsigned int position,
+			uint64_t words, struct log_file *h)
+{
+	memset(h, 0, sizeof(*h));
+	memcpy(h->magic, LOG_FILE_MAGIC, sizeof(h->magic));
+	h->version = LOG_FILE_VERSION;
+	h->header_size = LOG_FILE_HEADER;
+	h->size = s->size;
+	h->block = s->block;
+	h->nblocks = s->nblocks;
+	h->words = words;
+	h->position = position;
+	strcpy(h->driver, "log");
+}
+
+/*
+ * A file that is ours but was never finished (the process died while
+ * creating it, before serving anything): no magic yet.
+ */
+static bool file_unfinished(const struct log_file *h)
+{
+	static const char zero[sizeof(h->magic)];
+
+	return memcmp(h->magic, zero, sizeof(zero)) == 0;
+}
+
+/* Why the file's header h is not want's, for the message. */
+static int file_refuse(const char *path, const struct log_file *h,
+		       const struct log_file *want, off_t len,
+		       struct bks_error *err)
+{
+	if (memcmp(h->magic, want->magic, sizeof(h->magic)) != 0 ||
+	    h->version != want->version ||
+	    h->header_size != want->header_size ||
+	    memcmp(h->driver, want->driver, sizeof(h->driver)) != 0)
+		return bks_error_setmsg(
+		    err, EEXIST,
+		    "state file %s is not a log: dirty bitmap of version %u: "
+		    "not used (remove it: blkstack-ctl destroy of the dead "
+		    "worker)",
+		    path, LOG_FILE_VERSION);
+	if (h->size != want->size || h->block != want->block ||
+	    h->position != want->position || h->words != want->words ||
+	    h->nblocks != want->nblocks)
+		return bks_error_setmsg(
+		    err, EEXIST,
+		    "state file %s is the dirty log of another chain (layer "
+		    "%u, %llu bytes in blocks of %llu; this is layer %u, %llu "
+		    "bytes in blocks of %llu): not merged (remove it to start "
+		    "a new log: blkstack-ctl destroy of the dead worker)",
+		    path, h->position, (unsigned long long)h->size,
+		    (unsigned long long)h->block, want->position,
+		    (unsigned long long)want->size,
+		    (unsigned long long)want->block);
+	return bks_error_setmsg(
+	    err, EEXIST,
+	    "state file %s: %lld bytes, not %llu: not written by log:", path,
+	    (long long)len,
+	    (unsigned long long)(LOG_FILE_HEADER + want->words * 8));
+}
+
+/*
+ * Map the bitmap of words words from path: the file is created (or an
+ * unfinished one initialised) clean, or one with this layer's header
+ * taken with its bits.  Returns 0 or -errno with err set.
+ */
+static int file_map(struct log_state *s, const char *path,
+		    unsigned int position, uint64_t words,
+		    struct bks_error *err)
+{
+	struct log_file want, have = {0};
+	size_t len = LOG_FILE_HEADER + (size_t)words * sizeof(uint64_t);
+	struct stat st;
+	void *map = MAP_FAILED;
+	bool fresh = false;
+	ssize_t n;
+	int fd, rc;
+
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return bks_error_set(err, errno, "state file %s", path);
+	if (fstat(fd, &st) < 0) {
+		rc = bks_error_set(err, errno, "state file %s", path);
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = bks_error_setmsg(
+		    err, EINVAL, "state file %s is not a regular file", path);
+		goto out;
+	}
+	file_header(s, position, words, &want);
+	n = pread(fd, &have, sizeof(have), 0);
+	if (n < 0) {
+		rc = bks_error_set(err, errno, "state file %s: read", path);
+		goto out;
+	}
+	if (file_unfinished(&have)) {
+		/* New, or never finished: start clean (all zero). */
+		fresh = true;
+		if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)len) < 0) {
+			rc = bks_error_set(
+			    err, errno, "state file %s: size %zu", path, len);
+			goto out;
+		}
+	} else if (memcmp(&have, &want, sizeof(want)) != 0 ||
+		   st.st_size != (off_t)len) {
+		rc = file_refuse(path, &have, &want, st.st_size, err);
+		goto out;
+	}
+	/*
+	 * Every page allocated now: a full tmpfs fails the open, where a
+	 * store into a page it could not allocate would be a SIGBUS later.
+	 */
+	rc = posix_fallocate(fd, 0, (off_t)len);
+	if (rc != 0) {
+		rc = bks_error_set(err, rc, "state file %s: allocate %zu bytes",
+				   path, len);
+		goto out;
+	}
+	/* Populated now: no page fault on the data path. */
+	map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+		   fd, 0);
+	if (map == MAP_FAILED) {
+		rc = bks_error_set(err, errno, "state file %s: map", path);
+		goto out;
+	}
+	s->bits = (uint64_t *)((char *)map + LOG_FILE_HEADER);
+	if (fresh) {
+		struct log_file *h = map;
+
+		/* Everything but the magic, then the magic: finished. */
+		memcpy((char *)h + sizeof(h->magic),
+		       (char *)&want + sizeof(want.magic),
+		       sizeof(want) - sizeof(want.magic));
+		__atomic_thread_fence(__ATOMIC_RELEASE);
+		memcpy(h->magic, want.magic, sizeof(h->magic));
+	}
+	/* Bits past the last block would be counted: not ours. */
+	if ((s->bits[words - 1] >> (s->nblocks % 64)) != 0) {
+		rc = bks_error_setmsg(err, EINVAL,
+				      "state file %s: bits past the last "
+				      "block are set: not written by log:",
+				      path);
+		goto out;
+	}
+	s->ndirty = 0;
+	for (uint64_t i = 0; i < words; i++)
+		s->ndirty += (uint64_t)__builtin_popcountll(s->bits[i]);
+	s->map = map;
+	s->map_len = len;
+	map = MAP_FAILED;
+	rc = 0;
+out:
+	if (map != MAP_FAILED) {
+		munmap(map, len);
+		s->bits = NULL;
+	}
+	close(fd);
+	return rc;
+}
 
 static const char *const log_keys[] = {"block", NULL};
 
@@ -78,6 +278,9 @@ static int log_open(void *state, struct bks_layer *self,
 	s->nblocks = (s->size >> s->shift) + !!(s->size & (s->block - 1));
 	/* At least one word, so that an empty layer needs no special case. */
 	words = s->nblocks / 64 + 1;
+	if (args->state_path)
+		return file_map(s, args->state_path, bks_layer_index(self),
+				words, err);
 	s->bits = calloc(words, sizeof(*s->bits));
 	if (!s->bits)
 		return bks_error_set(err, ENOMEM, "dirty bitmap of %llu blocks",
@@ -90,7 +293,10 @@ static void log_close(void *state, struct bks_layer *self)
 	struct log_state *s = state;
 
 	(void)self;
-	free(s->bits);
+	if (s->map)
+		munmap(s->map, s->map_len); /* the file stays: see the top */
+	else
+		free(s->bits);
 }
 
 /* Mask of n bits (1..64) starting at bit. */
@@ -190,6 +396,7 @@ static void log_stats(void *state, struct bks_layer *self,
 	(void)self;
 	bks_stats_u64(out, "dirty_bytes", dirty_bytes(s));
 	bks_stats_u64(out, "block_size", s->block);
+	bks_stats_u64(out, "persisted", s->map != NULL);
 }
 
 /* What parsing needs of log: (bks_driver_descs[] has it alone). */

@@ -175,7 +175,7 @@ stat_of() {
 	assert_success
 	json=$output
 	run jq_py "$json" 'sorted(d)'
-	assert_output '["block_size", "chain", "connections", "layers", "name", "nbd_socket", "ok", "pid", "read_only", "size", "state", "uptime_s"]'
+	assert_output '["block_size", "chain", "connections", "in_flight", "layers", "name", "nbd_socket", "ok", "oldest_request_ms", "pid", "read_only", "size", "started_paused", "state", "uptime_s"]'
 	run jq_py "$json" '(d["ok"], d["name"], d["chain"], d["size"], d["block_size"], d["read_only"], d["state"], d["pid"], d["connections"], d["layers"])'
 	assert_output "[true, \"vm1\", \"log:block=4K|aio:$IMGDIR/disk.img\", 33554432, 512, false, \"running\", $pid, 0, [\"log\", \"aio\"]]"
 	run jq_py "$json" 'isinstance(d["uptime_s"], int) and d["nbd_socket"]'
@@ -218,7 +218,7 @@ stat_of() {
 	run stat_of vm1 '(d["layers"][0]["ops"]["write"]["bytes"], d["layers"][2]["ops"]["write"]["bytes"], d["nbd"]["bytes_written"], d["nbd"]["bytes_read"], d["nbd"]["connections_total"])'
 	assert_output '[65536, 65536, 65536, 65536, 1]'
 	run stat_of vm1 '(d["layers"][0]["log"], d["layers"][1]["error"]["injected"], d["layers"][2]["aio"]["completed"] >= 2, d["layers"][2]["aio"]["in_flight"])'
-	assert_output '[{"dirty_bytes": 65536, "block_size": 65536}, 0, true, 0]'
+	assert_output '[{"dirty_bytes": 65536, "block_size": 65536, "persisted": 1}, 0, true, 0]'
 	run "$CTL" stats --name vm1
 	assert_success
 	assert_line --index 0 --regexp '^worker vm1: running, 0 pauses, 0 ms paused, up [0-9]+ s$'

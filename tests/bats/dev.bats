@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # helpers/hotplug/hp-dev.h (hp-dev.c and its dev-*.c): dom0 block devices
 # on a worker's NBD socket, through build/tests/hp-dev-tool.  Only the loop
-# fallback (nbdfuse + loop) runs end to end here: the test machines have no
+# fallback (blkstack-fuse + loop) runs end to end here: the test machines have no
 # nbd kernel module, so the kernel path is tested up to the netlink call
 # (handshake, clean failure).
 
@@ -19,7 +19,7 @@ setup() {
 
 # Whatever a failed test left: the loop devices it made (listed in
 # $BATS_TEST_TMPDIR/made; after a lazy unmount the backing file reads
-# "/nbd"), loop devices on our fuse files, our fuse mounts (nbdfuse exits
+# "/nbd"), loop devices on our fuse files, our fuse mounts (blkstack-fuse exits
 # once its mount is gone), then the workers.
 teardown() {
 	local name back mnt dev dir
@@ -70,7 +70,7 @@ attach() {
 	FUSE_DIR=$(field "$REC" fuse_dir)
 }
 
-# stage: stage nbdfuse for $NBD_SOCK; sets STAGE, SPID, SDIR.
+# stage: stage blkstack-fuse for $NBD_SOCK; sets STAGE, SPID, SDIR.
 stage() {
 	run -0 "$TOOL" stage "$NBD_SOCK" "$STATE"
 	STAGE=$output
@@ -80,7 +80,7 @@ stage() {
 }
 
 # Everything an attach made is gone: DEV unconfigured (no loop/ in
-# sysfs), the mount, nbdfuse, the mountpoint and its log.
+# sysfs), the mount, blkstack-fuse, the mountpoint and its log.
 assert_all_gone() {
 	assert_not_exists "/sys/block/${DEV#/dev/}/loop"
 	run mounted "$FUSE_DIR"
@@ -92,7 +92,7 @@ assert_all_gone() {
 
 @test "dev: attach gives a loop device of the export's size; writes reach the image; detach removes it all" {
 	start_disk d1
-	# An inherited descriptor (a toolstack's pipe) must not reach nbdfuse.
+	# An inherited descriptor (a toolstack's pipe) must not reach blkstack-fuse.
 	attach 7>"$BATS_TEST_TMPDIR/inherited"
 	run ls -l "/proc/$FUSE_PID/fd"
 	refute_output --partial inherited
@@ -110,7 +110,7 @@ assert_all_gone() {
 	assert_output 1
 	[[ $FUSE_DIR == "$STATE"/fuse-* ]]
 	mounted "$FUSE_DIR"
-	[ "$(readlink "/proc/$FUSE_PID/exe")" = /usr/bin/nbdfuse ]
+	[ "$(readlink "/proc/$FUSE_PID/exe")" = "$(realpath "$TOP/build/bin/blkstack-fuse")" ]
 
 	head -c 4096 /dev/urandom >"$BATS_TEST_TMPDIR/pat"
 	dd if="$BATS_TEST_TMPDIR/pat" of="$DEV" bs=4096 seek=256 oflag=direct \
@@ -137,7 +137,7 @@ assert_all_gone() {
 	assert_all_gone
 }
 
-@test "dev: detach after nbdfuse died (dead fuse_pid, device still there)" {
+@test "dev: detach after blkstack-fuse died (dead fuse_pid, device still there)" {
 	start_disk d1
 	attach
 	kill -KILL "$FUSE_PID"
@@ -147,7 +147,7 @@ assert_all_gone() {
 	run -0 "$TOOL" detach "$STATE" "$REC"
 }
 
-@test "dev: staged attach: prepare's nbdfuse, add's loop device; each detach frees its own" {
+@test "dev: staged attach: prepare's blkstack-fuse, add's loop device; each detach frees its own" {
 	start_disk d1
 	stage
 	[ "$(field "$STAGE" path)" = "" ]
@@ -203,7 +203,7 @@ assert_all_gone() {
 	run -0 "$TOOL" detach "$STATE" "$STAGE"
 }
 
-@test "dev: a stage whose nbdfuse died is not usable, and its detach cleans up" {
+@test "dev: a stage whose blkstack-fuse died is not usable, and its detach cleans up" {
 	start_disk d1
 	stage
 	kill -KILL "$SPID"
@@ -221,13 +221,16 @@ assert_all_gone() {
 	assert_output ""
 }
 
-@test "dev: detach of an attach killed before the loop device (nbdfuse only)" {
+@test "dev: detach of an attach killed before the loop device (blkstack-fuse only)" {
 	start_disk d1
 	dir=$STATE/fuse-manual
 	mkdir "$dir"
-	/usr/bin/nbdfuse "$dir" --unix "$NBD_SOCK" </dev/null >/dev/null 2>&1 &
+	"$TOP/build/bin/blkstack-fuse" --socket "$NBD_SOCK" --mount "$dir" \
+		--ready-fd 3 3>"$BATS_TEST_TMPDIR/ready" </dev/null >/dev/null 2>&1 &
 	pid=$!
-	while [ ! -e "$dir/nbd" ]; do sleep 0.1; done
+	timeout 10 sh -c 'until [ -s "$1" ]; do sleep 0.1; done' sh \
+		"$BATS_TEST_TMPDIR/ready"
+	[ "$(cat "$BATS_TEST_TMPDIR/ready")" = ok ]
 	run -0 "$TOOL" detach "$STATE" \
 		"mech=loop path= major=0 minor=0 staged=0 fuse_pid=$pid fuse_dir=$dir"
 	wait "$pid" || true
@@ -268,7 +271,7 @@ assert_all_gone() {
 
 @test "dev: a failed attach leaves nothing behind" {
 	run -1 "$TOOL" attach "$BATS_TEST_TMPDIR/no.sock" "$STATE"
-	assert_output --partial "nbdfuse on $BATS_TEST_TMPDIR/no.sock exited"
+	assert_output --partial "blkstack-fuse on $BATS_TEST_TMPDIR/no.sock: NBD connection to $BATS_TEST_TMPDIR/no.sock: connect"
 	assert_output --partial "No such file or directory"
 	run ls -A "$STATE"
 	assert_output ""

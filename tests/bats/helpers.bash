@@ -200,6 +200,21 @@ kill_and_wait_restart() {
 	wait_restart "$wdir" "$pid"
 }
 
+# check_acked IMG LOG: every acknowledged block in LOG (tests/worker/
+# acked-writes.py) holds its byte in IMG.
+check_acked() {
+	python3 - "$1" "$2" <<'PY'
+import sys
+img, log = sys.argv[1], sys.argv[2]
+with open(img, "rb") as f, open(log) as acked:
+    for line in acked:
+        off, byte = map(int, line.split())
+        f.seek(off)
+        if f.read(4096) != bytes([byte]) * 4096:
+            sys.exit("acknowledged write at %d is not on disk" % off)
+PY
+}
+
 # ---- the hotplug actions (hotplug.bats, sharing.bats) -------------------------
 
 # hotplug_setup: a private xenstored, rundir and 64 MiB image $IMG; the
@@ -232,7 +247,7 @@ ts() {
 	"$TOOLSTACK" --quiet --script "$SCRIPT" --target "${TARGET:-log:|aio:$IMG}" "$@"
 }
 
-# No worker, device, nbdfuse, mount, socket or lock is left in the rundir.
+# No worker, device, FUSE server, mount, socket or lock is left in the rundir.
 assert_no_leftovers() {
 	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
 	assert_output ""
@@ -245,7 +260,7 @@ assert_no_leftovers() {
 	assert_failure
 	run grep -c "$BLKSTACK_RUNDIR" /proc/mounts
 	assert_output 0
-	run pgrep -f "nbdfuse.*$BLKSTACK_RUNDIR"
+	run pgrep -f "(nbdfuse|blkstack-fuse).*$BLKSTACK_RUNDIR"
 	assert_failure
 	run bash -c "losetup -a | grep -c '$BLKSTACK_RUNDIR'"
 	assert_output 0

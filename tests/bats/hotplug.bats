@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # The hotplug actions end to end: the script run as libxl runs it (through
 # tests/toolstack's driver), a real xenstored, a real worker, and a real
-# dom0 block device (nbdfuse + loop here: there is no nbd module).
+# dom0 block device (blkstack-fuse + loop here: there is no nbd module).
 
 load helpers
 
@@ -65,7 +65,7 @@ assert_physdev() {
 	assert_no_leftovers
 }
 
-@test "hotplug v2: prepare stages nbdfuse, add only puts a loop device on it, unprepare ends it" {
+@test "hotplug v2: prepare stages blkstack-fuse, add only puts a loop device on it, unprepare ends it" {
 	ts v2-create
 	ts v2-run version
 	run ts v2-run prepare
@@ -73,7 +73,7 @@ assert_physdev() {
 	stage=$(xs_read "$HOTPLUG_PATH/blkstack-stage")
 	spid=$(field "$stage" fuse_pid)
 	sdir=$(field "$stage" fuse_dir)
-	[ "$(readlink "/proc/$spid/exe")" = /usr/bin/nbdfuse ]
+	[ "$(readlink "/proc/$spid/exe")" = "$(realpath "$BIN/blkstack-fuse")" ]
 	grep -q " $sdir " /proc/self/mountinfo
 	run losetup -j "$sdir/nbd"
 	assert_output ""
@@ -159,13 +159,13 @@ assert_physdev() {
 	ts v2-run prepare
 	name=$(xs_read "$HOTPLUG_PATH/blkstack-worker")
 	wdir=$BLKSTACK_RUNDIR/$name
-	# What a hotplug helper SIGKILLed inside attach leaves: an nbdfuse
-	# with a loop device on its file, another nbdfuse alone, the mount of
-	# an nbdfuse that died too, and a log whose mountpoint is gone; none of
+	# What a hotplug helper SIGKILLed inside attach leaves: a
+	# blkstack-fuse with a loop device on its file, another one alone, the
+	# mount of one that died too, and a log whose mountpoint is gone; none of
 	# them in a record.
 	for m in fuse-killed1 fuse-killed2 fuse-killed3; do
 		mkdir "$wdir/$m"
-		/usr/bin/nbdfuse "$wdir/$m" --unix "$wdir/nbd.sock" \
+		"$BIN/blkstack-fuse" --socket "$wdir/nbd.sock" --mount "$wdir/$m" \
 			</dev/null >/dev/null 2>"$wdir/$m.log" &
 	done
 	dead=$!
@@ -182,7 +182,7 @@ assert_physdev() {
 	assert_success
 	assert_output --partial "freed 3 unrecorded device(s)"
 	assert_not_exists "/sys/block/${loopdev#/dev/}/loop"
-	run pgrep -f "nbdfuse $wdir"
+	run pgrep -f "blkstack-fuse --socket $wdir/"
 	assert_failure
 	assert_no_leftovers
 	assert_not_exists "$wdir"
@@ -362,7 +362,7 @@ assert_physdev() {
 	# The script and the helper, nothing else: no modprobe, no blkstack-ctl.
 	run grep -c 'execve(' "$BATS_TEST_TMPDIR/execs"
 	assert_output 3
-	run grep -E 'modprobe|blkstack-ctl|nbdfuse' "$BATS_TEST_TMPDIR/execs"
+	run grep -E 'modprobe|blkstack-ctl|nbdfuse|blkstack-fuse' "$BATS_TEST_TMPDIR/execs"
 	assert_failure
 	write_reaches_image_then_detach
 }

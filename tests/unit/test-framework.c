@@ -864,9 +864,10 @@ static void test_stats_op(void **state)
 	     l = bks_chain_next_layer(l))
 		bks_layer_emit_stats(l, &t.out);
 	bks_stats_str(&t.out, "end", "yes");
-	assert_string_equal(t.buf, "error{ seen=1 injected=1 } "
-				   "log{ dirty_bytes=4096 block_size=4096 } "
-				   "end=yes ");
+	assert_string_equal(
+	    t.buf, "error{ seen=1 injected=1 } "
+		   "log{ dirty_bytes=4096 block_size=4096 persisted=0 } "
+		   "end=yes ");
 	rig_close(&r);
 }
 

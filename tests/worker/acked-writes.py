@@ -1,17 +1,37 @@
 #!/usr/bin/env python3
-"""acked-writes SOCKET COUNT LOG: write 4 KiB blocks over NBD, one at a time.
+"""acked-writes [--reconnect SECONDS] [--depth N] SOCKET COUNT LOG
 
-Block i goes to offset i * 4096 and is filled with byte (i % 251) + 1.
-Each write the server acknowledges (error 0) is logged as "offset byte"
-and the log is flushed at once, so that a test can kill the server at any
-point and check that every acknowledged write is in the image.  Stops at
-COUNT writes or when the server closes the connection.  A test tool: it
-speaks only the parts of the NBD protocol it needs (fixed newstyle,
-NBD_OPT_GO, simple replies).
+Write 4 KiB blocks over NBD.  Block i goes to offset i * 4096 and is
+filled with byte (i % 251) + 1.  Each write the server acknowledges
+(error 0) is logged as "offset byte" and the log is flushed at once, so
+that a test can kill the server at any point and check that every
+acknowledged write is in the image.  A test tool: it speaks only the
+parts of the NBD protocol it needs (fixed newstyle, NBD_OPT_GO, simple
+replies).
+
+By default one write is in flight at a time, and it stops at COUNT
+writes, at an error reply or when the server closes the connection
+(exit status 0 in every case; it prints nothing).
+
+--depth N keeps up to N writes in flight (replies may come in any order;
+they are matched by cookie).
+
+--reconnect SECONDS: when the connection fails (EOF, reset, refused, the
+socket gone), connect to the same socket again, retrying every 20 ms for
+at most SECONDS from the failure, and re-send every write that was not
+acknowledged (a block write is idempotent), then go on until COUNT
+writes are acknowledged.  An error reply is then a failure (exit 1), and
+so is an outage longer than SECONDS (exit 1).  At the end it prints one
+line:  "acked=A reconnects=R longest_outage_ms=M"  where an outage runs
+from the failure to the first write acknowledged after it.  --depth
+alone prints the line too.
 """
+import argparse
+import errno
 import socket
 import struct
 import sys
+import time
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -22,6 +42,11 @@ OPT_GO = 7
 REP_ACK = 1
 CMD_WRITE = 1
 CMD_DISC = 2
+RETRY_S = 0.02
+
+
+class Failed(Exception):
+    """The run failed for good (exit 1)."""
 
 
 def recv_exact(sock, n):
@@ -35,7 +60,7 @@ def recv_exact(sock, n):
 
 
 def handshake(sock):
-    magic, opt, flags = struct.unpack(">QQH", recv_exact(sock, 18))
+    magic, opt, _ = struct.unpack(">QQH", recv_exact(sock, 18))
     if magic != NBDMAGIC or opt != IHAVEOPT:
         raise ValueError("not a newstyle NBD server")
     sock.sendall(struct.pack(">I", 1 | 2))  # FIXED_NEWSTYLE | NO_ZEROES
@@ -52,36 +77,124 @@ def handshake(sock):
             raise ValueError("NBD_OPT_GO refused: %#x" % rtype)
 
 
-def main():
-    path, count, log_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def connect(path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    handshake(sock)
-    with open(log_path, "w", encoding="ascii") as log:
-        for i in range(count):
-            byte = (i % 251) + 1
-            offset = i * 4096
-            req = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, i,
-                              offset, 4096)
+    try:
+        sock.connect(path)
+        handshake(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reconnect(path, seconds, since):
+    """A new connection, retrying until since + seconds; or Failed."""
+    deadline = since + seconds
+    last = None
+    while True:
+        try:
+            return connect(path)
+        except (EOFError, OSError, ValueError) as e:
+            # A worker half up may refuse the handshake: retried too.
+            last = e
+        if time.monotonic() + RETRY_S > deadline:
+            raise Failed("no connection to %s within %g s of the failure "
+                         "(last: %s)" % (path, seconds, last))
+        time.sleep(RETRY_S)
+
+
+def send_write(sock, i):
+    byte = (i % 251) + 1
+    req = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, i, i * 4096,
+                      4096)
+    sock.sendall(req + bytes([byte]) * 4096)
+
+
+def run(args, log):
+    """Returns (acked, reconnects, longest outage in ms)."""
+    sock = connect(args.socket)
+    inflight = set()  # cookies (block numbers) sent, not acknowledged
+    next_i = 0
+    acked = reconnects = 0
+    longest = 0.0
+    outage_since = None  # when the connection failed, until the next ack
+    try:
+        while next_i < args.count or inflight:
             try:
-                sock.sendall(req + bytes([byte]) * 4096)
+                while len(inflight) < args.depth and next_i < args.count:
+                    inflight.add(next_i)
+                    next_i += 1
+                    send_write(sock, next_i - 1)
                 magic, error, cookie = struct.unpack(
                     ">IIQ", recv_exact(sock, 16))
             except (EOFError, OSError):
-                break
-            if magic != SIMPLE_REPLY_MAGIC or cookie != i:
-                raise ValueError("bad reply to write %d" % i)
+                if args.reconnect is None:
+                    return acked, reconnects, longest
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                sock.close()
+                sock = reconnect(args.socket, args.reconnect, outage_since)
+                reconnects += 1
+                try:
+                    for i in sorted(inflight):
+                        send_write(sock, i)
+                except (EOFError, OSError):
+                    pass  # failed again at once: the next recv says so
+                continue
+            if magic != SIMPLE_REPLY_MAGIC or cookie not in inflight:
+                raise ValueError("bad reply (cookie %d)" % cookie)
             if error != 0:
-                break
-            log.write("%d %d\n" % (offset, byte))
+                if args.reconnect is not None:
+                    raise Failed("write %d (offset %d) failed: %s" %
+                                 (cookie, cookie * 4096,
+                                  errno.errorcode.get(error, error)))
+                return acked, reconnects, longest
+            inflight.discard(cookie)
+            log.write("%d %d\n" % (cookie * 4096, (cookie % 251) + 1))
             log.flush()
-    try:
-        sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, 0,
-                                 0, 0))
-    except OSError:
-        pass
-    sock.close()
+            acked += 1
+            if outage_since is not None:
+                longest = max(longest, time.monotonic() - outage_since)
+                outage_since = None
+    finally:
+        try:
+            sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC,
+                                     0, 0, 0))
+        except OSError:
+            pass
+        sock.close()
+    return acked, reconnects, longest
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description="Write 4 KiB blocks over NBD, logging each "
+        "acknowledged one.")
+    p.add_argument("--reconnect", type=float, metavar="SECONDS",
+                   help="reconnect after a failed connection, for at most "
+                   "SECONDS per outage, re-sending unacknowledged writes")
+    p.add_argument("--depth", type=int, default=1, metavar="N",
+                   help="writes in flight at once (default 1)")
+    p.add_argument("socket")
+    p.add_argument("count", type=int)
+    p.add_argument("log")
+    args = p.parse_args()
+    if args.depth < 1 or args.depth > 1024:
+        p.error("--depth: 1 to 1024")
+    if args.reconnect is not None and not 0 < args.reconnect <= 3600:
+        p.error("--reconnect: more than 0, at most 3600 seconds")
+    with open(args.log, "w", encoding="ascii") as log:
+        try:
+            acked, reconnects, longest = run(args, log)
+        except Failed as e:
+            print("acked-writes: %s" % e, file=sys.stderr)
+            return 1
+    if args.reconnect is not None or args.depth > 1:
+        print("acked=%d reconnects=%d longest_outage_ms=%d" %
+              (acked, reconnects, int(longest * 1000)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -119,6 +119,38 @@ int bks_chain_open_with(struct bks_chain **out, const char *s,
 			struct bks_loop *loop, bool read_only,
 			struct bks_error *err);
 
+/* How to open a chain (bks_chain_open_config()). */
+struct bks_chain_config {
+	struct bks_loop *loop; /* required: the loop the chain runs on */
+	bool read_only;	       /* open every layer read-only */
+	/* Drivers looked up before the registry (NULL-terminated), or NULL. */
+	const struct bks_driver *const *extra;
+	/*
+	 * A directory for state that must survive a restart of the
+	 * process, or NULL (state in memory only).  Each layer of the
+	 * string gets STATE_DIR/layerN.state (bks_open_args.state_path;
+	 * today only log: uses it, for its dirty bitmap).  The caller owns
+	 * the directory: it exists, nobody else writes in it, and the
+	 * caller removes the files when the disk's life ends (the worker:
+	 * DIR/NAME, docs/control-protocol.txt "State kept across a
+	 * restart").  At most BKS_STATE_DIR_MAX bytes.
+	 */
+	const char *state_dir;
+};
+
+#define BKS_STATE_DIR_MAX 4000
+/* The state file name of layer position n (0 = top), for owners. */
+#define BKS_LAYER_STATE_FMT "layer%u.state"
+
+/*
+ * Open the chain string s as cfg says: what bks_chain_open_with() does,
+ * with a state directory.  Returns 0 or -errno with err set (a state
+ * file a layer refuses fails the open, naming the file).
+ */
+int bks_chain_open_config(struct bks_chain **out, const char *s,
+			  const struct bks_chain_config *cfg,
+			  struct bks_error *err);
+
 /*
  * Close every layer, top first, and free the chain.  Nothing may be in
  * flight (drain first: bks_chain_in_flight() == 0), and no request parked

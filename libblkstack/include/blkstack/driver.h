@@ -245,6 +245,22 @@ struct bks_open_args {
 	const char *args; /* the text after "name:", unescaped; may be "" */
 	struct bks_loop *loop; /* the worker's loop, for fds and timers */
 	bool read_only;	       /* open for reading only (parents always are) */
+	/*
+	 * Optional, may be NULL: a file this layer may keep state in that
+	 * must survive the process (a worker restarted after a crash opens
+	 * the same chain with the same path).  The framework gives it only
+	 * when the chain was opened with a state directory
+	 * (bks_chain_config.state_dir), and only to the layers of the chain
+	 * string (not to parents): STATE_DIR/layerN.state, N the layer's
+	 * position in the string (0 = top, as bks_layer_index()).  The file
+	 * may not exist yet; the layer creates it (mode 0600), checks that
+	 * one it finds is its own (a header: what it is, for which
+	 * geometry) and refuses one that is not, never merging it.  It
+	 * never removes it (close included): the owner of the directory
+	 * does, when the disk's life ends.  Layers without such state
+	 * ignore it; with it NULL, they keep their state in memory.
+	 */
+	const char *state_path;
 };
 
 /*
