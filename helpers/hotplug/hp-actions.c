@@ -232,14 +232,14 @@ static int start_worker(struct hp *hp, const struct target *t,
 	/*
 	 * Where the supervisor says it gave up (hp-error.c's node, which
 	 * libxl reads): the backend's hotplug-error, else ours (v2) or
-	 * XENBUS_PATH's (v1, if absolute).
+	 * XENBUS_PATH's (v1; libxl's is relative, and xenstore resolves it
+	 * for the supervisor as it does for us).
 	 */
 	if (hp->env.iface == HP_IFACE_V2)
 		dir = hp->env.backend_path && !hp->backend_foreign
 			  ? hp->env.backend_path
 			  : hp->env.hotplug_path;
-	else if (!hp->backend_foreign && hp->env.xenbus_path &&
-		 hp->env.xenbus_path[0] == '/')
+	else if (!hp->backend_foreign && hp->env.xenbus_path)
 		dir = hp->env.xenbus_path;
 	if (dir && hp_child_path(xs_error, sizeof(xs_error), dir,
 				 "hotplug-error", &hp->err) == 0)

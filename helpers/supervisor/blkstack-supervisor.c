@@ -349,10 +349,11 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 			s->worker_exe = optarg;
 			break;
 		case 'x':
-			if (optarg[0] != '/' || strlen(optarg) > 1024) {
-				fprintf(stderr,
-					PROG ": bad --xs-error-path: an "
-					     "absolute xenstore path\n");
+			/* Relative: v1's XENBUS_PATH (sup-xs.h). */
+			if (!strchr(optarg, '/') || strlen(optarg) > 1024) {
+				fprintf(stderr, PROG
+					": bad --xs-error-path: a xenstore "
+					"path NODE/hotplug-error\n");
 				return 2;
 			}
 			s->xs_error_path = optarg;

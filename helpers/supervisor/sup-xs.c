@@ -20,10 +20,10 @@ int sup_xs_write_error(const char *path, const char *msg, struct bks_error *err)
 	void *v;
 	int rc;
 
-	if (path[0] != '/' || !slash || slash == path ||
-	    (size_t)(slash - path) >= sizeof(parent))
+	/* Relative (v1's XENBUS_PATH): xenstore resolves it in our domain. */
+	if (!slash || slash == path || (size_t)(slash - path) >= sizeof(parent))
 		return bks_error_setmsg(
-		    err, EINVAL, "xenstore path '%.64s' is not absolute", path);
+		    err, EINVAL, "xenstore path '%.64s' has no parent", path);
 	snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
 	xs = xs_open(0);
 	if (!xs)

@@ -11,7 +11,9 @@
 #include "blkstack/error.h"
 
 /*
- * Write msg to path (an absolute xenstore path), creating only the node:
+ * Write msg to path (a xenstore path; a relative one, as v1's XENBUS_PATH
+ * is, resolves in this domain as the hotplug helper's does), creating only
+ * the node:
  * its parent must exist (a backend the toolstack removed meanwhile is
  * left alone: -ENOENT).  Returns 0 or -errno with err set.
  */
