@@ -5,6 +5,7 @@ Turns what bench/run collected into a Markdown report and the same figures
 as JSON: medians over rounds, ratios, latency percentiles, scale figures,
 and MET/MISSED for every target of bench/README.md.  Standard library only.
 """
+import bisect
 import json
 import math
 import os
@@ -323,6 +324,31 @@ def main():
         elif not t["note"] and m.get("mode") == "quick":
             t["note"] = quick_note
 
+    # ---- recovery: kill -9 to the first completion after it, per kill
+    recovery = {}
+    renv = read_env(os.path.join(res, "recovery.env"))
+    for kind in ["nbd", "loop"]:
+        kills = read_numbers(os.path.join(res, f"recovery.{kind}.kills"))
+        if not kills:
+            continue
+        # "SENT DONE" per request: the first request sent (or re-sent)
+        # after the kill and completed is the first the new worker served.
+        v = read_numbers(os.path.join(res, f"recovery.{kind}.acks"))
+        pairs = list(zip(v[0::2], v[1::2]))
+        gaps = []
+        for k in kills:
+            after = [d for s_, d in pairs if s_ >= k]
+            gaps.append((min(after) - k) / 1e6 if after else None)
+        done = [g for g in gaps if g is not None]
+        recovery[kind] = {
+            "kills": len(kills), "kill_to_first_completion_ms": gaps,
+            "median_ms": statistics.median(done) if done else None,
+            "min_ms": min(done) if done else None,
+            "max_ms": max(done) if done else None,
+            "completions": len(pairs),
+            "writer_failed": renv.get(f"{kind}_failed") == "1",
+        }
+
     machine = {k: m.get(k) for k in ["cpu", "cores", "kernel", "fs", "date",
                                      "git", "mode", "load_start",
                                      "load_end", "baseline"]}
@@ -338,7 +364,7 @@ def main():
            "blackout_add_net_ms": add_net,
            "blackout_xen_add_net_ms": xen_net,
            "blackout_add_net_speedup_vs_xen_block": net_speedup,
-           "scale": scale, "targets": targets}
+           "scale": scale, "recovery": recovery, "targets": targets}
     with open(out_json, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=False)
         f.write("\n")
@@ -501,7 +527,7 @@ def main():
           f"{fmt(scale.get('add_wall_ms'))} ms |")
         a(f"| failures (add / remove) | {scale.get('add_fails')} / "
           f"{scale.get('remove_fails')} |")
-        a(f"| workers / loop devices / nbdfuse while attached | "
+        a(f"| workers / loop devices / FUSE servers while attached | "
           f"{scale.get('workers')} / {scale.get('devices')} / "
           f"{scale.get('nbdfuse')} |")
         a(f"| worker RSS total | "
@@ -513,11 +539,30 @@ def main():
           f"{scale.get('fd_max')} |")
         a(f"| wall time, remove+unprepare of all (v2-detach) | "
           f"{fmt(scale.get('remove_wall_ms'))} ms |")
-        a(f"| left after (workers, listed, loops, nbdfuse, mounts) | "
+        a(f"| left after (workers, listed, loops, FUSE servers, mounts) | "
           f"{scale.get('left_workers')}, {scale.get('left_listed')}, "
           f"{scale.get('left_loops')}, {scale.get('left_nbdfuse')}, "
           f"{scale.get('left_mounts')} "
           f"({'clean' if scale['clean_after'] else 'NOT CLEAN'}) |")
+    a("")
+    a("## Recovery")
+    a("")
+    a("A supervised worker killed with SIGKILL under a writer, 6 s "
+      "of I/O before each kill (a single crash each, restarted without "
+      "back-off); the time from the kill to the completion "
+      "of the first request sent (or re-sent) after it: the supervisor's "
+      "restart, the client's reconnect, and the new worker's answer.")
+    a("")
+    a("| client | kills | kill to first completion after it, median (min-max) | "
+      "writer saw an error |")
+    a("| --- | --- | --- | --- |")
+    labels = {"nbd": "NBD socket: acked-writes.py --reconnect, 8 in flight",
+              "loop": "loop fallback (blkstack-fuse + loop), QD1 O_DIRECT "
+                      "writes"}
+    for kind, r in recovery.items():
+        a(f"| {labels[kind]} | {r['kills']} | {fmt(r['median_ms'])} ms "
+          f"({fmt(r['min_ms'])}-{fmt(r['max_ms'])}) | "
+          f"{'YES' if r['writer_failed'] else 'no'} |")
     a("")
     a("## Targets")
     a("")

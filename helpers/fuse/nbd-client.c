@@ -41,9 +41,16 @@ enum {
 	Q_WAIT
 };
 
-/* Reconnect back-off: at once, then 50 ms doubling up to 1 s. */
-#define RETRY_FIRST_MS 50u
-#define RETRY_MAX_MS   1000u
+/*
+ * Reconnect back-off: at once, then every 20 ms for the first second of
+ * an outage (a supervised worker is back within about 100 ms, and an
+ * attempt on a dead socket is one refused connect), then 100 ms doubling
+ * up to 1 s.
+ */
+#define RETRY_FAST_MS	  20u
+#define RETRY_FAST_FOR_MS 1000u
+#define RETRY_FIRST_MS	  100u
+#define RETRY_MAX_MS	  1000u
 /* How long a handshake may take before the attempt counts as failed. */
 #define HANDSHAKE_MS 5000u
 /* The server's greeting: NBDMAGIC, IHAVEOPT, 16-bit handshake flags. */
@@ -366,7 +373,12 @@ static void conn_lost(struct bf_nbd *c, const char *why, int code)
 		       code ? strerror(code) : "");
 	}
 	bks_timer_arm(&c->retry_t, (uint64_t)c->backoff_ms * 1000000u);
-	c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : RETRY_FIRST_MS;
+	if (ms_since(c->outage_ns) < RETRY_FAST_FOR_MS)
+		c->backoff_ms = RETRY_FAST_MS;
+	else if (c->backoff_ms < RETRY_FIRST_MS)
+		c->backoff_ms = RETRY_FIRST_MS;
+	else
+		c->backoff_ms *= 2;
 	if (c->backoff_ms > RETRY_MAX_MS)
 		c->backoff_ms = RETRY_MAX_MS;
 	hold_check(c);

@@ -8,7 +8,8 @@
  * Reconnection: when the connection fails (EOF, a socket error, a reply
  * that breaks the protocol, NBD_ESHUTDOWN from a worker that is going
  * away), every unanswered request is kept.  The client connects again to
- * the same path at once, then after 50 ms doubling to 1 s, redoes the
+ * the same path at once, then every 20 ms for a second, then 100 ms
+ * doubling to 1 s, redoes the
  * handshake, checks that the export's size and read-only flag are the
  * ones of the first connection (else it is another disk: every request
  * fails with EIO, then and from then on), and re-sends every unanswered

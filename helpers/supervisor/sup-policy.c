@@ -104,8 +104,8 @@ bool sup_crash(struct sup_crashes *c, const struct sup_policy *p,
 	*delay_ms = 0;
 	if (c->n >= p->restart_limit)
 		return true;
-	/* A worker that ran a whole window was healthy: back-off resets. */
-	if (ran_ns >= window)
+	/* A worker that ran a while was healthy: back-off resets. */
+	if (ran_ns >= (uint64_t)SUP_STABLE_S * NS_PER_S)
 		c->next_delay_ms = 0;
 	*delay_ms = c->next_delay_ms;
 	if (c->next_delay_ms == 0)

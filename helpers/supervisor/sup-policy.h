@@ -20,9 +20,14 @@
 #define SUP_HANG_TIMEOUT_DEFAULT   30
 /* Bounds of restart-limit (a crash time is kept for each). */
 #define SUP_RESTART_LIMIT_MAX 100
-/* Back-off: the first restart at once, then 100 ms doubling to 5 s. */
+/*
+ * Back-off: the first restart at once, then 100 ms doubling to 5 s while
+ * the worker keeps crashing; a worker that ran SUP_STABLE_S seconds was
+ * healthy, and its crash is restarted at once again.
+ */
 #define SUP_BACKOFF_FIRST_MS 100u
 #define SUP_BACKOFF_MAX_MS   5000u
+#define SUP_STABLE_S	     5u
 
 struct sup_policy {
 	unsigned int restart_limit;  /* restart-limit: crashes ... */
@@ -51,8 +56,8 @@ struct sup_crashes {
  * Count a crash at now_ns of a worker that had run for ran_ns.  Returns
  * true if this is the restart_limit-th crash within restart_window
  * seconds: give up.  Else *delay_ms gets the back-off before the restart
- * (0 for the first, and again after a run of restart_window seconds or
- * more; then 100 ms doubling up to 5 s).
+ * (0 for the first, and again after a run of SUP_STABLE_S seconds or more;
+ * then 100 ms doubling up to 5 s).
  */
 bool sup_crash(struct sup_crashes *c, const struct sup_policy *p,
 	       uint64_t now_ns, uint64_t ran_ns, unsigned int *delay_ms);

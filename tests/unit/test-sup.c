@@ -56,6 +56,29 @@ static void test_window(void **state)
 	assert_true(sup_crash(&c, &p, 162 * S, 1 * S, &d));
 }
 
+/* A worker that ran SUP_STABLE_S was healthy: restarted at once again. */
+static void test_stable_run_resets(void **state)
+{
+	struct sup_policy p = pol;
+	struct sup_crashes c = {0};
+	unsigned int d;
+
+	(void)state;
+	p.restart_limit = 10;
+	assert_false(sup_crash(&c, &p, 100 * S, 1 * S, &d));
+	assert_false(sup_crash(&c, &p, 101 * S, 1 * S, &d));
+	assert_int_equal(d, 100);
+	assert_false(sup_crash(&c, &p, 102 * S, 1 * S, &d));
+	assert_int_equal(d, 200);
+	/* Ran just under SUP_STABLE_S: still backing off. */
+	assert_false(sup_crash(&c, &p, 106 * S, SUP_STABLE_S * S - 1, &d));
+	assert_int_equal(d, 400);
+	assert_false(sup_crash(&c, &p, 112 * S, SUP_STABLE_S * S, &d));
+	assert_int_equal(d, 0);
+	assert_false(sup_crash(&c, &p, 113 * S, 1 * S, &d));
+	assert_int_equal(d, 100);
+}
+
 /* The cap: 100, 200, ... never above 5 s. */
 static void test_backoff_cap(void **state)
 {
@@ -160,6 +183,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_backoff_and_give_up),
 	    cmocka_unit_test(test_window),
+	    cmocka_unit_test(test_stable_run_resets),
 	    cmocka_unit_test(test_backoff_cap),
 	    cmocka_unit_test(test_messages),
 	    cmocka_unit_test(test_hung),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""acked-writes [--reconnect SECONDS] [--depth N] SOCKET COUNT LOG
+"""acked-writes [--reconnect SECONDS] [--depth N] [--ack-times FILE] [--wrap BLOCKS] SOCKET COUNT LOG
 
 Write 4 KiB blocks over NBD.  Block i goes to offset i * 4096 and is
 filled with byte (i % 251) + 1.  Each write the server acknowledges
@@ -25,6 +25,17 @@ so is an outage longer than SECONDS (exit 1).  At the end it prints one
 line:  "acked=A reconnects=R longest_outage_ms=M"  where an outage runs
 from the failure to the first write acknowledged after it.  --depth
 alone prints the line too.
+
+--wrap BLOCKS: block i goes to offset (i % BLOCKS) * 4096 instead, so
+that a long run fits a small image (bench/run); a later write of a block
+then replaces an earlier one, so only a block's last logged write is
+what the image must hold.
+
+--ack-times FILE: for each acknowledged write, "SENT ACKED": the
+wall-clock times (CLOCK_REALTIME, ns, as `date +%s%N` prints them) at
+which it was last sent (a re-send counts) and acknowledged, a line each,
+flushed at once.  bench/run measures with it the time from a kill to
+the first acknowledgement of a write sent after the kill.
 """
 import argparse
 import errno
@@ -42,6 +53,7 @@ OPT_GO = 7
 REP_ACK = 1
 CMD_WRITE = 1
 CMD_DISC = 2
+WRAP = 0  # --wrap: blocks, 0 for none
 RETRY_S = 0.02
 
 
@@ -104,17 +116,23 @@ def reconnect(path, seconds, since):
         time.sleep(RETRY_S)
 
 
-def send_write(sock, i):
+def offset(i):
+    return (i % WRAP if WRAP else i) * 4096
+
+
+def send_write(sock, i, sent):
+    sent[i] = time.time_ns()
     byte = (i % 251) + 1
-    req = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, i, i * 4096,
+    req = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, i, offset(i),
                       4096)
     sock.sendall(req + bytes([byte]) * 4096)
 
 
-def run(args, log):
+def run(args, log, times):
     """Returns (acked, reconnects, longest outage in ms)."""
     sock = connect(args.socket)
     inflight = set()  # cookies (block numbers) sent, not acknowledged
+    sent = {}  # cookie: when it was last sent (CLOCK_REALTIME ns)
     next_i = 0
     acked = reconnects = 0
     longest = 0.0
@@ -125,7 +143,7 @@ def run(args, log):
                 while len(inflight) < args.depth and next_i < args.count:
                     inflight.add(next_i)
                     next_i += 1
-                    send_write(sock, next_i - 1)
+                    send_write(sock, next_i - 1, sent)
                 magic, error, cookie = struct.unpack(
                     ">IIQ", recv_exact(sock, 16))
             except (EOFError, OSError):
@@ -138,7 +156,7 @@ def run(args, log):
                 reconnects += 1
                 try:
                     for i in sorted(inflight):
-                        send_write(sock, i)
+                        send_write(sock, i, sent)
                 except (EOFError, OSError):
                     pass  # failed again at once: the next recv says so
                 continue
@@ -147,12 +165,16 @@ def run(args, log):
             if error != 0:
                 if args.reconnect is not None:
                     raise Failed("write %d (offset %d) failed: %s" %
-                                 (cookie, cookie * 4096,
+                                 (cookie, offset(cookie),
                                   errno.errorcode.get(error, error)))
                 return acked, reconnects, longest
             inflight.discard(cookie)
-            log.write("%d %d\n" % (cookie * 4096, (cookie % 251) + 1))
+            log.write("%d %d\n" % (offset(cookie), (cookie % 251) + 1))
             log.flush()
+            if times is not None:
+                times.write("%d %d\n" % (sent[cookie], time.time_ns()))
+                times.flush()
+            del sent[cookie]
             acked += 1
             if outage_since is not None:
                 longest = max(longest, time.monotonic() - outage_since)
@@ -176,20 +198,34 @@ def main():
                    "SECONDS per outage, re-sending unacknowledged writes")
     p.add_argument("--depth", type=int, default=1, metavar="N",
                    help="writes in flight at once (default 1)")
+    p.add_argument("--ack-times", metavar="FILE",
+                   help="write each acknowledged write's send and "
+                   "acknowledgement times (CLOCK_REALTIME ns)")
+    p.add_argument("--wrap", type=int, default=0, metavar="BLOCKS",
+                   help="write block i at (i %% BLOCKS) * 4096")
     p.add_argument("socket")
     p.add_argument("count", type=int)
     p.add_argument("log")
     args = p.parse_args()
+    global WRAP
+    if args.wrap < 0:
+        p.error("--wrap: at least 1 block")
+    WRAP = args.wrap
     if args.depth < 1 or args.depth > 1024:
         p.error("--depth: 1 to 1024")
     if args.reconnect is not None and not 0 < args.reconnect <= 3600:
         p.error("--reconnect: more than 0, at most 3600 seconds")
+    times = (open(args.ack_times, "w", encoding="ascii")
+             if args.ack_times else None)
     with open(args.log, "w", encoding="ascii") as log:
         try:
-            acked, reconnects, longest = run(args, log)
+            acked, reconnects, longest = run(args, log, times)
         except Failed as e:
             print("acked-writes: %s" % e, file=sys.stderr)
             return 1
+        finally:
+            if times is not None:
+                times.close()
     if args.reconnect is not None or args.depth > 1:
         print("acked=%d reconnects=%d longest_outage_ms=%d" %
               (acked, reconnects, int(longest * 1000)))
