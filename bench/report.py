@@ -489,10 +489,10 @@ def main():
     a("| --- | --- | --- | --- | --- | --- |")
     names = {"v2.version": "blkstack v2 version (the floor: process "
                            "start, one xenstore write)",
-             "v2.prepare": "blkstack v2 prepare (starts the worker and "
-                           "nbdfuse)",
+             "v2.prepare": "blkstack v2 prepare (starts the worker, its "
+                           "supervisor and blkstack-fuse)",
              "v2.add": "**blkstack v2 add** (after prepare: a loop "
-                       "device on prepare's nbdfuse)",
+                       "device on prepare's blkstack-fuse)",
              "v2.remove": "blkstack v2 remove",
              "v2.unprepare": "blkstack v2 unprepare",
              "v2.migration_add": "**blkstack v2 add, migration** (the "
@@ -512,7 +512,7 @@ def main():
       "Each time is one whole `xs-toolstack v2-run`/`v1-run` invocation "
       "(process start, the script, its xenstore traffic) against a private "
       "xenstored; BLKSTACK_DEVICE=loop, so blkstack's add is LOOP_CONFIGURE "
-      "on the nbdfuse file prepare started, plus the xenstore writes.  "
+      "on the blkstack-fuse file prepare started, plus the xenstore writes.  "
       "version does no work, so its time is the floor any action pays "
       "here: fork+exec of the toolstack driver, the shell script and the "
       "helper, and the xenstore connection.")
