@@ -47,6 +47,23 @@ struct worker_spec {
 int worker_conf_supervise(bool *yes, struct bks_error *err);
 
 /*
+ * The arguments every start of blkstack-worker or blkstack-supervisor
+ * begins with: argv[0] = exe, then --name, --chain, --rundir of s,
+ * --ready-fd ready_fd and --read-only if s says so.  argv has room for
+ * at least 10.  Returns how many it wrote (the caller appends its own and
+ * the NULL).  For worker_start() and blkstack-supervisor.
+ */
+int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
+		const char *ready_fd);
+
+/*
+ * fd moved to 3 or above (close-on-exec; the old fd closed), so stdio
+ * never clobbers it.  Returns the fd, or -errno (fd closed).  For the
+ * pipes and sockets worker_spawn()'s callers pass on.
+ */
+int worker_fd_above_stdio(int fd);
+
+/*
  * posix_spawn exe with argv (argv[0] first, NULL-terminated) in a session
  * of its own, stdio on /dev/null, the signal mask empty, and of our
  * descriptors only keep[0..nkeep) left open (close-on-exec cleared).
