@@ -89,9 +89,10 @@ int rundir_take_lock(const char *dir, const char *lock_file,
 	return rc;
 }
 
-int rundir_write_pid(const char *dir, const char *file, struct bks_error *err)
+int rundir_write_file(const char *dir, const char *file, const void *buf,
+		      size_t len, struct bks_error *err)
 {
-	char path[PATH_MAX + 32], tmp[PATH_MAX + 40], line[32];
+	char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
 	int fd, n, rc;
 
 	rc = join(dir, file, path, sizeof(path), err);
@@ -105,9 +106,8 @@ int rundir_write_pid(const char *dir, const char *file, struct bks_error *err)
 		  0644);
 	if (fd < 0)
 		return bks_error_set(err, errno, "open %s", tmp);
-	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
 	errno = 0;
-	if (write(fd, line, (size_t)n) != n)
+	if (write(fd, buf, len) != (ssize_t)len)
 		rc = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
 	close(fd);
 	if (rc == 0 && rename(tmp, path) < 0)
@@ -115,4 +115,12 @@ int rundir_write_pid(const char *dir, const char *file, struct bks_error *err)
 	if (rc < 0)
 		unlink(tmp);
 	return rc;
+}
+
+int rundir_write_pid(const char *dir, const char *file, struct bks_error *err)
+{
+	char line[32];
+	int n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+
+	return rundir_write_file(dir, file, line, (size_t)n, err);
 }

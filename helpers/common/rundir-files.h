@@ -34,10 +34,18 @@ int rundir_take_lock(const char *dir, const char *lock_file,
 		     struct bks_error *err);
 
 /*
- * Write dir/file as "PID\n" of this process, whole or not at all (a
- * temporary file dir/file.tmp renamed into place, removed on failure).
- * Called last in start-up, once the program serves.  Returns 0 or -errno
- * with err set.
+ * Write len bytes of buf as dir/file (mode 0644), whole or not at all: a
+ * temporary file dir/file.tmp renamed into place, removed on failure.
+ * For the pid files and supervisor.state.  Returns 0 or -errno with err
+ * set.
+ */
+int rundir_write_file(const char *dir, const char *file, const void *buf,
+		      size_t len, struct bks_error *err);
+
+/*
+ * Write dir/file as "PID\n" of this process (rundir_write_file).  Called
+ * last in start-up, once the program serves.  Returns 0 or -errno with
+ * err set.
  */
 int rundir_write_pid(const char *dir, const char *file, struct bks_error *err);
 
