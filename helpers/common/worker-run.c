@@ -20,8 +20,10 @@
 #include "ctl-client.h"
 #include "deadline.h"
 #include "lockfile.h"
+#include "ready-fd.h"
 #include "rundir.h"
 #include "worker-live.h"
+#include "worker-name.h"
 #include "worker-run.h"
 
 extern char **environ;
@@ -243,6 +245,50 @@ int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
 	if (s->read_only)
 		argv[argc++] = "--read-only";
 	return argc;
+}
+
+int worker_args_take(int c, const char *arg, struct worker_spec *s,
+		     int *ready_fd, const char *prog)
+{
+	switch (c) {
+	case 'n':
+		s->name = arg;
+		return 1;
+	case 'c':
+		s->chain = arg;
+		return 1;
+	case 'r':
+		s->rundir = arg;
+		return 1;
+	case 'R':
+		s->read_only = true;
+		return 1;
+	case 'F':
+		if (ready_fd_parse(arg, 0, ready_fd) < 0) {
+			fprintf(stderr, "%s: bad --ready-fd '%s'\n", prog, arg);
+			return -EINVAL;
+		}
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int worker_args_finish(struct worker_spec *s, const char *prog)
+{
+	if (!worker_name_valid(s->name)) {
+		fprintf(stderr,
+			"%s: bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
+			"'.' or '..'\n",
+			prog, WORKER_NAME_MAX);
+		return -EINVAL;
+	}
+	if (!s->rundir) {
+		s->rundir = getenv("BLKSTACK_RUNDIR");
+		if (!s->rundir || !*s->rundir)
+			s->rundir = DEFAULT_RUNDIR;
+	}
+	return 0;
 }
 
 int worker_read_ready(int fd, int timeout_ms, char *buf, size_t size)

@@ -226,39 +226,22 @@ static void usage(FILE *f)
 static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 {
 	static const struct option longopts[] = {
-	    {"name", required_argument, NULL, 'n'},
-	    {"chain", required_argument, NULL, 'c'},
-	    {"rundir", required_argument, NULL, 'r'},
-	    {"read-only", no_argument, NULL, 'R'},
-	    {"ready-fd", required_argument, NULL, 'F'},
+	    WORKER_ARGS_OPTIONS,
 	    {"worker", required_argument, NULL, 'w'},
 	    {"xs-error-path", required_argument, NULL, 'x'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	int c;
+	struct worker_spec ws = {0};
+	int c, taken;
 
 	while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+		taken = worker_args_take(c, optarg, &ws, &r->ready_fd, PROG);
+		if (taken < 0)
+			return 2;
+		if (taken)
+			continue;
 		switch (c) {
-		case 'n':
-			s->name = optarg;
-			break;
-		case 'c':
-			s->chain = optarg;
-			break;
-		case 'r':
-			s->rundir = optarg;
-			break;
-		case 'R':
-			s->read_only = true;
-			break;
-		case 'F':
-			if (ready_fd_parse(optarg, 0, &r->ready_fd) < 0) {
-				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
-					optarg);
-				return 2;
-			}
-			break;
 		case 'w':
 			s->worker_exe = optarg;
 			break;
@@ -282,22 +265,16 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 	}
 	s->extra = argv + optind;
 	s->nextra = argc - optind;
-	if (!s->name || !s->chain) {
+	if (!ws.name || !ws.chain) {
 		usage(stderr);
 		return 2;
 	}
-	if (!worker_name_valid(s->name)) {
-		fprintf(stderr,
-			PROG ": bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
-			     "'.' or '..'\n",
-			WORKER_NAME_MAX);
+	if (worker_args_finish(&ws, PROG) < 0)
 		return 2;
-	}
-	if (!s->rundir) {
-		s->rundir = getenv("BLKSTACK_RUNDIR");
-		if (!s->rundir || !*s->rundir)
-			s->rundir = DEFAULT_RUNDIR;
-	}
+	s->name = ws.name;
+	s->chain = ws.chain;
+	s->rundir = ws.rundir;
+	s->read_only = ws.read_only;
 	return 0;
 }
 

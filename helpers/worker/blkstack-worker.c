@@ -50,6 +50,7 @@
 #include "rundir-files.h"
 #include "rundir.h"
 #include "worker-ctl.h"
+#include "worker-run.h"
 #include "worker-state.h"
 #include "worker-super.h"
 #include "worker.h"
@@ -59,10 +60,7 @@
 #define STOP_TIMEOUT_NS (30ull * 1000000000ull)
 
 struct opts {
-	const char *name;
-	const char *chain;
-	const char *rundir;
-	bool read_only;
+	struct worker_spec spec; /* name, chain, rundir, read_only */
 	bool foreground;
 	int ready_fd;
 	int super_fd; /* --supervisor-fd, -1: none */
@@ -448,13 +446,13 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	int rc, n;
 
 	umask(077);
-	rc = rundir_ensure_dir(o->rundir, 0755, err);
+	rc = rundir_ensure_dir(o->spec.rundir, 0755, err);
 	if (rc < 0)
 		return rc;
-	n = snprintf(w->dir, sizeof(w->dir), "%s/%s", o->rundir, w->name);
+	n = snprintf(w->dir, sizeof(w->dir), "%s/%s", o->spec.rundir, w->name);
 	if (n < 0 || (size_t)n >= sizeof(w->dir))
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
-					o->rundir, w->name);
+					o->spec.rundir, w->name);
 	rc = take_lock(w, r, err);
 	if (rc < 0)
 		return rc;
@@ -598,42 +596,25 @@ static int parse_timeouts(const char *arg, struct opts *o)
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
 	static const struct option longopts[] = {
-	    {"name", required_argument, NULL, 'n'},
-	    {"chain", required_argument, NULL, 'c'},
-	    {"rundir", required_argument, NULL, 'r'},
-	    {"read-only", no_argument, NULL, 'R'},
+	    WORKER_ARGS_OPTIONS,
 	    {"foreground", no_argument, NULL, 'f'},
-	    {"ready-fd", required_argument, NULL, 'F'},
 	    {"timeouts", required_argument, NULL, 'T'},
 	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	int c;
+	int c, taken;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		taken =
+		    worker_args_take(c, optarg, &o->spec, &o->ready_fd, PROG);
+		if (taken < 0)
+			return 2;
+		if (taken)
+			continue;
 		switch (c) {
-		case 'n':
-			o->name = optarg;
-			break;
-		case 'c':
-			o->chain = optarg;
-			break;
-		case 'r':
-			o->rundir = optarg;
-			break;
-		case 'R':
-			o->read_only = true;
-			break;
 		case 'f':
 			o->foreground = true;
-			break;
-		case 'F':
-			if (ready_fd_parse(optarg, 0, &o->ready_fd) < 0) {
-				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
-					optarg);
-				return 2;
-			}
 			break;
 		case 'S':
 			if (ready_fd_parse(optarg, 3, &o->super_fd) < 0) {
@@ -661,23 +642,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			return 2;
 		}
 	}
-	if (optind != argc || !o->name || !o->chain) {
+	if (optind != argc || !o->spec.name || !o->spec.chain) {
 		usage(stderr);
 		return 2;
 	}
-	if (!worker_name_valid(o->name)) {
-		fprintf(stderr,
-			PROG ": bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
-			     "'.' or '..'\n",
-			WORKER_NAME_MAX);
-		return 2;
-	}
-	if (!o->rundir) {
-		o->rundir = getenv("BLKSTACK_RUNDIR");
-		if (!o->rundir || !*o->rundir)
-			o->rundir = DEFAULT_RUNDIR;
-	}
-	return 0;
+	return worker_args_finish(&o->spec, PROG) < 0 ? 2 : 0;
 }
 
 int main(int argc, char **argv)
@@ -701,9 +670,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	close_inherited(o.ready_fd, o.super_fd);
-	w.name = o.name;
-	w.chain_str = o.chain;
-	w.read_only = o.read_only;
+	w.name = o.spec.name;
+	w.chain_str = o.spec.chain;
+	w.read_only = o.spec.read_only;
 	w.foreground = o.foreground;
 	w.ctl_idle_ms = o.ctl_idle_ms;
 	w.started_ns = bks_now_ns();
