@@ -73,14 +73,26 @@ void ready_report(int fd, const struct bks_error *err)
 		      (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-int stop_signals_watch(struct bks_loop *loop, struct bks_watch *w, int *fdp,
-		       const int *sigs, bks_watch_fn *fn, void *opaque,
-		       struct bks_error *err)
+static void on_signals(struct bks_watch *w, uint32_t events)
+{
+	struct stop_signals *ss = w->opaque;
+	struct signalfd_siginfo si;
+
+	(void)events;
+	while (read(ss->fd, &si, sizeof(si)) == sizeof(si))
+		ss->fn(ss->opaque, si.ssi_signo);
+}
+
+int stop_signals_start(struct stop_signals *ss, struct bks_loop *loop,
+		       const int *sigs,
+		       void (*fn)(void *opaque, unsigned int signo),
+		       void *opaque, struct bks_error *err)
 {
 	sigset_t set;
 	int rc;
 
-	*fdp = -1;
+	ss->fn = fn;
+	ss->opaque = opaque;
 	/* A starter that ignores SIGPIPE or not: we never take it. */
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&set);
@@ -88,11 +100,20 @@ int stop_signals_watch(struct bks_loop *loop, struct bks_watch *w, int *fdp,
 		sigaddset(&set, *s);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return bks_error_set(err, errno, "sigprocmask");
-	*fdp = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (*fdp < 0)
+	ss->fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (ss->fd < 0)
 		return bks_error_set(err, errno, "signalfd");
-	rc = bks_watch_add(loop, w, *fdp, EPOLLIN, fn, opaque);
+	rc = bks_watch_add(loop, &ss->watch, ss->fd, EPOLLIN, on_signals, ss);
 	if (rc < 0)
 		return bks_error_set(err, -rc, "watch signals");
 	return 0;
+}
+
+void stop_signals_stop(struct stop_signals *ss)
+{
+	if (ss->fd < 0)
+		return;
+	bks_watch_del(&ss->watch);
+	close(ss->fd);
+	ss->fd = -1;
 }

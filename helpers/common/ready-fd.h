@@ -41,15 +41,32 @@ void ready_forward(int fd, const char *text, size_t len);
  */
 void ready_report(int fd, const struct bks_error *err);
 
+/* A program's stop signals, read from a signalfd on its loop. */
+struct stop_signals {
+	struct bks_watch watch;
+	int fd; /* -1 (STOP_SIGNALS_INIT) until stop_signals_start() */
+	void (*fn)(void *opaque, unsigned int signo);
+	void *opaque;
+};
+
+#define STOP_SIGNALS_INIT                                                      \
+	{                                                                      \
+		.fd = -1                                                       \
+	}
+
 /*
- * The stop signals, 0-terminated sigs (e.g. SIGTERM, SIGINT), blocked and
- * read from a signalfd (*fdp, non-blocking, close-on-exec) watched by w on
- * loop, which calls fn(w, events) with opaque; SIGPIPE is ignored.  The
- * caller removes the watch and closes *fdp.  Returns 0 or -errno with err
- * set (*fdp -1 unless the signalfd was made).
+ * Block the 0-terminated sigs (e.g. SIGTERM, SIGINT) and read them from a
+ * signalfd (non-blocking, close-on-exec) watched on loop: fn(opaque,
+ * signo) for each one received.  SIGPIPE is ignored.  ss must start as
+ * STOP_SIGNALS_INIT; stop_signals_stop() undoes it, after a failure too.
+ * Returns 0 or -errno with err set.
  */
-int stop_signals_watch(struct bks_loop *loop, struct bks_watch *w, int *fdp,
-		       const int *sigs, bks_watch_fn *fn, void *opaque,
-		       struct bks_error *err);
+int stop_signals_start(struct stop_signals *ss, struct bks_loop *loop,
+		       const int *sigs,
+		       void (*fn)(void *opaque, unsigned int signo),
+		       void *opaque, struct bks_error *err);
+
+/* Stop watching and close the signalfd (nothing if never started). */
+void stop_signals_stop(struct stop_signals *ss);
 
 #endif /* BLKSTACK_READY_FD_H */

@@ -82,9 +82,8 @@ struct fuse_main {
 	struct bf_nbd *nbd;
 	struct bf_fuse *fuse;
 	struct bf_log log;
-	struct bks_watch sig_w;
+	struct stop_signals sig;
 	struct bks_timer stop_t;
-	int sig_fd;
 	bool stopping, quit;
 };
 
@@ -220,38 +219,32 @@ static void on_stop_timer(struct bks_timer *t)
 	m->quit = true;
 }
 
-static void on_signal(struct bks_watch *w, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct fuse_main *m = w->opaque;
-	struct signalfd_siginfo si;
+	struct fuse_main *m = opaque;
 	struct bks_error err = {0};
 
-	(void)events;
-	while (read(m->sig_fd, &si, sizeof(si)) == sizeof(si)) {
-		if (si.ssi_signo == SIGUSR1) {
-			bf_nbd_hurry(m->nbd, HURRY_MS);
-			continue;
-		}
-		if (m->stopping)
-			continue;
-		m->stopping = true;
-		bf_log(&m->log, LOG_INFO, "signal %u: unmounting",
-		       si.ssi_signo);
-		if (bf_fuse_detach(m->fuse, &err) < 0) {
-			bf_log(&m->log, LOG_ERR, "%s", err.msg);
-			m->quit = true;
-			return;
-		}
-		bks_timer_arm(&m->stop_t, (uint64_t)STOP_MS * 1000000u);
+	if (signo == SIGUSR1) {
+		bf_nbd_hurry(m->nbd, HURRY_MS);
+		return;
 	}
+	if (m->stopping)
+		return;
+	m->stopping = true;
+	bf_log(&m->log, LOG_INFO, "signal %u: unmounting", signo);
+	if (bf_fuse_detach(m->fuse, &err) < 0) {
+		bf_log(&m->log, LOG_ERR, "%s", err.msg);
+		m->quit = true;
+		return;
+	}
+	bks_timer_arm(&m->stop_t, (uint64_t)STOP_MS * 1000000u);
 }
 
 static int setup_signals(struct fuse_main *m, struct bks_error *err)
 {
 	static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, 0};
 
-	return stop_signals_watch(m->loop, &m->sig_w, &m->sig_fd, sigs,
-				  on_signal, m, err);
+	return stop_signals_start(&m->sig, m->loop, sigs, on_signal, m, err);
 }
 
 static int start(struct fuse_main *m, const struct opts *o,
@@ -302,7 +295,7 @@ static int start(struct fuse_main *m, const struct opts *o,
 int main(int argc, char **argv)
 {
 	struct opts o = {.ready_fd = -1, .timeout = -1};
-	struct fuse_main m = {.sig_fd = -1};
+	struct fuse_main m = {.sig = STOP_SIGNALS_INIT};
 	struct bks_error err = {0};
 	int status = 1;
 
@@ -339,10 +332,7 @@ out:
 		bf_nbd_fail_all(m.nbd, -EIO);
 	bf_fuse_free(m.fuse);
 	bf_nbd_free(m.nbd);
-	if (m.sig_fd >= 0) {
-		bks_watch_del(&m.sig_w);
-		close(m.sig_fd);
-	}
+	stop_signals_stop(&m.sig);
 	if (m.loop) {
 		bks_timer_cancel(&m.stop_t);
 		bks_loop_free(m.loop);

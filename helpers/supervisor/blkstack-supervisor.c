@@ -65,8 +65,8 @@
 
 /* What main holds; closed in one place. */
 struct res {
-	int lock_fd, sig_fd, ready_fd;
-	struct bks_watch sig_watch;
+	int lock_fd, ready_fd;
+	struct stop_signals sig;
 	bool pid_file;
 	char exe[PATH_MAX];
 };
@@ -123,16 +123,12 @@ static int write_pid(struct sup *s, struct res *r, struct bks_error *err)
 	return rc;
 }
 
-static void on_signal(struct bks_watch *w, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct sup *s = w->opaque;
-	struct signalfd_siginfo si;
+	struct sup *s = opaque;
 
-	(void)events;
-	while (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
-		sup_log(s, LOG_INFO, "signal %u: stopping", si.ssi_signo);
-		sup_stop(s);
-	}
+	sup_log(s, LOG_INFO, "signal %u: stopping", signo);
+	sup_stop(s);
 }
 
 static int setup_signals(struct sup *s, struct res *r, struct bks_error *err)
@@ -140,8 +136,7 @@ static int setup_signals(struct sup *s, struct res *r, struct bks_error *err)
 	static const int sigs[] = {SIGTERM, SIGINT, 0};
 
 	signal(SIGHUP, SIG_IGN);
-	return stop_signals_watch(s->loop, &r->sig_watch, &r->sig_fd, sigs,
-				  on_signal, s, err);
+	return stop_signals_start(&r->sig, s->loop, sigs, on_signal, s, err);
 }
 
 /* Write a readiness report to the starter (if any) and close it. */
@@ -320,10 +315,7 @@ static void cleanup(struct sup *s, struct res *r, bool remove_all)
 	struct bks_error err = {0};
 
 	sup_forget_worker(s);
-	if (r->sig_fd >= 0) {
-		bks_watch_del(&r->sig_watch);
-		close(r->sig_fd);
-	}
+	stop_signals_stop(&r->sig);
 	if (s->loop)
 		bks_loop_free(s->loop);
 	if (r->lock_fd >= 0 && remove_all) {
@@ -343,7 +335,8 @@ static void cleanup(struct sup *s, struct res *r, bool remove_all)
 int main(int argc, char **argv)
 {
 	struct sup s = {.pidfd = -1, .chan_fd = -1, .ready_fd = -1};
-	struct res r = {.lock_fd = -1, .sig_fd = -1, .ready_fd = -1};
+	struct res r = {
+	    .lock_fd = -1, .sig = STOP_SIGNALS_INIT, .ready_fd = -1};
 	struct bks_error err = {0};
 	int rc;
 

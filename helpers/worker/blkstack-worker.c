@@ -70,8 +70,8 @@ struct opts {
 
 /* What main holds open; closed in one place. */
 struct res {
-	int lock_fd, nbd_fd, ctl_fd, sig_fd;
-	struct bks_watch sig_watch;
+	int lock_fd, nbd_fd, ctl_fd;
+	struct stop_signals sig;
 	bool nbd_sock, ctl_sock, pid_file; /* created: remove at exit */
 	bool locked;			   /* we hold DIR/NAME/lock */
 };
@@ -290,16 +290,12 @@ static void worker_shutdown(struct worker *w)
 	bks_export_shutdown(w->nbd, nbd_down, w);
 }
 
-static void on_signal(struct bks_watch *watch, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct worker *w = watch->opaque;
-	struct signalfd_siginfo si;
+	struct worker *w = opaque;
 
-	(void)events;
-	while (read(watch->fd, &si, sizeof(si)) == sizeof(si)) {
-		worker_log(w, LOG_INFO, "signal %u", si.ssi_signo);
-		worker_shutdown(w);
-	}
+	worker_log(w, LOG_INFO, "signal %u", signo);
+	worker_shutdown(w);
 }
 
 /* w->dir/name, or -ENAMETOOLONG. */
@@ -396,8 +392,7 @@ static int setup_signals(struct worker *w, struct res *r, struct bks_error *err)
 	static const int sigs[] = {SIGTERM, SIGINT, 0};
 
 	signal(SIGHUP, SIG_IGN);
-	return stop_signals_watch(w->loop, &r->sig_watch, &r->sig_fd, sigs,
-				  on_signal, w, err);
+	return stop_signals_start(&r->sig, w->loop, sigs, on_signal, w, err);
 }
 
 /* What the control socket calls up to. */
@@ -503,10 +498,7 @@ static void cleanup(struct worker *w, struct res *r)
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
 	bks_export_free(w->nbd);
-	if (r->sig_fd >= 0) {
-		bks_watch_del(&r->sig_watch);
-		close(r->sig_fd);
-	}
+	stop_signals_stop(&r->sig);
 	if (r->nbd_fd >= 0)
 		close(r->nbd_fd);
 	if (r->ctl_fd >= 0)
@@ -652,8 +644,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 int main(int argc, char **argv)
 {
 	struct opts o = {.ready_fd = -1, .super_fd = -1};
-	struct res r = {
-	    .lock_fd = -1, .nbd_fd = -1, .ctl_fd = -1, .sig_fd = -1};
+	struct res r = {.lock_fd = -1,
+			.nbd_fd = -1,
+			.ctl_fd = -1,
+			.sig = STOP_SIGNALS_INIT};
 	struct worker w = {0};
 	struct bks_error err = {0};
 	int rc;
