@@ -320,8 +320,8 @@ static int take_lock(struct worker *w, struct res *r, struct bks_error *err)
 	char pid[32];
 	int rc;
 
-	rc = rundir_take_lock(w->dir, "lock", "pid", &r->lock_fd, pid,
-			      sizeof(pid), err);
+	rc = rundir_take_lock(w->dir, WORKER_FILE_LOCK, WORKER_FILE_PID,
+			      &r->lock_fd, pid, sizeof(pid), err);
 	if (rc == 0)
 		r->locked = true;
 	if (rc != -EWOULDBLOCK)
@@ -380,7 +380,7 @@ out:
 /* DIR/NAME/pid, written whole or not at all. */
 static int write_pid(struct worker *w, struct res *r, struct bks_error *err)
 {
-	int rc = rundir_write_pid(w->dir, "pid", err);
+	int rc = rundir_write_pid(w->dir, WORKER_FILE_PID, err);
 
 	if (rc == 0)
 		r->pid_file = true;
