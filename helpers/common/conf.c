@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -126,4 +127,40 @@ int conf_find(const char *text, const char *name, const char *key,
 		line = next;
 	}
 	return 0;
+}
+
+int conf_word(const char *text, const char *name, const char *key,
+	      const char *const *words, unsigned int *index,
+	      struct bks_error *err)
+{
+	char list[128] = "";
+	const char *v;
+	unsigned int line, i;
+	size_t len, used = 0;
+	bool found;
+	int rc;
+
+	rc = conf_find(text, name, key, &v, &len, &line, &found, err);
+	if (rc < 0 || !found)
+		return rc;
+	for (i = 0; words[i]; i++) {
+		if (strlen(words[i]) == len && strncmp(v, words[i], len) == 0) {
+			*index = i;
+			return 0;
+		}
+	}
+	for (i = 0; words[i] && used < sizeof(list); i++) {
+		int n = snprintf(list + used, sizeof(list) - used, "%s%s",
+				 i == 0		? ""
+				 : words[i + 1] ? ", "
+						: " or ",
+				 words[i]);
+
+		if (n < 0)
+			break;
+		used += (size_t)n;
+	}
+	return bks_error_setmsg(err, EINVAL, "%s:%u: %s: '%.*s' is not %s",
+				name, line, key, (int)(len > 32 ? 32 : len), v,
+				list);
 }

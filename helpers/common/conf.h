@@ -34,6 +34,17 @@ int conf_find(const char *text, const char *name, const char *key,
 	      struct bks_error *err);
 
 /*
+ * Find key in text (as conf_find) and match its value with words, a
+ * NULL-terminated list: *index gets the position of the word it is, and
+ * stays as it was when key is absent.  Any other value is -EINVAL with
+ * err "NAME:LINE: KEY: 'VALUE' is not W1 or W2" (the words listed).  For
+ * the modules' yes|no and one-of keys.  Returns 0 or -errno with err set.
+ */
+int conf_word(const char *text, const char *name, const char *key,
+	      const char *const *words, unsigned int *index,
+	      struct bks_error *err);
+
+/*
  * Read a small file whole into a malloc'd, NUL-terminated string (with a
  * spare NUL, for NUL-separated lists such as /proc/PID/cmdline), refusing
  * one of max bytes or more (-EFBIG).  Returns 0 or -errno (err may be

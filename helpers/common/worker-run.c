@@ -20,8 +20,10 @@
 #include "ctl-client.h"
 #include "deadline.h"
 #include "lockfile.h"
+#include "ready-fd.h"
 #include "rundir.h"
 #include "worker-live.h"
+#include "worker-name.h"
 #include "worker-run.h"
 
 extern char **environ;
@@ -137,10 +139,24 @@ static int cleanup_after(const char *rundir, const char *name,
 	return rc;
 }
 
+/* After a stop saw worker pid exit: its leftovers go, *out says so. */
+static int stopped(const char *rundir, const char *name, pid_t pid,
+		   struct worker_stopped *out, struct bks_error *err)
+{
+	int rc = cleanup_after(rundir, name, err);
+
+	if (rc < 0) {
+		bks_error_prepend(err, "worker %s: ", name);
+		return rc;
+	}
+	out->how = WORKER_STOPPED;
+	out->pid = pid;
+	return 0;
+}
+
 /* ---- start --------------------------------------------------------------- */
 
-/* fd moved to 3 or above (close-on-exec), so stdio never clobbers it. */
-static int above_stdio(int fd)
+int worker_fd_above_stdio(int fd)
 {
 	int nfd;
 
@@ -199,17 +215,7 @@ static int spawn_worker(const struct worker_spec *s, const char *sup_exe,
 	int argc = 0;
 
 	snprintf(fdstr, sizeof(fdstr), "%d", ready_fd);
-	argv[argc++] = sup_exe ? sup_exe : s->exe;
-	argv[argc++] = "--name";
-	argv[argc++] = s->name;
-	argv[argc++] = "--chain";
-	argv[argc++] = s->chain;
-	argv[argc++] = "--rundir";
-	argv[argc++] = s->rundir;
-	argv[argc++] = "--ready-fd";
-	argv[argc++] = fdstr;
-	if (s->read_only)
-		argv[argc++] = "--read-only";
+	argc = worker_args(argv, sup_exe ? sup_exe : s->exe, s, fdstr);
 	if (sup_exe) {
 		argv[argc++] = "--worker";
 		argv[argc++] = s->exe;
@@ -220,6 +226,69 @@ static int spawn_worker(const struct worker_spec *s, const char *sup_exe,
 	}
 	argv[argc] = NULL;
 	return worker_spawn(argv[0], argv, &ready_fd, 1, pid, err);
+}
+
+int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
+		const char *ready_fd)
+{
+	int argc = 0;
+
+	argv[argc++] = exe;
+	argv[argc++] = "--name";
+	argv[argc++] = s->name;
+	argv[argc++] = "--chain";
+	argv[argc++] = s->chain;
+	argv[argc++] = "--rundir";
+	argv[argc++] = s->rundir;
+	argv[argc++] = "--ready-fd";
+	argv[argc++] = ready_fd;
+	if (s->read_only)
+		argv[argc++] = "--read-only";
+	return argc;
+}
+
+int worker_args_take(int c, const char *arg, struct worker_spec *s,
+		     int *ready_fd, const char *prog)
+{
+	switch (c) {
+	case 'n':
+		s->name = arg;
+		return 1;
+	case 'c':
+		s->chain = arg;
+		return 1;
+	case 'r':
+		s->rundir = arg;
+		return 1;
+	case 'R':
+		s->read_only = true;
+		return 1;
+	case 'F':
+		if (ready_fd_parse(arg, 0, ready_fd) < 0) {
+			fprintf(stderr, "%s: bad --ready-fd '%s'\n", prog, arg);
+			return -EINVAL;
+		}
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int worker_args_finish(struct worker_spec *s, const char *prog)
+{
+	if (!worker_name_valid(s->name)) {
+		fprintf(stderr,
+			"%s: bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
+			"'.' or '..'\n",
+			prog, WORKER_NAME_MAX);
+		return -EINVAL;
+	}
+	if (!s->rundir) {
+		s->rundir = getenv("BLKSTACK_RUNDIR");
+		if (!s->rundir || !*s->rundir)
+			s->rundir = DEFAULT_RUNDIR;
+	}
+	return 0;
 }
 
 int worker_read_ready(int fd, int timeout_ms, char *buf, size_t size)
@@ -281,29 +350,18 @@ static int ready_error(const char *name, char *buf, struct bks_error *err)
 
 int worker_conf_supervise(bool *yes, struct bks_error *err)
 {
-	const char *name, *v;
+	static const char *const words[] = {"yes", "no", NULL};
+	unsigned int which = 0;
+	const char *name;
 	char *text = NULL;
-	unsigned int line;
-	size_t len;
-	bool found;
 	int rc;
 
 	*yes = true;
 	rc = conf_read(&text, &name, err);
-	if (rc < 0)
-		goto out;
-	rc = conf_find(text, name, "supervise", &v, &len, &line, &found, err);
-	if (rc < 0 || !found)
-		goto out;
-	if (len == 2 && strncmp(v, "no", 2) == 0)
-		*yes = false;
-	else if (!(len == 3 && strncmp(v, "yes", 3) == 0))
-		rc =
-		    bks_error_setmsg(err, EINVAL,
-				     "%s:%u: supervise: '%.*s' is not yes or "
-				     "no",
-				     name, line, (int)(len > 32 ? 32 : len), v);
-out:
+	if (rc == 0)
+		rc = conf_word(text, name, "supervise", words, &which, err);
+	if (rc == 0)
+		*yes = which == 0;
 	free(text);
 	return rc;
 }
@@ -360,8 +418,8 @@ int worker_start(const struct worker_spec *s, pid_t *pidp,
 		return bks_error_prepend(err, "worker %s: ", s->name);
 	if (pipe2(fds, O_CLOEXEC) < 0)
 		return bks_error_set(err, errno, "worker %s: pipe", s->name);
-	fds[0] = above_stdio(fds[0]);
-	fds[1] = above_stdio(fds[1]);
+	fds[0] = worker_fd_above_stdio(fds[0]);
+	fds[1] = worker_fd_above_stdio(fds[1]);
 	if (fds[0] < 0 || fds[1] < 0) {
 		rc = bks_error_set(err, -(fds[0] < 0 ? fds[0] : fds[1]),
 				   "worker %s: pipe", s->name);
@@ -561,13 +619,7 @@ static int stop_supervised(const char *rundir, const char *name,
 				   name, (int)sp->pid);
 		goto out;
 	}
-	rc = cleanup_after(rundir, name, err);
-	if (rc < 0) {
-		bks_error_prepend(err, "worker %s: ", name);
-		goto out;
-	}
-	out->how = WORKER_STOPPED;
-	out->pid = wp.pid;
+	rc = stopped(rundir, name, wp.pid, out, err);
 out:
 	if (spfd >= 0)
 		close(spfd);
@@ -662,13 +714,7 @@ int worker_stop(const char *rundir, const char *name, int timeout_ms,
 				   (int)p.pid);
 		goto out;
 	}
-	rc = cleanup_after(rundir, name, err);
-	if (rc < 0) {
-		bks_error_prepend(err, "worker %s: ", name);
-		goto out;
-	}
-	out->how = WORKER_STOPPED;
-	out->pid = p.pid;
+	rc = stopped(rundir, name, p.pid, out, err);
 out:
 	ctl_client_close(&cl);
 	if (pidfd >= 0)

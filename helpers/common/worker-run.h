@@ -47,6 +47,53 @@ struct worker_spec {
 int worker_conf_supervise(bool *yes, struct bks_error *err);
 
 /*
+ * The arguments every start of blkstack-worker or blkstack-supervisor
+ * begins with: argv[0] = exe, then --name, --chain, --rundir of s,
+ * --ready-fd ready_fd and --read-only if s says so.  argv has room for
+ * at least 10.  Returns how many it wrote (the caller appends its own and
+ * the NULL).  For worker_start() and blkstack-supervisor.
+ */
+int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
+		const char *ready_fd);
+
+/*
+ * The options worker_args() writes, for a receiver's getopt_long table
+ * (blkstack-worker, blkstack-supervisor): their values are 'n', 'c', 'r',
+ * 'R' and 'F', which the receiver leaves to worker_args_take().
+ */
+#define WORKER_ARGS_OPTIONS                                                    \
+	{"name", required_argument, NULL, 'n'},                                \
+	    {"chain", required_argument, NULL, 'c'},                           \
+	    {"rundir", required_argument, NULL, 'r'},                          \
+	    {"read-only", no_argument, NULL, 'R'},                             \
+	{                                                                      \
+		"ready-fd", required_argument, NULL, 'F'                       \
+	}
+
+/*
+ * Take getopt_long()'s c and its arg into s (name, chain, rundir,
+ * read_only) or *ready_fd if c is one of WORKER_ARGS_OPTIONS.  Returns 1
+ * if it was, 0 if not (the caller's own option), or -EINVAL for a bad
+ * --ready-fd (said on stderr after prog).
+ */
+int worker_args_take(int c, const char *arg, struct worker_spec *s,
+		     int *ready_fd, const char *prog);
+
+/*
+ * After the options, with s->name and s->chain given: check the name
+ * (worker_name_valid(), said on stderr after prog) and default rundir to
+ * $BLKSTACK_RUNDIR, else DEFAULT_RUNDIR.  Returns 0 or -EINVAL.
+ */
+int worker_args_finish(struct worker_spec *s, const char *prog);
+
+/*
+ * fd moved to 3 or above (close-on-exec; the old fd closed), so stdio
+ * never clobbers it.  Returns the fd, or -errno (fd closed).  For the
+ * pipes and sockets worker_spawn()'s callers pass on.
+ */
+int worker_fd_above_stdio(int fd);
+
+/*
  * posix_spawn exe with argv (argv[0] first, NULL-terminated) in a session
  * of its own, stdio on /dev/null, the signal mask empty, and of our
  * descriptors only keep[0..nkeep) left open (close-on-exec cleared).

@@ -56,6 +56,7 @@
 #include "fuse-log.h"
 #include "fuse-serve.h"
 #include "nbd-client.h"
+#include "ready-fd.h"
 
 #define PROG "blkstack-fuse"
 /* The first connection's deadline. */
@@ -81,9 +82,8 @@ struct fuse_main {
 	struct bf_nbd *nbd;
 	struct bf_fuse *fuse;
 	struct bf_log log;
-	struct bks_watch sig_w;
+	struct stop_signals sig;
 	struct bks_timer stop_t;
-	int sig_fd;
 	bool stopping, quit;
 };
 
@@ -143,13 +143,11 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			o->foreground = true;
 			break;
 		case 'F':
-			if (parse_count(optarg, strlen(optarg), INT_MAX, &v) <
-			    0) {
+			if (ready_fd_parse(optarg, 0, &o->ready_fd) < 0) {
 				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
 					optarg);
 				return -EINVAL;
 			}
-			o->ready_fd = (int)v;
 			break;
 		case 't':
 			if (parse_count(optarg, strlen(optarg), RECONNECT_MAX,
@@ -211,26 +209,6 @@ static int conf_timeout(unsigned int *out, struct bks_error *err)
 	return ret;
 }
 
-static void report_ready(int fd, const struct bks_error *err)
-{
-	char line[BKS_ERROR_MSG_MAX + 64];
-	int n;
-
-	if (fd < 0)
-		return;
-	if (err)
-		n = snprintf(
-		    line, sizeof(line), "error: %s\nerrno: %s\n", err->msg,
-		    strerrorname_np(err->code) ? strerrorname_np(err->code)
-					       : "EIO");
-	else
-		n = snprintf(line, sizeof(line), "ok\n");
-	if (n > 0 && write(fd, line, (size_t)n) < 0) {
-		/* The starter went away; nothing to tell. */
-	}
-	close(fd);
-}
-
 static void on_stop_timer(struct bks_timer *t)
 {
 	struct fuse_main *m = t->opaque;
@@ -241,54 +219,32 @@ static void on_stop_timer(struct bks_timer *t)
 	m->quit = true;
 }
 
-static void on_signal(struct bks_watch *w, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct fuse_main *m = w->opaque;
-	struct signalfd_siginfo si;
+	struct fuse_main *m = opaque;
 	struct bks_error err = {0};
 
-	(void)events;
-	while (read(m->sig_fd, &si, sizeof(si)) == sizeof(si)) {
-		if (si.ssi_signo == SIGUSR1) {
-			bf_nbd_hurry(m->nbd, HURRY_MS);
-			continue;
-		}
-		if (m->stopping)
-			continue;
-		m->stopping = true;
-		bf_log(&m->log, LOG_INFO, "signal %u: unmounting",
-		       si.ssi_signo);
-		if (bf_fuse_detach(m->fuse, &err) < 0) {
-			bf_log(&m->log, LOG_ERR, "%s", err.msg);
-			m->quit = true;
-			return;
-		}
-		bks_timer_arm(&m->stop_t, (uint64_t)STOP_MS * 1000000u);
+	if (signo == SIGUSR1) {
+		bf_nbd_hurry(m->nbd, HURRY_MS);
+		return;
 	}
+	if (m->stopping)
+		return;
+	m->stopping = true;
+	bf_log(&m->log, LOG_INFO, "signal %u: unmounting", signo);
+	if (bf_fuse_detach(m->fuse, &err) < 0) {
+		bf_log(&m->log, LOG_ERR, "%s", err.msg);
+		m->quit = true;
+		return;
+	}
+	bks_timer_arm(&m->stop_t, (uint64_t)STOP_MS * 1000000u);
 }
 
 static int setup_signals(struct fuse_main *m, struct bks_error *err)
 {
-	sigset_t set;
-	int ret;
+	static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, 0};
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGUSR1);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return bks_error_set(err, errno, "sigprocmask");
-	/* A starter that ignores SIGPIPE or not: we never take it. */
-	signal(SIGPIPE, SIG_IGN);
-	m->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (m->sig_fd < 0)
-		return bks_error_set(err, errno, "signalfd");
-	ret =
-	    bks_watch_add(m->loop, &m->sig_w, m->sig_fd, EPOLLIN, on_signal, m);
-	if (ret < 0)
-		return bks_error_set(err, -ret, "watch signalfd");
-	return 0;
+	return stop_signals_start(&m->sig, m->loop, sigs, on_signal, m, err);
 }
 
 static int start(struct fuse_main *m, const struct opts *o,
@@ -336,22 +292,10 @@ static int start(struct fuse_main *m, const struct opts *o,
 	return 0;
 }
 
-/* Close every descriptor from 3 up but keep. */
-static void close_inherited(int keep)
-{
-	if (keep < 3) {
-		close_range(3, ~0u, 0);
-		return;
-	}
-	if (keep > 3)
-		close_range(3, (unsigned int)keep - 1, 0);
-	close_range((unsigned int)keep + 1, ~0u, 0);
-}
-
 int main(int argc, char **argv)
 {
 	struct opts o = {.ready_fd = -1, .timeout = -1};
-	struct fuse_main m = {.sig_fd = -1};
+	struct fuse_main m = {.sig = STOP_SIGNALS_INIT};
 	struct bks_error err = {0};
 	int status = 1;
 
@@ -361,7 +305,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": --ready-fd %d: %m\n", o.ready_fd);
 		return 2;
 	}
-	close_inherited(o.ready_fd);
+	close_inherited(o.ready_fd, -1);
 	m.log.tag = o.mount;
 	if (!o.foreground &&
 	    bks_syslog_open(&m.log.syslog, PROG, LOG_DAEMON, NULL, &err) < 0) {
@@ -374,10 +318,10 @@ int main(int argc, char **argv)
 		 */
 		if (m.log.syslog)
 			fprintf(stderr, PROG ": %s\n", err.msg);
-		report_ready(o.ready_fd, &err);
+		ready_report(o.ready_fd, &err);
 		goto out;
 	}
-	report_ready(o.ready_fd, NULL);
+	ready_report(o.ready_fd, NULL);
 	while (!bf_fuse_ended(m.fuse) && !m.quit) {
 		if (bks_loop_run_once(m.loop, -1) < 0)
 			break;
@@ -388,10 +332,7 @@ out:
 		bf_nbd_fail_all(m.nbd, -EIO);
 	bf_fuse_free(m.fuse);
 	bf_nbd_free(m.nbd);
-	if (m.sig_fd >= 0) {
-		bks_watch_del(&m.sig_w);
-		close(m.sig_fd);
-	}
+	stop_signals_stop(&m.sig);
 	if (m.loop) {
 		bks_timer_cancel(&m.stop_t);
 		bks_loop_free(m.loop);

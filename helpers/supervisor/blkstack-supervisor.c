@@ -53,7 +53,8 @@
 #include <unistd.h>
 
 #include "child.h"
-#include "lockfile.h"
+#include "ready-fd.h"
+#include "rundir-files.h"
 #include "rundir.h"
 #include "sibling.h"
 #include "sup.h"
@@ -64,8 +65,8 @@
 
 /* What main holds; closed in one place. */
 struct res {
-	int lock_fd, sig_fd, ready_fd;
-	struct bks_watch sig_watch;
+	int lock_fd, ready_fd;
+	struct stop_signals sig;
 	bool pid_file;
 	char exe[PATH_MAX];
 };
@@ -96,138 +97,59 @@ void sup_save(struct sup *s)
 
 /* ---- start-up ------------------------------------------------------------ */
 
-/* mkdir that accepts an existing directory but not a symlink or a file. */
-static int ensure_dir(const char *path, mode_t mode, struct bks_error *err)
-{
-	struct stat st;
-
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
-		return bks_error_set(err, errno, "mkdir %s", path);
-	if (lstat(path, &st) < 0)
-		return bks_error_set(err, errno, "stat %s", path);
-	if (!S_ISDIR(st.st_mode))
-		return bks_error_setmsg(err, ENOTDIR, "%s is not a directory",
-					path);
-	return 0;
-}
-
-/* Attempts at supervisor.lock lost to a clean-up removing DIR/NAME. */
-#define LOCK_RETRIES 8
-
 /* DIR/NAME/supervisor.lock, as the worker takes its lock. */
 static int take_lock(struct sup *s, struct res *r, struct bks_error *err)
 {
-	char path[PATH_MAX + 32], pid[32] = "?";
-	int rc = 0, fd;
+	char pid[32];
+	int rc;
 
-	snprintf(path, sizeof(path), "%s/" SUPERVISOR_FILE_LOCK, s->wdir);
-	rc = ensure_dir(s->rundir, 0755, err);
-	for (int i = 0; rc == 0 && i < LOCK_RETRIES; i++) {
-		rc = ensure_dir(s->wdir, 0700, err);
-		if (rc == 0)
-			rc = lockfile_take(path,
-					   LOCKFILE_CREATE | LOCKFILE_NONBLOCK,
-					   &r->lock_fd, err);
-		if (rc != -ENOENT)
-			break;
-		rc = 0;
-	}
+	rc = rundir_ensure_dir(s->rundir, 0755, err);
+	if (rc == 0)
+		rc = rundir_take_lock(s->wdir, SUPERVISOR_FILE_LOCK,
+				      SUPERVISOR_FILE_PID, &r->lock_fd, pid,
+				      sizeof(pid), err);
 	if (rc != -EWOULDBLOCK)
 		return rc;
-	snprintf(path, sizeof(path), "%s/" SUPERVISOR_FILE_PID, s->wdir);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		ssize_t n = read(fd, pid, sizeof(pid) - 1);
-
-		pid[n > 0 ? n : 0] = '\0';
-		pid[strcspn(pid, "\n")] = '\0';
-		close(fd);
-	}
 	return bks_error_setmsg(err, EBUSY,
-				"already running (supervisor pid %s)",
-				pid[0] ? pid : "?");
+				"already running (supervisor pid %s)", pid);
 }
 
 static int write_pid(struct sup *s, struct res *r, struct bks_error *err)
 {
-	char path[PATH_MAX + 32], tmp[PATH_MAX + 32], line[32];
-	int fd, n, rc = 0;
+	int rc = rundir_write_pid(s->wdir, SUPERVISOR_FILE_PID, err);
 
-	snprintf(path, sizeof(path), "%s/" SUPERVISOR_FILE_PID, s->wdir);
-	snprintf(tmp, sizeof(tmp), "%s/" SUPERVISOR_FILE_PID ".tmp", s->wdir);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0644);
-	if (fd < 0)
-		return bks_error_set(err, errno, "open %s", tmp);
-	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
-	if (write(fd, line, (size_t)n) != n)
-		rc = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
-	close(fd);
-	if (rc == 0 && rename(tmp, path) < 0)
-		rc = bks_error_set(err, errno, "rename %s", path);
-	if (rc < 0)
-		unlink(tmp);
-	else
+	if (rc == 0)
 		r->pid_file = true;
 	return rc;
 }
 
-static void on_signal(struct bks_watch *w, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct sup *s = w->opaque;
-	struct signalfd_siginfo si;
+	struct sup *s = opaque;
 
-	(void)events;
-	while (read(w->fd, &si, sizeof(si)) == sizeof(si)) {
-		sup_log(s, LOG_INFO, "signal %u: stopping", si.ssi_signo);
-		sup_stop(s);
-	}
+	sup_log(s, LOG_INFO, "signal %u: stopping", signo);
+	sup_stop(s);
 }
 
 static int setup_signals(struct sup *s, struct res *r, struct bks_error *err)
 {
-	sigset_t set;
-	int rc;
+	static const int sigs[] = {SIGTERM, SIGINT, 0};
 
-	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return bks_error_set(err, errno, "sigprocmask");
-	r->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (r->sig_fd < 0)
-		return bks_error_set(err, errno, "signalfd");
-	rc = bks_watch_add(s->loop, &r->sig_watch, r->sig_fd, EPOLLIN,
-			   on_signal, s);
-	if (rc < 0)
-		return bks_error_set(err, -rc, "watch signals");
-	return 0;
+	return stop_signals_start(&r->sig, s->loop, sigs, on_signal, s, err);
 }
 
-/* Write a readiness report to fd (if any) and close it. */
+/* Write a readiness report to the starter (if any) and close it. */
 static void report(struct res *r, const char *text, size_t len)
 {
-	if (r->ready_fd < 0)
-		return;
-	if (write(r->ready_fd, text, len) < 0) {
-		/* The starter went away; nothing to tell. */
-	}
-	close(r->ready_fd);
+	ready_forward(r->ready_fd, text, len);
 	r->ready_fd = -1;
 }
 
 static void report_error(struct res *r, const struct bks_error *err)
 {
-	char line[BKS_ERROR_MSG_MAX + 64];
-	const char *e = strerrorname_np(err->code);
-	int n = snprintf(line, sizeof(line), "error: %s\nerrno: %s\n", err->msg,
-			 e ? e : "EIO");
-
-	if (n > 0)
-		report(r, line,
-		       (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+	ready_report(r->ready_fd, err);
+	r->ready_fd = -1;
 }
 
 /*
@@ -295,56 +217,26 @@ static void usage(FILE *f)
 		   "\n");
 }
 
-static int parse_fd(const char *arg, int *out)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(arg, &end, 10);
-	if (errno || *end || end == arg || v < 0 || v > 65535)
-		return -EINVAL;
-	*out = (int)v;
-	return 0;
-}
-
 /* Returns 0, or 2 for a usage error (message printed). */
 static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 {
 	static const struct option longopts[] = {
-	    {"name", required_argument, NULL, 'n'},
-	    {"chain", required_argument, NULL, 'c'},
-	    {"rundir", required_argument, NULL, 'r'},
-	    {"read-only", no_argument, NULL, 'R'},
-	    {"ready-fd", required_argument, NULL, 'F'},
+	    WORKER_ARGS_OPTIONS,
 	    {"worker", required_argument, NULL, 'w'},
 	    {"xs-error-path", required_argument, NULL, 'x'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	int c;
+	struct worker_spec ws = {0};
+	int c, taken;
 
 	while ((c = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+		taken = worker_args_take(c, optarg, &ws, &r->ready_fd, PROG);
+		if (taken < 0)
+			return 2;
+		if (taken)
+			continue;
 		switch (c) {
-		case 'n':
-			s->name = optarg;
-			break;
-		case 'c':
-			s->chain = optarg;
-			break;
-		case 'r':
-			s->rundir = optarg;
-			break;
-		case 'R':
-			s->read_only = true;
-			break;
-		case 'F':
-			if (parse_fd(optarg, &r->ready_fd) < 0) {
-				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
-					optarg);
-				return 2;
-			}
-			break;
 		case 'w':
 			s->worker_exe = optarg;
 			break;
@@ -368,22 +260,16 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 	}
 	s->extra = argv + optind;
 	s->nextra = argc - optind;
-	if (!s->name || !s->chain) {
+	if (!ws.name || !ws.chain) {
 		usage(stderr);
 		return 2;
 	}
-	if (!worker_name_valid(s->name)) {
-		fprintf(stderr,
-			PROG ": bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
-			     "'.' or '..'\n",
-			WORKER_NAME_MAX);
+	if (worker_args_finish(&ws, PROG) < 0)
 		return 2;
-	}
-	if (!s->rundir) {
-		s->rundir = getenv("BLKSTACK_RUNDIR");
-		if (!s->rundir || !*s->rundir)
-			s->rundir = DEFAULT_RUNDIR;
-	}
+	s->name = ws.name;
+	s->chain = ws.chain;
+	s->rundir = ws.rundir;
+	s->read_only = ws.read_only;
 	return 0;
 }
 
@@ -429,10 +315,7 @@ static void cleanup(struct sup *s, struct res *r, bool remove_all)
 	struct bks_error err = {0};
 
 	sup_forget_worker(s);
-	if (r->sig_fd >= 0) {
-		bks_watch_del(&r->sig_watch);
-		close(r->sig_fd);
-	}
+	stop_signals_stop(&r->sig);
 	if (s->loop)
 		bks_loop_free(s->loop);
 	if (r->lock_fd >= 0 && remove_all) {
@@ -452,7 +335,8 @@ static void cleanup(struct sup *s, struct res *r, bool remove_all)
 int main(int argc, char **argv)
 {
 	struct sup s = {.pidfd = -1, .chan_fd = -1, .ready_fd = -1};
-	struct res r = {.lock_fd = -1, .sig_fd = -1, .ready_fd = -1};
+	struct res r = {
+	    .lock_fd = -1, .sig = STOP_SIGNALS_INIT, .ready_fd = -1};
 	struct bks_error err = {0};
 	int rc;
 
@@ -464,9 +348,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* Long-lived: keep none of the starter's descriptors but FD. */
-	if (r.ready_fd > 3)
-		close_range(3, (unsigned int)r.ready_fd - 1, 0);
-	close_range(r.ready_fd >= 3 ? (unsigned int)r.ready_fd + 1 : 3, ~0u, 0);
+	close_inherited(r.ready_fd, -1);
 	if (bks_syslog_open(&s.syslog, PROG, LOG_DAEMON, NULL, &err) < 0)
 		bks_error_clear(&err);
 	s.st.pid = getpid();

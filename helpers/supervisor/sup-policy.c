@@ -45,11 +45,10 @@ bad:
 
 int sup_policy_read(struct sup_policy *p, struct bks_error *err)
 {
-	const char *name, *v;
+	static const char *const actions[] = {"report", "restart", NULL};
+	unsigned int action = 0;
+	const char *name;
 	char *text = NULL;
-	unsigned int line;
-	size_t len;
-	bool found;
 	int rc;
 
 	p->restart_limit = SUP_RESTART_LIMIT_DEFAULT;
@@ -69,17 +68,9 @@ int sup_policy_read(struct sup_policy *p, struct bks_error *err)
 			       &p->hang_timeout, err);
 	if (rc < 0)
 		goto out;
-	rc = conf_find(text, name, "hang-action", &v, &len, &line, &found, err);
-	if (rc < 0 || !found)
-		goto out;
-	if (len == 7 && strncmp(v, "restart", 7) == 0)
-		p->hang_restart = true;
-	else if (!(len == 6 && strncmp(v, "report", 6) == 0))
-		rc =
-		    bks_error_setmsg(err, EINVAL,
-				     "%s:%u: hang-action: '%.*s' is not "
-				     "report or restart",
-				     name, line, (int)(len > 32 ? 32 : len), v);
+	rc = conf_word(text, name, "hang-action", actions, &action, err);
+	if (rc == 0)
+		p->hang_restart = action == 1;
 out:
 	free(text);
 	return rc;

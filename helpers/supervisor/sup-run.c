@@ -27,23 +27,18 @@
 
 #define NS_PER_MS 1000000ull
 
-/* fd moved to 3 or above (close-on-exec), so stdio never clobbers it. */
-static int above_stdio(int fd)
-{
-	int nfd;
-
-	if (fd > 2)
-		return fd;
-	nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-	close(fd);
-	return nfd < 0 ? -errno : nfd;
-}
-
 int sup_spawn(struct sup *s, struct bks_error *err)
 {
+	const struct worker_spec ws = {
+	    .exe = s->worker_exe,
+	    .rundir = s->rundir,
+	    .name = s->name,
+	    .chain = s->chain,
+	    .read_only = s->read_only,
+	};
 	char rfd[16], cfd[16];
 	const char *argv[24 + 64];
-	int pipefd[2] = {-1, -1}, sv[2] = {-1, -1}, keep[2], argc = 0, rc;
+	int pipefd[2] = {-1, -1}, sv[2] = {-1, -1}, keep[2], argc, rc;
 
 	if (s->nextra > 64)
 		return bks_error_setmsg(err, E2BIG,
@@ -55,8 +50,8 @@ int sup_spawn(struct sup *s, struct bks_error *err)
 		goto out;
 	}
 	for (int i = 0; i < 2; i++) {
-		pipefd[i] = above_stdio(pipefd[i]);
-		sv[i] = above_stdio(sv[i]);
+		pipefd[i] = worker_fd_above_stdio(pipefd[i]);
+		sv[i] = worker_fd_above_stdio(sv[i]);
 		if (pipefd[i] < 0 || sv[i] < 0) {
 			rc = bks_error_set(err, EMFILE, "descriptors");
 			goto out;
@@ -64,19 +59,9 @@ int sup_spawn(struct sup *s, struct bks_error *err)
 	}
 	snprintf(rfd, sizeof(rfd), "%d", pipefd[1]);
 	snprintf(cfd, sizeof(cfd), "%d", sv[1]);
-	argv[argc++] = s->worker_exe;
-	argv[argc++] = "--name";
-	argv[argc++] = s->name;
-	argv[argc++] = "--chain";
-	argv[argc++] = s->chain;
-	argv[argc++] = "--rundir";
-	argv[argc++] = s->rundir;
-	argv[argc++] = "--ready-fd";
-	argv[argc++] = rfd;
+	argc = worker_args(argv, s->worker_exe, &ws, rfd);
 	argv[argc++] = "--supervisor-fd";
 	argv[argc++] = cfd;
-	if (s->read_only)
-		argv[argc++] = "--read-only";
 	for (int i = 0; i < s->nextra; i++)
 		argv[argc++] = s->extra[i];
 	argv[argc] = NULL;

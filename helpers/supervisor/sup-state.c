@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rundir-files.h"
 #include "rundir.h"
 #include "sup-state.h"
 
@@ -27,16 +28,9 @@ static void put(char *buf, size_t size, size_t *len, const char *key,
 int sup_state_write(const char *wdir, const struct sup_status *st,
 		    struct bks_error *err)
 {
-	char path[PATH_MAX], tmp[PATH_MAX], buf[8 * SUP_REASON_MAX], num[32];
+	char buf[8 * SUP_REASON_MAX], num[32];
 	size_t len = 0;
-	int fd, rc = 0;
 
-	if (snprintf(path, sizeof(path), "%s/" SUPERVISOR_FILE_STATE, wdir) >=
-		(int)sizeof(path) ||
-	    snprintf(tmp, sizeof(tmp), "%s/" SUPERVISOR_FILE_STATE ".tmp",
-		     wdir) >= (int)sizeof(tmp))
-		return bks_error_setmsg(err, ENAMETOOLONG, "%s: too long",
-					wdir);
 	put(buf, sizeof(buf), &len, "state", st->state);
 	snprintf(num, sizeof(num), "%d", (int)st->pid);
 	put(buf, sizeof(buf), &len, "pid", num);
@@ -48,16 +42,5 @@ int sup_state_write(const char *wdir, const struct sup_status *st,
 	put(buf, sizeof(buf), &len, "hung", st->hung);
 	put(buf, sizeof(buf), &len, "reconnect", st->reconnect);
 	put(buf, sizeof(buf), &len, "gave_up", st->gave_up);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0644);
-	if (fd < 0)
-		return bks_error_set(err, errno, "open %s", tmp);
-	if (write(fd, buf, len) != (ssize_t)len)
-		rc = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
-	close(fd);
-	if (rc == 0 && rename(tmp, path) < 0)
-		rc = bks_error_set(err, errno, "rename %s", path);
-	if (rc < 0)
-		unlink(tmp);
-	return rc;
+	return rundir_write_file(wdir, SUPERVISOR_FILE_STATE, buf, len, err);
 }

@@ -46,9 +46,11 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#include "lockfile.h"
+#include "ready-fd.h"
+#include "rundir-files.h"
 #include "rundir.h"
 #include "worker-ctl.h"
+#include "worker-run.h"
 #include "worker-state.h"
 #include "worker-super.h"
 #include "worker.h"
@@ -58,10 +60,7 @@
 #define STOP_TIMEOUT_NS (30ull * 1000000000ull)
 
 struct opts {
-	const char *name;
-	const char *chain;
-	const char *rundir;
-	bool read_only;
+	struct worker_spec spec; /* name, chain, rundir, read_only */
 	bool foreground;
 	int ready_fd;
 	int super_fd; /* --supervisor-fd, -1: none */
@@ -71,14 +70,11 @@ struct opts {
 
 /* What main holds open; closed in one place. */
 struct res {
-	int lock_fd, nbd_fd, ctl_fd, sig_fd;
-	struct bks_watch sig_watch;
+	int lock_fd, nbd_fd, ctl_fd;
+	struct stop_signals sig;
 	bool nbd_sock, ctl_sock, pid_file; /* created: remove at exit */
 	bool locked;			   /* we hold DIR/NAME/lock */
 };
-
-/* Attempts at DIR/NAME/lock lost to a worker removing it as it exits. */
-#define LOCK_RETRIES 8
 
 /* ---- logging and state -------------------------------------------------- */
 
@@ -294,31 +290,12 @@ static void worker_shutdown(struct worker *w)
 	bks_export_shutdown(w->nbd, nbd_down, w);
 }
 
-static void on_signal(struct bks_watch *watch, uint32_t events)
+static void on_signal(void *opaque, unsigned int signo)
 {
-	struct worker *w = watch->opaque;
-	struct signalfd_siginfo si;
+	struct worker *w = opaque;
 
-	(void)events;
-	while (read(watch->fd, &si, sizeof(si)) == sizeof(si)) {
-		worker_log(w, LOG_INFO, "signal %u", si.ssi_signo);
-		worker_shutdown(w);
-	}
-}
-
-/* mkdir that accepts an existing directory but not a symlink or a file. */
-static int ensure_dir(const char *path, mode_t mode, struct bks_error *err)
-{
-	struct stat st;
-
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
-		return bks_error_set(err, errno, "mkdir %s", path);
-	if (lstat(path, &st) < 0)
-		return bks_error_set(err, errno, "stat %s", path);
-	if (!S_ISDIR(st.st_mode))
-		return bks_error_setmsg(err, ENOTDIR, "%s is not a directory",
-					path);
-	return 0;
+	worker_log(w, LOG_INFO, "signal %u", signo);
+	worker_shutdown(w);
 }
 
 /* w->dir/name, or -ENAMETOOLONG. */
@@ -336,51 +313,21 @@ static int dir_path(const struct worker *w, const char *name, char *buf,
 /*
  * Take DIR/NAME/lock: one worker per name.  An exiting worker (and
  * blkstack-ctl's clean-up) unlinks the lock and removes DIR/NAME while
- * holding it, so the lock we get is only ours if the path still names the
- * file we locked; if not, start again with a fresh directory and file.
+ * holding it (rundir-files.h starts again then).
  */
 static int take_lock(struct worker *w, struct res *r, struct bks_error *err)
 {
-	char path[PATH_MAX + 16], pid[32] = "?";
+	char pid[32];
 	int rc;
 
-	rc = dir_path(w, "lock", path, sizeof(path), err);
-	if (rc < 0)
-		return rc;
-	/* lockfile.h rechecks the inode; DIR/NAME itself may go too. */
-	for (int i = 0; i < LOCK_RETRIES; i++) {
-		rc = ensure_dir(w->dir, 0700, err);
-		if (rc < 0)
-			return rc;
-		rc = lockfile_take(path, LOCKFILE_CREATE | LOCKFILE_NONBLOCK,
-				   &r->lock_fd, err);
-		if (rc != -ENOENT)
-			break; /* -ENOENT: DIR/NAME went just now */
-	}
-	if (rc == 0) {
+	rc = rundir_take_lock(w->dir, WORKER_FILE_LOCK, WORKER_FILE_PID,
+			      &r->lock_fd, pid, sizeof(pid), err);
+	if (rc == 0)
 		r->locked = true;
-		return 0;
-	}
-	if (rc == -ENOENT)
-		return bks_error_setmsg(err, EAGAIN,
-					"lock %s: removed under us %d times",
-					path, LOCK_RETRIES);
 	if (rc != -EWOULDBLOCK)
 		return rc;
-	if (dir_path(w, "pid", path, sizeof(path), err) == 0) {
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-		if (fd >= 0) {
-			ssize_t n = read(fd, pid, sizeof(pid) - 1);
-
-			pid[n > 0 ? n : 0] = '\0';
-			pid[strcspn(pid, "\n")] = '\0';
-			close(fd);
-		}
-	}
-	return bks_error_setmsg(err, EBUSY,
-				"worker %s is already running (pid %s)",
-				w->name, pid[0] ? pid : "?");
+	return bks_error_setmsg(
+	    err, EBUSY, "worker %s is already running (pid %s)", w->name, pid);
 }
 
 /* A listening Unix socket at DIR/NAME/file, mode 0600 (umask 077). */
@@ -433,55 +380,19 @@ out:
 /* DIR/NAME/pid, written whole or not at all. */
 static int write_pid(struct worker *w, struct res *r, struct bks_error *err)
 {
-	char path[PATH_MAX + 16], tmp[PATH_MAX + 16], line[32];
-	int fd = -1, rc, n;
+	int rc = rundir_write_pid(w->dir, WORKER_FILE_PID, err);
 
-	rc = dir_path(w, "pid", path, sizeof(path), err);
 	if (rc == 0)
-		rc = dir_path(w, "pid.tmp", tmp, sizeof(tmp), err);
-	if (rc < 0)
-		return rc;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0644);
-	if (fd < 0)
-		return bks_error_set(err, errno, "open %s", tmp);
-	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
-	if (write(fd, line, (size_t)n) != n) {
-		rc = bks_error_set(err, errno ? errno : EIO, "write %s", tmp);
-		close(fd);
-		unlink(tmp);
-		return rc;
-	}
-	close(fd);
-	if (rename(tmp, path) < 0) {
-		rc = bks_error_set(err, errno, "rename %s", path);
-		unlink(tmp);
-		return rc;
-	}
-	r->pid_file = true;
-	return 0;
+		r->pid_file = true;
+	return rc;
 }
 
 static int setup_signals(struct worker *w, struct res *r, struct bks_error *err)
 {
-	sigset_t set;
-	int rc;
+	static const int sigs[] = {SIGTERM, SIGINT, 0};
 
-	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return bks_error_set(err, errno, "sigprocmask");
-	r->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (r->sig_fd < 0)
-		return bks_error_set(err, errno, "signalfd");
-	rc = bks_watch_add(w->loop, &r->sig_watch, r->sig_fd, EPOLLIN,
-			   on_signal, w);
-	if (rc < 0)
-		return bks_error_set(err, -rc, "watch signals");
-	return 0;
+	return stop_signals_start(&r->sig, w->loop, sigs, on_signal, w, err);
 }
 
 /* What the control socket calls up to. */
@@ -530,13 +441,13 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	int rc, n;
 
 	umask(077);
-	rc = ensure_dir(o->rundir, 0755, err);
+	rc = rundir_ensure_dir(o->spec.rundir, 0755, err);
 	if (rc < 0)
 		return rc;
-	n = snprintf(w->dir, sizeof(w->dir), "%s/%s", o->rundir, w->name);
+	n = snprintf(w->dir, sizeof(w->dir), "%s/%s", o->spec.rundir, w->name);
 	if (n < 0 || (size_t)n >= sizeof(w->dir))
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
-					o->rundir, w->name);
+					o->spec.rundir, w->name);
 	rc = take_lock(w, r, err);
 	if (rc < 0)
 		return rc;
@@ -578,31 +489,6 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	return write_pid(w, r, err);
 }
 
-/* Tell the starter how start-up went, and let go of the fd. */
-static void report_ready(int fd, const struct bks_error *err)
-{
-	char line[BKS_ERROR_MSG_MAX + 64];
-	int n;
-
-	if (fd < 0)
-		return;
-	/*
-	 * The errno on a line of its own: a starter that reads one line
-	 * still gets the message (docs/control-protocol.txt, "Readiness").
-	 */
-	if (err)
-		n = snprintf(
-		    line, sizeof(line), "error: %s\nerrno: %s\n", err->msg,
-		    strerrorname_np(err->code) ? strerrorname_np(err->code)
-					       : "EIO");
-	else
-		n = snprintf(line, sizeof(line), "ok\n");
-	if (n > 0 && write(fd, line, (size_t)n) < 0) {
-		/* The starter went away; nothing to tell. */
-	}
-	close(fd);
-}
-
 /* Remove what start() created and close what it opened. */
 static void cleanup(struct worker *w, struct res *r)
 {
@@ -612,10 +498,7 @@ static void cleanup(struct worker *w, struct res *r)
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
 	bks_export_free(w->nbd);
-	if (r->sig_fd >= 0) {
-		bks_watch_del(&r->sig_watch);
-		close(r->sig_fd);
-	}
+	stop_signals_stop(&r->sig);
 	if (r->nbd_fd >= 0)
 		close(r->nbd_fd);
 	if (r->ctl_fd >= 0)
@@ -662,27 +545,6 @@ static void cleanup(struct worker *w, struct res *r)
 		close(r->lock_fd);
 }
 
-/*
- * A long-lived worker must not keep its starter's descriptors (a pipe held
- * open keeps the starter's reader waiting forever): close all but 0-2, the
- * readiness fd and the supervisor channel (-1: none).
- */
-static void close_inherited(int keep1, int keep2)
-{
-	unsigned int from = 3;
-	int keep[2] = {keep1 < keep2 ? keep1 : keep2,
-		       keep1 < keep2 ? keep2 : keep1};
-
-	for (int i = 0; i < 2; i++) {
-		if (keep[i] < (int)from)
-			continue;
-		if ((unsigned int)keep[i] > from)
-			close_range(from, (unsigned int)keep[i] - 1, 0);
-		from = (unsigned int)keep[i] + 1;
-	}
-	close_range(from, ~0u, 0);
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -726,60 +588,33 @@ static int parse_timeouts(const char *arg, struct opts *o)
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
 	static const struct option longopts[] = {
-	    {"name", required_argument, NULL, 'n'},
-	    {"chain", required_argument, NULL, 'c'},
-	    {"rundir", required_argument, NULL, 'r'},
-	    {"read-only", no_argument, NULL, 'R'},
+	    WORKER_ARGS_OPTIONS,
 	    {"foreground", no_argument, NULL, 'f'},
-	    {"ready-fd", required_argument, NULL, 'F'},
 	    {"timeouts", required_argument, NULL, 'T'},
 	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	char *end;
-	long v;
-	int c;
+	int c, taken;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		taken =
+		    worker_args_take(c, optarg, &o->spec, &o->ready_fd, PROG);
+		if (taken < 0)
+			return 2;
+		if (taken)
+			continue;
 		switch (c) {
-		case 'n':
-			o->name = optarg;
-			break;
-		case 'c':
-			o->chain = optarg;
-			break;
-		case 'r':
-			o->rundir = optarg;
-			break;
-		case 'R':
-			o->read_only = true;
-			break;
 		case 'f':
 			o->foreground = true;
 			break;
-		case 'F':
-			errno = 0;
-			v = strtol(optarg, &end, 10);
-			if (errno || *end || end == optarg || v < 0 ||
-			    v > 65535) {
-				fprintf(stderr, PROG ": bad --ready-fd '%s'\n",
-					optarg);
-				return 2;
-			}
-			o->ready_fd = (int)v;
-			break;
 		case 'S':
-			errno = 0;
-			v = strtol(optarg, &end, 10);
-			if (errno || *end || end == optarg || v < 3 ||
-			    v > 65535) {
+			if (ready_fd_parse(optarg, 3, &o->super_fd) < 0) {
 				fprintf(stderr,
 					PROG ": bad --supervisor-fd '%s'\n",
 					optarg);
 				return 2;
 			}
-			o->super_fd = (int)v;
 			break;
 		case 'T':
 			if (parse_timeouts(optarg, o) < 0) {
@@ -799,30 +634,20 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			return 2;
 		}
 	}
-	if (optind != argc || !o->name || !o->chain) {
+	if (optind != argc || !o->spec.name || !o->spec.chain) {
 		usage(stderr);
 		return 2;
 	}
-	if (!worker_name_valid(o->name)) {
-		fprintf(stderr,
-			PROG ": bad --name: use 1 to %d of [A-Za-z0-9_.-], not "
-			     "'.' or '..'\n",
-			WORKER_NAME_MAX);
-		return 2;
-	}
-	if (!o->rundir) {
-		o->rundir = getenv("BLKSTACK_RUNDIR");
-		if (!o->rundir || !*o->rundir)
-			o->rundir = DEFAULT_RUNDIR;
-	}
-	return 0;
+	return worker_args_finish(&o->spec, PROG) < 0 ? 2 : 0;
 }
 
 int main(int argc, char **argv)
 {
 	struct opts o = {.ready_fd = -1, .super_fd = -1};
-	struct res r = {
-	    .lock_fd = -1, .nbd_fd = -1, .ctl_fd = -1, .sig_fd = -1};
+	struct res r = {.lock_fd = -1,
+			.nbd_fd = -1,
+			.ctl_fd = -1,
+			.sig = STOP_SIGNALS_INIT};
 	struct worker w = {0};
 	struct bks_error err = {0};
 	int rc;
@@ -839,9 +664,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	close_inherited(o.ready_fd, o.super_fd);
-	w.name = o.name;
-	w.chain_str = o.chain;
-	w.read_only = o.read_only;
+	w.name = o.spec.name;
+	w.chain_str = o.spec.chain;
+	w.read_only = o.spec.read_only;
 	w.foreground = o.foreground;
 	w.ctl_idle_ms = o.ctl_idle_ms;
 	w.started_ns = bks_now_ns();
@@ -856,7 +681,7 @@ int main(int argc, char **argv)
 		worker_log(&w, LOG_ERR, "%s", err.msg);
 		if (!w.foreground)
 			fprintf(stderr, PROG "[%s]: %s\n", w.name, err.msg);
-		report_ready(o.ready_fd, &err);
+		ready_report(o.ready_fd, &err);
 		w.exit_code = 1;
 		goto out;
 	}
@@ -868,7 +693,7 @@ int main(int argc, char **argv)
 		worker_log(&w, LOG_ERR, "%s", err.msg);
 		bks_error_clear(&err);
 	}
-	report_ready(o.ready_fd, NULL);
+	ready_report(o.ready_fd, NULL);
 	rc = bks_loop_run(w.loop);
 	if (rc < 0) {
 		worker_log(&w, LOG_ERR, "event loop: %s", strerror(-rc));
