@@ -5,7 +5,7 @@
  *
  * The loop fallback's FUSE server: serves the worker's NBD export as the
  * one regular file MOUNTDIR/nbd (fuse-serve.h), over an NBD connection
- * that survives the worker's restart (nbd-client.h): when the worker
+ * that survives the worker's restart (fuse-nbd.h): when the worker
  * dies, requests are held and re-sent to the restarted worker on the same
  * socket, so the loop device above sees latency, not errors.  A request
  * held longer than the reconnect timeout fails with EIO; nothing waits
@@ -24,7 +24,7 @@
  *
  * SIGUSR1: a detach is coming (the hotplug helper's remove flushes the
  * loop device first): from now on no request waits more than 5 s for the
- * worker, connected or not (bf_nbd_hurry in nbd-client.h), so that the
+ * worker, connected or not (bf_nbd_hurry in fuse-nbd.h), so that the
  * flush cannot hang on a dead or hung worker; the next open of the file
  * ends it.
  *
@@ -55,7 +55,7 @@
 #include "conf.h"
 #include "fuse-log.h"
 #include "fuse-serve.h"
-#include "nbd-client.h"
+#include "fuse-nbd.h"
 #include "ready-fd.h"
 
 #define PROG "blkstack-fuse"

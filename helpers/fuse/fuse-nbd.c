@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * blkstack-fuse's NBD client (nbd-client.h).
+ * blkstack-fuse's NBD client (fuse-nbd.h).
  *
  * States: DOWN (no socket; the retry timer will connect), HANDSHAKE
  * (connected, greeting and option replies being read), UP (transmission),
@@ -27,7 +27,7 @@
 #include "blkstack/endian.h"
 #include "blkstack/nbd-proto.h"
 #include "conf.h"
-#include "nbd-client.h"
+#include "fuse-nbd.h"
 
 enum {
 	C_DOWN,

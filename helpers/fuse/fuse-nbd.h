@@ -25,8 +25,8 @@
  * business: a hung worker is detected and replaced by its supervisor,
  * which ends the connection.
  */
-#ifndef BLKSTACK_FUSE_NBD_CLIENT_H
-#define BLKSTACK_FUSE_NBD_CLIENT_H
+#ifndef BLKSTACK_FUSE_NBD_H
+#define BLKSTACK_FUSE_NBD_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -118,4 +118,4 @@ void bf_nbd_hurry(struct bf_nbd *c, unsigned int ms);
  * request must be done (bf_nbd_fail_all). */
 void bf_nbd_free(struct bf_nbd *c);
 
-#endif /* BLKSTACK_FUSE_NBD_CLIENT_H */
+#endif /* BLKSTACK_FUSE_NBD_H */

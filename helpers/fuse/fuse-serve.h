@@ -29,7 +29,7 @@
 #include "blkstack/error.h"
 #include "blkstack/loop.h"
 #include "fuse-log.h"
-#include "nbd-client.h"
+#include "fuse-nbd.h"
 
 struct bf_fuse;
 
