@@ -54,8 +54,8 @@
 #include "blkstack/syslog-client.h"
 #include "conf.h"
 #include "fuse-log.h"
-#include "fuse-serve.h"
 #include "fuse-nbd.h"
+#include "fuse-serve.h"
 #include "ready-fd.h"
 
 #define PROG "blkstack-fuse"
