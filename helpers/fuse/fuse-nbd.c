@@ -465,26 +465,6 @@ static void on_flush(struct bks_defer *d)
 	send_some(d->opaque);
 }
 
-static int nbd_errno(uint32_t e)
-{
-	switch (e) {
-	case NBD_EPERM:
-		return -EPERM;
-	case NBD_ENOMEM:
-		return -ENOMEM;
-	case NBD_EINVAL:
-		return -EINVAL;
-	case NBD_ENOSPC:
-		return -ENOSPC;
-	case NBD_EOVERFLOW:
-		return -EOVERFLOW;
-	case NBD_ENOTSUP:
-		return -EOPNOTSUPP;
-	default:
-		return -EIO;
-	}
-}
-
 /*
  * Parse what c->in holds.  Returns 1 to go on reading, 0 if the
  * connection was lost.
@@ -529,7 +509,7 @@ static int parse_replies(struct bf_nbd *c)
 			return 0;
 		}
 		if (e) {
-			req_finish(c, r, nbd_errno(e));
+			req_finish(c, r, nbd_error_to_errno(e));
 			continue;
 		}
 		if (r->cmd == NBD_CMD_READ && r->len) {

@@ -40,29 +40,6 @@ static uint32_t nbd_error(int rc)
 	}
 }
 
-/* A -errno for an error value of the protocol (for messages). */
-static int nbd_error_errno(uint32_t err)
-{
-	switch (err) {
-	case NBD_EPERM:
-		return -EPERM;
-	case NBD_ENOMEM:
-		return -ENOMEM;
-	case NBD_EINVAL:
-		return -EINVAL;
-	case NBD_ENOSPC:
-		return -ENOSPC;
-	case NBD_EOVERFLOW:
-		return -EOVERFLOW;
-	case NBD_ENOTSUP:
-		return -ENOTSUP;
-	case NBD_ESHUTDOWN:
-		return -ESHUTDOWN;
-	default:
-		return -EIO;
-	}
-}
-
 static const char *cmd_name(uint16_t cmd)
 {
 	switch (cmd) {
@@ -489,7 +466,7 @@ int nbd_request(struct nbd_conn *c)
 	if (err) {
 		if (type == NBD_CMD_WRITE)
 			c->skip = len; /* the payload still comes */
-		nbd_slot_reply_error(s, err, nbd_error_errno(err));
+		nbd_slot_reply_error(s, err, nbd_error_to_errno(err));
 		return 0;
 	}
 	if (type == NBD_CMD_WRITE) {

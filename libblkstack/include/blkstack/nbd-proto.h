@@ -8,6 +8,7 @@
 #ifndef BLKSTACK_NBD_PROTO_H
 #define BLKSTACK_NBD_PROTO_H
 
+#include <errno.h>
 #include <stdint.h>
 
 /* ---- handshake ----------------------------------------------------------- */
@@ -115,5 +116,32 @@
 #define NBD_EOVERFLOW 75u
 #define NBD_ENOTSUP   95u
 #define NBD_ESHUTDOWN 108u
+
+/*
+ * The -errno for an error value of the protocol, for every side that
+ * reads replies (the server's messages, blkstack-fuse's completions):
+ * -EIO for a value the protocol does not name.
+ */
+static inline int nbd_error_to_errno(uint32_t err)
+{
+	switch (err) {
+	case NBD_EPERM:
+		return -EPERM;
+	case NBD_ENOMEM:
+		return -ENOMEM;
+	case NBD_EINVAL:
+		return -EINVAL;
+	case NBD_ENOSPC:
+		return -ENOSPC;
+	case NBD_EOVERFLOW:
+		return -EOVERFLOW;
+	case NBD_ENOTSUP:
+		return -ENOTSUP;
+	case NBD_ESHUTDOWN:
+		return -ESHUTDOWN;
+	default:
+		return -EIO;
+	}
+}
 
 #endif /* BLKSTACK_NBD_PROTO_H */
