@@ -834,8 +834,12 @@ acks_or_gone() { acks_beyond "$1" "$2" || domain_gone "$1" >/dev/null; }
 # suspended, shut down or crashed).
 running() {
 	_s=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }')
+	# Running, blocked, or runnable waiting for a CPU (------), on any
+	# mix of vCPUs (rb----); not paused, shut down, crashed or dying.
 	case $_s in
-	r-----|-b----|------) return 0 ;; # ------: runnable, waiting for a CPU
+	'' | *p* | *s* | *c* | *d*) ;;
+	*[!rb-]*) ;;
+	*) return 0 ;;
 	esac
 	echo "state of $1: ${_s:-no such domain}"
 	return 1
