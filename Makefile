@@ -71,7 +71,9 @@ objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
 # libaio (no .pc file): the aio driver, in libblkstack.a; LIB_LIBS is what
 # linking $(LIB) needs.
 AIO_LIBS   := -laio
-LIB_LIBS    = $(AIO_LIBS)
+# zlib and zstd: the qcow2 driver's compressed clusters (read only).
+ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
+LIB_LIBS    = $(AIO_LIBS) $(ZLIB_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -153,7 +155,16 @@ $(B)/obj/helpers/fuse/%.o: CPPFLAGS += $(FUSE_CFLAGS)
 $(FUSE): $(FUSE_OBJ)
 	$(call link,$(PARSE_ONLY_LDFLAGS) $(FUSE_LIBS))
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE)
+# blkstack-img: create, info, check and map images (raw, qcow2, vhd); it
+# opens chains through the library for map, so it links the data path.
+IMG          := $(B)/bin/blkstack-img
+IMG_OBJ      := $(call objs,$(sort $(wildcard helpers/img/*.c))) \
+                $(COMMON) $(LIB)
+$(IMG): $(IMG_OBJ)
+	$(call link,$(LIB_LIBS))
+
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) \
+            $(if $(wildcard helpers/img/*.c),$(IMG))
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -236,43 +247,50 @@ $(B)/tests/unit/%: $(B)/obj/tests/unit/%.o $$(UNIT_OBJ_$$*) $(LIB)
 	$(call link,$(UNIT_LDFLAGS_$*) $(UNIT_LIBS_$*) $(CMOCKA_LIBS) $(LIB_LIBS))
 
 # ---- fuzzing (clang, libFuzzer) ---------------------------------------------
-# The parser's fuzz target with the whole library, instrumented: objects in
+# One target per tests/fuzz/fuzz-NAME.c, each with its seed corpus in
+# tests/fuzz/corpus-NAME/, linked with the whole library (and the helper
+# objects in FUZZ_OBJ_fuzz-NAME, default none), instrumented: objects in
 # $(B)/fuzz/obj/, tracked like the others.
 FUZZ_CC     ?= clang
 FUZZ_TIME   ?= 60
-FUZZ_BIN    := $(B)/fuzz/fuzz-chain-parse
+FUZZ_SRC    := $(sort $(wildcard tests/fuzz/fuzz-*.c))
+FUZZ_BINS   := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_OBJ    := $(patsubst %.c,$(B)/fuzz/obj/%.o,tests/fuzz/fuzz-chain-parse.c \
-                 $(LIB_SRC))
+FUZZ_LIB_OBJ := $(patsubst %.c,$(B)/fuzz/obj/%.o,$(LIB_SRC))
+fuzzobjs     = $(patsubst %.c,$(B)/fuzz/obj/%.o,$(1))
 
 $(B)/fuzz/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer-no-link $(FUZZ_SAN) \
 		-MMD -MP -c -o $@ $<
+$(B)/fuzz/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
+$(B)/fuzz/obj/tests/fuzz/%.o: CPPFLAGS += -Ihelpers/common -Ihelpers/img
 
-$(FUZZ_BIN): $(FUZZ_OBJ)
+$(B)/fuzz/%: $(B)/fuzz/obj/tests/fuzz/%.o $$(FUZZ_OBJ_$$*) $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LIB_LIBS)
 
-# make fuzz: FUZZ_TIME seconds on a scratch copy of the seed corpus.
+# make fuzz: FUZZ_TIME seconds per target on a scratch copy of its corpus.
 .PHONY: fuzz
-fuzz: $(FUZZ_BIN)
-	rm -rf $(B)/fuzz/corpus && cp -r tests/fuzz/corpus-chain $(B)/fuzz/corpus
-	$(FUZZ_BIN) -max_total_time=$(FUZZ_TIME) -max_len=8192 \
-		$(B)/fuzz/corpus tests/fuzz/corpus-chain
+fuzz: $(FUZZ_BINS)
+	set -e; for f in $(FUZZ_BINS); do n=$${f##*/fuzz-}; \
+		rm -rf $(B)/fuzz/corpus-$$n; \
+		cp -r tests/fuzz/corpus-$$n $(B)/fuzz/corpus-$$n; \
+		$$f -max_total_time=$(FUZZ_TIME) -max_len=$${FUZZ_MAX_LEN:-1048576} \
+			$(B)/fuzz/corpus-$$n tests/fuzz/corpus-$$n; done
 
-TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BIN) $(HPDEV_TOOL)
+TEST_BIN := $(SHIM) $(TOOLSTACK) $(UNIT_BIN) $(FUZZ_BINS) $(HPDEV_TOOL)
 
 tests: all $(TEST_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
-             libnl-3-dev libnl-genl-3-dev libfuse3-dev
+             libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3 strace
+             python3 strace libvhdi-utils
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
@@ -345,7 +363,8 @@ install: all
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
 	# back to sbin for them and blkstack-fuse.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(DESTDIR)$(SBINDIR)/
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG) \
+		$(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
@@ -353,7 +372,7 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
 		$(DESTDIR)$(SBINDIR)/blkstack-supervisor \
-		$(DESTDIR)$(SBINDIR)/blkstack-fuse
+		$(DESTDIR)$(SBINDIR)/blkstack-fuse $(DESTDIR)$(SBINDIR)/blkstack-img
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blkstack/iov.h"
 #include "chain-pad.h"
 
 /* Bounce blocks are aligned to this much at least (O_DIRECT). */
@@ -125,59 +126,6 @@ static void list_del(struct bks_pad_list *l, struct bks_req *r)
 	else
 		l->tail = r->pad_prev;
 	r->pad_prev = r->pad_next = NULL;
-}
-
-/*
- * Copy n bytes between buf and the iovecs of req, from byte skip of them
- * (to_iov: into the iovecs).
- */
-static void iov_copy(const struct bks_req *req, uint64_t skip,
-		     unsigned char *buf, size_t n, bool to_iov)
-{
-	for (int i = 0; i < req->iovcnt && n > 0; i++) {
-		size_t l = req->iov[i].iov_len, t;
-		unsigned char *p = req->iov[i].iov_base;
-
-		if (skip >= l) {
-			skip -= l;
-			continue;
-		}
-		t = l - skip < n ? l - skip : n;
-		if (to_iov)
-			memcpy(p + skip, buf, t);
-		else
-			memcpy(buf, p + skip, t);
-		buf += t;
-		n -= t;
-		skip = 0;
-	}
-}
-
-/*
- * Append the iovecs of bytes [skip, skip + n) of req to iov[*cnt...].
- * Returns 0, or -EINVAL when they do not fit (BKS_PAD_IOV_MAX).
- */
-static int iov_slice(const struct bks_req *req, uint64_t skip, uint64_t n,
-		     struct iovec *iov, int *cnt)
-{
-	for (int i = 0; i < req->iovcnt && n > 0; i++) {
-		size_t l = req->iov[i].iov_len, t;
-
-		if (skip >= l) {
-			skip -= l;
-			continue;
-		}
-		if (*cnt == BKS_PAD_IOV_MAX - 1)
-			return -EINVAL; /* the last one is the tail block */
-		t = l - skip < n ? l - skip : (size_t)n;
-		iov[*cnt].iov_base =
-		    (unsigned char *)req->iov[i].iov_base + skip;
-		iov[*cnt].iov_len = t;
-		(*cnt)++;
-		n -= t;
-		skip = 0;
-	}
-	return 0;
 }
 
 /* ---- which request needs what -------------------------------------------- */
@@ -389,9 +337,16 @@ static void bounce_copy(struct bks_pad_slot *s, int k, uint64_t blk,
 	uint64_t from = req->offset > blk ? req->offset : blk;
 	uint64_t to = end < blk + s->pad->bs ? end : blk + s->pad->bs;
 
-	if (from < to)
-		iov_copy(req, from - req->offset, s->bounce[k] + (from - blk),
-			 (size_t)(to - from), to_iov);
+	if (from >= to)
+		return;
+	if (to_iov)
+		bks_iov_from_buf(req, from - req->offset,
+				 s->bounce[k] + (from - blk),
+				 (size_t)(to - from));
+	else
+		bks_iov_to_buf(req, from - req->offset,
+			       s->bounce[k] + (from - blk),
+			       (size_t)(to - from));
 }
 
 /*
@@ -447,10 +402,11 @@ static int span_iov(struct bks_pad_slot *s)
 		s->iov[n++].iov_len = pad->bs;
 	}
 	if (mid_a < mid_b) {
-		rc = iov_slice(req, mid_a - req->offset, mid_b - mid_a, s->iov,
-			       &n);
+		/* The last iovec is kept for the tail block. */
+		rc = bks_iov_slice(req, mid_a - req->offset, mid_b - mid_a,
+				   s->iov, &n, BKS_PAD_IOV_MAX - 1);
 		if (rc < 0)
-			return rc;
+			return -EINVAL;
 	}
 	if (tail) {
 		s->iov[n].iov_base = s->bounce[1];

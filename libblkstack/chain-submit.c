@@ -197,6 +197,7 @@ static void call_op(struct bks_layer *l, struct bks_req *req)
 			req->extents[0].offset = req->offset;
 			req->extents[0].length = req->len;
 			req->extents[0].flags = 0;
+			req->extents[0].depth = 1;
 			req->nextents = 1;
 			bks_req_complete(req, 0);
 			return;

@@ -29,6 +29,7 @@ static void add(struct bks_extent *out, size_t *n, uint64_t off, uint64_t len,
 	out[*n].offset = off;
 	out[*n].length = len;
 	out[*n].flags = flags;
+	out[*n].depth = 1; /* a raw image's holes are its own */
 	(*n)++;
 }
 

@@ -428,8 +428,9 @@ static void test_log_extents(void **state)
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 8 * M - 512, 512, buf), 0);
 	{
 		const struct bks_extent want[] = {
-		    {0, 2 * B, 0},	{3 * B, 2 * B, 0}, {16 * B, B, 0},
-		    {31 * B, 3 * B, 0}, {127 * B, B, 0},
+		    {0, 2 * B, 0, 0},	{3 * B, 2 * B, 0, 0},
+		    {16 * B, B, 0, 0},	{31 * B, 3 * B, 0, 0},
+		    {127 * B, B, 0, 0},
 		};
 
 		expect_extents(&r, want, 5);
@@ -453,8 +454,9 @@ static void test_log_extents(void **state)
 	assert_int_equal(bks_log_clear(log, 16 * B + 512, B), 0);
 	{
 		const struct bks_extent want[] = {
-		    {0, B, 0},		{4 * B, B, 0},	 {16 * B, B, 0},
-		    {31 * B, 3 * B, 0}, {127 * B, B, 0},
+		    {0, B, 0, 0},	{4 * B, B, 0, 0},
+		    {16 * B, B, 0, 0},	{31 * B, 3 * B, 0, 0},
+		    {127 * B, B, 0, 0},
 		};
 
 		expect_extents(&r, want, 5);
@@ -465,9 +467,9 @@ static void test_log_extents(void **state)
 	assert_int_equal(bks_log_clear(log, 127 * B, UINT64_MAX), 0);
 	{
 		const struct bks_extent want[] = {
-		    {0, B, 0},
-		    {4 * B, B, 0},
-		    {16 * B, B, 0},
+		    {0, B, 0, 0},
+		    {4 * B, B, 0, 0},
+		    {16 * B, B, 0, 0},
 		};
 
 		expect_extents(&r, want, 3);
@@ -496,7 +498,7 @@ static void test_log_block_option(void **state)
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 4 * K + 512, 8 * K, buf),
 			 0);
 	{
-		const struct bks_extent want[] = {{4 * K, 12 * K, 0}};
+		const struct bks_extent want[] = {{4 * K, 12 * K, 0, 0}};
 
 		expect_extents(&r, want, 1);
 	}
@@ -509,7 +511,7 @@ static void test_log_block_option(void **state)
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 1056 * K - 512, 512, buf),
 			 0);
 	{
-		const struct bks_extent want[] = {{1 * M, 32 * K, 0}};
+		const struct bks_extent want[] = {{1 * M, 32 * K, 0, 0}};
 
 		expect_extents(&r, want, 1);
 	}
@@ -525,7 +527,7 @@ static void test_log_block_option(void **state)
 	assert_int_equal(bks_log_block_size(log), 64 * M);
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 512 * K, 4 * K, buf), 0);
 	{
-		const struct bks_extent want[] = {{0, 1 * M, 0}};
+		const struct bks_extent want[] = {{0, 1 * M, 0, 0}};
 
 		expect_extents(&r, want, 1);
 	}
@@ -593,8 +595,8 @@ static void test_log_failed_write_is_dirty(void **state)
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 8 * K, 4 * K, buf), -EIO);
 	assert_int_equal(rig_io(&r, BKS_OP_WRITE, 0, 32 * K, 4 * K, buf), 0);
 	{
-		const struct bks_extent want[] = {{8 * K, 4 * K, 0},
-						  {32 * K, 4 * K, 0}};
+		const struct bks_extent want[] = {{8 * K, 4 * K, 0, 0},
+						  {32 * K, 4 * K, 0, 0}};
 
 		expect_extents(&r, want, 2);
 	}
@@ -657,7 +659,7 @@ static void test_log_random(void **state)
 				want[nwant - 1].length += BLK;
 			else
 				want[nwant++] = (struct bks_extent){
-				    (uint64_t)b * BLK, BLK, 0};
+				    (uint64_t)b * BLK, BLK, 0, 0};
 		}
 		assert_int_equal(bks_log_dirty(log, 0, got, NBLK, &ngot), 0);
 		assert_int_equal(ngot, nwant);
@@ -721,7 +723,7 @@ static void test_log_clear_in_flight(void **state)
 		assert_true(bks_loop_run_once(r.loop, 1000) >= 0);
 	assert_int_equal(w.result, 0);
 	{
-		const struct bks_extent want[] = {{16 * K, 4 * K, 0}};
+		const struct bks_extent want[] = {{16 * K, 4 * K, 0, 0}};
 
 		expect_extents(&r, want, 1);
 	}

@@ -207,6 +207,15 @@ struct bks_extent {
 	uint64_t offset;
 	uint64_t length;
 	uint32_t flags;
+	/*
+	 * Block status: which image of the sink's backing chain holds the
+	 * range (what qemu calls the allocation depth): 1 the sink itself,
+	 * 2 its parent, 3 the parent's parent, ...; 0 none of them (the
+	 * range reads as zeroes, from no image).  A sink without parents
+	 * says 1 everywhere (a raw file's holes are its own); a format sink
+	 * says 0 where neither it nor any parent has the range allocated.
+	 */
+	uint32_t depth;
 };
 
 enum {
