@@ -226,9 +226,14 @@ int hp_usage_parse(const char *text, struct hp_usage *u)
 
 /* ---- claim and release --------------------------------------------------- */
 
-/* May mine and other both be added?  0, or -EBUSY with err set. */
-static int may_share(const struct hp_usage *mine, const struct hp_usage *other,
-		     const char *other_name, struct bks_error *err)
+/*
+ * May mine and other both be added?  0, or -EBUSY with err set, naming
+ * both disks (their workers) and how each uses the image: an image one
+ * of them opened read-only is a backing file (a base) there.
+ */
+static int may_share(const struct hp_usage *mine, const char *mine_name,
+		     const struct hp_usage *other, const char *other_name,
+		     struct bks_error *err)
 {
 	if (!strcmp(mine->backend, other->backend))
 		return bks_error_setmsg(err, EEXIST,
@@ -249,12 +254,13 @@ static int may_share(const struct hp_usage *mine, const struct hp_usage *other,
 				continue;
 			return bks_error_setmsg(
 			    err, EBUSY,
-			    "image %s of this disk is in use %s by domain %ld "
-			    "(worker %s, vm %s), which is not this disk's VM; "
-			    "refusing to share it",
-			    a->path, b->rw ? "read-write" : "read-only",
-			    other->domid, other_name,
-			    other->vm[0] ? other->vm : "none");
+			    "image %s of this disk (worker %s, %s) is in use "
+			    "%s by domain %ld (worker %s, vm %s), which is not "
+			    "this disk's VM; refusing to share it",
+			    a->path, mine_name,
+			    a->rw ? "read-write" : "read-only",
+			    b->rw ? "read-write" : "read-only", other->domid,
+			    other_name, other->vm[0] ? other->vm : "none");
 		}
 	}
 	return 0;
@@ -313,7 +319,7 @@ static int check_others(const char *rundir, const char *name,
 					       path);
 			break;
 		}
-		ret = may_share(mine, u, other, err);
+		ret = may_share(mine, name, u, other, err);
 	}
 out:
 	if (d)

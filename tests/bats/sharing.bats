@@ -14,7 +14,7 @@ setup() {
 }
 
 teardown() {
-	for d in 3 4 5; do
+	for d in 1 2 3 4 5; do
 		"$TOOLSTACK" --quiet --script "$SCRIPT" --domid "$d" v2-detach \
 			>/dev/null 2>&1 || true
 		"$TOOLSTACK" --quiet --script "$SCRIPT" --domid "$d" v1-detach \
@@ -226,6 +226,139 @@ ro_attach() {
 	assert_output --partial "in use read-only by domain"
 	for d in 1 2 5; do
 		run ts --domid "$d" v2-detach
+	done
+	assert_no_leftovers
+}
+
+# ---- backing files (issue 14) -------------------------------------------------
+# A qcow2 overlay's base is its worker's parent, opened read-only: the
+# worker holds it open for reading, so the rule sees it as a read-only use.
+
+# overlays N...: a 64 MiB raw base $IMG_DIR/base.raw and, for each N, a
+# qcow2 overlay $IMG_DIR/vmN.qcow2 over it (qemu-img).
+overlays() {
+	truncate -s 64M "$IMG_DIR/base.raw"
+	head -c 1M /dev/urandom | dd of="$IMG_DIR/base.raw" conv=notrunc status=none
+	for n in "$@"; do
+		qemu-img create -q -f qcow2 -b "$IMG_DIR/base.raw" -F raw \
+			"$IMG_DIR/vm$n.qcow2"
+	done
+}
+
+# worker_of ARGS...: that disk's worker name.
+worker_of() {
+	paths_of "$@"
+	xs_read "$HOTPLUG_PATH/blkstack-worker"
+}
+
+@test "sharing: two VMs' overlays over one base: both added, the base recorded read-only, each guest writes its own overlay" {
+	overlays 1 2
+	sum=$(sha256sum <"$IMG_DIR/base.raw")
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-attach
+	assert_success
+	TARGET="qcow2:$IMG_DIR/vm2.qcow2" run ts --domid 2 v2-attach
+	assert_success
+	# Each record has the overlay read-write and the base read-only.
+	base=$(stat -c '%d %i' "$IMG_DIR/base.raw")
+	for d in 1 2; do
+		run grep -c "^image f r $base\$" "$BLKSTACK_RUNDIR/$(worker_of --domid "$d").attached"
+		assert_output 1
+		run grep -c '^image f w ' "$BLKSTACK_RUNDIR/$(worker_of --domid "$d").attached"
+		assert_output 1
+	done
+	for d in 1 2; do
+		paths_of --domid "$d"
+		head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data$d"
+		dd if="$BATS_TEST_TMPDIR/data$d" of="$(xs_read "$HOTPLUG_PATH/pdev")" \
+			bs=64k oflag=direct status=none
+	done
+	for d in 1 2; do
+		run ts --domid "$d" v2-detach
+		assert_success
+	done
+	assert_no_leftovers
+	assert_equal "$(sha256sum <"$IMG_DIR/base.raw")" "$sum"
+	for d in 1 2; do
+		run qemu-img check -f qcow2 "$IMG_DIR/vm$d.qcow2"
+		assert_success
+		qemu-img convert -f qcow2 -O raw "$IMG_DIR/vm$d.qcow2" \
+			"$BATS_TEST_TMPDIR/back$d"
+		run cmp -n 65536 "$BATS_TEST_TMPDIR/data$d" "$BATS_TEST_TMPDIR/back$d"
+		assert_success
+		# Beyond the write, each reads the base.
+		run cmp -i 65536 -n 983040 "$IMG_DIR/base.raw" "$BATS_TEST_TMPDIR/back$d"
+		assert_success
+	done
+}
+
+@test "sharing: a base another VM's overlay reads may not be a disk read-write: refused, naming both disks" {
+	overlays 1
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-attach
+	assert_success
+	reader=$(worker_of --domid 1)
+	TARGET="aio:$IMG_DIR/base.raw" run ts --domid 5 \
+		--vm /vm/0b7d2c3a-0000-4000-8000-00000000cafe v2-attach
+	assert_failure
+	writer=$(worker_of --domid 5)
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "image $IMG_DIR/base.raw of this disk (worker $writer, read-write)"
+	assert_output --partial "in use read-only by domain 1 (worker $reader"
+	xs_absent "$BACKEND_PATH/physical-device"
+	TARGET="aio:$IMG_DIR/base.raw" run ts --domid 5 v2-detach
+	assert_success
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "sharing: an overlay over another VM's read-write disk is refused, naming both disks" {
+	overlays 1
+	TARGET="aio:$IMG_DIR/base.raw" run ts --domid 5 \
+		--vm /vm/0b7d2c3a-0000-4000-8000-00000000cafe v2-attach
+	assert_success
+	writer=$(worker_of --domid 5)
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-attach
+	assert_failure
+	reader=$(worker_of --domid 1)
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "image $IMG_DIR/base.raw of this disk (worker $reader, read-only)"
+	assert_output --partial "in use read-write by domain 5 (worker $writer"
+	xs_absent "$BACKEND_PATH/physical-device"
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-detach
+	assert_success
+	# Once the writer lets go, the overlay's disk is added.
+	TARGET="aio:$IMG_DIR/base.raw" run ts --domid 5 v2-detach
+	assert_success
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-attach
+	assert_success
+	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "sharing: two differencing VHDs over one dynamic base (blkstack-img): both added" {
+	qemu-img create -q -f vpc -o subformat=dynamic,force_size=on \
+		"$IMG_DIR/base.vhd" 64M
+	for d in 1 2; do
+		"$BIN/blkstack-img" create -f vhd -b "$IMG_DIR/base.vhd" -F vhd \
+			"$IMG_DIR/vm$d.vhd"
+	done
+	for d in 1 2; do
+		TARGET="vhd:$IMG_DIR/vm$d.vhd" run ts --domid "$d" v2-attach
+		assert_success
+	done
+	base=$(stat -c '%d %i' "$IMG_DIR/base.vhd")
+	run grep -c "^image f r $base\$" "$BLKSTACK_RUNDIR/$(worker_of --domid 2).attached"
+	assert_output 1
+	# The base as a third VM's read-write disk: refused.
+	TARGET="vhd:$IMG_DIR/base.vhd" run ts --domid 5 \
+		--vm /vm/0b7d2c3a-0000-4000-8000-00000000cafe v2-attach
+	assert_failure
+	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "in use read-only by domain"
+	for d in 5 1 2; do
+		run ts --domid "$d" v2-detach
+		assert_success
 	done
 	assert_no_leftovers
 }
