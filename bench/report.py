@@ -42,6 +42,31 @@ WORKLOAD_LABEL = {
     "write-1m-qd8": "1M seq write QD8",
 }
 
+# The formats part (issue 14): blkstack's qcow2: and vhd: against qemu-nbd
+# on copies of the same images, and blkstack's raw aio: on the same data.
+FMT_PEERS = ["fmt-raw", "fmt-qcow2", "fmt-qemu-qcow2", "fmt-vhd",
+             "fmt-qemu-vpc"]
+FMT_PEER_LABEL = {
+    "fmt-raw": "blkstack `aio:` (raw)",
+    "fmt-qcow2": "blkstack `qcow2:`",
+    "fmt-qemu-qcow2": "qemu-nbd -f qcow2",
+    "fmt-vhd": "blkstack `vhd:`",
+    "fmt-qemu-vpc": "qemu-nbd -f vpc",
+}
+# workload: (direction in fio's JSON, unit, label)
+FMT_WORKLOADS = {
+    "fmt-randread-4k-qd32": ("read", "IOPS",
+                             "4k randread QD32, allocated"),
+    "fmt-randwrite-4k-qd32": ("write", "IOPS",
+                              "4k randwrite QD32, allocated"),
+    "fmt-randwrite-4k-qd32-alloc": ("write", "IOPS",
+                                    "4k randwrite QD32, allocating"),
+    "fmt-write-1m-qd8-alloc": ("write", "MB/s",
+                               "1M seq write QD8, allocating"),
+}
+T_FMT_READ_VS_RAW = 0.9
+T_FMT_ALLOC_VS_QEMU = 1.0
+
 # The targets (bench/README.md).
 T_VS_DIRECT = 0.8
 T_VS_QEMU = 1.3
@@ -175,6 +200,56 @@ def main():
         row["log_cpu_overhead_pct"] = (None if not c0 or c1 is None
                                        else (c1 / c0 - 1.0) * 100.0)
         data[w] = row
+
+    # ---- formats
+    formats = {}
+    for w, (direction, unit, _label) in FMT_WORKLOADS.items():
+        row = {"unit": unit, "peers": {}}
+        for p in FMT_PEERS:
+            vals, sus, checks = [], [], []
+            for r in range(1, rounds + 1):
+                path = os.path.join(res, f"fio.{p}.{w}.{r}.json")
+                if not os.path.exists(path):
+                    continue
+                v, _c, io = read_fio(path, direction, unit)
+                vals.append(v)
+                if w.endswith("-alloc"):
+                    # A fixed amount of I/O: fio's own count.
+                    cpath = os.path.join(res, f"cpu.{p}.{w}.{r}")
+                    n = float(io.get("total_ios", 0))
+                    if os.path.exists(cpath) and n > 0:
+                        with open(cpath) as f:
+                            ticks, hz = (float(x) for x in f.read().split())
+                        sus.append(ticks / hz * 1e6 / n)
+                else:
+                    su = server_us_per_io(res, p, w, r, io, runtime, ramp)
+                    if su is not None:
+                        sus.append(su)
+                cpath = os.path.join(res, f"fmtcheck.{p}.{w}.{r}")
+                if os.path.exists(cpath):
+                    with open(cpath) as f:
+                        checks.append(f.read().strip())
+            row["peers"][p] = {
+                "runs": vals,
+                "median": statistics.median(vals) if vals else None,
+                "server_us_per_io": statistics.median(sus) if sus else None,
+                # qemu-img check (qcow2) / vhdiinfo (VHD) of the image the
+                # peer left, one line per round ("ok ..." or "bad ...").
+                "image_checks": checks,
+            }
+        med = {p: row["peers"][p]["median"] for p in FMT_PEERS}
+        row["ratios"] = {
+            "qcow2_vs_raw": ratio(med["fmt-qcow2"], med["fmt-raw"]),
+            "vhd_vs_raw": ratio(med["fmt-vhd"], med["fmt-raw"]),
+            "qcow2_vs_qemu_nbd": ratio(med["fmt-qcow2"],
+                                       med["fmt-qemu-qcow2"]),
+            "vhd_vs_qemu_nbd": ratio(med["fmt-vhd"], med["fmt-qemu-vpc"]),
+            "qemu_qcow2_vs_raw": ratio(med["fmt-qemu-qcow2"],
+                                       med["fmt-raw"]),
+            "qemu_vpc_vs_raw": ratio(med["fmt-qemu-vpc"], med["fmt-raw"]),
+        }
+        formats[w] = row
+    fmt_ran = any(formats[w]["peers"][p]["runs"] for w in formats for p in FMT_PEERS)
 
     # ---- blackout
     lat = {}
@@ -316,6 +391,55 @@ def main():
                "n/a" if not scale.get("rss_max_kib")
                else f"{scale['rss_max_kib'] / 1024:.1f} MiB"),
     ]
+    def fmt_noise(w, a, b):
+        """As noise(), for the formats part."""
+        ra, rb = formats[w]["peers"][a]["runs"], formats[w]["peers"][b]["runs"]
+        if len(ra) < 2 or len(rb) < 2 or max(ra) < min(rb) or \
+                max(rb) < min(ra):
+            return ""
+        return (f"within this disk's run-to-run noise: over the rounds "
+                f"{FMT_PEER_LABEL[a]} ranged {fmt(min(ra))}-"
+                f"{fmt(max(ra))} and {FMT_PEER_LABEL[b]} "
+                f"{fmt(min(rb))}-{fmt(max(rb))} {formats[w]['unit']}")
+
+    def fmt_target(name, w, key, limit, a, b):
+        v = formats[w]["ratios"][key]
+        return target(name, v, cmp(v, lambda x: x >= limit), fmt_ratio(v),
+                      fmt_noise(w, a, b))
+
+    # blkstack's images after its allocating runs: every check "ok".
+    bks_checks = [c for w in formats for p in ("fmt-qcow2", "fmt-vhd")
+                  for c in formats[w]["peers"][p]["image_checks"]]
+    bad_checks = [c for c in bks_checks if not c.startswith("ok")]
+    targets += [
+        fmt_target("qcow2: 4k randread QD32 on allocated clusters >= 0.9x "
+                   "blkstack raw aio: on the same data",
+                   "fmt-randread-4k-qd32", "qcow2_vs_raw", T_FMT_READ_VS_RAW,
+                   "fmt-qcow2", "fmt-raw"),
+        fmt_target("vhd: 4k randread QD32 on allocated blocks >= 0.9x "
+                   "blkstack raw aio: on the same data",
+                   "fmt-randread-4k-qd32", "vhd_vs_raw", T_FMT_READ_VS_RAW,
+                   "fmt-vhd", "fmt-raw"),
+        fmt_target("qcow2: allocating 4k randwrite QD32 >= qemu-nbd -f qcow2",
+                   "fmt-randwrite-4k-qd32-alloc", "qcow2_vs_qemu_nbd",
+                   T_FMT_ALLOC_VS_QEMU, "fmt-qcow2", "fmt-qemu-qcow2"),
+        fmt_target("vhd: allocating 4k randwrite QD32 >= qemu-nbd -f vpc",
+                   "fmt-randwrite-4k-qd32-alloc", "vhd_vs_qemu_nbd",
+                   T_FMT_ALLOC_VS_QEMU, "fmt-vhd", "fmt-qemu-vpc"),
+        fmt_target("qcow2: allocating 1M seq write QD8 >= qemu-nbd -f qcow2",
+                   "fmt-write-1m-qd8-alloc", "qcow2_vs_qemu_nbd",
+                   T_FMT_ALLOC_VS_QEMU, "fmt-qcow2", "fmt-qemu-qcow2"),
+        fmt_target("vhd: allocating 1M seq write QD8 >= qemu-nbd -f vpc",
+                   "fmt-write-1m-qd8-alloc", "vhd_vs_qemu_nbd",
+                   T_FMT_ALLOC_VS_QEMU, "fmt-vhd", "fmt-qemu-vpc"),
+        target("blkstack's images consistent after its allocating runs "
+               "(qemu-img check, vhdiinfo)", len(bad_checks),
+               None if not bks_checks else not bad_checks,
+               "n/a" if not bks_checks
+               else f"{len(bks_checks) - len(bad_checks)} of "
+               f"{len(bks_checks)} clean",
+               "; ".join(bad_checks)[:400]),
+    ]
     quick_note = ("QUICK run: one short round, so confirm on a full run "
                   "on an idle machine")
     for t in targets:
@@ -353,12 +477,14 @@ def main():
                                      "git", "mode", "load_start",
                                      "load_end", "baseline"]}
     peers = {"fio": m.get("fio"), "qemu-nbd": m.get("qemu_nbd"),
+             "qemu-img": m.get("qemu_img"),
              "nbdkit": m.get("nbdkit"),
              "nbdkit_cache": m.get("nbdkit_cache")}
     params = {k: m.get(k) for k in ["rounds", "runtime", "ramp", "size_mb",
-                                    "lat_runs", "scale_n"]}
+                                    "lat_runs", "scale_n", "fmt_size_mb",
+                                    "fmt_alloc_mb", "fmt_alloc_ios"]}
     doc = {"machine": machine, "peers": peers, "parameters": params,
-           "data_path": data, "blackout": lat,
+           "data_path": data, "formats": formats, "blackout": lat,
            "blackout_add_speedup_vs_xen_block": add_speedup,
            "blackout_floor_ms": floor,
            "blackout_add_net_ms": add_net,
@@ -483,6 +609,77 @@ def main():
           "peer, whose I/O runs in a second process on the other core, can "
           "beat it (ratios above 1x).")
     a("")
+    if fmt_ran:
+        a("## Formats: qcow2 and VHD")
+        a("")
+        a(f"blkstack's `qcow2:` and `vhd:` sinks and qemu-nbd (`-f qcow2` / "
+          "`-f vpc`, `--cache=none --aio=native`), each on fresh copies of "
+          "the same images, and blkstack's raw `aio:` on the same data; "
+          "fio's nbd engine for all.  Allocated: a "
+          f"{m.get('fmt_size_mb')} MiB random raw file and its qemu-img "
+          "convert to qcow2 (64 KiB clusters) and dynamic VHD (2 MiB "
+          "blocks), time-based.  Allocating: empty images of "
+          f"{m.get('fmt_alloc_mb')} MiB, a fresh copy per workload; "
+          f"{m.get('fmt_alloc_ios')} 4k writes on distinct random blocks "
+          "(one per 256 KiB: ~88% allocate a qcow2 cluster, each sets VHD "
+          f"sector bits), and 1M writes over the first "
+          f"{m.get('fmt_size_mb')} MiB once.")
+        a("")
+        a("| workload | unit | " +
+          " | ".join(FMT_PEER_LABEL[p] for p in FMT_PEERS) +
+          " | qcow2÷raw | vhd÷raw | qcow2÷qemu-nbd | vhd÷qemu-nbd |")
+        a("|" + " --- |" * (2 + len(FMT_PEERS) + 4))
+        for w, row in formats.items():
+            if not any(row["peers"][p]["runs"] for p in FMT_PEERS):
+                continue
+            r = row["ratios"]
+            cells = [FMT_WORKLOADS[w][2], row["unit"]]
+            cells += [fmt(row["peers"][p]["median"]) for p in FMT_PEERS]
+            cells += [fmt_ratio(r[k]) for k in ["qcow2_vs_raw", "vhd_vs_raw",
+                                                 "qcow2_vs_qemu_nbd",
+                                                 "vhd_vs_qemu_nbd"]]
+            a("| " + " | ".join(cells) + " |")
+        a("")
+        a("Server CPU per request (µs, all its threads, "
+          "/proc/PID/task/*/schedstat):")
+        a("")
+        a("| workload | " +
+          " | ".join(FMT_PEER_LABEL[p] for p in FMT_PEERS) + " |")
+        a("|" + " --- |" * (1 + len(FMT_PEERS)))
+        for w, row in formats.items():
+            if not any(row["peers"][p]["runs"] for p in FMT_PEERS):
+                continue
+            a(f"| {FMT_WORKLOADS[w][2]} | " + " | ".join(
+                fmt(row["peers"][p]["server_us_per_io"], 2)
+                for p in FMT_PEERS) + " |")
+        a("")
+        if rounds > 1:
+            a("Run-to-run spread (lowest-highest over the rounds):")
+            a("")
+            a("| workload | " +
+              " | ".join(FMT_PEER_LABEL[p] for p in FMT_PEERS) + " |")
+            a("|" + " --- |" * (1 + len(FMT_PEERS)))
+            for w, row in formats.items():
+                if not any(row["peers"][p]["runs"] for p in FMT_PEERS):
+                    continue
+                cells = [FMT_WORKLOADS[w][2]]
+                for p in FMT_PEERS:
+                    runs = row["peers"][p]["runs"]
+                    cells.append(f"{fmt(min(runs))}-{fmt(max(runs))}"
+                                 if runs else "")
+                a("| " + " | ".join(cells) + " |")
+            a("")
+        a("The images each peer left after its allocating runs "
+          "(qemu-img check for qcow2, vhdiinfo for VHD):")
+        a("")
+        a("| workload | peer | check (one per round) |")
+        a("| --- | --- | --- |")
+        for w, row in formats.items():
+            for p in FMT_PEERS:
+                for c in row["peers"][p]["image_checks"]:
+                    a(f"| {FMT_WORKLOADS[w][2]} | {FMT_PEER_LABEL[p]} | "
+                      f"{c} |")
+        a("")
     a("## Blackout: the add a migration waits for")
     a("")
     a("| action | runs | median ms | p90 ms | min ms | max ms |")
