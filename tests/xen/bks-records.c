@@ -14,7 +14,9 @@
  *       "REC stop last=n" (n = -1: none acknowledged).
  *
  *   bks-records check IMAGE [BASE_BYTES [FROM_SEQ]]
- *       In dom0, on the image file after the guest is gone.  Reads every
+ *       In dom0, on the image file after the guest is gone (or on a
+ *       block device: the guest's own disk, read back before it powers
+ *       off, or a dom0 device on a format image).  Reads every
  *       slot and prints one line of key=value pairs:
  *         records=N    valid records in slots 0..N-1 (the contiguous run)
  *         last=S       the sequence number of the last of them (-1: none)
@@ -220,7 +222,7 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 	uint64_t slot, records = 0, bad = 0, after_hole = 0;
 	uint64_t prev_ns = 0, first_ns = 0, gap = 0, gap_at = 0;
 	uint64_t from_gap = 0, from_gap_at = 0, run = 0, other_run = 0;
-	uint64_t back = 0, from_ns = 0;
+	uint64_t back = 0, from_ns = 0, size;
 	long long last = -1;
 	int hole = 0, fd = -1, rc = 1;
 	struct stat st;
@@ -242,8 +244,19 @@ static int cmd_check(const char *image, uint64_t base, uint64_t from)
 			strerror(errno));
 		goto out;
 	}
-	for (slot = 0; base + (slot + 1) * SLOT <= (uint64_t)st.st_size;
-	     slot++) {
+	/* A block device (the guest's disk, a dom0 device) has no st_size. */
+	size = (uint64_t)st.st_size;
+	if (S_ISBLK(st.st_mode)) {
+		off_t end = lseek(fd, 0, SEEK_END);
+
+		if (end < 0) {
+			fprintf(stderr, "bks-records: size of %s: %s\n", image,
+				strerror(errno));
+			goto out;
+		}
+		size = (uint64_t)end;
+	}
+	for (slot = 0; base + (slot + 1) * SLOT <= size; slot++) {
 		struct record r;
 		ssize_t n = pread(fd, buf, SLOT, (off_t)(base + slot * SLOT));
 		int v;

@@ -1046,10 +1046,172 @@ rec_item() {
 	fi
 }
 
+# ---- item 7: image formats (issue 14) ---------------------------------------
+# A PV guest on a qcow2 overlay over a raw base (target=qcow2:..., kernel
+# NBD), and one on a differencing VHD (blkstack-img create -b) over a
+# dynamic VHD base (qemu-img), target=vhd:..., on the loop fallback.  The
+# guest reads dom0's pattern (in the base) through the overlay, writes
+# records (bks-records, as in item 6), and at shutdown reads them back from
+# its disk (guest-init's bks_readback).  dom0 then checks the overlay
+# (qemu-img check, or blkstack-img check), reads the records out of it
+# (qemu-img convert; for VHD, which qemu-img cannot read when
+# differencing, a dom0 device on a fresh worker through xs-toolstack's
+# localattach), and that the base is unchanged.
+FMT_REC_MB=32
+
+# fmt_judge RESULT ACKED: bks-records check's RESULT line holds every
+# acknowledged record (0..ACKED, at least 20 of them), from one writer
+# run, none torn; says what it found when not.
+fmt_judge() {
+	_last=$(echo "$1" | tr ' ' '\n' | sed -n 's/^last=//p')
+	_bad=$(echo "$1" | tr ' ' '\n' | sed -n 's/^bad=//p')
+	_hole=$(echo "$1" | tr ' ' '\n' | sed -n 's/^after_hole=//p')
+	_other=$(echo "$1" | tr ' ' '\n' | sed -n 's/^other_run=//p')
+	[ "${_bad:-x}" = 0 ] && [ "${_hole:-x}" = 0 ] && [ "${_other:-x}" = 0 ] &&
+		[ "${_last:--1}" -ge "$2" ] && [ "$2" -ge 20 ] && return 0
+	echo "found: ${1:-nothing}; acknowledged: 0..$2"
+	return 1
+}
+# fmt_records TAG WHERE: bks-records check of WHERE (a file or a device),
+# shown as INFO; sets recs.
+fmt_records() {
+	recs=$(bks-records check "$2" "$REC_BASE" 0 2>&1)
+	info "$1: records in $2: $recs"
+}
+
+# fmt_run FORMAT MECH: FORMAT qcow2 (overlay over raw) or vhd
+# (differencing over dynamic), on the dom0 device mechanism MECH.
+fmt_run() {
+	f=$1
+	mech=$2
+	g=fmt-$f
+	tag="$f $mech"
+	base_raw=$IMGS/fmt-$f-base.raw
+	truncate -s "${FMT_REC_MB}M" "$base_raw"
+	printf 'blkstack-dom0-pattern' | dd of="$base_raw" conv=notrunc 2>/dev/null
+	if [ "$f" = qcow2 ]; then
+		base=$base_raw
+		img=$IMGS/fmt-vm.qcow2
+		qemu-img create -q -f qcow2 -b "$base" -F raw "$img" >"/tmp/$g.mk" 2>&1
+	else
+		base=$IMGS/fmt-base.vhd
+		img=$IMGS/fmt-vm.vhd
+		qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on \
+			"$base_raw" "$base" >"/tmp/$g.mk" 2>&1 &&
+			rm -f "$base_raw" &&
+			blkstack-img create -f vhd -b "$base" -F vhd "$img" >>"/tmp/$g.mk" 2>&1
+	fi
+	rc=$?
+	if [ "$rc" != 0 ]; then
+		fail "$tag: make the overlay over its base" "$(tr '\n' ' ' <"/tmp/$g.mk")"
+		return 0
+	fi
+	pass "$tag: overlay made over its base ($(basename "$base"))"
+	sum=$(sha256sum <"$base")
+	cat >"/root/$g.cfg" <<EOC
+name = "$g"
+type = "pv"
+kernel = "/root/guest-vmlinuz"
+ramdisk = "/root/guest.cpio.gz"
+extra = "console=hvc0 quiet bks_records bks_readback"
+memory = 160
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+on_reboot = "destroy"
+disk = ['vdev=xvda,script=block-stack,target=$f:$img']
+EOC
+	t0=$(now)
+	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
+		fail "$tag: xl create with target=$f:$img" "$(xl_errors "/tmp/$g.create")"
+		cleanup_after "$g"
+		rm -f "$img" "$base"
+		return 0
+	fi
+	pass "$tag: xl create with target=$f:$img"
+	domid=$(xl domid "$g")
+	be=/local/domain/0/backend/vbd/$domid/$XVDA
+	info "$tag: physical-device-path=$(xenstore-read "$be/physical-device-path" 2>&1)," \
+		"worker $(xenstore-read "$be/blkstack-worker" 2>&1)"
+	wait_for 150 acks_or_gone "$g" 20 || true
+	check "$tag: the guest reads dom0's pattern in the base through the overlay" \
+		in_log "$g" "GUEST read-ok"
+	if acks_beyond "$g" 20; then
+		pass "$tag: guest writes records on the overlay"
+		info "$tag: 20 records $(($(now) - t0))s after xl create"
+	else
+		fail "$tag: guest writes records on the overlay" \
+			"last ack $(last_ack "$g"); console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 5 | tr '\n' '|')"
+	fi
+	t1=$(now)
+	xl shutdown "$g" >/dev/null 2>&1 || true
+	if wait_for 90 domain_gone "$g"; then
+		info "$tag: shutdown (with the guest's read-back) took $(($(now) - t1))s"
+	else
+		fail "$tag: guest shut down" "still there after 90s; destroying"
+		xl destroy "$g" >/dev/null 2>&1 || true
+		wait_for 30 domain_gone "$g" || true
+	fi
+	acked=$(last_ack "$g")
+	rb=$(tr -d '\r' <"$CONS/guest-$g.log" | sed -n 's/^GUEST check //p' | tail -n 1)
+	info "$tag: the guest's read-back: ${rb:-none}; last acknowledged $acked"
+	check "$tag: the guest read every acknowledged record back from its disk" \
+		fmt_judge "$rb" "$acked"
+	wait_for 20 no_workers || true
+	check "$tag: no worker left" no_workers
+	check "$tag: no FUSE server left" no_nbdfuse
+	check "$tag: no loop or nbd device left" no_blockdev
+	check "$tag: no backend left in xenstore" no_backends
+	check "$tag: the base is unchanged" [ "$(sha256sum <"$base")" = "$sum" ]
+	if [ "$f" = qcow2 ]; then
+		check "$tag: qemu-img check of the overlay" qemu-img check -f qcow2 "$img"
+		out=$IMGS/fmt-check.raw
+		rm -f "$out"
+		if qemu-img convert -f qcow2 -O raw "$img" "$out" >/tmp/fmt-convert.out 2>&1; then
+			fmt_records "$tag" "$out"
+			check "$tag: qemu-img reads every acknowledged record from the overlay" \
+				fmt_judge "$recs" "$acked"
+			got=$(dd if="$out" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+			check "$tag: the guest's pattern is in the overlay" \
+				[ "$got" = blkstack-guest-pattern ]
+		else
+			fail "$tag: qemu-img convert of the overlay" "$(tr '\n' ' ' </tmp/fmt-convert.out)"
+		fi
+		rm -f "$out"
+	else
+		check "$tag: blkstack-img check of the differencing VHD" blkstack-img check "$img"
+		# A dom0 device on a fresh worker of the same target.
+		ts() {
+			BLKSTACK_DEVICE=loop xs-toolstack --quiet --script "$SCRIPT" \
+				--domid 78 --target "vhd:$img" "$@"
+		}
+		hp=$(ts paths | sed -n 's/^HOTPLUG_PATH=//p' | tr -d "'\"")
+		if ts v2-create && ts v2-run version && ts v2-run prepare &&
+			ts v2-run localattach >/tmp/fmt-la.out 2>&1; then
+			dev=$(xenstore-read "$hp/pdev" 2>/dev/null || echo none)
+			fmt_records "$tag" "$dev"
+			check "$tag: a fresh worker reads every acknowledged record from the overlay ($dev)" \
+				fmt_judge "$recs" "$acked"
+			got=$(dd if="$dev" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+			check "$tag: the guest's pattern is in the overlay" \
+				[ "$got" = blkstack-guest-pattern ]
+		else
+			fail "$tag: localattach of the differencing VHD" "$(tr '\n' ' ' </tmp/fmt-la.out)"
+		fi
+		ts v2-run localdetach >/dev/null 2>&1 || true
+		ts v2-run unprepare >/dev/null 2>&1 || true
+		xenstore-rm "${hp%/vbd/*}" 2>/dev/null || true
+		check "$tag: no worker left after the read-back" no_workers
+		check "$tag: the base is unchanged after the read-back" \
+			[ "$(sha256sum <"$base")" = "$sum" ]
+	fi
+	rm -f "$img" "$base"
+}
+
 echo "XENTEST start $(now)s"
-# xentest_only=rec or =kill on dom0's command line (tests/xen/run:
-# XEN_ONLY=rec|kill): only the migration and save/restore items, or only
-# item 5, for working on them.
+# xentest_only=rec, =kill or =fmt on dom0's command line (tests/xen/run:
+# XEN_ONLY=rec|kill|fmt): only the migration and save/restore items, only
+# item 5, or only item 7 (formats), for working on them.
 only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
 # pgrep; a missing one must not make a check pass).
@@ -1057,7 +1219,7 @@ missing=''
 for c in xl xenstore-read xenstore-write xenstore-ls xenstore-exists \
 	xenstore-rm xs-toolstack bks-records "$CTL" mke2fs losetup mount \
 	modprobe dmesg awk sed grep tr cut head tail sort wc find ps dd \
-	truncate kill sleep; do
+	truncate kill sleep qemu-img blkstack-img sha256sum; do
 	command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
 check "dom0 has every command dom0-test.sh uses" sh -c \
@@ -1085,6 +1247,10 @@ if [ -z "$only" ]; then
 	local_attach nbd
 else
 	info "xentest_only=$only: the other items skipped"
+fi
+if [ -z "$only" ] || [ "$only" = fmt ]; then
+	fmt_run qcow2 nbd
+	fmt_run vhd loop
 fi
 if [ -z "$only" ] || [ "$only" = rec ]; then
 	rec_item loop migrate
