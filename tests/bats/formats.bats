@@ -250,3 +250,45 @@ read_back() {
 	run qemu-img check -f qcow2 "$IMG_DIR/vm.qcow2"
 	assert_success
 }
+
+@test "formats: with images = DIR, a backing file outside it is refused at prepare, naming it" {
+	# The overlay is the guest's; its backing name points anywhere.
+	export BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	printf 'images = %s\n' "$IMG_DIR" >"$BLKSTACK_CONF"
+	truncate -s 64M "$BATS_TEST_TMPDIR/outside.raw"
+	qemu-img create -q -f qcow2 -b "$BATS_TEST_TMPDIR/outside.raw" -F raw \
+		"$IMG_DIR/vm.qcow2"
+	TARGET="qcow2:$IMG_DIR/vm.qcow2"
+	ts v2-create
+	run ts v2-run prepare
+	assert_failure 1
+	run xs_read "$HOTPLUG_PATH/hotplug-error"
+	assert_output --partial "image $BATS_TEST_TMPDIR/outside.raw is outside"
+	run ts v2-detach
+	assert_success
+	assert_no_leftovers
+	# The same overlay over a base inside the directory is fine.
+	truncate -s 64M "$IMG_DIR/base.raw"
+	qemu-img rebase -q -u -f qcow2 -b "$IMG_DIR/base.raw" -F raw "$IMG_DIR/vm.qcow2"
+	run ts v2-attach
+	assert_success
+	run ts v2-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "formats: a backing chain that loops fails prepare with a message, and leaves nothing" {
+	qemu-img create -q -f qcow2 "$IMG_DIR/a.qcow2" 64M
+	qemu-img create -q -f qcow2 -u -b "$IMG_DIR/a.qcow2" -F qcow2 "$IMG_DIR/b.qcow2" 64M
+	qemu-img rebase -q -u -f qcow2 -b "$IMG_DIR/b.qcow2" -F qcow2 "$IMG_DIR/a.qcow2"
+	TARGET="qcow2:$IMG_DIR/a.qcow2"
+	ts v2-create
+	run timeout 30 "$TOOLSTACK" --quiet --script "$SCRIPT" --target "$TARGET" \
+		v2-run prepare
+	assert_failure 1
+	run xs_read "$HOTPLUG_PATH/hotplug-error"
+	assert_output --regexp "$IMG_DIR/(a|b)\.qcow2"
+	run ts v2-detach
+	assert_success
+	assert_no_leftovers
+}
