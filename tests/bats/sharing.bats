@@ -245,7 +245,8 @@ overlays() {
 	done
 }
 
-# worker_of ARGS...: that disk's worker name.
+# worker_of ARGS...: that disk's worker name (paths_of, when called as
+# $(worker_of ...), sets nothing in the caller).
 worker_of() {
 	paths_of "$@"
 	xs_read "$HOTPLUG_PATH/blkstack-worker"
@@ -300,6 +301,7 @@ worker_of() {
 		--vm /vm/0b7d2c3a-0000-4000-8000-00000000cafe v2-attach
 	assert_failure
 	writer=$(worker_of --domid 5)
+	paths_of --domid 5
 	run xs_read "$BACKEND_PATH/hotplug-error"
 	assert_output --partial "image $IMG_DIR/base.raw of this disk (worker $writer, read-write)"
 	assert_output --partial "in use read-only by domain 1 (worker $reader"
@@ -320,6 +322,7 @@ worker_of() {
 	TARGET="qcow2:$IMG_DIR/vm1.qcow2" run ts --domid 1 v2-attach
 	assert_failure
 	reader=$(worker_of --domid 1)
+	paths_of --domid 1
 	run xs_read "$BACKEND_PATH/hotplug-error"
 	assert_output --partial "image $IMG_DIR/base.raw of this disk (worker $reader, read-only)"
 	assert_output --partial "in use read-write by domain 5 (worker $writer"
@@ -354,7 +357,10 @@ worker_of() {
 	TARGET="vhd:$IMG_DIR/base.vhd" run ts --domid 5 \
 		--vm /vm/0b7d2c3a-0000-4000-8000-00000000cafe v2-attach
 	assert_failure
+	writer=$(worker_of --domid 5)
+	paths_of --domid 5
 	run xs_read "$BACKEND_PATH/hotplug-error"
+	assert_output --partial "image $IMG_DIR/base.vhd of this disk (worker $writer, read-write)"
 	assert_output --partial "in use read-only by domain"
 	for d in 5 1 2; do
 		run ts --domid "$d" v2-detach
