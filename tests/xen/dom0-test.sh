@@ -1201,7 +1201,10 @@ EOC
 		ts v2-run localdetach >/dev/null 2>&1 || true
 		ts v2-run unprepare >/dev/null 2>&1 || true
 		xenstore-rm "${hp%/vbd/*}" 2>/dev/null || true
+		wait_for 20 no_workers || true
 		check "$tag: no worker left after the read-back" no_workers
+		check "$tag: no FUSE server left after the read-back" no_nbdfuse
+		check "$tag: no loop device left after the read-back" no_loopdev
 		check "$tag: the base is unchanged after the read-back" \
 			[ "$(sha256sum <"$base")" = "$sum" ]
 	fi
