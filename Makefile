@@ -163,8 +163,9 @@ IMG_OBJ      := $(call objs,$(sort $(wildcard helpers/img/*.c))) \
 $(IMG): $(IMG_OBJ)
 	$(call link,$(LIB_LIBS))
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) \
-            $(if $(wildcard helpers/img/*.c),$(IMG))
+# (blkstack-img once helpers/img/ has its sources.)
+IMG_BUILT := $(if $(wildcard helpers/img/*.c),$(IMG))
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -363,7 +364,7 @@ install: all
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
 	# back to sbin for them and blkstack-fuse.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG) \
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT) \
 		$(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
