@@ -17,17 +17,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "blkstack/driver.h"
 #include "img-map.h"
 #include "img.h"
 
 /* Exit codes (qemu-img check's convention for check). */
 enum {
 	EXIT_OK = 0,
-	EXIT_ERR = 1,	      /* an error: the message is on stderr */
-	EXIT_CORRUPT = 2,     /* check: corruptions found */
-	EXIT_LEAKS = 3,	      /* check: leaks only */
-	EXIT_NO_CHECK = 63,   /* check: the format has nothing to check */
-	EXIT_USAGE = 1,	      /* a bad command line */
+	EXIT_ERR = 1,		/* an error: the message is on stderr */
+	EXIT_CORRUPT = 2,	/* check: corruptions found */
+	EXIT_LEAKS = 3,		/* check: leaks only */
+	EXIT_NO_CHECK = 63,	/* check: the format has nothing to check */
+	EXIT_USAGE = 1,		/* a bad command line */
 	JSON_OUT_MAX = 1 << 24, /* the largest JSON document printed */
 };
 
@@ -143,14 +144,13 @@ static int find_format(const char *name, const struct img_format **out,
 			break;
 		n += (size_t)w;
 	}
-	return bks_error_setmsg(err, EINVAL,
-				"unknown format \"%s\" (known: %s)", name,
-				list);
+	return bks_error_setmsg(
+	    err, EINVAL, "unknown format \"%s\" (known: %s)", name, list);
 }
 
 /* Probe the format of the image open on fd (at path). */
-static int probe_format(int fd, const char *path,
-			const struct img_format **out, struct bks_error *err)
+static int probe_format(int fd, const char *path, const struct img_format **out,
+			struct bks_error *err)
 {
 	unsigned char head[IMG_PROBE_BYTES];
 	struct stat st;
@@ -255,18 +255,17 @@ static int cmd_create(int argc, char **argv)
 	if (find_format(fmt_name, &fmt, &err) < 0)
 		return fail("create", &err);
 	if (lstat(o.path, &st) == 0) {
-		bks_error_setmsg(&err, EEXIST, "%s exists: refusing to "
-					       "overwrite it",
+		bks_error_setmsg(&err, EEXIST,
+				 "%s exists: refusing to "
+				 "overwrite it",
 				 o.path);
 		return fail("create", &err);
 	}
 	if (o.backing) {
 		struct img_info bi;
 
-		if (o.backing[0] == '\0' ||
-		    strlen(o.backing) >= IMG_PATH_MAX) {
-			bks_error_setmsg(&err, EINVAL,
-					 "bad backing file name");
+		if (o.backing[0] == '\0' || strlen(o.backing) >= IMG_PATH_MAX) {
+			bks_error_setmsg(&err, EINVAL, "bad backing file name");
 			return fail("create", &err);
 		}
 		if (resolve_backing(o.path, o.backing, backing_path,
@@ -417,7 +416,8 @@ struct info_one {
 	char path[IMG_PATH_MAX];
 	struct img_info info;
 	uint64_t disk_size;
-	struct json_doc extra; /* the format's own keys (an object) */
+	char *extra_text;      /* the format's own keys: a JSON object */
+	struct json_doc extra; /* extra_text parsed (it points into it) */
 };
 
 static void info_print_text(const struct info_one *im)
@@ -517,7 +517,15 @@ static int info_read(struct info_one *im, const char *fmt_name,
 				  "%s: format-specific information", im->path);
 		goto out;
 	}
-	r = json_parse(&im->extra, xw->buf, xw->len);
+	im->extra_text = strndup(xw->buf, xw->len);
+	if (!im->extra_text) {
+		r = bks_error_set(err, ENOMEM,
+				  "%s: format-specific "
+				  "information",
+				  im->path);
+		goto out;
+	}
+	r = json_parse(&im->extra, im->extra_text, xw->len);
 	if (r < 0) {
 		bks_error_set(err, -r, "%s: format-specific information",
 			      im->path);
@@ -537,7 +545,11 @@ out:
 
 static int cmd_info(int argc, char **argv)
 {
-	enum { OPT_JSON = 256, OPT_CHAIN, OPT_OUTPUT };
+	enum {
+		OPT_JSON = 256,
+		OPT_CHAIN,
+		OPT_OUTPUT
+	};
 	static const struct option opts[] = {
 	    {"json", no_argument, NULL, OPT_JSON},
 	    {"output", required_argument, NULL, OPT_OUTPUT},
@@ -628,8 +640,8 @@ static int cmd_info(int argc, char **argv)
 		}
 		snprintf(chain[n].path, sizeof(chain[n].path), "%s",
 			 im->info.backing_path);
-		fmt_name = im->info.backing_fmt[0] ? im->info.backing_fmt
-						   : NULL;
+		fmt_name =
+		    im->info.backing_fmt[0] ? im->info.backing_fmt : NULL;
 	}
 	if (json) {
 		json_arr_begin(&out);
@@ -653,8 +665,10 @@ static int cmd_info(int argc, char **argv)
 	rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_ERR;
 out:
 	if (chain)
-		for (unsigned int k = 0; k < BKS_CHAIN_MAX_LAYERS; k++)
+		for (unsigned int k = 0; k < BKS_CHAIN_MAX_LAYERS; k++) {
 			json_doc_free(&chain[k].extra);
+			free(chain[k].extra_text);
+		}
 	free(chain);
 	json_writer_free(&xw);
 	json_writer_free(&out);
@@ -713,7 +727,11 @@ static int check_json(const char *path, const char *fmt,
 
 static int cmd_check(int argc, char **argv)
 {
-	enum { OPT_JSON = 256, OPT_REPAIR, OPT_OUTPUT };
+	enum {
+		OPT_JSON = 256,
+		OPT_REPAIR,
+		OPT_OUTPUT
+	};
 	static const struct option opts[] = {
 	    {"json", no_argument, NULL, OPT_JSON},
 	    {"output", required_argument, NULL, OPT_OUTPUT},
@@ -765,8 +783,7 @@ static int cmd_check(int argc, char **argv)
 	if (argc - optind != 1)
 		return fail_usage("check", "expected one FILE");
 	path = argv[optind];
-	fd = open_image(path, repair ? O_RDWR : O_RDONLY, fmt_name, &fmt,
-			&err);
+	fd = open_image(path, repair ? O_RDWR : O_RDONLY, fmt_name, &fmt, &err);
 	if (fd < 0)
 		return fail("check", &err);
 	if (!fmt->check) {
@@ -826,7 +843,10 @@ out:
 
 static int cmd_map(int argc, char **argv)
 {
-	enum { OPT_OUTPUT = 256, OPT_JSON };
+	enum {
+		OPT_OUTPUT = 256,
+		OPT_JSON
+	};
 	static const struct option opts[] = {
 	    {"output", required_argument, NULL, OPT_OUTPUT},
 	    {"json", no_argument, NULL, OPT_JSON},

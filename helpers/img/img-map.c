@@ -95,7 +95,8 @@ static int map_emit(struct map_run *m, const struct map_ent *e)
 			w = fprintf(m->out, "%-16s%-16s%s\n", "Offset",
 				    "Length", "File");
 		if (w >= 0)
-			w = fprintf(m->out, "%-#16" PRIx64 "%-#16" PRIx64 "%s\n",
+			w = fprintf(m->out,
+				    "%-#16" PRIx64 "%-#16" PRIx64 "%s\n",
 				    e->start, e->length, map_file(m, e->depth));
 	} else {
 		return 0;
@@ -166,10 +167,9 @@ static int map_step(struct map_run *m, uint64_t off, uint64_t end,
 		return bks_error_set(err, -b.result, "block status at %" PRIu64,
 				     off);
 	if (b.req.nextents == 0 || b.req.nextents > MAP_EXTENTS)
-		return bks_error_setmsg(err, EIO,
-					"block status at %" PRIu64
-					": %u extents",
-					off, b.req.nextents);
+		return bks_error_setmsg(
+		    err, EIO, "block status at %" PRIu64 ": %u extents", off,
+		    b.req.nextents);
 	for (uint32_t i = 0; i < b.req.nextents; i++) {
 		struct bks_extent x = ext[i];
 
@@ -201,7 +201,8 @@ int img_map(const char *path, const char *fmt, enum img_map_output output,
 
 	r = map_chain_string(chain, sizeof(chain), fmt, path);
 	if (r < 0) {
-		bks_error_setmsg(err, -r, "%s: path too long for a chain", path);
+		bks_error_setmsg(err, -r, "%s: path too long for a chain",
+				 path);
 		goto out;
 	}
 	ext = calloc(MAP_EXTENTS, sizeof(*ext));

@@ -13,7 +13,8 @@
 
 /* How map prints. */
 enum img_map_output {
-	IMG_MAP_HUMAN, /* qemu-img map's default: the data ranges, a file each */
+	IMG_MAP_HUMAN, /* qemu-img map's default: the data ranges, a file each
+			*/
 	IMG_MAP_JSON,  /* qemu-img map --output=json's list of extents */
 };
 

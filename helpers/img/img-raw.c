@@ -79,9 +79,6 @@ static int raw_info(int fd, const char *path, struct img_info *out,
 }
 
 const struct img_format img_format_raw = {
-    .name = "raw",
-    .probe = raw_probe,
-    .create = raw_create,
-    .info = raw_info,
+    .name = "raw", .probe = raw_probe, .create = raw_create, .info = raw_info,
     /* No check: a raw file has no metadata to be inconsistent. */
 };
