@@ -266,6 +266,9 @@ $(B)/fuzz/obj/%.o: %.c
 $(B)/fuzz/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
 $(B)/fuzz/obj/tests/fuzz/%.o: CPPFLAGS += -Ihelpers/common -Ihelpers/img
 
+# fuzz-qcow2: blkstack-img's qcow2 reader (info, check, repair).
+FUZZ_OBJ_fuzz-qcow2 := $(call fuzzobjs,helpers/img/img-qcow2.c \
+                       helpers/common/json.c)
 $(B)/fuzz/%: $(B)/fuzz/obj/tests/fuzz/%.o $$(FUZZ_OBJ_$$*) $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LIB_LIBS)

@@ -344,9 +344,17 @@ struct ck {
 	uint64_t nclusters;  /* host clusters tracked: the file's, plus slack */
 	uint64_t *rc;	     /* refcount of each, from the refcount blocks */
 	uint32_t *refs;	     /* references to each, counted */
+	unsigned char *meta; /* 1 for each cluster holding metadata */
 	uint64_t *rb_off;    /* refcount table: each block's offset, 0 none */
 	uint64_t nrb;	     /* refcount table entries */
 	unsigned char *cbuf; /* one cluster */
+	/*
+	 * Corruptions a repair can fix: a cluster referenced once whose
+	 * refcount is 0 (what a crash under lazy refcounts leaves), and the
+	 * OFLAG_COPIED mismatch each of those shows.  Repaired only when
+	 * every corruption is one of them.
+	 */
+	uint64_t fixable;
 	struct img_check *out;
 };
 
@@ -391,6 +399,26 @@ static void ref_range(struct ck *k, uint64_t off, uint64_t len,
 			k->refs[c]++;
 }
 
+/* Like ref_range(), for metadata: its clusters may be used once only. */
+static void ref_meta(struct ck *k, uint64_t off, uint64_t len, const char *what)
+{
+	uint64_t cs = k->g->cluster_size;
+
+	ref_range(k, off, len, what);
+	if (len == 0 || off + len < off || (off + len - 1) / cs >= k->nclusters)
+		return;
+	for (uint64_t c = off / cs; c <= (off + len - 1) / cs; c++)
+		k->meta[c] = 1;
+}
+
+/* True if host cluster at off is referenced already (by anything). */
+static bool referenced(const struct ck *k, uint64_t off)
+{
+	uint64_t c = off >> k->g->cluster_bits;
+
+	return c < k->nclusters && k->refs[c] > 0;
+}
+
 /* The refcount blocks: read each, keep every cluster's refcount. */
 static int ck_refcounts(struct ck *k, struct bks_error *err)
 {
@@ -410,7 +438,7 @@ static int ck_refcounts(struct ck *k, struct bks_error *err)
 		    "refcount table", err);
 	if (r < 0)
 		goto out;
-	ref_range(k, k->h->refcount_table_offset, tbytes, "refcount table");
+	ref_meta(k, k->h->refcount_table_offset, tbytes, "refcount table");
 	for (uint64_t i = 0; i < k->nrb; i++) {
 		struct bks_error e = {0};
 		uint64_t off, base = i * g->rb_entries;
@@ -431,7 +459,15 @@ static int ck_refcounts(struct ck *k, struct bks_error *err)
 				i, off, k->fsize);
 			continue;
 		}
-		ref_range(k, off, g->cluster_size, "refcount block");
+		if (referenced(k, off)) {
+			corrupt(k,
+				"refcount block %" PRIu64 " at 0x%" PRIx64
+				" overlaps other metadata",
+				i, off);
+			ref_range(k, off, g->cluster_size, "refcount block");
+			continue;
+		}
+		ref_meta(k, off, g->cluster_size, "refcount block");
 		k->rb_off[i] = off;
 		if (base >= k->nclusters)
 			continue; /* it counts clusters past the file only */
@@ -509,11 +545,14 @@ static int ck_l2(struct ck *k, uint64_t i, uint64_t l2off, unsigned char *l2,
 			continue;
 		}
 		ref_range(k, d.host_offset, g->cluster_size, "data cluster");
-		if (d.copied != (rc_of(k, d.host_offset) == 1))
+		if (d.copied != (rc_of(k, d.host_offset) == 1)) {
+			if (d.copied && rc_of(k, d.host_offset) == 0)
+				k->fixable++;
 			corrupt(k,
 				"OFLAG_COPIED data cluster: l2_entry=%" PRIx64
 				" refcount=%" PRIu64,
 				e, rc_of(k, d.host_offset));
+		}
 	}
 	return 0;
 }
@@ -533,7 +572,7 @@ static int ck_tables(struct ck *k, struct bks_error *err)
 		    "L1 table", err);
 	if (r < 0)
 		goto out;
-	ref_range(k, k->h->l1_table_offset, bytes, "L1 table");
+	ref_meta(k, k->h->l1_table_offset, bytes, "L1 table");
 	for (uint64_t i = 0; i < k->h->l1_size; i++) {
 		uint64_t e = bks_get_be64(l1 + 8 * i), off;
 		struct bks_error de = {0};
@@ -555,12 +594,24 @@ static int ck_tables(struct ck *k, struct bks_error *err)
 				i, off, k->fsize);
 			continue;
 		}
-		ref_range(k, off, g->cluster_size, "L2 table");
-		if (copied != (rc_of(k, off) == 1))
+		if (referenced(k, off)) {
+			/* Counted, not walked again (that bounds the work). */
+			corrupt(k,
+				"L2 table of L1 entry %" PRIu64 " at 0x%" PRIx64
+				" overlaps other metadata",
+				i, off);
+			ref_range(k, off, g->cluster_size, "L2 table");
+			continue;
+		}
+		ref_meta(k, off, g->cluster_size, "L2 table");
+		if (copied != (rc_of(k, off) == 1)) {
+			if (copied && rc_of(k, off) == 0)
+				k->fixable++;
 			corrupt(k,
 				"OFLAG_COPIED L2 cluster: l1_index=%" PRIu64
 				" l1_entry=%" PRIx64 " refcount=%" PRIu64,
 				i, e, rc_of(k, off));
+		}
 		r = ck_l2(k, i, off, k->cbuf, err);
 		if (r < 0)
 			goto out;
@@ -572,9 +623,11 @@ out:
 }
 
 /*
- * Lower the refcount of every leaked cluster to its references, a
- * refcount block at a time; then clear the dirty bit (the refcounts are
- * true now).  Only with nothing corrupt: a corrupt image is left alone.
+ * Set the refcount of every cluster whose refcount is not its count of
+ * references to that count, a refcount block at a time: leaks are
+ * lowered, and (called only when every corruption is fixable) clusters
+ * referenced once with refcount 0 get 1.  Then clear the dirty bit (the
+ * refcounts are true now).
  */
 static int ck_repair(struct ck *k, struct bks_error *err)
 {
@@ -587,11 +640,16 @@ static int ck_repair(struct ck *k, struct bks_error *err)
 
 		if (!k->rb_off[b] || base >= k->nclusters)
 			continue;
+		uint64_t raised = 0;
+
 		for (uint64_t j = 0;
-		     j < g->rb_entries && base + j < k->nclusters; j++)
+		     j < g->rb_entries && base + j < k->nclusters; j++) {
 			if (k->rc[base + j] > k->refs[base + j])
 				fixed++;
-		if (!fixed)
+			else if (k->rc[base + j] < k->refs[base + j])
+				raised++;
+		}
+		if (!fixed && !raised)
 			continue;
 		r = read_at(k->fd, k->path, k->cbuf, g->cluster_size,
 			    k->rb_off[b], "refcount block", err);
@@ -599,7 +657,7 @@ static int ck_repair(struct ck *k, struct bks_error *err)
 			return r;
 		for (uint64_t j = 0;
 		     j < g->rb_entries && base + j < k->nclusters; j++)
-			if (k->rc[base + j] > k->refs[base + j])
+			if (k->rc[base + j] != k->refs[base + j])
 				bks_qcow2_refcount_set(g, k->cbuf, j,
 						       k->refs[base + j]);
 		r = write_at(k->fd, k->path, k->cbuf, g->cluster_size,
@@ -607,6 +665,7 @@ static int ck_repair(struct ck *k, struct bks_error *err)
 		if (r < 0)
 			return r;
 		k->out->leaks_fixed += fixed;
+		k->out->corruptions_fixed += raised;
 	}
 	if (fsync(k->fd) < 0)
 		return bks_error_set(err, errno, "fsync %s", k->path);
@@ -667,13 +726,14 @@ static int qcow2_check(int fd, const char *path, bool repair, FILE *report,
 	k.nclusters = (k.fsize + cs - 1) / cs + slack;
 	k.rc = calloc(k.nclusters, sizeof(*k.rc));
 	k.refs = calloc(k.nclusters, sizeof(*k.refs));
+	k.meta = calloc(k.nclusters, 1);
 	k.cbuf = malloc(cs);
-	if (!k.rc || !k.refs || !k.cbuf) {
+	if (!k.rc || !k.refs || !k.meta || !k.cbuf) {
 		r = bks_error_set(err, ENOMEM, "%s: check", path);
 		goto out;
 	}
 	out->total = (k.h->size + cs - 1) / cs;
-	ref_range(&k, 0, cs, "qcow2 header");
+	ref_meta(&k, 0, cs, "qcow2 header");
 	r = ck_refcounts(&k, err);
 	if (r < 0)
 		goto out;
@@ -681,6 +741,11 @@ static int qcow2_check(int fd, const char *path, bool repair, FILE *report,
 	if (r < 0)
 		goto out;
 	for (uint64_t c = 0; c < k.nclusters; c++) {
+		if (k.meta[c] && k.refs[c] > 1)
+			corrupt(&k,
+				"cluster %" PRIu64 " holds metadata and is "
+				"referenced %" PRIu32 " times",
+				c, k.refs[c]);
 		if (k.rc[c] > k.refs[c]) {
 			out->leaks++;
 			fprintf(report,
@@ -688,19 +753,24 @@ static int qcow2_check(int fd, const char *path, bool repair, FILE *report,
 				" reference=%" PRIu32 "\n",
 				c, k.rc[c], k.refs[c]);
 		} else if (k.rc[c] < k.refs[c]) {
+			if (k.rc[c] == 0 && k.refs[c] == 1 &&
+			    c / k.g->rb_entries < k.nrb &&
+			    k.rb_off[c / k.g->rb_entries])
+				k.fixable++;
 			corrupt(&k,
 				"cluster %" PRIu64 " refcount=%" PRIu64
 				" reference=%" PRIu32,
 				c, k.rc[c], k.refs[c]);
 		}
 	}
-	if (repair && out->leaks && out->corruptions == 0)
+	if (repair && out->corruptions == k.fixable)
 		r = ck_repair(&k, err);
-	else if (repair && out->leaks)
-		fprintf(report, "Leaks not repaired: the image has "
-				"corruptions\n");
+	else if (repair)
+		fprintf(report, "Not repaired: the image has corruptions "
+				"that a repair cannot fix safely\n");
 out:
 	free(k.cbuf);
+	free(k.meta);
 	free(k.refs);
 	free(k.rc);
 	free(k.rb_off);
