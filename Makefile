@@ -302,6 +302,8 @@ deps:
 # ---- checks ----------------------------------------------------------------
 SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
+# blkstack-img's fuzz seeds are rebuilt by a script of their own.
+SHELL_FILES += tests/fuzz/corpus-qcow2.sh
 # Every C source and header of the tree (tests/xen/bks-records.c too).
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
