@@ -247,8 +247,10 @@ out:
 	 * A request still in flight (a timeout) pins the chain and its
 	 * loop: leave both to the process's exit.
 	 */
-	if (m.chain && bks_chain_in_flight(m.chain) != 0)
-		m.chain = NULL, m.loop = NULL;
+	if (m.chain && bks_chain_in_flight(m.chain) != 0) {
+		m.chain = NULL;
+		m.loop = NULL;
+	}
 	if (m.chain)
 		bks_chain_close(m.chain);
 	if (m.loop)
