@@ -178,8 +178,13 @@ static int open_image(const char *path, int flags, const char *fmt_name,
 
 	if (fd < 0)
 		return bks_error_set(err, errno, "open %s", path);
-	r = fmt_name ? find_format(fmt_name, fmt, err)
-		     : probe_format(fd, path, fmt, err);
+	if (fmt_name) {
+		r = find_format(fmt_name, fmt, err);
+		if (r < 0)
+			bks_error_prepend(err, "%s: ", path);
+	} else {
+		r = probe_format(fd, path, fmt, err);
+	}
 	if (r < 0) {
 		close(fd);
 		return r;
