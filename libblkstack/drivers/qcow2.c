@@ -1014,7 +1014,9 @@ static void bs_backing_done(struct bks_req *sub, int result)
 			if (!ext_add(req, sub->extents[i].offset,
 				     sub->extents[i].length,
 				     sub->extents[i].flags,
-				     sub->extents[i].depth + 1))
+				     sub->extents[i].depth
+					 ? sub->extents[i].depth + 1
+					 : 0))
 				break;
 	}
 	q2_sub_put(&qr->st->s, sub);
@@ -1076,9 +1078,9 @@ static int cursor_block_status(struct qreq *qr)
 			return 0;
 		}
 		if (!ext_add(req, qr->pos, n,
-			     c == CL_ZERO   ? BKS_EXTENT_ZERO
-			     : c == CL_HOLE ? BKS_EXTENT_HOLE | BKS_EXTENT_ZERO
-					    : 0,
+			     c == CL_ZERO || c == CL_HOLE
+				 ? BKS_EXTENT_HOLE | BKS_EXTENT_ZERO
+				 : 0,
 			     c == CL_HOLE ? 0 : 1))
 			return 0;
 		qr->pos += n;
