@@ -442,5 +442,5 @@ make_varied() {
 	run -0 nbdinfo --map=qemu:allocation-depth "$(nbd_uri)"
 	assert_line --regexp '^ +0 +65536 +2 +backing depth 2$'
 	assert_line --regexp '^ +1048576 +65536 +1 +local$'
-	assert_line --regexp '^ +65536 +983040 +0 +unallocated$'
+	assert_line --regexp '^ +65536 +983040 +0 +absent$'
 }
