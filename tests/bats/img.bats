@@ -444,3 +444,62 @@ make_varied() {
 	assert_line --regexp '^ +1048576 +65536 +1 +local$'
 	assert_line --regexp '^ +65536 +983040 +0 +absent$'
 }
+
+@test "img: an image blkstack-img made, written by the worker's qcow2:, has no corruption for both tools and maps alike" {
+	need_qcow2_driver
+	"$IMG" create -q -f raw "$D/base.raw" 8M
+	qemu-io -f raw -c 'write -P 7 0 1M' "$D/base.raw" >/dev/null
+	"$IMG" create -q -f qcow2 -o cluster_size=4096 -b base.raw \
+		"$D/top.qcow2"
+	worker_start w "qcow2:$D/top.qcow2"
+	run -0 qemu-io -f raw "$(nbd_uri)" -c 'write -P 8 512k 1M' \
+		-c 'write -z 4M 64k' -c 'write -P 9 6M 4k' -c 'flush'
+	worker_stop
+	# No corruption.  Leaks (exit 3): the qcow2: driver keeps the
+	# clusters it reserved ahead at close (1787 of 4 KiB after this
+	# write); both tools count the same, and --repair returns them.
+	# Expect exit 0 here once the driver gives them back at close.
+	local rc=0
+	"$IMG" check --json "$D/top.qcow2" >"$D/c.json" 2>/dev/null || rc=$?
+	[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || fail "check exited $rc"
+	rc=0
+	qemu-img check --output=json "$D/top.qcow2" >"$D/q.json" \
+		2>/dev/null || rc=$?
+	[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || fail "qemu-img check exited $rc"
+	[ "$(json_get "$D/c.json" 'd["leaks"]')" = \
+		"$(json_get "$D/q.json" 'd.get("leaks", 0)')" ]
+	[ "$(json_get "$D/c.json" 'd["corruptions"]')" = 0 ]
+	run -0 "$IMG" check --repair "$D/top.qcow2"
+	run -0 qemu-img check "$D/top.qcow2"
+	run -0 qemu-io -f qcow2 -c 'read -P 7 0 512k' -c 'read -P 8 512k 1M' \
+		-c 'read -P 0 4M 64k' -c 'read -P 9 6M 4k' "$D/top.qcow2"
+	run -0 "$IMG" map --output=json "$D/top.qcow2"
+	echo "$output" >"$D/b.json"
+	run -0 qemu-img map --output=json "$D/top.qcow2"
+	echo "$output" >"$D/q.json"
+	run -0 same_map "$D/b.json" "$D/q.json"
+}
+
+@test "img check: after kill -9 of a worker writing a qcow2 image, no corruption; --repair leaves it clean" {
+	need_qcow2_driver
+	command -v fio >/dev/null || skip "fio is not installed"
+	"$IMG" create -q -f qcow2 -o cluster_size=4096 "$D/k.qcow2" 64M
+	for round in 1 2 3; do
+		worker_start k "qcow2:$D/k.qcow2"
+		fio --name=w --ioengine=nbd --uri="$(nbd_uri)" --rw=randwrite \
+			--bs=4k --size=64M --iodepth=16 --time_based \
+			--runtime=10 >/dev/null 2>&1 &
+		local fio=$!
+		sleep 0.$((3 + round))
+		kill -9 "$WORKER_PID"
+		wait "$WORKER_PID" || :
+		wait "$fio" || :
+		# Leaks are allowed after a crash (exit 3), corruptions not.
+		run "$IMG" check "$D/k.qcow2"
+		[ "$status" -eq 0 ] || [ "$status" -eq 3 ] ||
+			fail "round $round: check exited $status: $output"
+		run -0 "$IMG" check --repair "$D/k.qcow2"
+		assert_line 'No errors were found on the image.'
+		run -0 qemu-img check "$D/k.qcow2"
+	done
+}
