@@ -20,6 +20,7 @@
  * are harmless and repaired with -r leaks.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -79,7 +80,7 @@ static void truncate_done(struct bks_offload_job *job, int result)
 
 	bks_layer_busy_put(s->self);
 	if (result == 0 && s->res_truncate > s->file_size)
-		s->file_size = s->res_truncate;
+		s->file_size = s->read_end = s->res_truncate;
 	res_resume(&s->res_w, result);
 }
 
@@ -338,4 +339,42 @@ void q2_unref(struct q2 *s, struct q2_unref *u, uint64_t host,
 	u->done = done;
 	u->w.fn = unref_step;
 	unref_step(&u->w, 0);
+}
+
+/* ---- giving back the reservation at close -------------------------------- */
+
+void q2_alloc_release(struct q2 *s)
+{
+	const struct bks_qcow2_geom *g = &s->g;
+	struct bks_error err = {0};
+	uint64_t first = s->res_next >> g->cluster_bits;
+	uint64_t stop = s->res_end >> g->cluster_bits;
+	uint64_t r = first >> g->rb_bits, rb_off;
+	unsigned char *buf = NULL;
+
+	if (s->read_only || first >= stop || r >= s->rt_entries ||
+	    bks_qcow2_reftable_decode(g, bks_get_be64(s->rt + 8 * r), &rb_off,
+				      &err) < 0 ||
+	    rb_off == 0 || posix_memalign((void **)&buf, 4096, g->cluster_size))
+		return;
+	/* The whole run lies in one refcount block (res_scan). */
+	if (pread(s->img.fd, buf, g->cluster_size, (off_t)rb_off) ==
+	    (ssize_t)g->cluster_size) {
+		for (uint64_t i = first; i < stop; i++)
+			bks_qcow2_refcount_set(g, buf, i & (g->rb_entries - 1),
+					       0);
+		if (pwrite(s->img.fd, buf, g->cluster_size, (off_t)rb_off) ==
+			(ssize_t)g->cluster_size &&
+		    fdatasync(s->img.fd) == 0) {
+			s->st.clusters_reserved -= stop - first;
+			s->res_end = s->res_next;
+			/* Nothing past the run: the file ends where it did. */
+			if (stop << g->cluster_bits == s->file_size &&
+			    ftruncate(s->img.fd,
+				      (off_t)(first << g->cluster_bits)) == 0)
+				s->file_size = s->read_end = first
+							     << g->cluster_bits;
+		}
+	}
+	free(buf);
 }

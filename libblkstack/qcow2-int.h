@@ -161,6 +161,13 @@ void q2_slot_unpin(struct q2_slot *slot);
  */
 int q2_alloc_cluster(struct q2 *s, struct q2_wait *w, uint64_t *host);
 
+/*
+ * At close (nothing in flight): the clusters reserved and not used get
+ * refcount 0 again (written and synced, blocking: close may), so that a
+ * clean shutdown leaks nothing.
+ */
+void q2_alloc_release(struct q2 *s);
+
 /* One refcount lowering, with its waits (embedded in its user). */
 struct q2_unref {
 	struct q2_wait w;     /* ours: slot loads, the write */
@@ -198,6 +205,10 @@ struct q2 {
 	struct bks_qcow2_header h;
 	struct bks_qcow2_geom g;
 	uint64_t file_size; /* bytes, grown by reservations */
+	/* The end of the last whole block of the file: O_DIRECT reads stop
+	 * there; what lies beyond it (qemu-img may end a file with the L1
+	 * table's few bytes) reads as zeroes. */
+	uint64_t read_end;
 
 	/* The L1 table, in memory (l1_bytes: a whole number of blocks). */
 	unsigned char *l1;

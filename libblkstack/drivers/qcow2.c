@@ -124,8 +124,9 @@ struct qop {
 	bool zero_src;		 /* the guest's bytes are zeroes */
 	struct bks_qcow2_l2 old; /* the entry before */
 	uint64_t new_entry;
-	bool free_old; /* lower the old cluster's refcount after */
-	uint64_t host; /* the cluster written */
+	bool free_old;	       /* lower the old cluster's refcount after */
+	uint64_t free1, free2; /* those clusters (0: none) */
+	uint64_t host;	       /* the cluster written */
 	enum qop_fill fill;
 	unsigned int pending; /* reads in flight for the fill, +1 issuing */
 	unsigned int issued;  /* parts of the fill issued (bits) */
@@ -447,7 +448,20 @@ static int fill_read(struct qop *op, unsigned int part, bool from_fd,
 
 	if (op->issued & part)
 		return 0;
-	if (!from_fd) {
+	if (from_fd) {
+		uint64_t end = st->s.read_end;
+
+		if (off + len > end) {
+			uint64_t keep = off < end ? end - off : 0;
+
+			memset(buf + keep, 0, len - keep);
+			len = keep;
+		}
+		if (len == 0) {
+			op->issued |= part;
+			return 0;
+		}
+	} else {
 		if (off >= st->backing_size) {
 			memset(buf, 0, len);
 			op->issued |= part;
@@ -541,8 +555,8 @@ static int fill_compressed(struct qop *op)
 	start = op->old.host_offset & ~(uint64_t)(s->block_size - 1);
 	stop = (op->old.host_offset + op->old.csize + s->block_size - 1) &
 	       ~(uint64_t)(s->block_size - 1);
-	if (stop > s->file_size)
-		stop = s->file_size;
+	if (stop > s->read_end)
+		stop = s->read_end;
 	return fill_read(op, 4, true, start, op->cb->buf, stop - start);
 }
 
@@ -557,8 +571,8 @@ static int compressed_inflate(struct qop *op)
 	    ~(uint64_t)(s->block_size - 1);
 	int rc;
 
-	if (stop > s->file_size)
-		stop = s->file_size;
+	if (stop > s->read_end)
+		stop = s->read_end;
 	s->st.compressed_reads++;
 	rc = inflate_cluster(st, op->cb->buf + skip, stop - start - skip,
 			     op->buf);
@@ -888,15 +902,19 @@ static void qop_step(struct q2_wait *w, int result)
 		case S_L2_WRITTEN:
 			if (op->kind == QOP_ZERO)
 				s->st.zero_clusters++;
-			if (op->free_old) {
-				op->step = S_FINISH;
-				q2_unref(s, &op->unref, op->old.host_offset,
-					 &op->w);
+			op->step = S_UNREF;
+			if (op->free1) {
+				q2_unref(s, &op->unref, op->free1, &op->w);
 				return;
 			}
-			op->step = S_FINISH;
 			continue;
 		case S_UNREF:
+			op->step = S_FINISH;
+			if (op->free2) {
+				q2_unref(s, &op->unref, op->free2, &op->w);
+				return;
+			}
+			continue;
 		case S_FINISH:
 			qop_finish(op);
 			return;
@@ -916,6 +934,20 @@ static void qop_start(struct qop *op, enum qop_kind kind, uint64_t gc,
 	op->skip = skip;
 	op->old = *old;
 	op->step = kind == QOP_CREAD ? S_FILL : S_HOST;
+	op->free1 = op->free2 = 0;
+	if (kind != QOP_CREAD && old->type == BKS_QCOW2_COMPRESSED) {
+		/* The host clusters its sectors touch, as qemu counts them. */
+		uint64_t cs = op->st->s.g.cluster_size;
+		uint64_t start = old->host_offset & ~511ull;
+		uint64_t last =
+		    start + old->csize + (old->host_offset & 511) - 1;
+
+		op->free1 = start & ~(cs - 1);
+		if ((last & ~(cs - 1)) != op->free1)
+			op->free2 = last & ~(cs - 1);
+	} else if (op->free_old) {
+		op->free1 = old->host_offset;
+	}
 	bks_join_add(&op->qr->join);
 	qop_step(&op->w, 0);
 }
@@ -1136,7 +1168,21 @@ static int cursor_read(struct qreq *qr)
 			bks_next_submit(st->backing, sub);
 			break;
 		case CL_DATA:
-			rc = slice_sub(qr, &sub, qr->pos, n, false);
+			if (l2.host_offset + in + n > s->read_end) {
+				/* Past the last whole block: zeroes. */
+				uint64_t h = l2.host_offset + in;
+				uint64_t keep =
+				    h < s->read_end ? s->read_end - h : 0;
+
+				bks_iov_zero(qr->req,
+					     qr->pos + keep - qr->req->offset,
+					     n - keep);
+				if (keep == 0)
+					break;
+				rc = slice_sub(qr, &sub, qr->pos, keep, false);
+			} else {
+				rc = slice_sub(qr, &sub, qr->pos, n, false);
+			}
 			if (rc == 1)
 				return 1;
 			if (rc < 0)
@@ -1407,15 +1453,20 @@ static bool power_of_two(uint32_t v)
 static int read_at(struct q2 *s, void *buf, size_t len, uint64_t off,
 		   const char *what, struct bks_error *err)
 {
-	ssize_t n = pread(s->img.fd, buf, len, (off_t)off);
+	/* len is whole blocks; the file may end inside the last. */
+	uint64_t want = off >= s->file_size	   ? 0
+			: s->file_size - off < len ? s->file_size - off
+						   : len;
+	ssize_t n = want ? pread(s->img.fd, buf, len, (off_t)off) : 0;
 
 	if (n < 0)
 		return bks_error_set(err, errno, "%s: reading the %s", s->path,
 				     what);
-	if ((size_t)n != len)
-		return bks_error_setmsg(err, EIO,
-					"%s: reading the %s: %zd of %zu bytes",
-					s->path, what, n, len);
+	if ((uint64_t)n < want)
+		return bks_error_setmsg(
+		    err, EIO, "%s: reading the %s: %zd of %llu bytes", s->path,
+		    what, n, (unsigned long long)want);
+	memset((char *)buf + n, 0, len - (size_t)n);
 	return 0;
 }
 
@@ -1434,8 +1485,10 @@ static int alloc_aligned(struct q2 *s, unsigned char **p, size_t len,
 static int open_header(struct qcow2_state *st, struct bks_error *err)
 {
 	struct q2 *s = &st->s;
-	size_t want =
-	    s->img.size < (2u << 20) ? (size_t)s->img.size : (2u << 20);
+	uint64_t up =
+	    (s->img.size + s->block_size - 1) & ~(uint64_t)(s->block_size - 1);
+	size_t want = up < (2u << 20) ? (size_t)up : (2u << 20);
+	size_t have = s->img.size < want ? (size_t)s->img.size : want;
 	unsigned char *buf = NULL;
 	int rc;
 
@@ -1443,7 +1496,7 @@ static int open_header(struct qcow2_state *st, struct bks_error *err)
 	if (rc == 0)
 		rc = read_at(s, buf, want, 0, "header", err);
 	if (rc == 0)
-		rc = bks_qcow2_header_parse(buf, want, s->img.size, &s->h, err);
+		rc = bks_qcow2_header_parse(buf, have, s->img.size, &s->h, err);
 	if (rc < 0 && err->code && !strstr(err->msg, s->path))
 		bks_error_prepend(err, "%s: ", s->path);
 	free(buf);
@@ -1459,7 +1512,7 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 	s->l1_bytes = ((uint32_t)s->h.l1_size * 8 + bs - 1) & ~(bs - 1);
 	if (s->l1_bytes == 0)
 		s->l1_bytes = bs;
-	if (s->h.l1_table_offset + s->l1_bytes > s->file_size)
+	if (s->h.l1_table_offset + (uint64_t)s->h.l1_size * 8 > s->file_size)
 		return bks_error_setmsg(
 		    err, EINVAL,
 		    "%s: qcow2 header: L1 table at 0x%llx "
@@ -1604,9 +1657,9 @@ static int qcow2_open(void *state, struct bks_layer *self,
 	s->self = self;
 	s->path = bks_layer_args(self);
 	s->read_only = args->read_only;
-	rc = bks_image_open(&s->img, s->path,
-			    (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
-			    err);
+	rc = bks_image_open_format(
+	    &s->img, s->path, (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
+	    err);
 	if (rc < 0)
 		return rc;
 	s->block_size = s->img.block_size > 512 ? s->img.block_size : 512;
@@ -1616,6 +1669,7 @@ static int qcow2_open(void *state, struct bks_layer *self,
 	s->mem_align =
 	    mem_align && power_of_two(mem_align) ? mem_align : s->block_size;
 	s->file_size = s->img.size;
+	s->read_end = s->file_size & ~(uint64_t)(s->block_size - 1);
 	rc = open_header(st, err);
 	if (rc < 0)
 		goto out;
@@ -1661,8 +1715,11 @@ out:
 
 static void qcow2_close(void *state, struct bks_layer *self)
 {
+	struct qcow2_state *st = state;
+
 	(void)self;
-	free_all(state);
+	q2_alloc_release(&st->s);
+	free_all(st);
 }
 
 static int qcow2_info(void *state, struct bks_layer *self,
