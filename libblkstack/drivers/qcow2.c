@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,13 +58,10 @@
 
 #define QCOW2_USAGE "qcow2:PATH (a qcow2 image, version 2 or 3)"
 
-#define Q2_QUEUE_DEPTH 128u
-#define Q2_SUBREQS     1024u
-#define Q2_QREQS       256u
-#define Q2_CBUFS       4u
-/* An L1 entry being given its first L2 table (never a valid entry:
- * reserved bit 0). */
-#define Q2_L1_CREATING	 1ull
+#define Q2_QUEUE_DEPTH	 128u
+#define Q2_SUBREQS	 1024u
+#define Q2_QREQS	 256u
+#define Q2_CBUFS	 4u
 #define Q2_CLOSE_WAIT_NS (5ull * 1000 * 1000 * 1000)
 
 struct qcow2_state;
@@ -124,6 +122,7 @@ struct qop {
 	bool zero_src;		 /* the guest's bytes are zeroes */
 	struct bks_qcow2_l2 old; /* the entry before */
 	uint64_t new_entry;
+	bool creating;	       /* making the L2 table of L1 entry l1i */
 	bool free_old;	       /* lower the old cluster's refcount after */
 	uint64_t free1, free2; /* those clusters (0: none) */
 	uint64_t host;	       /* the cluster written */
@@ -167,7 +166,8 @@ struct qcow2_state {
 	z_stream zs;
 	bool zs_ok;
 	ZSTD_DCtx *zd;
-	uint64_t inflate_errors, inflate_ns_max;
+	uint64_t inflate_errors, bad_entries;
+	char last_error[BKS_ERROR_MSG_MAX];
 };
 
 #define CONTAINER(ptr, type, member)                                           \
@@ -183,6 +183,32 @@ enum cls {
 	CL_BACKING,    /* unallocated: the backing file */
 	CL_COMPRESSED, /* compressed */
 };
+
+/*
+ * A bad entry met on the data path: the request fails with -EIO, and the
+ * message (file, table, entry, value) is kept for the stats ("last_error")
+ * and counted.
+ */
+static int bad_entry(struct qcow2_state *st, const struct bks_error *e,
+		     const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int bad_entry(struct qcow2_state *st, const struct bks_error *e,
+		     const char *fmt, ...)
+{
+	struct bks_error tmp = {0};
+	char where[128];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(where, sizeof(where), fmt, ap);
+	va_end(ap);
+	/* Shortened in the middle if need be, as error messages are. */
+	bks_error_setmsg(&tmp, EIO, "%s: %s: %s", st->s.path, where, e->msg);
+	memcpy(st->last_error, tmp.msg, sizeof(st->last_error));
+	st->bad_entries++;
+	return -EIO;
+}
 
 /*
  * The L2 entry of the cluster at guest offset pos: 0 with *l2 (and *slot,
@@ -204,14 +230,21 @@ static int lookup(struct qcow2_state *st, uint64_t pos, struct q2_wait *w,
 	if (l1i >= s->h.l1_size)
 		return -EIO;
 	e1 = bks_get_be64(s->l1 + 8 * l1i);
-	if (e1 == Q2_L1_CREATING) {
-		q2_wlist_add(&st->l1_waiters, w);
-		return 1;
-	}
 	if (bks_qcow2_l1_decode(g, e1, &l2off, &copied, &err) < 0)
-		return -EIO;
-	if (l2off == 0)
+		return bad_entry(st, &err, "L1 entry %llu",
+				 (unsigned long long)l1i);
+	if (l2off == 0) {
+		/* Its first L2 table may be on its way: wait for it.  (Never
+		 * marked in the L1 table itself, which any write of its
+		 * block would carry to disk.) */
+		for (unsigned int i = 0; i < st->nqops; i++)
+			if (st->qops[i].active && st->qops[i].creating &&
+			    st->qops[i].l1i == l1i) {
+				q2_wlist_add(&st->l1_waiters, w);
+				return 1;
+			}
 		return 0;
+	}
 	rc = q2_cache_get(s, l2off, w, &slot);
 	if (rc != 0)
 		return rc;
@@ -219,7 +252,10 @@ static int lookup(struct qcow2_state *st, uint64_t pos, struct q2_wait *w,
 		g, bks_get_be64(slot->buf + 8 * bks_qcow2_l2_index(g, pos)), l2,
 		&err) < 0 ||
 	    bks_qcow2_l2_check_bounds(g, l2, s->file_size, &err) < 0)
-		return -EIO;
+		return bad_entry(
+		    st, &err, "L2 table at 0x%llx, entry %llu",
+		    (unsigned long long)l2off,
+		    (unsigned long long)bks_qcow2_l2_index(g, pos));
 	*slotp = slot;
 	return 0;
 }
@@ -378,6 +414,7 @@ static struct qop *qop_get(struct qcow2_state *st, struct qreq *qr)
 	op->cb = NULL;
 	op->slot = NULL;
 	op->free_old = false;
+	op->creating = false;
 	op->zero_src = false;
 	op->fill = FILL_NONE;
 	op->w.fn = qop_step;
@@ -727,7 +764,7 @@ static int qop_l2(struct qop *op)
 	}
 	if (!slot) {
 		/* No L2 table yet: make one. */
-		bks_put_be64(s->l1 + 8 * op->l1i, Q2_L1_CREATING);
+		op->creating = true;
 		op->step = S_L2_NEW;
 		return 2;
 	}
@@ -742,7 +779,7 @@ static void l2_new_fail(struct qop *op, int result)
 {
 	struct qcow2_state *st = op->st;
 
-	bks_put_be64(st->s.l1 + 8 * op->l1i, 0);
+	op->creating = false;
 	if (op->slot) {
 		q2_cache_created(&st->s, op->slot, result);
 		op->slot = NULL;
@@ -761,6 +798,7 @@ static void l1_written(struct q2_wait *w, int result)
 		return;
 	}
 	st->s.st.l2_allocated++;
+	op->creating = false;
 	q2_cache_created(&st->s, op->slot, 0);
 	op->slot = NULL;
 	op->w.fn = qop_step;
@@ -1865,6 +1903,8 @@ static void qcow2_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "cow_bytes", c->cow_bytes);
 	bks_stats_u64(out, "compressed_reads", c->compressed_reads);
 	bks_stats_u64(out, "inflate_errors", st->inflate_errors);
+	bks_stats_u64(out, "bad_entries", st->bad_entries);
+	bks_stats_str(out, "last_error", st->last_error);
 	bks_stats_u64(out, "alloc_waits", c->alloc_waits);
 	bks_stats_u64(out, "subreq_waits", c->sub_waits);
 }

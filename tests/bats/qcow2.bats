@@ -291,6 +291,11 @@ with open(sys.argv[1], "rb") as f:
 	serve e "qcow2:$D/e.qcow2"
 	run timeout 30 nbdcopy "$U" "$D/e.raw"
 	assert_failure
+	# The stats name the file, the table, the entry and its value.
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name e --json
+	assert_success
+	assert_output --partial "e.qcow2: L2 table at 0x"
+	assert_output --partial "entry 0: L2 entry: host cluster at 0x10000000000 is past the end of the file"
 	worker_stop
 }
 
