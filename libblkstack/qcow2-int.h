@@ -188,7 +188,7 @@ struct q2_stats {
 	uint64_t cache_hits, cache_misses, cache_evictions, cache_waits;
 	uint64_t meta_writes;
 	uint64_t clusters_allocated, clusters_reserved, reservations;
-	uint64_t l2_allocated, refblocks_allocated;
+	uint64_t l2_allocated, refblocks_allocated, reftable_grown;
 	uint64_t clusters_freed, unref_errors;
 	uint64_t cow_bytes, compressed_reads, zero_clusters;
 	uint64_t alloc_waits, sub_waits;
@@ -218,7 +218,11 @@ struct q2 {
 	unsigned char *rt;
 	uint32_t rt_bytes;
 	uint64_t rt_entries;
+	uint32_t rt_cap; /* bytes of rt: what the table may grow to */
 	struct q2_mw rt_mw;
+	/* The header's first block, for rewriting fields in place. */
+	unsigned char *hdr;
+	struct q2_mw hdr_mw;
 
 	/* Sub-request waiters. */
 	struct q2_wlist sub_waiters;
@@ -243,6 +247,10 @@ struct q2 {
 	struct q2_slot *res_slot;
 	struct bks_offload_job res_job;
 	uint64_t res_truncate;
+	int res_after; /* the step after a sync */
+	uint64_t grow_start, grow_nb, grow_nt, grow_i, grow_old_off;
+	uint32_t grow_old_n;
+	struct q2_unref res_unref;
 
 	struct q2_stats st;
 	/* The driver's own (drivers/qcow2.c). */

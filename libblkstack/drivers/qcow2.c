@@ -1541,6 +1541,31 @@ static int open_header(struct qcow2_state *st, struct bks_error *err)
 	return rc;
 }
 
+/*
+ * Bytes of refcount table the image can come to need (every cluster it
+ * has now, and every data cluster, L2 table and refcount block it can
+ * get, counted, and room to move the table), at least what it has, at
+ * most the format's limit: the table is allocated at that size at open,
+ * so that growing it allocates nothing on the data path.
+ */
+static uint32_t reftable_cap(const struct q2 *s)
+{
+	const struct bks_qcow2_geom *g = &s->g;
+	uint64_t cs = g->cluster_size;
+	uint64_t data = (s->h.size + cs - 1) / cs;
+	uint64_t total = (s->file_size + cs - 1) / cs + data +
+			 (data + g->l2_entries - 1) / g->l2_entries +
+			 ((uint64_t)s->h.l1_size * 8 + cs - 1) / cs + 64;
+	uint64_t rb = (total + g->rb_entries - 1) / g->rb_entries;
+	uint64_t cap = ((2 * rb + 64) * 8 + cs - 1) & ~(cs - 1);
+
+	if (cap > BKS_QCOW2_MAX_REFTABLE_BYTES)
+		cap = BKS_QCOW2_MAX_REFTABLE_BYTES & ~(cs - 1);
+	if (cap < s->rt_bytes)
+		cap = s->rt_bytes;
+	return (uint32_t)cap;
+}
+
 static int open_tables(struct qcow2_state *st, struct bks_error *err)
 {
 	struct q2 *s = &st->s;
@@ -1564,12 +1589,19 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 		return rc;
 	s->rt_bytes = s->h.refcount_table_clusters << s->h.cluster_bits;
 	s->rt_entries = s->rt_bytes / 8;
-	rc = alloc_aligned(s, &s->rt, s->rt_bytes, err);
+	s->rt_cap = reftable_cap(s);
+	rc = alloc_aligned(s, &s->rt, s->rt_cap, err);
 	if (rc == 0)
 		rc = read_at(s, s->rt, s->rt_bytes, s->h.refcount_table_offset,
 			     "refcount table", err);
 	if (rc < 0)
 		return rc;
+	rc = alloc_aligned(s, &s->hdr, bs, err);
+	if (rc == 0)
+		rc = read_at(s, s->hdr, bs, 0, "header", err);
+	if (rc < 0)
+		return rc;
+	q2_mw_init(s, &s->hdr_mw, s->hdr, 0, bs, NULL);
 	q2_mw_init(s, &s->l1_mw, s->l1, s->h.l1_table_offset, s->l1_bytes,
 		   NULL);
 	q2_mw_init(s, &s->rt_mw, s->rt, s->h.refcount_table_offset, s->rt_bytes,
@@ -1582,27 +1614,18 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 static int clear_autoclear(struct qcow2_state *st, struct bks_error *err)
 {
 	struct q2 *s = &st->s;
-	unsigned char *buf = NULL;
-	int rc;
 
 	if (s->read_only || s->h.version < 3 || !s->h.autoclear_features)
 		return 0;
-	rc = alloc_aligned(s, &buf, s->block_size, err);
-	if (rc == 0)
-		rc = read_at(s, buf, s->block_size, 0, "header", err);
-	if (rc == 0) {
-		bks_put_be64(buf + BKS_QCOW2_OFF_AUTOCLEAR, 0);
-		if (pwrite(s->img.fd, buf, s->block_size, 0) !=
-		    (ssize_t)s->block_size)
-			rc = bks_error_set(err, errno ? errno : EIO,
-					   "%s: clearing the autoclear "
-					   "features",
-					   s->path);
-		else
-			s->h.autoclear_features = 0;
-	}
-	free(buf);
-	return rc;
+	/* At open: a blocking write is fine here. */
+	bks_put_be64(s->hdr + BKS_QCOW2_OFF_AUTOCLEAR, 0);
+	if (pwrite(s->img.fd, s->hdr, s->block_size, 0) !=
+	    (ssize_t)s->block_size)
+		return bks_error_set(err, errno ? errno : EIO,
+				     "%s: clearing the autoclear features",
+				     s->path);
+	s->h.autoclear_features = 0;
+	return 0;
 }
 
 static int open_pools(struct qcow2_state *st, struct bks_error *err)
@@ -1676,6 +1699,8 @@ static void free_all(struct qcow2_state *st)
 	free(st->cbuf_mem);
 	free(s->l1);
 	free(s->rt);
+	free(s->hdr);
+	s->hdr = NULL;
 	free(st->parent_path);
 	st->qops = NULL;
 	st->qop_mem = st->zero = st->cbuf_mem = s->l1 = s->rt = NULL;
@@ -1897,6 +1922,7 @@ static void qcow2_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "reservations", c->reservations);
 	bks_stats_u64(out, "l2_allocated", c->l2_allocated);
 	bks_stats_u64(out, "refblocks_allocated", c->refblocks_allocated);
+	bks_stats_u64(out, "reftable_grown", c->reftable_grown);
 	bks_stats_u64(out, "clusters_freed", c->clusters_freed);
 	bks_stats_u64(out, "unref_errors", c->unref_errors);
 	bks_stats_u64(out, "zero_clusters", c->zero_clusters);

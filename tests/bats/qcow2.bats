@@ -71,21 +71,48 @@ refuse() {
 	assert_output --partial "$text"
 }
 
-@test "qcow2: v2 (compat=0.10) and v3 images made by qemu-img are served as qemu-img reads them" {
-	local compat
-	for compat in 0.10 1.1; do
-		qemu-img create -q -f qcow2 -o compat=$compat "$D/a.qcow2" 64M
+@test "qcow2: v2 (compat=0.10) and v3 images made by qemu-img (refcounts of 1, 16 and 64 bits; 512 B, 4 KiB and 64 KiB clusters; a refcount table that must grow) are served as qemu-img reads them, and written as qemu-io writes them" {
+	local o i=0 c
+	local w=('write -P 0x55 2M 4k' 'write -P 0x56 5M 64k' 'write -z 0 64k'
+		'write -P 0x57 60M 3M' 'write -P 0x58 9M 512')
+	for o in compat=0.10 compat=1.1 compat=1.1,refcount_bits=1,cluster_size=4096 \
+		compat=1.1,refcount_bits=64,cluster_size=512; do
+		i=$((i + 1))
+		qemu-img create -q -f qcow2 -o "$o" "$D/a.qcow2" 64M
 		qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -P 0x22 5M 64k' \
 			-c 'write -P 0x33 9M 4k' -c 'write -z 5M 64k' \
 			-c 'write -P 0x44 63M 1M' "$D/a.qcow2" >/dev/null
-		serve "v$compat" "qcow2:$D/a.qcow2"
+		cp "$D/a.qcow2" "$D/ref.qcow2"
+		serve "v$i" "qcow2:$D/a.qcow2"
 		run nbdinfo --size "$U"
 		assert_output 67108864
 		same_as_qemu "$D/a.qcow2"
+		qio "${w[@]}" >/dev/null
+		same_as_qemu "$D/a.qcow2"
 		worker_stop
+		for c in "${w[@]}"; do
+			qemu-io -f qcow2 -c "$c" "$D/ref.qcow2" >/dev/null
+		done
 		clean "$D/a.qcow2"
-		rm -f "$D/a.qcow2"
+		run qemu-img compare "$D/a.qcow2" "$D/ref.qcow2"
+		assert_success
+		rm -f "$D/a.qcow2" "$D/ref.qcow2"
 	done
+}
+
+@test "qcow2: the worker's meta-cache key sizes the metadata cache; a bad value is refused naming it" {
+	qemu-img create -q -f qcow2 "$D/m.qcow2" 64M
+	BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	export BLKSTACK_CONF
+	echo "meta-cache = 4M" >"$BLKSTACK_CONF"
+	serve mc "qcow2:$D/m.qcow2"
+	qio 'write 0 4k' >/dev/null
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name mc --json
+	assert_success
+	assert_output --partial '"cache_slots":64'
+	worker_stop
+	echo "meta-cache = lots" >"$BLKSTACK_CONF"
+	refuse "qcow2:$D/m.qcow2" "blkstack.conf:1: meta-cache: 'lots' is not a size"
 }
 
 @test "qcow2: backing chains: a qcow2 base named relative to the image, a raw base smaller than the image; copy on write through the worker matches qemu-io" {
