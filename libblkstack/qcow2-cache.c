@@ -265,13 +265,10 @@ static struct q2_slot *victim(struct q2 *s)
 static void load_start(struct q2_slot *slot);
 static void load_sub_ready(struct q2_wait *w, int result);
 
-static void load_done(struct bks_req *sub, int result)
+static void load_finish(struct q2_slot *slot, int result)
 {
-	struct q2_sub *d = bks_subreq_data(sub);
-	struct q2_slot *slot = d->owner;
 	struct q2 *s = slot->s;
 
-	q2_sub_put(s, sub);
 	slot->pins--;
 	if (result < 0) {
 		unhash(s, slot);
@@ -282,6 +279,15 @@ static void load_done(struct bks_req *sub, int result)
 	q2_wlist_wake(&slot->waiters, result);
 	if (slot->state == Q2_SLOT_FREE || slot->pins == 0)
 		q2_wlist_wake(&s->slot_waiters, 0);
+}
+
+static void load_done(struct bks_req *sub, int result)
+{
+	struct q2_sub *d = bks_subreq_data(sub);
+	struct q2_slot *slot = d->owner;
+
+	q2_sub_put(slot->s, sub);
+	load_finish(slot, result);
 }
 
 static void load_sub_ready(struct q2_wait *w, int result)
@@ -296,18 +302,28 @@ static void load_sub_ready(struct q2_wait *w, int result)
 static void load_start(struct q2_slot *slot)
 {
 	struct q2 *s = slot->s;
-	struct bks_req *sub = q2_sub_get(s, &slot->subw);
+	uint64_t len = s->g.cluster_size;
+	struct bks_req *sub;
 	struct q2_sub *d;
 
+	/* The file may end inside the cluster: the rest reads as zeroes. */
+	if (slot->off + len > s->read_end)
+		len = slot->off < s->read_end ? s->read_end - slot->off : 0;
+	memset(slot->buf + len, 0, s->g.cluster_size - len);
+	if (len == 0) {
+		load_finish(slot, 0);
+		return;
+	}
+	sub = q2_sub_get(s, &slot->subw);
 	if (!sub)
 		return;
 	d = bks_subreq_data(sub);
 	d->owner = slot;
 	d->iov[0].iov_base = slot->buf;
-	d->iov[0].iov_len = s->g.cluster_size;
+	d->iov[0].iov_len = len;
 	sub->op = BKS_OP_READ;
 	sub->offset = slot->off;
-	sub->len = s->g.cluster_size;
+	sub->len = len;
 	sub->iov = d->iov;
 	sub->iovcnt = 1;
 	sub->done = load_done;
@@ -331,7 +347,7 @@ int q2_cache_get(struct q2 *s, uint64_t off, struct q2_wait *w,
 		return 1;
 	}
 	/* The cluster must lie in the file (a bad entry never reads past). */
-	if (off + s->g.cluster_size > s->file_size)
+	if (off >= s->file_size)
 		return -EIO;
 	slot = victim(s);
 	if (!slot) {

@@ -161,6 +161,13 @@ void q2_slot_unpin(struct q2_slot *slot);
  */
 int q2_alloc_cluster(struct q2 *s, struct q2_wait *w, uint64_t *host);
 
+/*
+ * At close (nothing in flight): the clusters reserved and not used get
+ * refcount 0 again (written and synced, blocking: close may), so that a
+ * clean shutdown leaks nothing.
+ */
+void q2_alloc_release(struct q2 *s);
+
 /* One refcount lowering, with its waits (embedded in its user). */
 struct q2_unref {
 	struct q2_wait w;     /* ours: slot loads, the write */
@@ -181,7 +188,7 @@ struct q2_stats {
 	uint64_t cache_hits, cache_misses, cache_evictions, cache_waits;
 	uint64_t meta_writes;
 	uint64_t clusters_allocated, clusters_reserved, reservations;
-	uint64_t l2_allocated, refblocks_allocated;
+	uint64_t l2_allocated, refblocks_allocated, reftable_grown;
 	uint64_t clusters_freed, unref_errors;
 	uint64_t cow_bytes, compressed_reads, zero_clusters;
 	uint64_t alloc_waits, sub_waits;
@@ -198,6 +205,10 @@ struct q2 {
 	struct bks_qcow2_header h;
 	struct bks_qcow2_geom g;
 	uint64_t file_size; /* bytes, grown by reservations */
+	/* The end of the last whole block of the file: O_DIRECT reads stop
+	 * there; what lies beyond it (qemu-img may end a file with the L1
+	 * table's few bytes) reads as zeroes. */
+	uint64_t read_end;
 
 	/* The L1 table, in memory (l1_bytes: a whole number of blocks). */
 	unsigned char *l1;
@@ -207,7 +218,11 @@ struct q2 {
 	unsigned char *rt;
 	uint32_t rt_bytes;
 	uint64_t rt_entries;
+	uint32_t rt_cap; /* bytes of rt: what the table may grow to */
 	struct q2_mw rt_mw;
+	/* The header's first block, for rewriting fields in place. */
+	unsigned char *hdr;
+	struct q2_mw hdr_mw;
 
 	/* Sub-request waiters. */
 	struct q2_wlist sub_waiters;
@@ -232,6 +247,10 @@ struct q2 {
 	struct q2_slot *res_slot;
 	struct bks_offload_job res_job;
 	uint64_t res_truncate;
+	int res_after; /* the step after a sync */
+	uint64_t grow_start, grow_nb, grow_nt, grow_i, grow_old_off;
+	uint32_t grow_old_n;
+	struct q2_unref res_unref;
 
 	struct q2_stats st;
 	/* The driver's own (drivers/qcow2.c). */

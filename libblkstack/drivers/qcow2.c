@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,13 +58,10 @@
 
 #define QCOW2_USAGE "qcow2:PATH (a qcow2 image, version 2 or 3)"
 
-#define Q2_QUEUE_DEPTH 128u
-#define Q2_SUBREQS     1024u
-#define Q2_QREQS       256u
-#define Q2_CBUFS       4u
-/* An L1 entry being given its first L2 table (never a valid entry:
- * reserved bit 0). */
-#define Q2_L1_CREATING	 1ull
+#define Q2_QUEUE_DEPTH	 128u
+#define Q2_SUBREQS	 1024u
+#define Q2_QREQS	 256u
+#define Q2_CBUFS	 4u
 #define Q2_CLOSE_WAIT_NS (5ull * 1000 * 1000 * 1000)
 
 struct qcow2_state;
@@ -124,8 +122,10 @@ struct qop {
 	bool zero_src;		 /* the guest's bytes are zeroes */
 	struct bks_qcow2_l2 old; /* the entry before */
 	uint64_t new_entry;
-	bool free_old; /* lower the old cluster's refcount after */
-	uint64_t host; /* the cluster written */
+	bool creating;	       /* making the L2 table of L1 entry l1i */
+	bool free_old;	       /* lower the old cluster's refcount after */
+	uint64_t free1, free2; /* those clusters (0: none) */
+	uint64_t host;	       /* the cluster written */
 	enum qop_fill fill;
 	unsigned int pending; /* reads in flight for the fill, +1 issuing */
 	unsigned int issued;  /* parts of the fill issued (bits) */
@@ -166,7 +166,8 @@ struct qcow2_state {
 	z_stream zs;
 	bool zs_ok;
 	ZSTD_DCtx *zd;
-	uint64_t inflate_errors, inflate_ns_max;
+	uint64_t inflate_errors, bad_entries;
+	char last_error[BKS_ERROR_MSG_MAX];
 };
 
 #define CONTAINER(ptr, type, member)                                           \
@@ -182,6 +183,32 @@ enum cls {
 	CL_BACKING,    /* unallocated: the backing file */
 	CL_COMPRESSED, /* compressed */
 };
+
+/*
+ * A bad entry met on the data path: the request fails with -EIO, and the
+ * message (file, table, entry, value) is kept for the stats ("last_error")
+ * and counted.
+ */
+static int bad_entry(struct qcow2_state *st, const struct bks_error *e,
+		     const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int bad_entry(struct qcow2_state *st, const struct bks_error *e,
+		     const char *fmt, ...)
+{
+	struct bks_error tmp = {0};
+	char where[128];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(where, sizeof(where), fmt, ap);
+	va_end(ap);
+	/* Shortened in the middle if need be, as error messages are. */
+	bks_error_setmsg(&tmp, EIO, "%s: %s: %s", st->s.path, where, e->msg);
+	memcpy(st->last_error, tmp.msg, sizeof(st->last_error));
+	st->bad_entries++;
+	return -EIO;
+}
 
 /*
  * The L2 entry of the cluster at guest offset pos: 0 with *l2 (and *slot,
@@ -203,14 +230,21 @@ static int lookup(struct qcow2_state *st, uint64_t pos, struct q2_wait *w,
 	if (l1i >= s->h.l1_size)
 		return -EIO;
 	e1 = bks_get_be64(s->l1 + 8 * l1i);
-	if (e1 == Q2_L1_CREATING) {
-		q2_wlist_add(&st->l1_waiters, w);
-		return 1;
-	}
 	if (bks_qcow2_l1_decode(g, e1, &l2off, &copied, &err) < 0)
-		return -EIO;
-	if (l2off == 0)
+		return bad_entry(st, &err, "L1 entry %llu",
+				 (unsigned long long)l1i);
+	if (l2off == 0) {
+		/* Its first L2 table may be on its way: wait for it.  (Never
+		 * marked in the L1 table itself, which any write of its
+		 * block would carry to disk.) */
+		for (unsigned int i = 0; i < st->nqops; i++)
+			if (st->qops[i].active && st->qops[i].creating &&
+			    st->qops[i].l1i == l1i) {
+				q2_wlist_add(&st->l1_waiters, w);
+				return 1;
+			}
 		return 0;
+	}
 	rc = q2_cache_get(s, l2off, w, &slot);
 	if (rc != 0)
 		return rc;
@@ -218,7 +252,10 @@ static int lookup(struct qcow2_state *st, uint64_t pos, struct q2_wait *w,
 		g, bks_get_be64(slot->buf + 8 * bks_qcow2_l2_index(g, pos)), l2,
 		&err) < 0 ||
 	    bks_qcow2_l2_check_bounds(g, l2, s->file_size, &err) < 0)
-		return -EIO;
+		return bad_entry(
+		    st, &err, "L2 table at 0x%llx, entry %llu",
+		    (unsigned long long)l2off,
+		    (unsigned long long)bks_qcow2_l2_index(g, pos));
 	*slotp = slot;
 	return 0;
 }
@@ -377,6 +414,7 @@ static struct qop *qop_get(struct qcow2_state *st, struct qreq *qr)
 	op->cb = NULL;
 	op->slot = NULL;
 	op->free_old = false;
+	op->creating = false;
 	op->zero_src = false;
 	op->fill = FILL_NONE;
 	op->w.fn = qop_step;
@@ -447,7 +485,20 @@ static int fill_read(struct qop *op, unsigned int part, bool from_fd,
 
 	if (op->issued & part)
 		return 0;
-	if (!from_fd) {
+	if (from_fd) {
+		uint64_t end = st->s.read_end;
+
+		if (off + len > end) {
+			uint64_t keep = off < end ? end - off : 0;
+
+			memset(buf + keep, 0, len - keep);
+			len = keep;
+		}
+		if (len == 0) {
+			op->issued |= part;
+			return 0;
+		}
+	} else {
 		if (off >= st->backing_size) {
 			memset(buf, 0, len);
 			op->issued |= part;
@@ -541,8 +592,8 @@ static int fill_compressed(struct qop *op)
 	start = op->old.host_offset & ~(uint64_t)(s->block_size - 1);
 	stop = (op->old.host_offset + op->old.csize + s->block_size - 1) &
 	       ~(uint64_t)(s->block_size - 1);
-	if (stop > s->file_size)
-		stop = s->file_size;
+	if (stop > s->read_end)
+		stop = s->read_end;
 	return fill_read(op, 4, true, start, op->cb->buf, stop - start);
 }
 
@@ -557,8 +608,8 @@ static int compressed_inflate(struct qop *op)
 	    ~(uint64_t)(s->block_size - 1);
 	int rc;
 
-	if (stop > s->file_size)
-		stop = s->file_size;
+	if (stop > s->read_end)
+		stop = s->read_end;
 	s->st.compressed_reads++;
 	rc = inflate_cluster(st, op->cb->buf + skip, stop - start - skip,
 			     op->buf);
@@ -713,7 +764,7 @@ static int qop_l2(struct qop *op)
 	}
 	if (!slot) {
 		/* No L2 table yet: make one. */
-		bks_put_be64(s->l1 + 8 * op->l1i, Q2_L1_CREATING);
+		op->creating = true;
 		op->step = S_L2_NEW;
 		return 2;
 	}
@@ -728,7 +779,7 @@ static void l2_new_fail(struct qop *op, int result)
 {
 	struct qcow2_state *st = op->st;
 
-	bks_put_be64(st->s.l1 + 8 * op->l1i, 0);
+	op->creating = false;
 	if (op->slot) {
 		q2_cache_created(&st->s, op->slot, result);
 		op->slot = NULL;
@@ -747,6 +798,7 @@ static void l1_written(struct q2_wait *w, int result)
 		return;
 	}
 	st->s.st.l2_allocated++;
+	op->creating = false;
 	q2_cache_created(&st->s, op->slot, 0);
 	op->slot = NULL;
 	op->w.fn = qop_step;
@@ -888,15 +940,19 @@ static void qop_step(struct q2_wait *w, int result)
 		case S_L2_WRITTEN:
 			if (op->kind == QOP_ZERO)
 				s->st.zero_clusters++;
-			if (op->free_old) {
-				op->step = S_FINISH;
-				q2_unref(s, &op->unref, op->old.host_offset,
-					 &op->w);
+			op->step = S_UNREF;
+			if (op->free1) {
+				q2_unref(s, &op->unref, op->free1, &op->w);
 				return;
 			}
-			op->step = S_FINISH;
 			continue;
 		case S_UNREF:
+			op->step = S_FINISH;
+			if (op->free2) {
+				q2_unref(s, &op->unref, op->free2, &op->w);
+				return;
+			}
+			continue;
 		case S_FINISH:
 			qop_finish(op);
 			return;
@@ -916,6 +972,20 @@ static void qop_start(struct qop *op, enum qop_kind kind, uint64_t gc,
 	op->skip = skip;
 	op->old = *old;
 	op->step = kind == QOP_CREAD ? S_FILL : S_HOST;
+	op->free1 = op->free2 = 0;
+	if (kind != QOP_CREAD && old->type == BKS_QCOW2_COMPRESSED) {
+		/* The host clusters its sectors touch, as qemu counts them. */
+		uint64_t cs = op->st->s.g.cluster_size;
+		uint64_t start = old->host_offset & ~511ull;
+		uint64_t last =
+		    start + old->csize + (old->host_offset & 511) - 1;
+
+		op->free1 = start & ~(cs - 1);
+		if ((last & ~(cs - 1)) != op->free1)
+			op->free2 = last & ~(cs - 1);
+	} else if (op->free_old) {
+		op->free1 = old->host_offset;
+	}
 	bks_join_add(&op->qr->join);
 	qop_step(&op->w, 0);
 }
@@ -1138,7 +1208,21 @@ static int cursor_read(struct qreq *qr)
 			bks_next_submit(st->backing, sub);
 			break;
 		case CL_DATA:
-			rc = slice_sub(qr, &sub, qr->pos, n, false);
+			if (l2.host_offset + in + n > s->read_end) {
+				/* Past the last whole block: zeroes. */
+				uint64_t h = l2.host_offset + in;
+				uint64_t keep =
+				    h < s->read_end ? s->read_end - h : 0;
+
+				bks_iov_zero(qr->req,
+					     qr->pos + keep - qr->req->offset,
+					     n - keep);
+				if (keep == 0)
+					break;
+				rc = slice_sub(qr, &sub, qr->pos, keep, false);
+			} else {
+				rc = slice_sub(qr, &sub, qr->pos, n, false);
+			}
 			if (rc == 1)
 				return 1;
 			if (rc < 0)
@@ -1409,15 +1493,20 @@ static bool power_of_two(uint32_t v)
 static int read_at(struct q2 *s, void *buf, size_t len, uint64_t off,
 		   const char *what, struct bks_error *err)
 {
-	ssize_t n = pread(s->img.fd, buf, len, (off_t)off);
+	/* len is whole blocks; the file may end inside the last. */
+	uint64_t want = off >= s->file_size	   ? 0
+			: s->file_size - off < len ? s->file_size - off
+						   : len;
+	ssize_t n = want ? pread(s->img.fd, buf, len, (off_t)off) : 0;
 
 	if (n < 0)
 		return bks_error_set(err, errno, "%s: reading the %s", s->path,
 				     what);
-	if ((size_t)n != len)
-		return bks_error_setmsg(err, EIO,
-					"%s: reading the %s: %zd of %zu bytes",
-					s->path, what, n, len);
+	if ((uint64_t)n < want)
+		return bks_error_setmsg(
+		    err, EIO, "%s: reading the %s: %zd of %llu bytes", s->path,
+		    what, n, (unsigned long long)want);
+	memset((char *)buf + n, 0, len - (size_t)n);
 	return 0;
 }
 
@@ -1436,8 +1525,10 @@ static int alloc_aligned(struct q2 *s, unsigned char **p, size_t len,
 static int open_header(struct qcow2_state *st, struct bks_error *err)
 {
 	struct q2 *s = &st->s;
-	size_t want =
-	    s->img.size < (2u << 20) ? (size_t)s->img.size : (2u << 20);
+	uint64_t up =
+	    (s->img.size + s->block_size - 1) & ~(uint64_t)(s->block_size - 1);
+	size_t want = up < (2u << 20) ? (size_t)up : (2u << 20);
+	size_t have = s->img.size < want ? (size_t)s->img.size : want;
 	unsigned char *buf = NULL;
 	int rc;
 
@@ -1445,11 +1536,36 @@ static int open_header(struct qcow2_state *st, struct bks_error *err)
 	if (rc == 0)
 		rc = read_at(s, buf, want, 0, "header", err);
 	if (rc == 0)
-		rc = bks_qcow2_header_parse(buf, want, s->img.size, &s->h, err);
+		rc = bks_qcow2_header_parse(buf, have, s->img.size, &s->h, err);
 	if (rc < 0 && err->code && !strstr(err->msg, s->path))
 		bks_error_prepend(err, "%s: ", s->path);
 	free(buf);
 	return rc;
+}
+
+/*
+ * Bytes of refcount table the image can come to need (every cluster it
+ * has now, and every data cluster, L2 table and refcount block it can
+ * get, counted, and room to move the table), at least what it has, at
+ * most the format's limit: the table is allocated at that size at open,
+ * so that growing it allocates nothing on the data path.
+ */
+static uint32_t reftable_cap(const struct q2 *s)
+{
+	const struct bks_qcow2_geom *g = &s->g;
+	uint64_t cs = g->cluster_size;
+	uint64_t data = (s->h.size + cs - 1) / cs;
+	uint64_t total = (s->file_size + cs - 1) / cs + data +
+			 (data + g->l2_entries - 1) / g->l2_entries +
+			 ((uint64_t)s->h.l1_size * 8 + cs - 1) / cs + 64;
+	uint64_t rb = (total + g->rb_entries - 1) / g->rb_entries;
+	uint64_t cap = ((2 * rb + 64) * 8 + cs - 1) & ~(cs - 1);
+
+	if (cap > BKS_QCOW2_MAX_REFTABLE_BYTES)
+		cap = BKS_QCOW2_MAX_REFTABLE_BYTES & ~(cs - 1);
+	if (cap < s->rt_bytes)
+		cap = s->rt_bytes;
+	return (uint32_t)cap;
 }
 
 static int open_tables(struct qcow2_state *st, struct bks_error *err)
@@ -1461,7 +1577,7 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 	s->l1_bytes = ((uint32_t)s->h.l1_size * 8 + bs - 1) & ~(bs - 1);
 	if (s->l1_bytes == 0)
 		s->l1_bytes = bs;
-	if (s->h.l1_table_offset + s->l1_bytes > s->file_size)
+	if (s->h.l1_table_offset + (uint64_t)s->h.l1_size * 8 > s->file_size)
 		return bks_error_setmsg(
 		    err, EINVAL,
 		    "%s: qcow2 header: L1 table at 0x%llx "
@@ -1475,12 +1591,19 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 		return rc;
 	s->rt_bytes = s->h.refcount_table_clusters << s->h.cluster_bits;
 	s->rt_entries = s->rt_bytes / 8;
-	rc = alloc_aligned(s, &s->rt, s->rt_bytes, err);
+	s->rt_cap = reftable_cap(s);
+	rc = alloc_aligned(s, &s->rt, s->rt_cap, err);
 	if (rc == 0)
 		rc = read_at(s, s->rt, s->rt_bytes, s->h.refcount_table_offset,
 			     "refcount table", err);
 	if (rc < 0)
 		return rc;
+	rc = alloc_aligned(s, &s->hdr, bs, err);
+	if (rc == 0)
+		rc = read_at(s, s->hdr, bs, 0, "header", err);
+	if (rc < 0)
+		return rc;
+	q2_mw_init(s, &s->hdr_mw, s->hdr, 0, bs, NULL);
 	q2_mw_init(s, &s->l1_mw, s->l1, s->h.l1_table_offset, s->l1_bytes,
 		   NULL);
 	q2_mw_init(s, &s->rt_mw, s->rt, s->h.refcount_table_offset, s->rt_bytes,
@@ -1493,27 +1616,18 @@ static int open_tables(struct qcow2_state *st, struct bks_error *err)
 static int clear_autoclear(struct qcow2_state *st, struct bks_error *err)
 {
 	struct q2 *s = &st->s;
-	unsigned char *buf = NULL;
-	int rc;
 
 	if (s->read_only || s->h.version < 3 || !s->h.autoclear_features)
 		return 0;
-	rc = alloc_aligned(s, &buf, s->block_size, err);
-	if (rc == 0)
-		rc = read_at(s, buf, s->block_size, 0, "header", err);
-	if (rc == 0) {
-		bks_put_be64(buf + BKS_QCOW2_OFF_AUTOCLEAR, 0);
-		if (pwrite(s->img.fd, buf, s->block_size, 0) !=
-		    (ssize_t)s->block_size)
-			rc = bks_error_set(err, errno ? errno : EIO,
-					   "%s: clearing the autoclear "
-					   "features",
-					   s->path);
-		else
-			s->h.autoclear_features = 0;
-	}
-	free(buf);
-	return rc;
+	/* At open: a blocking write is fine here. */
+	bks_put_be64(s->hdr + BKS_QCOW2_OFF_AUTOCLEAR, 0);
+	if (pwrite(s->img.fd, s->hdr, s->block_size, 0) !=
+	    (ssize_t)s->block_size)
+		return bks_error_set(err, errno ? errno : EIO,
+				     "%s: clearing the autoclear features",
+				     s->path);
+	s->h.autoclear_features = 0;
+	return 0;
 }
 
 static int open_pools(struct qcow2_state *st, struct bks_error *err)
@@ -1587,6 +1701,8 @@ static void free_all(struct qcow2_state *st)
 	free(st->cbuf_mem);
 	free(s->l1);
 	free(s->rt);
+	free(s->hdr);
+	s->hdr = NULL;
 	free(st->parent_path);
 	st->qops = NULL;
 	st->qop_mem = st->zero = st->cbuf_mem = s->l1 = s->rt = NULL;
@@ -1606,9 +1722,9 @@ static int qcow2_open(void *state, struct bks_layer *self,
 	s->self = self;
 	s->path = bks_layer_args(self);
 	s->read_only = args->read_only;
-	rc = bks_image_open(&s->img, s->path,
-			    (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
-			    err);
+	rc = bks_image_open_format(
+	    &s->img, s->path, (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT,
+	    err);
 	if (rc < 0)
 		return rc;
 	s->block_size = s->img.block_size > 512 ? s->img.block_size : 512;
@@ -1618,6 +1734,7 @@ static int qcow2_open(void *state, struct bks_layer *self,
 	s->mem_align =
 	    mem_align && power_of_two(mem_align) ? mem_align : s->block_size;
 	s->file_size = s->img.size;
+	s->read_end = s->file_size & ~(uint64_t)(s->block_size - 1);
 	rc = open_header(st, err);
 	if (rc < 0)
 		goto out;
@@ -1663,8 +1780,11 @@ out:
 
 static void qcow2_close(void *state, struct bks_layer *self)
 {
+	struct qcow2_state *st = state;
+
 	(void)self;
-	free_all(state);
+	q2_alloc_release(&st->s);
+	free_all(st);
 }
 
 static int qcow2_info(void *state, struct bks_layer *self,
@@ -1804,12 +1924,15 @@ static void qcow2_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "reservations", c->reservations);
 	bks_stats_u64(out, "l2_allocated", c->l2_allocated);
 	bks_stats_u64(out, "refblocks_allocated", c->refblocks_allocated);
+	bks_stats_u64(out, "reftable_grown", c->reftable_grown);
 	bks_stats_u64(out, "clusters_freed", c->clusters_freed);
 	bks_stats_u64(out, "unref_errors", c->unref_errors);
 	bks_stats_u64(out, "zero_clusters", c->zero_clusters);
 	bks_stats_u64(out, "cow_bytes", c->cow_bytes);
 	bks_stats_u64(out, "compressed_reads", c->compressed_reads);
 	bks_stats_u64(out, "inflate_errors", st->inflate_errors);
+	bks_stats_u64(out, "bad_entries", st->bad_entries);
+	bks_stats_str(out, "last_error", st->last_error);
 	bks_stats_u64(out, "alloc_waits", c->alloc_waits);
 	bks_stats_u64(out, "subreq_waits", c->sub_waits);
 }

@@ -355,8 +355,9 @@ static void test_entries(void **state)
 	assert_int_equal(
 	    bks_qcow2_l2_decode(&g, bks_qcow2_l2_make(0x50000, 1), &l2, &err),
 	    0);
-	assert_int_equal(bks_qcow2_l2_check_bounds(&g, &l2, 0x5ffff, &err),
+	assert_int_equal(bks_qcow2_l2_check_bounds(&g, &l2, 0x50000, &err),
 			 -EINVAL);
+	assert_int_equal(bks_qcow2_l2_check_bounds(&g, &l2, 0x50001, &err), 0);
 	assert_int_equal(bks_qcow2_l2_check_bounds(&g, &l2, 0x60000, &err), 0);
 	/* L1 and refcount table entries. */
 	assert_int_equal(bks_qcow2_l1_decode(&g, bks_qcow2_l1_make(0x40000),

@@ -317,10 +317,11 @@ int bks_qcow2_l2_decode(const struct bks_qcow2_geom *g, uint64_t entry,
 			struct bks_qcow2_l2 *out, struct bks_error *err);
 
 /*
- * The host cluster(s) of a decoded entry within file_size?  Normal and
- * zero-alloc: the cluster must end within the file; compressed: the
- * first byte must lie in it (the read is clipped to the file).  Returns
- * 0 or -EINVAL with err set.
+ * The host cluster of a decoded entry within file_size?  Its first byte
+ * must lie in the file (normal, zero-alloc and compressed alike): qemu
+ * leaves the last cluster of a file written only in part, and the rest
+ * reads as zeroes; a compressed read is clipped to the file.  Returns 0
+ * or -EINVAL with err set.
  */
 int bks_qcow2_l2_check_bounds(const struct bks_qcow2_geom *g,
 			      const struct bks_qcow2_l2 *l2, uint64_t file_size,
