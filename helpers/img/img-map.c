@@ -113,7 +113,12 @@ static int map_add(struct map_run *m, const struct bks_extent *x)
 	    .length = x->length,
 	    .present = x->depth != 0,
 	    .zero = (x->flags & BKS_EXTENT_ZERO) != 0,
-	    .data = !(x->flags & BKS_EXTENT_HOLE),
+	    /*
+	     * qemu-img's data: stored data.  A range that reads as zeroes
+	     * is not, allocated or not (a qcow2 zero cluster says zero
+	     * without hole: it hides the backing file).
+	     */
+	    .data = !(x->flags & (BKS_EXTENT_HOLE | BKS_EXTENT_ZERO)),
 	};
 	int r;
 

@@ -1148,9 +1148,9 @@ static int cursor_block_status(struct qreq *qr)
 			return 0;
 		}
 		if (!ext_add(req, qr->pos, n,
-			     c == CL_ZERO || c == CL_HOLE
-				 ? BKS_EXTENT_HOLE | BKS_EXTENT_ZERO
-				 : 0,
+			     c == CL_ZERO   ? BKS_EXTENT_ZERO
+			     : c == CL_HOLE ? BKS_EXTENT_HOLE | BKS_EXTENT_ZERO
+					    : 0,
 			     c == CL_HOLE ? 0 : 1))
 			return 0;
 		qr->pos += n;

@@ -445,7 +445,7 @@ make_varied() {
 	assert_line --regexp '^ +65536 +983040 +0 +absent$'
 }
 
-@test "img: an image blkstack-img made, written by the worker's qcow2:, has no corruption for both tools and maps alike" {
+@test "img: an image blkstack-img made, written by the worker's qcow2:, checks clean with both tools and maps alike" {
 	need_qcow2_driver
 	"$IMG" create -q -f raw "$D/base.raw" 8M
 	qemu-io -f raw -c 'write -P 7 0 1M' "$D/base.raw" >/dev/null
@@ -455,21 +455,10 @@ make_varied() {
 	run -0 qemu-io -f raw "$(nbd_uri)" -c 'write -P 8 512k 1M' \
 		-c 'write -z 4M 64k' -c 'write -P 9 6M 4k' -c 'flush'
 	worker_stop
-	# No corruption.  Leaks (exit 3): the qcow2: driver keeps the
-	# clusters it reserved ahead at close (1787 of 4 KiB after this
-	# write); both tools count the same, and --repair returns them.
-	# Expect exit 0 here once the driver gives them back at close.
-	local rc=0
-	"$IMG" check --json "$D/top.qcow2" >"$D/c.json" 2>/dev/null || rc=$?
-	[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || fail "check exited $rc"
-	rc=0
-	qemu-img check --output=json "$D/top.qcow2" >"$D/q.json" \
-		2>/dev/null || rc=$?
-	[ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || fail "qemu-img check exited $rc"
-	[ "$(json_get "$D/c.json" 'd["leaks"]')" = \
-		"$(json_get "$D/q.json" 'd.get("leaks", 0)')" ]
-	[ "$(json_get "$D/c.json" 'd["corruptions"]')" = 0 ]
-	run -0 "$IMG" check --repair "$D/top.qcow2"
+	# A clean stop leaves no leak (the driver gives back at close the
+	# clusters it reserved ahead), for either tool.
+	run -0 "$IMG" check "$D/top.qcow2"
+	assert_line 'No errors were found on the image.'
 	run -0 qemu-img check "$D/top.qcow2"
 	run -0 qemu-io -f qcow2 -c 'read -P 7 0 512k' -c 'read -P 8 512k 1M' \
 		-c 'read -P 0 4M 64k' -c 'read -P 9 6M 4k' "$D/top.qcow2"
