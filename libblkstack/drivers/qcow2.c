@@ -1132,7 +1132,10 @@ static void bs_backing_done(struct bks_req *sub, int result)
 			if (!ext_add(req, sub->extents[i].offset,
 				     sub->extents[i].length,
 				     sub->extents[i].flags,
-				     sub->extents[i].depth + 1))
+				     /* 0: in no image, ours included */
+				     sub->extents[i].depth
+					 ? sub->extents[i].depth + 1
+					 : 0))
 				break;
 	}
 	q2_sub_put(&qr->st->s, sub);
