@@ -111,6 +111,21 @@ refuse() {
 	assert_success
 	assert_output --partial '"cache_slots":64'
 	worker_stop
+	# The smallest cache (8 slots) with 4 KiB clusters: 128 L2 tables
+	# and 17 refcount blocks for 256 MiB, evicted and loaded all along.
+	command -v fio >/dev/null || skip "fio is not installed"
+	echo "meta-cache = 1" >"$BLKSTACK_CONF"
+	qemu-img create -q -f qcow2 -o cluster_size=4096 "$D/s.qcow2" 256M
+	serve ms "qcow2:$D/s.qcow2"
+	run -0 timeout 300 fio --name=small --ioengine=nbd --uri="$U" \
+		--rw=randwrite --bs=4k --size=256M --io_size=16M --iodepth=32 \
+		--verify=crc32c --do_verify=1 --verify_fatal=1
+	assert_output --partial "err= 0"
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name ms --json
+	assert_output --partial '"cache_slots":8'
+	refute_output --partial '"cache_evictions":0,'
+	worker_stop
+	clean "$D/s.qcow2"
 	echo "meta-cache = lots" >"$BLKSTACK_CONF"
 	refuse "qcow2:$D/m.qcow2" "blkstack.conf:1: meta-cache: 'lots' is not a size"
 }
