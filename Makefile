@@ -163,8 +163,9 @@ IMG_OBJ      := $(call objs,$(sort $(wildcard helpers/img/*.c))) \
 $(IMG): $(IMG_OBJ)
 	$(call link,$(LIB_LIBS))
 
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) \
-            $(if $(wildcard helpers/img/*.c),$(IMG))
+# (blkstack-img once helpers/img/ has its sources.)
+IMG_BUILT := $(if $(wildcard helpers/img/*.c),$(IMG))
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -266,6 +267,9 @@ $(B)/fuzz/obj/%.o: %.c
 $(B)/fuzz/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
 $(B)/fuzz/obj/tests/fuzz/%.o: CPPFLAGS += -Ihelpers/common -Ihelpers/img
 
+# fuzz-qcow2: blkstack-img's qcow2 reader (info, check, repair).
+FUZZ_OBJ_fuzz-qcow2 := $(call fuzzobjs,helpers/img/img-qcow2.c \
+                       helpers/common/json.c)
 $(B)/fuzz/%: $(B)/fuzz/obj/tests/fuzz/%.o $$(FUZZ_OBJ_$$*) $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LIB_LIBS)
@@ -299,6 +303,8 @@ deps:
 # ---- checks ----------------------------------------------------------------
 SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
+# blkstack-img's fuzz seeds are rebuilt by a script of their own.
+SHELL_FILES += tests/fuzz/corpus-qcow2.sh
 # Every C source and header of the tree (tests/xen/bks-records.c too).
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
@@ -363,7 +369,7 @@ install: all
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
 	# back to sbin for them and blkstack-fuse.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG) \
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT) \
 		$(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack

@@ -50,6 +50,7 @@ struct bks_chain {
 	struct bks_loop *loop;
 	const struct bks_driver *const *extra; /* bks_chain_open_with() */
 	const char *state_dir;		       /* while opening, or NULL */
+	uint64_t meta_cache;		       /* bks_chain_config.meta_cache */
 	struct bks_layer *top;
 	unsigned int n;
 	struct bks_retry_policy retry;

@@ -5,9 +5,11 @@
  * include/blkstack/chain.h and driver.h.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "chain-internal.h"
 
@@ -263,6 +265,7 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	    .args = args ? args : "",
 	    .loop = chain->loop,
 	    .read_only = read_only,
+	    .meta_cache = chain->meta_cache,
 	};
 	char state_path[BKS_STATE_DIR_MAX + 32];
 	int rc;
@@ -319,6 +322,31 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	return layer_info(l, err);
 }
 
+/* A layer's image file, by identity, for finding loops among parents. */
+struct image_id {
+	dev_t dev;
+	ino_t ino;
+	const char *path; /* the layer's args */
+};
+
+/*
+ * The identity of the image a layer's args name (drivers whose args are a
+ * path); false for other drivers, or a path that cannot be stat()ed (its
+ * open fails later, with its own message).
+ */
+static bool image_id_of(const struct bks_driver_desc *desc, const char *args,
+			struct image_id *id)
+{
+	struct stat st;
+
+	if (!desc->args_path || !args || stat(args, &st) < 0)
+		return false;
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	id->path = args;
+	return true;
+}
+
 /*
  * Link the parents of the sink bottom below it, as further read-only
  * layers (each the backing child of the one above), until a layer has no
@@ -328,14 +356,19 @@ static int open_parents(struct bks_chain *chain, struct bks_layer *bottom,
 			struct bks_error *err)
 {
 	struct bks_chain_spec pspec = {0};
+	struct image_id ids[BKS_CHAIN_MAX_LAYERS + 1];
+	unsigned int nids = 0;
 	char *buf = NULL;
 	int rc = 0;
 
+	if (image_id_of(&bottom->drv->desc, bottom->args, &ids[0]))
+		nids = 1;
 	buf = malloc(BKS_PARENT_MAX);
 	if (!buf)
 		return bks_error_set(err, ENOMEM, "chain: parent");
 	for (;;) {
 		struct bks_layer *l = bottom;
+		bool added;
 
 		if (!l->drv->get_parent)
 			break;
@@ -349,14 +382,6 @@ static int open_parents(struct bks_chain *chain, struct bks_layer *bottom,
 					  l->index + 1, l->drv->name);
 			goto out;
 		}
-		if (chain->n == BKS_CHAIN_MAX_LAYERS) {
-			rc = bks_error_setmsg(err, ELOOP,
-					      "layer %u (%s): more than %d "
-					      "layers with parents (a loop?)",
-					      l->index + 1, l->drv->name,
-					      BKS_CHAIN_MAX_LAYERS);
-			goto out;
-		}
 		buf[BKS_PARENT_MAX - 1] = '\0';
 		rc = bks_chain_parse_with(buf, strlen(buf), chain->extra,
 					  &pspec, err);
@@ -368,12 +393,48 @@ static int open_parents(struct bks_chain *chain, struct bks_layer *bottom,
 					  l->index + 1, l->drv->name);
 			goto out;
 		}
+		/* The same file twice: a loop, whatever its names. */
+		added = false;
+		if (nids <= BKS_CHAIN_MAX_LAYERS &&
+		    image_id_of(pspec.layers[0].desc, pspec.layers[0].args,
+				&ids[nids])) {
+			for (unsigned int i = 0; i < nids; i++) {
+				if (ids[i].dev != ids[nids].dev ||
+				    ids[i].ino != ids[nids].ino)
+					continue;
+				rc = bks_error_setmsg(
+				    err, ELOOP,
+				    "layer %u (%s): backing chain loop: its "
+				    "parent %s is the same file as %s, "
+				    "already in the chain",
+				    l->index + 1, l->drv->name, ids[nids].path,
+				    ids[i].path);
+				goto out;
+			}
+			nids++;
+			added = true;
+		}
+		if (chain->n == BKS_CHAIN_MAX_LAYERS) {
+			rc = bks_error_setmsg(
+			    err, ELOOP,
+			    "layer %u (%s): parent %s: the "
+			    "chain would have more than %d "
+			    "layers (BKS_CHAIN_MAX_LAYERS), "
+			    "parents included",
+			    l->index + 1, l->drv->name,
+			    pspec.layers[0].args ? pspec.layers[0].args : "",
+			    BKS_CHAIN_MAX_LAYERS);
+			goto out;
+		}
 		rc = layer_open(chain, chain->n, pspec.layers[0].desc,
 				pspec.layers[0].args, NULL, l, true, err);
 		chain->n++;
 		if (rc < 0)
 			goto out;
 		bottom = l->child[BKS_CHILD_BACKING];
+		/* Named by the layer's own copy: pspec is freed now. */
+		if (added)
+			ids[nids - 1].path = bottom->args;
 		bks_chain_spec_free(&pspec);
 	}
 out:
@@ -421,6 +482,7 @@ int bks_chain_open_config(struct bks_chain **out, const char *s,
 		goto out;
 	}
 	chain->state_dir = cfg->state_dir;
+	chain->meta_cache = cfg->meta_cache;
 	/* The sink, then its parents below it, then the filters above. */
 	last = spec.n - 1;
 	chain->n = spec.n;

@@ -270,8 +270,8 @@ static int image_geometry(struct bks_image *img, const char *path,
 	return 0;
 }
 
-int bks_image_open(struct bks_image *img, const char *path, int flags,
-		   struct bks_error *err)
+static int image_open(struct bks_image *img, const char *path, int flags,
+		      bool any_size, struct bks_error *err)
 {
 	struct stat first, st;
 	int pfd = -1, fl, rc;
@@ -335,13 +335,27 @@ int bks_image_open(struct bks_image *img, const char *path, int flags,
 	rc = image_geometry(img, path, &st, err);
 	if (rc < 0)
 		goto out;
-	rc = bks_image_check_size(path, img->size, img->block_size, err);
+	rc = any_size && img->size
+		 ? 0
+		 : bks_image_check_size(path, img->size, img->block_size, err);
 out:
 	if (pfd >= 0)
 		close(pfd);
 	if (rc < 0)
 		bks_image_close(img);
 	return rc;
+}
+
+int bks_image_open(struct bks_image *img, const char *path, int flags,
+		   struct bks_error *err)
+{
+	return image_open(img, path, flags, false, err);
+}
+
+int bks_image_open_format(struct bks_image *img, const char *path, int flags,
+			  struct bks_error *err)
+{
+	return image_open(img, path, flags, true, err);
 }
 
 void bks_image_close(struct bks_image *img)

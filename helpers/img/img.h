@@ -60,7 +60,7 @@ struct img_info {
 	uint64_t cluster_size;	    /* qcow2 cluster, vhd block; 0 for raw */
 	char backing[IMG_PATH_MAX]; /* as stored in the image, "" none */
 	char backing_path[IMG_PATH_MAX]; /* resolved absolute, "" none */
-	char backing_fmt[16];		 /* as stored, "" if not stored */
+	char backing_fmt[32];		 /* as stored, "" if not stored */
 	bool dirty;			 /* qcow2 dirty bit, "" for others */
 };
 

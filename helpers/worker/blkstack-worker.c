@@ -46,6 +46,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "conf.h"
 #include "ready-fd.h"
 #include "rundir-files.h"
 #include "rundir.h"
@@ -427,6 +428,43 @@ static int resume_pause(struct worker *w, struct bks_error *err)
 	return 0;
 }
 
+/*
+ * The metadata cache size of the chain's format sinks: the conf key
+ * meta-cache (bytes, with K/M/G suffixes; 0 or absent: each driver's
+ * default), read when the worker starts.  Returns 0 or -EINVAL with err
+ * naming file:line.
+ */
+static int read_meta_cache(uint64_t *out, struct bks_error *err)
+{
+	const char *name, *v;
+	char *text = NULL;
+	char value[64];
+	unsigned int line;
+	size_t len;
+	bool found;
+	int rc;
+
+	*out = 0;
+	rc = conf_read(&text, &name, err);
+	if (rc < 0)
+		return rc;
+	rc = conf_find(text, name, "meta-cache", &v, &len, &line, &found, err);
+	if (rc == 0 && found) {
+		if (len >= sizeof(value))
+			len = sizeof(value) - 1;
+		memcpy(value, v, len);
+		value[len] = 0;
+		if (bks_parse_size(value, out) < 0)
+			rc = bks_error_setmsg(err, EINVAL,
+					      "%s:%u: meta-cache: '%s' is not "
+					      "a size in bytes (K, M, G "
+					      "suffixes)",
+					      name, line, value);
+	}
+	free(text);
+	return rc;
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -438,6 +476,7 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	    .handshake_timeout_ms = o->handshake_ms,
 	    .stall_timeout_ms = o->stall_ms,
 	};
+	uint64_t meta_cache;
 	int rc, n;
 
 	umask(077);
@@ -454,12 +493,16 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = bks_loop_new(&w->loop, err);
 	if (rc < 0)
 		return rc;
+	rc = read_meta_cache(&meta_cache, err);
+	if (rc < 0)
+		return rc;
 	/* Layer state (log: bitmaps) in DIR/NAME: a restart keeps it. */
 	rc = bks_chain_open_config(&w->chain, w->chain_str,
 				   &(const struct bks_chain_config){
 				       .loop = w->loop,
 				       .read_only = w->read_only,
 				       .state_dir = w->dir,
+				       .meta_cache = meta_cache,
 				   },
 				   err);
 	if (rc < 0)

@@ -302,7 +302,7 @@ copy_check() {
 	start_worker s "aio:$img"
 	nbdinfo_json
 	run -0 info_json contexts
-	assert_output '["base:allocation"]'
+	assert_output '["base:allocation", "qemu:allocation-depth"]'
 	run -0 nbdinfo --map "$URI"
 	assert_line --regexp '^ +0 +4194304 +3 +hole,zero$'
 	assert_line --regexp '^ +4194304 +1048576 +0 +data$'
@@ -313,6 +313,24 @@ copy_check() {
 	nbdinfo_json
 	run -0 info_json contexts
 	assert_output '[]'
+}
+
+@test "nbd: qemu:allocation-depth: a raw image is depth 1 everywhere" {
+	local img
+	img=$(make_image depth.img 16M)
+	dd if=/dev/urandom of="$img" bs=1M count=1 seek=4 conv=notrunc \
+		status=none
+	start_worker d "log:|aio:$img"
+	# Holes and data alike are the raw file's own: one extent, depth 1.
+	run -0 nbdinfo --map=qemu:allocation-depth "$URI"
+	assert_line --regexp '^ +0 +16777216 +1 +local$'
+	[ "${#lines[@]}" -eq 1 ] || fail "expected one extent: $output"
+	# base:allocation is unchanged beside it.
+	run -0 nbdinfo --map "$URI"
+	assert_line --regexp '^ +4194304 +1048576 +0 +data$'
+	# qemu-img map reads both contexts in one connection and agrees.
+	run -0 qemu-img map --output=json -f raw "$URI"
+	assert_output --partial '"start": 4194304, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true'
 }
 
 # ---- hostile clients ----------------------------------------------------

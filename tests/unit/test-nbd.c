@@ -1216,6 +1216,157 @@ static void test_block_status(void **state)
 	fx_stop(&fx);
 }
 
+/* Send a META_CONTEXT option with queries (NULL-terminated) for "". */
+static void cl_meta(struct fx *fx, int fd, uint32_t opt, const char *const *q)
+{
+	unsigned char b[256];
+	uint32_t n = 0, pos = 8;
+
+	put32be(b, 0);
+	for (; q[n]; n++) {
+		uint32_t l = (uint32_t)strlen(q[n]);
+
+		assert_true(pos + 4 + l <= sizeof(b));
+		put32be(b + pos, l);
+		memcpy(b + pos + 4, q[n], l);
+		pos += 4 + l;
+	}
+	put32be(b + 4, n);
+	cl_option(fx, fd, opt, b, pos);
+}
+
+/* The next META_CONTEXT reply's id and name, or false at the ack. */
+static bool cl_meta_reply(struct fx *fx, int fd, uint32_t *id, char *name,
+			  size_t size)
+{
+	unsigned char b[256];
+	uint32_t len, type = cl_opt_reply(fx, fd, b, sizeof(b), &len);
+
+	if (type == NBD_REP_ACK)
+		return false;
+	assert_int_equal(type, NBD_REP_META_CONTEXT);
+	assert_true(len >= 4 && len - 4 < size);
+	*id = get32be(b);
+	memcpy(name, b + 4, len - 4);
+	name[len - 4] = '\0';
+	return true;
+}
+
+/* One structured chunk header: flags, type, length; checks the cookie. */
+static void cl_chunk(struct fx *fx, int fd, uint16_t *flags, uint16_t *type,
+		     uint32_t *len)
+{
+	unsigned char h[20];
+
+	cl_recv(fx, fd, h, sizeof(h));
+	assert_true(get32be(h) == NBD_STRUCTURED_REPLY_MAGIC);
+	*flags = (uint16_t)(h[4] << 8 | h[5]);
+	*type = (uint16_t)(h[6] << 8 | h[7]);
+	assert_true(get64be(h + 8) == 0xd0d0);
+	*len = get32be(h + 16);
+}
+
+/*
+ * qemu:allocation-depth beside base:allocation: listed, set with its own
+ * id, and answered in the same reply as its own chunk, each extent's
+ * status the depth (an aio: file has no parent: 1 everywhere, its holes
+ * included).
+ */
+static void test_allocation_depth(void **state)
+{
+	static const char *const none[] = {NULL};
+	static const char *const qemu_ns[] = {"qemu:", NULL};
+	static const char *const both[] = {
+	    "qemu:allocation-depth", "base:allocation", "qemu:allocation-depth",
+	    "qemu:dirty-bitmap:x", NULL};
+	static const char *const depth[] = {"qemu:allocation-depth", NULL};
+	unsigned char buf[4 + 8 * 64], q[8];
+	char name[64];
+	struct fx fx = {0};
+	uint16_t flags, type;
+	uint32_t id, len;
+	int fd;
+
+	(void)state;
+	if (!fx_start_aio(&fx, 4 << 20, "", &default_cfg, 1 << 20, 65536))
+		skip();
+	fd = cl_connect(&fx);
+	cl_greet(&fx, fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	cl_option(&fx, fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	assert_int_equal(cl_opt_reply(&fx, fd, NULL, 0, NULL), NBD_REP_ACK);
+	/* A listing without queries lists both, ids zero. */
+	cl_meta(&fx, fd, NBD_OPT_LIST_META_CONTEXT, none);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_string_equal(name, "base:allocation");
+	assert_int_equal(id, 0);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_string_equal(name, "qemu:allocation-depth");
+	assert_int_equal(id, 0);
+	assert_false(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	/* The namespace lists its one context. */
+	cl_meta(&fx, fd, NBD_OPT_LIST_META_CONTEXT, qemu_ns);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_string_equal(name, "qemu:allocation-depth");
+	assert_false(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	/* Set: each once, with distinct ids; unknown ones are left out. */
+	cl_meta(&fx, fd, NBD_OPT_SET_META_CONTEXT, both);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_string_equal(name, "base:allocation");
+	assert_int_equal(id, 1);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_string_equal(name, "qemu:allocation-depth");
+	assert_int_equal(id, 2);
+	assert_false(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	memset(q, 0, sizeof(q));
+	cl_option(&fx, fd, NBD_OPT_GO, q, 6);
+	while (cl_opt_reply(&fx, fd, NULL, 0, NULL) == NBD_REP_INFO)
+		;
+	cl_request(&fx, fd, NBD_CMD_BLOCK_STATUS, 0, 0xd0d0, 0, 4 << 20, NULL);
+	/* First chunk: base:allocation, not done. */
+	cl_chunk(&fx, fd, &flags, &type, &len);
+	assert_int_equal(type, NBD_REPLY_TYPE_BLOCK_STATUS);
+	assert_int_equal(flags & NBD_REPLY_FLAG_DONE, 0);
+	assert_true(len >= 12 && len <= sizeof(buf) && (len - 4) % 8 == 0);
+	cl_recv(&fx, fd, buf, len);
+	assert_int_equal(get32be(buf), 1);
+	assert_int_equal(get32be(buf + 4), 1 << 20);
+	assert_int_equal(get32be(buf + 8), NBD_STATE_HOLE | NBD_STATE_ZERO);
+	/* Second: the depth, done; all of it is the sink's own. */
+	cl_chunk(&fx, fd, &flags, &type, &len);
+	assert_int_equal(type, NBD_REPLY_TYPE_BLOCK_STATUS);
+	assert_true(flags & NBD_REPLY_FLAG_DONE);
+	assert_int_equal(len, 12);
+	cl_recv(&fx, fd, buf, len);
+	assert_int_equal(get32be(buf), 2);
+	assert_int_equal(get32be(buf + 4), 4 << 20);
+	assert_int_equal(get32be(buf + 8), 1);
+	cl_disc(&fx, fd);
+
+	/* The depth alone: one chunk, done, REQ_ONE honoured. */
+	fd = cl_connect(&fx);
+	cl_greet(&fx, fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	cl_option(&fx, fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+	assert_int_equal(cl_opt_reply(&fx, fd, NULL, 0, NULL), NBD_REP_ACK);
+	cl_meta(&fx, fd, NBD_OPT_SET_META_CONTEXT, depth);
+	assert_true(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	assert_int_equal(id, 2);
+	assert_false(cl_meta_reply(&fx, fd, &id, name, sizeof(name)));
+	cl_option(&fx, fd, NBD_OPT_GO, q, 6);
+	while (cl_opt_reply(&fx, fd, NULL, 0, NULL) == NBD_REP_INFO)
+		;
+	cl_request(&fx, fd, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 0xd0d0,
+		   0, 4 << 20, NULL);
+	cl_chunk(&fx, fd, &flags, &type, &len);
+	assert_true(flags & NBD_REPLY_FLAG_DONE);
+	assert_int_equal(len, 12);
+	cl_recv(&fx, fd, buf, len);
+	assert_int_equal(get32be(buf), 2);
+	assert_int_equal(get32be(buf + 4), 1 << 20);
+	assert_int_equal(get32be(buf + 8), 1);
+	cl_disc(&fx, fd);
+	fx_stop(&fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1237,6 +1388,7 @@ int main(void)
 	    cmocka_unit_test(test_vanish_in_flight),
 	    cmocka_unit_test(test_eof_mid_payload),
 	    cmocka_unit_test(test_block_status),
+	    cmocka_unit_test(test_allocation_depth),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

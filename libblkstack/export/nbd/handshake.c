@@ -11,8 +11,6 @@
 #include "blkstack/endian.h"
 #include "internal.h"
 
-static const char nbd_base_allocation[] = "base:allocation";
-
 /* The transmission flags, true to the chain (and to the negotiation). */
 static uint16_t transmission_flags(const struct nbd_conn *c)
 {
@@ -218,20 +216,49 @@ static bool query_is(const unsigned char *q, uint32_t len, const char *s)
 	return len == strlen(s) && memcmp(q, s, len) == 0;
 }
 
+/* The contexts we serve, in the order replies list them. */
+static const struct meta_ctx {
+	const char *name, *ns; /* the whole name, and its namespace */
+	unsigned int bit;      /* NBD_META_* */
+	uint32_t id;	       /* NBD_CTX_* */
+} meta_ctxs[] = {
+    {"base:allocation", "base:", NBD_META_ALLOCATION, NBD_CTX_BASE_ALLOCATION},
+    {"qemu:allocation-depth", "qemu:", NBD_META_DEPTH,
+     NBD_CTX_ALLOCATION_DEPTH},
+};
+
+/* The NBD_META_* bits a query names (a listing may name a namespace). */
+static unsigned int meta_query(uint32_t opt, const unsigned char *q,
+			       uint32_t ql)
+{
+	unsigned int bits = 0;
+
+	for (size_t i = 0; i < sizeof(meta_ctxs) / sizeof(meta_ctxs[0]); i++)
+		if (query_is(q, ql, meta_ctxs[i].name) ||
+		    (opt == NBD_OPT_LIST_META_CONTEXT &&
+		     query_is(q, ql, meta_ctxs[i].ns)))
+			bits |= meta_ctxs[i].bit;
+	return bits;
+}
+
 /*
- * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: the only
- * context is base:allocation, and only if the chain knows holes.
+ * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: the contexts
+ * are base:allocation and qemu:allocation-depth (internal.h), both only
+ * if the chain knows holes (else every range is data of the sink: there
+ * is nothing to map).  One NBD_REP_META_CONTEXT per context matched,
+ * each once however often it is asked for, then the ack.
  */
 static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 		    uint32_t len)
 {
 	const struct bks_nbd_server *srv = c->srv;
-	bool has = bks_chain_has_extents(srv->chain), match = false;
-	uint32_t namelen, nq, pos, ql, n = sizeof(nbd_base_allocation) - 1;
+	bool has = bks_chain_has_extents(srv->chain);
+	uint32_t namelen, nq, pos, ql;
+	unsigned int match = 0;
 	unsigned char *p;
 
 	if (opt == NBD_OPT_SET_META_CONTEXT)
-		c->meta = false; /* replaced, even by a failed SET */
+		c->meta = 0; /* replaced, even by a failed SET */
 	if (!c->structured)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID,
 				 "negotiate structured replies first");
@@ -244,8 +271,6 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 	nq = bks_get_be32(data + 4 + namelen);
 	pos = 8 + namelen;
 	for (uint32_t i = 0; i < nq; i++) {
-		const unsigned char *q;
-
 		if (len - pos < 4)
 			return opt_error(c, opt, NBD_REP_ERR_INVALID,
 					 "bad query count");
@@ -254,12 +279,8 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 		if (ql > len - pos)
 			return opt_error(c, opt, NBD_REP_ERR_INVALID,
 					 "bad query length");
-		q = data + pos;
+		match |= meta_query(opt, data + pos, ql);
 		pos += ql;
-		if (query_is(q, ql, nbd_base_allocation) ||
-		    (opt == NBD_OPT_LIST_META_CONTEXT &&
-		     query_is(q, ql, "base:")))
-			match = has;
 	}
 	if (pos != len)
 		return opt_error(c, opt, NBD_REP_ERR_INVALID,
@@ -267,18 +288,23 @@ static int opt_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 	if (!export_name_matches(srv, data + 4, namelen))
 		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
 	if (opt == NBD_OPT_LIST_META_CONTEXT && nq == 0)
-		match = has; /* no query: list everything */
-	if (match) {
+		match = NBD_META_ALLOCATION | NBD_META_DEPTH; /* list all */
+	if (!has)
+		match = 0;
+	for (size_t i = 0; i < sizeof(meta_ctxs) / sizeof(meta_ctxs[0]); i++) {
+		uint32_t n = (uint32_t)strlen(meta_ctxs[i].name);
+
+		if (!(match & meta_ctxs[i].bit))
+			continue;
 		p = opt_reply(c, opt, NBD_REP_META_CONTEXT, 4 + n);
 		if (!p) {
 			nbd_conn_close(c);
 			return PARSE_STOP;
 		}
 		/* A listing's ids are reserved: zero. */
-		p = bks_put_be32(p, opt == NBD_OPT_SET_META_CONTEXT
-					? NBD_CTX_BASE_ALLOCATION
-					: 0);
-		memcpy(p, nbd_base_allocation, n);
+		p = bks_put_be32(
+		    p, opt == NBD_OPT_SET_META_CONTEXT ? meta_ctxs[i].id : 0);
+		memcpy(p, meta_ctxs[i].name, n);
 	}
 	if (opt == NBD_OPT_SET_META_CONTEXT)
 		c->meta = match;

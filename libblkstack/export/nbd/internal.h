@@ -93,16 +93,34 @@
 #define NBD_MAX_EXTENTS 64u
 /* Longest message in a structured error reply. */
 #define NBD_ERRMSG_MAX 96u
-/* The largest reply header a slot encodes (block status is the largest). */
-#define NBD_REPLY_MAX (NBD_STRUCTURED_HDR_SIZE + 4 + 8 * NBD_MAX_EXTENTS)
+/* One block status chunk: header, context id, descriptors. */
+#define NBD_BS_CHUNK_MAX (NBD_STRUCTURED_HDR_SIZE + 4 + 8 * NBD_MAX_EXTENTS)
+/*
+ * The largest reply header a slot encodes: block status, one chunk per
+ * context the client set (base:allocation, qemu:allocation-depth).
+ */
+#define NBD_REPLY_MAX (2 * NBD_BS_CHUNK_MAX)
 /* Iovecs per sendmsg(). */
 #define NBD_SEND_IOV 64
 /* recv() calls per readable event, so that one client cannot starve. */
 #define NBD_READS_PER_EVENT 16
 /* accept() calls per readable event of the listening socket. */
 #define NBD_ACCEPTS_PER_EVENT 16
-/* The context id of base:allocation (any non-zero value will do). */
-#define NBD_CTX_BASE_ALLOCATION 1u
+/*
+ * The metadata contexts and their ids (any distinct values will do).
+ * base:allocation: the NBD spec's hole and zero flags.
+ * qemu:allocation-depth (qemu's docs/interop/nbd.txt): each extent's
+ * whole 32-bit status is the depth in the backing chain of the image
+ * that holds it -- 0 none (reads as zeroes), 1 the sink itself, 2 its
+ * parent, ... (struct bks_extent.depth).
+ */
+#define NBD_CTX_BASE_ALLOCATION	 1u
+#define NBD_CTX_ALLOCATION_DEPTH 2u
+/* Bits of nbd_conn.meta: the contexts the client set. */
+enum {
+	NBD_META_ALLOCATION = 1u << 0,
+	NBD_META_DEPTH = 1u << 1,
+};
 
 #define NS_PER_SEC 1000000000ull
 #define NS_PER_MS  1000000ull
@@ -238,7 +256,8 @@ struct nbd_conn {
 	uint64_t nrequests;    /* transmission requests received */
 	size_t out_bytes;      /* reply bytes queued, not yet sent */
 	bool close_after_send; /* NBD_OPT_ABORT answered */
-	bool no_zeroes, structured, meta;
+	bool no_zeroes, structured;
+	unsigned int meta; /* NBD_META_*: the contexts set, 0 none */
 	uint16_t tflags;
 
 	/* Input: [inoff, inlen) of inbuf is received and not parsed yet. */

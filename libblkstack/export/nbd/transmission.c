@@ -152,57 +152,95 @@ static void slot_reply_ok(struct nbd_slot *s)
 	slot_queue_reply(s);
 }
 
+/* The status of one extent in context id (internal.h). */
+static uint32_t extent_status(const struct bks_extent *e, uint32_t id)
+{
+	uint32_t st = 0;
+
+	if (id == NBD_CTX_ALLOCATION_DEPTH)
+		return e->depth;
+	if (e->flags & BKS_EXTENT_HOLE)
+		st |= NBD_STATE_HOLE;
+	if (e->flags & BKS_EXTENT_ZERO)
+		st |= NBD_STATE_ZERO;
+	return st;
+}
+
 /*
- * Encode the reply of NBD_CMD_BLOCK_STATUS for base:allocation from the
- * s->nextents extents the chain put in s->buf.
+ * Encode at p one NBD_REPLY_TYPE_BLOCK_STATUS chunk for context id from
+ * the s->nextents extents the chain put in s->buf (at most
+ * NBD_BS_CHUNK_MAX bytes).  Returns its length, or 0 if the chain gave
+ * no extent.
  */
-static void slot_reply_block_status(struct nbd_slot *s)
+static size_t bs_chunk(const struct nbd_slot *s, unsigned char *p, uint32_t id,
+		       bool done)
 {
 	const struct bks_extent *ext = (const struct bks_extent *)s->buf;
-	unsigned char *p = s->rep + NBD_STRUCTURED_HDR_SIZE + 4;
+	unsigned char *d = p + NBD_STRUCTURED_HDR_SIZE + 4;
 	unsigned char *last = NULL;
 	uint64_t total = 0;
 	uint32_t nd = 0;
 
 	for (size_t i = 0; i < s->nextents && total < s->len; i++) {
 		uint64_t l = ext[i].length;
-		uint32_t st = 0;
+		uint32_t st = extent_status(&ext[i], id);
 
 		if (l == 0)
 			break;
 		if (l > s->len - total)
 			l = s->len - total;
-		if (ext[i].flags & BKS_EXTENT_HOLE)
-			st |= NBD_STATE_HOLE;
-		if (ext[i].flags & BKS_EXTENT_ZERO)
-			st |= NBD_STATE_ZERO;
 		total += l;
 		/* Neighbours with the same status are one descriptor. */
 		if (last && bks_get_be32(last + 4) == st) {
 			bks_put_be32(last, bks_get_be32(last) + (uint32_t)l);
 			continue;
 		}
-		last = p;
-		p = bks_put_be32(p, (uint32_t)l);
-		p = bks_put_be32(p, st);
+		last = d;
+		d = bks_put_be32(d, (uint32_t)l);
+		d = bks_put_be32(d, st);
 		nd++;
 	}
-	if (nd == 0) {
-		/* The chain vouches for at least one extent: a driver bug. */
-		nbd_slot_reply_error(s, NBD_EIO, -EIO);
-		return;
-	}
-	p = s->rep;
+	if (nd == 0)
+		return 0;
 	p = bks_put_be32(p, NBD_STRUCTURED_REPLY_MAGIC);
-	p = bks_put_be16(p, NBD_REPLY_FLAG_DONE);
+	p = bks_put_be16(p, done ? NBD_REPLY_FLAG_DONE : 0);
 	p = bks_put_be16(p, NBD_REPLY_TYPE_BLOCK_STATUS);
 	p = bks_put_be64(p, s->cookie);
 	p = bks_put_be32(p, 4 + 8 * nd);
-	bks_put_be32(p, NBD_CTX_BASE_ALLOCATION);
-	s->rep_len = NBD_STRUCTURED_HDR_SIZE + 4 + 8 * nd;
+	bks_put_be32(p, id);
+	return NBD_STRUCTURED_HDR_SIZE + 4 + 8 * nd;
+}
+
+/*
+ * Encode the reply of NBD_CMD_BLOCK_STATUS: one chunk per context the
+ * client set, base:allocation first, the last one flagged done.
+ */
+static void slot_reply_block_status(struct nbd_slot *s)
+{
+	unsigned int meta = s->conn->meta;
+	size_t off = 0, n;
+
+	if (meta & NBD_META_ALLOCATION) {
+		n = bs_chunk(s, s->rep, NBD_CTX_BASE_ALLOCATION,
+			     !(meta & NBD_META_DEPTH));
+		if (n == 0)
+			goto bug;
+		off += n;
+	}
+	if (meta & NBD_META_DEPTH) {
+		n = bs_chunk(s, s->rep + off, NBD_CTX_ALLOCATION_DEPTH, true);
+		if (n == 0)
+			goto bug;
+		off += n;
+	}
+	s->rep_len = off;
 	s->data = NULL;
 	s->data_len = 0;
 	slot_queue_reply(s);
+	return;
+bug:
+	/* The chain vouches for at least one extent: a driver bug. */
+	nbd_slot_reply_error(s, NBD_EIO, -EIO);
 }
 
 /* s has finished in the chain with result (0 or -errno). */

@@ -136,6 +136,12 @@ struct bks_chain_config {
 	 * restart").  At most BKS_STATE_DIR_MAX bytes.
 	 */
 	const char *state_dir;
+	/*
+	 * Bytes of metadata cache each format sink (qcow2:) and each of
+	 * its parents may allocate at open, or 0 for the driver's default
+	 * (bks_open_args.meta_cache; the worker's conf key meta-cache).
+	 */
+	uint64_t meta_cache;
 };
 
 #define BKS_STATE_DIR_MAX 4000

@@ -270,6 +270,14 @@ struct bks_open_args {
 	 * ignore it; with it NULL, they keep their state in memory.
 	 */
 	const char *state_path;
+	/*
+	 * Bytes of metadata cache (L2 tables, refcount blocks, ...) a
+	 * format sink may allocate at open, or 0 for its default
+	 * (bks_chain_config.meta_cache).  Layers without such a cache
+	 * ignore it; one may round it up to its minimum (say so in its
+	 * docs).
+	 */
+	uint64_t meta_cache;
 };
 
 /*

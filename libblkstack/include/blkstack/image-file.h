@@ -53,6 +53,16 @@ struct bks_image {
 int bks_image_open(struct bks_image *img, const char *path, int flags,
 		   struct bks_error *err);
 
+/*
+ * Like bks_image_open(), for an image format whose file may end anywhere
+ * (qcow2: qemu-img leaves the L1 table's 8 bytes last): a size that is
+ * not a multiple of the block size is accepted (an empty file is not).
+ * The sink reads the tail up to the last whole block and treats the rest
+ * as zeroes.
+ */
+int bks_image_open_format(struct bks_image *img, const char *path, int flags,
+			  struct bks_error *err);
+
 /* Close img->fd if open, and set it to -1. */
 void bks_image_close(struct bks_image *img);
 
