@@ -1049,8 +1049,8 @@ rec_item() {
 # ---- item 7: image formats (issue 14) ---------------------------------------
 # A PV guest on a qcow2 overlay over a raw base (target=qcow2:..., kernel
 # NBD), and one on a differencing VHD (blkstack-img create -b) over a
-# dynamic VHD base (qemu-img), target=vhd:..., on the loop fallback.  The
-# guest reads dom0's pattern (in the base) through the overlay, writes
+# dynamic VHD base (qemu-img), target=vhd:..., on the loop fallback; both
+# at once (they take as long as one).  The guest reads dom0's pattern (in the base) through the overlay, writes
 # records (bks-records, as in item 6), and at shutdown reads them back from
 # its disk (guest-init's bks_readback).  dom0 then checks the overlay
 # (qemu-img check, or blkstack-img check), reads the records out of it
@@ -1079,23 +1079,35 @@ fmt_records() {
 	info "$1: records in $2: $recs"
 }
 
-# fmt_run FORMAT MECH: FORMAT qcow2 (overlay over raw) or vhd
-# (differencing over dynamic), on the dom0 device mechanism MECH.
-fmt_run() {
+# fmt_vars FORMAT MECH: g, tag, img, base of that guest.
+fmt_vars() {
 	f=$1
 	mech=$2
 	g=fmt-$f
 	tag="$f $mech"
+	if [ "$f" = qcow2 ]; then
+		base=$IMGS/fmt-$f-base.raw
+		img=$IMGS/fmt-vm.qcow2
+	else
+		base=$IMGS/fmt-base.vhd
+		img=$IMGS/fmt-vm.vhd
+	fi
+}
+
+# fmt_up FORMAT MECH: FORMAT qcow2 (overlay over raw) or vhd
+# (differencing over dynamic), on the dom0 device mechanism MECH: make
+# the images and create the guest (/tmp/fmt-FORMAT.up says it is up, and
+# .sum holds the base's sha256).  Both guests run at once: fmt_down
+# then waits for each.
+fmt_up() {
+	fmt_vars "$1" "$2"
+	rm -f "/tmp/$g.up"
 	base_raw=$IMGS/fmt-$f-base.raw
 	truncate -s "${FMT_REC_MB}M" "$base_raw"
 	printf 'blkstack-dom0-pattern' | dd of="$base_raw" conv=notrunc 2>/dev/null
 	if [ "$f" = qcow2 ]; then
-		base=$base_raw
-		img=$IMGS/fmt-vm.qcow2
 		qemu-img create -q -f qcow2 -b "$base" -F raw "$img" >"/tmp/$g.mk" 2>&1
 	else
-		base=$IMGS/fmt-base.vhd
-		img=$IMGS/fmt-vm.vhd
 		qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on \
 			"$base_raw" "$base" >"/tmp/$g.mk" 2>&1 &&
 			rm -f "$base_raw" &&
@@ -1107,7 +1119,7 @@ fmt_run() {
 		return 0
 	fi
 	pass "$tag: overlay made over its base ($(basename "$base"))"
-	sum=$(sha256sum <"$base")
+	sha256sum <"$base" >"/tmp/$g.sum"
 	cat >"/root/$g.cfg" <<EOC
 name = "$g"
 type = "pv"
@@ -1121,10 +1133,13 @@ on_crash = "destroy"
 on_reboot = "destroy"
 disk = ['vdev=xvda,script=block-stack,target=$f:$img']
 EOC
-	t0=$(now)
+	now >"/tmp/$g.t0"
 	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
 		fail "$tag: xl create with target=$f:$img" "$(xl_errors "/tmp/$g.create")"
-		cleanup_after "$g"
+		# Only this guest: the other one of item 7 may be running.
+		info "$tag: left after failure: $(xl list 2>&1 | tail -n +3 | tr '\n' '|')"
+		xl destroy "$g" >/dev/null 2>&1 || true
+		wait_for 30 domain_gone "$g" || true
 		rm -f "$img" "$base"
 		return 0
 	fi
@@ -1133,6 +1148,16 @@ EOC
 	be=/local/domain/0/backend/vbd/$domid/$XVDA
 	info "$tag: physical-device-path=$(xenstore-read "$be/physical-device-path" 2>&1)," \
 		"worker $(xenstore-read "$be/blkstack-worker" 2>&1)"
+	: >"/tmp/$g.up"
+}
+
+# fmt_wait FORMAT MECH: wait for the guest fmt_up started to read the base
+# and write 20 records, then ask it to shut down (it reads its records
+# back first).
+fmt_wait() {
+	fmt_vars "$1" "$2"
+	[ -e "/tmp/$g.up" ] || return 0
+	t0=$(cat "/tmp/$g.t0")
 	wait_for 150 acks_or_gone "$g" 20 || true
 	check "$tag: the guest reads dom0's pattern in the base through the overlay" \
 		in_log "$g" "GUEST read-ok"
@@ -1143,25 +1168,34 @@ EOC
 		fail "$tag: guest writes records on the overlay" \
 			"last ack $(last_ack "$g"); console: $(tr -d '\r' <"$CONS/guest-$g.log" | tail -n 5 | tr '\n' '|')"
 	fi
-	t1=$(now)
+	now >"/tmp/$g.t1"
 	xl shutdown "$g" >/dev/null 2>&1 || true
+}
+
+# fmt_gone FORMAT MECH: the guest is gone (destroyed after 90 s).
+fmt_gone() {
+	fmt_vars "$1" "$2"
+	[ -e "/tmp/$g.up" ] || return 0
 	if wait_for 90 domain_gone "$g"; then
-		info "$tag: shutdown (with the guest's read-back) took $(($(now) - t1))s"
+		info "$tag: shutdown (with the guest's read-back) took $(($(now) - $(cat "/tmp/$g.t1")))s"
 	else
 		fail "$tag: guest shut down" "still there after 90s; destroying"
 		xl destroy "$g" >/dev/null 2>&1 || true
 		wait_for 30 domain_gone "$g" || true
 	fi
+}
+
+# fmt_check FORMAT MECH: with both guests gone, what the guest read back,
+# the base, and the overlay as other tools (or a fresh worker) read it.
+fmt_check() {
+	fmt_vars "$1" "$2"
+	[ -e "/tmp/$g.up" ] || return 0
+	sum=$(cat "/tmp/$g.sum")
 	acked=$(last_ack "$g")
 	rb=$(tr -d '\r' <"$CONS/guest-$g.log" | sed -n 's/^GUEST check //p' | tail -n 1)
 	info "$tag: the guest's read-back: ${rb:-none}; last acknowledged $acked"
 	check "$tag: the guest read every acknowledged record back from its disk" \
 		fmt_judge "$rb" "$acked"
-	wait_for 20 no_workers || true
-	check "$tag: no worker left" no_workers
-	check "$tag: no FUSE server left" no_nbdfuse
-	check "$tag: no loop or nbd device left" no_blockdev
-	check "$tag: no backend left in xenstore" no_backends
 	check "$tag: the base is unchanged" [ "$(sha256sum <"$base")" = "$sum" ]
 	if [ "$f" = qcow2 ]; then
 		check "$tag: qemu-img check of the overlay" qemu-img check -f qcow2 "$img"
@@ -1201,14 +1235,31 @@ EOC
 		ts v2-run localdetach >/dev/null 2>&1 || true
 		ts v2-run unprepare >/dev/null 2>&1 || true
 		xenstore-rm "${hp%/vbd/*}" 2>/dev/null || true
-		wait_for 20 no_workers || true
-		check "$tag: no worker left after the read-back" no_workers
-		check "$tag: no FUSE server left after the read-back" no_nbdfuse
-		check "$tag: no loop device left after the read-back" no_loopdev
 		check "$tag: the base is unchanged after the read-back" \
 			[ "$(sha256sum <"$base")" = "$sum" ]
 	fi
 	rm -f "$img" "$base"
+}
+
+# fmt_item: both guests at once (item 7), then the checks.
+fmt_item() {
+	fmt_up qcow2 nbd
+	fmt_up vhd loop
+	fmt_wait qcow2 nbd
+	fmt_wait vhd loop
+	fmt_gone qcow2 nbd
+	fmt_gone vhd loop
+	wait_for 20 no_workers || true
+	check "formats: both guests gone: no worker left" no_workers
+	check "formats: no FUSE server left" no_nbdfuse
+	check "formats: no loop or nbd device left" no_blockdev
+	check "formats: no backend left in xenstore" no_backends
+	fmt_check qcow2 nbd
+	fmt_check vhd loop
+	wait_for 20 no_workers || true
+	check "formats: after the read-backs: no worker left" no_workers
+	check "formats: after the read-backs: no FUSE server left" no_nbdfuse
+	check "formats: after the read-backs: no loop or nbd device left" no_blockdev
 }
 
 echo "XENTEST start $(now)s"
@@ -1252,8 +1303,7 @@ else
 	info "xentest_only=$only: the other items skipped"
 fi
 if [ -z "$only" ] || [ "$only" = fmt ]; then
-	fmt_run qcow2 nbd
-	fmt_run vhd loop
+	fmt_item
 fi
 if [ -z "$only" ] || [ "$only" = rec ]; then
 	rec_item loop migrate
