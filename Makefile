@@ -164,7 +164,7 @@ $(IMG): $(IMG_OBJ)
 	$(call link,$(LIB_LIBS))
 
 PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) \
-            $(if $(wildcard helpers/img/*.c),$(IMG))
+            $(if $(wildcard helpers/img/blkstack-img.c),$(IMG))
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -240,6 +240,9 @@ $(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
 # test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
 UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
+# test-img-vhd: blkstack-img's vhd format (create, info, check).
+UNIT_OBJ_test-img-vhd := $(B)/obj/helpers/img/img-vhd.o $(COMMON)
+$(B)/obj/tests/unit/test-img-vhd.o: CPPFLAGS += -Ihelpers/img
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 
@@ -265,6 +268,9 @@ $(B)/fuzz/obj/%.o: %.c
 		-MMD -MP -c -o $@ $<
 $(B)/fuzz/obj/helpers/%.o: CPPFLAGS += -Ihelpers/common -I$(dir $<)
 $(B)/fuzz/obj/tests/fuzz/%.o: CPPFLAGS += -Ihelpers/common -Ihelpers/img
+
+# fuzz-vhd: check of blkstack-img's vhd format on the input as a file.
+FUZZ_OBJ_fuzz-vhd := $(call fuzzobjs,helpers/img/img-vhd.c helpers/common/json.c)
 
 $(B)/fuzz/%: $(B)/fuzz/obj/tests/fuzz/%.o $$(FUZZ_OBJ_$$*) $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
