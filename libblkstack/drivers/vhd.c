@@ -1203,6 +1203,17 @@ static void add_extent(struct bks_req *req, uint64_t off, uint64_t len,
 	e->depth = depth;
 }
 
+/* The parent's answer: its extents are already in c's request's array. */
+static void status_done(struct bks_req *sub, int result)
+{
+	struct vhd_sub *p = sub->opaque;
+	struct vhd_ctx *c = p->ctx;
+
+	c->req->nextents = result == 0 ? sub->nextents : 0;
+	bks_subreq_put(c->s->self, sub);
+	bks_join_put(&c->join, result);
+}
+
 /* Ask the parent about [off, off + len): 1 (c waits) or -errno. */
 static int status_parent(struct vhd_ctx *c, uint64_t off, uint64_t len)
 {
@@ -1220,7 +1231,7 @@ static int status_parent(struct vhd_ctx *c, uint64_t off, uint64_t len)
 	sub->len = len;
 	sub->extents = c->req->extents;
 	sub->extents_max = c->req->extents_max;
-	sub->done = piece_done;
+	sub->done = status_done;
 	sub->opaque = p;
 	bks_join_add(&c->join);
 	bks_next_submit(bks_layer_child(s->self, BKS_CHILD_BACKING), sub);
