@@ -532,6 +532,12 @@ static int vhd_info(int fd, const char *path, struct img_info *out,
 		goto out;
 	snprintf(out->format, sizeof(out->format), "vhd");
 	out->virtual_size = v.f.virtual_size;
+	if (v.dynamic)
+		out->cluster_size = v.h.block_size;
+	if (v.f.disk_type == VHD_TYPE_DIFF) {
+		find_parent(fd, path, &v, out->backing, out->backing_path);
+		snprintf(out->backing_fmt, sizeof(out->backing_fmt), "vhd");
+	}
 	if (!j)
 		goto out;
 	json_kv_str(j, "subformat", vhd_type_name(v.f.disk_type));
@@ -548,7 +554,6 @@ static int vhd_info(int fd, const char *path, struct img_info *out,
 	json_kv_str(j, "geometry", s);
 	if (!v.dynamic)
 		goto out;
-	out->cluster_size = v.h.block_size;
 	for (uint32_t i = 0; i < v.nblocks; i++)
 		allocated += v.bat[i] != VHD_BAT_UNUSED;
 	json_kv_u64(j, "block_size", v.h.block_size);
@@ -556,8 +561,6 @@ static int vhd_info(int fd, const char *path, struct img_info *out,
 	json_kv_u64(j, "blocks_allocated", allocated);
 	if (v.f.disk_type != VHD_TYPE_DIFF)
 		goto out;
-	find_parent(fd, path, &v, out->backing, out->backing_path);
-	snprintf(out->backing_fmt, sizeof(out->backing_fmt), "vhd");
 	vhd_uuid_str(v.h.parent_uuid, s);
 	json_kv_str(j, "parent_uuid", s);
 	json_kv_u64(j, "parent_timestamp", v.h.parent_timestamp);
