@@ -33,9 +33,12 @@
  *   1. the footer is written at its new place, F + bitmap + block: the
  *      file grows, and its last 512 bytes are a valid footer again
  *      before anything overwrites the old one;
- *   2. the bitmap (bits of the written sectors only: the rest read as
- *      zeroes or from the parent, and the file's new range is a hole,
- *      zeroes) at F and the data at its place in the block, together;
+ *   2. the bitmap at F and the data at its place in the block,
+ *      together.  The file's new range is a hole (zeroes), so nothing
+ *      else is written: a differencing disk's bitmap has the bits of the
+ *      written sectors only (the rest read from the parent), a dynamic
+ *      disk's has all bits set (the rest reads as the hole's zeroes; as
+ *      qemu does, so that readers ignoring the bitmap agree);
  *   3. the BAT entry's sector;
  *   4. the block is visible to other requests; the write is acknowledged.
  * After a crash at any point the file ends with a valid footer, its
@@ -1103,7 +1106,19 @@ static int write_step(struct vhd_ctx *c)
 				c->result = -ENOSPC;
 				return 0;
 			}
-			set_bits(c->slot->bm, in_blk, c->n);
+			/*
+			 * Differencing: only the written sectors are this
+			 * image's.  Dynamic: all of them, as qemu does: the
+			 * rest of the block is a hole of the file (zeroes),
+			 * no later write to the block needs a bitmap write,
+			 * and readers that ignore the bitmap (qemu) and those
+			 * that honour it agree on every sector even after a
+			 * crash.
+			 */
+			if (is_diff(s))
+				set_bits(c->slot->bm, in_blk, c->n);
+			else
+				memset(c->slot->bm, 0xFF, s->bm_bytes);
 			ctx_join(c, PH_ALLOC_FOOTER);
 			r = meta_piece(c, new_end, s->footer_buf,
 				       VHD_FOOTER_SIZE, fua);

@@ -169,6 +169,41 @@ static int io(struct rig *r, enum bks_op op, uint64_t off, void *buf,
 	return r->result;
 }
 
+/*
+ * n writes of 4 KiB at once, the i-th at offs[i] filled with byte
+ * 0x60 + i: several bitmap updates of one block in flight together.
+ */
+static void write_many(struct rig *r, const uint64_t *offs, int n)
+{
+	unsigned char *bufs = unit_alloc_aligned(4096 * (size_t)n);
+	struct iovec iov[32];
+	struct bks_req req[32];
+
+	assert_true(n <= 32);
+	assert_non_null(bufs);
+	r->calls = 0;
+	for (int i = 0; i < n; i++) {
+		memset(bufs + 4096 * i, 0x60 + i, 4096);
+		iov[i].iov_base = bufs + 4096 * i;
+		iov[i].iov_len = 4096;
+		req[i] = (struct bks_req){
+		    .op = BKS_OP_WRITE,
+		    .offset = offs[i],
+		    .len = 4096,
+		    .iov = &iov[i],
+		    .iovcnt = 1,
+		    .done = done,
+		    .opaque = r,
+		};
+		assert_int_equal(bks_chain_submit(r->chain, &req[i]), 0);
+	}
+	for (int i = 0; r->calls < n && i < 10000; i++)
+		assert_true(bks_loop_run_once(r->loop, 1000) >= 0);
+	assert_int_equal(r->calls, n);
+	assert_int_equal(r->result, 0);
+	free(bufs);
+}
+
 static void fill(unsigned char *buf, size_t len, unsigned char v)
 {
 	memset(buf, v, len);
@@ -283,6 +318,8 @@ static void expected(unsigned char *exp, uint64_t size)
 	memset(exp + MiB, 0x22, 8192);	    /* child, block 0 */
 	memset(exp + 3 * MiB, 0x33, 65536); /* child, block 1 */
 	memset(exp + 4 * MiB, 0x44, 4096);  /* child, block 2 (tail) */
+	for (int i = 0; i < 16; i++)	    /* child, block 1 again */
+		memset(exp + 2 * MiB + (uint64_t)i * 65536, 0x60 + i, 4096);
 }
 
 static void test_differencing(void **state)
@@ -330,6 +367,14 @@ static void test_differencing(void **state)
 	assert_int_equal(io(&r, BKS_OP_WRITE, 3 * MiB, buf, 65536, NULL, 0), 0);
 	fill(buf, 4096, 0x44);
 	assert_int_equal(io(&r, BKS_OP_WRITE, 4 * MiB, buf, 4096, NULL, 0), 0);
+	/* Allocated now: 16 bitmap updates of block 1 in flight at once. */
+	{
+		uint64_t offs[16];
+
+		for (int i = 0; i < 16; i++)
+			offs[i] = 2 * MiB + (uint64_t)i * 65536;
+		write_many(&r, offs, 16);
+	}
 	expected(exp, size);
 	assert_int_equal(io(&r, BKS_OP_READ, 0, buf, size, NULL, 0), 0);
 	assert_memory_equal(buf, exp, size);
