@@ -315,7 +315,7 @@ static void new_footer(struct vhd_footer *f, uint64_t size, uint32_t type)
 
 /* The parent's footer, for a differencing disk. */
 static int parent_footer(const char *path, struct vhd_footer *pf,
-			 struct bks_error *err)
+			 uint32_t *block_size, struct bks_error *err)
 {
 	struct vhd_img v;
 	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
@@ -326,6 +326,8 @@ static int parent_footer(const char *path, struct vhd_footer *pf,
 	free(v.bat);
 	close(fd);
 	*pf = v.f;
+	if (block_size)
+		*block_size = v.dynamic ? v.h.block_size : 0;
 	return r;
 }
 
@@ -388,7 +390,7 @@ static int vhd_create(const struct img_create_opts *o, struct bks_error *err)
 	struct vhd_footer f, pf;
 	struct vhd_header h;
 	uint64_t size = o->size, pos, bat_bytes;
-	uint32_t bsize, type;
+	uint32_t bsize, type, pbsize = 0;
 	bool fixed, created = false;
 	int fd = -1, r, nloc = 0;
 
@@ -407,7 +409,7 @@ static int vhd_create(const struct img_create_opts *o, struct bks_error *err)
 						"differencing VHD's parent is "
 						"a VHD",
 						o->backing, o->backing_fmt);
-		r = parent_footer(o->backing_path, &pf, err);
+		r = parent_footer(o->backing_path, &pf, &pbsize, err);
 		if (r < 0)
 			return r;
 		if (size && size != pf.virtual_size)
@@ -419,6 +421,9 @@ static int vhd_create(const struct img_create_opts *o, struct bks_error *err)
 			    (unsigned long long)pf.virtual_size);
 		size = pf.virtual_size;
 		type = VHD_TYPE_DIFF;
+		/* The parent's block size, unless asked otherwise. */
+		if (pbsize && !(o->options && strstr(o->options, "block_size")))
+			bsize = pbsize;
 	}
 	if (size == 0)
 		return bks_error_setmsg(err, EINVAL, "vhd: size 0");
@@ -682,7 +687,7 @@ static void check_locators(int fd, const char *path, const struct vhd_img *v,
 		out->corruptions++;
 		return;
 	}
-	if (parent_footer(resolved, &pf, &e) < 0) {
+	if (parent_footer(resolved, &pf, NULL, &e) < 0) {
 		fprintf(rep, "ERROR parent %s: %s\n", resolved, e.msg);
 		out->corruptions++;
 		return;
