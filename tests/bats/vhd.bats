@@ -75,6 +75,7 @@ served_matches() {
 
 @test "vhd: a fixed image qemu-img made (subformat=fixed) is served and written in place" {
 	qemu-img create -f vpc -o subformat=fixed "$IMG_DIR/f.vhd" 8M >/dev/null
+	local size
 	size=$(stat -c %s "$IMG_DIR/f.vhd")
 	served_matches "$IMG_DIR/f.vhd"
 	# Fixed: no allocation, the file does not grow.
@@ -98,7 +99,7 @@ served_matches() {
 @test "vhd: log:|vhd: logs the guest's writes, not the allocation's metadata" {
 	qemu-img create -f vpc "$IMG_DIR/l.vhd" 16M >/dev/null
 	export BLKSTACK_RUNDIR=$BATS_TEST_TMPDIR/run
-	WORKER_RUNDIR=$BLKSTACK_RUNDIR
+	export WORKER_RUNDIR=$BLKSTACK_RUNDIR
 	worker_start vm1 "log:block=4K|vhd:$IMG_DIR/l.vhd"
 	run -0 qemu-io -f raw -c 'write 0 4k' -c 'write 6m 8k' "$(nbd_uri)"
 	run -0 "$BIN/blkstack-ctl" dirty --name vm1
@@ -111,11 +112,11 @@ served_matches() {
 
 # corrupt IMG OFFSET HEX: overwrite bytes of IMG.
 corrupt() {
-	printf "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+	printf '%b' "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
 
 @test "vhd: corrupt images are refused, naming the file, structure and value" {
-	local img=$IMG_DIR/c.vhd
+	local img=$IMG_DIR/c.vhd size
 	qemu-img create -f vpc "$img" 8M >/dev/null
 	size=$(stat -c %s "$img")
 	# The footer's checksum.
@@ -191,4 +192,27 @@ corrupt() {
 		sleep 0.1
 	done
 	cmp "$MNT/vhdi2" "$IMG_DIR/served.raw"
+}
+
+@test "vhd: valgrind is clean on a worker that allocates, rewrites, reads and flushes" {
+	command -v valgrind >/dev/null || skip "valgrind is not installed"
+	local img=$IMG_DIR/vg.vhd ready=$BATS_TEST_TMPDIR/vg.ready line pid
+	qemu-img create -f vpc "$img" 8M >/dev/null
+	mkfifo "$ready"
+	valgrind -q --error-exitcode=99 --leak-check=full \
+		--errors-for-leak-kinds=definite,indirect \
+		"$BIN/blkstack-worker" --rundir "$BATS_TEST_TMPDIR/run" --name vg \
+		--chain "log:|vhd:$img" --foreground --ready-fd 3 \
+		3>"$ready" </dev/null >"$BATS_TEST_TMPDIR/vg.log" 2>&1 &
+	pid=$!
+	read -r line <"$ready"
+	assert_equal "$line" ok
+	run -0 qemu-io -f raw -c 'write -P 0x5a 1m 2m' -c 'write -P 0x5b 1m 4k' \
+		-c 'read -P 0x5b 1m 4k' -c 'read -P 0x5a 1028k 1m' -c 'read -P 0 0 1m' \
+		-c flush "$(nbd_uri "$BATS_TEST_TMPDIR/run/vg/nbd.sock")"
+	run -0 nbdinfo --map "$(nbd_uri "$BATS_TEST_TMPDIR/run/vg/nbd.sock")"
+	worker_stop "$pid" || {
+		cat "$BATS_TEST_TMPDIR/vg.log"
+		fail "worker exited $? under valgrind"
+	}
 }
