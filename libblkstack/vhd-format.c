@@ -366,6 +366,15 @@ int vhd_bat_check(uint32_t index, uint32_t e, uint32_t block_size,
 	return 0;
 }
 
+bool vhd_parent_time_ok(uint32_t recorded, uint32_t parent_footer_ts,
+			int64_t parent_mtime)
+{
+	if (recorded == parent_footer_ts)
+		return true;
+	return parent_mtime >= (int64_t)VHD_EPOCH_OFFSET &&
+	       (uint64_t)parent_mtime - VHD_EPOCH_OFFSET == recorded;
+}
+
 uint32_t vhd_bitmap_run(const unsigned char *bm, uint32_t first, uint32_t end,
 			bool *set)
 {

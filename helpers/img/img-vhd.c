@@ -669,6 +669,7 @@ static void check_locators(int fd, const char *path, const struct vhd_img *v,
 	char pn[5], a[37], b[37];
 	struct bks_error e = {0};
 	struct vhd_footer pf;
+	struct stat st;
 
 	for (unsigned int i = 0; i < VHD_LOCATORS; i++) {
 		if (v->h.loc[i].code == VHD_PLAT_NONE)
@@ -694,8 +695,11 @@ static void check_locators(int fd, const char *path, const struct vhd_img *v,
 	}
 	vhd_uuid_str(pf.uuid, a);
 	vhd_uuid_str(v->h.parent_uuid, b);
+	if (stat(resolved, &st) < 0)
+		st.st_mtime = 0;
 	if (memcmp(pf.uuid, v->h.parent_uuid, 16) != 0 ||
-	    pf.timestamp != v->h.parent_timestamp) {
+	    !vhd_parent_time_ok(v->h.parent_timestamp, pf.timestamp,
+				st.st_mtime)) {
 		fprintf(rep,
 			"ERROR parent %s: UUID %s timestamp %u, the child "
 			"records UUID %s timestamp %u\n",

@@ -453,7 +453,7 @@ static int vhd_info(void *state, struct bks_layer *self, struct bks_info *info)
 /* ---- parents ------------------------------------------------------------- */
 
 /* Read the footer of the candidate parent at path; 0, or -errno. */
-static int parent_footer(const char *path, struct vhd_footer *f,
+static int parent_footer(const char *path, struct vhd_footer *f, int64_t *mtime,
 			 struct bks_error *err)
 {
 	unsigned char b[VHD_FOOTER_SIZE];
@@ -471,6 +471,7 @@ static int parent_footer(const char *path, struct vhd_footer *f,
 				     path);
 		goto out;
 	}
+	*mtime = st.st_mtime;
 	if (pread(fd, b, sizeof(b), st.st_size - VHD_FOOTER_SIZE) !=
 	    (ssize_t)sizeof(b)) {
 		r = bks_error_set(err, EIO, "parent %s: reading its footer",
@@ -516,6 +517,7 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 	char dir[PATH_MAX], cand[PATH_MAX], found[PATH_MAX], tried[512];
 	unsigned char data[VHD_LOCATOR_MAX];
 	struct vhd_footer pf;
+	int64_t mtime = 0;
 	char *slash, us[37], ps[37], pn[5];
 	size_t tl = 0;
 	int r;
@@ -571,7 +573,7 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 					"locator names an existing file "
 					"(tried: %s)",
 					s->path, tried[0] ? tried : "none");
-	r = parent_footer(found, &pf, err);
+	r = parent_footer(found, &pf, &mtime, err);
 	if (r < 0)
 		return bks_error_prepend(err, "%s: ", s->path);
 	vhd_uuid_str(h->parent_uuid, us);
@@ -582,14 +584,17 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 					"differencing disk's parent is %s: not "
 					"its parent",
 					s->path, found, ps, us);
-	if (pf.timestamp != h->parent_timestamp)
+	if (!vhd_parent_time_ok(h->parent_timestamp, pf.timestamp, mtime))
 		return bks_error_setmsg(
 		    err, EINVAL,
-		    "%s: parent %s has timestamp %u, but this differencing "
-		    "disk recorded %u: the parent was replaced or recreated "
-		    "after the child was made; restore the parent, or "
-		    "recreate the child (blkstack-img create -f vhd -b %s)",
-		    s->path, found, pf.timestamp, h->parent_timestamp, found);
+		    "%s: parent %s has timestamp %u (its file modified at "
+		    "%lld), but this differencing disk recorded %u: the "
+		    "parent was replaced or recreated after the child was "
+		    "made; restore the parent, or recreate the child "
+		    "(blkstack-img create -f vhd -b %s)",
+		    s->path, found, pf.timestamp,
+		    (long long)(mtime - (int64_t)VHD_EPOCH_OFFSET),
+		    h->parent_timestamp, found);
 	if (pf.virtual_size != s->size)
 		return bks_error_setmsg(err, EINVAL,
 					"%s: parent %s is %llu bytes, this "

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blkstack/chain.h"
@@ -449,6 +450,15 @@ static void poke_footer(const char *name, void (*poke)(struct vhd_footer *))
 	close(fd);
 }
 
+static void set_mtime(const char *name, uint64_t unix_secs)
+{
+	struct timespec ts[2] = {{0, UTIME_OMIT}, {(time_t)unix_secs, 0}};
+	char path[PATH_MAX];
+
+	pathf(path, name);
+	assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
 static void bump_timestamp(struct vhd_footer *f)
 {
 	f->timestamp++;
@@ -466,11 +476,38 @@ static void test_parent_refused(void **state)
 	assert_int_equal(rig_open(&r, "c1.vhd", true, &err), 0);
 	rig_close(&r);
 
-	/* The same parent, its timestamp changed. */
+	/* The same parent, its timestamp changed (and its file's mtime
+	 * not the recorded time either: see below). */
 	poke_footer("p1.vhd", bump_timestamp);
+	set_mtime("p1.vhd", VHD_EPOCH_OFFSET + 3600);
 	assert_int_not_equal(rig_open(&r, "c1.vhd", true, &err), 0);
 	if (!strstr(err.msg, "timestamp") || !strstr(err.msg, "recreate"))
 		fail_msg("message: %s", err.msg);
+
+	/*
+	 * tapdisk's convention: the recorded timestamp is the parent
+	 * file's modification time.  Give the parent file that mtime: the
+	 * child opens again.
+	 */
+	{
+		struct vhd_footer cf;
+		struct vhd_header ch;
+		unsigned char hb[1024], fb[512];
+		int fd;
+
+		pathf(path, "c1.vhd");
+		fd = open(path, O_RDONLY);
+		assert_int_equal(pread(fd, fb, 512, 0), 512);
+		assert_int_equal(vhd_footer_parse(fb, &cf, &err), 0);
+		assert_int_equal(pread(fd, hb, 1024, 512), 1024);
+		close(fd);
+		assert_int_equal(vhd_header_parse(hb, &cf, 1 << 20, &ch, &err),
+				 0);
+		set_mtime("p1.vhd", ch.parent_timestamp + VHD_EPOCH_OFFSET);
+		if (rig_open(&r, "c1.vhd", true, &err) != 0)
+			fail_msg("mtime convention refused: %s", err.msg);
+		rig_close(&r);
+	}
 
 	/* Another image under the parent's name. */
 	pathf(path, "p1.vhd");

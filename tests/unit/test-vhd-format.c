@@ -411,6 +411,16 @@ static void test_parent_name(void **state)
 	assert_int_equal(vhd_parent_name_decode(name, out, 100), -ENAMETOOLONG);
 }
 
+static void test_parent_time(void **state)
+{
+	(void)state;
+	assert_true(vhd_parent_time_ok(1000, 1000, 0));
+	assert_true(vhd_parent_time_ok(1000, 5, VHD_EPOCH_OFFSET + 1000));
+	assert_false(vhd_parent_time_ok(1000, 5, VHD_EPOCH_OFFSET + 1001));
+	assert_false(vhd_parent_time_ok(1000, 5, 1000));
+	assert_false(vhd_parent_time_ok(0, 5, -1));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -422,6 +432,7 @@ int main(void)
 	    cmocka_unit_test(test_bat_and_bitmap),
 	    cmocka_unit_test(test_locators),
 	    cmocka_unit_test(test_parent_name),
+	    cmocka_unit_test(test_parent_time),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -186,6 +186,16 @@ int vhd_bat_check(uint32_t index, uint32_t e, uint32_t block_size,
 		  uint64_t first_data, uint64_t data_end,
 		  struct bks_error *err);
 
+/*
+ * Whether a differencing disk's parent timestamp (recorded) fits its
+ * parent: the specification calls it "the modification time stamp of the
+ * parent"; writers record either the parent's footer timestamp (blkstack)
+ * or the parent file's modification time (parent_mtime, Unix seconds, as
+ * tapdisk's vhd-util does).  Either is accepted.
+ */
+bool vhd_parent_time_ok(uint32_t recorded, uint32_t parent_footer_ts,
+			int64_t parent_mtime);
+
 /* Test and set bit n of a sector bitmap (MSB first in each byte). */
 static inline bool vhd_bit(const unsigned char *bm, uint32_t n)
 {
