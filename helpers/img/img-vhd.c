@@ -95,9 +95,12 @@ struct vhd_img {
 	uint32_t *bat; /* host order, nblocks */
 };
 
-/* Footer (at the end), header and BAT of the image on fd. */
-static int img_read(int fd, const char *path, struct vhd_img *v,
-		    struct bks_error *err)
+/*
+ * Footer (at foot_off, or at the end for UINT64_MAX), header and BAT of
+ * the image on fd.
+ */
+static int img_read_at(int fd, const char *path, struct vhd_img *v,
+		       uint64_t foot_off, struct bks_error *err)
 {
 	unsigned char fb[VHD_FOOTER_SIZE], hb[VHD_HEADER_SIZE];
 	unsigned char *bat = NULL;
@@ -110,14 +113,15 @@ static int img_read(int fd, const char *path, struct vhd_img *v,
 		return bks_error_setmsg(err, EINVAL,
 					"%s: %llu bytes is too small for a VHD",
 					path, (unsigned long long)v->fsize);
-	r = pread_all(fd, fb, sizeof(fb), v->fsize - VHD_FOOTER_SIZE);
+	if (foot_off == UINT64_MAX)
+		foot_off = v->fsize - VHD_FOOTER_SIZE;
+	r = pread_all(fd, fb, sizeof(fb), foot_off);
 	if (r < 0)
 		return bks_error_set(err, -r, "%s: reading the footer", path);
 	r = vhd_footer_parse(fb, &v->f, err);
 	if (r < 0)
-		return bks_error_prepend(
-		    err, "%s: at 0x%llx: ", path,
-		    (unsigned long long)(v->fsize - VHD_FOOTER_SIZE));
+		return bks_error_prepend(err, "%s: at 0x%llx: ", path,
+					 (unsigned long long)foot_off);
 	if (v->f.disk_type == VHD_TYPE_FIXED) {
 		if (v->f.virtual_size > v->fsize - VHD_FOOTER_SIZE)
 			return bks_error_setmsg(
@@ -160,6 +164,12 @@ out:
 		v->bat = NULL;
 	}
 	return r;
+}
+
+static int img_read(int fd, const char *path, struct vhd_img *v,
+		    struct bks_error *err)
+{
+	return img_read_at(fd, path, v, UINT64_MAX, err);
 }
 
 /* The end of the metadata: the header, the BAT, the locators' data. */
@@ -708,6 +718,55 @@ static void check_locators(int fd, const char *path, const struct vhd_img *v,
 	}
 }
 
+/*
+ * The footer at the end is bad (a crash of a writer that overwrites the
+ * old footer before writing the new one, as qemu does): with a valid
+ * copy at offset 0, the footer goes back after the last block the BAT
+ * names, and what follows it (unreferenced) is cut.  Returns 0 when it
+ * repaired it, -1 when it could not or was not asked to.
+ */
+static int restore_footer(int fd, const char *path, bool repair, FILE *rep,
+			  struct img_check *out)
+{
+	struct bks_error e = {0};
+	unsigned char fb[VHD_FOOTER_SIZE];
+	uint64_t end, span;
+	struct vhd_img v;
+	int r = -1;
+
+	if (img_read_at(fd, path, &v, 0, &e) < 0 || !v.dynamic)
+		goto out;
+	end = meta_end(&v);
+	span = vhd_bitmap_bytes(v.h.block_size) + (uint64_t)v.h.block_size;
+	for (uint32_t i = 0; i < v.nblocks; i++) {
+		uint64_t s = (uint64_t)v.bat[i] * VHD_SECTOR;
+
+		if (v.bat[i] == VHD_BAT_UNUSED ||
+		    vhd_bat_check(i, v.bat[i], v.h.block_size, meta_end(&v),
+				  v.fsize, &e) < 0)
+			continue;
+		if (s + span > end)
+			end = s + span;
+	}
+	fprintf(rep,
+		"ERROR footer at the end: the copy at offset 0 is valid; "
+		"the footer belongs at 0x%llx\n",
+		(unsigned long long)end);
+	if (!repair || pread_all(fd, fb, sizeof(fb), 0) < 0 ||
+	    pwrite_all(fd, fb, sizeof(fb), end) < 0 || fsync(fd) < 0 ||
+	    ftruncate(fd, (off_t)(end + VHD_FOOTER_SIZE)) < 0 || fsync(fd) < 0)
+		goto out;
+	fprintf(rep,
+		"Repaired: the footer copy written at 0x%llx, the file "
+		"truncated after it\n",
+		(unsigned long long)end);
+	out->corruptions_fixed++;
+	r = 0;
+out:
+	free(v.bat);
+	return r;
+}
+
 static int vhd_check(int fd, const char *path, bool repair, FILE *rep,
 		     struct img_check *out, struct bks_error *err)
 {
@@ -724,7 +783,15 @@ static int vhd_check(int fd, const char *path, bool repair, FILE *rep,
 		fprintf(rep, "ERROR %s\n", err->msg);
 		out->corruptions++;
 		bks_error_clear(err);
-		return 0;
+		if (restore_footer(fd, path, repair, rep, out) < 0)
+			return 0;
+		r = img_read(fd, path, &v, err);
+		if (r < 0) {
+			fprintf(rep, "ERROR %s\n", err->msg);
+			out->corruptions++;
+			bks_error_clear(err);
+			return 0;
+		}
 	}
 	if (!v.dynamic)
 		goto out;

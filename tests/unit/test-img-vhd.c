@@ -606,6 +606,31 @@ static void test_check_repair(void **state)
 			     path, path),
 			 0);
 
+	/*
+	 * A writer that overwrites the old footer with a new block's
+	 * bitmap before writing the new footer (qemu), killed in between:
+	 * the file ends with a bitmap.  The copy at 0 brings it back.
+	 */
+	fd = open(path, O_RDWR);
+	assert_int_equal(fstat(fd, &st), 0);
+	memset(b, 0xFF, sizeof(b));
+	assert_int_equal(pwrite(fd, b, 512, st.st_size - 512), 512);
+	close(fd);
+	assert_int_not_equal(rig_open(&r, "chk.vhd", true, &err), 0);
+	assert_non_null(strstr(err.msg, "footer: no \"conectix\" cookie"));
+	check("chk.vhd", false, &c, report, sizeof(report));
+	assert_int_equal(c.corruptions, 1);
+	assert_non_null(strstr(report, "copy at offset 0 is valid"));
+	check("chk.vhd", true, &c, report, sizeof(report));
+	assert_int_equal(c.corruptions_fixed, 1);
+	check("chk.vhd", false, &c, report, sizeof(report));
+	assert_int_equal(c.corruptions, 0);
+	assert_int_equal(c.leaks, 0);
+	assert_int_equal(run(out, sizeof(out),
+			     "qemu-img compare -f vpc -F raw '%s' '%s.raw'",
+			     path, path),
+			 0);
+
 	/* A BAT entry beyond the file: check names it, open refuses. */
 	fd = open(path, O_RDWR);
 	bks_put_be32(b, 0x00ABCDEF);
