@@ -645,6 +645,102 @@ static void test_check_repair(void **state)
 	free(buf);
 }
 
+/*
+ * A dynamic block whose bitmap has clear bits (other writers, e.g.
+ * Hyper-V, set only the written sectors'): clear sectors read as zeroes
+ * whatever the block's data holds; a write there sets their bits.
+ */
+static void test_dynamic_partial_bitmap(void **state)
+{
+	unsigned char *buf = unit_alloc_aligned(MiB);
+	unsigned char bm[512];
+	char path[PATH_MAX];
+	struct bks_error err = {0};
+	struct bks_extent ext[8];
+	uint32_t e;
+	struct rig r;
+	int fd, n;
+
+	(void)state;
+	must_create("part.vhd", 4 * MiB, NULL, NULL);
+	assert_int_equal(rig_open(&r, "part.vhd", false, &err), 0);
+	fill(buf, MiB, 0x7e);
+	assert_int_equal(io(&r, BKS_OP_WRITE, 0, buf, MiB, NULL, 0), 0);
+	rig_close(&r);
+	/* Clear the bits of sectors 8..15 and 100 of block 0. */
+	pathf(path, "part.vhd");
+	fd = open(path, O_RDWR);
+	assert_int_equal(pread(fd, bm, 4, 1536), 4);
+	e = bks_get_be32(bm);
+	assert_int_equal(pread(fd, bm, 512, (off_t)e * 512), 512);
+	assert_int_equal(bm[0], 0xFF);
+	bm[1] = 0;
+	bm[12] &= (unsigned char)~0x08; /* sector 100 */
+	assert_int_equal(pwrite(fd, bm, 512, (off_t)e * 512), 512);
+	close(fd);
+
+	assert_int_equal(rig_open(&r, "part.vhd", false, &err), 0);
+	assert_int_equal(io(&r, BKS_OP_READ, 0, buf, 64 * 512, NULL, 0), 0);
+	for (int i = 0; i < 64 * 512; i++) {
+		unsigned char want = (i >= 8 * 512 && i < 16 * 512) ? 0 : 0x7e;
+
+		if (buf[i] != want)
+			fail_msg("byte %d: 0x%02x, not 0x%02x", i, buf[i],
+				 want);
+	}
+	assert_int_equal(io(&r, BKS_OP_READ, 100 * 512, buf, 512, NULL, 0), 0);
+	assert_int_equal(unit_is_zero(buf, 512), 1);
+	n = io(&r, BKS_OP_BLOCK_STATUS, 0, NULL, MiB, ext, 8);
+	assert_true(n >= 3);
+	assert_int_equal(ext[0].length, 8 * 512);
+	assert_int_equal(ext[0].depth, 1);
+	assert_int_equal(ext[1].length, 8 * 512);
+	assert_int_equal(ext[1].flags, BKS_EXTENT_HOLE | BKS_EXTENT_ZERO);
+	assert_int_equal(ext[1].depth, 0);
+	/* Writing sectors 10..11 sets their bits only. */
+	fill(buf, 1024, 0x3c);
+	assert_int_equal(io(&r, BKS_OP_WRITE, 10 * 512, buf, 1024, NULL, 0), 0);
+	rig_close(&r);
+	fd = open(path, O_RDONLY);
+	assert_int_equal(pread(fd, bm, 512, (off_t)e * 512), 512);
+	close(fd);
+	assert_int_equal(bm[1], 0x30);
+	assert_int_equal(bm[12], 0xF7);
+	free(buf);
+}
+
+/* The largest disk: 2040 GiB opens (a 4 MiB BAT), one more GiB does not. */
+static void test_size_limit(void **state)
+{
+	char out[4096], path[PATH_MAX];
+	struct bks_error err = {0};
+	unsigned char *buf = unit_alloc_aligned(4096);
+	struct rig r;
+
+	(void)state;
+	must_create("big.vhd", 2040ull << 30, NULL, NULL);
+	pathf(path, "big.vhd");
+	assert_int_equal(run(out, sizeof(out),
+			     "qemu-img info -f vpc --output=json '%s'", path),
+			 0);
+	assert_non_null(strstr(out, "\"virtual-size\": 2190433320960"));
+	assert_int_equal(rig_open(&r, "big.vhd", false, &err), 0);
+	assert_int_equal(bks_chain_info(r.chain)->size, 2040ull << 30);
+	fill(buf, 4096, 0x99);
+	assert_int_equal(
+	    io(&r, BKS_OP_WRITE, (2040ull << 30) - 4096, buf, 4096, NULL, 0),
+	    0);
+	assert_int_equal(
+	    io(&r, BKS_OP_READ, (2040ull << 30) - 4096, buf, 4096, NULL, 0), 0);
+	assert_int_equal(buf[0], 0x99);
+	rig_close(&r);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(create("big2.vhd", 2041ull << 30, NULL, NULL, &err),
+			 -EINVAL);
+	assert_non_null(strstr(err.msg, "2040 GiB"));
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -653,6 +749,8 @@ int main(void)
 	    cmocka_unit_test(test_differencing),
 	    cmocka_unit_test(test_parent_refused),
 	    cmocka_unit_test(test_check_repair),
+	    cmocka_unit_test(test_dynamic_partial_bitmap),
+	    cmocka_unit_test(test_size_limit),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
