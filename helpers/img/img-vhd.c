@@ -242,6 +242,16 @@ static void find_parent(int fd, const char *path, const struct vhd_img *v,
 				snprintf(resolved, IMG_PATH_MAX, "%s", p);
 		}
 	}
+	/* Last, the parent's name beside the child, as the vhd: sink. */
+	if (!resolved[0] &&
+	    vhd_parent_name_decode(v->h.parent_name, p, sizeof(p)) == 0 &&
+	    p[0] && !strchr(p, '/')) {
+		if (!stored[0])
+			snprintf(stored, IMG_PATH_MAX, "%s", p);
+		snprintf(cand, sizeof(cand), "%s/%s", dir, p);
+		if (realpath(cand, p))
+			snprintf(resolved, IMG_PATH_MAX, "%s", p);
+	}
 }
 
 /* ---- create ------------------------------------------------------------ */

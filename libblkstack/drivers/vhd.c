@@ -58,7 +58,9 @@
  * Limits: virtual size at most 2040 GiB (the specification's), a file at
  * most 2 TiB (BAT entries are 32-bit sector numbers), 512-byte O_DIRECT
  * alignment (a file system needing more is refused: use a raw image).
- * No discard or write_zeroes.
+ * A request's piece of one block may span at most VHD_PIECE_IOV of its
+ * buffers (-E2BIG beyond; the NBD server sends one buffer).  No discard
+ * or write_zeroes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -516,6 +518,7 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 	const struct vhd_header *h = &s->header;
 	char dir[PATH_MAX], cand[PATH_MAX], found[PATH_MAX], tried[512];
 	unsigned char data[VHD_LOCATOR_MAX];
+	char name[1024];
 	struct vhd_footer pf;
 	int64_t mtime = 0;
 	char *slash, us[37], ps[37], pn[5];
@@ -566,6 +569,22 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 			if (realpath(cand, found) == NULL)
 				found[0] = 0;
 		}
+	}
+	/* Last, the parent's name beside the child (as libvhdi looks). */
+	if (!found[0] &&
+	    vhd_parent_name_decode(h->parent_name, name, sizeof(name)) == 0 &&
+	    name[0] && !strchr(name, '/') &&
+	    (size_t)snprintf(cand, sizeof(cand), "%s/%s", dir, name) <
+		sizeof(cand)) {
+		if (tl + 1 < sizeof(tried)) {
+			int k = snprintf(tried + tl, sizeof(tried) - tl,
+					 "%sparent name %.200s", tl ? ", " : "",
+					 name);
+
+			tl = k < 0 ? sizeof(tried) : tl + (size_t)k;
+		}
+		if (realpath(cand, found) == NULL)
+			found[0] = 0;
 	}
 	if (!found[0])
 		return bks_error_setmsg(err, ENOENT,

@@ -524,6 +524,38 @@ static void test_parent_refused(void **state)
 		fail_msg("message: %s", err.msg);
 }
 
+/* No locators at all: the parent's name beside the child is found. */
+static void test_parent_by_name(void **state)
+{
+	unsigned char hb[1024], fb[512];
+	char path[PATH_MAX];
+	struct bks_error err = {0};
+	struct vhd_footer f;
+	struct vhd_header h;
+	struct img_info info;
+	struct rig r;
+	int fd;
+
+	(void)state;
+	must_create("named-p.vhd", 2 * MiB, NULL, NULL);
+	must_create("named-c.vhd", 0, "named-p.vhd", NULL);
+	pathf(path, "named-c.vhd");
+	fd = open(path, O_RDWR);
+	assert_int_equal(pread(fd, fb, 512, 0), 512);
+	assert_int_equal(vhd_footer_parse(fb, &f, &err), 0);
+	assert_int_equal(pread(fd, hb, 1024, 512), 1024);
+	assert_int_equal(vhd_header_parse(hb, &f, 1 << 20, &h, &err), 0);
+	memset(h.loc, 0, sizeof(h.loc));
+	vhd_header_build(hb, &h);
+	assert_int_equal(pwrite(fd, hb, 1024, 512), 1024);
+	assert_int_equal(img_format_vhd.info(fd, path, &info, NULL, &err), 0);
+	close(fd);
+	assert_string_equal(info.backing, "named-p.vhd");
+	if (rig_open(&r, "named-c.vhd", true, &err) != 0)
+		fail_msg("%s", err.msg);
+	rig_close(&r);
+}
+
 /* ---- check --------------------------------------------------------------- */
 
 static void check(const char *name, bool repair, struct img_check *c,
@@ -748,6 +780,7 @@ int main(void)
 	    cmocka_unit_test(test_create_refusals),
 	    cmocka_unit_test(test_differencing),
 	    cmocka_unit_test(test_parent_refused),
+	    cmocka_unit_test(test_parent_by_name),
 	    cmocka_unit_test(test_check_repair),
 	    cmocka_unit_test(test_dynamic_partial_bitmap),
 	    cmocka_unit_test(test_size_limit),
