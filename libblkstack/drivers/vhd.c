@@ -293,6 +293,26 @@ static int load_bat(struct vhd_state *s, struct bks_error *err)
 			goto out;
 		}
 	}
+	/* A block over a locator's data would overwrite it. */
+	for (unsigned int k = 0; k < VHD_LOCATORS; k++) {
+		const struct vhd_locator *l = &h->loc[k];
+
+		if (l->code == VHD_PLAT_NONE || l->length == 0)
+			continue;
+		for (uint32_t i = 0; i < nsorted; i++) {
+			uint64_t b = (uint64_t)sorted[i] * VHD_SECTOR;
+
+			if (b < l->offset + l->length && l->offset < b + span) {
+				r = bks_error_setmsg(
+				    err, EINVAL,
+				    "%s: BAT: the block at sector %u overlaps "
+				    "parent locator %u's data at 0x%llx",
+				    s->path, sorted[i], k,
+				    (unsigned long long)l->offset);
+				goto out;
+			}
+		}
+	}
 out:
 	free(sorted);
 	return r;
