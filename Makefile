@@ -369,7 +369,7 @@ install: all
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
 	# back to sbin for them and blkstack-fuse.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG) \
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(filter $(IMG),$(PROGRAMS)) \
 		$(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack

@@ -491,7 +491,7 @@ static void test_driver_tables(void **state)
 				 drv);
 	}
 	assert_null(bks_driver_descs[i]);
-	assert_int_equal(i, 5);
+	assert_int_equal(i, 6);
 	assert_null(bks_driver_desc_lookup("ra", 2));
 	assert_null(bks_driver_of(NULL));
 }
