@@ -334,9 +334,28 @@ static int open_meta(struct vhd_state *s, struct bks_error *err)
 	if (r < 0)
 		return r;
 	r = vhd_footer_parse(s->footer_buf, &s->footer, err);
-	if (r < 0)
-		return bks_error_prepend(err, "%s: at 0x%llx: ", s->path,
-					 (unsigned long long)s->footer_off);
+	if (r < 0) {
+		struct bks_error e2 = {0};
+		struct vhd_footer copy;
+		char msg[BKS_ERROR_MSG_MAX];
+
+		bks_error_prepend(err, "%s: at 0x%llx: ", s->path,
+				  (unsigned long long)s->footer_off);
+		/* A writer killed between overwriting the footer and writing
+		 * it anew (qemu's order): say how to get the image back. */
+		if (meta_pread(s, 0, VHD_FOOTER_SIZE, s->footer_buf, "footer",
+			       &e2) == 0 &&
+		    vhd_footer_parse(s->footer_buf, &copy, &e2) == 0 &&
+		    copy.disk_type != VHD_TYPE_FIXED) {
+			snprintf(msg, sizeof(msg), "%s", err->msg);
+			bks_error_setmsg(err, EINVAL,
+					 "%s; the footer copy at offset 0 is "
+					 "valid: blkstack-img check --repair "
+					 "puts it back",
+					 msg);
+		}
+		return r;
+	}
 	s->size = s->footer.virtual_size;
 	if (s->footer.disk_type == VHD_TYPE_FIXED) {
 		if (s->size > s->footer_off)

@@ -650,6 +650,7 @@ static void test_check_repair(void **state)
 	close(fd);
 	assert_int_not_equal(rig_open(&r, "chk.vhd", true, &err), 0);
 	assert_non_null(strstr(err.msg, "footer: no \"conectix\" cookie"));
+	assert_non_null(strstr(err.msg, "check --repair puts it back"));
 	check("chk.vhd", false, &c, report, sizeof(report));
 	assert_int_equal(c.corruptions, 1);
 	assert_non_null(strstr(report, "copy at offset 0 is valid"));
