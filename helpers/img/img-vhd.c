@@ -28,7 +28,9 @@
 #include "img.h"
 
 #define VHD_CREATOR_VERSION 0x00010000u
-#define VHD_OS_WI2K	    0x5769326Bu
+/* Unreferenced space before a block, below this, is alignment padding. */
+#define VHD_ALIGN_PAD 4096u
+#define VHD_OS_WI2K   0x5769326Bu
 
 /* The whole of [off, off + len) or -errno. */
 static int pread_all(int fd, void *buf, size_t len, uint64_t off)
@@ -842,7 +844,9 @@ static int vhd_check(int fd, const char *path, bool repair, FILE *rep,
 				sp[i].block, (unsigned long long)sp[i].start,
 				sp[i - 1].block);
 			out->corruptions++;
-		} else if (sp[i].start > last_end) {
+		} else if (sp[i].start >= last_end + VHD_ALIGN_PAD) {
+			/* Less is the padding that puts a block's data on a
+			 * 4 KiB boundary (the vhd: sink does so). */
 			uint64_t gap = sp[i].start - last_end;
 
 			fprintf(rep,

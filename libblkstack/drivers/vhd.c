@@ -29,7 +29,9 @@
  * carries them (two in flight could land in either order).
  *
  * Allocation of a block (one at a time; other writes to unallocated
- * blocks wait) puts it where the footer is, F = file size - 512:
+ * blocks wait) puts it at F, where the footer is (file size - 512), or
+ * up to 3.5 KiB after it so that the block's data starts on a 4 KiB
+ * boundary of the file (block_place()):
  *   1. the footer is written at its new place, F + bitmap + block: the
  *      file grows, and its last 512 bytes are a valid footer again
  *      before anything overwrites the old one;
@@ -92,10 +94,12 @@
 /* iovecs of one piece (a slice of the request's buffers). */
 #define VHD_PIECE_IOV 32
 /* Cached block bitmaps. */
-#define VHD_SLOTS	  64u
-#define VHD_QUEUE_DEPTH	  128u
-#define VHD_THREADS	  1u
-#define VHD_MEM_ALIGN	  4096u
+#define VHD_SLOTS	64u
+#define VHD_QUEUE_DEPTH 128u
+#define VHD_THREADS	1u
+#define VHD_MEM_ALIGN	4096u
+/* File alignment of a new block's data (see block_place). */
+#define VHD_DATA_ALIGN	  4096u
 #define VHD_CLOSE_WAIT_NS (5ull * 1000 * 1000 * 1000)
 /*
  * Every context holds at most VHD_STEP_PIECES sub-requests, every slot at
@@ -165,16 +169,23 @@ struct vhd_state {
 	bool read_only;
 	struct vhd_footer footer;
 	struct vhd_header header;
-	uint64_t size;		 /* served */
-	uint32_t bsize;		 /* block */
-	uint32_t bm_bytes;	 /* a block's bitmap */
-	uint32_t nblocks;	 /* blocks of the disk */
-	uint32_t *bat;		 /* host order; an entry changes once durable */
+	uint64_t size;	   /* served */
+	uint32_t bsize;	   /* block */
+	uint32_t bm_bytes; /* a block's bitmap */
+	uint32_t nblocks;  /* blocks of the disk */
+	uint32_t *bat;	   /* host order; an entry changes once durable */
+	/*
+	 * A bit per block: its bitmap is known to have every bit set (it
+	 * was read so, or this layer allocated it in a dynamic disk).  Such
+	 * blocks are served without the cache: no bitmap read, no write.
+	 */
+	uint8_t *full;
 	unsigned char *bat_disk; /* the BAT as on disk (aligned) */
 	uint64_t bat_bytes;
 	uint64_t footer_off; /* where the footer is: the end of the data */
 	/* An allocation failed after it wrote: no more (-EIO). */
 	int broken;
+	uint64_t alloc_at;	   /* the block being allocated: its bitmap */
 	unsigned char *footer_buf; /* the footer's 512 bytes (aligned) */
 	struct bks_aioq *q;
 	struct bks_offload *off;
@@ -255,11 +266,12 @@ static int load_bat(struct vhd_state *s, struct bks_error *err)
 			first = l->offset + l->length;
 	}
 	s->bat = calloc(s->nblocks, sizeof(*s->bat));
+	s->full = calloc(s->nblocks / 8 + 1, 1);
 	sorted = calloc(s->nblocks, sizeof(*sorted));
 	if (posix_memalign((void **)&s->bat_disk, VHD_MEM_ALIGN,
 			   s->bat_bytes) != 0)
 		s->bat_disk = NULL;
-	if (!s->bat || !sorted || !s->bat_disk) {
+	if (!s->bat || !s->full || !sorted || !s->bat_disk) {
 		r = bks_error_set(err, ENOMEM, "%s: the BAT of %u entries",
 				  s->path, h->max_entries);
 		goto out;
@@ -402,6 +414,7 @@ static void free_all(struct vhd_state *s)
 	bks_offload_free(s->off, VHD_CLOSE_WAIT_NS);
 	s->off = NULL;
 	free(s->bat);
+	free(s->full);
 	free(s->bat_disk);
 	free(s->footer_buf);
 	free(s->slot_mem);
@@ -801,6 +814,25 @@ static void run_list(struct vhd_ctx *list)
 
 /* ---- the bitmap cache ---------------------------------------------------- */
 
+static bool is_full(const struct vhd_state *s, uint32_t block)
+{
+	return s->full[block >> 3] & (1u << (block & 7));
+}
+
+static void set_full(struct vhd_state *s, uint32_t block)
+{
+	s->full[block >> 3] |= (uint8_t)(1u << (block & 7));
+}
+
+/* Whether every sector bit of sl's block is set. */
+static bool bitmap_full(const struct vhd_state *s, const struct vhd_slot *sl)
+{
+	uint32_t sectors = s->bsize / VHD_SECTOR;
+	bool set;
+
+	return vhd_bitmap_run(sl->bm, 0, sectors, &set) == sectors && set;
+}
+
 static void slot_load_done(struct bks_req *sub, int result)
 {
 	struct vhd_sub *p = sub->opaque;
@@ -820,6 +852,8 @@ static void slot_load_done(struct bks_req *sub, int result)
 		sl->state = SLOT_EMPTY;
 	} else {
 		sl->state = SLOT_READY;
+		if (bitmap_full(s, sl))
+			set_full(s, sl->block);
 	}
 	run_list(list);
 }
@@ -947,6 +981,8 @@ static void slot_write_done(struct bks_req *sub, int result)
 	bks_subreq_put(s->self, sub);
 	sl->wq = NULL;
 	sl->writing = false;
+	if (result == 0 && !sl->pending && bitmap_full(s, sl))
+		set_full(s, sl->block);
 	for (struct vhd_ctx *c = list; c; c = c->next) {
 		if (result < 0 && c->result == 0)
 			c->result = result;
@@ -1005,6 +1041,22 @@ static void ctx_where(struct vhd_ctx *c, uint64_t *in_blk)
 	c->n = s->bsize - *in_blk < left ? s->bsize - *in_blk : left;
 }
 
+/*
+ * Where a new block goes: at the footer, or up to 3.5 KiB after it so
+ * that its data (after the bitmap) starts on a 4 KiB boundary of the
+ * file.  Guests write 4 KiB-aligned, and an O_DIRECT write that is not
+ * aligned to the file system's block is serialised by ext4 and xfs.
+ * The padding is unreferenced space, not a leak (blkstack-img check
+ * knows).
+ */
+static uint64_t block_place(const struct vhd_state *s)
+{
+	uint64_t data = s->footer_off + s->bm_bytes;
+
+	data = (data + VHD_DATA_ALIGN - 1) / VHD_DATA_ALIGN * VHD_DATA_ALIGN;
+	return data - s->bm_bytes;
+}
+
 static bool is_diff(const struct vhd_state *s)
 {
 	return s->footer.disk_type == VHD_TYPE_DIFF;
@@ -1034,6 +1086,14 @@ static int read_step(struct vhd_ctx *c)
 		} else {
 			bks_iov_zero(c->req, c->pos, c->n);
 		}
+		c->pos += c->n;
+	} else if (!c->slot) {
+		/* A full block (ctx_step takes a slot for the others). */
+		r = piece(c, BKS_OP_READ, false,
+			  (uint64_t)s->bat[c->block] * VHD_SECTOR +
+			      s->bm_bytes + in_blk,
+			  c->pos, c->n, 0);
+		pieces++;
 		c->pos += c->n;
 	} else {
 		uint64_t data =
@@ -1163,8 +1223,9 @@ static int write_step(struct vhd_ctx *c)
 				if (r <= 0)
 					return r < 0 ? (c->result = r, 0) : 1;
 			}
-			new_end = s->footer_off + span;
-			if (s->footer_off / VHD_SECTOR >= VHD_BAT_UNUSED ||
+			s->alloc_at = block_place(s);
+			new_end = s->alloc_at + span;
+			if (s->alloc_at / VHD_SECTOR >= VHD_BAT_UNUSED ||
 			    new_end + VHD_FOOTER_SIZE > (1ull << 41)) {
 				c->result = -ENOSPC;
 				return 0;
@@ -1190,7 +1251,7 @@ static int write_step(struct vhd_ctx *c)
 			bks_join_put(&c->join, 0);
 			return 1;
 		}
-		if (!c->slot) {
+		if (!c->slot && !is_full(s, c->block)) {
 			r = slot_acquire(c, c->block, false);
 			if (r <= 0)
 				return r < 0 ? (c->result = r, 0) : 1;
@@ -1205,7 +1266,7 @@ static int write_step(struct vhd_ctx *c)
 		bks_join_put(&c->join, 0);
 		return 1;
 	case PH_WRITE_DONE:
-		if (bits_set(s, c->slot->bm, in_blk, c->n))
+		if (!c->slot || bits_set(s, c->slot->bm, in_blk, c->n))
 			break;
 		set_bits(c->slot->bm, in_blk, c->n);
 		c->phase = PH_BITMAP_DONE;
@@ -1221,10 +1282,10 @@ static int write_step(struct vhd_ctx *c)
 	case PH_ALLOC_FOOTER:
 		/* The file ends with a footer again: fill the block. */
 		ctx_join(c, PH_ALLOC_DATA);
-		r = meta_piece(c, s->footer_off, c->slot->bm, s->bm_bytes, fua);
+		r = meta_piece(c, s->alloc_at, c->slot->bm, s->bm_bytes, fua);
 		if (r == 0)
 			r = piece(c, BKS_OP_WRITE, false,
-				  s->footer_off + s->bm_bytes + in_blk, c->pos,
+				  s->alloc_at + s->bm_bytes + in_blk, c->pos,
 				  c->n, fua);
 		if (r < 0)
 			c->result = r;
@@ -1234,7 +1295,7 @@ static int write_step(struct vhd_ctx *c)
 		uint64_t sector = 4ull * c->block / VHD_SECTOR * VHD_SECTOR;
 
 		bks_put_be32(s->bat_disk + 4ull * c->block,
-			     (uint32_t)(s->footer_off / VHD_SECTOR));
+			     (uint32_t)(s->alloc_at / VHD_SECTOR));
 		ctx_join(c, PH_ALLOC_BAT);
 		r = meta_piece(c, s->header.table_offset + sector,
 			       s->bat_disk + sector, VHD_SECTOR, fua);
@@ -1245,8 +1306,10 @@ static int write_step(struct vhd_ctx *c)
 	}
 	case PH_ALLOC_BAT:
 		c->alloc_done = true;
-		s->bat[c->block] = (uint32_t)(s->footer_off / VHD_SECTOR);
-		s->footer_off += span;
+		if (!is_diff(s))
+			set_full(s, c->block);
+		s->bat[c->block] = (uint32_t)(s->alloc_at / VHD_SECTOR);
+		s->footer_off = s->alloc_at + span;
 		s->allocated++;
 		s->allocations++;
 		alloc_unlock(c);
@@ -1362,6 +1425,14 @@ static int status_step(struct vhd_ctx *c)
 			c->pos += len;
 			continue;
 		}
+		if (is_full(s, blk)) {
+			slot_release(c);
+			len =
+			    s->bsize - in_blk < left ? s->bsize - in_blk : left;
+			add_extent(req, off, len, 0, 1);
+			c->pos += len;
+			continue;
+		}
 		if (!c->slot || c->slot->block != blk) {
 			int r;
 
@@ -1427,14 +1498,13 @@ static void ctx_step(struct vhd_ctx *c)
 		} else {
 			if (c->phase == PH_READ_DONE)
 				c->phase = PH_START;
+			uint32_t blk =
+			    (uint32_t)((req->offset + c->pos) / c->s->bsize);
+
 			if (c->phase == PH_START && c->slot == NULL &&
-			    c->s->bat[(req->offset + c->pos) / c->s->bsize] !=
-				VHD_BAT_UNUSED) {
-				r = slot_acquire(
-				    c,
-				    (uint32_t)((req->offset + c->pos) /
-					       c->s->bsize),
-				    false);
+			    c->s->bat[blk] != VHD_BAT_UNUSED &&
+			    !is_full(c->s, blk)) {
+				r = slot_acquire(c, blk, false);
 				if (r < 0) {
 					c->result = r;
 					continue;
