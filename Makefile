@@ -241,6 +241,9 @@ $(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
 # test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
 UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
+# test-img-vhd: blkstack-img's vhd format (create, info, check).
+UNIT_OBJ_test-img-vhd := $(B)/obj/helpers/img/img-vhd.o $(COMMON)
+$(B)/obj/tests/unit/test-img-vhd.o: CPPFLAGS += -Ihelpers/img
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 
@@ -270,6 +273,10 @@ $(B)/fuzz/obj/tests/fuzz/%.o: CPPFLAGS += -Ihelpers/common -Ihelpers/img
 # fuzz-qcow2: blkstack-img's qcow2 reader (info, check, repair).
 FUZZ_OBJ_fuzz-qcow2 := $(call fuzzobjs,helpers/img/img-qcow2.c \
                        helpers/common/json.c)
+
+# fuzz-vhd: check of blkstack-img's vhd format on the input as a file.
+FUZZ_OBJ_fuzz-vhd := $(call fuzzobjs,helpers/img/img-vhd.c helpers/common/json.c)
+
 $(B)/fuzz/%: $(B)/fuzz/obj/tests/fuzz/%.o $$(FUZZ_OBJ_$$*) $(FUZZ_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(LIB_LIBS)

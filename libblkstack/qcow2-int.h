@@ -7,9 +7,16 @@
  *                  blocks);
  *   qcow2-alloc.c  host cluster allocation: reserving runs of clusters at
  *                  the end of the file (refcounts raised and synced before
- *                  any is used), and lowering a refcount.
- * drivers/qcow2.c uses both; qcow2-alloc.c uses qcow2-cache.c; the cache
- * uses neither (it calls back through struct q2_wait).
+ *                  any is used), growing the refcount table, and lowering
+ *                  a refcount;
+ *   qcow2-map.c    where a guest cluster is (L1, L2 via the cache);
+ *   qcow2-op.c     operations on one guest cluster (allocating writes,
+ *                  zeroing, compressed reads);
+ *   qcow2-req.c    guest requests: the cursors, pieces and joins.
+ * Who calls whom, never back: drivers/qcow2.c (open, close, info, backing
+ * file, stats) -> qcow2-req.c -> qcow2-op.c -> qcow2-map.c ->
+ * qcow2-cache.c, and qcow2-op.c -> qcow2-alloc.c -> qcow2-cache.c.
+ * Completions go back up through callbacks (struct q2_wait, joins).
  *
  * Everything runs on the loop thread; nothing blocks, nothing allocates
  * after open.  Waiting is a struct q2_wait queued on a list and called
@@ -256,5 +263,168 @@ struct q2 {
 	/* The driver's own (drivers/qcow2.c). */
 	void *drv;
 };
+
+/* ---- the driver's parts: requests, operations, mapping ------------------- */
+
+/* Request contexts, compressed read buffers (drivers/qcow2.c opens them). */
+#define Q2_QREQS 256u
+#define Q2_CBUFS 4u
+
+/* A guest request's context. */
+struct qreq {
+	struct q2_wait w; /* the cursor, resumed */
+	struct qcow2_state *st;
+	struct bks_req *req;
+	uint64_t pos, end;
+	struct bks_join join;
+	bool fua_flush; /* the flush after a FUA write */
+	struct qreq *next_free;
+};
+
+enum qop_kind {
+	QOP_ALLOC,
+	QOP_ZERO,
+	QOP_CREAD
+};
+
+enum qop_fill {
+	FILL_NONE, /* a fresh cluster: only the guest's bytes */
+	FILL_ZERO, /* the rest from the zero buffer */
+	FILL_BUF,  /* the rest from buf (backing, old, inflated) */
+};
+
+enum qop_step {
+	S_HOST,
+	S_FILL,
+	S_FILL_WAIT,
+	S_INFLATED,
+	S_WRITE,
+	S_L2,
+	S_L2_NEW,
+	S_L2_TABLE,
+	S_L2_LINK,
+	S_L2_WRITTEN,
+	S_UNREF,
+	S_FINISH,
+};
+
+/* A compressed read's buffer, with its own inflate contexts: inflating
+ * runs on a helper thread (a 64 KiB cluster takes 0.1-0.2 ms of CPU, too
+ * long to hold the loop). */
+struct cbuf {
+	unsigned char *buf;
+	struct cbuf *next;
+	z_stream zs;
+	bool zs_ok;
+	ZSTD_DCtx *zd;
+	struct bks_offload_job job;
+	const unsigned char *in; /* the job's input, n bytes, and output */
+	size_t n, cs;
+	unsigned char *out;
+	bool zstd;
+	struct qop *op;
+};
+
+/* One operation on one guest cluster. */
+struct qop {
+	struct q2_wait w;
+	struct qcow2_state *st;
+	struct qreq *qr;
+	enum qop_kind kind;
+	enum qop_step step;
+	bool active;
+	uint64_t gc;		 /* guest cluster index */
+	uint32_t a, b;		 /* the guest's bytes in the cluster */
+	uint64_t skip;		 /* their place in the request's buffers */
+	bool zero_src;		 /* the guest's bytes are zeroes */
+	struct bks_qcow2_l2 old; /* the entry before */
+	uint64_t new_entry;
+	bool creating;	       /* making the L2 table of L1 entry l1i */
+	bool free_old;	       /* lower the old cluster's refcount after */
+	uint64_t free1, free2; /* those clusters (0: none) */
+	uint64_t host;	       /* the cluster written */
+	enum qop_fill fill;
+	unsigned int pending; /* reads in flight for the fill, +1 issuing */
+	unsigned int issued;  /* parts of the fill issued (bits) */
+	bool fill_started;
+	uint64_t l2_host; /* a new L2 table's cluster */
+	int result;
+	unsigned char *buf; /* one cluster */
+	struct cbuf *cb;
+	struct q2_slot *slot; /* a new L2 table */
+	uint64_t l1i;
+	struct q2_unref unref;
+	struct q2_wlist lock_waiters;
+	struct qop *next_free;
+};
+
+struct qcow2_state {
+	struct q2 s; /* first: the parts' state */
+	struct bks_layer *backing;
+	uint64_t backing_size;
+	char *parent_path;
+	bool parent_qcow2;
+	bool has_backing;
+	unsigned char *zero; /* one cluster of zeroes */
+	struct qreq qreqs[Q2_QREQS];
+	struct qreq *free_qreqs;
+	struct bks_req *req_wait_head, *req_wait_tail;
+	struct qop *qops;
+	unsigned int nqops;
+	unsigned char *qop_mem;
+	struct qop *free_qops;
+	struct q2_wlist qop_waiters;
+	struct cbuf cbufs[Q2_CBUFS];
+	unsigned char *cbuf_mem;
+	size_t cbuf_size;
+	struct cbuf *free_cbufs;
+	struct q2_wlist cbuf_waiters;
+	struct q2_wlist l1_waiters;
+	uint64_t inflate_errors, bad_entries;
+	char last_error[BKS_ERROR_MSG_MAX];
+};
+
+#define CONTAINER(ptr, type, member)                                           \
+	((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* Classes of a guest cluster for the cursors. */
+enum cls {
+	CL_DATA,       /* allocated: read at host */
+	CL_ZERO,       /* reads as zeroes, from this image (zero flag) */
+	CL_HOLE,       /* unallocated, no backing: zeroes */
+	CL_BACKING,    /* unallocated: the backing file */
+	CL_COMPRESSED, /* compressed */
+};
+
+/* qcow2-map.c.  The L2 entry of guest offset pos: 0 with *l2 (and *slot,
+ * NULL when the L1 entry is empty); 1 with w queued (a table loading, an
+ * L2 table being made); -EIO on a bad entry (counted, named in the stats).
+ */
+int q2_lookup(struct qcow2_state *st, uint64_t pos, struct q2_wait *w,
+	      struct bks_qcow2_l2 *l2, struct q2_slot **slotp);
+/* What a decoded entry is to the cursors. */
+enum cls q2_classify(const struct qcow2_state *st,
+		     const struct bks_qcow2_l2 *l2);
+/* Bytes from pos (up to end, at most max clusters) of the run of clusters
+ * of class c in first's L2 table (slot; NULL: none); allocated ones
+ * contiguous on the host (and copied, if direct_only). */
+uint64_t q2_run_bytes(struct qcow2_state *st, uint64_t pos, uint64_t end,
+		      const struct bks_qcow2_l2 *first, enum cls c,
+		      struct q2_slot *slot, bool direct_only, unsigned max);
+
+/* qcow2-op.c.  The operation running on guest cluster gc, or NULL. */
+struct qop *q2_op_locked(struct qcow2_state *st, uint64_t gc);
+/* A free operation for qr, or NULL with qr's cursor queued (woken when
+ * one is put back). */
+struct qop *q2_op_get(struct qcow2_state *st, struct qreq *qr);
+/* Start op (from q2_op_get()) of kind on guest cluster gc: the guest's
+ * bytes [a, b) of the cluster, at skip in qr's buffers; old its entry.
+ * It holds a reference on qr's join until it is done. */
+void q2_op_start(struct qop *op, enum qop_kind kind, uint64_t gc, uint32_t a,
+		 uint32_t b, uint64_t skip, const struct bks_qcow2_l2 *old);
+
+/* qcow2-req.c.  Take req (any op): it completes with bks_req_complete().
+ * The driver's request ops. */
+void q2_req_submit(struct qcow2_state *st, struct bks_req *req);
 
 #endif /* BLKSTACK_QCOW2_INT_H */

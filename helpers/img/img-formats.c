@@ -6,11 +6,11 @@
 
 /*
  * In probe order: every format with a magic first, raw (which takes
- * anything) last.  vhd (helpers/img/img-vhd.c, branch vhd) joins the
- * table when that branch is merged: &img_format_vhd before raw.
+ * anything) last.
  */
 const struct img_format *const img_formats[] = {
     &img_format_qcow2,
+    &img_format_vhd,
     &img_format_raw,
     NULL,
 };

@@ -152,7 +152,8 @@ struct bks_qcow2_geom {
 void bks_qcow2_geom_init(struct bks_qcow2_geom *g, uint32_t cluster_bits,
 			 uint32_t refcount_order);
 
-/* Guest offset -> L1 index, L2 index, offset in the cluster. */
+/* Guest offset -> L1 index, L2 index, offset in the cluster (the driver's
+ * lookups, blkstack-img map). */
 static inline uint64_t bks_qcow2_l1_index(const struct bks_qcow2_geom *g,
 					  uint64_t off)
 {
@@ -169,7 +170,8 @@ static inline uint64_t bks_qcow2_in_cluster(const struct bks_qcow2_geom *g,
 	return off & (g->cluster_size - 1);
 }
 
-/* Entries the L1 table needs for size bytes (may exceed UINT32_MAX). */
+/* Entries the L1 table needs for size bytes (may exceed UINT32_MAX):
+ * the header check and bks_qcow2_build(); blkstack-img resize. */
 uint64_t bks_qcow2_l1_entries_for(const struct bks_qcow2_geom *g,
 				  uint64_t size);
 
@@ -227,7 +229,9 @@ struct bks_qcow2_header {
 	struct bks_qcow2_geom g;
 };
 
-/* True if buf (len bytes) starts with the qcow2 magic. */
+/* True if buf (len bytes) starts with the qcow2 magic.  Called by the
+ * driver's get_parent (probing a backing file without a format) and by
+ * blkstack-img's format detection. */
 bool bks_qcow2_probe(const void *buf, size_t len);
 
 /*
@@ -283,7 +287,9 @@ int bks_qcow2_check_features(const struct bks_qcow2_header *h,
 			     unsigned int flags, struct bks_error *err);
 
 /*
- * The name the image's feature table gives (type 0/1/2, bit), or NULL.
+ * The name the image's feature table gives (type 0/1/2, bit), or NULL;
+ * sanitised, NUL-terminated, valid as long as h.  Called by
+ * bks_qcow2_check_features() and blkstack-img info.
  */
 const char *bks_qcow2_feature_name(const struct bks_qcow2_header *h,
 				   unsigned int type, unsigned int bit);
@@ -340,17 +346,20 @@ int bks_qcow2_l1_decode(const struct bks_qcow2_geom *g, uint64_t entry,
 int bks_qcow2_reftable_decode(const struct bks_qcow2_geom *g, uint64_t entry,
 			      uint64_t *rb_offset, struct bks_error *err);
 
-/* Entries to write: a standard L2 entry, a zero L2 entry (host 0 or a
- * preallocated cluster), an L1 entry (copied set), a refcount table entry. */
+/* Entries to write (the driver's allocations, blkstack-img): a standard L2
+ * entry, a zero L2 entry (host 0 or a preallocated cluster), an L1 entry
+ * (copied set).  They return the entry, in host order (store it with
+ * bks_put_be64()). */
 uint64_t bks_qcow2_l2_make(uint64_t host_offset, bool copied);
 uint64_t bks_qcow2_l2_make_zero(uint64_t host_offset, bool copied);
 uint64_t bks_qcow2_l1_make(uint64_t l2_offset);
 
 /*
- * Refcount index in a refcount block (block of rb_entries refcounts,
- * cluster_size bytes): get and set.  Widths below 8 bits pack from the
- * least significant bit of each byte; wider ones are big-endian.  set
- * stores value & refcount_max.
+ * Refcount index (< g->rb_entries) in a refcount block (cluster_size
+ * bytes): get returns it, set stores value & refcount_max.  Widths below
+ * 8 bits pack from the least significant bit of each byte; wider ones are
+ * big-endian.  Called by the driver's allocator, bks_qcow2_build() and
+ * blkstack-img check.
  */
 uint64_t bks_qcow2_refcount_get(const struct bks_qcow2_geom *g,
 				const unsigned char *block, uint64_t index);
