@@ -492,3 +492,36 @@ int64_t bks_log_dirty_bytes(struct bks_layer *log)
 
 	return s ? (int64_t)dirty_bytes(s) : -EINVAL;
 }
+
+/* The mark (being written). */
+int bks_log_mark(struct bks_layer *log)
+{
+	return log_state_of(log) ? -ENOSYS : -EINVAL;
+}
+
+int bks_log_frozen(struct bks_layer *log, uint64_t start,
+		   struct bks_extent *out, size_t max, size_t *n)
+{
+	(void)start;
+	(void)out;
+	(void)max;
+	if (n)
+		*n = 0;
+	return log_state_of(log) ? -ENOENT : -EINVAL;
+}
+
+int bks_log_clear_frozen(struct bks_layer *log)
+{
+	return log_state_of(log) ? -ENOENT : -EINVAL;
+}
+
+bool bks_log_marked(struct bks_layer *log)
+{
+	(void)log;
+	return false;
+}
+
+int64_t bks_log_frozen_bytes(struct bks_layer *log)
+{
+	return log_state_of(log) ? 0 : -EINVAL;
+}
