@@ -463,7 +463,11 @@ static uint64_t dirty_bytes(const struct log_state *s)
 	return set_bytes(s, SET_DIRTY);
 }
 
-/* The control socket's "log" object: dirty_bytes, block_size. */
+/*
+ * The control socket's "log" object: dirty_bytes, block_size, persisted
+ * (tests and tools match it whole: the mark is read with bks_log_marked()
+ * and bks_log_frozen_bytes(), not here).
+ */
 static void log_stats(void *state, struct bks_layer *self,
 		      struct bks_stats_out *out)
 {
@@ -473,8 +477,6 @@ static void log_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "dirty_bytes", dirty_bytes(s));
 	bks_stats_u64(out, "block_size", s->block);
 	bks_stats_u64(out, "persisted", s->map != NULL);
-	bks_stats_u64(out, "marked", *s->marked != 0);
-	bks_stats_u64(out, "frozen_bytes", set_bytes(s, SET_FROZEN));
 }
 
 /* What parsing needs of log: (bks_driver_descs[] has it alone). */
