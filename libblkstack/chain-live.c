@@ -52,13 +52,6 @@ static bool is_image(struct bks_chain *chain, const struct bks_layer *image)
 	return false;
 }
 
-/* Anything of l's own in flight: requests, sub-requests, busy work. */
-static bool layer_busy(const struct bks_layer *l)
-{
-	return l->stats.in_flight || l->busy || l->subs.in_use ||
-	       l->split.in_use;
-}
-
 /*
  * The drain_begin ops of a tree joining a drained chain that was not
  * drained itself: the chain's drain_end will reach it, balanced.
@@ -233,13 +226,6 @@ int bks_chain_drop_images(struct bks_chain *chain, struct bks_layer *image,
 					"below layer %u (%s)",
 					keep->index + 1, keep->drv->name,
 					image->index + 1, image->drv->name);
-	for (l = image; l != keep; l = l->child[BKS_CHILD_BACKING]) {
-		if (layer_busy(l))
-			return bks_error_setmsg(err, EBUSY,
-						"drop images: layer %u (%s) "
-						"has requests in flight",
-						l->index + 1, l->drv->name);
-	}
 	if (image == sink && (keep->info.size != sink->info.size ||
 			      keep->info.block_size != sink->info.block_size))
 		return bks_error_setmsg(
