@@ -708,8 +708,8 @@ static int same_file(struct vhd_state *s, int fd, struct bks_error *err)
 	if (fstat(s->img.fd, &a) < 0 || fstat(fd, &b) < 0)
 		return bks_error_set(err, errno, "%s: fstat", s->path);
 	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
-		return bks_error_setmsg(err, ESTALE, "%s: the file was replaced",
-					s->path);
+		return bks_error_setmsg(err, ESTALE,
+					"%s: the file was replaced", s->path);
 	return 0;
 }
 
@@ -733,17 +733,16 @@ static int vhd_reopen_prepare(void *state, struct bks_layer *self,
 	if (args->read_only == s->read_only)
 		return 0;
 	if (args->read_only && fdatasync(s->img.fd) < 0)
-		return bks_error_set(err, errno,
-				     "%s: reopen read-only: fdatasync",
-				     s->path);
+		return bks_error_set(
+		    err, errno, "%s: reopen read-only: fdatasync", s->path);
 	if (!args->read_only) {
 		if (posix_memalign((void **)&fb, VHD_MEM_ALIGN,
 				   VHD_FOOTER_SIZE) != 0)
 			return bks_error_set(err, ENOMEM, "%s: reopen",
 					     s->path);
 		r = fstat(s->img.fd, &sb) < 0 ? -errno : 0;
-		if (r == 0 && (uint64_t)sb.st_size !=
-				  s->footer_off + VHD_FOOTER_SIZE)
+		if (r == 0 &&
+		    (uint64_t)sb.st_size != s->footer_off + VHD_FOOTER_SIZE)
 			r = -ESTALE;
 		if (r == 0)
 			r = meta_pread(s, s->footer_off, VHD_FOOTER_SIZE, fb,
@@ -762,13 +761,11 @@ static int vhd_reopen_prepare(void *state, struct bks_layer *self,
 						"else while open",
 						s->path);
 		if (r < 0)
-			return bks_error_prepend(err,
-						 "%s: reopen read-write: ",
-						 s->path);
+			return bks_error_prepend(
+			    err, "%s: reopen read-write: ", s->path);
 	}
-	s->reopen_fd = open(s->path,
-			    (args->read_only ? O_RDONLY : O_RDWR) | O_DIRECT |
-				O_CLOEXEC | O_NONBLOCK);
+	s->reopen_fd = open(s->path, (args->read_only ? O_RDONLY : O_RDWR) |
+					 O_DIRECT | O_CLOEXEC | O_NONBLOCK);
 	if (s->reopen_fd < 0)
 		return bks_error_set(err, errno, "%s: reopen %s", s->path,
 				     args->read_only ? "read-only"
@@ -825,8 +822,8 @@ static int meta_pwrite(int fd, uint64_t off, const void *data, size_t len)
 		return -ENOMEM;
 	memcpy(buf, data, len);
 	while (done < len) {
-		ssize_t k = pwrite(fd, buf + done, len - done,
-				   (off_t)(off + done));
+		ssize_t k =
+		    pwrite(fd, buf + done, len - done, (off_t)(off + done));
 
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -957,8 +954,7 @@ static int new_parent(struct vhd_state *s, int fd, const char *path,
 		return bks_error_set(err, ENOMEM, "parent locator");
 	for (int i = 0; i < (int)VHD_LOCATORS && slot < 0; i++) {
 		const struct vhd_locator *l = &h.loc[i];
-		static const uint32_t codes[2] = {VHD_PLAT_W2KU,
-						  VHD_PLAT_MACX};
+		static const uint32_t codes[2] = {VHD_PLAT_W2KU, VHD_PLAT_MACX};
 
 		if (i == keep || l->code == VHD_PLAT_NONE || !l->length ||
 		    l->offset < h.table_offset + s->bat_bytes)
@@ -981,8 +977,8 @@ static int new_parent(struct vhd_state *s, int fd, const char *path,
 		goto out;
 	}
 	{
-		size_t n = ((size_t)len + VHD_SECTOR - 1) / VHD_SECTOR *
-			   VHD_SECTOR;
+		size_t n =
+		    ((size_t)len + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
 
 		r = meta_pwrite(fd, h.loc[slot].offset, data, n);
 		if (r == 0 && fdatasync(fd) < 0)
