@@ -470,6 +470,41 @@ static void test_qcow2_set_backing(void **state)
 	MUST("unchanged", "qemu-img check -q '%s'", top);
 }
 
+/* A version 2 image (no header_length; qemu-img writes the backing
+ * format extension there too): a new parent, a long name. */
+static void test_qcow2_v2_set_backing(void **state)
+{
+	struct bks_error err = {0};
+	char a[512], c[512], top[512], b[1200];
+	struct t t;
+
+	(void)state;
+	snprintf(a, sizeof(a), "%s/v2-a.qcow2", dir);
+	snprintf(c, sizeof(c), "%s/v2-%0200d.qcow2", dir, 7);
+	snprintf(top, sizeof(top), "%s/v2-top.qcow2", dir);
+	MUST("images",
+	     "qemu-img create -q -f qcow2 -o compat=0.10 '%s' 2M && "
+	     "cp '%s' '%s' && "
+	     "qemu-img create -q -f qcow2 -o compat=0.10 -b '%s' -F qcow2 "
+	     "'%s'",
+	     a, a, c, a, top);
+	t_open(&t, true, "qcow2:%s", top);
+	snprintf(b, sizeof(b), "qcow2:%s", c);
+	if (set_backing(&t, 0, b, &err) < 0)
+		fail_msg("set_backing: %s", err.msg);
+	t_close(&t);
+	MUST("check", "qemu-img check -q '%s'", top);
+	MUST("names c",
+	     "qemu-img info --output=json '%s' | grep -q "
+	     "'\"backing-filename\": \"%s\"' && "
+	     "qemu-img info --output=json '%s' | grep -q "
+	     "'\"backing-filename-format\": \"qcow2\"'",
+	     top, c, top);
+	t_open(&t, true, "qcow2:%s", top);
+	assert_int_equal(bks_chain_layers(t.chain), 2);
+	t_close(&t);
+}
+
 /* VHD: base <- mid <- top (bks_image_create), top's parent set to base,
  * then to mid again (the spare locator), then none: dynamic. */
 static void test_vhd_set_backing(void **state)
@@ -551,6 +586,7 @@ int main(void)
 	    cmocka_unit_test(test_parent_rw),
 	    cmocka_unit_test(test_refused),
 	    cmocka_unit_test(test_qcow2_set_backing),
+	    cmocka_unit_test(test_qcow2_v2_set_backing),
 	    cmocka_unit_test(test_vhd_set_backing),
 	};
 
