@@ -399,7 +399,9 @@ static int qcow2_info(void *state, struct bks_layer *self,
 	struct qcow2_state *st = state;
 	struct q2 *s = &st->s;
 
-	(void)self;
+	/* After a reopen the framework has freed the args s->path pointed
+	 * at and keeps an equal copy: point at that one. */
+	s->path = bks_layer_args(self);
 	info->size = s->h.size;
 	info->block_size = s->block_size;
 	info->max_io = 0;
@@ -651,9 +653,9 @@ static int qcow2_reopen_prepare(void *state, struct bks_layer *self,
 	struct q2 *s = &st->s;
 	int rc;
 
-	(void)self;
 	st->reopen_pending = false;
 	st->reopen_fd = -1;
+	s->path = bks_layer_args(self);
 	if (!args->args || strcmp(args->args, s->path) != 0)
 		return bks_error_setmsg(err, EOPNOTSUPP,
 					"qcow2: reopen: only the read-only "
