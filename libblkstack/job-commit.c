@@ -45,7 +45,8 @@ static int commit_prepare(struct bks_job *job, struct bks_error *err)
 	if (bks_next_info(job->base)->read_only) {
 		r = bks_layer_reopen_mode(job->base, false, err);
 		if (r < 0)
-			return bks_error_prepend(err, "make the base writable: ");
+			return bks_error_prepend(err,
+						 "make the base writable: ");
 		job->base_reopened = true;
 	}
 	if (job->watch_dirty) {
@@ -122,8 +123,8 @@ static int finish_middle(struct bks_job *job, struct bks_error *err)
 					"an image name is too long");
 	r = job_set_backing(above, name, err);
 	if (r < 0)
-		return bks_error_prepend(err, "name the base %s above the top: ",
-					 name);
+		return bks_error_prepend(
+		    err, "name the base %s above the top: ", name);
 	r = bks_chain_drop_images(job->chain, job->top, job->base, err);
 	if (r < 0) {
 		/* Both names read the same; keep the disk as the memory. */
@@ -176,7 +177,8 @@ int job_commit_init(struct bks_job *job, struct bks_error *err)
 		return bks_error_setmsg(err, EINVAL,
 					"commit: the base %s is not below the "
 					"top %s",
-					bks_layer_args(base), bks_layer_args(top));
+					bks_layer_args(base),
+					bks_layer_args(top));
 	if (bks_next_info(base)->size < bks_next_info(top)->size)
 		return bks_error_setmsg(
 		    err, EINVAL, "commit: base %s: size %llu, the top's %llu",

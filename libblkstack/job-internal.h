@@ -54,7 +54,7 @@ struct job_slot {
 	int result;
 	struct bks_req req;
 	struct iovec iov;
-	unsigned char *buf; /* chunk bytes, aligned */
+	unsigned char *buf;  /* chunk bytes, aligned */
 	uint64_t start, end; /* the chunk */
 	uint64_t pos;	     /* the next byte to look at */
 	/* The current block status answer, and the extent being copied. */

@@ -41,8 +41,8 @@ static int stream_finish(struct bks_job *job, struct bks_error *err)
 					"the backing image's name is too long");
 	r = job_set_backing(s, NULL, err);
 	if (r < 0)
-		return bks_error_prepend(err, "drop the backing file of %s: ",
-					 bks_layer_args(s));
+		return bks_error_prepend(
+		    err, "drop the backing file of %s: ", bks_layer_args(s));
 	r = bks_chain_drop_images(job->chain, back, NULL, err);
 	if (r < 0) {
 		/* Both read the same; keep the disk as the memory. */

@@ -27,9 +27,12 @@
 #include "job-internal.h"
 
 static const char *const phase_names[] = {
-    [BKS_JOB_SCANNING] = "scanning",   [BKS_JOB_COPYING] = "copying",
-    [BKS_JOB_CONVERGING] = "converging", [BKS_JOB_SWITCHING] = "switching",
-    [BKS_JOB_DONE] = "done",	       [BKS_JOB_CANCELLED] = "cancelled",
+    [BKS_JOB_SCANNING] = "scanning",
+    [BKS_JOB_COPYING] = "copying",
+    [BKS_JOB_CONVERGING] = "converging",
+    [BKS_JOB_SWITCHING] = "switching",
+    [BKS_JOB_DONE] = "done",
+    [BKS_JOB_CANCELLED] = "cancelled",
     [BKS_JOB_FAILED] = "failed",
 };
 
@@ -76,8 +79,7 @@ int job_fail(struct bks_job *job, int r, const char *fmt, ...)
 }
 
 /* Record err (already set by a callee) as the job's failure. */
-static int job_fail_err(struct bks_job *job, int r,
-			const struct bks_error *err)
+static int job_fail_err(struct bks_job *job, int r, const struct bks_error *err)
 {
 	if (r >= 0)
 		r = -EIO;
@@ -211,8 +213,8 @@ static void slot_granted(struct bks_range_lock *lk)
 	bks_defer_schedule(&s->job->kick);
 }
 
-static void slot_submit(struct job_slot *s, struct bks_layer *l,
-			enum bks_op op, uint64_t off, uint64_t len)
+static void slot_submit(struct job_slot *s, struct bks_layer *l, enum bks_op op,
+			uint64_t off, uint64_t len)
 {
 	struct bks_req *req = &s->req;
 
@@ -284,8 +286,8 @@ static void slot_walk(struct job_slot *s)
 		s->seg_zero = e->flags & BKS_EXTENT_ZERO;
 		if (s->seg_zero && job->dst_zeroes) {
 			s->step = SLOT_WRITE;
-			slot_submit(s, job->dst, BKS_OP_WRITE_ZEROES, s->seg_off,
-				    len);
+			slot_submit(s, job->dst, BKS_OP_WRITE_ZEROES,
+				    s->seg_off, len);
 		} else if (s->seg_zero) {
 			memset(s->buf, 0, len);
 			s->step = SLOT_WRITE;
@@ -333,7 +335,8 @@ static void slot_advance(struct job_slot *s)
 		return;
 	case SLOT_READ:
 		if (r < 0) {
-			job_fail(job, r, "read at %" PRIu64 " (+%" PRIu64 "): %s",
+			job_fail(job, r,
+				 "read at %" PRIu64 " (+%" PRIu64 "): %s",
 				 s->seg_off, s->seg_len, strerror(-r));
 			break;
 		}
@@ -342,8 +345,7 @@ static void slot_advance(struct job_slot *s)
 		return;
 	case SLOT_WRITE:
 		if (r < 0) {
-			job_fail(job, r,
-				 "%s at %" PRIu64 " (+%" PRIu64 "): %s",
+			job_fail(job, r, "%s at %" PRIu64 " (+%" PRIu64 "): %s",
 				 s->seg_zero && job->dst_zeroes ? "write-zeroes"
 								: "write",
 				 s->seg_off, s->seg_len, strerror(-r));
@@ -729,8 +731,7 @@ static void job_end(struct bks_job *job, int result)
 
 /* ---- the API ------------------------------------------------------------- */
 
-static int check_config(const struct bks_job_config *cfg,
-			struct bks_error *err)
+static int check_config(const struct bks_job_config *cfg, struct bks_error *err)
 {
 	if (!cfg)
 		return bks_error_setmsg(err, EINVAL, "job: no config");
@@ -744,15 +745,13 @@ static int check_config(const struct bks_job_config *cfg,
 		return bks_error_setmsg(err, EINVAL, "%s: no done callback",
 					bks_job_kind_name(cfg->kind));
 	if (cfg->depth > JOB_DEPTH_MAX)
-		return bks_error_setmsg(err, EINVAL,
-					"%s: depth %u (at most %u)",
-					bks_job_kind_name(cfg->kind),
-					cfg->depth, JOB_DEPTH_MAX);
+		return bks_error_setmsg(
+		    err, EINVAL, "%s: depth %u (at most %u)",
+		    bks_job_kind_name(cfg->kind), cfg->depth, JOB_DEPTH_MAX);
 	if (cfg->chunk > JOB_CHUNK_MAX)
-		return bks_error_setmsg(err, EINVAL,
-					"%s: chunk %u (at most %u)",
-					bks_job_kind_name(cfg->kind),
-					cfg->chunk, JOB_CHUNK_MAX);
+		return bks_error_setmsg(
+		    err, EINVAL, "%s: chunk %u (at most %u)",
+		    bks_job_kind_name(cfg->kind), cfg->chunk, JOB_CHUNK_MAX);
 	return 0;
 }
 
@@ -761,8 +760,8 @@ static int job_alloc(struct bks_job *job, struct bks_error *err)
 {
 	const struct bks_info *si = bks_next_info(job->src);
 	const struct bks_info *di = bks_next_info(job->dst);
-	uint32_t block = si->block_size > di->block_size ? si->block_size
-							 : di->block_size;
+	uint32_t block =
+	    si->block_size > di->block_size ? si->block_size : di->block_size;
 	uint64_t chunk = job->cfg.chunk ? job->cfg.chunk : JOB_CHUNK_DEFAULT;
 	size_t align = block < 4096 ? 4096 : block;
 	const char *name = kind_name(job);

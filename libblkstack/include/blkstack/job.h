@@ -70,12 +70,12 @@ struct bks_job_config {
 	struct bks_chain *chain;
 	/*
 	 * Commit: the image merged down (the sink or a parent; NULL: the
-	 * sink).  Stream: must be NULL (the sink).
+	 * sink).  Stream: ignored (the sink).
 	 */
 	struct bks_layer *top;
 	/*
 	 * Commit: the image merged into (NULL: top's backing child); must
-	 * be below top in top's backing line.  Stream: must be NULL (all of
+	 * be below top in top's backing line.  Stream: ignored (all of
 	 * the sink's backing line is pulled up and dropped).
 	 */
 	struct bks_layer *base;
