@@ -299,6 +299,51 @@ static void test_commit_cancel(void **state)
 	sh("qemu-img check -q %s/top.qcow2", dir);
 }
 
+/* top over mid over base: commit mid into base while top is written. */
+static void test_commit_middle(void **state)
+{
+	struct bks_job_config cfg = {0};
+	struct bks_error err = {0};
+	struct bks_layer *mid;
+	struct ctx c;
+	char spec[512];
+
+	(void)state;
+	open_images(&c);
+	bks_chain_close(c.chain);
+	sh("cd %s && mv top.qcow2 mid.qcow2 && "
+	   "qemu-img rebase -q -u -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 && "
+	   "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 8M && "
+	   "qemu-io -f qcow2 -c 'write -P 3 5M 2M' top.qcow2 >/dev/null",
+	   dir);
+	memset(c.model + (5u << 20), 3, 2u << 20);
+	snprintf(spec, sizeof(spec), "qcow2:%s/top.qcow2", dir);
+	if (bks_chain_open(&c.chain, spec, c.loop, false, &err) < 0)
+		fail_msg("open: %s", err.msg);
+	assert_int_equal(bks_chain_layers(c.chain), 3);
+	mid = bks_layer_child(bks_chain_sink(c.chain), BKS_CHILD_BACKING);
+	cfg.kind = BKS_JOB_COMMIT;
+	cfg.chain = c.chain;
+	cfg.top = mid;
+	cfg.chunk = 512u << 10;
+	cfg.depth = 2;
+	cfg.done = job_done;
+	cfg.arg = &c;
+	if (bks_job_start(&c.job, &cfg, &err) < 0)
+		fail_msg("start: %s", err.msg);
+	run_job(&c, 100, false);
+	if (c.result != 0)
+		fail_msg("commit: %s", c.err);
+	assert_int_equal(bks_chain_layers(c.chain), 2);
+	assert_string_equal(c.recorded, ""); /* the chain string is the same */
+	verify(&c);
+	close_all(&c);
+	sh("cd %s && qemu-img check -q top.qcow2 && qemu-img check -q "
+	   "base.qcow2 && qemu-img info top.qcow2 | grep -q 'backing file: "
+	   ".*base.qcow2'",
+	   dir);
+}
+
 static void test_bad_config(void **state)
 {
 	struct bks_job_config cfg = {0};
@@ -333,6 +378,7 @@ int main(void)
 	    cmocka_unit_test(test_commit),
 	    cmocka_unit_test(test_stream),
 	    cmocka_unit_test(test_commit_cancel),
+	    cmocka_unit_test(test_commit_middle),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
