@@ -178,6 +178,8 @@ int worker_job_start(struct worker *w, enum bks_job_kind kind, const char *top,
 	if (w->read_only)
 		return bks_error_setmsg(err, EROFS,
 					"%s: the worker is read-only", name);
+	if (top && strcmp(top, "-") == 0)
+		top = NULL; /* "commit - BASE": the sink into BASE */
 	if (kind == BKS_JOB_COMMIT) {
 		t = top ? find_image(sink, top) : sink;
 		if (!t)
