@@ -97,6 +97,13 @@ int layer_info(struct bks_layer *l, struct bks_error *err);
 struct bks_layer *layer_walk_next(struct bks_layer *l, struct bks_layer *root);
 void chain_renumber(struct bks_chain *chain);
 
+/* chain-lock.c: the pad's granted op (arg: the chain). */
+void chain_lock_granted(void *arg, struct bks_req *req);
+
+/* chain-reopen.c */
+int chain_infos_up(struct bks_layer *l, struct bks_error *err);
+unsigned int chain_count_tree(const struct bks_layer *l);
+
 /* subreq.c */
 int subpool_init(struct subpool *p, unsigned int size, size_t data_size);
 void subpool_free(struct subpool *p);

@@ -70,7 +70,11 @@ static int pread_whole(int fd, void *buf, size_t len, uint64_t off)
 }
 
 /* The backing's kind, from its driver name. */
-enum backing_kind { BK_RAW, BK_QCOW2, BK_VHD };
+enum backing_kind {
+	BK_RAW,
+	BK_QCOW2,
+	BK_VHD
+};
 
 struct backing {
 	enum backing_kind kind;
@@ -81,8 +85,7 @@ struct backing {
 };
 
 /* Parse backing ("driver:/abs/path") and read its virtual size. */
-static int read_backing(const char *s, struct backing *b,
-			struct bks_error *err)
+static int read_backing(const char *s, struct backing *b, struct bks_error *err)
 {
 	struct bks_chain_spec spec = {0};
 	const char *name;
@@ -94,8 +97,7 @@ static int read_backing(const char *s, struct backing *b,
 	if (r < 0)
 		return bks_error_prepend(err, "backing %s: ", s);
 	if (spec.n != 1 || spec.layers[0].desc->kind != BKS_SINK ||
-	    !spec.layers[0].desc->args_path ||
-	    spec.layers[0].args[0] != '/') {
+	    !spec.layers[0].desc->args_path || spec.layers[0].args[0] != '/') {
 		r = bks_error_setmsg(err, EINVAL,
 				     "backing %s: not one image sink with an "
 				     "absolute path",
@@ -168,8 +170,8 @@ static int read_backing(const char *s, struct backing *b,
 			r = vhd_header_parse(buf, &b->vf, (uint64_t)end, &h,
 					     err);
 			if (r < 0) {
-				bks_error_prepend(err, "backing file %s: ",
-						  b->path);
+				bks_error_prepend(err,
+						  "backing file %s: ", b->path);
 				goto out;
 			}
 			b->vhd_block = h.block_size;
@@ -184,8 +186,8 @@ out:
 	return r;
 }
 
-static int create_qcow2(int fd, const struct backing *b,
-			uint64_t size, struct bks_error *err)
+static int create_qcow2(int fd, const struct backing *b, uint64_t size,
+			struct bks_error *err)
 {
 	struct bks_qcow2_create c = {
 	    .size = size,
@@ -304,9 +306,9 @@ static int create_vhd(int fd, const struct backing *b, uint64_t size,
 		}
 		/* Absolute locators only: the path is absolute. */
 		for (unsigned int i = 0; i < 2; i++) {
-			int len = vhd_locator_encode(codes[i], b->path,
-						     locs + nloc,
-						     2 * VHD_LOCATOR_MAX - nloc);
+			int len =
+			    vhd_locator_encode(codes[i], b->path, locs + nloc,
+					       2 * VHD_LOCATOR_MAX - nloc);
 			uint32_t sectors;
 
 			if (len < 0) {
@@ -379,8 +381,9 @@ int bks_image_create(const char *path, const char *format, const char *backing,
 	int fd = -1, r;
 
 	if (!path || !path[0] || strlen(path) > BKS_CHAIN_STR_MAX)
-		return bks_error_setmsg(err, EINVAL, "create: no path, or a "
-						     "path too long");
+		return bks_error_setmsg(err, EINVAL,
+					"create: no path, or a "
+					"path too long");
 	if (!format ||
 	    (strcmp(format, "qcow2") != 0 && strcmp(format, "vhd") != 0)) {
 		r = bks_error_setmsg(err, EINVAL,

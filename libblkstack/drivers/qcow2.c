@@ -544,9 +544,8 @@ static int reopen_fd_check(struct q2 *s, int fd, struct bks_error *err)
 	if (fstat(s->img.fd, &a) < 0 || fstat(fd, &b) < 0)
 		return bks_error_set(err, errno, "%s: reopen: fstat", s->path);
 	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
-		return bks_error_setmsg(err, ESTALE,
-					"%s: reopen: the file was replaced",
-					s->path);
+		return bks_error_setmsg(
+		    err, ESTALE, "%s: reopen: the file was replaced", s->path);
 	return 0;
 }
 
@@ -591,8 +590,8 @@ static int reopen_to_rw(struct qcow2_state *st, struct bks_error *err)
 	st->reopen_fd =
 	    open(s->path, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
 	if (st->reopen_fd < 0) {
-		rc = bks_error_set(err, errno, "%s: reopen read-write",
-				   s->path);
+		rc =
+		    bks_error_set(err, errno, "%s: reopen read-write", s->path);
 		goto out;
 	}
 	rc = reopen_fd_check(s, st->reopen_fd, err);
@@ -624,9 +623,8 @@ static int reopen_to_ro(struct qcow2_state *st, struct bks_error *err)
 	int rc;
 
 	if (fdatasync(s->img.fd) < 0)
-		return bks_error_set(err, errno,
-				     "%s: reopen read-only: fdatasync",
-				     s->path);
+		return bks_error_set(
+		    err, errno, "%s: reopen read-only: fdatasync", s->path);
 	q2_alloc_release(s);
 	q2_cache_drop_all(s);
 	s->res_next = s->res_end = 0;
@@ -715,8 +713,8 @@ static void qcow2_reopen_abort(void *state, struct bks_layer *self)
  * bytes used, or -ENAMETOOLONG if they do not fit in area bytes.
  */
 static int build_header_area(const struct q2 *s, unsigned char *buf,
-			     uint32_t area, const char *name,
-			     const char *fmt, bool drop_table)
+			     uint32_t area, const char *name, const char *fmt,
+			     bool drop_table)
 {
 	unsigned char *tmp = malloc(area);
 	uint32_t hlen = s->h.version >= 3 ? s->h.header_length : 72;

@@ -395,8 +395,8 @@ int bks_chain_insert_overlay(struct bks_chain *chain,
  *   stream: image = the sink's backing child, keep = NULL (the sink
  *           keeps no backing).
  * When image is the sink, keep becomes the sink and must have its size
- * and block size.  The chain must be drained; nothing may be in flight in
- * the dropped layers (bks_layer_submit() included).  The infos are
+ * and block size.  The chain must be drained: nothing in flight in any
+ * layer, bks_layer_submit() requests included (-EBUSY).  The infos are
  * computed again.  Returns 0, -EBUSY, -EINVAL (keep not below image;
  * image not an image of chain; dropping the sink with keep NULL; another
  * size), or an info's -errno (then nothing changed).
