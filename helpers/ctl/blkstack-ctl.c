@@ -583,10 +583,9 @@ static void show_progress(const char *kind, const char *phase, uint64_t done,
 			  uint64_t *last_line_ms)
 {
 	char a[32], b[32], r[32];
-	unsigned int pct = total ? (unsigned int)(done >= total
-						      ? 100
-						      : done * 100 / total)
-				 : 0;
+	unsigned int pct =
+	    total ? (unsigned int)(done >= total ? 100 : done * 100 / total)
+		  : 0;
 
 	if (tty) {
 		char bar[31];
@@ -703,8 +702,7 @@ static int job_wait(struct ctl *ctl, struct ctl_client *cl, const char *kind)
 		if (!ctl->json) {
 			char a[32];
 
-			printf("%s: done, %s copied, I/O held %" PRIu64
-			       " ms\n",
+			printf("%s: done, %s copied, I/O held %" PRIu64 " ms\n",
 			       kind,
 			       human(ctl_reply_u64(cl, last, "done_bytes"), a,
 				     sizeof(a)),
@@ -759,8 +757,7 @@ static int cmd_live(struct ctl *ctl, const char *cmd)
 	}
 	if (ctl->json) {
 		print_reply(&cl);
-	} else if (strcmp(cmd, "snapshot") == 0 ||
-		   strcmp(cmd, "reopen") == 0) {
+	} else if (strcmp(cmd, "snapshot") == 0 || strcmp(cmd, "reopen") == 0) {
 		char s[BKS_CHAIN_STR_MAX + 1];
 
 		printf("%s: serving %s (I/O held %" PRIu64 " us)\n", cmd,
@@ -1029,7 +1026,8 @@ int main(int argc, char **argv)
 	if (strcmp(cmd->name, "snapshot") == 0 ||
 	    strcmp(cmd->name, "reopen") == 0 ||
 	    strcmp(cmd->name, "commit") == 0 ||
-	    strcmp(cmd->name, "stream") == 0 || strcmp(cmd->name, "cancel") == 0)
+	    strcmp(cmd->name, "stream") == 0 ||
+	    strcmp(cmd->name, "cancel") == 0)
 		return cmd_live(&ctl, cmd->name);
 	return cmd_worker(&ctl, cmd->name);
 }

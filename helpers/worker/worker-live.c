@@ -230,12 +230,25 @@ static int switch_snapshot(struct worker_live *live)
 		goto out;
 	}
 	rc = bks_layer_reopen_mode(sink, true, &live->err);
-	if (rc < 0) {
+	if (rc == -EOPNOTSUPP) {
+		/*
+		 * A driver without reopen ops (aio: on a raw file) stays
+		 * open for writing; as a parent below the overlay it gets
+		 * no writes (flushed above, drained).
+		 */
+		worker_logf(w, LOG_INFO,
+			    "snapshot: the old top stays open read-write "
+			    "(%s); nothing writes to it any more",
+			    live->err.msg);
+		bks_error_clear(&live->err);
+		rc = 0;
+	} else if (rc < 0) {
 		bks_error_prepend(&live->err,
 				  "snapshot: make the old top read-only: ");
 		goto out;
+	} else {
+		made_ro = true;
 	}
-	made_ro = true;
 	rc = worker_state_chain_save(w, live->new_chain, &live->err);
 	if (rc < 0) {
 		bks_error_prepend(&live->err, "snapshot: ");
