@@ -338,3 +338,17 @@ make_base() {
 	run qemu-io -r -f qcow2 -c 'read -P 0x11 0 1M' "$IMGDIR/top.qcow2"
 	refute_output --partial 'Pattern verification failed'
 }
+
+@test "live-ctl: after a snapshot of a chain whose top is the sink, a new NBD client may write" {
+	# The top layer itself changes here (no filter above the sink): the
+	# export must read the chain's info anew, not keep the old top's.
+	qemu-img create -q -f qcow2 "$IMGDIR/q.qcow2" 16M
+	create vm1 "qcow2:$IMGDIR/q.qcow2"
+	run "$CTL" snapshot --name vm1 --overlay "$IMGDIR/q1.qcow2"
+	assert_success
+	run info_of vm1 'd["read_only"]'
+	assert_output false
+	run qio vm1 'write -P 0x5a 0 64k' 'read -P 0x5a 0 64k'
+	assert_success
+	refute_output --partial 'Pattern verification failed'
+}
