@@ -39,6 +39,11 @@ struct bks_layer {
 	struct subpool subs;  /* the driver's (subreq_max) */
 	struct subpool split; /* the framework's, for splitting */
 	uint64_t busy;	      /* busy references */
+	/*
+	 * Its drain_begin op ran and its drain_end has not yet: a layer
+	 * moved between chains (chain-live.c) gets each once.
+	 */
+	bool drain_begun;
 };
 
 struct drain_waiter {
@@ -85,6 +90,7 @@ extern const struct bks_pad_ops chain_pad_ops; /* arg: the chain */
 void chain_drain_init(struct bks_chain *chain);
 bool chain_idle(const struct bks_chain *chain);
 void chain_check_drained(struct bks_chain *chain);
+void chain_layer_drain_begin(struct bks_layer *l);
 
 /* chain-open.c */
 const struct bks_driver *chain_driver_of(const struct bks_chain *chain,

@@ -53,15 +53,14 @@ static bool is_image(struct bks_chain *chain, const struct bks_layer *image)
 }
 
 /*
- * The drain_begin ops of a tree joining a drained chain that was not
- * drained itself: the chain's drain_end will reach it, balanced.
+ * The drain_begin ops of a tree joining a drained chain, where they have
+ * not run (a chain just opened): the chain's drain_end reaches it,
+ * balanced.  Each layer gets each op once (chain_layer_drain_begin()).
  */
 static void drain_begin_tree(struct bks_layer *root)
 {
-	for (struct bks_layer *l = root; l; l = layer_walk_next(l, root)) {
-		if (l->drv->drain_begin)
-			l->drv->drain_begin(l->state, l);
-	}
+	for (struct bks_layer *l = root; l; l = layer_walk_next(l, root))
+		chain_layer_drain_begin(l);
 }
 
 /* ---- submitting to one layer --------------------------------------------- */
@@ -186,8 +185,7 @@ int bks_chain_insert_overlay(struct bks_chain *chain,
 			chain_infos_up(above, NULL);
 		return bks_error_prepend(err, "overlay: ");
 	}
-	if (oc->drain_depth == 0)
-		drain_begin_tree(o);
+	drain_begin_tree(o);
 	oc->top = NULL;
 	chain_free(oc);
 	*overlay = NULL;
@@ -301,8 +299,7 @@ int bks_chain_swap(struct bks_chain *chain, struct bks_chain *other,
 					"new chain: block size %u, the running "
 					"chain's %u",
 					oi->block_size, ci->block_size);
-	if (other->drain_depth == 0)
-		drain_begin_tree(other->top);
+	drain_begin_tree(other->top);
 	top = chain->top;
 	n = chain->n;
 	extra = chain->extra;

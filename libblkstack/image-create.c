@@ -16,8 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "blkstack/chain.h"
@@ -25,9 +23,6 @@
 #include "blkstack/image-create.h"
 #include "blkstack/qcow2-format.h"
 #include "blkstack/vhd-format.h"
-
-#define VHD_CREATOR_VER 0x00010000u
-#define VHD_OS_WIN	0x5769326Bu
 
 static int pwrite_whole(int fd, const void *buf, size_t len, uint64_t off)
 {
@@ -221,29 +216,6 @@ static int create_qcow2(int fd, const struct backing *b, uint64_t size,
 	return r;
 }
 
-static void vhd_new_footer(struct vhd_footer *f, uint64_t size, uint32_t type)
-{
-	memset(f, 0, sizeof(*f));
-	f->features = 2;
-	f->version = 0x00010000;
-	f->data_offset = VHD_FOOTER_SIZE;
-	f->timestamp = (uint32_t)((uint64_t)time(NULL) - VHD_EPOCH_OFFSET);
-	memcpy(f->creator_app, "bks ", 4);
-	f->creator_version = VHD_CREATOR_VER;
-	f->creator_os = VHD_OS_WIN;
-	f->original_size = f->current_size = size;
-	vhd_geometry(size / VHD_SECTOR, &f->cylinders, &f->heads,
-		     &f->sectors_per_track);
-	f->disk_type = type;
-	if (getrandom(f->uuid, sizeof(f->uuid), 0) != sizeof(f->uuid)) {
-		uint64_t t = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32;
-
-		memcpy(f->uuid, &t, sizeof(t));
-	}
-	f->uuid[6] = (uint8_t)((f->uuid[6] & 0x0F) | 0x40);
-	f->uuid[8] = (uint8_t)((f->uuid[8] & 0x3F) | 0x80);
-}
-
 static int create_vhd(int fd, const struct backing *b, uint64_t size,
 		      struct bks_error *err)
 {
@@ -274,7 +246,7 @@ static int create_vhd(int fd, const struct backing *b, uint64_t size,
 					(unsigned long long)size);
 	if (!b)
 		size = vhd_round_size(size);
-	vhd_new_footer(&f, size, b ? VHD_TYPE_DIFF : VHD_TYPE_DYNAMIC);
+	vhd_footer_new(&f, size, b ? VHD_TYPE_DIFF : VHD_TYPE_DYNAMIC);
 	memset(&h, 0, sizeof(h));
 	h.data_offset = UINT64_MAX;
 	h.table_offset = VHD_FOOTER_SIZE + VHD_HEADER_SIZE;

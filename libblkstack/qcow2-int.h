@@ -210,7 +210,10 @@ struct q2_stats {
 
 struct q2 {
 	struct bks_layer *self;
-	const char *path; /* the layer's args (outlives the layer's state) */
+	/* The layer's args (outlives the layer's state; a reopen replaces
+	 * it with an equal copy: the info op and reopen_prepare refresh
+	 * it). */
+	const char *path;
 	struct bks_image img;
 	bool read_only;
 	uint32_t block_size, mem_align;

@@ -399,7 +399,9 @@ static int qcow2_info(void *state, struct bks_layer *self,
 	struct qcow2_state *st = state;
 	struct q2 *s = &st->s;
 
-	(void)self;
+	/* After a reopen the framework has freed the args s->path pointed
+	 * at and keeps an equal copy: point at that one. */
+	s->path = bks_layer_args(self);
 	info->size = s->h.size;
 	info->block_size = s->block_size;
 	info->max_io = 0;
@@ -651,9 +653,9 @@ static int qcow2_reopen_prepare(void *state, struct bks_layer *self,
 	struct q2 *s = &st->s;
 	int rc;
 
-	(void)self;
 	st->reopen_pending = false;
 	st->reopen_fd = -1;
+	s->path = bks_layer_args(self);
 	if (!args->args || strcmp(args->args, s->path) != 0)
 		return bks_error_setmsg(err, EOPNOTSUPP,
 					"qcow2: reopen: only the read-only "
@@ -721,18 +723,35 @@ static int build_header_area(const struct q2 *s, unsigned char *buf,
 	uint32_t in = hlen, out = hlen;
 	size_t nlen = name ? strlen(name) : 0;
 	size_t flen = fmt ? strlen(fmt) : 0;
+	bool found_end = false;
 
 	if (!tmp)
 		return -ENOMEM;
 	memcpy(tmp, buf, area);
 	/* The extensions after the header fields, copied but the backing
 	 * format (and, if asked, the feature name table: informational). */
+	/* As qemu reads them: up to the END extension, or to the old
+	 * backing name (an image without extensions has the name right
+	 * after the header). */
+	uint64_t ext_end = s->h.has_backing && s->h.backing_file_offset &&
+				   s->h.backing_file_offset < area
+			       ? s->h.backing_file_offset
+			       : area;
+
 	while (in + 8 <= area) {
+		if (in >= ext_end) {
+			found_end = true;
+			break;
+		}
 		uint32_t type = bks_get_be32(tmp + in);
 		uint32_t len = bks_get_be32(tmp + in + 4);
 		uint32_t padded = (len + 7) & ~7u;
 
-		if (type == BKS_QCOW2_EXT_END || in + 8 + padded > area)
+		if (type == BKS_QCOW2_EXT_END) {
+			found_end = true;
+			break;
+		}
+		if (in + 8 + padded > area)
 			break;
 		if (type != BKS_QCOW2_EXT_BACKING_FORMAT &&
 		    !(drop_table && type == BKS_QCOW2_EXT_FEATURE_TABLE)) {
@@ -743,6 +762,9 @@ static int build_header_area(const struct q2 *s, unsigned char *buf,
 		}
 		in += 8 + padded;
 	}
+	/* Extensions past the area would be lost: refuse. */
+	if (!found_end)
+		goto toolong;
 	if (fmt) {
 		uint32_t padded = ((uint32_t)flen + 7) & ~7u;
 

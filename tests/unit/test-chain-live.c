@@ -1069,6 +1069,46 @@ static void test_swap(void **state)
 	assert_int_equal(ext[1].offset, 16 * K);
 }
 
+/* Swapped there and back in one drain: each layer's drain ops once. */
+static void test_swap_back(void **state)
+{
+	struct rig *r = *state;
+	struct bks_error err = {0};
+	struct bks_chain *nc;
+	struct hold_state *old_hs, *new_hs;
+
+	tim_new("a", NULL, 0);
+	tim_new("c", NULL, 0);
+	rig_open(r, "hold:|tim:a");
+	nc = open_cfg(r, "hold:|tim:c", false, NULL);
+	old_hs = bks_layer_state(bks_chain_top(r->chain));
+	new_hs = bks_layer_state(bks_chain_top(nc));
+	drain(r);
+	assert_int_equal(old_hs->drain_begins, 1);
+	assert_int_equal(bks_chain_swap(r->chain, nc, &err), 0);
+	assert_int_equal(new_hs->drain_begins, 1);
+	/* Back again (a caller undoing the swap). */
+	assert_int_equal(bks_chain_swap(r->chain, nc, &err), 0);
+	assert_int_equal(old_hs->drain_begins, 1);
+	assert_int_equal(new_hs->drain_begins, 1);
+	expect_layers(r->chain, "hold: tim:a");
+	expect_layers(nc, "hold: tim:c");
+	bks_chain_drain_end(r->chain);
+	assert_int_equal(old_hs->drain_ends, 1);
+	assert_int_equal(new_hs->drain_ends, 0);
+	/* The other chain's own drain ends what began for its layers. */
+	assert_int_equal(bks_chain_drain_begin(nc, NULL, NULL), 0);
+	assert_int_equal(new_hs->drain_begins, 1);
+	bks_chain_drain_end(nc);
+	assert_int_equal(new_hs->drain_ends, 1);
+	bks_chain_close(nc);
+	/* A drain of the chain afterwards: one more of each, as usual. */
+	drain(r);
+	bks_chain_drain_end(r->chain);
+	assert_int_equal(old_hs->drain_begins, 2);
+	assert_int_equal(old_hs->drain_ends, 2);
+}
+
 /* ---- range locks --------------------------------------------------------- */
 
 struct lock_rig {
@@ -1555,6 +1595,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_drop_refused, rig_setup,
 					    rig_teardown),
 	    cmocka_unit_test_setup_teardown(test_swap, rig_setup, rig_teardown),
+	    cmocka_unit_test_setup_teardown(test_swap_back, rig_setup,
+					    rig_teardown),
 	    cmocka_unit_test_setup_teardown(test_lock_holds_writes, rig_setup,
 					    rig_teardown),
 	    cmocka_unit_test_setup_teardown(test_lock_waits_for_write,

@@ -351,7 +351,8 @@ int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
  * padded: offset/len must be block-aligned (of l's block size).  It
  * passes no range lock and no write watch sees it (they are for top
  * requests).  The done callback runs exactly once (possibly before this
- * returns) with 0 or -errno.  Returns 0.
+ * returns) with 0 or -errno.  Returns 0 (-EINVAL, with nothing submitted
+ * and done not called, for a NULL layer, request or done callback).
  */
 int bks_layer_submit(struct bks_layer *l, struct bks_req *req);
 
@@ -411,8 +412,11 @@ int bks_chain_drop_images(struct bks_chain *chain, struct bks_layer *image,
  * struct the exports and parked requests keep) now serves the new layers,
  * and other holds the old ones, for the caller to close
  * (bks_chain_close(other)).  Both must be drained (other may be just
- * opened).  The new layers get their drain_begin ops now, so that the
- * chain's drain_end reaches them balanced.  Returns 0, -EBUSY, -EINVAL;
+ * opened).  The new layers get their drain_begin ops now (those that
+ * have not had them), so that the chain's drain_end reaches them
+ * balanced; the old ones, in other, have had theirs, and get their
+ * drain_end when other's last drain ends (none, if other is closed: a
+ * close needs none).  Returns 0, -EBUSY, -EINVAL;
  * on failure nothing changed.
  */
 int bks_chain_swap(struct bks_chain *chain, struct bks_chain *other,
