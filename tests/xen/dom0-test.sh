@@ -1262,10 +1262,131 @@ fmt_item() {
 	check "formats: after the read-backs: no loop or nbd device left" no_blockdev
 }
 
+# ---- item 8: live snapshot and commit of a writing guest (issue 15) ---------
+# A PV guest on a qcow2 overlay over a raw base (target=qcow2:..., kernel
+# NBD) writes records (bks-records, as in items 5-7).  While it writes,
+# dom0 takes a snapshot (blkstack-ctl snapshot: a new qcow2 overlay on top,
+# the old top read-only), lets it write on the snapshot, then commits the
+# snapshot back into the old top (blkstack-ctl commit, the guest writing
+# all along), and lets it write again.  The guest must see no I/O error,
+# read back every acknowledged record at shutdown, and dom0 must find them
+# all in the old top alone (qemu-img convert) with qemu-img check clean;
+# the base is unchanged.
+LIVE_MB=64
+
+# live_wait G N WHAT: wait (150 s at most) for an ack beyond N.
+live_wait() {
+	wait_for 150 acks_or_gone "$1" "$2" || true
+	if acks_beyond "$1" "$2"; then
+		pass "live: the guest writes records $3"
+		return 0
+	fi
+	fail "live: the guest writes records $3" \
+		"last ack $(last_ack "$1"); console: $(tr -d '\r' <"$CONS/guest-$1.log" | tail -n 5 | tr '\n' '|')"
+	return 1
+}
+
+# live_json FILE KEY: KEY's number in a one-line JSON reply.
+live_json() { sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" "$1" | head -n 1; }
+
+live_item() {
+	g=live
+	base=$IMGS/live-base.raw
+	img=$IMGS/live-vm.qcow2
+	snap=$IMGS/live-snap.qcow2
+	rm -f "$base" "$img" "$snap"
+	truncate -s "${LIVE_MB}M" "$base"
+	printf 'blkstack-dom0-pattern' | dd of="$base" conv=notrunc 2>/dev/null
+	if ! qemu-img create -q -f qcow2 -b "$base" -F raw "$img" >/tmp/live.mk 2>&1; then
+		fail "live: make the overlay" "$(tr '\n' ' ' </tmp/live.mk)"
+		return 0
+	fi
+	sum=$(sha256sum <"$base")
+	cat >"/root/$g.cfg" <<EOC
+name = "$g"
+type = "pv"
+kernel = "/root/guest-vmlinuz"
+ramdisk = "/root/guest.cpio.gz"
+extra = "console=hvc0 quiet bks_records bks_readback"
+memory = 160
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+on_reboot = "destroy"
+disk = ['vdev=xvda,script=block-stack,target=qcow2:$img']
+EOC
+	if ! BLKSTACK_DEVICE=nbd xl create "/root/$g.cfg" >/tmp/live.create 2>&1; then
+		fail "live: xl create with target=qcow2:$img" "$(xl_errors /tmp/live.create)"
+		cleanup_after "$g"
+		return 0
+	fi
+	pass "live: xl create with target=qcow2:$img"
+	domid=$(xl domid "$g")
+	w=$(xenstore-read "/local/domain/0/backend/vbd/$domid/$XVDA/blkstack-worker" 2>/dev/null)
+	info "live: worker ${w:-none}"
+	if ! live_wait "$g" 20 "before the snapshot"; then
+		cleanup_after "$g"
+		return 0
+	fi
+	a0=$(last_ack "$g")
+	"$CTL" snapshot --name "$w" --overlay "$snap" --json >/tmp/live.snap 2>&1
+	info "live: snapshot at record $a0: $(cat /tmp/live.snap)"
+	check "live: blkstack-ctl snapshot of the running guest's disk" \
+		grep -q '"ok":true' /tmp/live.snap
+	info "live: the snapshot held the guest's I/O $(live_json /tmp/live.snap held_us) us"
+	check "live: the chain is the snapshot over the old top" \
+		sh -c "'$CTL' info --name '$w' --json | grep -q 'qcow2:$snap'"
+	a1=$(last_ack "$g")
+	live_wait "$g" $((a1 + 20)) "on the snapshot"
+	a2=$(last_ack "$g")
+	t0=$(now)
+	"$CTL" commit --name "$w" --json >/tmp/live.commit 2>&1
+	info "live: commit from record $a2 on, $(($(now) - t0))s: $(cat /tmp/live.commit)"
+	check "live: blkstack-ctl commit of the snapshot into the old top, the guest writing" \
+		grep -q '"ok":true' /tmp/live.commit
+	"$CTL" info --name "$w" --json >/tmp/live.info 2>&1
+	info "live: after the commit: $(cut -c1-400 /tmp/live.info)"
+	check "live: the chain is the old top alone again" \
+		grep -q "\"chain\":\"qcow2:$img\"" /tmp/live.info
+	a3=$(last_ack "$g")
+	live_wait "$g" $((a3 + 20)) "after the commit"
+	t1=$(now)
+	xl shutdown "$g" >/dev/null 2>&1 || true
+	if wait_for 90 domain_gone "$g"; then
+		info "live: shutdown (with the guest's read-back) took $(($(now) - t1))s"
+	else
+		fail "live: guest shut down" "still there after 90s; destroying"
+		xl destroy "$g" >/dev/null 2>&1 || true
+		wait_for 30 domain_gone "$g" || true
+	fi
+	check "live: no I/O error in the guest across snapshot and commit" no_io_errors "$g"
+	acked=$(last_ack "$g")
+	rb=$(tr -d '\r' <"$CONS/guest-$g.log" | sed -n 's/^GUEST check //p' | tail -n 1)
+	info "live: the guest's read-back: ${rb:-none}; last acknowledged $acked"
+	check "live: the guest read every acknowledged record back from its disk" \
+		fmt_judge "$rb" "$acked"
+	wait_for 20 no_workers || true
+	check "live: guest gone: no worker left" no_workers
+	check "live: no loop or nbd device left" no_blockdev
+	check "live: the base is unchanged" [ "$(sha256sum <"$base")" = "$sum" ]
+	check "live: qemu-img check of the old top" qemu-img check -f qcow2 "$img"
+	out=$IMGS/live-check.raw
+	rm -f "$out"
+	if qemu-img convert -f qcow2 -O raw "$img" "$out" >/tmp/live-convert.out 2>&1; then
+		fmt_records live "$out"
+		check "live: qemu-img reads every acknowledged record from the old top (the snapshot merged into it)" \
+			fmt_judge "$recs" "$acked"
+	else
+		fail "live: qemu-img convert of the old top" "$(tr '\n' ' ' </tmp/live-convert.out)"
+	fi
+	rm -f "$out" "$img" "$snap" "$base"
+}
+
 echo "XENTEST start $(now)s"
-# xentest_only=rec, =kill or =fmt on dom0's command line (tests/xen/run:
-# XEN_ONLY=rec|kill|fmt): only the migration and save/restore items, only
-# item 5, or only item 7 (formats), for working on them.
+# xentest_only=rec, =kill, =fmt or =live on dom0's command line
+# (tests/xen/run: XEN_ONLY=rec|kill|fmt|live): only the migration and
+# save/restore items, only item 5, only item 7 (formats), or only item 8
+# (live snapshot and commit), for working on them.
 only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
 # pgrep; a missing one must not make a check pass).
@@ -1304,6 +1425,9 @@ else
 fi
 if [ -z "$only" ] || [ "$only" = fmt ]; then
 	fmt_item
+fi
+if [ -z "$only" ] || [ "$only" = live ]; then
+	live_item
 fi
 if [ -z "$only" ] || [ "$only" = rec ]; then
 	rec_item loop migrate
