@@ -75,6 +75,12 @@ static int record_chain(void *arg, const char *s, struct bks_error *err)
 	return 0;
 }
 
+static int refuse_chain(void *arg, const char *s, struct bks_error *err)
+{
+	(void)arg;
+	return bks_error_setmsg(err, EIO, "cannot record %s", s);
+}
+
 static void w_done(struct bks_req *req, int result)
 {
 	struct ctx *c = req->opaque;
@@ -344,6 +350,37 @@ static void test_commit_middle(void **state)
 	   dir);
 }
 
+/* The owner cannot record the new chain: the job fails, the chain stays
+ * (T over B, B read-only again) and reads the same. */
+static void test_commit_switch_fails(void **state)
+{
+	struct bks_job_config cfg = {0};
+	struct bks_error err = {0};
+	struct bks_layer *base;
+	struct ctx c;
+
+	(void)state;
+	open_images(&c);
+	cfg.kind = BKS_JOB_COMMIT;
+	cfg.chain = c.chain;
+	cfg.commit_chain = refuse_chain;
+	cfg.done = job_done;
+	cfg.arg = &c;
+	if (bks_job_start(&c.job, &cfg, &err) < 0)
+		fail_msg("start: %s", err.msg);
+	run_job(&c, 50, false);
+	assert_int_equal(c.result, -EIO);
+	assert_non_null(strstr(c.err, "cannot record"));
+	assert_int_equal(bks_chain_layers(c.chain), 2);
+	base = bks_layer_child(bks_chain_sink(c.chain), BKS_CHILD_BACKING);
+	assert_true(bks_next_info(base)->read_only);
+	verify(&c);
+	close_all(&c);
+	sh("cd %s && qemu-img check -q top.qcow2 && qemu-img check -q "
+	   "base.qcow2",
+	   dir);
+}
+
 static void test_bad_config(void **state)
 {
 	struct bks_job_config cfg = {0};
@@ -379,6 +416,7 @@ int main(void)
 	    cmocka_unit_test(test_stream),
 	    cmocka_unit_test(test_commit_cancel),
 	    cmocka_unit_test(test_commit_middle),
+	    cmocka_unit_test(test_commit_switch_fails),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
