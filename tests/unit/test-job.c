@@ -75,6 +75,12 @@ static int record_chain(void *arg, const char *s, struct bks_error *err)
 	return 0;
 }
 
+static int refuse_chain(void *arg, const char *s, struct bks_error *err)
+{
+	(void)arg;
+	return bks_error_setmsg(err, EIO, "cannot record %s", s);
+}
+
 static void w_done(struct bks_req *req, int result)
 {
 	struct ctx *c = req->opaque;
@@ -85,15 +91,8 @@ static void w_done(struct bks_req *req, int result)
 	c->writes++;
 }
 
-/* One guest write at a time, at a pseudo-random 4K-aligned offset. */
-static void guest_write(struct ctx *c)
+static void guest_write_at(struct ctx *c, uint64_t off)
 {
-	uint64_t off;
-
-	c->seq++;
-	off = ((uint64_t)c->seq * 2654435761u) % (SIZE / 4096) * 4096;
-	if (off > SIZE - WLEN)
-		off = SIZE - WLEN;
 	c->w_off = off;
 	memset(c->wbuf, (int)(c->seq & 0xff), WLEN);
 	memset(&c->wreq, 0, sizeof(c->wreq));
@@ -108,6 +107,18 @@ static void guest_write(struct ctx *c)
 	c->wreq.opaque = c;
 	c->w_busy = true;
 	bks_chain_submit(c->chain, &c->wreq);
+}
+
+/* One guest write at a time, at a pseudo-random 4K-aligned offset. */
+static void guest_write(struct ctx *c)
+{
+	uint64_t off;
+
+	c->seq++;
+	off = ((uint64_t)c->seq * 2654435761u) % (SIZE / 4096) * 4096;
+	if (off > SIZE - WLEN)
+		off = SIZE - WLEN;
+	guest_write_at(c, off);
 }
 
 static void rd_done(struct bks_req *req, int result)
@@ -189,6 +200,53 @@ static void open_images(struct ctx *c)
 	if (bks_chain_open(&c->chain, spec, c->loop, false, &err) < 0)
 		fail_msg("open: %s", err.msg);
 	assert_int_equal(bks_chain_layers(c->chain), 2);
+}
+
+/* Write len bytes of byte at off through the chain, and into the model. */
+static void write_sync(struct ctx *c, uint64_t off, uint64_t len, int byte)
+{
+	uint64_t deadline = bks_now_ns() + 10000000000ull;
+
+	for (uint64_t pos = off; pos < off + len; pos += WLEN) {
+		c->seq = (unsigned int)byte;
+		guest_write_at(c, pos);
+		while (c->w_busy && bks_now_ns() < deadline)
+			assert_true(bks_loop_run_once(c->loop, 100) >= 0);
+		assert_false(c->w_busy);
+	}
+	c->writes = 0;
+}
+
+/* The same on VHD: base (dynamic, by qemu-img) 1 at 0..4M; top
+ * (differencing, by blkstack-img) 2 at 2M..6M, written through the chain. */
+static void open_vhd(struct ctx *c)
+{
+	struct bks_error err = {0};
+	char spec[512];
+
+	if (!dir[0])
+		skip();
+	sh("cd %s && rm -f base.vhd top.vhd && "
+	   "qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "
+	   "base.vhd 8M && "
+	   "qemu-io -f vpc -c 'write -P 1 0 4M' base.vhd >/dev/null",
+	   dir);
+	/* The tests run from the top of the tree (make check). */
+	sh("build/bin/blkstack-img create -f vhd -b %s/base.vhd -F vhd "
+	   "%s/top.vhd >/dev/null",
+	   dir, dir);
+	memset(c, 0, sizeof(*c));
+	c->model = calloc(1, SIZE);
+	assert_non_null(c->model);
+	memset(c->model, 1, 4u << 20);
+	assert_int_equal(posix_memalign((void **)&c->wbuf, 4096, WLEN), 0);
+	assert_int_equal(posix_memalign((void **)&c->rbuf, 4096, SIZE), 0);
+	snprintf(spec, sizeof(spec), "vhd:%s/top.vhd", dir);
+	assert_int_equal(bks_loop_new(&c->loop, &err), 0);
+	if (bks_chain_open(&c->chain, spec, c->loop, false, &err) < 0)
+		fail_msg("open: %s", err.msg);
+	assert_int_equal(bks_chain_layers(c->chain), 2);
+	write_sync(c, 2u << 20, 4u << 20, 2);
 }
 
 /* Run the loop until the job ends, writing meanwhile (30 s at most). */
@@ -344,6 +402,69 @@ static void test_commit_middle(void **state)
 	   dir);
 }
 
+/* The owner cannot record the new chain: the job fails, the chain stays
+ * (T over B, B read-only again) and reads the same. */
+static void test_commit_switch_fails(void **state)
+{
+	struct bks_job_config cfg = {0};
+	struct bks_error err = {0};
+	struct bks_layer *base;
+	struct ctx c;
+
+	(void)state;
+	open_images(&c);
+	cfg.kind = BKS_JOB_COMMIT;
+	cfg.chain = c.chain;
+	cfg.commit_chain = refuse_chain;
+	cfg.done = job_done;
+	cfg.arg = &c;
+	if (bks_job_start(&c.job, &cfg, &err) < 0)
+		fail_msg("start: %s", err.msg);
+	run_job(&c, 50, false);
+	assert_int_equal(c.result, -EIO);
+	assert_non_null(strstr(c.err, "cannot record"));
+	assert_int_equal(bks_chain_layers(c.chain), 2);
+	base = bks_layer_child(bks_chain_sink(c.chain), BKS_CHILD_BACKING);
+	assert_true(bks_next_info(base)->read_only);
+	verify(&c);
+	close_all(&c);
+	sh("cd %s && qemu-img check -q top.qcow2 && qemu-img check -q "
+	   "base.qcow2",
+	   dir);
+}
+
+static void test_vhd(void **state, enum bks_job_kind kind)
+{
+	struct ctx c;
+
+	open_vhd(&c);
+	(void)state;
+	start(&c, kind);
+	run_job(&c, 100, false);
+	if (c.result != 0)
+		fail_msg("%s: %s", bks_job_kind_name(kind), c.err);
+	assert_int_equal(bks_chain_layers(c.chain), 1);
+	verify(&c);
+	close_all(&c);
+	/* qemu-img has no check for vpc: blkstack-img's. */
+	sh("build/bin/blkstack-img check %s/%s >/dev/null", dir,
+	   kind == BKS_JOB_COMMIT ? "base.vhd" : "top.vhd");
+	if (kind == BKS_JOB_STREAM)
+		sh("! build/bin/blkstack-img info %s/top.vhd | grep -q "
+		   "'backing file'",
+		   dir);
+}
+
+static void test_vhd_commit(void **state)
+{
+	test_vhd(state, BKS_JOB_COMMIT);
+}
+
+static void test_vhd_stream(void **state)
+{
+	test_vhd(state, BKS_JOB_STREAM);
+}
+
 static void test_bad_config(void **state)
 {
 	struct bks_job_config cfg = {0};
@@ -379,6 +500,9 @@ int main(void)
 	    cmocka_unit_test(test_stream),
 	    cmocka_unit_test(test_commit_cancel),
 	    cmocka_unit_test(test_commit_middle),
+	    cmocka_unit_test(test_commit_switch_fails),
+	    cmocka_unit_test(test_vhd_commit),
+	    cmocka_unit_test(test_vhd_stream),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
