@@ -30,20 +30,8 @@
 
 static char dir[256];
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int sh(const char *fmt, ...)
-{
-	char cmd[4096];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	assert_true(n > 0 && (size_t)n < sizeof(cmd));
-	return system(cmd);
-}
+/* A shell command (unit-util.h): its status. */
+#define sh unit_sh
 
 static void must(int rc, const char *what)
 {

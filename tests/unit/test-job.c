@@ -25,21 +25,8 @@
 
 static char dir[256];
 
-static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void sh(const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	assert_true(n > 0 && (size_t)n < sizeof(cmd));
-	if (system(cmd) != 0)
-		fail_msg("failed: %s", cmd);
-}
+/* A shell command (unit-util.h) that must succeed. */
+#define sh(...) assert_int_equal(unit_sh(__VA_ARGS__), 0)
 
 struct ctx {
 	struct bks_loop *loop;

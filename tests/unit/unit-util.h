@@ -8,6 +8,7 @@
 #define BLKSTACK_UNIT_UTIL_H
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -97,6 +98,29 @@ static inline void *unit_alloc_aligned(size_t len)
 	void *p = NULL;
 
 	return posix_memalign(&p, 4096, len) == 0 ? p : NULL;
+}
+
+/*
+ * Run the shell command made from fmt and its arguments, for a test's
+ * setup and checks with real tools (qemu-img, blkstack-img): test code
+ * only, with paths the test made.  Returns system()'s status (0: the
+ * command succeeded), or -1 if the command is over 4 KiB.
+ */
+static inline int unit_sh(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static inline int unit_sh(const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(cmd))
+		return -1;
+	return system(cmd);
 }
 
 #endif /* BLKSTACK_UNIT_UTIL_H */
