@@ -233,7 +233,9 @@ UNIT_OBJ_test-json      := $(COMMON)
 UNIT_OBJ_test-small-file := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
-UNIT_OBJ_test-worker-ctl := $(B)/obj/helpers/worker/worker-ctl.o $(COMMON)
+UNIT_OBJ_test-worker-ctl := $(addprefix $(B)/obj/helpers/worker/, \
+                              worker-ctl.o worker-live.o worker-job.o \
+                              worker-state.o) $(COMMON)
 # test-sup: the supervisor's restart policy, keys and channel messages.
 UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
                        sup-policy.o sup-hang.o) $(COMMON)

@@ -51,10 +51,8 @@ int bks_chain_drain_begin(struct bks_chain *chain, void (*drained)(void *arg),
 	chain->drains++;
 	if (chain->drain_depth++ == 0) {
 		for (struct bks_layer *l = chain->top; l;
-		     l = layer_walk_next(l, chain->top)) {
-			if (l->drv->drain_begin)
-				l->drv->drain_begin(l->state, l);
-		}
+		     l = layer_walk_next(l, chain->top))
+			chain_layer_drain_begin(l);
 	}
 	if (drained) {
 		chain->waiters[chain->nwaiters].fn = drained;
@@ -65,13 +63,29 @@ int bks_chain_drain_begin(struct bks_chain *chain, void (*drained)(void *arg),
 	return 0;
 }
 
-/* drain_end ops bottom first: the walk backwards, by recursion. */
+/* l's drain_begin op, unless it ran already (a layer that moved). */
+void chain_layer_drain_begin(struct bks_layer *l)
+{
+	if (l->drain_begun)
+		return;
+	l->drain_begun = true;
+	if (l->drv->drain_begin)
+		l->drv->drain_begin(l->state, l);
+}
+
+/*
+ * drain_end ops bottom first: the walk backwards, by recursion; only
+ * where drain_begin ran.
+ */
 static void drain_end_ops(struct bks_layer *l)
 {
 	if (!l)
 		return;
 	drain_end_ops(l->child[BKS_CHILD_BACKING]);
 	drain_end_ops(l->child[BKS_CHILD_FILE]);
+	if (!l->drain_begun)
+		return;
+	l->drain_begun = false;
 	if (l->drv->drain_end)
 		l->drv->drain_end(l->state, l);
 }

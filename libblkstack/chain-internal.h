@@ -39,6 +39,11 @@ struct bks_layer {
 	struct subpool subs;  /* the driver's (subreq_max) */
 	struct subpool split; /* the framework's, for splitting */
 	uint64_t busy;	      /* busy references */
+	/*
+	 * Its drain_begin op ran and its drain_end has not yet: a layer
+	 * moved between chains (chain-live.c) gets each once.
+	 */
+	bool drain_begun;
 };
 
 struct drain_waiter {
@@ -85,6 +90,7 @@ extern const struct bks_pad_ops chain_pad_ops; /* arg: the chain */
 void chain_drain_init(struct bks_chain *chain);
 bool chain_idle(const struct bks_chain *chain);
 void chain_check_drained(struct bks_chain *chain);
+void chain_layer_drain_begin(struct bks_layer *l);
 
 /* chain-open.c */
 const struct bks_driver *chain_driver_of(const struct bks_chain *chain,
@@ -96,6 +102,13 @@ void layer_close_tree(struct bks_layer *l);
 int layer_info(struct bks_layer *l, struct bks_error *err);
 struct bks_layer *layer_walk_next(struct bks_layer *l, struct bks_layer *root);
 void chain_renumber(struct bks_chain *chain);
+
+/* chain-lock.c: the pad's granted op (arg: the chain). */
+void chain_lock_granted(void *arg, struct bks_req *req);
+
+/* chain-reopen.c */
+int chain_infos_up(struct bks_layer *l, struct bks_error *err);
+unsigned int chain_count_tree(const struct bks_layer *l);
 
 /* subreq.c */
 int subpool_init(struct subpool *p, unsigned int size, size_t data_size);

@@ -476,6 +476,13 @@ int bks_chain_open_config(struct bks_chain **out, const char *s,
 				  extra, &spec, err);
 	if (rc < 0)
 		goto out;
+	if (cfg->no_backing && spec.n != 1) {
+		rc = bks_error_setmsg(err, EINVAL,
+				      "chain: no_backing is for a one-layer "
+				      "chain (a sink), not %u layers",
+				      spec.n);
+		goto out;
+	}
 	chain = chain_alloc(loop, extra);
 	if (!chain) {
 		rc = bks_error_set(err, ENOMEM, "chain");
@@ -491,9 +498,11 @@ int bks_chain_open_config(struct bks_chain **out, const char *s,
 	if (rc < 0)
 		goto out;
 	sink = chain->top;
-	rc = open_parents(chain, sink, err);
-	if (rc < 0)
-		goto out;
+	if (!cfg->no_backing) {
+		rc = open_parents(chain, sink, err);
+		if (rc < 0)
+			goto out;
+	}
 	for (unsigned int i = last; i-- > 0;) {
 		rc = layer_open(chain, i, spec.layers[i].desc,
 				spec.layers[i].args, chain->top, NULL,

@@ -64,6 +64,7 @@ enum pad_flag {
 	PAD_SLOT = 1u << 2,    /* needs a slot (padded) */
 	PAD_ACTIVE = 1u << 3,  /* on the active list */
 	PAD_WAITING = 1u << 4, /* on the wait list */
+	PAD_LOCK = 1u << 5,    /* a range lock's place (bks_pad_lock()) */
 };
 
 /* One sub-request of a slot's plan. */
@@ -272,7 +273,12 @@ static void pad_kick(struct bks_pad *pad)
 		bks_defer_schedule(&pad->defer);
 }
 
-static void deactivate(struct bks_pad *pad, struct bks_req *req)
+/*
+ * A write (or a lock) leaves the chain.  A write's watches hear of it
+ * here, before its submitter: the one test the data path pays for them
+ * is the pointer test, and only for writes.
+ */
+static void deactivate(struct bks_pad *pad, struct bks_req *req, int result)
 {
 	if (!(req->pad_flags & PAD_ACTIVE))
 		return;
@@ -281,6 +287,10 @@ static void deactivate(struct bks_pad *pad, struct bks_req *req)
 	if (req->pad_flags & PAD_RMW)
 		pad->active_rmw--;
 	pad_kick(pad);
+	if (pad->watches && !(req->pad_flags & PAD_LOCK)) {
+		for (struct bks_write_watch *w = pad->watches; w; w = w->next)
+			w->fn(w, req->op, req->offset, req->len, result);
+	}
 }
 
 /* The padded request of s is finished with result. */
@@ -294,7 +304,7 @@ static void slot_finish(struct bks_pad_slot *s, int result)
 	pad->free = s;
 	pad->nfree++;
 	pad_kick(pad);
-	deactivate(pad, req);
+	deactivate(pad, req, result);
 	pad->ops->finish(pad->arg, req, result);
 }
 
@@ -559,6 +569,11 @@ static bool start(struct bks_pad *pad, struct bks_req *req, bool taken)
 		if (req->pad_flags & PAD_RMW)
 			pad->active_rmw++;
 	}
+	if (req->pad_flags & PAD_LOCK) {
+		/* A lock: in place now; its owner hears from the loop. */
+		pad->ops->granted(pad->arg, req);
+		return true;
+	}
 	if (!(req->pad_flags & PAD_SLOT)) {
 		/* It goes down as it is; bks_pad_done() when it is done. */
 		if (taken)
@@ -599,16 +614,52 @@ static void start_waiters(struct bks_defer *d)
 		 */
 		list_del(&pad->wait, req);
 		req->pad_flags &= ~PAD_WAITING;
-		pad->stats.waiting--;
+		if (!(req->pad_flags & PAD_LOCK))
+			pad->stats.waiting--;
 		if (req->pad_flags & PAD_SLOT)
 			pad->wait_slot--;
 		start(pad, req, true);
 	}
 }
 
-void bks_pad_done(struct bks_pad *pad, struct bks_req *req)
+void bks_pad_done(struct bks_pad *pad, struct bks_req *req, int result)
 {
-	deactivate(pad, req);
+	deactivate(pad, req, result);
+}
+
+/* ---- range locks: a place among the writes ------------------------------- */
+
+/*
+ * A lock is a request of its own on the pad's lists: tracked and flagged
+ * a read-modify-write, it conflicts with every write it overlaps (see
+ * conflict()), so the rules that order overlapping writes order it too,
+ * and the writes' fast path (blocked()) needs no test of its own for it:
+ * a held lock counts in active_rmw, a waiting one is on the wait list.
+ */
+void bks_pad_lock(struct bks_pad *pad, struct bks_req *req, uint64_t a,
+		  uint64_t b)
+{
+	req->pad_flags = PAD_LOCK | PAD_TRACKED | PAD_RMW;
+	req->pad_a = a;
+	req->pad_b = b;
+	if (blocked(pad, req)) {
+		list_add_tail(&pad->wait, req);
+		req->pad_flags |= PAD_WAITING;
+		return;
+	}
+	start(pad, req, false);
+}
+
+void bks_pad_unlock(struct bks_pad *pad, struct bks_req *req)
+{
+	if (req->pad_flags & PAD_WAITING) {
+		list_del(&pad->wait, req);
+		req->pad_flags &= ~PAD_WAITING;
+		pad_kick(pad);
+	} else {
+		deactivate(pad, req, 0);
+	}
+	req->pad_flags = 0;
 }
 
 bool bks_pad_take(struct bks_pad *pad, struct bks_req *req)

@@ -26,12 +26,19 @@
  *   finish:   a request bks_pad_take() took is finished with result (0 or
  *             -errno): stop counting it and call its done callback.
  *   info:     the chain's info now (its top layer's).
+ *   granted:  see below.
  */
 struct bks_pad_ops {
 	void (*issue)(void *arg, struct bks_req *req);
 	void (*resubmit)(void *arg, struct bks_req *req);
 	void (*finish)(void *arg, struct bks_req *req, int result);
 	const struct bks_info *(*info)(void *arg);
+	/*
+	 * granted: the lock whose place is req (bks_pad_lock()) holds its
+	 * range now; called inside bks_pad_lock() or from the pad's
+	 * deferred call.
+	 */
+	void (*granted)(void *arg, struct bks_req *req);
 };
 
 struct bks_pad_slot;
@@ -60,6 +67,9 @@ struct bks_pad {
 	unsigned int wait_slot;	    /* waiters that need a slot */
 
 	struct bks_pad_stats stats;
+
+	/* The chain's write watches (chain-lock.c keeps the list). */
+	struct bks_write_watch *watches;
 };
 
 /*
@@ -84,6 +94,20 @@ bool bks_pad_take(struct bks_pad *pad, struct bks_req *req);
  * Called by the chain when a request that went down as it is (passed, or
  * resubmitted) has finished, retries done, before its submitter hears.
  */
-void bks_pad_done(struct bks_pad *pad, struct bks_req *req);
+void bks_pad_done(struct bks_pad *pad, struct bks_req *req, int result);
+
+/*
+ * A range lock's place (chain-lock.c): req (the lock's own, never
+ * submitted) joins the writes as one of the blocks [a, b) that conflicts
+ * with every write it overlaps: it waits, in arrival order, for those in
+ * the chain or waiting before it, and the overlapping writes that come
+ * after it wait for it until bks_pad_unlock().  ops->granted(arg, req)
+ * says when it holds the range.  A write's watches are told of its end.
+ */
+void bks_pad_lock(struct bks_pad *pad, struct bks_req *req, uint64_t a,
+		  uint64_t b);
+
+/* Withdraw the lock (held or waiting); the writes it held may go. */
+void bks_pad_unlock(struct bks_pad *pad, struct bks_req *req);
 
 #endif /* BLKSTACK_CHAIN_PAD_H */

@@ -12,7 +12,7 @@
 #include "chain-internal.h"
 
 /* The infos of l and every layer above it, again, bottom first. */
-static int infos_up(struct bks_layer *l, struct bks_error *err)
+int chain_infos_up(struct bks_layer *l, struct bks_error *err)
 {
 	for (; l; l = l->above) {
 		int rc = layer_info(l, err);
@@ -136,14 +136,14 @@ out:
 	return rc;
 }
 
-static unsigned int count_tree(const struct bks_layer *l)
+unsigned int chain_count_tree(const struct bks_layer *l)
 {
 	unsigned int n = 0;
 
 	if (!l)
 		return 0;
 	for (unsigned int r = 0; r < BKS_CHILD_COUNT; r++)
-		n += count_tree(l->child[r]);
+		n += chain_count_tree(l->child[r]);
 	return n + 1;
 }
 
@@ -180,7 +180,7 @@ int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
 		    layer->drv->kind == BKS_SINK ? "sink" : "filter",
 		    role == BKS_CHILD_FILE ? "file" : "backing");
 	prev = layer->child[role];
-	if (chain->n - count_tree(prev) + nc->n > BKS_CHAIN_MAX_LAYERS)
+	if (chain->n - chain_count_tree(prev) + nc->n > BKS_CHAIN_MAX_LAYERS)
 		return bks_error_setmsg(err, ELOOP,
 					"layer %u (%s): replace child: more "
 					"than %d layers",
@@ -193,12 +193,12 @@ int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
 	}
 	layer->child[role] = nc->top;
 	nc->top->above = layer;
-	rc = infos_up(layer, err);
+	rc = chain_infos_up(layer, err);
 	if (rc < 0) {
 		/* Back as it was: the same infos come out again. */
 		layer->child[role] = prev;
 		nc->top->above = NULL;
-		infos_up(layer, NULL);
+		chain_infos_up(layer, NULL);
 		chain_free(shell);
 		return rc;
 	}

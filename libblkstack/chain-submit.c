@@ -500,7 +500,7 @@ static int chain_done(struct bks_req *req, int result, void *arg)
 		bks_timer_arm(&req->retry_timer, p->delay_ns);
 		return BKS_REQ_HELD;
 	}
-	bks_pad_done(&chain->pad, req);
+	bks_pad_done(&chain->pad, req, result);
 	age_del(chain, req);
 	chain->in_flight--;
 	chain_check_drained(chain);
@@ -545,6 +545,7 @@ const struct bks_pad_ops chain_pad_ops = {
     .resubmit = pad_resubmit,
     .finish = pad_finish,
     .info = pad_info,
+    .granted = chain_lock_granted,
 };
 
 /* A request from the top: padded (chain-pad.c), or passed down. */

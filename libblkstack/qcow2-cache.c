@@ -203,6 +203,17 @@ void q2_cache_free(struct q2 *s)
 	s->slot_mem = NULL;
 }
 
+void q2_cache_drop_all(struct q2 *s)
+{
+	for (unsigned int i = 0; i <= s->hash_mask; i++)
+		s->hash[i] = -1;
+	for (unsigned int i = 0; i < s->nslots; i++) {
+		s->slots[i].state = Q2_SLOT_FREE;
+		s->slots[i].hnext = -1;
+		s->slots[i].pins = 0;
+	}
+}
+
 static unsigned int hash_of(const struct q2 *s, uint64_t off)
 {
 	uint64_t x = (off >> s->g.cluster_bits) * 0x9e3779b97f4a7c15ull;

@@ -152,6 +152,13 @@ int q2_cache_create(struct q2 *s, uint64_t off, struct q2_wait *w,
 		    struct q2_slot **out);
 /* A CREATING slot is now linked: VALID, its waiters woken, unpinned. */
 void q2_cache_created(struct q2 *s, struct q2_slot *slot, int result);
+/*
+ * Forget every cached table (nothing pinned, nothing loading or being
+ * written: the chain is drained), so that the next lookups read them from
+ * disk again: after a blocking update of refcount blocks behind the
+ * cache's back (q2_alloc_release() in a reopen to read-only).
+ */
+void q2_cache_drop_all(struct q2 *s);
 void q2_slot_pin(struct q2_slot *slot);
 void q2_slot_unpin(struct q2_slot *slot);
 
@@ -203,7 +210,10 @@ struct q2_stats {
 
 struct q2 {
 	struct bks_layer *self;
-	const char *path; /* the layer's args (outlives the layer's state) */
+	/* The layer's args (outlives the layer's state; a reopen replaces
+	 * it with an equal copy: the info op and reopen_prepare refresh
+	 * it). */
+	const char *path;
 	struct bks_image img;
 	bool read_only;
 	uint32_t block_size, mem_align;
@@ -382,6 +392,11 @@ struct qcow2_state {
 	struct q2_wlist l1_waiters;
 	uint64_t inflate_errors, bad_entries;
 	char last_error[BKS_ERROR_MSG_MAX];
+	/* A read-only mode change between reopen_prepare and its commit or
+	 * abort: the file opened in the new mode (drivers/qcow2.c). */
+	bool reopen_pending;
+	bool reopen_ro;
+	int reopen_fd;
 };
 
 #define CONTAINER(ptr, type, member)                                           \

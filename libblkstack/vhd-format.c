@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "blkstack/endian.h"
 #include "blkstack/vhd-format.h"
@@ -698,4 +701,27 @@ void vhd_uuid_str(const uint8_t u[16], char out[37])
 		 "%02x%02x%02x%02x%02x%02x",
 		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9],
 		 u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+void vhd_footer_new(struct vhd_footer *f, uint64_t size, uint32_t type)
+{
+	memset(f, 0, sizeof(*f));
+	f->features = 2;
+	f->version = 0x00010000;
+	f->data_offset = type == VHD_TYPE_FIXED ? UINT64_MAX : VHD_FOOTER_SIZE;
+	f->timestamp = (uint32_t)((uint64_t)time(NULL) - VHD_EPOCH_OFFSET);
+	memcpy(f->creator_app, "bks ", 4);
+	f->creator_version = 0x00010000u;
+	f->creator_os = 0x5769326Bu; /* "Wi2k" */
+	f->original_size = f->current_size = size;
+	vhd_geometry(size / VHD_SECTOR, &f->cylinders, &f->heads,
+		     &f->sectors_per_track);
+	f->disk_type = type;
+	if (getrandom(f->uuid, sizeof(f->uuid), 0) != sizeof(f->uuid)) {
+		uint64_t t = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32;
+
+		memcpy(f->uuid, &t, sizeof(t));
+	}
+	f->uuid[6] = (uint8_t)((f->uuid[6] & 0x0F) | 0x40);
+	f->uuid[8] = (uint8_t)((f->uuid[8] & 0x3F) | 0x80);
 }

@@ -34,9 +34,16 @@ extern char **environ;
  * the locks last, the supervisor's after the worker's.
  */
 static const char *const worker_files[] = {
-    WORKER_FILE_PID,	WORKER_FILE_NBD,      WORKER_FILE_CTL,
-    WORKER_FILES_STATE, SUPERVISOR_FILE_PID,  SUPERVISOR_FILE_STATE,
-    WORKER_FILE_LOCK,	SUPERVISOR_FILE_LOCK,
+    WORKER_FILE_PID,
+    WORKER_FILE_NBD,
+    WORKER_FILE_CTL,
+    WORKER_FILES_STATE,
+    "chain",
+    "chain.tmp",
+    SUPERVISOR_FILE_PID,
+    SUPERVISOR_FILE_STATE,
+    WORKER_FILE_LOCK,
+    SUPERVISOR_FILE_LOCK,
 };
 
 /* DIR/NAME[/FILE] into buf.  Returns 0 or -ENAMETOOLONG with err set. */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blkstack/chain.h"
@@ -54,13 +55,23 @@ enum {
 	OPT_READ_ONLY = 1u << 2,
 	OPT_JSON = 1u << 3,
 	OPT_CLEAR = 1u << 4,
+	OPT_OVERLAY = 1u << 5,
+	OPT_FORMAT = 1u << 6,
+	OPT_TOP = 1u << 7,
+	OPT_BASE = 1u << 8,
+	OPT_NO_WAIT = 1u << 9,
 };
+
+/* How often commit/stream poll `info`, and the most polls (a day). */
+#define JOB_POLL_MS  200
+#define JOB_POLL_MAX (24u * 3600 * 1000 / JOB_POLL_MS)
 
 struct ctl {
 	char rundir[PATH_MAX];
 	const char *name;
 	const char *chain;
-	bool read_only, json, clear;
+	const char *overlay, *format, *top, *base;
+	bool read_only, json, clear, no_wait;
 };
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -87,6 +98,22 @@ static void usage(FILE *f)
 	    "  reconnect --name NAME              reconnect its kernel NBD "
 	    "devices\n"
 	    "                                     whose connection died\n"
+	    "  snapshot --name NAME --overlay NEW [--format qcow2|vhd] "
+	    "[--json]\n"
+	    "                                     put a new overlay on top, "
+	    "live\n"
+	    "  reopen --name NAME --chain CHAIN [--json]\n"
+	    "                                     swap the images under the "
+	    "worker\n"
+	    "  commit --name NAME [--top IMG] [--base IMG] [--json] "
+	    "[--no-wait]\n"
+	    "                                     merge an image into the "
+	    "one below\n"
+	    "  stream --name NAME [--json] [--no-wait]\n"
+	    "                                     pull the backing data up, "
+	    "drop it\n"
+	    "  cancel --name NAME [--json]        cancel the commit or "
+	    "stream\n"
 	    "\n"
 	    "DIR: --rundir, else $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR ".\n"
 	    "Exit: 0 ok, 1 failure, 2 usage.\n");
@@ -527,6 +554,232 @@ out:
 	return rc;
 }
 
+/* ---- live operations ----------------------------------------------------- */
+
+/* "1.5 GiB": n bytes in a short human form. */
+static const char *human(uint64_t n, char *buf, size_t size)
+{
+	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double v = (double)n;
+	unsigned int u = 0;
+
+	while (v >= 1024 && u + 1 < sizeof(units) / sizeof(*units)) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, size, "%" PRIu64 " B", n);
+	else
+		snprintf(buf, size, "%.1f %s", v, units[u]);
+	return buf;
+}
+
+/*
+ * One progress report of a job: a \r-updated bar on a terminal, else a
+ * line ("commit: 41% 420.0 MiB/1.0 GiB") at most about once a second.
+ */
+static void show_progress(const char *kind, const char *phase, uint64_t done,
+			  uint64_t total, uint64_t elapsed_ms, bool tty,
+			  uint64_t *last_line_ms)
+{
+	char a[32], b[32], r[32];
+	unsigned int pct =
+	    total ? (unsigned int)(done >= total ? 100 : done * 100 / total)
+		  : 0;
+
+	if (tty) {
+		char bar[31];
+		unsigned int fill = pct * 30 / 100;
+
+		memset(bar, '#', fill);
+		memset(bar + fill, '-', 30 - fill);
+		bar[30] = '\0';
+		fprintf(stderr, "\r%s [%s] %3u%% %s/%s %s/s %-10s", kind, bar,
+			pct, human(done, a, sizeof(a)),
+			human(total, b, sizeof(b)),
+			human(elapsed_ms ? done * 1000 / elapsed_ms : 0, r,
+			      sizeof(r)),
+			phase);
+		fflush(stderr);
+		return;
+	}
+	if (*last_line_ms && elapsed_ms < *last_line_ms + 1000)
+		return;
+	*last_line_ms = elapsed_ms ? elapsed_ms : 1;
+	printf("%s: %u%% %s/%s (%s)\n", kind, pct, human(done, a, sizeof(a)),
+	       human(total, b, sizeof(b)), phase);
+	fflush(stdout);
+}
+
+/* Sleep ms, a bounded poll interval (not a timed assertion). */
+static void nap(unsigned int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000,
+			      .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/*
+ * Wait for the job kind started on cl to end, polling `info`: progress on
+ * the way (not with --json), then the result from "last_job".
+ */
+static int job_wait(struct ctl *ctl, struct ctl_client *cl, const char *kind)
+{
+	bool tty = !ctl->json && isatty(STDERR_FILENO) && isatty(STDOUT_FILENO);
+	struct bks_error err = {0};
+	uint64_t last_line = 0;
+	char res[64], msg[BKS_ERROR_MSG_MAX];
+
+	for (unsigned int i = 0; i < JOB_POLL_MAX; i++) {
+		const struct json_doc *d = &cl->doc;
+		int job, last;
+		char phase[32];
+
+		if (ctl_client_call(cl, "info", &err) < 0) {
+			if (tty)
+				fputc('\n', stderr);
+			fail("worker %s: %s", ctl->name, err.msg);
+			return EXIT_FAIL;
+		}
+		job = json_get(d, 0, "job");
+		if (job >= 0 && d->toks[job].type == JSON_OBJECT) {
+			if (!ctl->json)
+				show_progress(
+				    kind,
+				    ctl_reply_str(cl, job, "phase", phase,
+						  sizeof(phase)),
+				    ctl_reply_u64(cl, job, "done_bytes"),
+				    ctl_reply_u64(cl, job, "total_bytes"),
+				    ctl_reply_u64(cl, job, "elapsed_ms"), tty,
+				    &last_line);
+			nap(JOB_POLL_MS);
+			continue;
+		}
+		if (tty)
+			fputc('\n', stderr);
+		last = json_get(d, 0, "last_job");
+		if (last < 0 || d->toks[last].type != JSON_OBJECT) {
+			fail("worker %s: %s: the job left no result", ctl->name,
+			     kind);
+			return EXIT_FAIL;
+		}
+		ctl_reply_str(cl, last, "result", res, sizeof(res));
+		ctl_reply_str(cl, last, "error", msg, sizeof(msg));
+		if (ctl->json) {
+			/* The job's end, as one object. */
+			struct json_writer j;
+			int ok = strcmp(res, "ok") == 0;
+
+			json_writer_init(&j, 1u << 16);
+			json_obj_begin(&j);
+			json_kv_bool(&j, "ok", ok);
+			json_kv_str(&j, "job", kind);
+			json_kv_str(&j, "result", res);
+			if (!ok)
+				json_kv_str(&j, "error", msg);
+			json_kv_u64(&j, "done_bytes",
+				    ctl_reply_u64(cl, last, "done_bytes"));
+			json_kv_u64(&j, "held_ms",
+				    ctl_reply_u64(cl, last, "held_ms"));
+			json_kv_u64(&j, "elapsed_ms",
+				    ctl_reply_u64(cl, last, "elapsed_ms"));
+			json_obj_end(&j);
+			if (json_error(&j) == 0) {
+				fwrite(j.buf, 1, json_len(&j), stdout);
+				fputc('\n', stdout);
+			}
+			json_writer_free(&j);
+		}
+		if (strcmp(res, "ok") != 0) {
+			fail("worker %s: %s %s: %s", ctl->name, kind,
+			     strcmp(res, "cancelled") == 0 ? "cancelled"
+							   : "failed",
+			     msg);
+			return EXIT_FAIL;
+		}
+		if (!ctl->json) {
+			char a[32];
+
+			printf("%s: done, %s copied, I/O held %" PRIu64 " ms\n",
+			       kind,
+			       human(ctl_reply_u64(cl, last, "done_bytes"), a,
+				     sizeof(a)),
+			       ctl_reply_u64(cl, last, "held_ms"));
+		}
+		return EXIT_OK;
+	}
+	fail("worker %s: %s: still running after %u polls; giving up "
+	     "waiting (it goes on)",
+	     ctl->name, kind, JOB_POLL_MAX);
+	return EXIT_FAIL;
+}
+
+/* snapshot, reopen, commit, stream, cancel. */
+static int cmd_live(struct ctl *ctl, const char *cmd)
+{
+	struct ctl_client cl;
+	struct bks_error err = {0};
+	char line[BKS_CHAIN_STR_MAX + PATH_MAX + 64];
+	bool job = strcmp(cmd, "commit") == 0 || strcmp(cmd, "stream") == 0;
+	int rc = EXIT_FAIL, n;
+
+	if (strcmp(cmd, "snapshot") == 0)
+		n = snprintf(line, sizeof(line), "snapshot %s%s%s",
+			     ctl->overlay, ctl->format ? " " : "",
+			     ctl->format ? ctl->format : "");
+	else if (strcmp(cmd, "reopen") == 0)
+		n = snprintf(line, sizeof(line), "reopen %s", ctl->chain);
+	else if (strcmp(cmd, "commit") == 0)
+		n = snprintf(line, sizeof(line), "commit%s%s%s%s",
+			     ctl->top || ctl->base ? " " : "",
+			     ctl->top ? ctl->top : (ctl->base ? "-" : ""),
+			     ctl->base ? " " : "", ctl->base ? ctl->base : "");
+	else
+		n = snprintf(line, sizeof(line), "%s", cmd);
+	if (n < 0 || (size_t)n >= sizeof(line)) {
+		fail("%s: the arguments are too long", cmd);
+		return EXIT_USAGE;
+	}
+	if (ctl_client_open(&cl, ctl->rundir, ctl->name, CTL_CALL_TIMEOUT_MS,
+			    &err) < 0) {
+		fail("worker %s: %s", ctl->name, err.msg);
+		goto out;
+	}
+	if (ctl_client_call(&cl, line, &err) < 0) {
+		fail("worker %s: %s", ctl->name, err.msg);
+		goto out;
+	}
+	if (job && !ctl->no_wait) {
+		rc = job_wait(ctl, &cl, cmd);
+		goto out;
+	}
+	if (ctl->json) {
+		print_reply(&cl);
+	} else if (strcmp(cmd, "snapshot") == 0 || strcmp(cmd, "reopen") == 0) {
+		char s[BKS_CHAIN_STR_MAX + 1];
+
+		printf("%s: serving %s (I/O held %" PRIu64 " us)\n", cmd,
+		       ctl_reply_str(&cl, 0, "chain", s, sizeof(s)),
+		       ctl_reply_u64(&cl, 0, "held_us"));
+	} else if (strcmp(cmd, "cancel") == 0) {
+		char s[32];
+
+		printf("cancel: the job %s\n",
+		       strcmp(ctl_reply_str(&cl, 0, "result", s, sizeof(s)),
+			      "cancelled") == 0
+			   ? "was cancelled"
+			   : "had ended already");
+	} else {
+		printf("%s: started\n", cmd);
+	}
+	rc = EXIT_OK;
+out:
+	ctl_client_close(&cl);
+	return rc;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const struct command {
@@ -542,6 +795,13 @@ static const struct command {
     {"stats", OPT_NAME, OPT_NAME | OPT_JSON},
     {"dirty", OPT_NAME, OPT_NAME | OPT_JSON | OPT_CLEAR},
     {"reconnect", OPT_NAME, OPT_NAME},
+    {"snapshot", OPT_NAME | OPT_OVERLAY,
+     OPT_NAME | OPT_OVERLAY | OPT_FORMAT | OPT_JSON},
+    {"reopen", OPT_NAME | OPT_CHAIN, OPT_NAME | OPT_CHAIN | OPT_JSON},
+    {"commit", OPT_NAME,
+     OPT_NAME | OPT_TOP | OPT_BASE | OPT_JSON | OPT_NO_WAIT},
+    {"stream", OPT_NAME, OPT_NAME | OPT_JSON | OPT_NO_WAIT},
+    {"cancel", OPT_NAME, OPT_NAME | OPT_JSON},
 };
 
 static const struct option long_opts[] = {
@@ -551,6 +811,11 @@ static const struct option long_opts[] = {
     {"read-only", no_argument, NULL, 'R'},
     {"json", no_argument, NULL, 'j'},
     {"clear", no_argument, NULL, 'C'},
+    {"overlay", required_argument, NULL, 'O'},
+    {"format", required_argument, NULL, 'F'},
+    {"top", required_argument, NULL, 'T'},
+    {"base", required_argument, NULL, 'B'},
+    {"no-wait", no_argument, NULL, 'W'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -664,6 +929,26 @@ int main(int argc, char **argv)
 			ctl.clear = true;
 			bit = OPT_CLEAR;
 			break;
+		case 'O':
+			ctl.overlay = optarg;
+			bit = OPT_OVERLAY;
+			break;
+		case 'F':
+			ctl.format = optarg;
+			bit = OPT_FORMAT;
+			break;
+		case 'T':
+			ctl.top = optarg;
+			bit = OPT_TOP;
+			break;
+		case 'B':
+			ctl.base = optarg;
+			bit = OPT_BASE;
+			break;
+		case 'W':
+			ctl.no_wait = true;
+			bit = OPT_NO_WAIT;
+			break;
 		case 'h':
 			usage(stdout);
 			return EXIT_OK;
@@ -683,10 +968,34 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if ((given & cmd->required) != cmd->required) {
+		unsigned int miss = cmd->required & ~given;
+
 		fail("%s: needs %s", cmd->name,
-		     (cmd->required & ~given & OPT_NAME) ? "--name NAME"
-							 : "--chain CHAIN");
+		     (miss & OPT_NAME)	  ? "--name NAME"
+		     : (miss & OPT_CHAIN) ? "--chain CHAIN"
+					  : "--overlay NEW");
 		return EXIT_USAGE;
+	}
+	if (ctl.overlay && ctl.overlay[0] != '/') {
+		fail("snapshot: --overlay must be an absolute path");
+		return EXIT_USAGE;
+	}
+	if (ctl.format && strcmp(ctl.format, "qcow2") != 0 &&
+	    strcmp(ctl.format, "vhd") != 0) {
+		fail("snapshot: --format: qcow2 or vhd, not '%s'", ctl.format);
+		return EXIT_USAGE;
+	}
+	{
+		const char *paths[] = {ctl.overlay, ctl.top, ctl.base};
+
+		for (size_t i = 0; i < sizeof(paths) / sizeof(*paths); i++) {
+			if (paths[i] && strpbrk(paths[i], " \t\r\n")) {
+				fail("%s: a path with white space cannot be "
+				     "passed",
+				     cmd->name);
+				return EXIT_USAGE;
+			}
+		}
 	}
 	if (ctl.clear && ctl.json) {
 		fail("dirty: --clear and --json do not go together");
@@ -714,5 +1023,11 @@ int main(int argc, char **argv)
 		return cmd_destroy(&ctl);
 	if (strcmp(cmd->name, "reconnect") == 0)
 		return cmd_reconnect(&ctl);
+	if (strcmp(cmd->name, "snapshot") == 0 ||
+	    strcmp(cmd->name, "reopen") == 0 ||
+	    strcmp(cmd->name, "commit") == 0 ||
+	    strcmp(cmd->name, "stream") == 0 ||
+	    strcmp(cmd->name, "cancel") == 0)
+		return cmd_live(&ctl, cmd->name);
 	return cmd_worker(&ctl, cmd->name);
 }

@@ -27,10 +27,8 @@
 #include "blkstack/vhd-format.h"
 #include "img.h"
 
-#define VHD_CREATOR_VERSION 0x00010000u
 /* Unreferenced space before a block, below this, is alignment padding. */
 #define VHD_ALIGN_PAD 4096u
-#define VHD_OS_WI2K   0x5769326Bu
 
 /* The whole of [off, off + len) or -errno. */
 static int pread_all(int fd, void *buf, size_t len, uint64_t off)
@@ -312,29 +310,6 @@ static int parse_options(const char *opts, bool *fixed, uint32_t *bsize,
 	return 0;
 }
 
-static void new_footer(struct vhd_footer *f, uint64_t size, uint32_t type)
-{
-	memset(f, 0, sizeof(*f));
-	f->features = 2;
-	f->version = 0x00010000;
-	f->data_offset = type == VHD_TYPE_FIXED ? UINT64_MAX : VHD_FOOTER_SIZE;
-	f->timestamp = (uint32_t)((uint64_t)time(NULL) - VHD_EPOCH_OFFSET);
-	memcpy(f->creator_app, "bks ", 4);
-	f->creator_version = VHD_CREATOR_VERSION;
-	f->creator_os = VHD_OS_WI2K;
-	f->original_size = f->current_size = size;
-	vhd_geometry(size / VHD_SECTOR, &f->cylinders, &f->heads,
-		     &f->sectors_per_track);
-	f->disk_type = type;
-	if (getrandom(f->uuid, sizeof(f->uuid), 0) != sizeof(f->uuid)) {
-		uint64_t t = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32;
-
-		memcpy(f->uuid, &t, sizeof(t));
-	}
-	f->uuid[6] = (uint8_t)((f->uuid[6] & 0x0F) | 0x40);
-	f->uuid[8] = (uint8_t)((f->uuid[8] & 0x3F) | 0x80);
-}
-
 /* The parent's footer, for a differencing disk. */
 static int parent_footer(const char *path, struct vhd_footer *pf,
 			 uint32_t *block_size, struct bks_error *err)
@@ -456,7 +431,7 @@ static int vhd_create(const struct img_create_opts *o, struct bks_error *err)
 					(unsigned long long)size);
 	if (type != VHD_TYPE_DIFF)
 		size = vhd_round_size(size);
-	new_footer(&f, size, type);
+	vhd_footer_new(&f, size, type);
 	if (type == VHD_TYPE_DIFF) {
 		/* Differencing disks keep the parent's geometry. */
 		f.cylinders = pf.cylinders;

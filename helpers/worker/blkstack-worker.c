@@ -51,6 +51,8 @@
 #include "rundir-files.h"
 #include "rundir.h"
 #include "worker-ctl.h"
+#include "worker-job.h"
+#include "worker-live.h"
 #include "worker-run.h"
 #include "worker-state.h"
 #include "worker-super.h"
@@ -247,8 +249,15 @@ static void flushed(struct bks_req *req, int result)
 static void nbd_down(void *arg)
 {
 	struct worker *w = arg;
-	const struct bks_info *info = bks_chain_info(w->chain);
+	const struct bks_info *info;
 
+	/* A cancelled job still stopping: job_stopped() comes back here. */
+	if (worker_job_running(w)) {
+		w->down_pending = true;
+		return;
+	}
+	w->down_pending = false;
+	info = bks_chain_info(w->chain);
 	bks_timer_cancel(&w->stop_timer);
 	if (info->read_only || !(info->ops & BKS_OPF(BKS_OP_FLUSH))) {
 		bks_loop_stop(w->loop);
@@ -259,6 +268,13 @@ static void nbd_down(void *arg)
 	w->flush_req.done = flushed;
 	w->flush_req.opaque = w;
 	bks_chain_submit(w->chain, &w->flush_req);
+}
+
+/* w->job_stopped: the job cancelled by the shutdown has ended. */
+static void job_stopped(struct worker *w)
+{
+	if (w->down_pending)
+		nbd_down(w);
 }
 
 static void stop_timeout(struct bks_timer *t)
@@ -285,6 +301,10 @@ static void worker_shutdown(struct worker *w)
 	pause_notify(w, -ECANCELED);
 	w->state = WORKER_STOPPING;
 	worker_super_stopping(w->super);
+	/* Before the holds end: a snapshot waiting for its drain gives up. */
+	worker_live_stop(w);
+	if (worker_job_cancel(w) == 0)
+		worker_log(w, LOG_INFO, "shutting down: cancelling the job");
 	bks_timer_init(w->loop, &w->stop_timer, stop_timeout, w);
 	bks_timer_arm(&w->stop_timer, STOP_TIMEOUT_NS);
 	/* Ends a pause first; may call nbd_down() at once. */
@@ -465,18 +485,39 @@ static int read_meta_cache(uint64_t *out, struct bks_error *err)
 	return rc;
 }
 
+/*
+ * A worker that died after a snapshot, reopen or commit left the chain it
+ * served in DIR/NAME/chain: this one opens that, not --chain (which names
+ * what the disk was created with).
+ */
+static int resume_chain(struct worker *w, struct bks_error *err)
+{
+	int rc =
+	    worker_state_chain_load(w, w->chain_buf, sizeof(w->chain_buf), err);
+
+	if (rc < 0)
+		return rc;
+	if (rc == 0)
+		return 0;
+	if (strcmp(w->chain_buf, w->chain_str) != 0)
+		worker_log(w, LOG_INFO,
+			   "opening %s from %s/chain, not --chain %s (a "
+			   "snapshot, reopen or commit changed it)",
+			   w->chain_buf, w->dir, w->chain_str);
+	w->chain_str = w->chain_buf;
+	return 0;
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
 {
-	const struct bks_nbd_config cfg = {
+	struct bks_nbd_config cfg = {
 	    .name = w->name,
-	    .description = w->chain_str,
 	    .read_only = w->read_only,
 	    .handshake_timeout_ms = o->handshake_ms,
 	    .stall_timeout_ms = o->stall_ms,
 	};
-	uint64_t meta_cache;
 	int rc, n;
 
 	umask(077);
@@ -493,7 +534,16 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = bks_loop_new(&w->loop, err);
 	if (rc < 0)
 		return rc;
-	rc = read_meta_cache(&meta_cache, err);
+	rc = read_meta_cache(&w->meta_cache, err);
+	if (rc < 0)
+		return rc;
+	rc = resume_chain(w, err);
+	if (rc < 0)
+		return rc;
+	cfg.description = w->chain_str;
+	rc = worker_live_new(w, err);
+	if (rc == 0)
+		rc = worker_job_new(w, err);
 	if (rc < 0)
 		return rc;
 	/* Layer state (log: bitmaps) in DIR/NAME: a restart keeps it. */
@@ -502,7 +552,7 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 				       .loop = w->loop,
 				       .read_only = w->read_only,
 				       .state_dir = w->dir,
-				       .meta_cache = meta_cache,
+				       .meta_cache = w->meta_cache,
 				   },
 				   err);
 	if (rc < 0)
@@ -564,6 +614,8 @@ static void cleanup(struct worker *w, struct res *r)
 			    (unsigned long long)bks_chain_in_flight(w->chain));
 	}
 	bks_timer_cancel(&w->stop_timer);
+	worker_job_free(w);
+	worker_live_free(w);
 	worker_super_free(w->super);
 	if (w->loop)
 		bks_loop_free(w->loop);
@@ -710,6 +762,8 @@ int main(int argc, char **argv)
 	w.name = o.spec.name;
 	w.chain_str = o.spec.chain;
 	w.read_only = o.spec.read_only;
+	w.vlog = worker_vlog;
+	w.job_stopped = job_stopped;
 	w.foreground = o.foreground;
 	w.ctl_idle_ms = o.ctl_idle_ms;
 	w.started_ns = bks_now_ns();

@@ -42,6 +42,8 @@
 #include "blkstack/log.h"
 #include "json.h"
 #include "worker-ctl.h"
+#include "worker-job.h"
+#include "worker-live.h"
 
 /* Longest command line, newline included; longer ones close the link. */
 #define CTL_LINE_MAX 4096
@@ -87,6 +89,8 @@ struct ctl_conn {
 	bool gone;	  /* the client is gone: drop the output too */
 	bool close_after; /* close once the output has gone */
 	bool pause_wait;  /* waiting for the worker's pause */
+	bool op_wait;	  /* waiting for a snapshot, reopen or cancel */
+	bool cancel_wait; /* ... for the end of the job it cancelled */
 	bool kick;	  /* the `kick` deferred call has work for it */
 };
 
@@ -101,6 +105,7 @@ struct worker_ctl {
 	struct ctl_conn *conns;
 	unsigned int nconns;
 	bool pause_pending; /* our waiter is registered with ops->pause() */
+	struct ctl_conn *live_conn; /* waits for the snapshot/reopen */
 	struct bks_extent *extents; /* CTL_DIRTY_MAX, for `dirty` */
 	uint64_t idle_ns;	    /* the idle timeout */
 	/* Counters for `stats`. */
@@ -237,12 +242,20 @@ static size_t out_pending(const struct ctl_conn *c)
 	return json_len(&c->out) - c->out_off;
 }
 
+/* Waiting for the worker (a pause, a snapshot, a cancel): not idle. */
+static bool conn_waiting(const struct ctl_conn *c)
+{
+	return c->pause_wait || c->op_wait;
+}
+
 /* ---- connections --------------------------------------------------------- */
 
 static void conn_free(struct ctl_conn *c)
 {
 	struct worker_ctl *ctl = c->ctl;
 
+	if (ctl->live_conn == c)
+		ctl->live_conn = NULL; /* the operation goes on, unanswered */
 	bks_watch_del(&c->watch);
 	bks_timer_cancel(&c->idle);
 	close(c->fd);
@@ -310,6 +323,7 @@ static void cmd_info(struct ctl_conn *c)
 		    worker_oldest_request_ms(w, bks_now_ns()));
 	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_str(j, "nbd_socket", path);
+	worker_job_json(w, j);
 	json_key(j, "layers");
 	json_arr_begin(j);
 	for (struct bks_layer *l = w->chain ? bks_chain_top(w->chain) : NULL; l;
@@ -393,7 +407,10 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_u64(j, "log_dropped",
 		    w->syslog ? bks_syslog_dropped(w->syslog) : 0);
+	/* "chain" at the top is the chain's counters: the string is here. */
+	json_kv_str(j, "chain", w->chain_str);
 	json_obj_end(j);
+	worker_job_json(w, j);
 
 	if (w->nbd)
 		bks_export_get_stats(w->nbd, &ns);
@@ -648,7 +665,14 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 			    argv[1], argv[2]);
 		return;
 	}
-	rc = bks_log_clear(log, off, len);
+	/*
+	 * No range after a snapshot's mark: the frozen set (what the old
+	 * top holds, backed up by now); what was written since stays.
+	 */
+	if (argc == 1 && bks_log_marked(log))
+		rc = bks_log_clear_frozen(log);
+	else
+		rc = bks_log_clear(log, off, len);
 	if (rc < 0) {
 		reply_error(
 		    c, -rc, "clear-dirty %" PRIu64 " %" PRIu64 ": %s", off, len,
@@ -663,6 +687,169 @@ static void cmd_clear_dirty(struct ctl_conn *c, int argc, char **argv)
 	json_kv_u64(j, "dirty_bytes", (uint64_t)bks_log_dirty_bytes(log));
 	json_obj_end(j);
 	reply_end(c, mark);
+}
+
+/* ---- live operations: snapshot, reopen, commit, stream, cancel ---------- */
+
+/*
+ * The end of a snapshot or reopen (worker-live.h): answer the connection
+ * that asked, if it is still there.  From the loop, but possibly inside a
+ * command's handling (an operation ended by a shutdown): like the pause
+ * callback, it only queues the reply and lets `kick` go on.
+ */
+static void ctl_live_done(void *arg, int rc,
+			  const struct worker_live_result *res,
+			  const struct bks_error *err)
+{
+	struct worker_ctl *ctl = arg;
+	struct ctl_conn *c = ctl->live_conn;
+	size_t mark;
+
+	ctl->live_conn = NULL;
+	if (!c)
+		return;
+	mark = json_len(&c->out);
+	c->op_wait = false;
+	if (rc < 0) {
+		reply_error(c, -rc, "%s", err->msg);
+	} else {
+		json_obj_begin(&c->out);
+		json_kv_bool(&c->out, "ok", true);
+		json_kv_str(&c->out, "chain", res->chain);
+		json_kv_u64(&c->out, "held_ms", res->held_ns / 1000000u);
+		json_kv_u64(&c->out, "held_us", res->held_ns / 1000u);
+		json_obj_end(&c->out);
+		reply_end(c, mark);
+	}
+	reply_check(c, mark);
+	c->kick = true;
+	bks_defer_schedule(&ctl->kick);
+}
+
+/* Hand a started (rc 0) or refused operation's reply to c. */
+static void live_started(struct ctl_conn *c, int rc,
+			 const struct bks_error *err)
+{
+	if (rc < 0) {
+		reply_error(c, -rc, "%s", err->msg);
+		return;
+	}
+	c->op_wait = true;
+	c->ctl->live_conn = c;
+}
+
+static void cmd_snapshot(struct ctl_conn *c, int argc, char **argv)
+{
+	struct worker_ctl *ctl = c->ctl;
+	struct bks_error err = {0};
+	int rc;
+
+	if (argc < 2 || argc > 3) {
+		reply_error(c, EINVAL, "usage: snapshot OVERLAY [qcow2|vhd]");
+		return;
+	}
+	bks_sanitize_line(argv[1]);
+	ctl_log(ctl, LOG_INFO, "control: snapshot %.256s%s%.16s (uid %u)",
+		argv[1], argc == 3 ? " " : "", argc == 3 ? argv[2] : "",
+		(unsigned int)c->uid);
+	rc = worker_live_snapshot(ctl->w, argv[1], argc == 3 ? argv[2] : NULL,
+				  ctl_live_done, ctl, &err);
+	live_started(c, rc, &err);
+}
+
+static void cmd_reopen(struct ctl_conn *c, const char *chain)
+{
+	struct worker_ctl *ctl = c->ctl;
+	struct bks_error err = {0};
+	char shown[BKS_CHAIN_STR_MAX + 1];
+	int rc;
+
+	snprintf(shown, sizeof(shown), "%s", chain);
+	bks_sanitize_line(shown);
+	ctl_log(ctl, LOG_INFO, "control: reopen %.512s (uid %u)", shown,
+		(unsigned int)c->uid);
+	rc = worker_live_reopen(ctl->w, chain, ctl_live_done, ctl, &err);
+	live_started(c, rc, &err);
+}
+
+static void cmd_job(struct ctl_conn *c, enum bks_job_kind kind, int argc,
+		    char **argv)
+{
+	struct worker_ctl *ctl = c->ctl;
+	struct json_writer *j = &c->out;
+	struct bks_error err = {0};
+	size_t mark = json_len(j);
+	int rc;
+
+	if (kind == BKS_JOB_COMMIT && argc > 3) {
+		reply_error(c, EINVAL, "usage: commit [TOP [BASE]]");
+		return;
+	}
+	if (kind == BKS_JOB_STREAM && argc > 1) {
+		reply_error(c, EINVAL, "stream takes no arguments");
+		return;
+	}
+	for (int i = 1; i < argc; i++)
+		bks_sanitize_line(argv[i]);
+	ctl_log(ctl, LOG_INFO, "control: %s%s%.256s%s%.256s (uid %u)",
+		bks_job_kind_name(kind), argc > 1 ? " " : "",
+		argc > 1 ? argv[1] : "", argc > 2 ? " " : "",
+		argc > 2 ? argv[2] : "", (unsigned int)c->uid);
+	rc = worker_job_start(ctl->w, kind, argc > 1 ? argv[1] : NULL,
+			      argc > 2 ? argv[2] : NULL, &err);
+	if (rc < 0) {
+		reply_error(c, -rc, "%s", err.msg);
+		return;
+	}
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+	json_kv_str(j, "job", bks_job_kind_name(kind));
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+/* A job ended (worker-job.h's notify): answer the cancels waiting. */
+static void ctl_job_ended(void *arg)
+{
+	struct worker_ctl *ctl = arg;
+	int res = worker_job_last_result(ctl->w);
+	bool any = false;
+
+	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
+		size_t mark = json_len(&c->out);
+
+		if (!c->cancel_wait)
+			continue;
+		c->cancel_wait = false;
+		c->op_wait = false;
+		json_obj_begin(&c->out);
+		json_kv_bool(&c->out, "ok", true);
+		/* A cancel too late (the switch had begun) finds it done. */
+		json_kv_str(&c->out, "result",
+			    res == 0		? "ok"
+			    : res == -ECANCELED ? "cancelled"
+						: "failed");
+		json_obj_end(&c->out);
+		reply_end(c, mark);
+		reply_check(c, mark);
+		c->kick = true;
+		any = true;
+	}
+	if (any)
+		bks_defer_schedule(&ctl->kick);
+}
+
+static void cmd_cancel(struct ctl_conn *c)
+{
+	ctl_log(c->ctl, LOG_INFO, "control: cancel (uid %u)",
+		(unsigned int)c->uid);
+	if (worker_job_cancel(c->ctl->w) < 0) {
+		reply_error(c, ENOENT, "cancel: no job is running");
+		return;
+	}
+	/* The reply comes when the job has stopped (ctl_job_ended). */
+	c->op_wait = true;
+	c->cancel_wait = true;
 }
 
 static void cmd_shutdown(struct ctl_conn *c)
@@ -691,6 +878,15 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		reply_error(c, EINVAL, "the command contains a NUL byte");
 		return;
 	}
+	/* reopen CHAIN: the rest of the line, verbatim (it may hold spaces). */
+	if (strncmp(line, "reopen ", 7) == 0) {
+		cmd_reopen(c, line + 7);
+		return;
+	}
+	if (strcmp(line, "reopen") == 0) {
+		reply_error(c, EINVAL, "usage: reopen CHAIN");
+		return;
+	}
 	for (tok = strtok_r(line, " \t", &save); tok;
 	     tok = strtok_r(NULL, " \t", &save)) {
 		if (argc == CTL_MAX_ARGS) {
@@ -712,8 +908,18 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		cmd_clear_dirty(c, argc, argv);
 		return;
 	}
-	if (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "stats") != 0 &&
-	    strcmp(argv[0], "pause") != 0 && strcmp(argv[0], "unpause") != 0 &&
+	if (strcmp(argv[0], "snapshot") == 0) {
+		cmd_snapshot(c, argc, argv);
+		return;
+	}
+	if (strcmp(argv[0], "commit") == 0 || strcmp(argv[0], "stream") == 0) {
+		cmd_job(c, argv[0][0] == 'c' ? BKS_JOB_COMMIT : BKS_JOB_STREAM,
+			argc, argv);
+		return;
+	}
+	if (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "cancel") != 0 &&
+	    strcmp(argv[0], "stats") != 0 && strcmp(argv[0], "pause") != 0 &&
+	    strcmp(argv[0], "unpause") != 0 &&
 	    strcmp(argv[0], "shutdown") != 0) {
 		bks_sanitize_line(argv[0]);
 		reply_error(c, ENOSYS, "unknown command '%.64s'", argv[0]);
@@ -731,6 +937,8 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		cmd_pause(c);
 	else if (strcmp(argv[0], "unpause") == 0)
 		cmd_unpause(c);
+	else if (strcmp(argv[0], "cancel") == 0)
+		cmd_cancel(c);
 	else
 		cmd_shutdown(c);
 }
@@ -744,7 +952,7 @@ static void process_lines(struct ctl_conn *c)
 {
 	char line[CTL_LINE_MAX + 1];
 
-	while (!c->pause_wait && !c->close_after &&
+	while (!conn_waiting(c) && !c->close_after &&
 	       out_pending(c) < CTL_OUT_HIGH) {
 		char *nl = memchr(c->in, '\n', c->in_len);
 		size_t len, used, mark;
@@ -792,13 +1000,13 @@ static void conn_update(struct ctl_conn *c)
 		conn_free(c);
 		return;
 	}
-	if (c->close_after && !c->pause_wait && out_pending(c) == 0) {
+	if (c->close_after && !conn_waiting(c) && out_pending(c) == 0) {
 		conn_free(c);
 		return;
 	}
 	if (out_pending(c) > 0)
 		ev |= EPOLLOUT;
-	if (!c->eof && !c->close_after && !c->pause_wait &&
+	if (!c->eof && !c->close_after && !conn_waiting(c) &&
 	    out_pending(c) < CTL_OUT_HIGH)
 		ev |= EPOLLIN;
 	/* With no events, epoll still reports EPOLLHUP: a client leaving. */
@@ -932,7 +1140,7 @@ static void conn_idle(struct bks_timer *t)
 	uint64_t now = bks_now_ns();
 	uint64_t idle = now > c->active_ns ? now - c->active_ns : 0;
 
-	if (c->pause_wait) {
+	if (conn_waiting(c)) {
 		/* Waiting for the worker, not idle: count from the reply. */
 		c->active_ns = now;
 		bks_timer_arm(&c->idle, ctl->idle_ns);
@@ -970,7 +1178,7 @@ static bool ctl_evict(struct worker_ctl *ctl)
 	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
 		bool clean = c->in_len == 0 && out_pending(c) == 0;
 
-		if (c->pause_wait || c->kick)
+		if (conn_waiting(c) || c->kick)
 			continue;
 		if (!victim || (clean && !victim_clean) ||
 		    (clean == victim_clean &&
@@ -1132,6 +1340,7 @@ int worker_ctl_new(struct worker_ctl **out, struct worker *w,
 		rc = bks_error_set(err, -rc, "watch the control socket");
 		goto out;
 	}
+	worker_job_set_notify(w, ctl_job_ended, ctl);
 	*out = ctl;
 	ctl = NULL;
 out:
@@ -1156,6 +1365,9 @@ void worker_ctl_free(struct worker_ctl *ctl)
 	/* A pause waiter still registered would call a freed ctl. */
 	if (ctl->pause_pending)
 		ctl->ops->pause_forget(w, ctl_pause_done, ctl);
+	/* Nor may a live operation or a job call it back. */
+	worker_live_forget(w, ctl);
+	worker_job_set_notify(w, NULL, NULL);
 	while (ctl->conns) {
 		/* Replies already made (e.g. to `shutdown`) still go out. */
 		conn_flush(ctl->conns);

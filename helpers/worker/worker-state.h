@@ -39,7 +39,25 @@ int worker_state_pause_clear(const struct worker *w, struct bks_error *err);
 bool worker_state_pause_saved(const struct worker *w, struct bks_error *err);
 
 /*
- * Remove every state file of w (paused, layerN.state): the disk's life
+ * The chain file DIR/NAME/chain: the chain string served now, when it is
+ * not --chain any more (snapshot, reopen, commit changed it).  Written
+ * whole: DIR/NAME/chain.tmp, then renamed over it, so that a worker
+ * restarted after a crash finds the old string or the new one, never a
+ * part.  One line, the string and "\n".  Returns 0 or -errno with err.
+ */
+int worker_state_chain_save(const struct worker *w, const char *chain,
+			    struct bks_error *err);
+
+/*
+ * Read DIR/NAME/chain into buf (size bytes, NUL-terminated, without the
+ * newline).  Returns 1 if it was there, 0 if not, or -errno with err
+ * (unreadable, too long, not one line).
+ */
+int worker_state_chain_load(const struct worker *w, char *buf, size_t size,
+			    struct bks_error *err);
+
+/*
+ * Remove every state file of w (paused, chain, layerN.state): the disk's life
  * ends (a graceful shutdown).  Best effort; returns 0 or the first
  * -errno other than -ENOENT, with err.
  */

@@ -16,6 +16,7 @@
 #define BLKSTACK_WORKER_H
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,6 +35,8 @@ enum worker_state {
 
 struct worker_ctl;
 struct worker_super;
+struct worker_live; /* worker-live.h: snapshot, reopen */
+struct worker_job;  /* worker-job.h: commit, stream */
 
 /* Called when a pause completes (rc 0) or is abandoned (-ECANCELED). */
 typedef void worker_pause_fn(void *arg, int rc);
@@ -41,10 +44,17 @@ typedef void worker_pause_fn(void *arg, int rc);
 struct worker {
 	/* Configuration, fixed after start-up. */
 	const char *name;
+	/*
+	 * The chain string served now: --chain, or DIR/NAME/chain when a
+	 * worker this one replaces left it; it changes with the chain
+	 * (snapshot, reopen, commit), kept in chain_buf.
+	 */
 	const char *chain_str;
+	char chain_buf[BKS_CHAIN_STR_MAX + 2]; /* + the file's newline */
 	char dir[PATH_MAX]; /* RUNDIR/NAME: pid, nbd.sock, ctl.sock */
 	bool read_only;
-	bool foreground;	   /* log to stderr, not syslog */
+	uint64_t meta_cache; /* conf meta-cache, for the chains it opens */
+	bool foreground;     /* log to stderr, not syslog */
 	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int
 	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */
@@ -64,9 +74,22 @@ struct worker {
 	void *pause_arg;
 	bool started_paused; /* came up paused: DIR/NAME/paused was there */
 
+	/* The live operations (worker-live.c, worker-job.c). */
+	struct worker_live *live;
+	struct worker_job *job;
+	/* Log a line (the worker's log), for the parts outside main. */
+	void (*vlog)(const struct worker *w, int prio, const char *fmt,
+		     va_list ap);
+	/*
+	 * Called by worker-job.c when a job ends while the worker is
+	 * stopping: the shutdown waits for it before the final flush.
+	 */
+	void (*job_stopped)(struct worker *w);
+
 	/* Shutdown (blkstack-worker.c). */
 	struct bks_req flush_req;    /* the final flush of the chain */
 	struct bks_timer stop_timer; /* gives up on clients that hang */
+	bool down_pending;	     /* clients gone; waiting for the job */
 	int exit_code;
 };
 
@@ -97,5 +120,15 @@ static inline uint64_t worker_oldest_request_ms(const struct worker *w,
 
 	return t && now > t ? (now - t) / 1000000u : 0;
 }
+
+/* Log through w->vlog. */
+void worker_logf(const struct worker *w, int prio, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * Set the chain string served now (w->chain_str) to the chain's own
+ * layers as bks_chain_string() writes them.  Returns 0 or -errno.
+ */
+int worker_chain_refresh(struct worker *w);
 
 #endif /* BLKSTACK_WORKER_H */

@@ -12,10 +12,21 @@
  * block's bit is set in the mapping before its write goes down, so every
  * acknowledged write has its bit in the page cache, which a SIGKILL of
  * the process does not lose, and a restarted worker maps the same bits.
- * The file: a header page (struct log_file) and the bitmap words, in host
- * byte order (the file never leaves the host: it lives on tmpfs, /run,
- * which a host reboot empties -- and with it the log).  A file of another
- * geometry (size, block, position) is refused, never merged.
+ * The file: a header page (struct log_file, and the mark word at
+ * LOG_FILE_MARK), then the bitmap words, then as many words of the frozen
+ * set, in host byte order (the file never leaves the host: it lives on
+ * tmpfs, /run, which a host reboot empties -- and with it the log).  A
+ * file of another geometry (size, block, position) or another version is
+ * refused, never merged.
+ *
+ * The mark (log.h): two bitmaps, `bits` (written since the mark; every
+ * dirty block when there is none) and `frozen` (the frozen set); dirty is
+ * their union, and ndirty counts the union.  bks_log_mark() ORs bits into
+ * frozen, then sets the mark word, then clears bits; clear_frozen drops
+ * the mark word, then clears frozen.  At every step of either the union
+ * holds every dirty block, so a process killed half-way loses none: an
+ * open that finds frozen bits without the mark word (a mark or a clear
+ * cut short) merges them back into bits -- dirty, conservatively.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,18 +48,26 @@ struct log_state {
 	uint64_t block;	    /* bytes, a power of two */
 	unsigned int shift; /* log2(block) */
 	uint64_t nblocks;   /* the last may be partial */
-	uint64_t ndirty;    /* bits set */
-	uint64_t *bits;	    /* calloc'd, or in map */
-	void *map;	    /* the state file, mapped; NULL: in memory */
+	uint64_t words;	    /* of each bitmap */
+	uint64_t ndirty;    /* blocks set in bits | frozen */
+	uint64_t nfrozen;   /* blocks set in frozen */
+	uint64_t *bits;	    /* written since the mark: calloc'd, or in map */
+	uint64_t *frozen;   /* the frozen set: words more after bits */
+	uint64_t *marked;   /* 1 with a mark: in map, or &mem_marked */
+	uint64_t mem_marked;
+	void *map; /* the state file, mapped; NULL: in memory */
 	size_t map_len;
 };
 
 /* ---- the state file ------------------------------------------------------ */
 
-#define LOG_FILE_MAGIC	 "BKSLOG\0\0" /* 8 bytes */
-#define LOG_FILE_VERSION 1u
+#define LOG_FILE_MAGIC "BKSLOG\0\0" /* 8 bytes */
+/* 2: the frozen set and the mark word (bks_log_mark()). */
+#define LOG_FILE_VERSION 2u
 /* The bitmap starts a page in: the header has a page of its own. */
 #define LOG_FILE_HEADER 4096u
+/* The mark word's offset in the header page (after struct log_file). */
+#define LOG_FILE_MARK 2048u
 
 /* The header, at offset 0, host byte order.  magic is written last. */
 struct log_file {
@@ -63,7 +82,7 @@ struct log_file {
 	char driver[12];   /* "log" */
 };
 
-_Static_assert(sizeof(struct log_file) <= LOG_FILE_HEADER, "header page");
+_Static_assert(sizeof(struct log_file) <= LOG_FILE_MARK, "header page");
 
 /* The header this layer's file must have. */
 static void file_header(const struct log_state *s, unsigned int position,
@@ -97,8 +116,16 @@ static int file_refuse(const char *path, const struct log_file *h,
 		       const struct log_file *want, off_t len,
 		       struct bks_error *err)
 {
+	if (memcmp(h->magic, want->magic, sizeof(h->magic)) == 0 &&
+	    memcmp(h->driver, want->driver, sizeof(h->driver)) == 0 &&
+	    h->version != want->version)
+		return bks_error_setmsg(
+		    err, EEXIST,
+		    "state file %s is a log: dirty bitmap of version %u; this "
+		    "log: reads only version %u: not used (remove it: "
+		    "blkstack-ctl destroy of the dead worker)",
+		    path, h->version, want->version);
 	if (memcmp(h->magic, want->magic, sizeof(h->magic)) != 0 ||
-	    h->version != want->version ||
 	    h->header_size != want->header_size ||
 	    memcmp(h->driver, want->driver, sizeof(h->driver)) != 0)
 		return bks_error_setmsg(
@@ -124,20 +151,31 @@ static int file_refuse(const char *path, const struct log_file *h,
 	    err, EEXIST,
 	    "state file %s: %lld bytes, not %llu: not written by log:", path,
 	    (long long)len,
-	    (unsigned long long)(LOG_FILE_HEADER + want->words * 8));
+	    (unsigned long long)(LOG_FILE_HEADER + want->words * 16));
+}
+
+/* Count the bits of the two sets again. */
+static void count_sets(struct log_state *s)
+{
+	s->ndirty = s->nfrozen = 0;
+	for (uint64_t i = 0; i < s->words; i++) {
+		s->ndirty +=
+		    (uint64_t)__builtin_popcountll(s->bits[i] | s->frozen[i]);
+		s->nfrozen += (uint64_t)__builtin_popcountll(s->frozen[i]);
+	}
 }
 
 /*
- * Map the bitmap of words words from path: the file is created (or an
- * unfinished one initialised) clean, or one with this layer's header
- * taken with its bits.  Returns 0 or -errno with err set.
+ * Map the bitmaps of words words each from path: the file is created (or
+ * an unfinished one initialised) clean, or one with this layer's header
+ * taken with its bits and its mark.  Returns 0 or -errno with err set.
  */
 static int file_map(struct log_state *s, const char *path,
 		    unsigned int position, uint64_t words,
 		    struct bks_error *err)
 {
 	struct log_file want, have = {0};
-	size_t len = LOG_FILE_HEADER + (size_t)words * sizeof(uint64_t);
+	size_t len = LOG_FILE_HEADER + 2 * (size_t)words * sizeof(uint64_t);
 	struct stat st;
 	void *map = MAP_FAILED;
 	bool fresh = false;
@@ -193,6 +231,8 @@ static int file_map(struct log_state *s, const char *path,
 		goto out;
 	}
 	s->bits = (uint64_t *)((char *)map + LOG_FILE_HEADER);
+	s->frozen = s->bits + words;
+	s->marked = (uint64_t *)((char *)map + LOG_FILE_MARK);
 	if (fresh) {
 		struct log_file *h = map;
 
@@ -204,16 +244,24 @@ static int file_map(struct log_state *s, const char *path,
 		memcpy(h->magic, want.magic, sizeof(h->magic));
 	}
 	/* Bits past the last block would be counted: not ours. */
-	if ((s->bits[words - 1] >> (s->nblocks % 64)) != 0) {
+	if ((s->bits[words - 1] >> (s->nblocks % 64)) != 0 ||
+	    (s->frozen[words - 1] >> (s->nblocks % 64)) != 0 ||
+	    *s->marked > 1) {
 		rc = bks_error_setmsg(err, EINVAL,
 				      "state file %s: bits past the last "
-				      "block are set: not written by log:",
+				      "block or a mark word other than 0 or "
+				      "1: not written by log:",
 				      path);
 		goto out;
 	}
-	s->ndirty = 0;
-	for (uint64_t i = 0; i < words; i++)
-		s->ndirty += (uint64_t)__builtin_popcountll(s->bits[i]);
+	if (!*s->marked) {
+		/* A mark or a clear cut short: the frozen bits are dirty. */
+		for (uint64_t i = 0; i < words; i++) {
+			s->bits[i] |= s->frozen[i];
+			s->frozen[i] = 0;
+		}
+	}
+	count_sets(s);
 	s->map = map;
 	s->map_len = len;
 	map = MAP_FAILED;
@@ -221,7 +269,7 @@ static int file_map(struct log_state *s, const char *path,
 out:
 	if (map != MAP_FAILED) {
 		munmap(map, len);
-		s->bits = NULL;
+		s->bits = s->frozen = s->marked = NULL;
 	}
 	close(fd);
 	return rc;
@@ -278,13 +326,17 @@ static int log_open(void *state, struct bks_layer *self,
 	s->nblocks = (s->size >> s->shift) + !!(s->size & (s->block - 1));
 	/* At least one word, so that an empty layer needs no special case. */
 	words = s->nblocks / 64 + 1;
+	s->words = words;
 	if (args->state_path)
 		return file_map(s, args->state_path, bks_layer_index(self),
 				words, err);
-	s->bits = calloc(words, sizeof(*s->bits));
+	/* The two sets in one allocation: bits, then frozen. */
+	s->bits = calloc(2 * words, sizeof(*s->bits));
 	if (!s->bits)
 		return bks_error_set(err, ENOMEM, "dirty bitmap of %llu blocks",
 				     (unsigned long long)s->nblocks);
+	s->frozen = s->bits + words;
+	s->marked = &s->mem_marked;
 	return 0;
 }
 
@@ -305,32 +357,49 @@ static uint64_t word_mask(unsigned int bit, uint64_t n)
 	return (n >= 64 ? ~0ull : (1ull << n) - 1) << bit;
 }
 
-/* Set (or clear) blocks [a, b). */
+/* Set blocks [a, b) in bits, or clear them in both sets. */
 static void set_blocks(struct log_state *s, uint64_t a, uint64_t b, bool set)
 {
 	while (a < b) {
 		unsigned int bit = (unsigned int)(a % 64);
 		uint64_t n = b - a < 64 - bit ? b - a : 64 - bit;
 		uint64_t mask = word_mask(bit, n);
-		uint64_t *w = &s->bits[a / 64];
+		uint64_t *w = &s->bits[a / 64], *f = &s->frozen[a / 64];
 
 		if (set) {
-			s->ndirty += (uint64_t)__builtin_popcountll(mask & ~*w);
+			s->ndirty +=
+			    (uint64_t)__builtin_popcountll(mask & ~(*w | *f));
 			*w |= mask;
 		} else {
-			s->ndirty -= (uint64_t)__builtin_popcountll(mask & *w);
+			s->ndirty -=
+			    (uint64_t)__builtin_popcountll(mask & (*w | *f));
+			s->nfrozen -= (uint64_t)__builtin_popcountll(mask & *f);
 			*w &= ~mask;
+			*f &= ~mask;
 		}
 		a += n;
 	}
 }
 
-/* The first block at or after b whose bit is `set`, or nblocks. */
-static uint64_t find_block(const struct log_state *s, uint64_t b, bool set)
+/* Which set a walk reads: the dirty one (the union), or the frozen one. */
+enum log_set {
+	SET_DIRTY,
+	SET_FROZEN
+};
+
+static uint64_t set_word(const struct log_state *s, uint64_t i,
+			 enum log_set which)
+{
+	return which == SET_FROZEN ? s->frozen[i] : s->bits[i] | s->frozen[i];
+}
+
+/* The first block at or after b whose bit in `which` is `set`, or nblocks. */
+static uint64_t find_block(const struct log_state *s, uint64_t b, bool set,
+			   enum log_set which)
 {
 	while (b < s->nblocks) {
 		unsigned int bit = (unsigned int)(b % 64);
-		uint64_t w = s->bits[b / 64];
+		uint64_t w = set_word(s, b / 64, which);
 
 		if (!set)
 			w = ~w;
@@ -376,18 +445,29 @@ static int log_modify(void *state, struct bks_layer *self, struct bks_req *req)
 				    log_completed, s);
 }
 
-/* Bytes of the blocks marked, the last block counting up to the size. */
-static uint64_t dirty_bytes(const struct log_state *s)
+/* Bytes of the blocks in a set, the last block counting up to the size. */
+static uint64_t set_bytes(const struct log_state *s, enum log_set which)
 {
-	uint64_t bytes = s->ndirty << s->shift;
+	uint64_t count = which == SET_FROZEN ? s->nfrozen : s->ndirty;
+	uint64_t bytes = count << s->shift;
+	uint64_t last = s->nblocks - 1;
 
 	if (s->nblocks && (s->size & (s->block - 1)) &&
-	    (s->bits[(s->nblocks - 1) / 64] >> ((s->nblocks - 1) % 64)) & 1)
+	    (set_word(s, last / 64, which) >> (last % 64)) & 1)
 		bytes -= s->block - (s->size & (s->block - 1));
 	return bytes;
 }
 
-/* The control socket's "log" object: dirty_bytes, block_size. */
+static uint64_t dirty_bytes(const struct log_state *s)
+{
+	return set_bytes(s, SET_DIRTY);
+}
+
+/*
+ * The control socket's "log" object: dirty_bytes, block_size, persisted
+ * (tests and tools match it whole: the mark is read with bks_log_marked()
+ * and bks_log_frozen_bytes(), not here).
+ */
 static void log_stats(void *state, struct bks_layer *self,
 		      struct bks_stats_out *out)
 {
@@ -429,14 +509,12 @@ static struct log_state *log_state_of(struct bks_layer *layer)
 	return bks_layer_state(layer);
 }
 
-int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
-		  size_t max, size_t *n)
+/* The extents of a set from start (bks_log_dirty()). */
+static int list_set(struct log_state *s, enum log_set which, uint64_t start,
+		    struct bks_extent *out, size_t max, size_t *n)
 {
-	struct log_state *s = log_state_of(log);
 	uint64_t b;
 
-	if (!s || !n || (max && !out) || start > s->size)
-		return -EINVAL;
 	*n = 0;
 	if (start == s->size)
 		return 0;
@@ -444,10 +522,10 @@ int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
 	while (*n < max) {
 		uint64_t e, off, end;
 
-		b = find_block(s, b, true);
+		b = find_block(s, b, true, which);
 		if (b >= s->nblocks)
 			break;
-		e = find_block(s, b, false);
+		e = find_block(s, b, false, which);
 		off = b << s->shift;
 		if (off < start)
 			off = start;
@@ -461,6 +539,16 @@ int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
 		b = e;
 	}
 	return 0;
+}
+
+int bks_log_dirty(struct bks_layer *log, uint64_t start, struct bks_extent *out,
+		  size_t max, size_t *n)
+{
+	struct log_state *s = log_state_of(log);
+
+	if (!s || !n || (max && !out) || start > s->size)
+		return -EINVAL;
+	return list_set(s, SET_DIRTY, start, out, max, n);
 }
 
 int bks_log_clear(struct bks_layer *log, uint64_t offset, uint64_t len)
@@ -491,4 +579,67 @@ int64_t bks_log_dirty_bytes(struct bks_layer *log)
 	struct log_state *s = log_state_of(log);
 
 	return s ? (int64_t)dirty_bytes(s) : -EINVAL;
+}
+
+/* ---- the mark ------------------------------------------------------------ */
+
+int bks_log_mark(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+
+	if (!s)
+		return -EINVAL;
+	/* The order keeps the union whole at every step (see the top). */
+	for (uint64_t i = 0; i < s->words; i++)
+		s->frozen[i] |= s->bits[i];
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	*s->marked = 1;
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	memset(s->bits, 0, s->words * sizeof(*s->bits));
+	count_sets(s);
+	return 0;
+}
+
+int bks_log_frozen(struct bks_layer *log, uint64_t start,
+		   struct bks_extent *out, size_t max, size_t *n)
+{
+	struct log_state *s = log_state_of(log);
+
+	if (!s || !n || (max && !out) || start > s->size)
+		return -EINVAL;
+	if (!*s->marked) {
+		*n = 0;
+		return -ENOENT;
+	}
+	return list_set(s, SET_FROZEN, start, out, max, n);
+}
+
+int bks_log_clear_frozen(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+
+	if (!s)
+		return -EINVAL;
+	if (!*s->marked)
+		return -ENOENT;
+	/* The mark first: cut short, the frozen bits come back dirty. */
+	*s->marked = 0;
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	memset(s->frozen, 0, s->words * sizeof(*s->frozen));
+	count_sets(s);
+	return 0;
+}
+
+bool bks_log_marked(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+
+	return s && *s->marked;
+}
+
+int64_t bks_log_frozen_bytes(struct bks_layer *log)
+{
+	struct log_state *s = log_state_of(log);
+
+	return s ? (int64_t)set_bytes(s, SET_FROZEN) : -EINVAL;
 }

@@ -53,9 +53,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../qcow2-int.h"
+#include "blkstack/chain.h"
 #include "blkstack/endian.h"
 #include "blkstack/iov.h"
 
@@ -397,7 +399,9 @@ static int qcow2_info(void *state, struct bks_layer *self,
 	struct qcow2_state *st = state;
 	struct q2 *s = &st->s;
 
-	(void)self;
+	/* After a reopen the framework has freed the args s->path pointed
+	 * at and keeps an equal copy: point at that one. */
+	s->path = bks_layer_args(self);
 	info->size = s->h.size;
 	info->block_size = s->block_size;
 	info->max_io = 0;
@@ -505,6 +509,414 @@ static int qcow2_get_parent(void *state, struct bks_layer *self, char *buf,
 	return 0;
 }
 
+/* ---- reopen: a change of read-only mode ---------------------------------- */
+
+/*
+ * The chain is drained for all of this (driver.h): blocking calls are
+ * allowed, nothing is in flight in the layer.
+ *
+ * read-only -> read-write, in prepare: the header is read again and
+ * checked as for a writable open (dirty and corrupt bits, unknown
+ * features, ...; snapshots are only refused if the format code refuses
+ * them for writing), it must describe the same image as the one served
+ * (else the file changed under us: -ESTALE), an O_RDWR descriptor of the
+ * same file (same device and inode, else -ESTALE: the file was replaced)
+ * is opened, and the autoclear bits are cleared through it (what a
+ * writable open does; harmless if the reopen is aborted).  The allocator
+ * starts from the end of the file as at open: a read-only layer never
+ * reserved anything.  commit only puts the new descriptor in place of the
+ * old one (dup2: the aioq and every path keep the same fd number) and
+ * flips the mode.
+ *
+ * read-write -> read-only, in prepare: fdatasync (every write completed
+ * before the drain is on disk: metadata is written through), the
+ * reservation given back (refcounts of unused reserved clusters set to 0
+ * and synced, the file truncated back: q2_alloc_release), the cache
+ * dropped (the release wrote refcount blocks behind it), and an O_RDONLY
+ * descriptor of the same file opened.  A failure leaves the layer
+ * writable with no reservation: the next allocation reserves again.
+ * blkstack never sets the qcow2 dirty bit (no lazy refcounts for
+ * writing), so there is none to clear.
+ */
+
+static int reopen_fd_check(struct q2 *s, int fd, struct bks_error *err)
+{
+	struct stat a, b;
+
+	if (fstat(s->img.fd, &a) < 0 || fstat(fd, &b) < 0)
+		return bks_error_set(err, errno, "%s: reopen: fstat", s->path);
+	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		return bks_error_setmsg(
+		    err, ESTALE, "%s: reopen: the file was replaced", s->path);
+	return 0;
+}
+
+static int reopen_to_rw(struct qcow2_state *st, struct bks_error *err)
+{
+	struct q2 *s = &st->s;
+	struct bks_qcow2_header *h = NULL;
+	struct bks_qcow2_header *saved = NULL;
+	int rc;
+
+	h = malloc(sizeof(*h));
+	saved = malloc(sizeof(*saved));
+	if (!h || !saved) {
+		rc = bks_error_set(err, ENOMEM, "%s: reopen", s->path);
+		goto out;
+	}
+	/* The header as it is on disk now (open_header parses into s->h:
+	 * keep the served one aside and put it back). */
+	*saved = s->h;
+	rc = open_header(st, err);
+	*h = s->h;
+	s->h = *saved;
+	if (rc < 0)
+		goto out;
+	rc = bks_qcow2_check_features(
+	    h, BKS_QCOW2_HAVE_ZSTD | BKS_QCOW2_OPEN_WRITE, err);
+	if (rc < 0) {
+		bks_error_prepend(err, "%s: reopen read-write: ", s->path);
+		goto out;
+	}
+	if (h->size != s->h.size || h->cluster_bits != s->h.cluster_bits ||
+	    h->l1_table_offset != s->h.l1_table_offset ||
+	    h->l1_size != s->h.l1_size ||
+	    h->refcount_table_offset != s->h.refcount_table_offset ||
+	    h->refcount_table_clusters != s->h.refcount_table_clusters) {
+		rc = bks_error_setmsg(err, ESTALE,
+				      "%s: reopen read-write: the image was "
+				      "changed by someone else while open",
+				      s->path);
+		goto out;
+	}
+	st->reopen_fd =
+	    open(s->path, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+	if (st->reopen_fd < 0) {
+		rc =
+		    bks_error_set(err, errno, "%s: reopen read-write", s->path);
+		goto out;
+	}
+	rc = reopen_fd_check(s, st->reopen_fd, err);
+	if (rc == 0 && s->h.version >= 3 && s->h.autoclear_features) {
+		bks_put_be64(s->hdr + BKS_QCOW2_OFF_AUTOCLEAR, 0);
+		if (pwrite(st->reopen_fd, s->hdr, s->block_size, 0) !=
+			(ssize_t)s->block_size ||
+		    fdatasync(st->reopen_fd) < 0)
+			rc = bks_error_set(err, errno ? errno : EIO,
+					   "%s: clearing the autoclear "
+					   "features",
+					   s->path);
+		else
+			s->h.autoclear_features = 0;
+	}
+	if (rc < 0) {
+		close(st->reopen_fd);
+		st->reopen_fd = -1;
+	}
+out:
+	free(h);
+	free(saved);
+	return rc;
+}
+
+static int reopen_to_ro(struct qcow2_state *st, struct bks_error *err)
+{
+	struct q2 *s = &st->s;
+	int rc;
+
+	if (fdatasync(s->img.fd) < 0)
+		return bks_error_set(
+		    err, errno, "%s: reopen read-only: fdatasync", s->path);
+	q2_alloc_release(s);
+	q2_cache_drop_all(s);
+	s->res_next = s->res_end = 0;
+	s->alloc_end =
+	    (s->file_size + s->g.cluster_size - 1) & ~(s->g.cluster_size - 1);
+	st->reopen_fd =
+	    open(s->path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+	if (st->reopen_fd < 0)
+		return bks_error_set(err, errno, "%s: reopen read-only",
+				     s->path);
+	rc = reopen_fd_check(s, st->reopen_fd, err);
+	if (rc < 0) {
+		close(st->reopen_fd);
+		st->reopen_fd = -1;
+	}
+	return rc;
+}
+
+static int qcow2_reopen_prepare(void *state, struct bks_layer *self,
+				const struct bks_open_args *args,
+				struct bks_error *err)
+{
+	struct qcow2_state *st = state;
+	struct q2 *s = &st->s;
+	int rc;
+
+	st->reopen_pending = false;
+	st->reopen_fd = -1;
+	s->path = bks_layer_args(self);
+	if (!args->args || strcmp(args->args, s->path) != 0)
+		return bks_error_setmsg(err, EOPNOTSUPP,
+					"qcow2: reopen: only the read-only "
+					"mode can change");
+	if (args->read_only == s->read_only)
+		return 0;
+	rc = args->read_only ? reopen_to_ro(st, err) : reopen_to_rw(st, err);
+	if (rc < 0)
+		return rc;
+	st->reopen_pending = true;
+	st->reopen_ro = args->read_only;
+	return 0;
+}
+
+static void qcow2_reopen_commit(void *state, struct bks_layer *self)
+{
+	struct qcow2_state *st = state;
+	struct q2 *s = &st->s;
+
+	(void)self;
+	if (!st->reopen_pending)
+		return;
+	/* The same fd number, now the new open file description: the
+	 * aioq and every later call use it.  dup2 of two open fds does not
+	 * fail but for EINTR/EBUSY (a racing open in another thread). */
+	while (dup2(st->reopen_fd, s->img.fd) < 0 &&
+	       (errno == EINTR || errno == EBUSY))
+		;
+	close(st->reopen_fd);
+	st->reopen_fd = -1;
+	st->reopen_pending = false;
+	s->read_only = st->reopen_ro;
+}
+
+static void qcow2_reopen_abort(void *state, struct bks_layer *self)
+{
+	struct qcow2_state *st = state;
+
+	(void)self;
+	if (st->reopen_pending && st->reopen_fd >= 0)
+		close(st->reopen_fd);
+	st->reopen_fd = -1;
+	st->reopen_pending = false;
+}
+
+/* ---- set_backing --------------------------------------------------------- */
+
+/* The bytes of the header area the new layout writes at most: one 4 KiB
+ * block (see qcow2_set_backing). */
+#define Q2_HEADER_AREA 4096u
+
+/*
+ * Build the header area anew in buf (area bytes, read from the file):
+ * the header fields as they are (backing offset and size replaced), the
+ * extensions as they are except the backing format one (replaced by
+ * fmt's, or dropped), the end extension, then the name.  Returns the
+ * bytes used, or -ENAMETOOLONG if they do not fit in area bytes.
+ */
+static int build_header_area(const struct q2 *s, unsigned char *buf,
+			     uint32_t area, const char *name, const char *fmt,
+			     bool drop_table)
+{
+	unsigned char *tmp = malloc(area);
+	uint32_t hlen = s->h.version >= 3 ? s->h.header_length : 72;
+	uint32_t in = hlen, out = hlen;
+	size_t nlen = name ? strlen(name) : 0;
+	size_t flen = fmt ? strlen(fmt) : 0;
+	bool found_end = false;
+
+	if (!tmp)
+		return -ENOMEM;
+	memcpy(tmp, buf, area);
+	/* The extensions after the header fields, copied but the backing
+	 * format (and, if asked, the feature name table: informational). */
+	/* As qemu reads them: up to the END extension, or to the old
+	 * backing name (an image without extensions has the name right
+	 * after the header). */
+	uint64_t ext_end = s->h.has_backing && s->h.backing_file_offset &&
+				   s->h.backing_file_offset < area
+			       ? s->h.backing_file_offset
+			       : area;
+
+	while (in + 8 <= area) {
+		if (in >= ext_end) {
+			found_end = true;
+			break;
+		}
+		uint32_t type = bks_get_be32(tmp + in);
+		uint32_t len = bks_get_be32(tmp + in + 4);
+		uint32_t padded = (len + 7) & ~7u;
+
+		if (type == BKS_QCOW2_EXT_END) {
+			found_end = true;
+			break;
+		}
+		if (in + 8 + padded > area)
+			break;
+		if (type != BKS_QCOW2_EXT_BACKING_FORMAT &&
+		    !(drop_table && type == BKS_QCOW2_EXT_FEATURE_TABLE)) {
+			if (out + 8 + padded > area)
+				goto toolong;
+			memmove(buf + out, tmp + in, 8 + padded);
+			out += 8 + padded;
+		}
+		in += 8 + padded;
+	}
+	/* Extensions past the area would be lost: refuse. */
+	if (!found_end)
+		goto toolong;
+	if (fmt) {
+		uint32_t padded = ((uint32_t)flen + 7) & ~7u;
+
+		if (out + 8 + padded > area)
+			goto toolong;
+		bks_put_be32(buf + out, BKS_QCOW2_EXT_BACKING_FORMAT);
+		bks_put_be32(buf + out + 4, (uint32_t)flen);
+		memset(buf + out + 8, 0, padded);
+		memcpy(buf + out + 8, fmt, flen);
+		out += 8 + padded;
+	}
+	if (out + 8 + nlen > area)
+		goto toolong;
+	memset(buf + out, 0, 8); /* the end extension */
+	out += 8;
+	bks_put_be64(buf + BKS_QCOW2_OFF_BACKING_OFFSET, nlen ? out : 0);
+	bks_put_be32(buf + BKS_QCOW2_OFF_BACKING_SIZE, (uint32_t)nlen);
+	memcpy(buf + out, name ? name : "", nlen);
+	out += (uint32_t)nlen;
+	/* What the old layout had beyond is left as it was: nothing points
+	 * at it any more (the name and the extensions end before). */
+	free(tmp);
+	return (int)out;
+toolong:
+	free(tmp);
+	return -ENAMETOOLONG;
+}
+
+/*
+ * Crash order: the whole header area (header fields, extensions, the
+ * backing name) is rewritten in ONE aligned write of the file's first
+ * 4 KiB (all of it within the first cluster, which holds nothing else),
+ * followed by fdatasync.  One write is enough: a process crash (SIGKILL)
+ * cannot tear a write the kernel has taken (it either happened or it did
+ * not), and on power loss a 4 KiB aligned write is one block of the file
+ * system and one page, which 4 KiB-sector devices write atomically; on
+ * 512-byte-sector devices a torn write at power loss is possible in
+ * principle (as for qemu-img rebase's header rewrite).  The old and the
+ * new layouts each name a parent; there is no moment with neither.
+ */
+static int qcow2_set_backing(void *state, struct bks_layer *self,
+			     const char *backing, struct bks_error *err)
+{
+	struct qcow2_state *st = state;
+	struct q2 *s = &st->s;
+	struct bks_chain_spec spec = {0};
+	const char *name = NULL, *fmt = NULL;
+	uint32_t area = Q2_HEADER_AREA;
+	unsigned char *buf = NULL;
+	int fd = -1, rc, used;
+
+	(void)self;
+	if (area > s->g.cluster_size)
+		area = (uint32_t)s->g.cluster_size;
+	if (area < s->block_size)
+		area = s->block_size;
+	if (backing) {
+		rc = bks_chain_parse(backing, strlen(backing), &spec, err);
+		if (rc < 0)
+			goto prepend;
+		if (spec.n != 1 || spec.layers[0].desc->kind != BKS_SINK ||
+		    !spec.layers[0].desc->args_path ||
+		    spec.layers[0].args[0] != '/') {
+			rc = bks_error_setmsg(err, EINVAL,
+					      "backing %s: not one image sink "
+					      "with an absolute path",
+					      backing);
+			goto prepend;
+		}
+		if (strcmp(spec.layers[0].desc->name, "vhd") == 0) {
+			rc = bks_error_setmsg(err, EINVAL,
+					      "backing %s: a qcow2 image's "
+					      "backing file is qcow2 or raw",
+					      backing);
+			goto prepend;
+		}
+		name = spec.layers[0].args;
+		fmt = strcmp(spec.layers[0].desc->name, "qcow2") == 0 ? "qcow2"
+								      : "raw";
+		if (strlen(name) > BKS_QCOW2_MAX_BACKING_NAME) {
+			rc = bks_error_setmsg(err, ENAMETOOLONG,
+					      "backing file name longer than "
+					      "%u bytes",
+					      BKS_QCOW2_MAX_BACKING_NAME);
+			goto prepend;
+		}
+	}
+	if (posix_memalign((void **)&buf, 4096, area) != 0) {
+		buf = NULL;
+		rc = bks_error_set(err, ENOMEM, "header area");
+		goto prepend;
+	}
+	/* Its own descriptor, for writing even when the layer is
+	 * read-only; O_DIRECT like the layer's, so that no cached page of
+	 * the file is older than what we write. */
+	fd = open(s->path, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		rc = bks_error_set(err, errno, "open for writing");
+		goto prepend;
+	}
+	rc = reopen_fd_check(s, fd, err);
+	if (rc < 0)
+		goto out;
+	if (pread(fd, buf, area, 0) != (ssize_t)area) {
+		rc = bks_error_set(err, errno ? errno : EIO,
+				   "reading the header area");
+		goto prepend;
+	}
+	used = build_header_area(s, buf, area, name, fmt, false);
+	if (used == -ENAMETOOLONG) {
+		if (pread(fd, buf, area, 0) != (ssize_t)area) {
+			rc = bks_error_set(err, errno ? errno : EIO,
+					   "reading the header area");
+			goto prepend;
+		}
+		used = build_header_area(s, buf, area, name, fmt, true);
+	}
+	if (used < 0) {
+		rc = bks_error_setmsg(err, -used,
+				      "the new backing name and extensions do "
+				      "not fit in the first %u bytes",
+				      area);
+		goto prepend;
+	}
+	if (pwrite(fd, buf, area, 0) != (ssize_t)area || fdatasync(fd) < 0) {
+		rc = bks_error_set(err, errno ? errno : EIO,
+				   "writing the header");
+		goto prepend;
+	}
+	/* What is served from now on (get_parent, the cursors). */
+	memcpy(s->hdr, buf, s->block_size);
+	s->h.has_backing = name != NULL;
+	s->h.backing_file_offset =
+	    bks_get_be64(buf + BKS_QCOW2_OFF_BACKING_OFFSET);
+	s->h.backing_file_size = (uint32_t)(name ? strlen(name) : 0);
+	snprintf(s->h.backing_file, sizeof(s->h.backing_file), "%s",
+		 name ? name : "");
+	s->h.has_backing_format = fmt != NULL;
+	snprintf(s->h.backing_format, sizeof(s->h.backing_format), "%s",
+		 fmt ? fmt : "");
+	rc = 0;
+	goto out;
+prepend:
+	bks_error_prepend(err, "%s: set backing file: ", s->path);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	bks_chain_spec_free(&spec);
+	return rc;
+}
+
 /* ---- stats --------------------------------------------------------------- */
 
 static void qcow2_stats(void *state, struct bks_layer *self,
@@ -564,5 +976,9 @@ const struct bks_driver bks_driver_qcow2 = {
     .write_zeroes = qcow2_submit,
     .block_status = qcow2_submit,
     .get_parent = qcow2_get_parent,
+    .reopen_prepare = qcow2_reopen_prepare,
+    .reopen_commit = qcow2_reopen_commit,
+    .reopen_abort = qcow2_reopen_abort,
+    .set_backing = qcow2_set_backing,
     .stats = qcow2_stats,
 };

@@ -49,7 +49,8 @@
  * footer copy at offset 0 never changes.  (qemu writes the bitmap over
  * the old footer first and the new footer after it, so a crash between
  * the two leaves a file without a footer at its end; this order never
- * does.)
+ * does.)  The footer copy at offset 0 changes only when set_backing
+ * turns a differencing disk into a dynamic one (see there).
  *
  * Differencing: get_parent reads the locators (W2ku and MacX absolute
  * first, then W2ru and MacX relative to the image's directory), checks
@@ -201,6 +202,10 @@ struct vhd_state {
 	/* stats */
 	uint64_t allocated, allocations, bitmap_reads, bitmap_writes,
 	    cache_hits, cache_misses, parent_reads, ctx_waits;
+	/* A read-only mode change between reopen_prepare and its commit or
+	 * abort: the file opened in the new mode. */
+	bool reopen_pending, reopen_ro;
+	int reopen_fd;
 };
 
 /* ---- open ---------------------------------------------------------------- */
@@ -678,6 +683,424 @@ static int vhd_get_parent(void *state, struct bks_layer *self, char *buf,
 					"%s: parent path too long: %s", s->path,
 					found);
 	return 0;
+}
+
+/* ---- reopen: a change of read-only mode ---------------------------------- */
+
+/*
+ * The chain is drained for all of this (driver.h): blocking calls are
+ * allowed.  Every write the layer makes is acknowledged only once its
+ * metadata is written (the allocation order above), so going read-only
+ * needs only an fdatasync for durability; there is no reservation and no
+ * dirty flag in a VHD.  Going read-write reads the footer at the end of
+ * the file again and checks it still describes the image served (the
+ * same UUID, type and size, else -ESTALE: someone changed it).  Both
+ * ways, prepare opens the file anew in the new mode and checks it is the
+ * same file (device and inode, else -ESTALE "the file was replaced");
+ * commit only puts that descriptor in place of the old one (dup2: the
+ * aioq keeps the fd number) and flips the mode.
+ */
+
+static int same_file(struct vhd_state *s, int fd, struct bks_error *err)
+{
+	struct stat a, b;
+
+	if (fstat(s->img.fd, &a) < 0 || fstat(fd, &b) < 0)
+		return bks_error_set(err, errno, "%s: fstat", s->path);
+	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		return bks_error_setmsg(err, ESTALE,
+					"%s: the file was replaced", s->path);
+	return 0;
+}
+
+static int vhd_reopen_prepare(void *state, struct bks_layer *self,
+			      const struct bks_open_args *args,
+			      struct bks_error *err)
+{
+	struct vhd_state *s = state;
+	unsigned char *fb = NULL;
+	struct vhd_footer f;
+	struct stat sb;
+	int r;
+
+	(void)self;
+	s->reopen_pending = false;
+	s->reopen_fd = -1;
+	if (!args->args || strcmp(args->args, s->path) != 0)
+		return bks_error_setmsg(err, EOPNOTSUPP,
+					"vhd: reopen: only the read-only mode "
+					"can change");
+	if (args->read_only == s->read_only)
+		return 0;
+	if (args->read_only && fdatasync(s->img.fd) < 0)
+		return bks_error_set(
+		    err, errno, "%s: reopen read-only: fdatasync", s->path);
+	if (!args->read_only) {
+		if (posix_memalign((void **)&fb, VHD_MEM_ALIGN,
+				   VHD_FOOTER_SIZE) != 0)
+			return bks_error_set(err, ENOMEM, "%s: reopen",
+					     s->path);
+		r = fstat(s->img.fd, &sb) < 0 ? -errno : 0;
+		if (r == 0 &&
+		    (uint64_t)sb.st_size != s->footer_off + VHD_FOOTER_SIZE)
+			r = -ESTALE;
+		if (r == 0)
+			r = meta_pread(s, s->footer_off, VHD_FOOTER_SIZE, fb,
+				       "footer", err);
+		if (r == 0)
+			r = vhd_footer_parse(fb, &f, err);
+		if (r == 0 && (memcmp(f.uuid, s->footer.uuid, 16) != 0 ||
+			       f.disk_type != s->footer.disk_type ||
+			       f.current_size != s->footer.current_size))
+			r = -ESTALE;
+		free(fb);
+		if (r == -ESTALE)
+			return bks_error_setmsg(err, ESTALE,
+						"%s: reopen read-write: the "
+						"image was changed by someone "
+						"else while open",
+						s->path);
+		if (r < 0)
+			return bks_error_prepend(
+			    err, "%s: reopen read-write: ", s->path);
+	}
+	s->reopen_fd = open(s->path, (args->read_only ? O_RDONLY : O_RDWR) |
+					 O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+	if (s->reopen_fd < 0)
+		return bks_error_set(err, errno, "%s: reopen %s", s->path,
+				     args->read_only ? "read-only"
+						     : "read-write");
+	r = same_file(s, s->reopen_fd, err);
+	if (r < 0) {
+		close(s->reopen_fd);
+		s->reopen_fd = -1;
+		return r;
+	}
+	s->reopen_pending = true;
+	s->reopen_ro = args->read_only;
+	return 0;
+}
+
+static void vhd_reopen_commit(void *state, struct bks_layer *self)
+{
+	struct vhd_state *s = state;
+
+	(void)self;
+	if (!s->reopen_pending)
+		return;
+	while (dup2(s->reopen_fd, s->img.fd) < 0 &&
+	       (errno == EINTR || errno == EBUSY))
+		;
+	close(s->reopen_fd);
+	s->reopen_fd = -1;
+	s->reopen_pending = false;
+	s->read_only = s->reopen_ro;
+}
+
+static void vhd_reopen_abort(void *state, struct bks_layer *self)
+{
+	struct vhd_state *s = state;
+
+	(void)self;
+	if (s->reopen_pending && s->reopen_fd >= 0)
+		close(s->reopen_fd);
+	s->reopen_fd = -1;
+	s->reopen_pending = false;
+}
+
+/* ---- set_backing --------------------------------------------------------- */
+
+/* pwrite len bytes (sector multiple, at a sector) from an aligned copy,
+ * on an O_DIRECT descriptor. */
+static int meta_pwrite(int fd, uint64_t off, const void *data, size_t len)
+{
+	unsigned char *buf = NULL;
+	size_t done = 0;
+	int r = 0;
+
+	if (posix_memalign((void **)&buf, VHD_MEM_ALIGN, len) != 0)
+		return -ENOMEM;
+	memcpy(buf, data, len);
+	while (done < len) {
+		ssize_t k =
+		    pwrite(fd, buf + done, len - done, (off_t)(off + done));
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			r = k < 0 ? -errno : -EIO;
+			break;
+		}
+		done += (size_t)k;
+	}
+	free(buf);
+	return r;
+}
+
+/*
+ * A differencing disk becomes dynamic (no parent: stream pulled all of
+ * the parent's data into it).  Crash order:
+ *   1. the footer copy at offset 0, as dynamic, then fdatasync: open
+ *      reads the footer at the end, so this changes nothing yet (and the
+ *      copy is only used to repair a missing end footer, after which
+ *      either type serves the same data: see 2);
+ *   2. the footer at the end of the file (one sector: one atomic write),
+ *      then fdatasync: the switch.  Before it the disk is differencing
+ *      and its header names the parent; after it, dynamic: sectors whose
+ *      bit is clear read as zeroes instead of from the parent, which
+ *      holds nothing there that the disk lacks any more (stream copied
+ *      every range the parent had into it, setting those bits);
+ *   3. the header with no parent (UUID, timestamp, name, locators
+ *      cleared; one 1024-byte write inside the file's first 4 KiB), then
+ *      fdatasync.  A crash before it leaves a dynamic disk with stale
+ *      parent fields, which a dynamic disk's readers ignore.
+ */
+static int to_dynamic(struct vhd_state *s, int fd, struct bks_error *err)
+{
+	struct vhd_footer f = s->footer;
+	struct vhd_header h = s->header;
+	unsigned char fb[VHD_FOOTER_SIZE], hb[VHD_HEADER_SIZE];
+	int r;
+
+	f.disk_type = VHD_TYPE_DYNAMIC;
+	vhd_footer_build(fb, &f);
+	r = meta_pwrite(fd, 0, fb, sizeof(fb));
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0)
+		return bks_error_set(err, -r, "writing the footer copy");
+	r = meta_pwrite(fd, s->footer_off, fb, sizeof(fb));
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0)
+		return bks_error_set(err, -r, "writing the footer");
+	/* From here on the disk is dynamic, whatever follows. */
+	s->footer = f;
+	memcpy(s->footer_buf, fb, sizeof(fb));
+	memset(h.parent_uuid, 0, sizeof(h.parent_uuid));
+	h.parent_timestamp = 0;
+	memset(h.parent_name, 0, sizeof(h.parent_name));
+	memset(h.loc, 0, sizeof(h.loc));
+	vhd_header_build(hb, &h);
+	r = meta_pwrite(fd, s->footer.data_offset, hb, sizeof(hb));
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0)
+		return bks_error_set(err, -r,
+				     "writing the header without a parent "
+				     "(the disk is dynamic already)");
+	s->header = h;
+	return 0;
+}
+
+/* The locator space of slot l in bytes (space is sectors per the
+ * specification, bytes for some tools). */
+static uint64_t loc_space(const struct vhd_locator *l)
+{
+	uint64_t sp = l->space;
+
+	if (sp < l->length)
+		sp *= VHD_SECTOR;
+	return sp / VHD_SECTOR * VHD_SECTOR;
+}
+
+/*
+ * A new parent for a differencing disk.  Crash order:
+ *   1. the new parent's locator data is written into the space of an old
+ *      locator that get_parent does not use first (not the first
+ *      absolute W2ku one that names an existing file... simply: never
+ *      slot 0's first absolute W2ku), then fdatasync: the old header
+ *      still finds the old parent through its W2ku locator, untouched;
+ *   2. the header (new parent UUID, timestamp, name; one locator, the
+ *      new one, where step 1 wrote it), in one 1024-byte write inside
+ *      the file's first 4 KiB (see qcow2_set_backing for why one aligned
+ *      write is enough), then fdatasync: the switch.
+ * If no old locator's space is large enough: -ENAMETOOLONG, nothing
+ * written.
+ */
+static int new_parent(struct vhd_state *s, int fd, const char *path,
+		      struct bks_error *err)
+{
+	struct vhd_header h = s->header;
+	unsigned char hb[VHD_HEADER_SIZE];
+	unsigned char *data = NULL;
+	struct vhd_footer pf;
+	int64_t mtime = 0;
+	int keep = -1, slot = -1, len = -1, r;
+	uint64_t keep_off = 0, keep_space = 0;
+	uint32_t code = 0;
+	const char *base = strrchr(path, '/');
+
+	r = parent_footer(path, &pf, &mtime, err);
+	if (r < 0)
+		return r;
+	if (pf.virtual_size != s->size)
+		return bks_error_setmsg(err, EINVAL,
+					"parent %s is %llu bytes, this disk "
+					"%llu",
+					path,
+					(unsigned long long)pf.virtual_size,
+					(unsigned long long)s->size);
+	/* The locator get_parent tries first: left alone. */
+	for (int i = 0; i < (int)VHD_LOCATORS && keep < 0; i++)
+		if (h.loc[i].code == VHD_PLAT_W2KU && h.loc[i].length)
+			keep = i;
+	if (keep >= 0) {
+		keep_off = h.loc[keep].offset;
+		keep_space = loc_space(&h.loc[keep]);
+	}
+	data = calloc(1, VHD_LOCATOR_MAX);
+	if (!data)
+		return bks_error_set(err, ENOMEM, "parent locator");
+	for (int i = 0; i < (int)VHD_LOCATORS && slot < 0; i++) {
+		const struct vhd_locator *l = &h.loc[i];
+		static const uint32_t codes[2] = {VHD_PLAT_W2KU, VHD_PLAT_MACX};
+
+		if (i == keep || l->code == VHD_PLAT_NONE || !l->length ||
+		    l->offset < h.table_offset + s->bat_bytes)
+			continue;
+		for (unsigned int c = 0; c < 2 && slot < 0; c++) {
+			len = vhd_locator_encode(codes[c], path, data,
+						 VHD_LOCATOR_MAX);
+			if (len > 0 && (uint64_t)len <= loc_space(l)) {
+				slot = i;
+				code = codes[c];
+			}
+		}
+	}
+	if (slot < 0) {
+		r = bks_error_setmsg(err, ENAMETOOLONG,
+				     "no old parent locator has room for %s "
+				     "(the locator the old parent is found by "
+				     "is kept until the switch)",
+				     path);
+		goto out;
+	}
+	{
+		size_t n =
+		    ((size_t)len + VHD_SECTOR - 1) / VHD_SECTOR * VHD_SECTOR;
+
+		r = meta_pwrite(fd, h.loc[slot].offset, data, n);
+		if (r == 0 && fdatasync(fd) < 0)
+			r = -errno;
+		if (r < 0) {
+			r = bks_error_set(err, -r, "writing a parent locator");
+			goto out;
+		}
+	}
+	{
+		struct vhd_locator nl = h.loc[slot];
+
+		nl.code = code;
+		nl.length = (uint32_t)len;
+		nl.space = (uint32_t)(loc_space(&h.loc[slot]) / VHD_SECTOR);
+		memset(h.loc, 0, sizeof(h.loc));
+		h.loc[0] = nl;
+	}
+	memcpy(h.parent_uuid, pf.uuid, 16);
+	h.parent_timestamp = pf.timestamp;
+	r = vhd_parent_name_encode(h.parent_name, base ? base + 1 : path);
+	if (r < 0) {
+		r = bks_error_set(err, -r, "parent name of %s", path);
+		goto out;
+	}
+	vhd_header_build(hb, &h);
+	r = meta_pwrite(fd, s->footer.data_offset, hb, sizeof(hb));
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0) {
+		r = bks_error_set(err, -r, "writing the header");
+		goto out;
+	}
+	s->header = h;
+	/*
+	 * 3. Best effort, after the switch: the kept locator's space (no
+	 *    longer named by the header) gets the new parent's W2ku data,
+	 *    then the header names both, so that a later set_backing again
+	 *    has a spare locator to write first.  A failure here leaves the
+	 *    valid one-locator header of step 2.
+	 */
+	if (keep >= 0 && keep != slot) {
+		struct vhd_locator kl = {0};
+
+		len = vhd_locator_encode(VHD_PLAT_W2KU, path, data,
+					 VHD_LOCATOR_MAX);
+		if (len > 0 && (uint64_t)len <= keep_space &&
+		    meta_pwrite(fd, keep_off, data,
+				((size_t)len + VHD_SECTOR - 1) / VHD_SECTOR *
+				    VHD_SECTOR) == 0 &&
+		    fdatasync(fd) == 0) {
+			kl.code = VHD_PLAT_W2KU;
+			kl.length = (uint32_t)len;
+			kl.space = (uint32_t)(keep_space / VHD_SECTOR);
+			kl.offset = keep_off;
+			h.loc[1] = kl;
+			vhd_header_build(hb, &h);
+			if (meta_pwrite(fd, s->footer.data_offset, hb,
+					sizeof(hb)) == 0 &&
+			    fdatasync(fd) == 0)
+				s->header = h;
+		}
+	}
+	r = 0;
+out:
+	free(data);
+	return r;
+}
+
+static int vhd_set_backing(void *state, struct bks_layer *self,
+			   const char *backing, struct bks_error *err)
+{
+	struct vhd_state *s = state;
+	char path[PATH_MAX];
+	int fd = -1, r;
+
+	(void)self;
+	if (s->footer.disk_type != VHD_TYPE_DIFF) {
+		if (!backing)
+			return 0; /* no parent already */
+		return bks_error_setmsg(err, EOPNOTSUPP,
+					"%s: set backing file: a %s VHD cannot "
+					"get a parent",
+					s->path,
+					vhd_type_name(s->footer.disk_type));
+	}
+	if (backing) {
+		const char *p;
+		size_t n = 0;
+
+		if (strncmp(backing, "vhd:", 4) != 0 || backing[4] != '/')
+			return bks_error_setmsg(err, EINVAL,
+						"%s: set backing file %s: a "
+						"differencing VHD's parent is "
+						"vhd:/ABSOLUTE-PATH",
+						s->path, backing);
+		/* Unescape \| and \\ (chain.h). */
+		for (p = backing + 4; *p && n + 1 < sizeof(path); p++) {
+			if (*p == '\\' && p[1])
+				p++;
+			path[n++] = *p;
+		}
+		if (*p)
+			return bks_error_setmsg(err, ENAMETOOLONG,
+						"%s: set backing file: path "
+						"too long",
+						s->path);
+		path[n] = 0;
+	}
+	fd = open(s->path, O_RDWR | O_DIRECT | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return bks_error_set(err, errno,
+				     "%s: set backing file: open for writing",
+				     s->path);
+	r = same_file(s, fd, err);
+	if (r == 0)
+		r = backing ? new_parent(s, fd, path, err)
+			    : to_dynamic(s, fd, err);
+	if (r < 0 && !strstr(err->msg, s->path))
+		bks_error_prepend(err, "%s: set backing file: ", s->path);
+	close(fd);
+	return r;
 }
 
 /* ---- sub-requests -------------------------------------------------------- */
@@ -1698,5 +2121,9 @@ const struct bks_driver bks_driver_vhd = {
     .flush = vhd_flush,
     .block_status = vhd_block_status,
     .get_parent = vhd_get_parent,
+    .reopen_prepare = vhd_reopen_prepare,
+    .reopen_commit = vhd_reopen_commit,
+    .reopen_abort = vhd_reopen_abort,
+    .set_backing = vhd_set_backing,
     .stats = vhd_stats,
 };

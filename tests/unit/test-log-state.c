@@ -167,8 +167,9 @@ static void test_persist_close_open(void **state)
 	state_path(r, 0, path, sizeof(path));
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
-	/* Header page and 256 bits (one word and the extra one). */
-	assert_int_equal(st.st_size, 4096 + 8 * (256 / 64 + 1));
+	/* Header page, 256 bits (one word and the extra one), the frozen set.
+	 */
+	assert_int_equal(st.st_size, 4096 + 2 * 8 * (256 / 64 + 1));
 	expect_dirty(r, "");
 	rig_write(r, 0, 4 * K);
 	rig_write(r, 20 * K, 8 * K);

@@ -142,6 +142,13 @@ struct bks_chain_config {
 	 * (bks_open_args.meta_cache; the worker's conf key meta-cache).
 	 */
 	uint64_t meta_cache;
+	/*
+	 * Open the sink without its parents (no get_parent): for a new
+	 * overlay that is about to be put above an open image with
+	 * bks_chain_insert_overlay().  Only for a one-layer string (else
+	 * the open fails, -EINVAL).
+	 */
+	bool no_backing;
 };
 
 #define BKS_STATE_DIR_MAX 4000
@@ -182,6 +189,12 @@ struct bks_layer *bks_chain_layer(struct bks_chain *chain, unsigned int i);
 struct bks_layer *bks_chain_top(struct bks_chain *chain);
 /* The layer after layer in that walk, or NULL. */
 struct bks_layer *bks_chain_next_layer(struct bks_layer *layer);
+
+/*
+ * The sink of the chain's string (the top image): the last of the chain's
+ * own layers.  Never NULL for an open chain.
+ */
+struct bks_layer *bks_chain_sink(struct bks_chain *chain);
 
 /* The topmost layer of driver name, or NULL. */
 struct bks_layer *bks_chain_find(struct bks_chain *chain, const char *name);
@@ -327,6 +340,159 @@ int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
 int bks_chain_replace_child(struct bks_layer *layer, enum bks_child_role role,
 			    struct bks_chain **new_child,
 			    struct bks_chain **old, struct bks_error *err);
+
+/*
+ * Submit req to layer l of chain, from outside the driver stack (a job:
+ * commit, stream).  Checked like any submission to l (bks_next_submit():
+ * ops, read-only, bounds, alignment); l's own children serve it as for
+ * any request.  While it is in flight it counts as a busy reference of
+ * l, so a drain waits for it.  It is NOT parked by a drain: a job may
+ * submit while the chain is drained (the final copy of a commit).  Not
+ * padded: offset/len must be block-aligned (of l's block size).  It
+ * passes no range lock and no write watch sees it (they are for top
+ * requests).  The done callback runs exactly once (possibly before this
+ * returns) with 0 or -errno.  Returns 0 (-EINVAL, with nothing submitted
+ * and done not called, for a NULL layer, request or done callback).
+ */
+int bks_layer_submit(struct bks_layer *l, struct bks_req *req);
+
+/*
+ * Reopen one image (the sink or a parent: any layer) with its own args
+ * and another read-only mode, through its driver's reopen_prepare/commit
+ * (a parent made writable for a commit, an old top made read-only by a
+ * snapshot).  The chain must be drained.  The infos of the layer and
+ * every layer above are computed again.  The same mode as now: 0, and
+ * nothing is called.  Returns 0, -EBUSY (not drained), -EOPNOTSUPP (the
+ * driver has no reopen ops), or the prepare's -errno; err says which
+ * layer and why.  On failure the layer serves as before.  (An info op
+ * failing after the commit is returned too, as by bks_chain_reopen().)
+ */
+int bks_layer_reopen_mode(struct bks_layer *l, bool read_only,
+			  struct bks_error *err);
+
+/*
+ * Snapshot: *overlay is a just-opened one-layer chain (a writable sink
+ * opened with no_backing, whose image names the chain's sink as its
+ * backing file).  It takes the sink's place (under the lowest filter, or
+ * as the top); the old sink and its parents become the overlay's
+ * BKS_CHILD_BACKING.  The caller makes the old sink read-only first
+ * (bks_layer_reopen_mode).  The chain must be drained.  On success
+ * *overlay is NULL (its layer now belongs to chain); on failure nothing
+ * changed.  Returns 0, -EBUSY, -EINVAL (not one sink, another size or
+ * block size: "overlay: size N, the chain's M"), -ELOOP (more than
+ * BKS_CHAIN_MAX_LAYERS), or an info's -errno.
+ */
+int bks_chain_insert_overlay(struct bks_chain *chain,
+			     struct bks_chain **overlay, struct bks_error *err);
+
+/*
+ * Drop images from the chain: the images from `image` down to (not
+ * including) `keep` leave the tree and are closed; keep takes image's
+ * place (under the layer above image: a filter, the image above, or as
+ * the top).  keep must be below image in image's backing line, or NULL:
+ * drop image's whole backing line from image down, only allowed when
+ * image is not the sink.  Two uses:
+ *   commit: image = the merged top (or middle) image, keep = the base.
+ *   stream: image = the sink's backing child, keep = NULL (the sink
+ *           keeps no backing).
+ * When image is the sink, keep becomes the sink and must have its size
+ * and block size.  The chain must be drained: nothing in flight in any
+ * layer, bks_layer_submit() requests included (-EBUSY).  The infos are
+ * computed again.  Returns 0, -EBUSY, -EINVAL (keep not below image;
+ * image not an image of chain; dropping the sink with keep NULL; another
+ * size), or an info's -errno (then nothing changed).
+ */
+int bks_chain_drop_images(struct bks_chain *chain, struct bks_layer *image,
+			  struct bks_layer *keep, struct bks_error *err);
+
+/*
+ * Image swap: other is a just-opened chain (same loop).  Its size and
+ * block size must equal the chain's (-EINVAL: "new chain: size N, the
+ * running chain's M").  The two exchange their layer trees: chain (whose
+ * struct the exports and parked requests keep) now serves the new layers,
+ * and other holds the old ones, for the caller to close
+ * (bks_chain_close(other)).  Both must be drained (other may be just
+ * opened).  The new layers get their drain_begin ops now (those that
+ * have not had them), so that the chain's drain_end reaches them
+ * balanced; the old ones, in other, have had theirs, and get their
+ * drain_end when other's last drain ends (none, if other is closed: a
+ * close needs none).  Returns 0, -EBUSY, -EINVAL;
+ * on failure nothing changed.
+ */
+int bks_chain_swap(struct bks_chain *chain, struct bks_chain *other,
+		   struct bks_error *err);
+
+/*
+ * The chain string of the chain's own layers (escaped as
+ * bks_chain_format()) into buf, with the sink written as sink's
+ * "name:args" when sink is not NULL (the string a commit of the sink into
+ * base leaves: bks_chain_string(chain, base, ...)); sink must then be an
+ * image of chain.  Returns the length, -ENAMETOOLONG (does not fit in
+ * size bytes, NUL included) or -EINVAL (sink not an image of chain).
+ */
+int bks_chain_string(struct bks_chain *chain, struct bks_layer *sink, char *buf,
+		     size_t size);
+
+/* True while a drain is begun (depth > 0), drained yet or not. */
+bool bks_chain_draining(const struct bks_chain *chain);
+
+/* ---- range locks and write watches (libblkstack/chain-lock.c) -------------
+ */
+
+/*
+ * A range lock holds back the top writes (write, write_zeroes, discard
+ * submitted with bks_chain_submit()) that overlap [offset, offset+len):
+ * stream copies a range into the sink under a lock, so that no guest
+ * write to it is overwritten by older data.  The lock queues like a
+ * write, in arrival order: it waits for the overlapping top writes in
+ * flight (or waiting) before it, and top writes overlapping it that
+ * arrive after bks_chain_lock_range() wait for it.  granted(lk) runs
+ * once, from the loop (never inside bks_chain_lock_range()), when no
+ * overlapping earlier top write is in flight any more; from then until
+ * bks_chain_unlock_range() overlapping writes wait, in arrival order (they
+ * count as in flight: a drain waits for them, so the holder must unlock
+ * without waiting for a drain).  Overlapping locks are granted one after
+ * the other, in order.  Reads are never held, nor requests submitted
+ * with bks_layer_submit().  The owner keeps the struct (and may not touch
+ * its private part) until unlock; unlocking a lock not granted yet
+ * withdraws it (granted is then never called).  Ranges are widened to
+ * whole blocks.  Returns 0, -EINVAL (len 0, out of bounds, granted NULL).
+ */
+struct bks_range_lock {
+	uint64_t offset, len;
+	void (*granted)(struct bks_range_lock *lk);
+	void *arg;
+	/* private to the chain */
+	struct bks_chain *chain;
+	struct bks_defer defer; /* calls granted */
+	struct bks_req req;	/* its place among the chain's writes */
+};
+
+int bks_chain_lock_range(struct bks_chain *chain, struct bks_range_lock *lk);
+void bks_chain_unlock_range(struct bks_chain *chain, struct bks_range_lock *lk);
+
+/*
+ * A write watch: fn(w, op, offset, len, result) runs when a top write,
+ * write_zeroes or discard of the chain completes (any result, retries
+ * done, before its submitter's done callback), with the request's byte
+ * range as submitted; requests refused before they enter the chain's
+ * layers (read-only, unsupported, out of bounds) change nothing and are
+ * not reported.  A write in flight when the watch is registered is
+ * reported when it completes.  Commit marks the ranges the guest wrote
+ * during a copy pass, to copy them again.  Several watches may be
+ * registered; each once.  fn may not register or unregister watches.
+ */
+struct bks_write_watch {
+	void (*fn)(struct bks_write_watch *w, enum bks_op op, uint64_t offset,
+		   uint64_t len, int result);
+	void *arg;
+	/* private */
+	struct bks_write_watch *next;
+};
+
+void bks_chain_watch_writes(struct bks_chain *chain, struct bks_write_watch *w);
+void bks_chain_unwatch_writes(struct bks_chain *chain,
+			      struct bks_write_watch *w);
 
 /* ---- padding: requests at any byte (libblkstack/chain-pad.c) ---------------
  *

@@ -475,12 +475,41 @@ struct bks_driver {
 	 * old) or abort (one failed: drop what prepare made, keep serving
 	 * as before) is called once on every layer whose prepare returned
 	 * 0.  Neither may fail.  info is called again after a commit.
+	 *
+	 * The same ops serve bks_layer_reopen_mode() (chain.h): the same
+	 * args with another args->read_only (a parent made writable for a
+	 * commit into it, an old top made read-only by a snapshot).  The
+	 * chain is drained then, so these ops (and set_backing below) may
+	 * make blocking calls (pread, pwrite, fdatasync, open) on the
+	 * image: nothing of the data path runs meanwhile.  A format that
+	 * goes from read-write to read-only flushes its metadata durably
+	 * in prepare (fallible), and commit only switches.
 	 */
 	int (*reopen_prepare)(void *state, struct bks_layer *self,
 			      const struct bks_open_args *args,
 			      struct bks_error *err);
 	void (*reopen_commit)(void *state, struct bks_layer *self);
 	void (*reopen_abort)(void *state, struct bks_layer *self);
+
+	/*
+	 * Optional (format sinks).  Rewrite the image's backing-file
+	 * reference on disk, durably: backing is the new parent as a
+	 * one-layer chain string ("qcow2:/abs/base.qcow2",
+	 * "vhd:/abs/base.vhd", "aio:/abs/base.raw" for a raw file), or NULL
+	 * for none.  Called by commit (the image above a committed middle
+	 * image now names the base) and stream (the sink keeps no backing),
+	 * on a drained chain (blocking calls allowed, as for reopen), on a
+	 * read-only layer too (the driver opens its file for writing for
+	 * the update if it must).  Crash-safe: after a crash the image
+	 * names either the old or the new parent, never neither.  Returns
+	 * 0 or -errno with err (-EINVAL: a backing string the format cannot
+	 * name; -ENAMETOOLONG: it does not fit the image's header).  The
+	 * framework's BKS_CHILD_BACKING link is changed separately
+	 * (bks_chain_drop_images()); the layer's get_parent answers the new
+	 * parent from then on.
+	 */
+	int (*set_backing)(void *state, struct bks_layer *self,
+			   const char *backing, struct bks_error *err);
 
 	/*
 	 * Optional.  Emit the driver's own counters into out (see struct

@@ -25,6 +25,7 @@
 #ifndef BLKSTACK_LOG_H
 #define BLKSTACK_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,5 +61,43 @@ int64_t bks_log_block_size(struct bks_layer *log);
 
 /* Bytes in dirty blocks (clipped to the layer's size), or -EINVAL. */
 int64_t bks_log_dirty_bytes(struct bks_layer *log);
+
+/* ---- the mark: incremental backups across a snapshot ----------------------
+ *
+ * docs/chains.txt ("Incremental backups with log:") has the workflow.
+ */
+
+/*
+ * Freeze the dirty set as it is now (a snapshot was taken: these blocks
+ * are what changed in the old top since the last backup).  From then on,
+ * bks_log_dirty() lists frozen | written-since, and bks_log_clear_frozen()
+ * clears only the frozen set (the blocks written since the mark stay
+ * dirty: they are not in the old top).  A second mark before a clear adds
+ * the current set to the frozen one.  bks_log_clear() clears a range in
+ * both sets.  Persisted in the layer's state file (version 2 of its
+ * header; a version 1 file is refused with a message saying so), so that
+ * it survives a worker restart.  Returns 0, or -EINVAL (not a log:
+ * layer).
+ */
+int bks_log_mark(struct bks_layer *log);
+
+/*
+ * The frozen set's extents, as bks_log_dirty() lists the dirty ones.
+ * Returns 0, -ENOENT if there is no mark, -EINVAL as bks_log_dirty().
+ */
+int bks_log_frozen(struct bks_layer *log, uint64_t start,
+		   struct bks_extent *out, size_t max, size_t *n);
+
+/*
+ * Clear the frozen set and drop the mark.  Returns 0, -ENOENT if there is
+ * no mark, -EINVAL (not a log: layer).
+ */
+int bks_log_clear_frozen(struct bks_layer *log);
+
+/* True if the layer is a log: layer with a mark. */
+bool bks_log_marked(struct bks_layer *log);
+
+/* Bytes in frozen blocks (0 without a mark), or -EINVAL. */
+int64_t bks_log_frozen_bytes(struct bks_layer *log);
 
 #endif /* BLKSTACK_LOG_H */

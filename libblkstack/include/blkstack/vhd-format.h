@@ -155,6 +155,14 @@ int vhd_footer_parse(const unsigned char *buf, struct vhd_footer *f,
 void vhd_footer_build(unsigned char *buf, const struct vhd_footer *f);
 
 /*
+ * A new disk's footer: size bytes (not rounded here), type, now as its
+ * timestamp, creator "bks ", a random version-4 UUID; data_offset 512
+ * (the dynamic header right after the footer copy) or ~0 for a fixed
+ * disk.  For bks_image_create() and blkstack-img create.
+ */
+void vhd_footer_new(struct vhd_footer *f, uint64_t size, uint32_t type);
+
+/*
  * Parse and check a 1024-byte dynamic header of an image whose file is
  * file_size bytes and whose footer is f.  Checks the cookie, checksum,
  * version, block size (power of two, VHD_MIN_BLOCK..VHD_MAX_BLOCK), the
