@@ -748,6 +748,14 @@ static int cmd_live(struct ctl *ctl, const char *cmd)
 		goto out;
 	}
 	if (ctl_client_call(&cl, line, &err) < 0) {
+		size_t len = 0;
+
+		/* --json: the worker's failure reply too, when there is one
+		 * (not for a timeout or a dropped connection). */
+		ctl_reply_line(&cl, &len);
+		if (ctl->json && len && err.code != ETIMEDOUT &&
+		    err.code != ECONNRESET && err.code != EPROTO)
+			print_reply(&cl);
 		fail("worker %s: %s", ctl->name, err.msg);
 		goto out;
 	}

@@ -13,8 +13,8 @@
 /* Read-only: configured so, or the chain is (or cannot write at all). */
 bool nbd_srv_read_only(const struct bks_nbd_server *srv)
 {
-	return srv->read_only || srv->info->read_only ||
-	       !(srv->info->ops & BKS_OPF(BKS_OP_WRITE));
+	return srv->read_only || srv_info(srv)->read_only ||
+	       !(srv_info(srv)->ops & BKS_OPF(BKS_OP_WRITE));
 }
 
 /* Schedule the connection's deferred call (output, parsing, closing). */

@@ -15,7 +15,7 @@
 static uint16_t transmission_flags(const struct nbd_conn *c)
 {
 	const struct bks_nbd_server *srv = c->srv;
-	const struct bks_info *info = srv->info;
+	const struct bks_info *info = srv_info(srv);
 	bool ro = nbd_srv_read_only(srv);
 	uint16_t f = NBD_FLAG_HAS_FLAGS;
 
@@ -138,7 +138,7 @@ static int opt_export_name(struct nbd_conn *c, const unsigned char *data,
 		return PARSE_STOP;
 	}
 	memset(p, 0, n);
-	p = bks_put_be64(p, srv->info->size);
+	p = bks_put_be64(p, srv_info(srv)->size);
 	bks_put_be16(p, c->tflags);
 	return 0;
 }
@@ -177,7 +177,7 @@ static int opt_info(struct nbd_conn *c, uint32_t opt, const unsigned char *data,
 	if (!p)
 		goto oom;
 	p = bks_put_be16(p, NBD_INFO_EXPORT);
-	p = bks_put_be64(p, srv->info->size);
+	p = bks_put_be64(p, srv_info(srv)->size);
 	bks_put_be16(p, opt == NBD_OPT_GO ? c->tflags : transmission_flags(c));
 	if (want_name) {
 		nlen = (uint32_t)strlen(srv->name);

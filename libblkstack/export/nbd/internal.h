@@ -281,7 +281,6 @@ struct nbd_conn {
 struct bks_nbd_server {
 	struct bks_loop *loop;
 	struct bks_chain *chain;
-	const struct bks_info *info;
 	int listen_fd;
 	struct bks_watch lwatch;
 	struct bks_timer accept_timer;
@@ -391,5 +390,15 @@ void nbd_slot_start(struct nbd_slot *s);
  * message of a structured reply).
  */
 void nbd_slot_reply_error(struct nbd_slot *s, uint32_t err, int rc);
+
+/*
+ * The chain's info, read anew at each use: a snapshot, an image swap or
+ * a commit may change the chain's top layer (and so the info) while the
+ * export serves it.  Never cached.
+ */
+static inline const struct bks_info *srv_info(const struct bks_nbd_server *srv)
+{
+	return bks_chain_info(srv->chain);
+}
 
 #endif /* BLKSTACK_EXPORT_NBD_INTERNAL_H */

@@ -696,7 +696,6 @@ int bks_nbd_export_new(struct bks_export **out, struct bks_loop *loop,
 		return bks_error_set(err, ENOMEM, "nbd: allocate server");
 	srv->loop = loop;
 	srv->chain = chain;
-	srv->info = bks_chain_info(chain);
 	srv->listen_fd = listen_fd;
 	srv->read_only = cfg->read_only;
 	srv->max_connections = cfg->max_connections
@@ -714,13 +713,13 @@ int bks_nbd_export_new(struct bks_export **out, struct bks_loop *loop,
 	    (uint64_t)(cfg->stall_timeout_ms ? cfg->stall_timeout_ms
 					     : BKS_NBD_STALL_TIMEOUT_MS) *
 	    NS_PER_MS;
-	srv->bs = srv->info->block_size;
+	srv->bs = srv_info(srv)->block_size;
 	srv->max_payload = BKS_NBD_MAX_PAYLOAD;
 	/* A chain with a request size limit gets it advertised. */
-	if (srv->info->max_io && srv->info->max_io < srv->max_payload)
+	if (srv_info(srv)->max_io && srv_info(srv)->max_io < srv->max_payload)
 		srv->max_payload =
-		    srv->info->max_io >= srv->bs
-			? (uint32_t)align_down(srv->info->max_io, srv->bs)
+		    srv_info(srv)->max_io >= srv->bs
+			? (uint32_t)align_down(srv_info(srv)->max_io, srv->bs)
 			: srv->bs;
 	link_init(&srv->conns);
 	link_init(&srv->budget);

@@ -381,7 +381,7 @@ static void slot_plan(struct nbd_slot *s)
 		s->op = BKS_OP_DISCARD;
 		/* FUA: the discard is durable when we reply. */
 		s->then_flush = (s->flags & NBD_CMD_FLAG_FUA) &&
-				(srv->info->ops & BKS_OPF(BKS_OP_FLUSH));
+				(srv_info(srv)->ops & BKS_OPF(BKS_OP_FLUSH));
 		break;
 	case NBD_CMD_WRITE_ZEROES:
 		s->op = BKS_OP_WRITE_ZEROES;
@@ -447,7 +447,7 @@ static uint32_t request_check(const struct nbd_conn *c, uint16_t type,
 		return NBD_EINVAL;
 	if (type == NBD_CMD_READ && len > srv->max_payload)
 		return NBD_EOVERFLOW;
-	if (offset > srv->info->size || len > srv->info->size - offset)
+	if (offset > srv_info(srv)->size || len > srv_info(srv)->size - offset)
 		return type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS
 			   ? NBD_EINVAL
 			   : NBD_ENOSPC;
