@@ -24,11 +24,19 @@
 #include "blkstack/loop.h"
 
 #define JOB_CHUNK_DEFAULT (1u << 20)
+/*
+ * The grain the bitmap tracks (at most the chunk): what a guest write
+ * marks to be copied again.  A slot copies a run of consecutive marked
+ * grains, up to a chunk, so the first pass moves whole chunks while a
+ * small guest write costs a re-copy of one grain, not of a chunk (with
+ * 1 MiB grains, 4 KiB random writes re-dirty faster than any copy).
+ */
+#define JOB_GRAIN	  (64u << 10)
 #define JOB_CHUNK_MAX	  (64u << 20)
 #define JOB_DEPTH_DEFAULT 4u
 #define JOB_DEPTH_MAX	  64u
-/* Converging: go to the final switch with this many chunks or fewer. */
-#define JOB_FEW_CHUNKS 8u
+/* Converging: go to the final switch with this many grains or fewer. */
+#define JOB_FEW_CHUNKS 64u
 /* ... or after this many passes. */
 #define JOB_MAX_PASSES 16u
 /* How often a paused job looks whether the drain is over. */
@@ -120,8 +128,9 @@ struct bks_job {
 	bool watching;
 
 	/* the chunks */
-	uint64_t size, chunk, nchunks;
-	uint64_t *dirty; /* bitmap, nchunks bits */
+	uint64_t size, chunk, nchunks; /* chunk: the grain (JOB_GRAIN) */
+	uint64_t span;		       /* bytes one slot copies at most */
+	uint64_t *dirty;	       /* bitmap, nchunks bits */
 	uint64_t ndirty;
 	uint64_t cursor; /* the pass's next chunk */
 	struct job_slot *slots;

@@ -361,14 +361,15 @@ static void slot_advance(struct job_slot *s)
 	slot_end(s, r);
 }
 
-static void slot_start(struct job_slot *s, uint64_t c)
+/* Start s copying the n grains from grain c on. */
+static void slot_start(struct job_slot *s, uint64_t c, uint64_t n)
 {
 	struct bks_job *job = s->job;
 	int r;
 
 	job->busy++;
 	s->start = s->pos = c * job->chunk;
-	s->end = s->start + chunk_bytes(job, c);
+	s->end = s->start + (n - 1) * job->chunk + chunk_bytes(job, c + n - 1);
 	s->n = s->next = 0;
 	if (!job->use_lock) {
 		slot_status(s);
@@ -469,7 +470,7 @@ static void fill_slots(struct bks_job *job)
 {
 	for (unsigned int i = 0; i < job->nslots && !job->stop; i++) {
 		struct job_slot *s = &job->slots[i];
-		uint64_t c;
+		uint64_t c, n;
 
 		if (s->step != SLOT_IDLE)
 			continue;
@@ -482,10 +483,16 @@ static void fill_slots(struct bks_job *job)
 		}
 		/* Cleared before the copy reads: a guest write completing
 		 * from now on marks the chunk again. */
-		job->dirty[c / 64] &= ~(1ull << (c % 64));
-		job->ndirty--;
-		job->cursor = c + 1;
-		slot_start(s, c);
+		n = 0;
+		do {
+			job->dirty[(c + n) / 64] &= ~(1ull << ((c + n) % 64));
+			job->ndirty--;
+			n++;
+		} while (c + n < job->nchunks &&
+			 (n + 1) * job->chunk <= job->span &&
+			 test_bit(job->dirty, c + n));
+		job->cursor = c + n;
+		slot_start(s, c, n);
 	}
 }
 
@@ -787,8 +794,11 @@ static int job_alloc(struct bks_job *job, struct bks_error *err)
 		return bks_error_setmsg(err, EINVAL,
 					"%s: max_io below the block size %u",
 					name, block);
-	job->chunk = chunk;
-	job->nchunks = (job->size + chunk - 1) / chunk;
+	job->span = chunk;
+	job->chunk = chunk < JOB_GRAIN ? chunk : JOB_GRAIN;
+	if (job->chunk % block) /* a block over 64 KiB: one block a grain */
+		job->chunk = block;
+	job->nchunks = (job->size + job->chunk - 1) / job->chunk;
 	job->nslots = job->cfg.depth ? job->cfg.depth : JOB_DEPTH_DEFAULT;
 	job->dirty = calloc((job->nchunks + 63) / 64 + 1, sizeof(uint64_t));
 	job->slots = calloc(job->nslots, sizeof(*job->slots));
