@@ -25,6 +25,7 @@
 #include "blkstack/chain.h"
 #include "blkstack/image-create.h"
 #include "blkstack/loop.h"
+#include "unit-util.h"
 
 #define IMG "build/bin/blkstack-img"
 

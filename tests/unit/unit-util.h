@@ -8,8 +8,8 @@
 #define BLKSTACK_UNIT_UTIL_H
 
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
