@@ -21,48 +21,9 @@
 #include "blkstack/chain.h"
 #include "blkstack/endian.h"
 #include "blkstack/image-create.h"
+#include "blkstack/image-file.h"
 #include "blkstack/qcow2-format.h"
 #include "blkstack/vhd-format.h"
-
-static int pwrite_whole(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const unsigned char *p = buf;
-
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
-static int pread_whole(int fd, void *buf, size_t len, uint64_t off)
-{
-	unsigned char *p = buf;
-
-	while (len) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
 
 /* The backing's kind, from its driver name. */
 enum backing_kind {
@@ -119,7 +80,7 @@ static int read_backing(const char *s, struct backing *b, struct bks_error *err)
 		b->size = (uint64_t)end;
 		break;
 	case BK_QCOW2:
-		r = pread_whole(fd, buf, 32, 0);
+		r = bks_image_pio(fd, false, buf, 32, 0);
 		if (r == 0 && !bks_qcow2_probe(buf, 32))
 			r = -EINVAL;
 		if (r < 0) {
@@ -138,8 +99,8 @@ static int read_backing(const char *s, struct backing *b, struct bks_error *err)
 					     b->path);
 			goto out;
 		}
-		r = pread_whole(fd, buf, VHD_FOOTER_SIZE,
-				(uint64_t)end - VHD_FOOTER_SIZE);
+		r = bks_image_pio(fd, false, buf, VHD_FOOTER_SIZE,
+				  (uint64_t)end - VHD_FOOTER_SIZE);
 		if (r < 0) {
 			r = bks_error_set(err, -r, "backing file %s: footer",
 					  b->path);
@@ -154,8 +115,8 @@ static int read_backing(const char *s, struct backing *b, struct bks_error *err)
 		if (b->vf.disk_type != VHD_TYPE_FIXED) {
 			struct vhd_header h;
 
-			r = pread_whole(fd, buf, VHD_HEADER_SIZE,
-					b->vf.data_offset);
+			r = bks_image_pio(fd, false, buf, VHD_HEADER_SIZE,
+					  b->vf.data_offset);
 			if (r < 0) {
 				r = bks_error_set(err, -r,
 						  "backing file %s: header",
@@ -209,7 +170,7 @@ static int create_qcow2(int fd, const struct backing *b, uint64_t size,
 	r = bks_qcow2_build(&c, &buf, &len, err);
 	if (r < 0)
 		return r;
-	r = pwrite_whole(fd, buf, len, 0);
+	r = bks_image_pio(fd, true, buf, len, 0);
 	if (r < 0)
 		bks_error_set(err, -r, "write qcow2 metadata");
 	free(buf);
@@ -306,15 +267,16 @@ static int create_vhd(int fd, const struct backing *b, uint64_t size,
 		goto out;
 	}
 	memset(bat, 0xFF, bat_bytes);
-	r = pwrite_whole(fd, fb, sizeof(fb), 0);
+	r = bks_image_pio(fd, true, fb, sizeof(fb), 0);
 	if (r == 0)
-		r = pwrite_whole(fd, hb, sizeof(hb), VHD_FOOTER_SIZE);
+		r = bks_image_pio(fd, true, hb, sizeof(hb), VHD_FOOTER_SIZE);
 	if (r == 0)
-		r = pwrite_whole(fd, bat, bat_bytes, h.table_offset);
+		r = bks_image_pio(fd, true, bat, bat_bytes, h.table_offset);
 	if (r == 0 && nloc)
-		r = pwrite_whole(fd, locs, nloc, h.table_offset + bat_bytes);
+		r = bks_image_pio(fd, true, locs, nloc,
+				  h.table_offset + bat_bytes);
 	if (r == 0)
-		r = pwrite_whole(fd, fb, sizeof(fb), pos);
+		r = bks_image_pio(fd, true, fb, sizeof(fb), pos);
 	if (r < 0)
 		bks_error_set(err, -r, "write VHD metadata");
 out:

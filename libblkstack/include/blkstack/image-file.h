@@ -93,6 +93,14 @@ void bks_image_info(const struct bks_image *img, uint32_t block_size,
 void bks_image_dio_align(const struct bks_image *img, uint32_t *offset_align,
 			 uint32_t *mem_align);
 
+/*
+ * Blocking pread (write false) or pwrite (write true) of all len bytes of
+ * buf at off on fd, going on after EINTR and short transfers: for callers
+ * off the data path (image creation, metadata updates of a drained
+ * chain).  Returns 0, -errno, or -EIO at the end of the file.
+ */
+int bks_image_pio(int fd, bool write, void *buf, size_t len, uint64_t off);
+
 /* fdatasync(): everything written before is durable. */
 int bks_image_datasync(const struct bks_image *img);
 
