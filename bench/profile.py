@@ -24,6 +24,8 @@ SYSCALLS = {
 # The kernel's entry points of a call: __x64_sys_read, __do_sys_..., and
 # what they inline into (__sys_sendmsg, ___sys_sendmsg, ksys_read, ...).
 SYS_RE = re.compile(r"^_*(?:x64_sys|ia32_sys|do_sys|se_sys|sys|ksys)_(\w+)")
+EXIT = "system call exit (rescheduling, task work, signals)"
+INTR = "kernel outside system calls (interrupts, softirqs, scheduler)"
 LABEL = {
     "libaio": "worker, libaio engine",
     "io_uring": "worker, io_uring engine",
@@ -73,16 +75,31 @@ def category(frames):
     kernel = [s for ip, s in frames if ip >= 0xffff800000000000]
     if not kernel:
         return "user space"
+    # Taken in an interrupt that came in user space.
+    if kernel[-1].startswith(("asm_sysvec", "asm_common_interrupt",
+                              "asm_exc_")):
+        return INTR
     # The outermost (nearest the root) names the call.
     # x64_sys_call is the dispatcher (a switch), not a call.
     for s in reversed(kernel):
         m = SYS_RE.match(s)
         if m and s != "x64_sys_call":
             return m.group(1)
+    # No entry point by name (inlined into the dispatcher): the frame
+    # called from it names the call (do_writev, ...).
+    for i, s in enumerate(kernel):
+        if s in ("x64_sys_call", "do_syscall_64") and i > 0:
+            callee = kernel[i - 1]
+            if callee in ("exit_to_user_mode_loop",
+                          "syscall_exit_to_user_mode"):
+                return EXIT
+            if callee != "x64_sys_call":
+                return callee
+            break
     if any(s.startswith("entry_SYSCALL") or s == "do_syscall_64"
            for s in kernel):
-        return "system call entry/exit (task work, signals)"
-    return "kernel outside system calls (interrupts, softirqs, scheduler)"
+        return EXIT
+    return INTR
 
 
 def main():
