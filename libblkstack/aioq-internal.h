@@ -79,14 +79,14 @@ struct bks_aioq {
 	struct bks_offload *off;
 	unsigned int depth;
 	const struct aioq_engine *engine;
-	void *eng; /* the engine's own state */
-	struct bks_watch watch;	 /* the engine's completion fd */
+	void *eng;		/* the engine's own state */
+	struct bks_watch watch; /* the engine's completion fd */
 	struct bks_defer defer;
 	struct bks_timer retry;
 
 	struct aioq_slot *slots;
 	struct aioq_slot *free_slots;
-	struct iovec *iovs;	   /* depth * BKS_AIOQ_MAX_IOV */
+	struct iovec *iovs;	  /* depth * BKS_AIOQ_MAX_IOV */
 	struct aioq_slot **batch; /* one batch for engine->submit */
 
 	/* Requests queued and not yet in a slot, oldest first.  Those from

@@ -140,8 +140,8 @@ static int uring_setup(struct bks_aioq *q, struct bks_error *err)
 	if (rc == -EINVAL)
 		rc = io_uring_queue_init(q->depth, &e->ring, 0);
 	if (rc < 0)
-		return bks_error_set(err, -rc, "io_uring: io_uring_queue_init(%u)",
-				     q->depth);
+		return bks_error_set(
+		    err, -rc, "io_uring: io_uring_queue_init(%u)", q->depth);
 	e->ring_ok = true;
 	rc = bks_watch_add(q->loop, &q->watch, e->ring.ring_fd, EPOLLIN,
 			   on_ring, q);

@@ -500,8 +500,7 @@ static int read_io_engine(const char *opt, enum bks_io_engine *out,
 			  struct bks_error *err)
 {
 	/* In enum bks_io_engine's order. */
-	static const char *const words[] = {"auto", "libaio", "io_uring",
-					    NULL};
+	static const char *const words[] = {"auto", "libaio", "io_uring", NULL};
 	unsigned int i = BKS_IO_ENGINE_AUTO;
 	const char *name;
 	char *text = NULL;

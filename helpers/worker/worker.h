@@ -57,7 +57,7 @@ struct worker {
 	/* --io-engine or conf io-engine, resolved (never AUTO): for the
 	 * chains it opens, and reported by info and stats */
 	enum bks_io_engine io_engine;
-	bool foreground;     /* log to stderr, not syslog */
+	bool foreground;	   /* log to stderr, not syslog */
 	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int
 	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */

@@ -195,9 +195,9 @@ static void new_queue(struct fx *fx, unsigned int depth)
 
 	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, depth, &err),
 			 0);
-	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, fx->engine,
-				      fx->off, &err),
-			 0);
+	assert_int_equal(
+	    bks_aioq_new(&fx->q, fx->loop, depth, fx->engine, fx->off, &err),
+	    0);
 	assert_int_equal(bks_aioq_engine(fx->q), fx->engine);
 }
 
@@ -840,8 +840,8 @@ static void test_new_errors(void **state)
 	int dummy;
 	struct bks_aioq *q = (struct bks_aioq *)&dummy; /* must be reset */
 
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, fx->engine, fx->off, &err),
-			 -EINVAL);
+	assert_int_equal(
+	    bks_aioq_new(&q, fx->loop, 0, fx->engine, fx->off, &err), -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "depth"));
 	q = (struct bks_aioq *)&dummy;
@@ -851,9 +851,9 @@ static void test_new_errors(void **state)
 	assert_non_null(strstr(err.msg, "offload"));
 	q = (struct bks_aioq *)&dummy;
 	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, 4, &err), 0);
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 4, (enum bks_io_engine)7,
-				      fx->off, &err),
-			 -EINVAL);
+	assert_int_equal(
+	    bks_aioq_new(&q, fx->loop, 4, (enum bks_io_engine)7, fx->off, &err),
+	    -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "engine"));
 }
@@ -1438,8 +1438,7 @@ static void test_auto_is_uring(void **state)
 			 BKS_IO_ENGINE_LIBAIO);
 	assert_string_equal(bks_io_engine_name(BKS_IO_ENGINE_URING),
 			    "io_uring");
-	assert_string_equal(bks_io_engine_name(BKS_IO_ENGINE_LIBAIO),
-			    "libaio");
+	assert_string_equal(bks_io_engine_name(BKS_IO_ENGINE_LIBAIO), "libaio");
 	assert_int_equal(bks_io_engine_parse("libaio", &e, &err), 0);
 	assert_int_equal(e, BKS_IO_ENGINE_LIBAIO);
 	assert_int_equal(bks_io_engine_parse("io_uring", &e, &err), 0);
@@ -1480,8 +1479,8 @@ static void test_uring_setup_fails(void **state)
 
 /* The tests run on both engines. */
 #define BOTH(st)                                                               \
-	cmocka_unit_test_prestate_setup_teardown(test_merge_contiguous,        \
-						 setup, teardown, st),         \
+	cmocka_unit_test_prestate_setup_teardown(test_merge_contiguous, setup, \
+						 teardown, st),                \
 	    cmocka_unit_test_prestate_setup_teardown(test_merge_rules, setup,  \
 						     teardown, st),            \
 	    cmocka_unit_test_prestate_setup_teardown(test_defer_when_full,     \
@@ -1496,8 +1495,8 @@ static void test_uring_setup_fails(void **state)
 						     setup, teardown, st),     \
 	    cmocka_unit_test_prestate_setup_teardown(test_reentrant_queue,     \
 						     setup, teardown, st),     \
-	    cmocka_unit_test_prestate_setup_teardown(test_free_from_completion,\
-						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_free_from_completion, setup, teardown, st),               \
 	    cmocka_unit_test_prestate_setup_teardown(test_flush_via_queue,     \
 						     setup, teardown, st),     \
 	    cmocka_unit_test_prestate_setup_teardown(test_submit_eagain,       \
@@ -1542,17 +1541,17 @@ int main(void)
 	const struct CMUnitTest libaio_tests[] = {
 	    BOTH(&libaio),
 	    /* io_submit() semantics that io_uring does not have. */
-	    cmocka_unit_test_prestate_setup_teardown(
-		test_submit_short_take, setup, teardown, &libaio),
-	    cmocka_unit_test_prestate_setup_teardown(
-		test_flush_fallback, setup, teardown, &libaio),
+	    cmocka_unit_test_prestate_setup_teardown(test_submit_short_take,
+						     setup, teardown, &libaio),
+	    cmocka_unit_test_prestate_setup_teardown(test_flush_fallback, setup,
+						     teardown, &libaio),
 	};
 	const struct CMUnitTest uring_tests[] = {
 	    BOTH(&uring),
-	    cmocka_unit_test_prestate_setup_teardown(
-		test_auto_is_uring, setup, teardown, &uring),
-	    cmocka_unit_test_prestate_setup_teardown(
-		test_uring_setup_fails, setup, teardown, &uring),
+	    cmocka_unit_test_prestate_setup_teardown(test_auto_is_uring, setup,
+						     teardown, &uring),
+	    cmocka_unit_test_prestate_setup_teardown(test_uring_setup_fails,
+						     setup, teardown, &uring),
 	};
 
 	failed += cmocka_run_group_tests_name("aioq-libaio", libaio_tests, NULL,

@@ -5,13 +5,13 @@
  *
  * Requests are queued during a loop iteration and submitted together at
  * the loop's deferred point, where adjacent requests of the same
- * direction and flags are merged into one vectored submission (an iocb, or an SQE).  When
- * the kernel queue (depth submissions) is full, requests wait on a
+ * direction and flags are merged into one vectored submission (an iocb, or an
+ * SQE).  When the kernel queue (depth submissions) is full, requests wait on a
  * deferred list and are submitted as completions free slots.  Completions
  * arrive through an fd watched by the loop (libaio: an eventfd; io_uring:
  * the ring fd, reaped from the CQ ring without a syscall), and each merged
- * submission's result is split back to its requests.  Everything is allocated in
- * bks_aioq_new(): nothing allocates on the data path.
+ * submission's result is split back to its requests.  Everything is allocated
+ * in bks_aioq_new(): nothing allocates on the data path.
  */
 #ifndef BLKSTACK_AIOQ_H
 #define BLKSTACK_AIOQ_H
