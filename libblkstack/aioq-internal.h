@@ -69,14 +69,6 @@ struct aioq_engine {
 	 * calls submit with n == 0 after a completion or on the timer.
 	 */
 	int (*submit)(struct bks_aioq *q, struct aioq_slot **batch, int n);
-	/*
-	 * Optional (io_uring: its CQ ring is in memory); aioq.c calls it,
-	 * holding the queue busy, after each submission pass.  Completes
-	 * (aioq_slot_done()) what has completed already, without a
-	 * syscall, so that the loop need not wake for it.  Returns true if
-	 * it completed anything (aioq.c then does what aioq_reaped() does).
-	 */
-	bool (*reap_ready)(struct bks_aioq *q);
 };
 
 extern const struct aioq_engine bks_aioq_engine_libaio;

@@ -107,18 +107,6 @@ static void on_ring(struct bks_watch *w, uint32_t events)
 	aioq_reaped(q);
 }
 
-/* After a submission pass: what completed meanwhile, without a syscall
- * (nothing to do costs two loads). */
-static bool uring_reap_ready(struct bks_aioq *q)
-{
-	struct uring_eng *e = q->eng;
-
-	if (io_uring_cq_ready(&e->ring) == 0)
-		return false;
-	reap(q);
-	return true;
-}
-
 static void prep(struct io_uring_sqe *sqe, struct aioq_slot *s)
 {
 	const struct iovec *iov = aioq_slot_iov(s);
@@ -218,5 +206,4 @@ const struct aioq_engine bks_aioq_engine_uring = {
     .setup = uring_setup,
     .destroy = uring_destroy,
     .submit = uring_submit,
-    .reap_ready = uring_reap_ready,
 };

@@ -450,10 +450,6 @@ static void on_defer(struct bks_defer *d)
 
 	enter(q);
 	submit_pending(q);
-	if (!q->dead && q->engine->reap_ready && q->engine->reap_ready(q)) {
-		aioq_reaped(q); /* leaves */
-		return;
-	}
 	leave(q);
 }
 
