@@ -21,6 +21,18 @@
  *
  * A short transfer is not resubmitted: the queue completes the requests
  * beyond it with -EIO, as with libaio (aioq.h).
+ *
+ * The fds are not registered (io_uring_register_files): qcow2: and vhd:
+ * swap the file under the same fd number with dup2() on reopen, which a
+ * registered file would not follow; and it would save no syscall, only
+ * an fget/fput per SQE in the kernel.
+ *
+ * The ring fd polls readable while CQEs wait on 6.1 as on 6.18 (the CQE
+ * post wakes the ring's poll wait queue: cq_wait on 6.1, poll_wq later;
+ * the lazy poll activation of later kernels is for DEFER_TASKRUN rings
+ * only, not used here).  Completions of file I/O are posted by task work
+ * on the submitting thread, which interrupts its epoll_wait() once
+ * (EINTR, retried by the loop).
  */
 #include <errno.h>
 #include <liburing.h>

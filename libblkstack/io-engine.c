@@ -40,13 +40,17 @@ int bks_io_engine_parse(const char *name, enum bks_io_engine *out,
 				name);
 }
 
+/* The probe's ring: as large as the drivers' queues (128), so that a
+ * limit on ring memory shows here, not at open. */
+#define PROBE_ENTRIES 128u
+
 enum bks_io_engine bks_io_engine_resolve(enum bks_io_engine e)
 {
 	struct io_uring ring;
 
 	if (e != BKS_IO_ENGINE_AUTO)
 		return e;
-	if (io_uring_queue_init(1, &ring, 0) < 0)
+	if (io_uring_queue_init(PROBE_ENTRIES, &ring, 0) < 0)
 		return BKS_IO_ENGINE_LIBAIO;
 	io_uring_queue_exit(&ring);
 	return BKS_IO_ENGINE_URING;

@@ -36,7 +36,8 @@ int bks_io_engine_parse(const char *name, enum bks_io_engine *out,
 
 /*
  * What e means on this machine now: AUTO becomes BKS_IO_ENGINE_URING when
- * a small ring can be set up (probed, then torn down), else
+ * a ring of the drivers' queue depth (128) can be set up (probed, then
+ * torn down), else
  * BKS_IO_ENGINE_LIBAIO; a forced engine is returned as it is (its own
  * setup reports whether it works).  Never fails, never returns AUTO.
  * Optional; the worker calls it once at start so that what it reports
