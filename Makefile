@@ -71,9 +71,11 @@ objs = $(patsubst %.c,$(B)/obj/%.o,$(1))
 # libaio (no .pc file): the aio driver, in libblkstack.a; LIB_LIBS is what
 # linking $(LIB) needs.
 AIO_LIBS   := -laio
+# liburing: the file queue's io_uring engine (aioq-uring.c, io-engine.c).
+URING_LIBS  = $(shell $(PKG_CONFIG) --libs liburing)
 # zlib and zstd: the qcow2 driver's compressed clusters (read only).
 ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
-LIB_LIBS    = $(AIO_LIBS) $(ZLIB_LIBS)
+LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -298,7 +300,8 @@ tests: all $(TEST_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
-DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev libcmocka-dev \
+DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
+             libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \

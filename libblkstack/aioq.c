@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The libaio request queue: see include/blkstack/aioq.h.
+ * The file request queue, its engine-independent part: see
+ * include/blkstack/aioq.h.  The engines (aioq-libaio.c, aioq-uring.c)
+ * fill the ops table of aioq-internal.h.
  *
  * Life of a request:
  *
@@ -9,21 +11,24 @@
  *   submit_pending()  at the loop's deferred point, takes pending requests
  *                     in order into free slots, merging a request into
  *                     the slot before it when they are adjacent, then
- *                     hands the slots' iocbs to io_submit().  Requests
- *                     that find no free slot stay pending ("deferred").
- *   on_eventfd()      when the kernel signals completions, reaps them,
- *                     splits each slot's result back to its requests and
- *                     completes them, then schedules the deferred call so
- *                     that waiting requests take the freed slots.
+ *                     hands the slots to the engine's submit (one
+ *                     io_submit() / io_uring_submit()).  Requests that
+ *                     find no free slot stay pending ("deferred").
+ *   aioq_slot_done()  the engine's completion watch reports each slot;
+ *                     its result is split back to its requests, which are
+ *                     completed; aioq_reaped() then schedules the deferred
+ *                     call so that waiting requests take the freed slots.
  *
- * A flush is an IO_CMD_FDSYNC iocb of its own (never merged); where the
- * kernel refuses that, fdatasync() stands in, run on a helper thread of
- * the queue's offload pool: the flush keeps its slot (whose job it uses)
- * until the job is done, so the pool never holds more than depth of them.
+ * A flush is a submission of its own (never merged); where the kernel
+ * refuses it (-EINVAL: libaio before Linux 4.18), fdatasync() stands in,
+ * run on a helper thread of the queue's offload pool: the flush keeps its
+ * slot (whose job it uses) until the job is done, so the pool never holds
+ * more than depth of them.
  *
- * A slot is an iocb plus the list of requests it covers.  Slots, their
- * iovec arrays, the iocb pointer array and the event array are all
- * allocated in bks_aioq_new(): the data path never allocates.
+ * A slot is a submission plus the list of requests it covers.  Slots,
+ * their iovec arrays, the batch array and the engine's own arrays (iocbs,
+ * events; or the ring) are all allocated in bks_aioq_new(): the data path
+ * never allocates.
  *
  * Completion callbacks may queue requests (or even free the queue, once
  * nothing is left in flight).  So requests are always taken off a slot or
@@ -33,94 +38,32 @@
  * they return.
  */
 #include <errno.h>
-#include <libaio.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "aioq-internal.h"
 #include "blkstack/aioq.h"
 #include "blkstack/offload.h"
 
-/* How long to wait before retrying io_submit() after -EAGAIN when no
- * completion is coming to trigger the retry. */
+/* How long to wait before retrying a submission the engine could not make
+ * (out of kernel resources) when no completion is coming to trigger it. */
 #define AIOQ_EAGAIN_RETRY_NS (1000u * 1000u)
 
 /* req->owner_data: the fd in the low 32 bits, and this flag. */
 #define REQ_COUNTED_DEFERRED (1ull << 32)
 
-struct aioq_slot {
-	struct iocb iocb; /* slot_of() finds the slot from it */
-	/* BKS_AIOQ_MAX_IOV entries; only used once a second request joins
-	 * (a slot with one request points the iocb at that request's own
-	 * iovecs, which may be more than BKS_AIOQ_MAX_IOV of them). */
-	struct iovec *iov;
-	bool merged_iov; /* iov holds the vector */
-	int iovcnt;
-	int fd;
-	enum bks_op op;
-	bool dsync;
-	uint64_t offset, bytes;
-	struct bks_req *head, *tail; /* requests covered, in offset order */
-	struct aioq_slot *next_free;
-	struct bks_offload_job job; /* a flush's fdatasync() fallback */
-	struct bks_aioq *q;
-};
-
-struct bks_aioq {
-	struct bks_loop *loop;
-	struct bks_offload *off;
-	unsigned int depth;
-	io_context_t ctx;
-	int efd;
-	struct bks_watch watch;
-	struct bks_defer defer;
-	struct bks_timer retry;
-
-	struct aioq_slot *slots;
-	struct aioq_slot *free_slots;
-	struct iovec *iovs;  /* depth * BKS_AIOQ_MAX_IOV */
-	struct iocb **iocbs; /* one batch for io_submit() */
-	struct io_event *events;
-
-	/* Requests queued and not yet in a slot, oldest first.  Those from
-	 * pend_uncounted on have not been counted as deferred yet. */
-	struct bks_req *pend_head, *pend_tail, *pend_uncounted;
-
-	/* io_submit() said -EAGAIN: submit nothing until a completion (or
-	 * the retry timer, when nothing is in flight) says to try again. */
-	bool blocked;
-	/* IO_CMD_FDSYNC was refused (-EINVAL): flush with fdatasync(), on
-	 * the offload pool. */
-	bool no_fdsync;
-	/* Inside a loop callback; bks_aioq_free() waits for it to end. */
-	unsigned int busy;
-	bool dead;
-
-	struct bks_aioq_stats stats;
-};
-
-static struct aioq_slot *slot_of(struct iocb *iocb)
-{
-	return (struct aioq_slot *)((char *)iocb -
-				    offsetof(struct aioq_slot, iocb));
-}
-
 static void destroy(struct bks_aioq *q)
 {
-	if (q->ctx)
-		io_destroy(q->ctx);
-	if (q->efd >= 0)
-		close(q->efd);
+	bks_watch_del(&q->watch);
+	if (q->engine)
+		q->engine->destroy(q);
 	free(q->slots);
 	free(q->iovs);
-	free(q->iocbs);
-	free(q->events);
+	free(q->batch);
 	free(q);
 }
 
@@ -297,45 +240,49 @@ static int fdsync_fallback(struct bks_aioq *q, struct aioq_slot *s)
 	return bks_offload_submit(q->off, &s->job);
 }
 
-static void on_eventfd(struct bks_watch *w, uint32_t events)
+void aioq_enter(struct bks_aioq *q)
 {
-	struct bks_aioq *q = w->opaque;
-	struct timespec zero = {0, 0};
-	uint64_t count;
-	(void)events;
-
-	/* Reset the counter first: completions arriving after this make
-	 * the eventfd readable again and bring us back. */
-	if (read(q->efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
-		return;
 	enter(q);
-	for (;;) {
-		int n = io_getevents(q->ctx, 0, q->depth, q->events, &zero);
+}
 
-		if (n <= 0)
-			break;
-		for (int i = 0; i < n; i++) {
-			struct aioq_slot *s = slot_of(q->events[i].obj);
+void aioq_slot_done(struct bks_aioq *q, struct aioq_slot *s, long res)
+{
+	q->stats.in_flight--;
+	if (s->op == BKS_OP_FLUSH && res == -EINVAL) {
+		int r = fdsync_fallback(q, s);
 
-			q->stats.in_flight--;
-			if (s->op == BKS_OP_FLUSH &&
-			    (long)q->events[i].res == -EINVAL) {
-				int r = fdsync_fallback(q, s);
-
-				if (r == 0)
-					continue; /* fdsync_done finishes */
-				finish_slot(q, s, r);
-				continue;
-			}
-			finish_slot(q, s, (long)q->events[i].res);
-		}
+		if (r == 0)
+			return; /* fdsync_done finishes */
+		res = r;
 	}
+	finish_slot(q, s, res);
+}
+
+void aioq_arm_retry(struct bks_aioq *q)
+{
+	bks_timer_arm(&q->retry, AIOQ_EAGAIN_RETRY_NS);
+}
+
+/* The engine holds slots it could not pass on: offer them again. */
+static void kick_engine(struct bks_aioq *q)
+{
+	if (!q->engine_stalled)
+		return;
+	q->engine_stalled = false;
+	q->engine->submit(q, NULL, 0);
+}
+
+bool aioq_reaped(struct bks_aioq *q)
+{
 	/* Slots are free again: let waiting requests have them, in the
 	 * deferred call, together with whatever the callbacks queued. */
 	q->blocked = false;
-	if (!q->dead && q->pend_head)
-		bks_defer_schedule(&q->defer);
-	leave(q);
+	if (!q->dead) {
+		kick_engine(q);
+		if (q->pend_head)
+			bks_defer_schedule(&q->defer);
+	}
+	return leave(q);
 }
 
 /* ---- submission ---------------------------------------------------------- */
@@ -382,34 +329,14 @@ static void slot_add(struct aioq_slot *s, struct bks_req *req)
 	s->tail = req;
 }
 
-static void slot_prep(struct bks_aioq *q, struct aioq_slot *s)
-{
-	const struct iovec *iov = s->merged_iov ? s->iov : s->head->iov;
-	long long off = (long long)s->offset;
-
-	switch (s->op) {
-	case BKS_OP_READ:
-		io_prep_preadv(&s->iocb, s->fd, iov, s->iovcnt, off);
-		break;
-	case BKS_OP_WRITE:
-		io_prep_pwritev2(&s->iocb, s->fd, iov, s->iovcnt, off,
-				 s->dsync ? RWF_DSYNC : 0);
-		break;
-	default: /* BKS_OP_FLUSH; bks_aioq_queue() let nothing else in */
-		io_prep_fdsync(&s->iocb, s->fd);
-		break;
-	}
-	io_set_eventfd(&s->iocb, q->efd);
-}
-
 /*
- * Give iocbs[from..n) back: their requests return, in order, to the front
+ * Give batch[from..n) back: their requests return, in order, to the front
  * of the pending list, and their slots are freed.
  */
 static void unbatch(struct bks_aioq *q, int from, int n)
 {
 	for (int i = n - 1; i >= from; i--) {
-		struct aioq_slot *s = slot_of(q->iocbs[i]);
+		struct aioq_slot *s = q->batch[i];
 
 		pend_push_front(q, s->head, s->tail);
 		slot_put(q, s);
@@ -433,7 +360,7 @@ static void fail_slot(struct bks_aioq *q, struct aioq_slot *bad, int r,
 static void submit_pending(struct bks_aioq *q)
 {
 	struct aioq_slot *s = NULL;
-	/* Requests io_submit() refused; owner_data holds each one's -errno
+	/* Requests the engine refused; owner_data holds each one's -errno
 	 * (its fd is no longer needed). */
 	struct bks_req *failed = NULL, *failed_tail = NULL;
 	int n = 0, done = 0;
@@ -457,7 +384,7 @@ static void submit_pending(struct bks_aioq *q)
 		q->free_slots = s->next_free;
 		slot_start(s, pend_pop(q));
 		if (s->op != BKS_OP_FLUSH || !q->no_fdsync) {
-			q->iocbs[n++] = &s->iocb;
+			q->batch[n++] = s;
 			continue;
 		}
 		/* No aio fdsync here: straight to the helper thread. */
@@ -467,11 +394,9 @@ static void submit_pending(struct bks_aioq *q)
 		s = NULL;
 	}
 	count_deferred(q);
-	for (int i = 0; i < n; i++)
-		slot_prep(q, slot_of(q->iocbs[i]));
 
 	while (done < n) {
-		int r = io_submit(q->ctx, n - done, q->iocbs + done);
+		int r = q->engine->submit(q, q->batch + done, n - done);
 		struct aioq_slot *bad;
 
 		if (r > 0) {
@@ -500,7 +425,7 @@ static void submit_pending(struct bks_aioq *q)
 		 * own merits.  They are completed after the loop, so that
 		 * callbacks never run in a half-submitted batch.
 		 */
-		bad = slot_of(q->iocbs[done]);
+		bad = q->batch[done];
 		done++;
 		/* No aio fdsync here: on a helper thread from now on. */
 		if (bad->op == BKS_OP_FLUSH && r == -EINVAL) {
@@ -534,7 +459,9 @@ static void on_retry(struct bks_timer *t)
 
 	enter(q);
 	q->blocked = false;
-	submit_pending(q);
+	kick_engine(q);
+	if (!q->dead)
+		submit_pending(q);
 	leave(q);
 }
 
@@ -559,9 +486,24 @@ int bks_aioq_queue(struct bks_aioq *q, int fd, struct bks_req *req)
 	return 0;
 }
 
+/* Set q up on engine e; on failure q holds no engine. */
+static int engine_setup(struct bks_aioq *q, const struct aioq_engine *e,
+			struct bks_error *err)
+{
+	int rc;
+
+	q->engine = e;
+	rc = e->setup(q, err);
+	if (rc < 0) {
+		e->destroy(q);
+		q->engine = NULL;
+	}
+	return rc;
+}
+
 int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
-		 unsigned int depth, struct bks_offload *off,
-		 struct bks_error *err)
+		 unsigned int depth, enum bks_io_engine engine,
+		 struct bks_offload *off, struct bks_error *err)
 {
 	struct bks_aioq *q;
 	int rc;
@@ -573,58 +515,55 @@ int bks_aioq_new(struct bks_aioq **out, struct bks_loop *loop,
 	if (!off)
 		return bks_error_setmsg(err, EINVAL,
 					"aio queue: no offload pool");
+	if (engine != BKS_IO_ENGINE_AUTO && engine != BKS_IO_ENGINE_LIBAIO &&
+	    engine != BKS_IO_ENGINE_URING)
+		return bks_error_setmsg(err, EINVAL,
+					"aio queue: unknown io engine %d",
+					(int)engine);
 	q = calloc(1, sizeof(*q));
 	if (!q)
 		return bks_error_set(err, ENOMEM, "aio queue");
 	q->loop = loop;
 	q->off = off;
 	q->depth = depth;
-	q->efd = -1;
 	q->slots = calloc(depth, sizeof(*q->slots));
 	q->iovs = calloc((size_t)depth * BKS_AIOQ_MAX_IOV, sizeof(*q->iovs));
-	q->iocbs = calloc(depth, sizeof(*q->iocbs));
-	q->events = calloc(depth, sizeof(*q->events));
-	if (!q->slots || !q->iovs || !q->iocbs || !q->events) {
+	q->batch = calloc(depth, sizeof(*q->batch));
+	if (!q->slots || !q->iovs || !q->batch) {
 		rc = bks_error_set(err, ENOMEM, "aio queue of depth %u", depth);
 		goto out;
 	}
 	for (unsigned int i = depth; i-- > 0;) {
+		q->slots[i].idx = i;
 		q->slots[i].iov = q->iovs + (size_t)i * BKS_AIOQ_MAX_IOV;
 		q->slots[i].q = q;
 		slot_put(q, &q->slots[i]);
 	}
-
-	rc = io_setup((int)depth, &q->ctx);
-	if (rc < 0) {
-		q->ctx = 0;
-		if (rc == -EAGAIN)
-			rc = bks_error_setmsg(
-			    err, EAGAIN,
-			    "io_setup(%u): out of aio contexts: raise "
-			    "/proc/sys/fs/aio-max-nr (sysctl fs.aio-max-nr)",
-			    depth);
-		else
-			rc = bks_error_set(err, -rc, "io_setup(%u)", depth);
-		goto out;
-	}
-	q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (q->efd < 0) {
-		rc = bks_error_set(err, errno, "aio queue: eventfd");
-		goto out;
-	}
-	rc = bks_watch_add(loop, &q->watch, q->efd, EPOLLIN, on_eventfd, q);
-	if (rc < 0) {
-		rc = bks_error_set(err, -rc, "aio queue: watch eventfd");
-		goto out;
-	}
 	bks_defer_init(loop, &q->defer, on_defer, q);
 	bks_timer_init(loop, &q->retry, on_retry, q);
+
+	if (engine == BKS_IO_ENGINE_LIBAIO)
+		rc = engine_setup(q, &bks_aioq_engine_libaio, err);
+	else
+		rc = engine_setup(q, &bks_aioq_engine_uring, err);
+	/* AUTO: io_uring when a ring can be set up, else libaio. */
+	if (rc < 0 && engine == BKS_IO_ENGINE_AUTO) {
+		bks_error_clear(err);
+		rc = engine_setup(q, &bks_aioq_engine_libaio, err);
+	}
+	if (rc < 0)
+		goto out;
 	*out = q;
 	rc = 0;
 out:
 	if (rc < 0)
 		destroy(q);
 	return rc;
+}
+
+enum bks_io_engine bks_aioq_engine(const struct bks_aioq *q)
+{
+	return q->engine->id;
 }
 
 void bks_aioq_free(struct bks_aioq *q)

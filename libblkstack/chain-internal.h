@@ -56,6 +56,7 @@ struct bks_chain {
 	const struct bks_driver *const *extra; /* bks_chain_open_with() */
 	const char *state_dir;		       /* while opening, or NULL */
 	uint64_t meta_cache;		       /* bks_chain_config.meta_cache */
+	enum bks_io_engine io_engine;	       /* bks_chain_config.io_engine */
 	struct bks_layer *top;
 	unsigned int n;
 	struct bks_retry_policy retry;

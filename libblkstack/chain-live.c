@@ -115,6 +115,7 @@ int bks_layer_reopen_mode(struct bks_layer *l, bool read_only,
 	oa.loop = l->chain->loop;
 	oa.read_only = read_only;
 	oa.meta_cache = l->chain->meta_cache;
+	oa.io_engine = l->chain->io_engine;
 	rc = l->drv->reopen_prepare(l->state, l, &oa, err);
 	if (rc < 0)
 		return bks_error_prepend(err, "layer %u (%s): reopen %s: ",
@@ -276,6 +277,7 @@ int bks_chain_swap(struct bks_chain *chain, struct bks_chain *other,
 	struct bks_layer *top;
 	unsigned int n;
 	uint64_t mc;
+	enum bks_io_engine ie;
 
 	if (!other || other == chain || other->loop != chain->loop ||
 	    !other->top)
@@ -308,6 +310,9 @@ int bks_chain_swap(struct bks_chain *chain, struct bks_chain *other,
 	chain->n = other->n;
 	chain->extra = other->extra;
 	chain->meta_cache = other->meta_cache;
+	ie = chain->io_engine;
+	chain->io_engine = other->io_engine;
+	other->io_engine = ie;
 	other->top = top;
 	other->n = n;
 	other->extra = extra;

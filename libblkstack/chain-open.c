@@ -266,6 +266,7 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 	    .loop = chain->loop,
 	    .read_only = read_only,
 	    .meta_cache = chain->meta_cache,
+	    .io_engine = chain->io_engine,
 	};
 	char state_path[BKS_STATE_DIR_MAX + 32];
 	int rc;
@@ -490,6 +491,7 @@ int bks_chain_open_config(struct bks_chain **out, const char *s,
 	}
 	chain->state_dir = cfg->state_dir;
 	chain->meta_cache = cfg->meta_cache;
+	chain->io_engine = cfg->io_engine;
 	/* The sink, then its parents below it, then the filters above. */
 	last = spec.n - 1;
 	chain->n = spec.n;

@@ -88,6 +88,7 @@ int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
 		    .loop = chain->loop,
 		    .read_only = read_only,
 		    .meta_cache = chain->meta_cache,
+		    .io_engine = chain->io_engine,
 		};
 
 		if (strcmp(l->args, oa.args) == 0 && l->read_only == read_only)

@@ -350,6 +350,8 @@ static void print_info(const struct ctl_client *cl)
 	       ctl_reply_u64(cl, 0, "connections"));
 	printf("nbd socket:   %s\n",
 	       ctl_reply_str(cl, 0, "nbd_socket", s, sizeof(s)));
+	printf("io engine:    %s\n",
+	       ctl_reply_str(cl, 0, "io_engine", s, sizeof(s)));
 	printf("layers:      ");
 	if (layers >= 0 && cl->doc.toks[layers].type == JSON_ARRAY) {
 		unsigned int k = (unsigned int)layers + 1;

@@ -2,7 +2,7 @@
 /*
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
- *                 [--supervisor-fd FD]
+ *                 [--supervisor-fd FD] [--io-engine auto|io_uring|libaio]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -24,6 +24,10 @@
  * the NBD handshake deadline, the NBD stall timeout and the control
  * connections' idle timeout, in milliseconds, each 0 for its default
  * (docs/control-protocol.txt, "Connection limits").
+ *
+ * --io-engine (else the conf key io-engine, else auto) picks the file
+ * drivers' I/O engine (blkstack/io-engine.h); auto is resolved once at
+ * start, so that info and stats say "io_engine": what the chain uses.
  *
  * What a worker restarted after a crash needs is kept in DIR/NAME
  * (worker-state.h): the pause ("paused": a worker that finds it comes up
@@ -69,6 +73,7 @@ struct opts {
 	int super_fd; /* --supervisor-fd, -1: none */
 	/* --timeouts, ms (0: default) */
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
+	const char *io_engine; /* --io-engine, NULL: the conf's */
 };
 
 /* What main holds open; closed in one place. */
@@ -486,6 +491,40 @@ static int read_meta_cache(uint64_t *out, struct bks_error *err)
 }
 
 /*
+ * The file drivers' I/O engine: opt (--io-engine) if given, else the conf
+ * key io-engine, else auto; auto resolved to what this machine can do
+ * (bks_io_engine_resolve()).  Returns 0 or -EINVAL with err naming the
+ * option or file:line and the value.
+ */
+static int read_io_engine(const char *opt, enum bks_io_engine *out,
+			  struct bks_error *err)
+{
+	/* In enum bks_io_engine's order. */
+	static const char *const words[] = {"auto", "libaio", "io_uring", NULL};
+	unsigned int i = BKS_IO_ENGINE_AUTO;
+	const char *name;
+	char *text = NULL;
+	int rc;
+
+	if (opt) {
+		rc = bks_io_engine_parse(opt, out, err);
+		if (rc < 0)
+			return bks_error_prepend(err, "--io-engine: ");
+		*out = bks_io_engine_resolve(*out);
+		return 0;
+	}
+	rc = conf_read(&text, &name, err);
+	if (rc < 0)
+		return rc;
+	rc = conf_word(text, name, "io-engine", words, &i, err);
+	free(text);
+	if (rc < 0)
+		return rc;
+	*out = bks_io_engine_resolve((enum bks_io_engine)i);
+	return 0;
+}
+
+/*
  * A worker that died after a snapshot, reopen or commit left the chain it
  * served in DIR/NAME/chain: this one opens that, not --chain (which names
  * what the disk was created with).
@@ -537,6 +576,9 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = read_meta_cache(&w->meta_cache, err);
 	if (rc < 0)
 		return rc;
+	rc = read_io_engine(o->io_engine, &w->io_engine, err);
+	if (rc < 0)
+		return rc;
 	rc = resume_chain(w, err);
 	if (rc < 0)
 		return rc;
@@ -553,6 +595,7 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 				       .read_only = w->read_only,
 				       .state_dir = w->dir,
 				       .meta_cache = w->meta_cache,
+				       .io_engine = w->io_engine,
 				   },
 				   err);
 	if (rc < 0)
@@ -647,6 +690,8 @@ static void usage(FILE *f)
 		"[--read-only] [--foreground] [--ready-fd FD]\n"
 		"  [--supervisor-fd FD] (given by blkstack-supervisor)\n"
 		"  [--timeouts HANDSHAKE,STALL,CTL_IDLE] (ms; for tests)\n"
+		"  [--io-engine auto|io_uring|libaio] (file I/O; default: "
+		"conf io-engine, else auto)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
 		"vm.img'\n");
@@ -687,6 +732,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"foreground", no_argument, NULL, 'f'},
 	    {"timeouts", required_argument, NULL, 'T'},
 	    {"supervisor-fd", required_argument, NULL, 'S'},
+	    {"io-engine", required_argument, NULL, 'E'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -720,6 +766,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 					optarg);
 				return 2;
 			}
+			break;
+		case 'E':
+			o->io_engine = optarg; /* checked at start: exit 1 */
 			break;
 		case 'h':
 			usage(stdout);

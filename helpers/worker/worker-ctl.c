@@ -323,6 +323,7 @@ static void cmd_info(struct ctl_conn *c)
 		    worker_oldest_request_ms(w, bks_now_ns()));
 	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_str(j, "nbd_socket", path);
+	json_kv_str(j, "io_engine", bks_io_engine_name(w->io_engine));
 	worker_job_json(w, j);
 	json_key(j, "layers");
 	json_arr_begin(j);
@@ -409,6 +410,7 @@ static void cmd_stats(struct ctl_conn *c)
 		    w->syslog ? bks_syslog_dropped(w->syslog) : 0);
 	/* "chain" at the top is the chain's counters: the string is here. */
 	json_kv_str(j, "chain", w->chain_str);
+	json_kv_str(j, "io_engine", bks_io_engine_name(w->io_engine));
 	json_obj_end(j);
 	worker_job_json(w, j);
 

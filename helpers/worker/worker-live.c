@@ -210,6 +210,7 @@ static int open_chain(struct worker_live *live, struct bks_chain **out,
 					 .read_only = !overlay && w->read_only,
 					 .state_dir = overlay ? NULL : w->dir,
 					 .meta_cache = w->meta_cache,
+					 .io_engine = w->io_engine,
 					 .no_backing = overlay,
 				     },
 				     &live->err);

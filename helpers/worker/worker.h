@@ -54,7 +54,10 @@ struct worker {
 	char dir[PATH_MAX]; /* RUNDIR/NAME: pid, nbd.sock, ctl.sock */
 	bool read_only;
 	uint64_t meta_cache; /* conf meta-cache, for the chains it opens */
-	bool foreground;     /* log to stderr, not syslog */
+	/* --io-engine or conf io-engine, resolved (never AUTO): for the
+	 * chains it opens, and reported by info and stats */
+	enum bks_io_engine io_engine;
+	bool foreground;	   /* log to stderr, not syslog */
 	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int
 	    ctl_idle_ms; /* --timeouts: control idle timeout, 0: default */

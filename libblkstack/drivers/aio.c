@@ -147,8 +147,8 @@ static int aio_open(void *state, struct bks_layer *self,
 	r = bks_offload_new(&s->off, args->loop, AIO_THREADS,
 			    AIO_JOBS + AIO_QUEUE_DEPTH, err);
 	if (r == 0)
-		r = bks_aioq_new(&s->q, args->loop, AIO_QUEUE_DEPTH, s->off,
-				 err);
+		r = bks_aioq_new(&s->q, args->loop, AIO_QUEUE_DEPTH,
+				 args->io_engine, s->off, err);
 	if (r < 0)
 		bks_error_prepend(err, "%s: ", path);
 out:
@@ -346,6 +346,7 @@ static void aio_stats(void *state, struct bks_layer *self,
 
 	(void)self;
 	bks_aioq_get_stats(s->q, &as);
+	bks_stats_str(out, "engine", bks_io_engine_name(bks_aioq_engine(s->q)));
 	bks_stats_u64(out, "requests", as.requests);
 	bks_stats_u64(out, "submitted", as.submitted);
 	bks_stats_u64(out, "merged", as.merged);

@@ -374,8 +374,8 @@ static int qcow2_open(void *state, struct bks_layer *self,
 	rc = bks_offload_new(&s->off, args->loop, Q2_THREADS,
 			     Q2_QUEUE_DEPTH + Q2_CBUFS + 8, err);
 	if (rc == 0)
-		rc = bks_aioq_new(&s->q, args->loop, Q2_QUEUE_DEPTH, s->off,
-				  err);
+		rc = bks_aioq_new(&s->q, args->loop, Q2_QUEUE_DEPTH,
+				  args->io_engine, s->off, err);
 	if (rc < 0)
 		bks_error_prepend(err, "%s: ", s->path);
 out:

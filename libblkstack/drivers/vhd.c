@@ -479,8 +479,8 @@ static int vhd_open(void *state, struct bks_layer *self,
 	r = bks_offload_new(&s->off, args->loop, VHD_THREADS, VHD_QUEUE_DEPTH,
 			    err);
 	if (r == 0)
-		r = bks_aioq_new(&s->q, args->loop, VHD_QUEUE_DEPTH, s->off,
-				 err);
+		r = bks_aioq_new(&s->q, args->loop, VHD_QUEUE_DEPTH,
+				 args->io_engine, s->off, err);
 	if (r < 0)
 		bks_error_prepend(err, "%s: ", s->path);
 out:

@@ -1,24 +1,24 @@
 #!/usr/bin/env bats
 # Programs that only parse chains (blkstack-ctl, blkstack-hotplug) link the
 # parse-only driver table (libblkstack/drivers-parse.c), not the data path:
-# no libaio, no io_submit, no driver ops.  The worker, which serves chains,
+# no libaio, no liburing, no io_submit, no driver ops.  The worker, which serves chains,
 # is the control: the same checks find them there.
 
 load helpers
 
-# Succeeds if program $1 refers to libaio or holds the data path.
+# Succeeds if program $1 refers to libaio or liburing or holds the data path.
 has_data_path() {
 	local prog=$1
-	ldd "$prog" | grep -q libaio && return 0
-	nm "$prog" | grep -qE ' (io_submit|bks_aioq_queue|bks_driver_aio)$'
+	ldd "$prog" | grep -qE 'libaio|liburing' && return 0
+	nm "$prog" | grep -qE ' (io_submit|io_uring_submit|bks_aioq_queue|bks_driver_aio)$'
 }
 
-@test "parse-only: blkstack-ctl links neither libaio nor the data path" {
+@test "parse-only: blkstack-ctl links neither libaio, liburing nor the data path" {
 	run has_data_path "$BIN/blkstack-ctl"
 	assert_failure
 }
 
-@test "parse-only: blkstack-hotplug links neither libaio nor the data path" {
+@test "parse-only: blkstack-hotplug links neither libaio, liburing nor the data path" {
 	run has_data_path "$BIN/blkstack-hotplug"
 	assert_failure
 	# It still has the parse-only table, and parses with it.
@@ -29,4 +29,7 @@ has_data_path() {
 @test "parse-only: the worker, which serves chains, has both (the control)" {
 	run has_data_path "$BIN/blkstack-worker"
 	assert_success
+	run ldd "$BIN/blkstack-worker"
+	assert_output --partial libaio
+	assert_output --partial liburing
 }

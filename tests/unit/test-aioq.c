@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests: the libaio queue (libblkstack/aioq.c), directly and through
- * the aio: driver (libblkstack/drivers/aio.c) in a chain.
+ * Unit tests: the file queue (libblkstack/aioq.c and its engines), directly
+ * and through the aio: driver (libblkstack/drivers/aio.c) in a chain.  The
+ * whole suite runs once per engine (libaio, io_uring: the group's initial
+ * state says which); a few tests exist for one engine only.
  *
  * Linked with --wrap=malloc/calloc/realloc/free (see the Makefile) so that
  * the data path can be shown not to allocate.  Image files live in
@@ -17,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libaio.h>
+#include <liburing.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +94,10 @@ static struct {
 	long max_take;	     /* take at most this many per call (0: all) */
 	bool no_fdsync;	     /* refuse IO_CMD_FDSYNC with -EINVAL */
 	unsigned long calls;
+	int (*uring_real)(struct io_uring *);
+	unsigned int uring_fail; /* fail this many io_uring_submit() calls */
+	int uring_errno;	 /* with this (-EAGAIN, -EBUSY) */
+	unsigned long uring_calls;
 } sub;
 
 int io_submit(io_context_t ctx, long nr, struct iocb *ios[])
@@ -105,6 +112,17 @@ int io_submit(io_context_t ctx, long nr, struct iocb *ios[])
 	if (sub.max_take && nr > sub.max_take)
 		nr = sub.max_take;
 	return sub.real(ctx, nr, ios);
+}
+
+/* The same for io_uring: aioq-uring.o binds to this io_uring_submit(). */
+int io_uring_submit(struct io_uring *ring)
+{
+	sub.uring_calls++;
+	if (sub.uring_fail) {
+		sub.uring_fail--;
+		return sub.uring_errno;
+	}
+	return sub.uring_real(ring);
 }
 
 /* ---- fixture ---------------------------------------------------------------
@@ -126,14 +144,17 @@ struct fx {
 	struct bks_offload *off; /* the queue's, for the fdsync fallback */
 	struct bks_chain *chain;
 	unsigned int outstanding;
+	enum bks_io_engine engine; /* the group's: what queues use */
 };
 
 static int setup(void **state)
 {
 	struct bks_error err = {0};
+	const enum bks_io_engine *engine = *state;
 	struct fx *fx = calloc(1, sizeof(*fx));
 
 	assert_non_null(fx);
+	fx->engine = *engine;
 	fx->fd = fx->plain = -1;
 	assert_int_equal(bks_loop_new(&fx->loop, &err), 0);
 	assert_int_equal(unit_tmpfile(fx->path, sizeof(fx->path), IMAGE_SIZE),
@@ -152,6 +173,7 @@ static int teardown(void **state)
 	sub.eagain = 0;
 	sub.max_take = 0;
 	sub.no_fdsync = false;
+	sub.uring_fail = 0;
 
 	struct fx *fx = *state;
 
@@ -173,15 +195,21 @@ static void new_queue(struct fx *fx, unsigned int depth)
 
 	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, depth, &err),
 			 0);
-	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, depth, fx->off, &err),
-			 0);
+	assert_int_equal(
+	    bks_aioq_new(&fx->q, fx->loop, depth, fx->engine, fx->off, &err),
+	    0);
+	assert_int_equal(bks_aioq_engine(fx->q), fx->engine);
 }
 
 static void open_chain(struct fx *fx, bool read_only)
 {
 	struct bks_error err = {0};
-	int rc = bks_chain_open(&fx->chain, fx->chain_str, fx->loop, read_only,
-				&err);
+	struct bks_chain_config cfg = {
+	    .loop = fx->loop,
+	    .read_only = read_only,
+	    .io_engine = fx->engine,
+	};
+	int rc = bks_chain_open_config(&fx->chain, fx->chain_str, &cfg, &err);
 
 	if (rc < 0)
 		print_error("bks_chain_open: %s\n", err.msg);
@@ -537,7 +565,10 @@ static void test_submit_error_fails_its_requests(void **state)
 	assert_int_equal(t[3].result, 0);
 	assert_int_equal(t[4].result, -EBADF);
 	assert_int_equal(qstats(fx).errors, 3);
-	assert_int_equal(qstats(fx).submitted, 2);
+	/* libaio refuses a bad iocb at io_submit(); io_uring takes every
+	 * SQE and fails the bad ones in their CQEs. */
+	assert_int_equal(qstats(fx).submitted,
+			 fx->engine == BKS_IO_ENGINE_URING ? 4 : 2);
 	assert_int_equal(qstats(fx).in_flight, 0);
 	check_plain(fx, 0, BLK, SEED);
 	check_plain(fx, 8 * BLK, BLK, SEED);
@@ -708,8 +739,11 @@ static void test_submit_eagain(void **state)
 	new_queue(fx, 16);
 	unit_fill(buf, 4 * N * BLK, 0, SEED);
 
-	/* Nothing in flight: retried by the timer. */
+	/* Nothing in flight: retried by the timer.  (libaio: the requests
+	 * wait, deferred; io_uring: the SQEs wait in the ring, taken.) */
 	sub.eagain = 2;
+	sub.uring_fail = 2;
+	sub.uring_errno = -EAGAIN;
 	for (int i = 0; i < N; i++) {
 		uint64_t off = (uint64_t)i * 2 * BLK;
 
@@ -720,9 +754,14 @@ static void test_submit_eagain(void **state)
 	for (int i = 0; i < N; i++)
 		assert_int_equal(a[i].result, 0);
 	st = qstats(fx);
-	assert_int_equal(sub.eagain, 0);
+	if (fx->engine == BKS_IO_ENGINE_URING) {
+		assert_int_equal(sub.uring_fail, 0);
+		assert_int_equal(st.deferred, 0);
+	} else {
+		assert_int_equal(sub.eagain, 0);
+		assert_int_equal(st.deferred, N); /* each counted once */
+	}
 	assert_int_equal(st.submitted, N);
-	assert_int_equal(st.deferred, N); /* each counted once */
 	assert_int_equal(st.errors, 0);
 
 	/* Batch a in flight, batch b refused once: a's completion frees b. */
@@ -735,6 +774,8 @@ static void test_submit_eagain(void **state)
 	assert_true(bks_loop_run_once(fx->loop, 0) >= 0); /* a submitted */
 	assert_true(qstats(fx).in_flight > 0 || fx->outstanding < N);
 	sub.eagain = 1;
+	sub.uring_fail = 1;
+	sub.uring_errno = -EBUSY; /* what a CQ overflow says */
 	for (int i = 0; i < N; i++) {
 		uint64_t off = (uint64_t)(2 * N + i * 2) * BLK;
 
@@ -799,13 +840,22 @@ static void test_new_errors(void **state)
 	int dummy;
 	struct bks_aioq *q = (struct bks_aioq *)&dummy; /* must be reset */
 
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 0, fx->off, &err), -EINVAL);
+	assert_int_equal(
+	    bks_aioq_new(&q, fx->loop, 0, fx->engine, fx->off, &err), -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "depth"));
 	q = (struct bks_aioq *)&dummy;
-	assert_int_equal(bks_aioq_new(&q, fx->loop, 4, NULL, &err), -EINVAL);
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 4, fx->engine, NULL, &err),
+			 -EINVAL);
 	assert_null(q);
 	assert_non_null(strstr(err.msg, "offload"));
+	q = (struct bks_aioq *)&dummy;
+	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, 4, &err), 0);
+	assert_int_equal(
+	    bks_aioq_new(&q, fx->loop, 4, (enum bks_io_engine)7, fx->off, &err),
+	    -EINVAL);
+	assert_null(q);
+	assert_non_null(strstr(err.msg, "engine"));
 }
 
 /* ---- the aio: driver in a chain --------------------------------------------
@@ -1314,54 +1364,199 @@ static void test_no_alloc_queue_direct(void **state)
 	free(t);
 }
 
+/* A closed fd: the requests on it fail with -EBADF, on either engine. */
+static void test_closed_fd(void **state)
+{
+	struct fx *fx = *state;
+	struct treq t[3];
+	unsigned char *buf = unit_alloc_aligned(4 * BLK);
+	int bad;
+
+	assert_non_null(buf);
+	new_queue(fx, 4); /* its fds first: they would reuse the number */
+	bad = dup(fx->fd);
+	assert_true(bad >= 0);
+	assert_int_equal(close(bad), 0); /* nothing reopens it meanwhile */
+	unit_fill(buf, 4 * BLK, 0, SEED);
+	treq_prep(fx, &t[0], BKS_OP_READ, 0, 0, BLK, buf);
+	treq_prep(fx, &t[1], BKS_OP_WRITE, BKS_REQ_FUA, 0, BLK, buf);
+	treq_prep(fx, &t[2], BKS_OP_FLUSH, 0, 0, 0, NULL);
+	for (int i = 0; i < 3; i++)
+		tq(fx, bad, &t[i]);
+	run_until_idle(fx);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(t[i].result, -EBADF);
+	assert_int_equal(qstats(fx).errors, 3);
+	assert_int_equal(qstats(fx).in_flight, 0);
+	free(buf);
+}
+
+/* FUA writes (RWF_DSYNC), merged, then a flush: data there, all 0. */
+static void test_fua_merge_flush(void **state)
+{
+	struct fx *fx = *state;
+	enum {
+		N = 8
+	};
+	struct treq t[N + 1];
+	unsigned char *buf = unit_alloc_aligned(N * BLK);
+
+	assert_non_null(buf);
+	new_queue(fx, 4);
+	unit_fill(buf, N * BLK, 0, SEED);
+	for (int i = 0; i < N; i++) {
+		treq_prep(fx, &t[i], BKS_OP_WRITE, BKS_REQ_FUA,
+			  (uint64_t)i * BLK, BLK, buf + i * BLK);
+		tq(fx, fx->fd, &t[i]);
+	}
+	treq_prep(fx, &t[N], BKS_OP_FLUSH, 0, 0, 0, NULL);
+	tq(fx, fx->fd, &t[N]);
+	run_until_idle(fx);
+	for (int i = 0; i <= N; i++)
+		assert_int_equal(t[i].result, 0);
+	assert_int_equal(qstats(fx).merged, N - 1);
+	assert_int_equal(qstats(fx).submitted, 2);
+	check_plain(fx, 0, N * BLK, SEED);
+	free(buf);
+}
+
+/* AUTO takes io_uring here; the names and the parser. */
+static void test_auto_is_uring(void **state)
+{
+	struct fx *fx = *state;
+	struct bks_error err = {0};
+	enum bks_io_engine e = BKS_IO_ENGINE_AUTO;
+
+	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, 4, &err), 0);
+	assert_int_equal(bks_aioq_new(&fx->q, fx->loop, 4, BKS_IO_ENGINE_AUTO,
+				      fx->off, &err),
+			 0);
+	assert_int_equal(bks_aioq_engine(fx->q), BKS_IO_ENGINE_URING);
+	assert_int_equal(bks_io_engine_resolve(BKS_IO_ENGINE_AUTO),
+			 BKS_IO_ENGINE_URING);
+	assert_int_equal(bks_io_engine_resolve(BKS_IO_ENGINE_LIBAIO),
+			 BKS_IO_ENGINE_LIBAIO);
+	assert_string_equal(bks_io_engine_name(BKS_IO_ENGINE_URING),
+			    "io_uring");
+	assert_string_equal(bks_io_engine_name(BKS_IO_ENGINE_LIBAIO), "libaio");
+	assert_int_equal(bks_io_engine_parse("libaio", &e, &err), 0);
+	assert_int_equal(e, BKS_IO_ENGINE_LIBAIO);
+	assert_int_equal(bks_io_engine_parse("io_uring", &e, &err), 0);
+	assert_int_equal(e, BKS_IO_ENGINE_URING);
+	assert_int_equal(bks_io_engine_parse("uring", &e, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "'uring'"));
+}
+
+/*
+ * A ring that cannot be set up (more entries than io_uring allows, 32768):
+ * forced io_uring fails naming it; AUTO falls back to libaio (which may
+ * be out of aio contexts for such a depth: then it says so).
+ */
+static void test_uring_setup_fails(void **state)
+{
+	struct fx *fx = *state;
+	struct bks_error err = {0};
+	struct bks_aioq *q;
+	int rc;
+
+	assert_int_equal(bks_offload_new(&fx->off, fx->loop, 1, 4, &err), 0);
+	assert_int_equal(bks_aioq_new(&q, fx->loop, 40000, BKS_IO_ENGINE_URING,
+				      fx->off, &err),
+			 -EINVAL);
+	assert_null(q);
+	print_message("forced io_uring: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "io_uring"));
+	rc = bks_aioq_new(&q, fx->loop, 40000, BKS_IO_ENGINE_AUTO, fx->off,
+			  &err);
+	if (rc == 0) {
+		assert_int_equal(bks_aioq_engine(q), BKS_IO_ENGINE_LIBAIO);
+		bks_aioq_free(q);
+	} else {
+		print_message("auto: %s\n", err.msg);
+		assert_non_null(strstr(err.msg, "libaio"));
+	}
+}
+
+/* The tests run on both engines. */
+#define BOTH(st)                                                               \
+	cmocka_unit_test_prestate_setup_teardown(test_merge_contiguous, setup, \
+						 teardown, st),                \
+	    cmocka_unit_test_prestate_setup_teardown(test_merge_rules, setup,  \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_defer_when_full,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(test_partial_is_eio,      \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_submit_error_fails_its_requests, setup, teardown, st),    \
+	    cmocka_unit_test_prestate_setup_teardown(test_closed_fd, setup,    \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_fua_merge_flush,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(test_reentrant_queue,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_free_from_completion, setup, teardown, st),               \
+	    cmocka_unit_test_prestate_setup_teardown(test_flush_via_queue,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(test_submit_eagain,       \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(test_bad_op, setup,       \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_new_errors, setup,   \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_chain_rw, setup,     \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_chain_read_only,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_chain_fua_flush_discard_zeroes, setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(test_chain_offloaded,     \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_chain_block_status_offloaded, setup, teardown, st),       \
+	    cmocka_unit_test_prestate_setup_teardown(test_open_errors, setup,  \
+						     teardown, st),            \
+	    cmocka_unit_test_prestate_setup_teardown(test_no_alloc_data_path,  \
+						     setup, teardown, st),     \
+	    cmocka_unit_test_prestate_setup_teardown(                          \
+		test_no_alloc_queue_direct, setup, teardown, st)
+
 int main(void)
 {
+	static enum bks_io_engine libaio = BKS_IO_ENGINE_LIBAIO;
+	static enum bks_io_engine uring = BKS_IO_ENGINE_URING;
+	int failed = 0;
+
 	sub.real = (int (*)(io_context_t, long, struct iocb **))dlsym(
 	    RTLD_NEXT, "io_submit");
-	if (!sub.real) {
-		fprintf(stderr, "dlsym io_submit: %s\n", dlerror());
+	sub.uring_real =
+	    (int (*)(struct io_uring *))dlsym(RTLD_NEXT, "io_uring_submit");
+	if (!sub.real || !sub.uring_real) {
+		fprintf(stderr, "dlsym io_submit, io_uring_submit: %s\n",
+			dlerror());
 		return 1;
 	}
 
-	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_merge_contiguous, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_merge_rules, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_defer_when_full, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_partial_is_eio, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(
-		test_submit_error_fails_its_requests, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_reentrant_queue, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_free_from_completion, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_flush_via_queue, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_submit_short_take, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_submit_eagain, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_flush_fallback, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_bad_op, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_new_errors, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_chain_rw, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_chain_read_only, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_chain_fua_flush_discard_zeroes,
-					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_chain_offloaded, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_chain_block_status_offloaded,
-					    setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_no_alloc_data_path, setup,
-					    teardown),
-	    cmocka_unit_test_setup_teardown(test_no_alloc_queue_direct, setup,
-					    teardown),
+	const struct CMUnitTest libaio_tests[] = {
+	    BOTH(&libaio),
+	    /* io_submit() semantics that io_uring does not have. */
+	    cmocka_unit_test_prestate_setup_teardown(test_submit_short_take,
+						     setup, teardown, &libaio),
+	    cmocka_unit_test_prestate_setup_teardown(test_flush_fallback, setup,
+						     teardown, &libaio),
+	};
+	const struct CMUnitTest uring_tests[] = {
+	    BOTH(&uring),
+	    cmocka_unit_test_prestate_setup_teardown(test_auto_is_uring, setup,
+						     teardown, &uring),
+	    cmocka_unit_test_prestate_setup_teardown(test_uring_setup_fails,
+						     setup, teardown, &uring),
 	};
 
-	return cmocka_run_group_tests_name("aioq", tests, NULL, NULL);
+	failed += cmocka_run_group_tests_name("aioq-libaio", libaio_tests, NULL,
+					      NULL);
+	failed += cmocka_run_group_tests_name("aioq-io_uring", uring_tests,
+					      NULL, NULL);
+	return failed;
 }

@@ -143,6 +143,12 @@ struct bks_chain_config {
 	 */
 	uint64_t meta_cache;
 	/*
+	 * The engine of the file drivers' queues (bks_open_args.io_engine;
+	 * the worker's --io-engine and conf key io-engine); 0 is
+	 * BKS_IO_ENGINE_AUTO.
+	 */
+	enum bks_io_engine io_engine;
+	/*
 	 * Open the sink without its parents (no get_parent): for a new
 	 * overlay that is about to be put above an open image with
 	 * bks_chain_insert_overlay().  Only for a one-layer string (else

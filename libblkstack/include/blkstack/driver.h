@@ -46,6 +46,7 @@
 #include <sys/uio.h>
 
 #include "blkstack/error.h"
+#include "blkstack/io-engine.h"
 #include "blkstack/loop.h"
 
 /* Most layers in one chain, parents included. */
@@ -278,6 +279,13 @@ struct bks_open_args {
 	 * docs).
 	 */
 	uint64_t meta_cache;
+	/*
+	 * The engine of the layer's file queue (aioq.h; the aio:, qcow2:
+	 * and vhd: drivers), from bks_chain_config.io_engine; AUTO (0):
+	 * io_uring if a ring can be set up, else libaio.  Layers without a
+	 * file queue ignore it.
+	 */
+	enum bks_io_engine io_engine;
 };
 
 /*
