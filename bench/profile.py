@@ -32,6 +32,7 @@ LABEL = {
     "default": "worker",
     "base": "baseline build's worker",
     "fallback": "loop fallback: worker + blkstack-fuse",
+    "base-fallback": "baseline build's loop fallback",
 }
 
 
