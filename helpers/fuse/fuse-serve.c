@@ -75,6 +75,7 @@ struct fq {
 	struct bf_fuse *f;
 	struct fq *next; /* in the pool */
 	int cls;	 /* pool class, or -1 */
+	char *mem;	 /* the block: data capacity bytes, then this */
 	fuse_req_t req;
 	int kind;
 	int rc;
@@ -84,14 +85,6 @@ struct fq {
 	void *owned; /* a write's libfuse receive buffer, taken over */
 	struct bf_req parts[];
 };
-
-/* Header size for nparts parts: the data starts 64-byte aligned. */
-static size_t fq_hdr(unsigned int nparts)
-{
-	size_t hdr = sizeof(struct fq) + nparts * sizeof(struct bf_req);
-
-	return (hdr + 63) & ~(size_t)63;
-}
 
 /* The pool class for datalen bytes (one part), or -1 for none. */
 static int fq_class(size_t datalen)
@@ -113,7 +106,7 @@ static void fq_free(struct fq *q)
 		f->pooled[q->cls]++;
 		return;
 	}
-	free(q);
+	free(q->mem);
 }
 
 static void fq_done(struct bf_req *part, int rc)
@@ -135,29 +128,38 @@ static void fq_done(struct bf_req *part, int rc)
 	fq_free(q);
 }
 
-/* A request of nparts parts and datalen bytes of data, or NULL. */
+/*
+ * A request of nparts parts and datalen bytes of data, or NULL.  The
+ * data comes first in its block, page-aligned, so that a 4 KiB read's
+ * reply is one page for the kernel to pin and copy, not two.
+ */
 static struct fq *fq_new(struct bf_fuse *f, fuse_req_t req, int kind,
 			 unsigned int nparts, size_t datalen)
 {
-	size_t hdr = fq_hdr(nparts);
+	size_t hdr = sizeof(struct fq) + nparts * sizeof(struct bf_req);
 	int cls = nparts == 1 ? fq_class(datalen) : -1;
+	size_t cap = cls >= 0 ? (size_t)POOL_MIN << cls
+			      : (datalen + POOL_MIN - 1) & ~(size_t)(POOL_MIN - 1);
 	struct fq *q;
+	void *mem;
 
 	if (cls >= 0 && f->pool[cls]) {
 		q = f->pool[cls];
 		f->pool[cls] = q->next;
 		f->pooled[cls]--;
+		mem = q->mem;
 	} else {
-		q = malloc(hdr + (cls >= 0 ? (size_t)POOL_MIN << cls : datalen));
-		if (!q)
+		if (posix_memalign(&mem, POOL_MIN, cap + hdr) != 0)
 			return NULL;
+		q = (struct fq *)((char *)mem + cap);
 	}
-	memset(q, 0, sizeof(*q) + nparts * sizeof(struct bf_req));
+	memset(q, 0, hdr);
+	q->mem = mem;
 	q->cls = cls;
 	q->f = f;
 	q->req = req;
 	q->kind = kind;
-	q->data = datalen ? (char *)q + hdr : NULL;
+	q->data = datalen ? mem : NULL;
 	return q;
 }
 
@@ -633,7 +635,7 @@ void bf_fuse_free(struct bf_fuse *f)
 			struct fq *q = f->pool[i];
 
 			f->pool[i] = q->next;
-			free(q);
+			free(q->mem);
 		}
 	}
 	free(f->fbuf.mem);
