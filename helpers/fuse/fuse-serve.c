@@ -138,8 +138,9 @@ static struct fq *fq_new(struct bf_fuse *f, fuse_req_t req, int kind,
 {
 	size_t hdr = sizeof(struct fq) + nparts * sizeof(struct bf_req);
 	int cls = nparts == 1 ? fq_class(datalen) : -1;
-	size_t cap = cls >= 0 ? (size_t)POOL_MIN << cls
-			      : (datalen + POOL_MIN - 1) & ~(size_t)(POOL_MIN - 1);
+	size_t cap = cls >= 0
+			 ? (size_t)POOL_MIN << cls
+			 : (datalen + POOL_MIN - 1) & ~(size_t)(POOL_MIN - 1);
 	struct fq *q;
 	void *mem;
 
