@@ -526,15 +526,24 @@ static void recv_replies(struct bf_nbd *c)
 	for (int round = 0; round < 64 && c->state == C_UP; round++) {
 		ssize_t n;
 
+		size_t want;
+
 		if (c->rx && c->in_start == c->in_end &&
 		    c->rx->len - c->rx_got >= IN_SIZE / 2) {
 			/* A big payload goes straight to its buffer. */
-			n = recv(c->fd, c->rx->buf + c->rx_got,
-				 c->rx->len - c->rx_got, MSG_DONTWAIT);
+			want = c->rx->len - c->rx_got;
+			n = recv(c->fd, c->rx->buf + c->rx_got, want,
+				 MSG_DONTWAIT);
 			if (n > 0) {
 				c->rx_got += (uint32_t)n;
 				if (c->rx_got == c->rx->len)
 					req_finish(c, c->rx, 0);
+				/*
+				 * Less than asked: the socket is empty (the
+				 * watch is level-triggered: more wakes us).
+				 */
+				if ((size_t)n < want)
+					return;
 				continue;
 			}
 		} else {
@@ -546,11 +555,11 @@ static void recv_replies(struct bf_nbd *c)
 				c->in_end -= c->in_start;
 				c->in_start = 0;
 			}
-			n = recv(c->fd, c->in + c->in_end, IN_SIZE - c->in_end,
-				 MSG_DONTWAIT);
+			want = IN_SIZE - c->in_end;
+			n = recv(c->fd, c->in + c->in_end, want, MSG_DONTWAIT);
 			if (n > 0) {
 				c->in_end += (size_t)n;
-				if (!parse_replies(c))
+				if (!parse_replies(c) || (size_t)n < want)
 					return;
 				continue;
 			}
