@@ -129,6 +129,22 @@ def server_us_per_io(res, peer, w, r, io, runtime, ramp):
     return None if ios <= 0 else ticks / hz * 1e6 / ios
 
 
+def disk_share(res, peer, w, r, direction, io, runtime, ramp):
+    """What the disk under the image moved for a run, against what fio
+    moved: bench/run's disk.* file ("R0 W0 R1 W1", bytes, over the whole
+    run, ramp included) against fio's rate times runtime plus ramp.  About
+    1 for a peer whose I/O reaches the disk, well under 1 for one served
+    from the page cache.  None if not measured."""
+    path = os.path.join(res, f"disk.{peer}.{w}.{r}")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        r0, w0, r1, w1 = (float(x) for x in f.read().split())
+    moved = (r1 - r0) if direction == "read" else (w1 - w0)
+    served = float(io.get("bw_bytes", 0)) * (runtime + ramp)
+    return None if served <= 0 else moved / served
+
+
 def read_numbers(path):
     if not os.path.exists(path):
         return []
@@ -302,7 +318,7 @@ def main():
     for w, (direction, unit) in WORKLOADS.items():
         row = {"unit": unit, "peers": {}}
         for p in ALL_PEERS:
-            vals, cpus, sus = [], [], []
+            vals, cpus, sus, disks = [], [], [], []
             for r in range(1, rounds + 1):
                 path = os.path.join(res, f"fio.{p}.{w}.{r}.json")
                 if os.path.exists(path):
@@ -312,6 +328,10 @@ def main():
                     su = server_us_per_io(res, p, w, r, io, runtime, ramp)
                     if su is not None:
                         sus.append(su)
+                    ds = disk_share(res, p, w, r, direction, io, runtime,
+                                    ramp)
+                    if ds is not None:
+                        disks.append(ds)
             row["peers"][p] = {
                 "runs": vals,
                 "median": statistics.median(vals) if vals else None,
@@ -319,6 +339,8 @@ def main():
                 "fio_cpu_pct": statistics.median(cpus) if cpus else None,
                 # the server's CPU per request (µs), median.
                 "server_us_per_io": statistics.median(sus) if sus else None,
+                # the disk's bytes over fio's (disk_share), median.
+                "disk_share": statistics.median(disks) if disks else None,
             }
         med = {p: row["peers"][p]["median"] for p in ALL_PEERS}
         best = [p for p in NBD_PEERS if med[p] is not None]
@@ -510,17 +532,43 @@ def main():
                    fmt_ratio(r["aio_vs_best_peer"]),
                    noise(w, bp, "aio") if bp else ""),
         ]
+    def cache_note(w, bp):
+        """If the best peer's bytes mostly did not come from the disk
+        (the page cache served them), say so, with each NBD peer's and
+        aio:'s share and aio: against the peers that did read the disk;
+        "" otherwise or where the disk was not measured."""
+        peers = data[w]["peers"]
+        share = {p: peers[p]["disk_share"] for p in ["aio"] + NBD_PEERS}
+        if not bp or share[bp] is None or share[bp] >= 0.5:
+            return ""
+        disk_peers = [p for p in NBD_PEERS
+                      if share[p] is not None and share[p] >= 0.5
+                      and peers[p]["median"] is not None]
+        note = ("the disk moved " + ", ".join(
+            f"{share[p] * 100:.0f}% of the bytes {PEER_LABEL[p]} served"
+            for p in ["aio"] + NBD_PEERS if share[p] is not None)
+            + f": {PEER_LABEL[bp]} served the rest from the page cache, "
+            "which the O_DIRECT peers do not use")
+        if disk_peers:
+            dp = max(disk_peers, key=lambda p: peers[p]["median"])
+            note += (f"; against the best peer that reads the disk "
+                     f"({PEER_LABEL[dp]}): "
+                     + fmt_ratio(ratio(peers["aio"]["median"],
+                                       peers[dp]["median"])))
+        return note
+
     for w in ["read-1m-qd8", "write-1m-qd8"]:
         r = data[w]["ratios"]
         bp = data[w]["best_peer"]
+        notes = [n for n in (noise(w, bp, "aio") if bp else "",
+                             cache_note(w, bp)) if n]
         targets.append(
             target(f"{WORKLOAD_LABEL[w]}: blkstack aio: >= the best of "
                    "qemu-nbd and nbdkit"
                    + (f" ({PEER_LABEL[bp]})" if bp else ""),
                    r["aio_vs_best_peer"], cmp(r["aio_vs_best_peer"],
                                               lambda v: v >= T_SEQ_VS_PEER),
-                   fmt_ratio(r["aio_vs_best_peer"]),
-                   noise(w, bp, "aio") if bp else ""))
+                   fmt_ratio(r["aio_vs_best_peer"]), "; ".join(notes)))
     fr = data["randread-4k-qd32"]["ratios"]["fallback_vs_loop"]
     targets.append(
         target("4k randread QD32: the loop fallback (blkstack-fuse + loop) "
@@ -775,6 +823,29 @@ def main():
             a(f"| {WORKLOAD_LABEL[w]} | {fmt(dcpu, 2)} | " + " | ".join(
                 fmt(row["peers"][p]["server_us_per_io"], 2)
                 for p in cpu_shown) + " |")
+        a("")
+    disk_shown = [p for p in PEERS + DEV_PEERS
+                  if any(
+                      data[w]["peers"][p]["disk_share"] is not None
+                      for w in WORKLOADS)]
+    if disk_shown:
+        a("What the disk under the image moved, as a share of the bytes "
+          "fio moved (the device's /sys/class/block/DEV/stat over the run "
+          "against fio's rate over it; about 100% where every byte reached "
+          "the disk, less where the page cache served it, more where a "
+          "layer read or wrote more than it was asked; other I/O on the "
+          "same disk counts too):")
+        a("")
+        a("| workload | " + " | ".join(PEER_LABEL[p] for p in disk_shown)
+          + " |")
+        a("|" + " --- |" * (1 + len(disk_shown)))
+        for w, row in data.items():
+            cells = [row["peers"][p]["disk_share"] for p in disk_shown]
+            if all(c is None for c in cells):
+                continue
+            a(f"| {WORKLOAD_LABEL[w]} | " + " | ".join(
+                "n/a" if c is None else f"{c * 100:.0f}%" for c in cells)
+              + " |")
         a("")
     if any(data[w]["peers"]["ram"]["median"] is not None for w in WORKLOADS):
         a("The `log:` layer alone, on a RAM sink (no disk, so none of its "

@@ -18,6 +18,7 @@
 
 #include "blkstack/endian.h"
 #include "blkstack/nbd-proto.h"
+#include "blkstack/sock.h"
 #include "nbd-client.h"
 
 /* The server's greeting: NBDMAGIC, IHAVEOPT, 16-bit handshake flags. */
@@ -104,6 +105,11 @@ int nbd_client_handshake(const char *nbd_sock, int *out_fd,
 		ret = bks_error_set(err, errno, "connect %s", nbd_sock);
 		goto out;
 	}
+	/*
+	 * The kernel's NBD client sends its writes on this socket: room
+	 * for whole 1 MiB ones (blkstack/sock.h).
+	 */
+	(void)bks_sock_grow_sndbuf(fd, BKS_SOCK_SNDBUF);
 
 	/* S: NBDMAGIC, IHAVEOPT, 16-bit handshake flags. */
 	ret = read_full(fd, hdr, NBD_GREETING_SIZE);

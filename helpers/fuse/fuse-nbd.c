@@ -26,6 +26,7 @@
 
 #include "blkstack/endian.h"
 #include "blkstack/nbd-proto.h"
+#include "blkstack/sock.h"
 #include "conf.h"
 #include "fuse-nbd.h"
 
@@ -742,6 +743,8 @@ static void conn_try(struct bf_nbd *c)
 		return;
 	}
 	c->fd = fd;
+	/* Room for whole 1 MiB writes: one sendmsg each (blkstack/sock.h). */
+	(void)bks_sock_grow_sndbuf(fd, BKS_SOCK_SNDBUF);
 	/* A Unix socket connects at once, or not (EAGAIN: backlog full). */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		conn_lost(c, "connect", errno);

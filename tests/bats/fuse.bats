@@ -109,6 +109,20 @@ mounted() {
 	losetup -d "$dev"
 }
 
+@test "fuse: the connection to the worker has a send buffer for whole 1 MiB writes" {
+	[ "$(id -u)" -eq 0 ] || skip "SO_SNDBUFFORCE needs root"
+	start_disk
+	fuse_start
+	[ "$READY" = ok ]
+	run sndbufs "$FUSE_PID"
+	assert_success
+	[ "${#lines[@]}" -eq 1 ] || fail "expected one connection: $output"
+	[ "$output" -ge 4194304 ] || fail "send buffer $output < 4 MiB"
+	# The worker's side of it too.
+	run sndbufs "$WORKER_PID" "$NBD_SOCK"
+	[ "$output" -ge 4194304 ] || fail "worker's send buffer $output < 4 MiB"
+}
+
 @test "fuse: read-only refuses writes" {
 	start_disk
 	fuse_start --read-only

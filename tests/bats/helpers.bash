@@ -130,6 +130,16 @@ worker_teardown() {
 	esac
 }
 
+# sndbufs PID [PATH]: the send buffer (ss's skmem "tb", bytes) of each
+# connected Unix stream socket of process PID, one a line; with PATH,
+# only those whose local address is PATH (a server's accepted sockets).
+sndbufs() {
+	ss -x -m -p -n state established 2>/dev/null |
+		awk -v pid="pid=$1," -v path="${2:-}" '
+		index($0, pid) && (path == "" || $4 == path) &&
+		match($0, /tb[0-9]+/) { print substr($0, RSTART + 2, RLENGTH - 2) }'
+}
+
 # The NBD URI of a worker's socket, for libnbd clients and fio.
 nbd_uri() {
 	printf 'nbd+unix:///?socket=%s\n' "${1:-$NBD_SOCK}"

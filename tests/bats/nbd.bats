@@ -294,6 +294,30 @@ copy_check() {
 
 # ---- block status -------------------------------------------------------
 
+@test "nbd: each connection gets a send buffer for whole 1 MiB replies" {
+	# As root, SO_SNDBUFFORCE passes net.core.wmem_max (blkstack/sock.h).
+	[ "$(id -u)" -eq 0 ] || skip "SO_SNDBUFFORCE needs root"
+	start_worker d1 "ram:16M"
+	python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+time.sleep(30)' "$SOCK" 3>&- &
+	echo "$!" >>"$BATS_TEST_TMPDIR/holders"
+	for _ in $(seq 100); do
+		[ -z "$(sndbufs "$PID" "$SOCK")" ] || break
+		sleep 0.1
+	done
+	run sndbufs "$PID" "$SOCK"
+	assert_success
+	[ "${#lines[@]}" -eq 1 ] || fail "expected one connection: $output"
+	[ "$output" -ge 4194304 ] || fail "send buffer $output < 4 MiB"
+	# One 1 MiB read still comes back whole and right.
+	head -c 1048576 /dev/urandom >"$BATS_TEST_TMPDIR/pat"
+	nbdcopy "$BATS_TEST_TMPDIR/pat" "$URI"
+	nbdcopy "$URI" "$BATS_TEST_TMPDIR/back"
+	cmp -n 1048576 "$BATS_TEST_TMPDIR/pat" "$BATS_TEST_TMPDIR/back"
+}
+
 @test "nbd: base:allocation: nbdinfo --map shows holes and data" {
 	local img
 	img=$(make_image sparse.img 16M)

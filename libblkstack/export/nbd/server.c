@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "blkstack/endian.h"
+#include "blkstack/sock.h"
 #include "internal.h"
 
 static void conn_free(struct nbd_conn *c)
@@ -405,6 +406,8 @@ static int conn_new(struct bks_nbd_server *srv, int fd, pid_t pid)
 	c->srv = srv;
 	c->fd = fd;
 	c->peer_pid = pid;
+	/* Room for whole large replies: one sendmsg each (sock.h). */
+	(void)bks_sock_grow_sndbuf(fd, BKS_SOCK_SNDBUF);
 	c->nslots = srv->max_in_flight;
 	link_init(&c->link);
 	link_init(&c->blink);
