@@ -75,7 +75,11 @@ AIO_LIBS   := -laio
 URING_LIBS  = $(shell $(PKG_CONFIG) --libs liburing)
 # zlib and zstd: the qcow2 driver's compressed clusters (read only).
 ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
-LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS)
+# libnbd: the nbd: sink (drivers/nbd.c), a client of remote NBD servers.
+NBD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libnbd)
+NBD_LIBS    = $(shell $(PKG_CONFIG) --libs libnbd)
+$(B)/obj/libblkstack/drivers/nbd.o: CPPFLAGS += $(NBD_CFLAGS)
+LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -302,11 +306,12 @@ tests: all $(TEST_BIN)
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
-             libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev
+             libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
+             libnbd-dev
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3 strace libvhdi-utils
+             python3 strace libvhdi-utils nbdkit
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
