@@ -91,7 +91,7 @@ wait_sink() {
 	worker_start w "log:|nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/q.sock"
 	run fio --name=v --ioengine=nbd --uri="$(nbd_uri)" --rw=randwrite \
 		--bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
-		--verify_fatal=1 --output-format=terse
+		--verify_fatal=1 --verify_state_save=0 --output-format=terse
 	assert_success
 	run qemu-img compare -f raw -F raw "$(nbd_uri)" \
 		"nbd+unix:///?socket=$BATS_TEST_TMPDIR/q.sock"
@@ -170,7 +170,7 @@ wait_sink() {
 	worker_start w "nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/s.sock,retry=30"
 	fio --name=v --ioengine=nbd --uri="$(nbd_uri)" --rw=randwrite --bs=4k \
 		--iodepth=8 --size=32M --rate_iops=4000 --verify=crc32c \
-		--do_verify=1 --verify_fatal=1 \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
 		--output="$BATS_TEST_TMPDIR/fio.out" &
 	fio_pid=$!
 	sleep 1
