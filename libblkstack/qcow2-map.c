@@ -152,6 +152,12 @@ uint64_t q2_run_bytes(struct qcow2_state *st, uint64_t pos, uint64_t end,
 		    (l2.host_offset != first->host_offset + n * cs ||
 		     (direct_only && !l2.copied)))
 			break;
+		/*
+		 * A direct write stops at a cluster an operation holds: its
+		 * entry may be in the cache before it is in the file.
+		 */
+		if (direct_only && q2_op_locked(st, p >> g->cluster_bits))
+			break;
 		p += cs;
 		n++;
 	}

@@ -444,6 +444,18 @@ static int cursor_write(struct qreq *qr)
 				continue;
 			}
 		}
+		/*
+		 * An operation on this cluster first, even when the cache
+		 * already says "data": an allocating write puts its L2 entry
+		 * in the cache before the entry's write completes, and a
+		 * write acknowledged through that entry meanwhile would be
+		 * lost if the worker died before the entry reached the file.
+		 */
+		if (q2_op_locked(st, gc)) {
+			q2_wlist_add(&q2_op_locked(st, gc)->lock_waiters,
+				     &qr->w);
+			return 1;
+		}
 		if (c == CL_DATA && l2.copied) {
 			n = q2_run_bytes(st, qr->pos, qr->end, &l2, c, slot,
 					 true, Q2_SUB_IOV);
@@ -458,11 +470,6 @@ static int cursor_write(struct qreq *qr)
 			bks_aioq_queue(s->q, s->img.fd, sub);
 			qr->pos += n;
 			continue;
-		}
-		if (q2_op_locked(st, gc)) {
-			q2_wlist_add(&q2_op_locked(st, gc)->lock_waiters,
-				     &qr->w);
-			return 1;
 		}
 		op = q2_op_get(st, qr);
 		if (!op)

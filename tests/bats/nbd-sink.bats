@@ -166,10 +166,12 @@ wait_sink() {
 @test "nbd-sink: the server killed and restarted under fio verify: no error, one reconnection" {
 	local fio_pid
 	truncate -s 64M "$IMG_DIR/img.raw"
-	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" file "$IMG_DIR/img.raw"
+	# 2 ms a request: fio's 8 are in flight whenever the server dies.
+	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" --filter=delay file \
+		"$IMG_DIR/img.raw" delay-read=2ms delay-write=2ms
 	worker_start w "nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/s.sock,retry=30"
 	fio --name=v --ioengine=nbd --uri="$(nbd_uri)" --rw=randwrite --bs=4k \
-		--iodepth=8 --size=32M --rate_iops=4000 --verify=crc32c \
+		--iodepth=8 --size=16M --verify=crc32c \
 		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
 		--output="$BATS_TEST_TMPDIR/fio.out" &
 	fio_pid=$!
@@ -181,7 +183,8 @@ wait_sink() {
 	srv_kill
 	wait_sink 'connection down'
 	sleep 1
-	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" file "$IMG_DIR/img.raw"
+	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" --filter=delay file \
+		"$IMG_DIR/img.raw" delay-read=2ms delay-write=2ms
 	run timeout 60 tail --pid="$fio_pid" -f /dev/null
 	wait "$fio_pid"
 	run grep -c 'err= 0' "$BATS_TEST_TMPDIR/fio.out"
