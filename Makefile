@@ -108,6 +108,20 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
+# ---- the version: one place (tools/version: git describe, else VERSION) ----
+# Written on every make, replaced only when it changed: a new commit
+# rebuilds version.o alone and relinks the programs.
+VERSION_H := $(B)/gen/blkstack-version.h
+.PHONY: FORCE
+$(VERSION_H): FORCE
+	@mkdir -p $(@D)
+	@v=$$(tools/version) && \
+	printf '#define BKS_VERSION "%s"\n' "$$v" >$@.new && \
+	if cmp -s $@.new $@; then rm -f $@.new; \
+	else mv -f $@.new $@; echo "version: $$v"; fi
+$(B)/obj/helpers/common/version.o: $(VERSION_H)
+$(B)/obj/helpers/common/version.o: CPPFLAGS += -I$(B)/gen
+
 # ---- helpers/common/: what the programs share, as an archive ----------------
 # A program links it whole; the linker takes only the members it uses.
 COMMON_SRC := $(sort $(wildcard helpers/common/*.c))
@@ -313,7 +327,7 @@ deps:
 	@DEB_PKGS="$(DEB_PKGS)" tests/deps
 
 # ---- checks ----------------------------------------------------------------
-SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
+SHELL_FILES := hotplug/block-stack tools/version tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
 # blkstack-img's fuzz seeds are rebuilt by a script of their own.
 SHELL_FILES += tests/fuzz/corpus-qcow2.sh

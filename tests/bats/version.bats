@@ -195,3 +195,50 @@ script_env() {
 	assert_failure 1
 	assert_regex "$stderr" "helper '@HELPERDIR@/blkstack-hotplug' is missing"
 }
+
+# ---- blkstack's version: one place (tools/version), named by everything ----
+
+@test "--version: every program names the version tools/version computes" {
+	v=$("$TOP/tools/version")
+	assert_regex "$v" '^[0-9]+\.[0-9]+\.[0-9]+'
+	for p in ctl worker supervisor fuse img hotplug; do
+		run --separate-stderr "$BIN/blkstack-$p" --version
+		assert_success
+		assert_output "blkstack-$p $v"
+		assert_equal "$stderr" ""
+	done
+}
+
+@test "version: block-stack version names the same version on stderr" {
+	v=$("$TOP/tools/version")
+	ts v2-create
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" version
+	assert_success
+	assert_equal "$stderr" "blkstack-hotplug: blkstack $v, hotplug interface 2"
+	run xs_read "$HOTPLUG_PATH/version"
+	assert_output 2
+}
+
+@test "tools/version: in this git checkout, VERSION or the tag plus git describe of HEAD" {
+	git -C "$TOP" rev-parse --git-dir >/dev/null 2>&1 || skip "the tree is not a git checkout"
+	v=$("$TOP/tools/version")
+	if tag=$(git -C "$TOP" describe --tags --match 'v[0-9]*' --abbrev=0 2>/dev/null); then
+		assert_regex "$v" "^${tag#v}"
+	else
+		assert_regex "$v" "^$(cat "$TOP/VERSION")\\+g$(git -C "$TOP" describe --always)"
+	fi
+	# A Debian version: no '-' (that would start a revision), no spaces.
+	assert_regex "$v" '^[0-9][0-9A-Za-z.+~]*$'
+}
+
+@test "tools/version: outside git (a tarball, even inside another repository) it is VERSION" {
+	outer=$BATS_TEST_TMPDIR/outer
+	mkdir -p "$outer/blkstack-src/tools"
+	git -C "$outer" init -q
+	git -C "$outer" -c user.name=t -c user.email=t@t commit -q --allow-empty -m x
+	cp "$TOP/tools/version" "$outer/blkstack-src/tools/"
+	echo 9.8.7 >"$outer/blkstack-src/VERSION"
+	run "$outer/blkstack-src/tools/version"
+	assert_success
+	assert_output 9.8.7
+}
