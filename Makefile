@@ -14,6 +14,11 @@ PREFIX     ?= /usr/local
 LIBEXECDIR ?= $(PREFIX)/libexec/blkstack
 SBINDIR    ?= $(PREFIX)/sbin
 XENSCRIPTS ?= /etc/xen/scripts
+MANDIR     ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# The programs read /etc/blkstack.conf; SYSCONFDIR only moves where
+# make install puts its copy (which never replaces an existing one).
+SYSCONFDIR ?= /etc
 DESTDIR    ?=
 
 CC         ?= cc
@@ -40,7 +45,7 @@ B := build
 
 # 'make' builds everything; rules may follow the variables they use.
 .DEFAULT_GOAL := all
-.PHONY: all tests deps lint format check demo install uninstall clean
+.PHONY: all tests deps lint format check demo install uninstall clean man
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -122,6 +127,15 @@ $(VERSION_H): FORCE
 $(B)/obj/helpers/common/version.o: $(VERSION_H)
 $(B)/obj/helpers/common/version.o: CPPFLAGS += -I$(B)/gen
 
+# The install paths compiled or written into files (the hotplug helper's
+# BKS_SBINDIR, the man pages): rewritten when they change, so that what
+# uses them is rebuilt for another PREFIX.
+PATHS_STAMP := $(B)/gen/paths
+$(PATHS_STAMP): FORCE
+	@mkdir -p $(@D)
+	@printf 'LIBEXECDIR=%s\nSBINDIR=%s\n' '$(LIBEXECDIR)' '$(SBINDIR)' >$@.new && \
+	if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
 # ---- helpers/common/: what the programs share, as an archive ----------------
 # A program links it whole; the linker takes only the members it uses.
 COMMON_SRC := $(sort $(wildcard helpers/common/*.c))
@@ -141,6 +155,8 @@ HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 # ... and blkstack-fuse (dev-fuse.c) the same way.
 $(B)/obj/helpers/hotplug/dev-fuse.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+$(B)/obj/helpers/hotplug/hp-actions.o $(B)/obj/helpers/hotplug/dev-fuse.o: \
+	$(PATHS_STAMP)
 
 WORKER       := $(B)/bin/blkstack-worker
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
@@ -200,6 +216,38 @@ $(SCRIPT): hotplug/block-stack
 	chmod 0755 $@
 
 all: $(LIB) $(PROGRAMS) $(SCRIPT)
+
+# ---- man pages: one source format, scdoc ------------------------------------
+# docs/man/NAME.N.scd, written as man pages; blkstack-chains(7) and
+# blkstack-img(1) are docs/chains.txt and docs/blkstack-img.txt themselves,
+# turned into scdoc by tools/txt2scd, so text and page cannot disagree.
+# @LIBEXECDIR@ and @SBINDIR@ become the install paths.
+SCDOC      ?= scdoc
+MAN_SRC    := $(sort $(wildcard docs/man/*.scd))
+MAN_TXT    := blkstack-chains.7 blkstack-img.1
+MAN_PAGES  := $(MAN_SRC:docs/man/%.scd=$(B)/man/%) $(addprefix $(B)/man/,$(MAN_TXT))
+MAN_SED     = sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g'
+
+$(B)/man/%: docs/man/%.scd $(PATHS_STAMP)
+	@mkdir -p $(@D)
+	$(MAN_SED) $< | $(SCDOC) >$@
+
+$(B)/man/%.scd: tools/txt2scd
+	@mkdir -p $(@D)
+	awk -f tools/txt2scd -v page=$(basename $*) -v section=$(subst .,,$(suffix $*)) \
+		-v what='$(MAN_WHAT_$*)' -v also='$(MAN_ALSO_$*)' $(MAN_FROM_$*) >$@
+$(B)/man/blkstack-chains.7.scd: docs/chains.txt
+MAN_FROM_blkstack-chains.7 := docs/chains.txt
+MAN_WHAT_blkstack-chains.7 := chains of layered drivers, and every driver
+MAN_ALSO_blkstack-chains.7 := blkstack-worker(8), blkstack-ctl(8), block-stack(8), blkstack-img(1)
+$(B)/man/blkstack-img.1.scd: docs/blkstack-img.txt
+MAN_FROM_blkstack-img.1 := docs/blkstack-img.txt
+MAN_WHAT_blkstack-img.1 := create, inspect, check and map disk images
+MAN_ALSO_blkstack-img.1 := blkstack-chains(7), blkstack-ctl(8), qemu-img(1)
+$(addprefix $(B)/man/,$(MAN_TXT)): $(B)/man/%: $(B)/man/%.scd
+	$(SCDOC) <$< >$@
+
+man: $(MAN_PAGES)
 
 # ---- tests -----------------------------------------------------------------
 # The harness xenstored's shim (LD_PRELOADed into xenstored).
@@ -316,11 +364,12 @@ tests: all $(TEST_BIN)
 # Debian packages: to build, to run, and to test.
 DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
-             libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev
+             libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
+             scdoc
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3 strace libvhdi-utils
+             python3 strace libvhdi-utils groff-base man-db bsdextrautils
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
@@ -388,9 +437,18 @@ bench: deps
 # ---- end of benchmark --------------------------------------------------------
 
 # ---- install ---------------------------------------------------------------
-install: all
+MAN_INSTALL = for p in $(MAN_PAGES); do n=$${p\#\#*/}; \
+		install -d $(DESTDIR)$(MANDIR)/man$${n\#\#*.} && \
+		install -m 0644 $$p $(DESTDIR)$(MANDIR)/man$${n\#\#*.}/ || exit 1; done
+
+install: all man
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
-		$(DESTDIR)$(SBINDIR)
+		$(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)
+	$(MAN_INSTALL)
+	# The configuration, all defaults commented out; never over an
+	# existing one (the package makes it a conffile instead).
+	[ -e $(DESTDIR)$(SYSCONFDIR)/blkstack.conf ] || \
+		install -m 0644 etc/blkstack.conf $(DESTDIR)$(SYSCONFDIR)/blkstack.conf
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
@@ -407,6 +465,8 @@ uninstall:
 		$(DESTDIR)$(SBINDIR)/blkstack-fuse $(DESTDIR)$(SBINDIR)/blkstack-img
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
+	for p in $(MAN_PAGES); do n=$${p##*/}; \
+		rm -f $(DESTDIR)$(MANDIR)/man$${n##*.}/$$n; done
 	-rmdir $(DESTDIR)$(LIBEXECDIR)
 
 clean:

@@ -177,12 +177,27 @@ script_env() {
 	assert_success
 	assert_file_executable "$root/etc/xen/scripts/block-stack"
 	assert_file_executable "$root/opt/bks/libexec/blkstack/blkstack-hotplug"
+	# The man pages, and the configuration with its defaults.
+	for p in man1/blkstack-img.1 man5/blkstack.conf.5 man7/blkstack-chains.7 \
+		man8/block-stack.8 man8/blkstack-ctl.8 man8/blkstack-worker.8 \
+		man8/blkstack-supervisor.8 man8/blkstack-fuse.8; do
+		assert_file_exists "$root/opt/bks/share/man/$p"
+	done
+	run grep -c "opt/bks/libexec/blkstack/blkstack-hotplug" "$root/opt/bks/share/man/man8/block-stack.8"
+	assert_output 1
+	assert_files_equal "$root/etc/blkstack.conf" "$TOP/etc/blkstack.conf"
+	# A second install keeps the administrator's configuration.
+	echo "hang-action = restart" >"$root/etc/blkstack.conf"
+	make -C "$TOP" -s install DESTDIR="$root" PREFIX=/opt/bks
+	run cat "$root/etc/blkstack.conf"
+	assert_output "hang-action = restart"
 	run grep -c "^helperdir='/opt/bks/libexec/blkstack'$" "$root/etc/xen/scripts/block-stack"
 	assert_output 1
 
 	# A self-contained install (no DESTDIR) runs version for real.
 	prefix=$BATS_TEST_TMPDIR/prefix
-	make -C "$TOP" -s install PREFIX="$prefix" XENSCRIPTS="$prefix/scripts"
+	make -C "$TOP" -s install PREFIX="$prefix" XENSCRIPTS="$prefix/scripts" SYSCONFDIR="$prefix/etc"
+	assert_file_exists "$prefix/etc/blkstack.conf"
 	"$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" --target x v2-create
 	run "$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" v2-run version
 	assert_success
