@@ -369,7 +369,8 @@ DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3 strace libvhdi-utils groff-base man-db bsdextrautils
+             python3 strace libvhdi-utils groff-base man-db bsdextrautils \
+             bash-completion
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
@@ -380,6 +381,8 @@ SHELL_FILES := hotplug/block-stack tools/version tests/xenstored/xsd tests/deps 
                tests/demo .ci/run tests/bats/helpers.bash
 # blkstack-img's fuzz seeds are rebuilt by a script of their own.
 SHELL_FILES += tests/fuzz/corpus-qcow2.sh
+# The bash completions (sourced, bash).
+SHELL_FILES += completion/blkstack-ctl completion/blkstack-img
 # Every C source and header of the tree (tests/xen/bks-records.c too).
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
@@ -445,6 +448,9 @@ install: all man
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
 		$(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)
 	$(MAN_INSTALL)
+	install -d $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0644 completion/blkstack-ctl completion/blkstack-img \
+		$(DESTDIR)$(BASHCOMPDIR)/
 	# The configuration, all defaults commented out; never over an
 	# existing one (the package makes it a conffile instead).
 	[ -e $(DESTDIR)$(SYSCONFDIR)/blkstack.conf ] || \
@@ -465,6 +471,7 @@ uninstall:
 		$(DESTDIR)$(SBINDIR)/blkstack-fuse $(DESTDIR)$(SBINDIR)/blkstack-img
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/blkstack-ctl $(DESTDIR)$(BASHCOMPDIR)/blkstack-img
 	for p in $(MAN_PAGES); do n=$${p##*/}; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${n##*.}/$$n; done
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

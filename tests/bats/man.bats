@@ -159,3 +159,7 @@ long_opts() {
 	assert_failure
 	assert_output --partial "bad.conf:1: hang-action"
 }
+
+teardown() {
+	worker_teardown
+}
