@@ -8,6 +8,8 @@
 #   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
 #   make install    DESTDIR and PREFIX honoured
+#   make man        the man pages (build/man/)
+#   make deb        the Debian package (build/deb/blkstack.deb; check-deb)
 #   make deps       check (and as root install) the Debian packages needed
 
 PREFIX     ?= /usr/local
@@ -362,7 +364,7 @@ tests: all $(TEST_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
-DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
+DEB_BUILD := build-essential pkg-config debhelper dpkg-dev fakeroot libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
              scdoc
@@ -370,14 +372,14 @@ DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
              python3 strace libvhdi-utils groff-base man-db bsdextrautils \
-             bash-completion
+             bash-completion lintian
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
 	@DEB_PKGS="$(DEB_PKGS)" tests/deps
 
 # ---- checks ----------------------------------------------------------------
-SHELL_FILES := hotplug/block-stack tools/version tests/xenstored/xsd tests/deps tests/check \
+SHELL_FILES := hotplug/block-stack tools/version tools/make-deb tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
 # blkstack-img's fuzz seeds are rebuilt by a script of their own.
 SHELL_FILES += tests/fuzz/corpus-qcow2.sh
@@ -408,7 +410,8 @@ demo: deps
 # when a script or program they hold is newer).
 DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
-           e2fsprogs cpio qemu-utils
+           e2fsprogs cpio qemu-utils \
+           debhelper dpkg-dev fakeroot scdoc
 XEN_IMG := $(B)/xen/dom0.cpio.gz
 # For lint (shellcheck): the shell scripts, not README.md.
 XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
@@ -419,7 +422,7 @@ XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
 deps-xen:
 	@DEB_PKGS="$(DEB_XEN)" tests/deps
 
-$(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK)
+$(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK) $(DEB)
 	tests/xen/build-images
 
 check-xen: deps-xen
@@ -438,6 +441,23 @@ bench: deps
 	$(MAKE) all tests
 	QUICK=$(QUICK) bench/run
 # ---- end of benchmark --------------------------------------------------------
+
+# ---- the Debian package (debian/, tools/make-deb) ------------------------------
+# make deb: dpkg-buildpackage in a copy of the tree (build/deb/src), the
+# results in build/deb/, build/deb/blkstack.deb the package.  Rebuilt when
+# a file of the tree or the version changes (the file list, git's, is
+# only computed when the package is wanted).
+DEB_DIR := $(B)/deb
+DEB     := $(DEB_DIR)/blkstack.deb
+DEB_SRC  = $(wildcard $(shell git ls-files -co --exclude-standard 2>/dev/null || \
+		find . -path ./build -prune -o -path ./.git -prune -o -type f -print))
+.PHONY: deb check-deb
+deb: $(DEB)
+$(DEB): $$(DEB_SRC) $(VERSION_H)
+	tools/make-deb $(DEB_DIR)
+# Its tests alone (make check runs them too): lintian, contents, upgrade.
+check-deb: deb
+	bats tests/bats/deb.bats
 
 # ---- install ---------------------------------------------------------------
 MAN_INSTALL = for p in $(MAN_PAGES); do n=$${p\#\#*/}; \
