@@ -13,6 +13,13 @@ setup_file() {
 }
 
 teardown() {
+	# A failed upgrade test leaves its (daemonized) worker: stop it.
+	local d
+	for d in "$BATS_TEST_TMPDIR"/run/*/; do
+		[ -d "$d" ] || continue
+		"$BIN/blkstack-ctl" --rundir "$BATS_TEST_TMPDIR/run" destroy \
+			--name "$(basename "$d")" >/dev/null 2>&1 || true
+	done
 	worker_teardown
 }
 
@@ -49,6 +56,9 @@ teardown() {
 	assert_files_equal "$x/etc/blkstack.conf" "$TOP/etc/blkstack.conf"
 	run sh -c "dpkg-deb --ctrl-tarfile '$DEB' | tar -xO ./conffiles"
 	assert_output "$(printf '/etc/blkstack.conf\n/etc/xen/scripts/block-stack')"
+	# No maintainer scripts: installing or upgrading restarts nothing.
+	run sh -c "dpkg-deb --ctrl-tarfile '$DEB' | tar -t | sort"
+	assert_output "$(printf './\n./conffiles\n./control\n./md5sums')"
 	for c in blkstack-ctl blkstack-img; do
 		assert_files_equal "$x/usr/share/bash-completion/completions/$c" "$TOP/completion/$c"
 	done
