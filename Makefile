@@ -8,12 +8,19 @@
 #   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
 #   make install    DESTDIR and PREFIX honoured
+#   make man        the man pages (build/man/)
+#   make deb        the Debian package (build/deb/blkstack.deb; check-deb)
 #   make deps       check (and as root install) the Debian packages needed
 
 PREFIX     ?= /usr/local
 LIBEXECDIR ?= $(PREFIX)/libexec/blkstack
 SBINDIR    ?= $(PREFIX)/sbin
 XENSCRIPTS ?= /etc/xen/scripts
+MANDIR     ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# The programs read /etc/blkstack.conf; SYSCONFDIR only moves where
+# make install puts its copy (which never replaces an existing one).
+SYSCONFDIR ?= /etc
 DESTDIR    ?=
 
 CC         ?= cc
@@ -40,7 +47,7 @@ B := build
 
 # 'make' builds everything; rules may follow the variables they use.
 .DEFAULT_GOAL := all
-.PHONY: all tests deps lint format check demo install uninstall clean
+.PHONY: all tests deps lint format check demo install uninstall clean man
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
 
@@ -112,6 +119,29 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
+# ---- the version: one place (tools/version: git describe, else VERSION) ----
+# Written on every make, replaced only when it changed: a new commit
+# rebuilds version.o alone and relinks the programs.
+VERSION_H := $(B)/gen/blkstack-version.h
+.PHONY: FORCE
+$(VERSION_H): FORCE
+	@mkdir -p $(@D)
+	@v=$$(tools/version) && \
+	printf '#define BKS_VERSION "%s"\n' "$$v" >$@.new && \
+	if cmp -s $@.new $@; then rm -f $@.new; \
+	else mv -f $@.new $@; echo "version: $$v"; fi
+$(B)/obj/helpers/common/version.o: $(VERSION_H)
+$(B)/obj/helpers/common/version.o: CPPFLAGS += -I$(B)/gen
+
+# The install paths compiled or written into files (the hotplug helper's
+# BKS_SBINDIR, the man pages): rewritten when they change, so that what
+# uses them is rebuilt for another PREFIX.
+PATHS_STAMP := $(B)/gen/paths
+$(PATHS_STAMP): FORCE
+	@mkdir -p $(@D)
+	@printf 'LIBEXECDIR=%s\nSBINDIR=%s\n' '$(LIBEXECDIR)' '$(SBINDIR)' >$@.new && \
+	if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
 # ---- helpers/common/: what the programs share, as an archive ----------------
 # A program links it whole; the linker takes only the members it uses.
 COMMON_SRC := $(sort $(wildcard helpers/common/*.c))
@@ -131,6 +161,8 @@ HOTPLUG_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 $(B)/obj/helpers/hotplug/hp-actions.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
 # ... and blkstack-fuse (dev-fuse.c) the same way.
 $(B)/obj/helpers/hotplug/dev-fuse.o: CPPFLAGS += -DBKS_SBINDIR='"$(SBINDIR)"'
+$(B)/obj/helpers/hotplug/hp-actions.o $(B)/obj/helpers/hotplug/dev-fuse.o: \
+	$(PATHS_STAMP)
 
 WORKER       := $(B)/bin/blkstack-worker
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
@@ -190,6 +222,38 @@ $(SCRIPT): hotplug/block-stack
 	chmod 0755 $@
 
 all: $(LIB) $(PROGRAMS) $(SCRIPT)
+
+# ---- man pages: one source format, scdoc ------------------------------------
+# docs/man/NAME.N.scd, written as man pages; blkstack-chains(7) and
+# blkstack-img(1) are docs/chains.txt and docs/blkstack-img.txt themselves,
+# turned into scdoc by tools/txt2scd, so text and page cannot disagree.
+# @LIBEXECDIR@ and @SBINDIR@ become the install paths.
+SCDOC      ?= scdoc
+MAN_SRC    := $(sort $(wildcard docs/man/*.scd))
+MAN_TXT    := blkstack-chains.7 blkstack-img.1
+MAN_PAGES  := $(MAN_SRC:docs/man/%.scd=$(B)/man/%) $(addprefix $(B)/man/,$(MAN_TXT))
+MAN_SED     = sed -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g'
+
+$(B)/man/%: docs/man/%.scd $(PATHS_STAMP)
+	@mkdir -p $(@D)
+	$(MAN_SED) $< | $(SCDOC) >$@
+
+$(B)/man/%.scd: tools/txt2scd
+	@mkdir -p $(@D)
+	awk -f tools/txt2scd -v page=$(basename $*) -v section=$(subst .,,$(suffix $*)) \
+		-v what='$(MAN_WHAT_$*)' -v also='$(MAN_ALSO_$*)' $(MAN_FROM_$*) >$@
+$(B)/man/blkstack-chains.7.scd: docs/chains.txt
+MAN_FROM_blkstack-chains.7 := docs/chains.txt
+MAN_WHAT_blkstack-chains.7 := chains of layered drivers, and every driver
+MAN_ALSO_blkstack-chains.7 := blkstack-worker(8), blkstack-ctl(8), block-stack(8), blkstack-img(1)
+$(B)/man/blkstack-img.1.scd: docs/blkstack-img.txt
+MAN_FROM_blkstack-img.1 := docs/blkstack-img.txt
+MAN_WHAT_blkstack-img.1 := create, inspect, check and map disk images
+MAN_ALSO_blkstack-img.1 := blkstack-chains(7), blkstack-ctl(8), qemu-img(1)
+$(addprefix $(B)/man/,$(MAN_TXT)): $(B)/man/%: $(B)/man/%.scd
+	$(SCDOC) <$< >$@
+
+man: $(MAN_PAGES)
 
 # ---- tests -----------------------------------------------------------------
 # The harness xenstored's shim (LD_PRELOADed into xenstored).
@@ -304,24 +368,27 @@ tests: all $(TEST_BIN)
 
 # ---- dependencies ----------------------------------------------------------
 # Debian packages: to build, to run, and to test.
-DEB_BUILD := build-essential pkg-config libxen-dev libaio-dev liburing-dev \
+DEB_BUILD := build-essential pkg-config debhelper dpkg-dev fakeroot libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
-             libnbd-dev
+             libnbd-dev scdoc
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
-             python3 strace libvhdi-utils nbdkit
+             python3 strace libvhdi-utils nbdkit groff-base man-db \
+             bsdextrautils bash-completion lintian
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:
 	@DEB_PKGS="$(DEB_PKGS)" tests/deps
 
 # ---- checks ----------------------------------------------------------------
-SHELL_FILES := hotplug/block-stack tests/xenstored/xsd tests/deps tests/check \
+SHELL_FILES := hotplug/block-stack tools/version tools/make-deb tests/xenstored/xsd tests/deps tests/check \
                tests/demo .ci/run tests/bats/helpers.bash
 # blkstack-img's fuzz seeds are rebuilt by a script of their own.
 SHELL_FILES += tests/fuzz/corpus-qcow2.sh
+# The bash completions (sourced, bash).
+SHELL_FILES += completion/blkstack-ctl completion/blkstack-img
 # Every C source and header of the tree (tests/xen/bks-records.c too).
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
@@ -347,7 +414,8 @@ demo: deps
 # when a script or program they hold is newer).
 DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
-           e2fsprogs cpio qemu-utils
+           e2fsprogs cpio qemu-utils \
+           debhelper dpkg-dev fakeroot scdoc
 XEN_IMG := $(B)/xen/dom0.cpio.gz
 # For lint (shellcheck): the shell scripts, not README.md.
 XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
@@ -358,7 +426,7 @@ XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
 deps-xen:
 	@DEB_PKGS="$(DEB_XEN)" tests/deps
 
-$(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK)
+$(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK) $(DEB)
 	tests/xen/build-images
 
 check-xen: deps-xen
@@ -378,10 +446,39 @@ bench: deps
 	QUICK=$(QUICK) bench/run
 # ---- end of benchmark --------------------------------------------------------
 
+# ---- the Debian package (debian/, tools/make-deb) ------------------------------
+# make deb: dpkg-buildpackage in a copy of the tree (build/deb/src), the
+# results in build/deb/, build/deb/blkstack.deb the package.  Rebuilt when
+# a file of the tree or the version changes (the file list, git's, is
+# only computed when the package is wanted).
+DEB_DIR := $(B)/deb
+DEB     := $(DEB_DIR)/blkstack.deb
+DEB_SRC  = $(wildcard $(shell git ls-files -co --exclude-standard 2>/dev/null || \
+		find . -path ./build -prune -o -path ./.git -prune -o -type f -print))
+.PHONY: deb check-deb
+deb: $(DEB)
+$(DEB): $$(DEB_SRC) $(VERSION_H)
+	tools/make-deb $(DEB_DIR)
+# Its tests alone (make check runs them too): lintian, contents, upgrade.
+check-deb: deb
+	bats tests/bats/deb.bats
+
 # ---- install ---------------------------------------------------------------
-install: all
+MAN_INSTALL = for p in $(MAN_PAGES); do n=$${p\#\#*/}; \
+		install -d $(DESTDIR)$(MANDIR)/man$${n\#\#*.} && \
+		install -m 0644 $$p $(DESTDIR)$(MANDIR)/man$${n\#\#*.}/ || exit 1; done
+
+install: all man
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(XENSCRIPTS) \
-		$(DESTDIR)$(SBINDIR)
+		$(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)
+	$(MAN_INSTALL)
+	install -d $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0644 completion/blkstack-ctl completion/blkstack-img \
+		$(DESTDIR)$(BASHCOMPDIR)/
+	# The configuration, all defaults commented out; never over an
+	# existing one (the package makes it a conffile instead).
+	[ -e $(DESTDIR)$(SYSCONFDIR)/blkstack.conf ] || \
+		install -m 0644 etc/blkstack.conf $(DESTDIR)$(SYSCONFDIR)/blkstack.conf
 	install -m 0755 $(HOTPLUG) $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
@@ -398,6 +495,9 @@ uninstall:
 		$(DESTDIR)$(SBINDIR)/blkstack-fuse $(DESTDIR)$(SBINDIR)/blkstack-img
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/blkstack-ctl $(DESTDIR)$(BASHCOMPDIR)/blkstack-img
+	for p in $(MAN_PAGES); do n=$${p##*/}; \
+		rm -f $(DESTDIR)$(MANDIR)/man$${n##*.}/$$n; done
 	-rmdir $(DESTDIR)$(LIBEXECDIR)
 
 clean:

@@ -32,6 +32,7 @@
 #include "nbd-kernel.h"
 #include "rundir.h"
 #include "sibling.h"
+#include "version.h"
 #include "worker-list.h"
 #include "worker-name.h"
 #include "worker-run.h"
@@ -81,6 +82,7 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: " PROG " [--rundir DIR] COMMAND [OPTIONS]\n"
+	    "       " PROG " --version | --help\n"
 	    "\n"
 	    "  list [--json]                      the workers in DIR\n"
 	    "  create --name NAME --chain CHAIN [--read-only]\n"
@@ -827,6 +829,7 @@ static const struct option long_opts[] = {
     {"base", required_argument, NULL, 'B'},
     {"no-wait", no_argument, NULL, 'W'},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
 };
 
@@ -891,6 +894,9 @@ int main(int argc, char **argv)
 		} else if (opt == 'h') {
 			usage(stdout);
 			return EXIT_OK;
+		} else if (opt == 'V') {
+			return bks_version_print(stdout, PROG) < 0 ? EXIT_FAIL
+								   : EXIT_OK;
 		} else {
 			usage(stderr);
 			return EXIT_USAGE;

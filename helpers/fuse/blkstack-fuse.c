@@ -57,6 +57,7 @@
 #include "fuse-nbd.h"
 #include "fuse-serve.h"
 #include "ready-fd.h"
+#include "version.h"
 
 #define PROG "blkstack-fuse"
 /* The first connection's deadline. */
@@ -92,7 +93,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: " PROG " --socket NBD_SOCK --mount DIR [--read-only] "
 		"[--ready-fd FD]\n"
-		"  [--reconnect-timeout SECONDS] [--foreground]\n");
+		"  [--reconnect-timeout SECONDS] [--foreground]\n"
+		"       " PROG " --version | --help\n");
 }
 
 /* A decimal count 0..max.  Returns 0 or -EINVAL. */
@@ -124,6 +126,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"reconnect-timeout", required_argument, NULL, 't'},
 	    {"foreground", no_argument, NULL, 'f'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0}};
 	unsigned long v;
 	int c;
@@ -163,6 +166,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'h':
 			usage(stdout);
 			exit(0);
+		case 'V':
+			exit(bks_version_print(stdout, PROG) < 0 ? 1 : 0);
 		default:
 			usage(stderr);
 			return -EINVAL;

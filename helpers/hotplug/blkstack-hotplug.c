@@ -20,6 +20,7 @@
 #include "blkstack/error.h"
 #include "hp-error.h"
 #include "hp.h"
+#include "version.h"
 
 #define PROG "blkstack-hotplug"
 
@@ -51,10 +52,19 @@ static int version_txn(struct xs_handle *xs, xs_transaction_t t, void *arg,
 	return hp_clear_stale_error(hp, t);
 }
 
-/* version: HOTPLUG_PATH/version = 2.  Idempotent: it only ever writes 2. */
+/*
+ * version: HOTPLUG_PATH/version = 2.  Idempotent: it only ever writes 2.
+ * Names blkstack's version on stderr (libxl's log), the one --version of
+ * the other programs prints.
+ */
 static int act_version(struct hp *hp)
 {
-	return hp_xs_transaction(hp->xs, version_txn, hp, &hp->err);
+	int rc = hp_xs_transaction(hp->xs, version_txn, hp, &hp->err);
+
+	if (rc == 0)
+		fprintf(stderr, PROG ": blkstack %s, hotplug interface 2\n",
+			bks_version());
+	return rc;
 }
 
 /* The v2 actions; v1 add and remove are composed from them (hp-actions.c). */
@@ -125,6 +135,11 @@ int main(int argc, char **argv)
 	openlog(PROG, LOG_PID, LOG_DAEMON);
 	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
+		goto out;
+	}
+	if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+		if (bks_version_print(stdout, PROG) < 0)
+			code = HP_EXIT_FAILED;
 		goto out;
 	}
 	if (argc != 2) {

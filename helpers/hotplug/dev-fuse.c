@@ -223,6 +223,9 @@ out:
 	return ret;
 }
 
+/* What readlink(/proc/PID/exe) appends when the file was replaced. */
+#define EXE_DELETED " (deleted)"
+
 int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 {
 	char proc[64], exe[PATH_MAX], want[PATH_MAX], real[PATH_MAX];
@@ -245,6 +248,14 @@ int hp_fuse_check(const struct hp_dev *dev, int *pidfd, bool *ours)
 	if (n < 0)
 		goto not_ours;
 	exe[n] = '\0';
+	/*
+	 * A blkstack-fuse started before a package upgrade replaced its
+	 * file runs on: the kernel names it "PATH (deleted)".  It is still
+	 * ours (the upgrade notes in README.md; tests/bats/upgrade.bats).
+	 */
+	if ((size_t)n > sizeof(EXE_DELETED) - 1 &&
+	    strcmp(exe + n - (sizeof(EXE_DELETED) - 1), EXE_DELETED) == 0)
+		exe[n - (sizeof(EXE_DELETED) - 1)] = '\0';
 	/* The name first: the sweep asks this of every process. */
 	base = strrchr(exe, '/');
 	if (!base || strcmp(base + 1, FUSE_EXE) != 0 ||

@@ -20,6 +20,7 @@
 #include "blkstack/driver.h"
 #include "img-map.h"
 #include "img.h"
+#include "version.h"
 
 /* Exit codes (qemu-img check's convention for check). */
 enum {
@@ -43,6 +44,7 @@ static void usage(FILE *f)
 		"  info   [-f FMT] [--json] [--backing-chain] FILE\n"
 		"  check  [-f FMT] [--json] [-r leaks|all | --repair] FILE\n"
 		"  map    [-f FMT] [--output=human|json] FILE\n"
+		"  --version | --help\n"
 		"formats: raw, qcow2%s; SIZE takes k, M, G, T, P, E "
 		"(powers of 1024)\n",
 		prog, img_format_find("vhd") ? ", vhd" : "");
@@ -927,6 +929,8 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return EXIT_OK;
 	}
+	if (strcmp(argv[1], "--version") == 0)
+		return bks_version_print(stdout, prog) < 0 ? EXIT_ERR : EXIT_OK;
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (strcmp(argv[1], cmds[i].name) == 0)
 			return cmds[i].fn(argc - 1, argv + 1);

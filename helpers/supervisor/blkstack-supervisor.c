@@ -58,6 +58,7 @@
 #include "rundir.h"
 #include "sibling.h"
 #include "sup.h"
+#include "version.h"
 #include "worker-name.h"
 #include "worker-run.h"
 
@@ -213,6 +214,7 @@ static void usage(FILE *f)
 		   " --name NAME --chain CHAIN [--rundir DIR] [--read-only]\n"
 		   "  [--ready-fd FD] [--worker EXE] [--xs-error-path XSPATH]\n"
 		   "  [-- WORKER-ARGS...]\n"
+		   "       " PROG " --version | --help\n"
 		   "  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR
 		   "\n");
 }
@@ -225,6 +227,7 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 	    {"worker", required_argument, NULL, 'w'},
 	    {"xs-error-path", required_argument, NULL, 'x'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct worker_spec ws = {0};
@@ -253,6 +256,8 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 		case 'h':
 			usage(stdout);
 			exit(0);
+		case 'V':
+			exit(bks_version_print(stdout, PROG) < 0 ? 1 : 0);
 		default:
 			usage(stderr);
 			return 2;

@@ -54,6 +54,7 @@
 #include "ready-fd.h"
 #include "rundir-files.h"
 #include "rundir.h"
+#include "version.h"
 #include "worker-ctl.h"
 #include "worker-job.h"
 #include "worker-live.h"
@@ -693,6 +694,7 @@ static void usage(FILE *f)
 		"  [--io-engine auto|io_uring|libaio] (file I/O; default: "
 		"conf io-engine, else auto)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
+		"  --version: print the version and exit\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
 		"vm.img'\n");
 }
@@ -734,6 +736,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"io-engine", required_argument, NULL, 'E'},
 	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
 	};
 	int c, taken;
@@ -773,6 +776,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		case 'h':
 			usage(stdout);
 			exit(0);
+		case 'V':
+			exit(bks_version_print(stdout, PROG) < 0 ? 1 : 0);
 		default:
 			usage(stderr);
 			return 2;

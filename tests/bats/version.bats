@@ -177,12 +177,27 @@ script_env() {
 	assert_success
 	assert_file_executable "$root/etc/xen/scripts/block-stack"
 	assert_file_executable "$root/opt/bks/libexec/blkstack/blkstack-hotplug"
+	# The man pages, and the configuration with its defaults.
+	for p in man1/blkstack-img.1 man5/blkstack.conf.5 man7/blkstack-chains.7 \
+		man8/block-stack.8 man8/blkstack-ctl.8 man8/blkstack-worker.8 \
+		man8/blkstack-supervisor.8 man8/blkstack-fuse.8; do
+		assert_file_exists "$root/opt/bks/share/man/$p"
+	done
+	run grep -c "opt/bks/libexec/blkstack/blkstack-hotplug" "$root/opt/bks/share/man/man8/block-stack.8"
+	assert_output 1
+	assert_files_equal "$root/etc/blkstack.conf" "$TOP/etc/blkstack.conf"
+	# A second install keeps the administrator's configuration.
+	echo "hang-action = restart" >"$root/etc/blkstack.conf"
+	make -C "$TOP" -s install DESTDIR="$root" PREFIX=/opt/bks
+	run cat "$root/etc/blkstack.conf"
+	assert_output "hang-action = restart"
 	run grep -c "^helperdir='/opt/bks/libexec/blkstack'$" "$root/etc/xen/scripts/block-stack"
 	assert_output 1
 
 	# A self-contained install (no DESTDIR) runs version for real.
 	prefix=$BATS_TEST_TMPDIR/prefix
-	make -C "$TOP" -s install PREFIX="$prefix" XENSCRIPTS="$prefix/scripts"
+	make -C "$TOP" -s install PREFIX="$prefix" XENSCRIPTS="$prefix/scripts" SYSCONFDIR="$prefix/etc"
+	assert_file_exists "$prefix/etc/blkstack.conf"
 	"$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" --target x v2-create
 	run "$TOOLSTACK" --quiet --script "$prefix/scripts/block-stack" v2-run version
 	assert_success
@@ -194,4 +209,51 @@ script_env() {
 	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$TOP/hotplug/block-stack" version
 	assert_failure 1
 	assert_regex "$stderr" "helper '@HELPERDIR@/blkstack-hotplug' is missing"
+}
+
+# ---- blkstack's version: one place (tools/version), named by everything ----
+
+@test "--version: every program names the version tools/version computes" {
+	v=$("$TOP/tools/version")
+	assert_regex "$v" '^[0-9]+\.[0-9]+\.[0-9]+'
+	for p in ctl worker supervisor fuse img hotplug; do
+		run --separate-stderr "$BIN/blkstack-$p" --version
+		assert_success
+		assert_output "blkstack-$p $v"
+		assert_equal "$stderr" ""
+	done
+}
+
+@test "version: block-stack version names the same version on stderr" {
+	v=$("$TOP/tools/version")
+	ts v2-create
+	run --separate-stderr script_env HOTPLUG_PATH="$HOTPLUG_PATH" "$SCRIPT" version
+	assert_success
+	assert_equal "$stderr" "blkstack-hotplug: blkstack $v, hotplug interface 2"
+	run xs_read "$HOTPLUG_PATH/version"
+	assert_output 2
+}
+
+@test "tools/version: in this git checkout, VERSION or the tag plus git describe of HEAD" {
+	git -C "$TOP" rev-parse --git-dir >/dev/null 2>&1 || skip "the tree is not a git checkout"
+	v=$("$TOP/tools/version")
+	if tag=$(git -C "$TOP" describe --tags --match 'v[0-9]*' --abbrev=0 2>/dev/null); then
+		assert_regex "$v" "^${tag#v}"
+	else
+		assert_regex "$v" "^$(cat "$TOP/VERSION")\\+g$(git -C "$TOP" describe --always)"
+	fi
+	# A Debian version: no '-' (that would start a revision), no spaces.
+	assert_regex "$v" '^[0-9][0-9A-Za-z.+~]*$'
+}
+
+@test "tools/version: outside git (a tarball, even inside another repository) it is VERSION" {
+	outer=$BATS_TEST_TMPDIR/outer
+	mkdir -p "$outer/blkstack-src/tools"
+	git -C "$outer" init -q
+	git -C "$outer" -c user.name=t -c user.email=t@t commit -q --allow-empty -m x
+	cp "$TOP/tools/version" "$outer/blkstack-src/tools/"
+	echo 9.8.7 >"$outer/blkstack-src/VERSION"
+	run "$outer/blkstack-src/tools/version"
+	assert_success
+	assert_output 9.8.7
 }

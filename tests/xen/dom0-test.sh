@@ -1399,6 +1399,23 @@ for c in xl xenstore-read xenstore-write xenstore-ls xenstore-exists \
 done
 check "dom0 has every command dom0-test.sh uses" sh -c \
 	"[ -z '$missing' ] || { echo 'missing:$missing'; exit 1; }"
+# blkstack came from its Debian package (build-images: dpkg -x of
+# build/deb/blkstack.deb): the programs, the hotplug script and its helper
+# where the package puts them, naming the package's version.
+package_check() {
+	[ -n "$1" ] || { echo "no /etc/blkstack-package-version"; return 1; }
+	for _p in blkstack-ctl blkstack-worker blkstack-supervisor blkstack-fuse blkstack-img; do
+		_out=$("/usr/sbin/$_p" --version) || return 1
+		[ "$_out" = "$_p $1" ] || { echo "$_p says: $_out"; return 1; }
+	done
+	_out=$(/usr/libexec/blkstack/blkstack-hotplug --version) || return 1
+	[ "$_out" = "blkstack-hotplug $1" ] || { echo "hotplug helper says: $_out"; return 1; }
+	grep -q "^helperdir='/usr/libexec/blkstack'$" "$SCRIPT" ||
+		{ echo "$SCRIPT does not run /usr/libexec/blkstack"; return 1; }
+	[ -f /etc/blkstack.conf ] || { echo "no /etc/blkstack.conf"; return 1; }
+}
+pkgv=$(cat /etc/blkstack-package-version 2>/dev/null)
+check "blkstack is the package's, version $pkgv" package_check "$pkgv"
 if [ -z "$only" ]; then
 	guest_run loop
 fi
