@@ -111,9 +111,14 @@ static int range_ioctl(const struct bks_image *img, unsigned long cmd,
 static int falloc(const struct bks_image *img, int mode, uint64_t offset,
 		  uint64_t len, bool *no)
 {
+	int rc;
+
 	if (refused(no))
 		return -EOPNOTSUPP;
-	if (fallocate(img->fd, mode, (off_t)offset, (off_t)len) == 0)
+	do /* interrupted by a signal: again (the range is idempotent) */
+		rc = fallocate(img->fd, mode, (off_t)offset, (off_t)len);
+	while (rc < 0 && errno == EINTR);
+	if (rc == 0)
 		return 0;
 	if (errno == EOPNOTSUPP)
 		set_refused(no);

@@ -217,7 +217,9 @@ static int file_map(struct log_state *s, const char *path,
 	 * Every page allocated now: a full tmpfs fails the open, where a
 	 * store into a page it could not allocate would be a SIGBUS later.
 	 */
-	rc = posix_fallocate(fd, 0, (off_t)len);
+	do /* a signal (the worker's SIGCHLD, say) interrupts it: again */
+		rc = posix_fallocate(fd, 0, (off_t)len);
+	while (rc == EINTR);
 	if (rc != 0) {
 		rc = bks_error_set(err, rc, "state file %s: allocate %zu bytes",
 				   path, len);
