@@ -426,6 +426,10 @@ XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
 deps-xen:
 	@DEB_PKGS="$(DEB_XEN)" tests/deps
 
+# The package the dom0 gets blkstack from (make deb, below); defined here,
+# before the rule that needs it (a prerequisite list is expanded when read).
+DEB_DIR := $(B)/deb
+DEB     := $(DEB_DIR)/blkstack.deb
 $(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK) $(DEB)
 	tests/xen/build-images
 
@@ -451,8 +455,6 @@ bench: deps
 # results in build/deb/, build/deb/blkstack.deb the package.  Rebuilt when
 # a file of the tree or the version changes (the file list, git's, is
 # only computed when the package is wanted).
-DEB_DIR := $(B)/deb
-DEB     := $(DEB_DIR)/blkstack.deb
 DEB_SRC  = $(wildcard $(shell git ls-files -co --exclude-standard 2>/dev/null || \
 		find . -path ./build -prune -o -path ./.git -prune -o -type f -print))
 .PHONY: deb check-deb
