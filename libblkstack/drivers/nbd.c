@@ -125,7 +125,7 @@ struct nbd_state {
 	char last_error[256];
 };
 
-static void conn_lost(struct nbd_state *s, const char *why);
+static void conn_lost(struct nbd_state *s);
 static void pump(struct nbd_state *s);
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -243,7 +243,7 @@ static void after_notify(struct nbd_state *s)
 	reap(s);
 	if (s->h && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
 		note_error(s, "connection");
-		conn_lost(s, "the connection died");
+		conn_lost(s);
 		return;
 	}
 	if (s->conn == NBD_CONNECTING && s->h && nbd_aio_is_ready(s->h)) {
@@ -503,7 +503,7 @@ static void pump(struct nbd_state *s)
 		}
 		if (issue(s, req) < 0) {
 			reap(s);
-			conn_lost(s, "send");
+			conn_lost(s);
 			return;
 		}
 	}
@@ -615,11 +615,10 @@ static void conn_drop(struct nbd_state *s)
 	reap(s);
 }
 
-static void conn_lost(struct nbd_state *s, const char *why)
+static void conn_lost(struct nbd_state *s)
 {
 	bool was_ready = s->conn == NBD_READY;
 
-	(void)why;
 	/* Down first: what the reap below completes may submit again. */
 	s->conn = NBD_DOWN;
 	conn_drop(s);
@@ -649,7 +648,7 @@ static void conn_ready(struct nbd_state *s)
 	if (why) {
 		snprintf(s->last_error, sizeof(s->last_error),
 			 "reconnected, refused: %s", why);
-		conn_lost(s, why);
+		conn_lost(s);
 		return;
 	}
 	s->conn = NBD_READY;
@@ -681,7 +680,7 @@ static void on_reconnect_timer(struct bks_timer *t)
 	if (rc < 0) {
 		snprintf(s->last_error, sizeof(s->last_error),
 			 "watching the connection: %s", strerror(-rc));
-		conn_lost(s, "watch");
+		conn_lost(s);
 		return;
 	}
 	s->watch_events = EPOLLIN | EPOLLOUT;
@@ -696,7 +695,7 @@ static void on_attempt_timer(struct bks_timer *t)
 	snprintf(s->last_error, sizeof(s->last_error),
 		 "connecting: no answer in %u s (connect-timeout)",
 		 s->t.connect_timeout_s);
-	conn_lost(s, "connect timeout");
+	conn_lost(s);
 }
 
 /* The retry window has passed: fail what waits, and what comes. */
