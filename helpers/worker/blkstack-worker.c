@@ -3,6 +3,7 @@
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *                 [--supervisor-fd FD] [--io-engine auto|io_uring|libaio]
+ *                 [--fuse-mount DIR]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -24,6 +25,14 @@
  * the NBD handshake deadline, the NBD stall timeout and the control
  * connections' idle timeout, in milliseconds, each 0 for its default
  * (docs/control-protocol.txt, "Connection limits").
+ *
+ * --fuse-mount DIR also serves the disk as the file DIR/disk of a FUSE
+ * file system the worker mounts there (include/blkstack/fuse-server.h):
+ * a loop device on it is a dom0 device of the disk with no NBD hop.  It
+ * is unmounted at shutdown.  A crash of the worker ends the file system
+ * (the loop device above then fails its I/O): the hotplug helper's loop
+ * fallback therefore still goes through blkstack-fuse, which outlives a
+ * worker's restart.
  *
  * --io-engine (else the conf key io-engine, else auto) picks the file
  * drivers' I/O engine (blkstack/io-engine.h); auto is resolved once at
@@ -74,7 +83,8 @@ struct opts {
 	int super_fd; /* --supervisor-fd, -1: none */
 	/* --timeouts, ms (0: default) */
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
-	const char *io_engine; /* --io-engine, NULL: the conf's */
+	const char *io_engine;	/* --io-engine, NULL: the conf's */
+	const char *fuse_mount; /* --fuse-mount, NULL: none */
 };
 
 /* What main holds open; closed in one place. */
@@ -251,12 +261,28 @@ static void flushed(struct bks_req *req, int result)
 	bks_loop_stop(w->loop);
 }
 
+static void nbd_down(void *arg);
+
+/* The FUSE export is down too: back to nbd_down() for the flush. */
+static void fuse_down(void *arg)
+{
+	struct worker *w = arg;
+
+	w->fuse_down = true;
+	nbd_down(w);
+}
+
 /* Every client is gone: flush what the chain holds, then leave the loop. */
 static void nbd_down(void *arg)
 {
 	struct worker *w = arg;
 	const struct bks_info *info;
 
+	/* The FUSE export's file goes after NBD's clients. */
+	if (w->fuse && !w->fuse_down) {
+		bks_export_shutdown(w->fuse, fuse_down, w);
+		return;
+	}
 	/* A cancelled job still stopping: job_stopped() comes back here. */
 	if (worker_job_running(w)) {
 		w->down_pending = true;
@@ -614,6 +640,18 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	rc = bks_export_start(w->nbd, err);
 	if (rc < 0)
 		return rc;
+	if (o->fuse_mount) {
+		rc = bks_fuse_export_new(&w->fuse, w->loop, w->chain,
+					 &(const struct bks_fuse_config){
+					     .mountpoint = o->fuse_mount,
+					     .read_only = w->read_only,
+					 },
+					 err);
+		if (rc == 0)
+			rc = bks_export_start(w->fuse, err);
+		if (rc < 0)
+			return rc;
+	}
 	rc = resume_pause(w, err);
 	if (rc < 0)
 		return rc;
@@ -634,6 +672,7 @@ static void cleanup(struct worker *w, struct res *r)
 
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
+	bks_export_free(w->fuse);
 	bks_export_free(w->nbd);
 	stop_signals_stop(&r->sig);
 	if (r->nbd_fd >= 0)
@@ -693,6 +732,7 @@ static void usage(FILE *f)
 		"  [--timeouts HANDSHAKE,STALL,CTL_IDLE] (ms; for tests)\n"
 		"  [--io-engine auto|io_uring|libaio] (file I/O; default: "
 		"conf io-engine, else auto)\n"
+		"  [--fuse-mount DIR] (also serve the disk as DIR/disk)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  --version: print the version and exit\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
@@ -735,6 +775,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"timeouts", required_argument, NULL, 'T'},
 	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"io-engine", required_argument, NULL, 'E'},
+	    {"fuse-mount", required_argument, NULL, 'M'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
@@ -772,6 +813,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case 'E':
 			o->io_engine = optarg; /* checked at start: exit 1 */
+			break;
+		case 'M':
+			if (optarg[0] != '/') {
+				fprintf(stderr,
+					PROG ": --fuse-mount takes an absolute "
+					     "path, not '%s'\n",
+					optarg);
+				return 2;
+			}
+			o->fuse_mount = optarg;
 			break;
 		case 'h':
 			usage(stdout);

@@ -437,6 +437,24 @@ static void cmd_stats(struct ctl_conn *c)
 	json_kv_u64(j, "held", cs.parked_total);
 	json_kv_u64(j, "holding", cs.parked);
 	json_obj_end(j);
+	/* --fuse-mount's export: its own counters, or null. */
+	json_key(j, "fuse");
+	if (w->fuse) {
+		struct bks_export_stats fs = {0};
+
+		bks_export_get_stats(w->fuse, &fs);
+		json_obj_begin(j);
+		json_kv_bool(j, "mounted", fs.connections > 0);
+		json_kv_u64(j, "requests", fs.requests);
+		json_kv_u64(j, "errors", fs.errors);
+		json_kv_u64(j, "bytes_read", fs.bytes_read);
+		json_kv_u64(j, "bytes_written", fs.bytes_written);
+		json_kv_u64(j, "in_flight", fs.in_flight);
+		json_kv_u64(j, "buffer_bytes", fs.buffer_bytes);
+		json_obj_end(j);
+	} else {
+		json_null(j);
+	}
 
 	/* The connection limits of both sockets (docs: "Connection limits"). */
 	json_key(j, "limits");

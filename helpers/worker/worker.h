@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "blkstack/chain.h"
+#include "blkstack/fuse-server.h"
 #include "blkstack/loop.h"
 #include "blkstack/nbd-server.h"
 #include "blkstack/syslog-client.h"
@@ -65,7 +66,8 @@ struct worker {
 	/* Runtime. */
 	struct bks_loop *loop;
 	struct bks_chain *chain;
-	struct bks_export *nbd; /* the NBD export (export.h) */
+	struct bks_export *nbd;	 /* the NBD export (export.h) */
+	struct bks_export *fuse; /* --fuse-mount's export, or NULL */
 	struct worker_ctl *ctl;
 	struct worker_super *super; /* worker-super.h; NULL: unsupervised */
 	enum worker_state state;
@@ -93,6 +95,7 @@ struct worker {
 	struct bks_req flush_req;    /* the final flush of the chain */
 	struct bks_timer stop_timer; /* gives up on clients that hang */
 	bool down_pending;	     /* clients gone; waiting for the job */
+	bool fuse_down;		     /* the FUSE export has shut down */
 	int exit_code;
 };
 

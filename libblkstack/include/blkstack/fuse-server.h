@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The FUSE export: serves one chain as the one regular file MOUNT/disk of
+ * a FUSE file system that the export mounts itself, so that a loop device
+ * on that file is a dom0 block device of the disk with no second process
+ * and no NBD hop between the loop device and the chain (the loop
+ * fallback's hop through blkstack-fuse, measured in bench/README.md).
+ * The code is in libblkstack/export/fuse/ (its internal.h).
+ *
+ * It speaks the kernel's FUSE protocol (linux/fuse.h) on /dev/fuse
+ * directly, without libfuse: the descriptor is non-blocking and watched
+ * by the loop, every request is answered from its chain completion, so
+ * many are in flight at once, and nothing blocks.  Requests, as the
+ * kernel sends them for a loop device with direct I/O:
+ *
+ *   READ        BKS_OP_READ, clamped to the disk's size
+ *   WRITE       BKS_OP_WRITE (FUA for O_DSYNC/O_SYNC writes); beyond the
+ *               end: ENOSPC
+ *   FSYNC       BKS_OP_FLUSH where the chain takes flushes (FLUSH, the
+ *               close of a descriptor, also flushes: a detach's data is
+ *               on stable storage when the loop device lets go)
+ *   FALLOCATE   PUNCH_HOLE|KEEP_SIZE: BKS_OP_WRITE_ZEROES (holes allowed:
+ *               a punched range must read back as zeroes); ZERO_RANGE:
+ *               the same with BKS_REQ_NO_HOLE; mode 0 inside the file:
+ *               nothing to do; else EOPNOTSUPP
+ *   OPEN        direct I/O (no page cache: each loop request is one chain
+ *               request); opening a read-only disk for writing: EROFS
+ *   the rest    what a one-file read-only directory needs (LOOKUP,
+ *               GETATTR, READDIR, STATFS, ...); ENOSYS for anything else
+ *
+ * The kernel is trusted no more than a client: every length and offset
+ * of a request is checked before use.
+ *
+ * An export behind export.h: start mounts and begins serving; a hold is
+ * the chain's drain (requests keep being read, the chain parks them);
+ * shutdown stops reading, waits for the requests in the chain, unmounts
+ * (lazily: a loop device still on the file keeps the file system until
+ * it lets go) and closes /dev/fuse, after which the kernel fails what is
+ * still pending with ENOTCONN.  Mounting needs CAP_SYS_ADMIN.
+ */
+#ifndef BLKSTACK_FUSE_SERVER_H
+#define BLKSTACK_FUSE_SERVER_H
+
+#include <stdbool.h>
+
+#include "blkstack/chain.h"
+#include "blkstack/error.h"
+#include "blkstack/export.h"
+#include "blkstack/loop.h"
+
+/* The file's name in the mount. */
+#define BKS_FUSE_FILE_NAME "disk"
+/* Largest READ and WRITE the kernel sends (max_pages 256). */
+#define BKS_FUSE_MAX_IO (1u << 20)
+/* Requests the kernel sends before waiting for answers (max_background). */
+#define BKS_FUSE_MAX_BACKGROUND 64u
+
+struct bks_fuse_config {
+	/* Required: an existing empty directory, an absolute path. */
+	const char *mountpoint;
+	/* Serve the file read-only (also if the chain is). */
+	bool read_only;
+};
+
+/*
+ * Make the FUSE export of chain on loop, mounting at cfg->mountpoint when
+ * started (bks_export_start(): -ENOTDIR, -ENOENT, -EPERM, ... with err
+ * naming the directory).  Its counters are struct bks_export_stats
+ * (connections: 1 while mounted).  Returns 0 or -errno with err set.
+ */
+int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
+			struct bks_chain *chain,
+			const struct bks_fuse_config *cfg,
+			struct bks_error *err);
+
+#endif /* BLKSTACK_FUSE_SERVER_H */

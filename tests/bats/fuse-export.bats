@@ -1,0 +1,203 @@
+#!/usr/bin/env bats
+# libblkstack/export/fuse/: the worker's own FUSE export (--fuse-mount),
+# against a real blkstack-worker in a private rundir, the kernel's FUSE,
+# real loop devices with direct I/O, fio and nbdinfo.
+
+load helpers
+
+setup() {
+	command -v fio >/dev/null || skip "fio is not installed"
+	[ -c /dev/fuse ] || skip "/dev/fuse is missing"
+	img_dir
+	WORKER_RUNDIR=$BATS_TEST_TMPDIR/run
+	MNT=$BATS_TEST_TMPDIR/mnt
+	mkdir -p "$MNT"
+	export BLKSTACK_CONF=$BATS_TEST_TMPDIR/blkstack.conf
+	: >"$BLKSTACK_CONF"
+}
+
+# Loop devices on our file, our mount, then the processes.
+teardown() {
+	local name back
+	while read -r name back; do
+		case $back in
+		"$MNT"/*) losetup -d "$name" || true ;;
+		esac
+	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+	if mounted; then
+		umount -l "$MNT" || true
+	fi
+	worker_teardown
+}
+
+mounted() {
+	awk -v d="$MNT" '$5 == d { f = 1 } END { exit !f }' /proc/self/mountinfo
+}
+
+# A 64 MiB image with random data in its first 4 MiB, served by worker d1
+# with --fuse-mount $MNT (and ARGS).
+start_disk() {
+	truncate -s 64M "$IMG_DIR/d1.img"
+	head -c 4194304 /dev/urandom |
+		dd of="$IMG_DIR/d1.img" conv=notrunc status=none
+	worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" "$@"
+}
+
+# loop_on [ARGS...]: a loop device with direct I/O on $MNT/disk: LOOP.
+loop_on() {
+	LOOP=$(losetup --direct-io=on "$@" -f --show "$MNT/disk")
+}
+
+# stat_of KEY: the FUSE export's counter KEY from the worker's stats.
+stat_of() {
+	"$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name d1 --json |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["fuse"][sys.argv[1]])' "$1"
+}
+
+# layer_ops OP: the sink's count of OP requests.
+layer_ops() {
+	"$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name d1 --json |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["ops"][sys.argv[1]]["ops"])' "$1"
+}
+
+@test "fuse-export: DIR/disk has the disk's size and data, in a read-only directory" {
+	start_disk
+	[ "$(ls "$MNT")" = disk ]
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+	[ "$(stat -c %a "$MNT/disk")" = 600 ]
+	cmp <(head -c 4194304 "$IMG_DIR/d1.img") \
+		<(dd if="$MNT/disk" bs=1M count=4 iflag=direct status=none)
+	run touch "$MNT/other"
+	[ "$status" -ne 0 ]
+	run truncate -s 1M "$MNT/disk"
+	[ "$status" -ne 0 ]
+	[ "$(stat_of mounted)" = True ]
+	# The NBD export serves the same disk beside it.
+	if command -v nbdinfo >/dev/null; then
+		[ "$(nbdinfo --size "nbd+unix:///d1?socket=$NBD_SOCK")" = 67108864 ]
+	fi
+}
+
+@test "fuse-export: a loop device on it passes fio verify, and the writes are in the image" {
+	start_disk
+	loop_on
+	fio --name=v --filename="$LOOP" --ioengine=libaio --direct=1 \
+		--rw=randwrite --bs=4k --iodepth=16 --size=32M \
+		--verify=crc32c --verify_state_save=0 --output=/dev/null
+	fio --name=s --filename="$LOOP" --ioengine=libaio --direct=1 \
+		--rw=write --bs=1M --iodepth=4 --offset=32M --size=16M \
+		--verify=crc32c --verify_state_save=0 --output=/dev/null
+	head -c 2097152 /dev/urandom >"$BATS_TEST_TMPDIR/pat"
+	dd if="$BATS_TEST_TMPDIR/pat" of="$LOOP" bs=64k seek=800 \
+		oflag=direct status=none
+	cmp "$BATS_TEST_TMPDIR/pat" \
+		<(dd if="$IMG_DIR/d1.img" bs=64k skip=800 count=32 status=none)
+	[ "$(stat_of errors)" = 0 ]
+	[ "$(stat_of bytes_written)" -ge $((48 << 20)) ]
+}
+
+@test "fuse-export: fsync reaches the sink as a flush; discard and zero-out read back as zeroes" {
+	start_disk
+	loop_on
+	local f0
+	f0=$(layer_ops flush)
+	dd if=/dev/urandom of="$LOOP" bs=4k count=1 oflag=direct,dsync \
+		status=none
+	[ "$(layer_ops flush)" -gt "$f0" ]
+	blkdiscard -o 1048576 -l 1048576 "$LOOP"
+	cmp <(head -c 1048576 /dev/zero) \
+		<(dd if="$IMG_DIR/d1.img" bs=1M skip=1 count=1 status=none)
+	blkdiscard -z -o 2097152 -l 1048576 "$LOOP"
+	cmp <(head -c 1048576 /dev/zero) \
+		<(dd if="$IMG_DIR/d1.img" bs=1M skip=2 count=1 status=none)
+	# The rest is untouched.
+	[ "$(layer_ops write-zeroes)" -ge 2 ]
+	cmp <(dd if="$IMG_DIR/d1.img" bs=1M skip=3 count=1 status=none) \
+		<(dd if="$LOOP" bs=1M skip=3 count=1 iflag=direct status=none)
+}
+
+@test "fuse-export: nothing is written past the end of the disk" {
+	start_disk
+	run dd if=/dev/zero of="$MNT/disk" bs=4096 seek=16384 count=1 \
+		oflag=direct conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"No space left"* ]]
+	[ "$(stat -c %s "$IMG_DIR/d1.img")" = 67108864 ]
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+}
+
+@test "fuse-export: a read-only worker serves a read-only file" {
+	start_disk --read-only
+	[ "$(stat -c %a "$MNT/disk")" = 400 ]
+	run dd if=/dev/zero of="$MNT/disk" bs=4096 count=1 oflag=direct \
+		conv=notrunc status=none
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Read-only file system"* ]]
+	loop_on -r
+	cmp <(head -c 4194304 "$IMG_DIR/d1.img") \
+		<(dd if="$LOOP" bs=1M count=4 iflag=direct status=none)
+}
+
+@test "fuse-export: bad mount points are refused, naming the directory" {
+	truncate -s 64M "$IMG_DIR/d1.img"
+	run "$BIN/blkstack-worker" --rundir "$WORKER_RUNDIR" --name d1 \
+		--chain "aio:$IMG_DIR/d1.img" --foreground --fuse-mount rel/dir
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"absolute path"* ]]
+
+	run worker_start d1 "aio:$IMG_DIR/d1.img" \
+		--fuse-mount "$BATS_TEST_TMPDIR/nowhere"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"mount point $BATS_TEST_TMPDIR/nowhere: No such file"* ]]
+
+	: >"$BATS_TEST_TMPDIR/afile"
+	run worker_start d1 "aio:$IMG_DIR/d1.img" \
+		--fuse-mount "$BATS_TEST_TMPDIR/afile"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"Not a directory"* ]]
+
+	: >"$MNT/something"
+	run worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *"mount point $MNT: Directory not empty"* ]]
+	! mounted
+	# Nothing of the failed starts is left in the rundir.
+	[ ! -e "$WORKER_RUNDIR/d1" ]
+}
+
+@test "fuse-export: SIGTERM under I/O unmounts, and the loop device above gets errors, not a hang" {
+	start_disk
+	loop_on
+	fio --name=bg --filename="$LOOP" --ioengine=libaio --direct=1 \
+		--rw=randrw --bs=4k --iodepth=16 --time_based --runtime=30 \
+		--output=/dev/null >/dev/null 2>&1 &
+	local fio_pid=$! i
+	sleep 1
+	kill -TERM "$WORKER_PID"
+	run timeout 30 tail --pid="$WORKER_PID" -f /dev/null
+	[ "$status" -eq 0 ]
+	wait "$WORKER_PID"
+	! mounted
+	# fio ends with errors once the file system is gone.
+	for i in $(seq 300); do
+		gone "$fio_pid" && break
+		sleep 0.1
+	done
+	gone "$fio_pid"
+	run dd if="$LOOP" of=/dev/null bs=4k count=1 iflag=direct
+	[ "$status" -ne 0 ]
+}
+
+@test "fuse-export: a killed worker's dead mount is taken over by the next worker" {
+	start_disk
+	kill -KILL "$WORKER_PID"
+	wait "$WORKER_PID" || true
+	run stat "$MNT/disk"
+	[ "$status" -ne 0 ]
+	worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT"
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+	cmp <(head -c 4194304 "$IMG_DIR/d1.img") \
+		<(dd if="$MNT/disk" bs=1M count=4 iflag=direct status=none)
+	# One mount, not a dead one under a live one.
+	[ "$(awk -v d="$MNT" '$5 == d' /proc/self/mountinfo | wc -l)" = 1 ]
+}
