@@ -17,16 +17,17 @@ PEERS = ["direct", "aio", "libaio", "logaio", "qemu-nbd", "nbdkit"]
 NBD_PEERS = ["qemu-nbd", "nbdkit"]
 # The log: layer on a RAM sink: its own table.
 RAM_PEERS = ["ram", "logram"]
-# dom0 devices: a plain loop device on the file, and the loop fallback
-# (loop on blkstack-fuse's file, over a worker's aio: export).
-DEV_PEERS = ["loop", "fallback"]
+# dom0 devices: a plain loop device on the file, the loop fallback
+# (loop on blkstack-fuse's file, over a worker's aio: export), and loop on
+# the worker's own FUSE file (--fuse-mount: no NBD hop).
+DEV_PEERS = ["loop", "fallback", "wfuse"]
 # BENCH_BASELINE: another build's worker on the same aio: chain.
 AB_PEERS = ["base"]
 ALL_PEERS = PEERS + RAM_PEERS + DEV_PEERS + AB_PEERS
 # Peers whose server CPU bench/run measures (the worker's threads, and for
 # the fallback blkstack-fuse's too).
 CPU_PEERS = ["aio", "libaio", "logaio", "qemu-nbd", "nbdkit", "ram",
-             "logram", "fallback", "base"]
+             "logram", "fallback", "wfuse", "base"]
 PEER_LABEL = {
     "direct": "direct (libaio, O_DIRECT)",
     "aio": "blkstack `aio:`",
@@ -38,6 +39,7 @@ PEER_LABEL = {
     "logram": "blkstack `log:\\|ram:`",
     "loop": "plain loop (dio) on the file",
     "fallback": "loop fallback (blkstack-fuse + loop)",
+    "wfuse": "loop on the worker's FUSE export",
     "base": "baseline build's `aio:`",
 }
 # workload: (direction in fio's JSON, unit)
@@ -350,6 +352,8 @@ def main():
                                       if row["best_peer"] else None),
             "aio_vs_libaio": ratio(med["aio"], med["libaio"]),
             "fallback_vs_loop": ratio(med["fallback"], med["loop"]),
+            "wfuse_vs_loop": ratio(med["wfuse"], med["loop"]),
+            "wfuse_vs_fallback": ratio(med["wfuse"], med["fallback"]),
             "aio_vs_direct": ratio(med["aio"], med["direct"]),
             "aio_vs_qemu_nbd": ratio(med["aio"], med["qemu-nbd"]),
             "aio_vs_nbdkit": ratio(med["aio"], med["nbdkit"]),
@@ -771,7 +775,7 @@ def main():
         a("| " + " | ".join(cells) + " |")
     a("")
     eng = {p: m.get(f"engine_{p}") for p in ["aio", "libaio", "logaio",
-                                            "fallback"]}
+                                            "fallback", "wfuse"]}
     if any(eng.values()):
         a("File queue engine of each worker peer (its `info`): " +
           ", ".join(f"{PEER_LABEL[p]} {v}" for p, v in eng.items() if v)
@@ -796,6 +800,29 @@ def main():
               f"{fmt(row['peers']['fallback']['median'])} | "
               f"{fmt_ratio(row['ratios']['fallback_vs_loop'])} | "
               f"{fmt(row['peers']['fallback']['server_us_per_io'], 2)} |")
+        a("")
+    if any(data[w]["peers"]["wfuse"]["median"] is not None
+           for w in WORKLOADS):
+        a("The same device on the worker's own FUSE export (`--fuse-mount`, "
+          "libblkstack/export/fuse/): a loop device on the file the worker "
+          "serves itself, with no blkstack-fuse and no NBD hop.  The "
+          "hotplug helper does not use it yet: unlike blkstack-fuse, its "
+          "file does not survive a restart of the worker.")
+        a("")
+        a("| workload | unit | " + PEER_LABEL["loop"] + " | "
+          + PEER_LABEL["fallback"] + " | " + PEER_LABEL["wfuse"]
+          + " | wfuse÷loop | wfuse÷fallback | CPU µs/request, worker |")
+        a("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for w, row in data.items():
+            if row["peers"]["wfuse"]["median"] is None:
+                continue
+            a(f"| {WORKLOAD_LABEL[w]} | {row['unit']} | "
+              f"{fmt(row['peers']['loop']['median'])} | "
+              f"{fmt(row['peers']['fallback']['median'])} | "
+              f"{fmt(row['peers']['wfuse']['median'])} | "
+              f"{fmt_ratio(row['ratios']['wfuse_vs_loop'])} | "
+              f"{fmt_ratio(row['ratios']['wfuse_vs_fallback'])} | "
+              f"{fmt(row['peers']['wfuse']['server_us_per_io'], 2)} |")
         a("")
     cpu_shown = [p for p in CPU_PEERS
                  if any(data[w]["peers"][p]["server_us_per_io"] is not None
