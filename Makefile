@@ -376,7 +376,7 @@ DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
              python3 strace libvhdi-utils nbdkit groff-base man-db \
-             bsdextrautils bash-completion lintian
+             bsdextrautils bash-completion lintian openssl
 DEB_PKGS  := $(DEB_BUILD) $(DEB_RUN) $(DEB_TEST)
 
 deps:

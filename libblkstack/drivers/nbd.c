@@ -237,12 +237,16 @@ static void reap(struct nbd_state *s)
 	}
 }
 
-/* After libnbd ran: reap, notice a dead connection, re-aim the watch. */
-static void after_notify(struct nbd_state *s)
+/*
+ * After libnbd ran: reap, notice a dead connection, re-aim the watch.
+ * noted: the notify failed and last_error already says why.
+ */
+static void after_notify(struct nbd_state *s, bool noted)
 {
 	reap(s);
 	if (s->h && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
-		note_error(s, "connection");
+		if (!noted)
+			note_error(s, "connection");
 		conn_lost(s);
 		return;
 	}
@@ -266,7 +270,7 @@ static void on_fd(struct bks_watch *w, uint32_t events)
 		rc = nbd_aio_notify_write(s->h);
 	if (rc < 0)
 		note_error(s, "notify");
-	after_notify(s);
+	after_notify(s, rc < 0);
 	if (s->conn == NBD_CONNECTING && s->h && nbd_aio_is_ready(s->h))
 		conn_ready(s);
 	else if (s->conn == NBD_READY)
@@ -507,7 +511,7 @@ static void pump(struct nbd_state *s)
 			return;
 		}
 	}
-	after_notify(s);
+	after_notify(s, false);
 }
 
 static int take(struct nbd_state *s, struct bks_req *req)
@@ -721,6 +725,7 @@ static void on_retry_timer(struct bks_timer *t)
 static int connect_first(struct nbd_state *s, struct bks_error *err)
 {
 	uint64_t deadline = bks_now_ns() + s->t.connect_timeout_s * NS_PER_S;
+	bool noted = false;
 
 	s->h = conn_start(s);
 	if (!s->h)
@@ -728,14 +733,20 @@ static int connect_first(struct nbd_state *s, struct bks_error *err)
 					"connecting to %s: %s", s->t.uri,
 					s->last_error);
 	while (!nbd_aio_is_ready(s->h)) {
-		struct pollfd p = {.fd = nbd_aio_get_fd(s->h)};
-		unsigned dir = nbd_aio_get_direction(s->h);
+		struct pollfd p = {.fd = -1};
+		unsigned dir;
 		uint64_t now = bks_now_ns();
 		int n;
 
+		/*
+		 * Dead: the reason is what the failed notify said (a TLS
+		 * verification, a refused export); asked now, libnbd would
+		 * only say the handle is not connected.
+		 */
 		if (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h) ||
-		    p.fd < 0) {
-			note_error(s, "handshake");
+		    (p.fd = nbd_aio_get_fd(s->h)) < 0) {
+			if (!noted)
+				note_error(s, "handshake");
 			return bks_error_setmsg(err, ECONNREFUSED,
 						"connecting to %s: %s",
 						s->t.uri, s->last_error);
@@ -746,6 +757,7 @@ static int connect_first(struct nbd_state *s, struct bks_error *err)
 						"in %u s (connect-timeout)",
 						s->t.uri,
 						s->t.connect_timeout_s);
+		dir = nbd_aio_get_direction(s->h);
 		if (dir & LIBNBD_AIO_DIRECTION_READ)
 			p.events |= POLLIN;
 		if (dir & LIBNBD_AIO_DIRECTION_WRITE)
@@ -760,7 +772,10 @@ static int connect_first(struct nbd_state *s, struct bks_error *err)
 			n = nbd_aio_notify_read(s->h);
 		else
 			n = nbd_aio_notify_write(s->h);
-		(void)n;
+		if (n < 0 && !noted) {
+			note_error(s, "handshake");
+			noted = true;
+		}
 	}
 	return 0;
 }

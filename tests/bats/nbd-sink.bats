@@ -287,3 +287,68 @@ time.sleep(60)' "$BATS_TEST_TMPDIR/mute.sock" &
 	assert_failure
 	assert_output --partial 'socket= belongs to nbd+unix'
 }
+
+# mk_ca DIR NAME: a self-signed CA in DIR (ca-cert.pem, ca-key.pem).
+mk_ca() {
+	mkdir -p "$1"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$2" \
+		-keyout "$1/ca-key.pem" -out "$1/ca-cert.pem" 2>/dev/null
+}
+
+# mk_cert CADIR DIR ROLE: DIR/ROLE-cert.pem and ROLE-key.pem signed by
+# CADIR's CA, for localhost and 127.0.0.1, and a copy of the CA's
+# certificate (the layout nbdkit and libnbd read).
+mk_cert() {
+	local ca=$1 dir=$2 role=$3 ext=$BATS_TEST_TMPDIR/ext.$RANDOM
+	mkdir -p "$dir"
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=%s\n' \
+		"$([ "$role" = server ] && echo serverAuth || echo clientAuth)" >"$ext"
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+		-keyout "$dir/$role-key.pem" -out "$dir/$role.csr" 2>/dev/null
+	openssl x509 -req -in "$dir/$role.csr" -CA "$ca/ca-cert.pem" \
+		-CAkey "$ca/ca-key.pem" -CAcreateserial -days 2 \
+		-extfile "$ext" -out "$dir/$role-cert.pem" 2>/dev/null
+	cp "$ca/ca-cert.pem" "$dir/ca-cert.pem"
+	rm -f "$dir/$role.csr"
+}
+
+@test "nbd-sink: nbds:// to nbdkit with --tls=require: data both ways; a wrong CA, plain nbd:// and TLS to a plain server are refused" {
+	command -v openssl >/dev/null || skip "openssl is not installed"
+	nbdkit --dump-config | grep -qx 'tls=yes' || skip "this nbdkit has no TLS"
+	local port plain t=$BATS_TEST_TMPDIR
+	mk_ca "$t/ca" blkstack-test-ca
+	mk_cert "$t/ca" "$t/srv" server
+	mk_cert "$t/ca" "$t/cli" client
+	truncate -s 16M "$IMG_DIR/img.raw"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	nbdkit -i 127.0.0.1 -p "$port" --pidfile "$t/tls.pid" \
+		--tls=require --tls-certificates="$t/srv" --tls-verify-peer \
+		file "$IMG_DIR/img.raw"
+	SRV_PIDS+=("$(cat "$t/tls.pid")")
+	worker_start w "nbd:nbds://localhost:$port/?tls-certificates=$t/cli"
+	head -c 1048576 /dev/urandom >"$t/a"
+	nbdcopy "$t/a" "$(nbd_uri)"
+	cmp -n 1048576 "$t/a" "$IMG_DIR/img.raw"
+	nbdcopy "$(nbd_uri)" - | cmp -n 1048576 - "$t/a"
+
+	# A client whose certificates come from another CA: no session.
+	mk_ca "$t/ca2" other-ca
+	mk_cert "$t/ca2" "$t/cli2" client
+	run worker_start x "nbd:nbds://localhost:$port/?tls-certificates=$t/cli2,connect-timeout=5"
+	assert_failure
+	assert_output --partial "nbds://localhost:$port/"
+	# No TLS to a server that requires it.
+	run worker_start y "nbd:nbd://localhost:$port/,connect-timeout=5"
+	assert_failure
+	assert_output --partial "nbd://localhost:$port/"
+	# TLS required by us, a server without it.
+	plain=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	nbdkit -i 127.0.0.1 -p "$plain" --pidfile "$t/plain.pid" \
+		file "$IMG_DIR/img.raw"
+	SRV_PIDS+=("$(cat "$t/plain.pid")")
+	run worker_start z "nbd:nbds://localhost:$plain/?tls-certificates=$t/cli,connect-timeout=5"
+	assert_failure
+	assert_output --partial "nbds://localhost:$plain/"
+	# The first worker still serves.
+	nbdcopy "$(nbd_uri)" - | cmp -n 1048576 - "$t/a"
+}
