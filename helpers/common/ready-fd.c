@@ -24,18 +24,23 @@ int ready_fd_parse(const char *arg, int min, int *fd)
 	return 0;
 }
 
-void close_inherited(int keep1, int keep2)
+void close_inherited(const int *keep, size_t n)
 {
 	unsigned int from = 3;
-	int keep[2] = {keep1 < keep2 ? keep1 : keep2,
-		       keep1 < keep2 ? keep2 : keep1};
 
-	for (int i = 0; i < 2; i++) {
-		if (keep[i] < (int)from)
-			continue;
-		if ((unsigned int)keep[i] > from)
-			close_range(from, (unsigned int)keep[i] - 1, 0);
-		from = (unsigned int)keep[i] + 1;
+	/* Up the descriptors, closing the gaps between the kept ones. */
+	for (;;) {
+		int next = -1;
+
+		for (size_t i = 0; i < n; i++)
+			if (keep[i] >= (int)from &&
+			    (next < 0 || keep[i] < next))
+				next = keep[i];
+		if (next < 0)
+			break;
+		if ((unsigned int)next > from)
+			close_range(from, (unsigned int)next - 1, 0);
+		from = (unsigned int)next + 1;
 	}
 	close_range(from, ~0u, 0);
 }

@@ -21,10 +21,10 @@
 int ready_fd_parse(const char *arg, int min, int *fd);
 
 /*
- * Close every descriptor from 3 up but keep1 and keep2 (either may be
- * negative: none).  For a long-lived program right after its options.
+ * Close every descriptor from 3 up but the n in keep (negative ones are
+ * none).  For a long-lived program right after its options.
  */
-void close_inherited(int keep1, int keep2);
+void close_inherited(const int *keep, size_t n);
 
 /*
  * Write len bytes of text to fd and close it; nothing if fd < 0.  A

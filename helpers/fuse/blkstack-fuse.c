@@ -310,7 +310,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": --ready-fd %d: %m\n", o.ready_fd);
 		return 2;
 	}
-	close_inherited(o.ready_fd, -1);
+	close_inherited(&o.ready_fd, 1);
 	m.log.tag = o.mount;
 	if (!o.foreground &&
 	    bks_syslog_open(&m.log.syslog, PROG, LOG_DAEMON, NULL, &err) < 0) {

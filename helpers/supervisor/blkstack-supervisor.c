@@ -335,11 +335,14 @@ static void cleanup(struct sup *s, struct res *r, bool remove_all)
 	}
 	if (r->lock_fd >= 0)
 		close(r->lock_fd);
+	if (s->fuse_fd >= 0)
+		close(s->fuse_fd);
 }
 
 int main(int argc, char **argv)
 {
-	struct sup s = {.pidfd = -1, .chan_fd = -1, .ready_fd = -1};
+	struct sup s = {
+	    .pidfd = -1, .chan_fd = -1, .ready_fd = -1, .fuse_fd = -1};
 	struct res r = {
 	    .lock_fd = -1, .sig = STOP_SIGNALS_INIT, .ready_fd = -1};
 	struct bks_error err = {0};
@@ -353,7 +356,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* Long-lived: keep none of the starter's descriptors but FD. */
-	close_inherited(r.ready_fd, -1);
+	close_inherited(&r.ready_fd, 1);
 	if (bks_syslog_open(&s.syslog, PROG, LOG_DAEMON, NULL, &err) < 0)
 		bks_error_clear(&err);
 	s.st.pid = getpid();

@@ -33,6 +33,8 @@ int sup_msg_parse(const char *msg, size_t len, struct sup_beat *b)
 
 	if (len == 8 && memcmp(msg, "stopping", 8) == 0)
 		return SUP_MSG_STOPPING;
+	if (len == 7 && memcmp(msg, "fuse-fd", 7) == 0)
+		return SUP_MSG_FUSE_FD;
 	/* Four words separated by single spaces. */
 	while (i < len && n < 4) {
 		size_t start = i;

@@ -20,6 +20,7 @@
 enum sup_msg_kind {
 	SUP_MSG_BEAT,
 	SUP_MSG_STOPPING,
+	SUP_MSG_FUSE_FD, /* a /dev/fuse descriptor came with it */
 };
 
 struct sup_beat {
@@ -30,7 +31,8 @@ struct sup_beat {
 
 /*
  * Parse one packet of len bytes (no NUL needed).  A beat fills *b.
- * Returns SUP_MSG_BEAT, SUP_MSG_STOPPING, or -EINVAL for anything else
+ * Returns SUP_MSG_BEAT, SUP_MSG_STOPPING, SUP_MSG_FUSE_FD ("fuse-fd";
+ * the descriptor is the caller's business), or -EINVAL for anything else
  * (the caller ignores it).
  */
 int sup_msg_parse(const char *msg, size_t len, struct sup_beat *b);

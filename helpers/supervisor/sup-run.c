@@ -36,9 +36,10 @@ int sup_spawn(struct sup *s, struct bks_error *err)
 	    .chain = s->chain,
 	    .read_only = s->read_only,
 	};
-	char rfd[16], cfd[16];
-	const char *argv[24 + 64];
-	int pipefd[2] = {-1, -1}, sv[2] = {-1, -1}, keep[2], argc, rc;
+	char rfd[16], cfd[16], ffd[16];
+	const char *argv[26 + 64];
+	int pipefd[2] = {-1, -1}, sv[2] = {-1, -1}, keep[3], nkeep = 2, argc,
+	    rc;
 
 	if (s->nextra > 64)
 		return bks_error_setmsg(err, E2BIG,
@@ -64,10 +65,18 @@ int sup_spawn(struct sup *s, struct bks_error *err)
 	argv[argc++] = cfd;
 	for (int i = 0; i < s->nextra; i++)
 		argv[argc++] = s->extra[i];
-	argv[argc] = NULL;
 	keep[0] = pipefd[1];
 	keep[1] = sv[1];
-	rc = worker_spawn(s->worker_exe, argv, keep, 2, &s->pid, err);
+	/* The FUSE session a dead worker left: the next one adopts it. */
+	if (s->fuse_fd >= 0) {
+		snprintf(ffd, sizeof(ffd), "%d", s->fuse_fd);
+		argv[argc++] = "--fuse-fd";
+		argv[argc++] = ffd;
+		keep[nkeep++] = s->fuse_fd;
+	}
+	argv[argc] = NULL;
+	rc = worker_spawn(s->worker_exe, argv, keep, (size_t)nkeep, &s->pid,
+			  err);
 	if (rc < 0)
 		goto out;
 	/* Our child, not reaped: its pid cannot be reused before we do. */
@@ -140,13 +149,69 @@ void sup_forget_worker(struct sup *s)
 	s->st.worker_pid = 0;
 }
 
+/*
+ * One packet of the channel into msg (size bytes), and the descriptor
+ * that came with it into *fd (-1: none; any more are closed).
+ */
+static ssize_t recv_packet(int chan, char *msg, size_t size, int *fd)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} c;
+	struct iovec iov = {.iov_base = msg, .iov_len = size};
+	struct msghdr mh = {.msg_iov = &iov,
+			    .msg_iovlen = 1,
+			    .msg_control = c.buf,
+			    .msg_controllen = sizeof(c.buf)};
+	ssize_t n = recvmsg(chan, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	*fd = -1;
+	if (n < 0)
+		return n;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm;
+	     cm = CMSG_NXTHDR(&mh, cm)) {
+		size_t nfd;
+
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < nfd; i++) {
+			int f;
+
+			memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(f));
+			if (*fd < 0)
+				*fd = f;
+			else
+				close(f);
+		}
+	}
+	return n;
+}
+
+/* Keep fd, the worker's /dev/fuse (above stdio), in place of any other. */
+static void keep_fuse_fd(struct sup *s, int fd)
+{
+	fd = worker_fd_above_stdio(fd);
+	if (fd < 0) {
+		sup_log(s, LOG_ERR, "FUSE descriptor: %s", strerror(EMFILE));
+		return;
+	}
+	if (s->fuse_fd >= 0)
+		close(s->fuse_fd);
+	s->fuse_fd = fd;
+	sup_log(s, LOG_INFO,
+		"holding the worker's FUSE session: it outlives a crash");
+}
+
 /* Every message the channel holds; EOF or an error ends the watch. */
 static void drain_channel(struct sup *s)
 {
 	char msg[SUP_MSG_MAX + 1];
 
 	while (s->chan_fd >= 0) {
-		ssize_t n = recv(s->chan_fd, msg, sizeof(msg), MSG_DONTWAIT);
+		int fd;
+		ssize_t n = recv_packet(s->chan_fd, msg, sizeof(msg), &fd);
 		struct sup_beat b;
 
 		if (n < 0 && errno == EINTR)
@@ -164,6 +229,16 @@ static void drain_channel(struct sup *s)
 		switch (sup_msg_parse(msg, (size_t)n, &b)) {
 		case SUP_MSG_STOPPING:
 			s->said_stopping = true;
+			/* A graceful stop ends the file system with it. */
+			if (s->fuse_fd >= 0) {
+				close(s->fuse_fd);
+				s->fuse_fd = -1;
+			}
+			break;
+		case SUP_MSG_FUSE_FD:
+			if (fd >= 0)
+				keep_fuse_fd(s, fd);
+			fd = -1;
 			break;
 		case SUP_MSG_BEAT:
 			s->beat = b;
@@ -172,6 +247,8 @@ static void drain_channel(struct sup *s)
 		default:
 			break; /* a newer worker's message: ignored */
 		}
+		if (fd >= 0)
+			close(fd);
 	}
 }
 

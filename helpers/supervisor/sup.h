@@ -61,6 +61,13 @@ struct sup {
 	uint64_t started_ns, last_msg_ns;
 	struct sup_beat beat;
 	bool have_beat;
+	/*
+	 * A duplicate of the worker's /dev/fuse descriptor ("fuse-fd"), or
+	 * -1: kept across the worker's restarts, so that its FUSE file
+	 * system outlives a crash; given to the next worker (--fuse-fd);
+	 * closed when the worker says "stopping" and at exit.
+	 */
+	int fuse_fd;
 
 	/* Supervision. */
 	enum sup_phase phase;

@@ -3,7 +3,7 @@
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *                 [--supervisor-fd FD] [--io-engine auto|io_uring|libaio]
- *                 [--fuse-mount DIR]
+ *                 [--fuse-mount DIR [--fuse-fd FD]]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -29,10 +29,14 @@
  * --fuse-mount DIR also serves the disk as the file DIR/disk of a FUSE
  * file system the worker mounts there (include/blkstack/fuse-server.h):
  * a loop device on it is a dom0 device of the disk with no NBD hop.  It
- * is unmounted at shutdown.  A crash of the worker ends the file system
- * (the loop device above then fails its I/O): the hotplug helper's loop
- * fallback therefore still goes through blkstack-fuse, which outlives a
- * worker's restart.
+ * is unmounted at shutdown.  Under a supervisor, and on a kernel that can
+ * resend FUSE requests (Linux 6.9+), the worker hands the supervisor a
+ * duplicate of its /dev/fuse descriptor ("fuse-fd", worker-super.h),
+ * which keeps the file system alive if the worker dies; the supervisor
+ * gives it to the next worker with --fuse-fd FD, which adopts the session
+ * and has the kernel resend what the dead one had read: the loop device
+ * above sees latency, not errors.  Unsupervised, or on an older kernel, a
+ * crash ends the file system (the loop device then fails its I/O).
  *
  * --io-engine (else the conf key io-engine, else auto) picks the file
  * drivers' I/O engine (blkstack/io-engine.h); auto is resolved once at
@@ -85,6 +89,7 @@ struct opts {
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
 	const char *io_engine;	/* --io-engine, NULL: the conf's */
 	const char *fuse_mount; /* --fuse-mount, NULL: none */
+	int fuse_fd;		/* --fuse-fd (adopt), -1: mount */
 };
 
 /* What main holds open; closed in one place. */
@@ -574,6 +579,32 @@ static int resume_chain(struct worker *w, struct bks_error *err)
 	return 0;
 }
 
+/*
+ * The FUSE export's INIT is done: a supervisor that keeps a duplicate of
+ * /dev/fuse keeps the file system alive across a crash of this worker, if
+ * the kernel can resend what a dead worker had read.
+ */
+static void fuse_inited(void *arg, int dev_fd, bool can_resend)
+{
+	struct worker *w = arg;
+	int rc;
+
+	if (!w->super)
+		return;
+	if (!can_resend) {
+		worker_log(w, LOG_INFO,
+			   "FUSE: the kernel cannot resend requests "
+			   "(Linux < 6.9): the file system ends with this "
+			   "worker");
+		return;
+	}
+	rc = worker_super_send_fuse_fd(w->super, dev_fd);
+	if (rc < 0)
+		worker_log(w, LOG_ERR,
+			   "FUSE: handing /dev/fuse to the supervisor: %s",
+			   strerror(-rc));
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, const struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -645,8 +676,17 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 					 &(const struct bks_fuse_config){
 					     .mountpoint = o->fuse_mount,
 					     .read_only = w->read_only,
+					     .adopt = o->fuse_fd >= 0,
+					     .dev_fd = o->fuse_fd,
+					     .inited = fuse_inited,
+					     .arg = w,
 					 },
 					 err);
+		if (rc == 0 && o->fuse_fd >= 0)
+			worker_log(w, LOG_INFO,
+				   "adopting the FUSE session on %s: the "
+				   "kernel resends what was in flight",
+				   o->fuse_mount);
 		if (rc == 0)
 			rc = bks_export_start(w->fuse, err);
 		if (rc < 0)
@@ -733,6 +773,8 @@ static void usage(FILE *f)
 		"  [--io-engine auto|io_uring|libaio] (file I/O; default: "
 		"conf io-engine, else auto)\n"
 		"  [--fuse-mount DIR] (also serve the disk as DIR/disk)\n"
+		"  [--fuse-fd FD] (given by blkstack-supervisor: adopt DIR's "
+		"session)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  --version: print the version and exit\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
@@ -776,6 +818,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"supervisor-fd", required_argument, NULL, 'S'},
 	    {"io-engine", required_argument, NULL, 'E'},
 	    {"fuse-mount", required_argument, NULL, 'M'},
+	    {"fuse-fd", required_argument, NULL, 'U'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
@@ -824,6 +867,13 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			}
 			o->fuse_mount = optarg;
 			break;
+		case 'U':
+			if (ready_fd_parse(optarg, 3, &o->fuse_fd) < 0) {
+				fprintf(stderr, PROG ": bad --fuse-fd '%s'\n",
+					optarg);
+				return 2;
+			}
+			break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -838,12 +888,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		usage(stderr);
 		return 2;
 	}
+	if (o->fuse_fd >= 0 && !o->fuse_mount) {
+		fprintf(stderr, PROG ": --fuse-fd needs --fuse-mount\n");
+		return 2;
+	}
 	return worker_args_finish(&o->spec, PROG) < 0 ? 2 : 0;
 }
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.ready_fd = -1, .super_fd = -1};
+	struct opts o = {.ready_fd = -1, .super_fd = -1, .fuse_fd = -1};
 	struct res r = {.lock_fd = -1,
 			.nbd_fd = -1,
 			.ctl_fd = -1,
@@ -863,7 +917,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": --supervisor-fd %d: %m\n", o.super_fd);
 		return 2;
 	}
-	close_inherited(o.ready_fd, o.super_fd);
+	if (o.fuse_fd >= 0 && fcntl(o.fuse_fd, F_SETFD, FD_CLOEXEC) < 0) {
+		fprintf(stderr, PROG ": --fuse-fd %d: %m\n", o.fuse_fd);
+		return 2;
+	}
+	close_inherited((const int[]){o.ready_fd, o.super_fd, o.fuse_fd}, 3);
 	w.name = o.spec.name;
 	w.chain_str = o.spec.chain;
 	w.read_only = o.spec.read_only;

@@ -61,6 +61,31 @@ static void on_timer(struct bks_timer *t)
 		bks_timer_arm(&s->timer, WORKER_SUPER_BEAT_NS);
 }
 
+int worker_super_send_fuse_fd(struct worker_super *s, int fd)
+{
+	static const char msg[] = "fuse-fd";
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} c = {0};
+	struct iovec iov = {.iov_base = (void *)msg, .iov_len = strlen(msg)};
+	struct msghdr mh = {.msg_iov = &iov,
+			    .msg_iovlen = 1,
+			    .msg_control = c.buf,
+			    .msg_controllen = sizeof(c.buf)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	if (!s || s->fd < 0)
+		return -ENOTCONN;
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	if (sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		return -errno;
+	return 0;
+}
+
 void worker_super_stopping(struct worker_super *s)
 {
 	if (!s)

@@ -12,6 +12,12 @@
  *   stopping
  *       when a graceful shutdown begins: the supervisor will not restart
  *       the worker when it exits.
+ *   fuse-fd
+ *       with a /dev/fuse descriptor attached (SCM_RIGHTS): the session of
+ *       the worker's --fuse-mount, once the kernel said it can resend
+ *       requests.  The supervisor keeps it, so that the file system
+ *       outlives the worker, and gives it to the next worker it starts
+ *       (--fuse-fd), which adopts the session (blkstack/fuse-server.h).
  *
  * The supervisor sends nothing.  Sends never block: a message the socket
  * will not take at once is dropped (the next beat says the same), and a
@@ -46,6 +52,13 @@ void worker_super_beat(struct worker_super *s);
 
 /* Say "stopping", then beat (called as shutdown begins).  s may be NULL. */
 void worker_super_stopping(struct worker_super *s);
+
+/*
+ * Send "fuse-fd" with a duplicate of fd (see above).  s may be NULL.
+ * Returns 0, or -errno if the supervisor did not take it (the file
+ * system then ends with this worker).
+ */
+int worker_super_send_fuse_fd(struct worker_super *s, int fd);
 
 /* Stop the timer, close the channel, free.  s may be NULL. */
 void worker_super_free(struct worker_super *s);

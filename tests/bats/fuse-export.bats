@@ -201,3 +201,82 @@ layer_ops() {
 	# One mount, not a dead one under a live one.
 	[ "$(awk -v d="$MNT" '$5 == d' /proc/self/mountinfo | wc -l)" = 1 ]
 }
+
+# Linux 6.9 and later can resend the FUSE requests a dead server had read
+# (FUSE_NOTIFY_RESEND): what a supervised worker's crash survival needs.
+kernel_can_resend() {
+	local v
+	v=$(uname -r)
+	v=${v%%-*}
+	[ "$(printf '%s\n6.9\n' "$v" | sort -V | head -n 1)" = 6.9 ]
+}
+
+# sup_disk: like start_disk, but under blkstack-supervisor (restart
+# limit 20 in 60 s), waiting for its readiness line.  Sets SUP_PID, WDIR.
+sup_disk() {
+	local ready=$BATS_TEST_TMPDIR/sup.ready line
+	truncate -s 64M "$IMG_DIR/d1.img"
+	sup_conf restart-limit=20 restart-window=60
+	mkfifo "$ready"
+	"$BIN/blkstack-supervisor" --rundir "$WORKER_RUNDIR" --name d1 \
+		--chain "aio:$IMG_DIR/d1.img" --ready-fd 3 \
+		-- --fuse-mount "$MNT" \
+		3>"$ready" </dev/null >>"$BATS_TEST_TMPDIR/sup.log" 2>&1 &
+	SUP_PID=$!
+	IFS= read -r line <"$ready" || line="(no readiness line)"
+	rm -f "$ready"
+	[ "$line" = ok ]
+	WDIR=$WORKER_RUNDIR/d1
+	# The worker's INIT is done once the file is there.
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+}
+
+@test "fuse-export: a supervised worker SIGKILLed under verifying writes: the loop device sees no error" {
+	kernel_can_resend || skip "Linux $(uname -r) cannot resend FUSE requests (6.9+)"
+	sup_disk
+	# The supervisor holds a duplicate of the session's /dev/fuse.
+	run ls -l "/proc/$SUP_PID/fd"
+	assert_output --partial /dev/fuse
+	loop_on
+	fio --name=v --filename="$LOOP" --direct=1 --ioengine=libaio \
+		--iodepth=16 --rw=randwrite --bs=4k --size=32M \
+		--verify=crc32c --verify_fatal=1 --do_verify=1 --loops=40 \
+		--verify_state_save=0 \
+		--output="$BATS_TEST_TMPDIR/fio.out" &
+	local fio_pid=$! i rc=0
+	for i in 1 2 3 4; do
+		sleep 0.5
+		gone "$fio_pid" && break
+		kill_and_wait_restart "$WDIR" >/dev/null
+	done
+	# Four crashes happened while fio ran (else the test proves nothing).
+	[ "$i" = 4 ]
+	[ "$(sup_field "$WDIR" restarts)" = 4 ]
+	timeout 120 tail --pid="$fio_pid" -f /dev/null
+	wait "$fio_pid" || rc=$?
+	cat "$BATS_TEST_TMPDIR/fio.out"
+	[ "$rc" -eq 0 ]
+	grep -q 'err= 0' "$BATS_TEST_TMPDIR/fio.out"
+	# The same mount all along: one, with a live server.
+	[ "$(awk -v d="$MNT" '$5 == d' /proc/self/mountinfo | wc -l)" = 1 ]
+	[ "$(stat_of mounted)" = True ]
+	# A graceful stop still ends the file system with the worker.
+	losetup -d "$LOOP"
+	kill -TERM "$SUP_PID"
+	timeout 30 tail --pid="$SUP_PID" -f /dev/null
+	! mounted
+}
+
+@test "fuse-export: --fuse-fd that is not /dev/fuse, or with nothing mounted, is refused" {
+	truncate -s 64M "$IMG_DIR/d1.img"
+	run worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" --fuse-fd 5 5</dev/null
+	[ "$status" -ne 0 ]
+	assert_output --partial "adopt descriptor 5: not /dev/fuse"
+	run worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" --fuse-fd 5 5<>/dev/fuse
+	[ "$status" -ne 0 ]
+	assert_output --partial "adopt $MNT: no blkstack FUSE file system is mounted there"
+	run "$BIN/blkstack-worker" --name d1 --chain "aio:$IMG_DIR/d1.img" --fuse-fd 5 5</dev/null
+	[ "$status" -eq 2 ]
+	assert_output --partial "--fuse-fd needs --fuse-mount"
+	! mounted
+}

@@ -84,7 +84,10 @@ struct fx {
 	struct bks_chain *chain;
 	char *mnt;
 	bool ro;
-	int fd; /* /dev/fuse, or -1 */
+	int fd;	      /* /dev/fuse, or -1 */
+	int adopt_fd; /* bks_fuse_config.dev_fd until started, else -1 */
+	void (*inited_fn)(void *arg, int dev_fd, bool can_resend);
+	void *inited_arg;
 	bool mounted, inited, stopping, ended;
 	struct bks_watch w;
 	bool watching;

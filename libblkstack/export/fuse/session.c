@@ -13,7 +13,12 @@
 #include <sys/epoll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
+
+/* /dev/fuse: the misc device 10:229. */
+#define FX_DEV_MAJOR 10u
+#define FX_DEV_MINOR 229u
 
 #include "internal.h"
 
@@ -21,6 +26,14 @@
  * do not use). */
 #define FX_MAJOR 7u
 #define FX_MINOR 31u
+/*
+ * Protocol 7.40 (Linux 6.9), newer than this system's linux/fuse.h may
+ * be: the kernel's INIT says it can resend (FUSE_HAS_RESEND, bit 39 of
+ * the flags: bit 7 of flags2 with FUSE_INIT_EXT), and the notification
+ * that asks it to.
+ */
+#define FX_HAS_RESEND_FLAGS2 (1u << 7)
+#define FX_NOTIFY_RESEND     7
 
 static void reply_data(struct fx *fx, uint64_t unique, const void *p,
 		       size_t len)
@@ -79,6 +92,10 @@ static void do_init(struct fx *fx, const struct fuse_in_header *in,
 	out.max_pages = BKS_FUSE_MAX_IO / 4096;
 	fx->inited = true;
 	reply_data(fx, in->unique, &out, sizeof(out));
+	if (fx->inited_fn)
+		fx->inited_fn(fx->inited_arg, fx->fd,
+			      (arg->flags & FUSE_INIT_EXT) &&
+				  (arg->flags2 & FX_HAS_RESEND_FLAGS2));
 }
 
 static void do_lookup(struct fx *fx, const struct fuse_in_header *in,
@@ -410,12 +427,114 @@ static int dir_empty(const char *path)
 	return rc;
 }
 
+/* Watch /dev/fuse: serving begins. */
+static int watch_dev(struct fx *fx, struct bks_error *err)
+{
+	int rc = bks_watch_add(fx->loop, &fx->w, fx->fd, EPOLLIN, on_fuse, fx);
+
+	if (rc < 0)
+		return bks_error_set(err, -rc, "FUSE export: watch /dev/fuse");
+	fx->watching = true;
+	fx->st.connections = 1;
+	fx->st.connections_total = 1;
+	return 0;
+}
+
+/*
+ * Whether /proc/self/mountinfo shows a FUSE file system of ours
+ * ("fuse.blkstack") mounted on path, its topmost mount there.  Read from
+ * the kernel's table: a stat or statfs of the mount point would be a
+ * FUSE request that only this process could answer.
+ */
+static bool mounted_here(const char *path)
+{
+	char line[4096], mp[4096], type[64];
+	bool ours = false;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		const char *sep = strstr(line, " - ");
+		size_t j = 0;
+
+		/* ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - TYPE SOURCE ... */
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(sep + 3, "%63s", type) != 1)
+			continue;
+		/* The mount point, its octal escapes (\040) undone. */
+		for (size_t i = 0; mp[i]; i++, j++) {
+			if (mp[i] == '\\' && mp[i + 1] >= '0' &&
+			    mp[i + 1] <= '3' && mp[i + 2] >= '0' &&
+			    mp[i + 2] <= '7' && mp[i + 3] >= '0' &&
+			    mp[i + 3] <= '7') {
+				mp[j] = (char)((mp[i + 1] - '0') * 64 +
+					       (mp[i + 2] - '0') * 8 +
+					       (mp[i + 3] - '0'));
+				i += 3;
+			} else {
+				mp[j] = mp[i];
+			}
+		}
+		mp[j] = '\0';
+		if (strcmp(mp, path) == 0)
+			ours = strcmp(type, "fuse.blkstack") == 0;
+	}
+	fclose(f);
+	return ours;
+}
+
+/*
+ * Adopt the session of fx->adopt_fd, mounted on fx->mnt by the process
+ * this one replaces: no mount, no INIT; the kernel resends what that
+ * process had read and not answered.
+ */
+static int adopt(struct fx *fx, struct bks_error *err)
+{
+	struct fuse_out_header oh = {.len = sizeof(oh),
+				     .error = FX_NOTIFY_RESEND};
+	struct stat st;
+	int fl;
+
+	fx->fd = fx->adopt_fd;
+	fx->adopt_fd = -1;
+	if (fstat(fx->fd, &st) < 0 || !S_ISCHR(st.st_mode) ||
+	    major(st.st_rdev) != FX_DEV_MAJOR ||
+	    minor(st.st_rdev) != FX_DEV_MINOR)
+		return bks_error_setmsg(err, EINVAL,
+					"FUSE export: adopt descriptor %d: "
+					"not /dev/fuse",
+					fx->fd);
+	if (!mounted_here(fx->mnt))
+		return bks_error_setmsg(err, EINVAL,
+					"FUSE export: adopt %s: no blkstack "
+					"FUSE file system is mounted there",
+					fx->mnt);
+	fl = fcntl(fx->fd, F_GETFL);
+	if (fl < 0 || fcntl(fx->fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    fcntl(fx->fd, F_SETFD, FD_CLOEXEC) < 0)
+		return bks_error_set(
+		    err, errno, "FUSE export: adopt /dev/fuse fd %d", fx->fd);
+	/* ENODEV: the file system was unmounted meanwhile. */
+	if (write(fx->fd, &oh, sizeof(oh)) < 0)
+		return bks_error_set(err, errno,
+				     "FUSE export: ask the kernel to resend "
+				     "the requests of %s",
+				     fx->mnt);
+	fx->mounted = true;
+	fx->inited = true;
+	return watch_dev(fx, err);
+}
+
 static int fx_start(void *state, struct bks_error *err)
 {
 	struct fx *fx = state;
 	struct stat st;
 	char opts[128];
 	int rc;
+
+	if (fx->adopt_fd >= 0)
+		return adopt(fx, err);
 
 	/*
 	 * A worker killed while serving left its file system mounted and
@@ -454,18 +573,14 @@ static int fx_start(void *state, struct bks_error *err)
 		return rc;
 	}
 	fx->mounted = true;
-	rc = bks_watch_add(fx->loop, &fx->w, fx->fd, EPOLLIN, on_fuse, fx);
+	rc = watch_dev(fx, err);
 	if (rc < 0) {
 		umount2(fx->mnt, MNT_DETACH | UMOUNT_NOFOLLOW);
 		fx->mounted = false;
 		close(fx->fd);
 		fx->fd = -1;
-		return bks_error_set(err, -rc, "FUSE export: watch /dev/fuse");
 	}
-	fx->watching = true;
-	fx->st.connections = 1;
-	fx->st.connections_total = 1;
-	return 0;
+	return rc;
 }
 
 /*
@@ -527,6 +642,8 @@ static void fx_free(void *state)
 		umount2(fx->mnt, MNT_DETACH | UMOUNT_NOFOLLOW);
 	if (fx->fd >= 0)
 		close(fx->fd);
+	if (fx->adopt_fd >= 0)
+		close(fx->adopt_fd);
 	if (fx->rbuf)
 		fx_buf_put(fx, fx->rbuf, FX_BUF_CLASSES - 1);
 	fx_pool_free(fx);
@@ -566,6 +683,9 @@ int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
 	fx->chain = chain;
 	fx->ro = cfg->read_only;
 	fx->fd = -1;
+	fx->adopt_fd = cfg->adopt ? cfg->dev_fd : -1;
+	fx->inited_fn = cfg->inited;
+	fx->inited_arg = cfg->arg;
 	bks_defer_init(loop, &fx->defer, on_defer, fx);
 	bks_export_init(&fx->exp, &fx_ops, fx, chain);
 	*out = &fx->exp;
@@ -575,5 +695,7 @@ out:
 		free(fx->mnt);
 		free(fx);
 	}
+	if (rc < 0 && cfg->adopt && cfg->dev_fd >= 0)
+		close(cfg->dev_fd);
 	return rc;
 }

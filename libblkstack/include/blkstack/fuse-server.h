@@ -55,18 +55,47 @@
 /* Requests the kernel sends before waiting for answers (max_background). */
 #define BKS_FUSE_MAX_BACKGROUND 64u
 
+/*
+ * Surviving a restart of the serving process.  The kernel keeps a FUSE
+ * connection while any descriptor of its /dev/fuse file is open: a
+ * process that holds a duplicate (the worker's supervisor) keeps the
+ * file system alive across the server's death, the loop device above
+ * only waits.  The next server is given that descriptor (dev_fd) and
+ * adopts the session: no mount, no INIT (it was done), and it asks the
+ * kernel to send again every request the dead server had read and not
+ * answered (FUSE_NOTIFY_RESEND; reads and writes of a block device are
+ * idempotent).  The kernel says at INIT whether it can (FUSE_HAS_RESEND,
+ * Linux 6.9 and later): only then is the descriptor worth handing over.
+ */
 struct bks_fuse_config {
 	/* Required: an existing empty directory, an absolute path. */
 	const char *mountpoint;
 	/* Serve the file read-only (also if the chain is). */
 	bool read_only;
+	/*
+	 * false: mount.  true: adopt dev_fd, a /dev/fuse descriptor of the
+	 * session mounted on mountpoint (see above); the export takes it
+	 * over (closes it when freed, or at once if its constructor fails).
+	 */
+	bool adopt;
+	int dev_fd;
+	/*
+	 * Optional.  Called once the kernel's INIT is answered (not when
+	 * adopting), with the /dev/fuse descriptor (the export's; dup it
+	 * to keep it) and whether the kernel can resend requests, so that
+	 * the caller can hand a duplicate to whoever will restart it.
+	 */
+	void (*inited)(void *arg, int dev_fd, bool can_resend);
+	void *arg;
 };
 
 /*
  * Make the FUSE export of chain on loop, mounting at cfg->mountpoint when
- * started (bks_export_start(): -ENOTDIR, -ENOENT, -EPERM, ... with err
- * naming the directory).  Its counters are struct bks_export_stats
- * (connections: 1 while mounted).  Returns 0 or -errno with err set.
+ * started (bks_export_start(): -ENOTDIR, -ENOENT, -ENOTEMPTY, -EPERM, ...
+ * with err naming the directory), or adopting cfg->dev_fd (-EINVAL if
+ * mountpoint is not a FUSE mount, or the kernel refuses to resend).  Its
+ * counters are struct bks_export_stats (connections: 1 while mounted).  Returns
+ * 0 or -errno with err set.
  */
 int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
 			struct bks_chain *chain,
