@@ -31,6 +31,20 @@ srv_nbdkit() {
 	SRV_PIDS+=("$SRV_PID")
 }
 
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# srv_nbdkit_tcp PORT PIDFILE ARGS...: nbdkit on 127.0.0.1:PORT (it forks
+# once it listens); its pid goes to SRV_PIDS.
+srv_nbdkit_tcp() {
+	local port=$1 pidf=$2
+	shift 2
+	nbdkit -i 127.0.0.1 -p "$port" --pidfile "$pidf" "$@"
+	SRV_PIDS+=("$(cat "$pidf")")
+}
+
 # srv_kill: SIGKILL the last server and wait until it has gone.
 srv_kill() {
 	kill -9 "$SRV_PID"
@@ -102,10 +116,8 @@ wait_sink() {
 @test "nbd-sink: TCP to nbdkit on a local port" {
 	local port
 	truncate -s 16M "$IMG_DIR/img.raw"
-	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	nbdkit -i 127.0.0.1 -p "$port" --pidfile "$BATS_TEST_TMPDIR/t.pid" \
-		file "$IMG_DIR/img.raw"
-	SRV_PIDS+=("$(cat "$BATS_TEST_TMPDIR/t.pid")")
+	port=$(free_port)
+	srv_nbdkit_tcp "$port" "$BATS_TEST_TMPDIR/t.pid" file "$IMG_DIR/img.raw"
 	worker_start w "nbd:nbd://127.0.0.1:$port/"
 	head -c 4096 /dev/urandom >"$BATS_TEST_TMPDIR/a"
 	nbdcopy "$BATS_TEST_TMPDIR/a" "$(nbd_uri)"
@@ -320,11 +332,9 @@ mk_cert() {
 	mk_cert "$t/ca" "$t/srv" server
 	mk_cert "$t/ca" "$t/cli" client
 	truncate -s 16M "$IMG_DIR/img.raw"
-	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	nbdkit -i 127.0.0.1 -p "$port" --pidfile "$t/tls.pid" \
-		--tls=require --tls-certificates="$t/srv" --tls-verify-peer \
-		file "$IMG_DIR/img.raw"
-	SRV_PIDS+=("$(cat "$t/tls.pid")")
+	port=$(free_port)
+	srv_nbdkit_tcp "$port" "$t/tls.pid" --tls=require \
+		--tls-certificates="$t/srv" --tls-verify-peer file "$IMG_DIR/img.raw"
 	worker_start w "nbd:nbds://localhost:$port/?tls-certificates=$t/cli"
 	head -c 1048576 /dev/urandom >"$t/a"
 	nbdcopy "$t/a" "$(nbd_uri)"
@@ -342,10 +352,8 @@ mk_cert() {
 	assert_failure
 	assert_output --partial "nbd://localhost:$port/"
 	# TLS required by us, a server without it.
-	plain=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	nbdkit -i 127.0.0.1 -p "$plain" --pidfile "$t/plain.pid" \
-		file "$IMG_DIR/img.raw"
-	SRV_PIDS+=("$(cat "$t/plain.pid")")
+	plain=$(free_port)
+	srv_nbdkit_tcp "$plain" "$t/plain.pid" file "$IMG_DIR/img.raw"
 	run worker_start z "nbd:nbds://localhost:$plain/?tls-certificates=$t/cli,connect-timeout=5"
 	assert_failure
 	assert_output --partial "nbds://localhost:$plain/"
