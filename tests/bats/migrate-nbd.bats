@@ -1,0 +1,156 @@
+#!/usr/bin/env bats
+# Migration between two hosts on shared storage (issue 18): the disk is an
+# nbd: sink on one real nbdkit both hosts reach.  Each host is its own real
+# xenstored and its own run directory (the script, workers, devices and
+# records of one host never see the other's); the toolstack driver runs the
+# v2 sequence libxl runs for a migration, under a writing load.
+
+load helpers
+
+VM=/vm/0b7d2c3a-0000-4000-8000-00000000beef
+
+setup() {
+	img_dir
+	export BLKSTACK_DEVICE=loop
+	XA=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xsd.XXXXXX")
+	XB=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xsd.XXXXXX")
+	"$XSD" start "$XA" >/dev/null
+	"$XSD" start "$XB" >/dev/null
+	RA=$BATS_TEST_TMPDIR/run-a
+	RB=$BATS_TEST_TMPDIR/run-b
+	IMG=$IMG_DIR/shared.img
+	truncate -s 64M "$IMG"
+	SOCK=$BATS_TEST_TMPDIR/nbdkit.sock
+	nbdkit --unix "$SOCK" --pidfile "$BATS_TEST_TMPDIR/nbdkit.pid" \
+		file "$IMG"
+	SRV=$(cat "$BATS_TEST_TMPDIR/nbdkit.pid")
+	TARGET="log:|nbd:nbd+unix:///?socket=$SOCK"
+}
+
+teardown() {
+	local h
+	for h in a b; do
+		tsh "$h" v2-detach >/dev/null 2>&1 || true
+		for d in "$(rundir "$h")"/*/; do
+			[ -d "$d" ] || continue
+			on "$h" "$BIN/blkstack-ctl" destroy --name "$(basename "$d")" \
+				>/dev/null 2>&1 || true
+		done
+	done
+	kill "$SRV" 2>/dev/null || true
+	worker_teardown
+	for h in "$XA" "$XB"; do
+		"$XSD" stop "$h"
+		rm -rf -- "$h"
+	done
+}
+
+# rundir a|b: that host's run directory.
+rundir() {
+	if [ "$1" = a ]; then echo "$RA"; else echo "$RB"; fi
+}
+
+# on a|b CMD...: CMD on that host (its xenstored, its run directory).
+on() {
+	local h=$1 x=$XA
+	shift
+	[ "$h" = a ] || x=$XB
+	XENSTORED_PATH=$x/socket BLKSTACK_RUNDIR=$(rundir "$h") "$@"
+}
+
+# tsh a|b ARGS...: the toolstack driver on that host, for the VM's disk.
+tsh() {
+	local h=$1
+	shift
+	on "$h" "$TOOLSTACK" --quiet --script "$SCRIPT" --target "$TARGET" \
+		--domid 3 --vm "$VM" "$@"
+}
+
+# hp a|b NODE: that host's hotplug node NODE of the disk.
+hp() {
+	local HOTPLUG_PATH
+	eval "$(on "$1" "$TOOLSTACK" --domid 3 --vm "$VM" paths)"
+	on "$1" xenstore-read "$HOTPLUG_PATH/$2"
+}
+
+# lines FILE: its line count, 0 if it does not exist.
+lines() {
+	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
+}
+
+# Nothing of the disk is left on host h.
+nothing_on() {
+	run on "$1" "$BIN/blkstack-ctl" list
+	assert_output ""
+	run bash -c "losetup -a | grep -c '$(rundir "$1")'"
+	assert_output 0
+	run grep -c "$(rundir "$1")" /proc/mounts
+	assert_output 0
+}
+
+@test "migrate-nbd: v2 between two hosts on one nbdkit: prepare beside the writing source, add attaches, no acknowledged write lost" {
+	local log=$BATS_TEST_TMPDIR/acked writer rc=0 n
+	run tsh a v2-attach
+	assert_success
+	src=$(hp a blkstack-worker)
+	# The guest on host a writes: 16384 blocks of 4 KiB, 8 in flight.
+	python3 "$TOP/tests/worker/acked-writes.py" --depth 8 \
+		"$RA/$src/nbd.sock" 16384 "$log" >"$BATS_TEST_TMPDIR/writer.out" 2>&1 &
+	writer=$!
+	for n in $(seq 600); do
+		[ "$(lines "$log")" -ge 2000 ] && break
+		sleep 0.05
+	done
+	[ "$(lines "$log")" -ge 2000 ]
+
+	# Host b, before the blackout, while host a writes: the slow part.
+	run tsh b v2-create
+	assert_success
+	run tsh b v2-run prepare
+	assert_success
+	gone "$writer" && skip "the writer finished before prepare: the load proves nothing"
+	timeout 120 tail --pid="$writer" -f /dev/null
+	wait "$writer" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ "$(lines "$log")" = 16384 ]
+
+	# The blackout: host a lets go, host b attaches what it prepared.
+	run tsh a v2-run remove
+	assert_success
+	tsh b v2-backend
+	run tsh b v2-run add
+	assert_success
+	run tsh a v2-run unprepare
+	assert_success
+	nothing_on a
+
+	# Every write host a acknowledged is on the shared storage, and host
+	# b's device reads it.
+	check_acked "$IMG" "$log"
+	dst_dev=$(hp b pdev)
+	cmp <(dd if="$dst_dev" bs=1M count=64 iflag=direct status=none) "$IMG"
+	# Host b's writes reach it too.
+	head -c 1048576 /dev/urandom >"$BATS_TEST_TMPDIR/b"
+	dd if="$BATS_TEST_TMPDIR/b" of="$dst_dev" bs=1M seek=8 oflag=direct \
+		conv=fsync status=none
+	cmp -n 1048576 -i 0:8388608 "$BATS_TEST_TMPDIR/b" "$IMG"
+	run tsh b v2-detach
+	assert_success
+	nothing_on b
+	# The server outlived both hosts' disks.
+	kill -0 "$SRV"
+}
+
+@test "migrate-nbd: a host that cannot reach the server fails prepare naming the URI; unprepare leaves nothing" {
+	TARGET="log:|nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/none.sock"
+	run tsh b v2-create
+	assert_success
+	run tsh b v2-run prepare
+	assert_failure 1
+	run hp b hotplug-error
+	assert_output --partial "nbd+unix:///?socket=$BATS_TEST_TMPDIR/none.sock"
+	assert_output --partial "connect"
+	run tsh b v2-run unprepare
+	assert_success
+	nothing_on b
+}
