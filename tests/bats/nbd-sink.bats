@@ -207,6 +207,51 @@ wait_sink() {
 	refute_output --regexp 'requeued 0 '
 }
 
+# srv_qemu_nbd SOCK IMAGE: qemu-nbd (O_DIRECT) on Unix socket SOCK, once
+# it listens; its pid goes to SRV_PID and SRV_PIDS.
+srv_qemu_nbd() {
+	rm -f "$1"
+	qemu-nbd -f raw --cache=none --shared=4 -k "$1" --persistent "$2" &
+	SRV_PID=$!
+	SRV_PIDS+=("$SRV_PID")
+	timeout 10 sh -c "until [ -S '$1' ]; do sleep 0.1; done"
+}
+
+@test "nbd-sink: qemu-nbd SIGKILLed twice and restarted under fio verify: no error, two reconnections" {
+	local fio_pid k
+	truncate -s 64M "$IMG_DIR/img.raw"
+	srv_qemu_nbd "$BATS_TEST_TMPDIR/q.sock" "$IMG_DIR/img.raw"
+	worker_start w "nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/q.sock,retry=30"
+	fio --name=v --ioengine=nbd --uri="$(nbd_uri)" --rw=randwrite --bs=4k \
+		--iodepth=16 --size=16M --loops=200 --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+		--output="$BATS_TEST_TMPDIR/fio.out" &
+	fio_pid=$!
+	for k in 1 2; do
+		sleep 1
+		kill -0 "$fio_pid" || {
+			echo "fio finished before kill $k" >&2
+			return 1
+		}
+		srv_kill
+		wait_sink 'connection down'
+		sleep 0.5
+		srv_qemu_nbd "$BATS_TEST_TMPDIR/q.sock" "$IMG_DIR/img.raw"
+		wait_sink "reconnects $k "
+	done
+	# Enough: the rest of fio's loops are not needed.
+	sleep 1
+	kill -INT "$fio_pid"
+	run timeout 60 tail --pid="$fio_pid" -f /dev/null
+	wait "$fio_pid" || true
+	cat "$BATS_TEST_TMPDIR/fio.out"
+	run grep -c 'err= 0' "$BATS_TEST_TMPDIR/fio.out"
+	assert_output 1
+	run sink_stats
+	assert_output --regexp 'connection ready .*reconnects 2 '
+	assert_output --regexp 'failed_while_down 0 '
+}
+
 @test "nbd-sink: a server that stays away: EIO after retry=, at once after that, and back when it returns" {
 	truncate -s 16M "$IMG_DIR/img.raw"
 	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" file "$IMG_DIR/img.raw"
