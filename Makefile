@@ -414,7 +414,7 @@ demo: deps
 # when a script or program they hold is newer).
 DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
-           e2fsprogs cpio qemu-utils \
+           e2fsprogs cpio qemu-utils nbdkit \
            debhelper dpkg-dev fakeroot scdoc
 XEN_IMG := $(B)/xen/dom0.cpio.gz
 # For lint (shellcheck): the shell scripts, not README.md.

@@ -142,7 +142,8 @@ truncate -s 600M /root/store.ext2
 mount -o loop /root/store.ext2 "$IMGS"
 
 guest_cfg() {
-	# guest_cfg NAME IMAGE
+	# guest_cfg NAME IMAGE [TARGET]: TARGET defaults to log:|aio:IMAGE.
+	_target=${3:-log:|aio:$2}
 	cat >"/root/$1.cfg" <<EOF
 name = "$1"
 type = "pv"
@@ -154,7 +155,7 @@ vcpus = 1
 on_poweroff = "destroy"
 on_crash = "destroy"
 on_reboot = "destroy"
-disk = ['vdev=xvda,script=block-stack,target=log:|aio:$2']
+disk = ['vdev=xvda,script=block-stack,target=$_target']
 EOF
 }
 
@@ -175,12 +176,29 @@ cleanup_after() {
 guest_run() {
 	mech=$1
 	mode=${2:-shutdown}
+	# sink: aio (the image file), or nbdkit (an nbd: sink on an nbdkit
+	# serving the image in dom0: shared storage's remote NBD server).
+	sink=${3:-aio}
 	g=g-$mech-$mode
 	tag=$mech
-	img=$IMGS/disk-$mech-$mode.img
+	target=
+	if [ "$sink" != aio ]; then
+		g=$g-$sink
+		tag=$mech+$sink
+	fi
+	img=$IMGS/disk-$mech-$mode-$sink.img
 	truncate -s 64M "$img"
 	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
-	guest_cfg "$g" "$img"
+	if [ "$sink" = nbdkit ]; then
+		rm -f /run/nbdkit-g.sock /run/nbdkit-g.pid
+		if ! nbdkit --unix /run/nbdkit-g.sock --pidfile /run/nbdkit-g.pid \
+			file "$img" >/tmp/nbdkit-g.out 2>&1; then
+			fail "$tag: nbdkit starts" "$(tr '\n' ' ' </tmp/nbdkit-g.out)"
+			return 0
+		fi
+		target="log:|nbd:nbd+unix:///?socket=/run/nbdkit-g.sock"
+	fi
+	guest_cfg "$g" "$img" "$target"
 	t0=$(now)
 	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
 		fail "$tag: xl create" "$(tail -n 5 "/tmp/$g.create" | tr '\n' ' ')"
@@ -235,6 +253,11 @@ guest_run() {
 	check "$tag: no backend left in xenstore" no_backends
 	info "$tag: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
 	info "$tag: /run/blkstack: $(find /run/blkstack 2>&1 | tr '\n' ' ')"
+	if [ "$sink" = nbdkit ]; then
+		check "$tag: nbdkit served to the end" kill -0 "$(cat /run/nbdkit-g.pid)"
+		kill "$(cat /run/nbdkit-g.pid)" 2>/dev/null || true
+		rm -f "$img"
+	fi
 }
 
 attach_tests() {
@@ -1394,7 +1417,7 @@ missing=''
 for c in xl xenstore-read xenstore-write xenstore-ls xenstore-exists \
 	xenstore-rm xs-toolstack bks-records "$CTL" mke2fs losetup mount \
 	modprobe dmesg awk sed grep tr cut head tail sort wc find ps dd \
-	truncate kill sleep qemu-img blkstack-img sha256sum; do
+	truncate kill sleep qemu-img blkstack-img sha256sum nbdkit; do
 	command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
 done
 check "dom0 has every command dom0-test.sh uses" sh -c \
@@ -1426,6 +1449,7 @@ else
 fi
 if [ -z "$only" ]; then
 	guest_run nbd
+	guest_run nbd shutdown nbdkit
 fi
 if [ -z "$only" ] || [ "$only" = kill ]; then
 	restart_item
