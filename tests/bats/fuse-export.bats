@@ -18,20 +18,11 @@ setup() {
 
 # Loop devices on our file, our mount, then the processes.
 teardown() {
-	local name back
-	while read -r name back; do
-		case $back in
-		"$MNT"/*) losetup -d "$name" || true ;;
-		esac
-	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
-	if mounted; then
-		umount -l "$MNT" || true
-	fi
-	worker_teardown
+	fuse_teardown "$MNT"
 }
 
 mounted() {
-	awk -v d="$MNT" '$5 == d { f = 1 } END { exit !f }' /proc/self/mountinfo
+	mounted_on "$MNT"
 }
 
 # A 64 MiB image with random data in its first 4 MiB, served by worker d1

@@ -20,17 +20,7 @@ setup() {
 
 # Loop devices on our file, our mount, then the processes.
 teardown() {
-	local name back
-	while read -r name back; do
-		case $back in
-		"$MNT"/* | /nbd) losetup -d "$name" || true ;;
-		esac
-	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
-	if awk -v d="$MNT" '$5 == d { f = 1 } END { exit !f }' \
-		/proc/self/mountinfo; then
-		umount -l "$MNT" || true
-	fi
-	worker_teardown
+	fuse_teardown "$MNT" /nbd
 }
 
 # A worker d1 on a 64 MiB image with random data in its first 4 MiB.

@@ -145,6 +145,26 @@ nbd_uri() {
 	printf 'nbd+unix:///?socket=%s\n' "${1:-$NBD_SOCK}"
 }
 
+# mounted_on DIR: something is mounted on DIR (per /proc/self/mountinfo).
+mounted_on() {
+	awk -v d="$1" '$5 == d { f = 1 } END { exit !f }' /proc/self/mountinfo
+}
+
+# fuse_teardown DIR [FILE]: detach the loop devices on files under DIR
+# (or on FILE), unmount DIR lazily, then stop this test's workers.
+fuse_teardown() {
+	local name back
+	while read -r name back; do
+		case $back in
+		"$1"/* | "${2:-$1/}") losetup -d "$name" || true ;;
+		esac
+	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+	if mounted_on "$1"; then
+		umount -l "$1" || true
+	fi
+	worker_teardown
+}
+
 # ---- supervision (docs/control-protocol.txt, "Supervision") -----------------
 
 # sup_conf KEY=VALUE...: a private configuration file with these keys,
