@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "blkstack/driver.h"
+#include "blkstack/hexdigit.h"
 #include "blkstack/nbd-target.h"
 
 /* Characters a URI's path or query value may hold as they are. */
@@ -44,17 +45,6 @@ static bool uri_plain(char c, bool query)
 	}
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * Decode [s, s + n) into out (size bytes, NUL-terminated): plain
  * characters as they are, %XX as the byte.  Returns 0, or -EINVAL with
@@ -70,8 +60,12 @@ static int uri_decode(const struct bks_nbd_target *t, const char *what,
 		unsigned char c = (unsigned char)s[i];
 
 		if (c == '%') {
-			int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
-			int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+			int hi = i + 2 < n
+				     ? bks_hexdigit((unsigned char)s[i + 1])
+				     : -1;
+			int lo = i + 2 < n
+				     ? bks_hexdigit((unsigned char)s[i + 2])
+				     : -1;
 
 			if (hi < 0 || lo < 0)
 				return bks_error_setmsg(

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "blkstack/endian.h"
+#include "blkstack/hexdigit.h"
 #include "blkstack/vhd-format.h"
 
 #define FOOTER_COOKIE "conectix"
@@ -530,17 +531,6 @@ static int utf16_encode(const char *s, bool be, unsigned char *out, size_t size)
 	return (int)n;
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int vhd_locator_decode(uint32_t code, const unsigned char *data, size_t len,
 		       char *out, size_t size, struct bks_error *err)
 {
@@ -582,10 +572,11 @@ int vhd_locator_decode(uint32_t code, const unsigned char *data, size_t len,
 			unsigned char c = data[i];
 
 			if (c == '%' && i + 2 < len &&
-			    hexval(data[i + 1]) >= 0 &&
-			    hexval(data[i + 2]) >= 0) {
-				c = (unsigned char)(hexval(data[i + 1]) << 4 |
-						    hexval(data[i + 2]));
+			    bks_hexdigit(data[i + 1]) >= 0 &&
+			    bks_hexdigit(data[i + 2]) >= 0) {
+				c = (unsigned char)(bks_hexdigit(data[i + 1])
+							<< 4 |
+						    bks_hexdigit(data[i + 2]));
 				i += 2;
 				if (c == 0)
 					return bks_error_setmsg(
