@@ -16,9 +16,14 @@ setup() {
 	: >"$BLKSTACK_CONF"
 }
 
-# Loop devices on our file, our mount, then the processes.
+# Loop devices on our file, our mount, then the processes.  A file
+# system the worker has already unmounted (lazily) shows its file as
+# "/disk": such a loop device is ours too, and is detached by name.
 teardown() {
-	fuse_teardown "$MNT"
+	if [ -n "${LOOP:-}" ]; then
+		losetup -d "$LOOP" 2>/dev/null || true
+	fi
+	fuse_teardown "$MNT" /disk
 }
 
 mounted() {
@@ -253,6 +258,7 @@ sup_disk() {
 	[ "$(stat_of mounted)" = True ]
 	# A graceful stop still ends the file system with the worker.
 	losetup -d "$LOOP"
+	LOOP=
 	kill -TERM "$SUP_PID"
 	timeout 30 tail --pid="$SUP_PID" -f /dev/null
 	! mounted

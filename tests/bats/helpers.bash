@@ -151,9 +151,11 @@ mounted_on() {
 }
 
 # fuse_teardown DIR [FILE]: detach the loop devices on files under DIR
-# (or on FILE), unmount DIR lazily, then stop this test's workers.
+# (or on FILE), unmount DIR lazily, then stop this test's workers.  Fails
+# if such a loop device is still there: a leaked one would hang whatever
+# scans block devices later (lvm2's scripts did, in dpkg).
 fuse_teardown() {
-	local name back
+	local name back left=
 	while read -r name back; do
 		case $back in
 		"$1"/* | "${2:-$1/}") losetup -d "$name" || true ;;
@@ -163,6 +165,15 @@ fuse_teardown() {
 		umount -l "$1" || true
 	fi
 	worker_teardown
+	while read -r name back; do
+		case $back in
+		"$1"/* | "${2:-$1/}") left="$left $name" ;;
+		esac
+	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+	if [ -n "$left" ]; then
+		echo "loop devices left:$left" >&2
+		return 1
+	fi
 }
 
 # ---- supervision (docs/control-protocol.txt, "Supervision") -----------------
