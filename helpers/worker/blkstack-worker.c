@@ -672,17 +672,33 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 	if (rc < 0)
 		return rc;
 	if (o->fuse_mount) {
+		int adopt_fd = o->fuse_fd;
+
+		/*
+		 * Unmounted since the last worker died (by an administrator):
+		 * nothing to adopt; the disk is served on a new mount, and the
+		 * supervisor lets go of the old session when it gets the new
+		 * one's descriptor.
+		 */
+		if (adopt_fd >= 0 && !bks_fuse_mounted(o->fuse_mount)) {
+			worker_log(w, LOG_WARNING,
+				   "FUSE: nothing is mounted on %s any more: "
+				   "mounting anew instead of adopting",
+				   o->fuse_mount);
+			close(adopt_fd);
+			adopt_fd = -1;
+		}
 		rc = bks_fuse_export_new(&w->fuse, w->loop, w->chain,
 					 &(const struct bks_fuse_config){
 					     .mountpoint = o->fuse_mount,
 					     .read_only = w->read_only,
-					     .adopt = o->fuse_fd >= 0,
-					     .dev_fd = o->fuse_fd,
+					     .adopt = adopt_fd >= 0,
+					     .dev_fd = adopt_fd,
 					     .inited = fuse_inited,
 					     .arg = w,
 					 },
 					 err);
-		if (rc == 0 && o->fuse_fd >= 0)
+		if (rc == 0 && adopt_fd >= 0)
 			worker_log(w, LOG_INFO,
 				   "adopting the FUSE session on %s: the "
 				   "kernel resends what was in flight",

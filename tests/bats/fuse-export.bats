@@ -264,16 +264,32 @@ sup_disk() {
 	! mounted
 }
 
-@test "fuse-export: --fuse-fd that is not /dev/fuse, or with nothing mounted, is refused" {
+@test "fuse-export: --fuse-fd with nothing mounted mounts anew; one that is not /dev/fuse is refused" {
 	truncate -s 64M "$IMG_DIR/d1.img"
-	run worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" --fuse-fd 5 5</dev/null
+	# Nothing on $MNT (an administrator unmounted it): a new mount.
+	worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" --fuse-fd 5 5<>/dev/fuse
+	grep -q "nothing is mounted on $MNT any more: mounting anew" "$BATS_TEST_TMPDIR/d1.log"
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+	# A live mount there, and a descriptor that is not /dev/fuse.
+	truncate -s 64M "$IMG_DIR/d2.img"
+	run worker_start d2 "aio:$IMG_DIR/d2.img" --fuse-mount "$MNT" --fuse-fd 5 5</dev/null
 	[ "$status" -ne 0 ]
 	assert_output --partial "adopt descriptor 5: not /dev/fuse"
-	run worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" --fuse-fd 5 5<>/dev/fuse
-	[ "$status" -ne 0 ]
-	assert_output --partial "adopt $MNT: no blkstack FUSE file system is mounted there"
-	run "$BIN/blkstack-worker" --name d1 --chain "aio:$IMG_DIR/d1.img" --fuse-fd 5 5</dev/null
+	run "$BIN/blkstack-worker" --name d3 --chain "aio:$IMG_DIR/d1.img" --fuse-fd 5 5</dev/null
 	[ "$status" -eq 2 ]
 	assert_output --partial "--fuse-fd needs --fuse-mount"
+	# d1 still serves its file.
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+}
+
+@test "fuse-export: a supervised worker whose mount was taken down, killed: the next one mounts anew" {
+	kernel_can_resend || skip "Linux $(uname -r) cannot resend FUSE requests (6.9+)"
+	sup_disk
+	umount -l "$MNT"
 	! mounted
+	kill_and_wait_restart "$WDIR" >/dev/null
+	[ "$(stat -c %s "$MNT/disk")" = 67108864 ]
+	dd if="$MNT/disk" of=/dev/null bs=1M count=4 iflag=direct status=none
+	# The supervisor holds one session, not the old one beside the new.
+	[ "$(ls -l "/proc/$SUP_PID/fd" | grep -c /dev/fuse)" = 1 ]
 }

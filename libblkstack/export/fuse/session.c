@@ -440,13 +440,7 @@ static int watch_dev(struct fx *fx, struct bks_error *err)
 	return 0;
 }
 
-/*
- * Whether /proc/self/mountinfo shows a FUSE file system of ours
- * ("fuse.blkstack") mounted on path, its topmost mount there.  Read from
- * the kernel's table: a stat or statfs of the mount point would be a
- * FUSE request that only this process could answer.
- */
-static bool mounted_here(const char *path)
+bool bks_fuse_mounted(const char *path)
 {
 	char line[4096], mp[4096], type[64];
 	bool ours = false;
@@ -505,7 +499,7 @@ static int adopt(struct fx *fx, struct bks_error *err)
 					"FUSE export: adopt descriptor %d: "
 					"not /dev/fuse",
 					fx->fd);
-	if (!mounted_here(fx->mnt))
+	if (!bks_fuse_mounted(fx->mnt))
 		return bks_error_setmsg(err, EINVAL,
 					"FUSE export: adopt %s: no blkstack "
 					"FUSE file system is mounted there",

@@ -102,4 +102,14 @@ int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
 			const struct bks_fuse_config *cfg,
 			struct bks_error *err);
 
+/*
+ * Whether /proc/self/mountinfo shows a file system of this export
+ * ("fuse.blkstack") as the topmost mount on path, an absolute path as
+ * given to the export.  Read from the kernel's table, never by a stat or
+ * statfs of path: on a session no process serves (its server died, a
+ * duplicate of /dev/fuse keeps it), those would be FUSE requests that
+ * wait for ever.  For a caller deciding whether to adopt (above).
+ */
+bool bks_fuse_mounted(const char *path);
+
 #endif /* BLKSTACK_FUSE_SERVER_H */
