@@ -86,7 +86,10 @@ ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
 NBD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libnbd)
 NBD_LIBS    = $(shell $(PKG_CONFIG) --libs libnbd)
 $(B)/obj/libblkstack/drivers/nbd.o: CPPFLAGS += $(NBD_CFLAGS)
-LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS)
+# librbd and librados (no .pc files in Debian 12's librbd-dev): the rbd:
+# sink (drivers/rbd.c), Ceph RBD images.
+RBD_LIBS   := -lrbd -lrados
+LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS) $(RBD_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -371,7 +374,7 @@ tests: all $(TEST_BIN)
 DEB_BUILD := build-essential pkg-config debhelper dpkg-dev fakeroot libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
-             libnbd-dev scdoc
+             libnbd-dev librbd-dev scdoc
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
