@@ -3,8 +3,10 @@
 #   make            build everything into build/
 #   make check      install test dependencies (make deps), then lint, unit
 #                   tests, the xenstored self-check and the bats suites
+#   make check-ceph the rbd: sink against a private single-node Ceph
+#                   cluster (.ci/run runs it after make check)
 #   make check-xen  Xen 4.17 in QEMU: xl with script=block-stack (.ci/run
-#                   runs it after make check; tests/xen/README.md)
+#                   runs it after make check-ceph; tests/xen/README.md)
 #   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
 #   make install    DESTDIR and PREFIX honoured
@@ -396,7 +398,8 @@ SHELL_FILES += completion/blkstack-ctl completion/blkstack-img
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
 lint:
-	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)
+	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES) \
+		$(CEPH_SHELL_FILES)
 	clang-format --dry-run -Werror $(C_FILES)
 
 format:
@@ -404,7 +407,7 @@ format:
 
 check: deps
 	$(MAKE) tests
-	SHELL_FILES="$(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)" \
+	SHELL_FILES="$(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES) $(CEPH_SHELL_FILES)" \
 		C_FILES="$(C_FILES)" tests/check
 
 demo: deps
@@ -441,6 +444,24 @@ check-xen: deps-xen
 	$(MAKE) $(XEN_IMG)
 	tests/xen/run
 # ---- end of Xen in QEMU ------------------------------------------------------
+
+# ---- Ceph RBD (issue 18; README.md, "Ceph") ---------------------------------
+# Not part of 'make check' (.ci/run runs it after check, before check-xen):
+# the rbd: sink against a real single-node Ceph cluster (one mon, one
+# bluestore OSD on a file) that tests/ceph/cluster starts in a private
+# directory.  Ends with "N passed, N failed, N skipped".
+DEB_CEPH := ceph-mon ceph-osd ceph-common librbd-dev fio libnbd-bin \
+            qemu-utils bats bats-assert bats-support bats-file python3
+CEPH_SHELL_FILES := tests/ceph/cluster tests/ceph/check
+.PHONY: deps-ceph check-ceph
+
+deps-ceph:
+	@DEB_PKGS="$(DEB_CEPH)" tests/deps
+
+check-ceph: deps-ceph
+	$(MAKE) all
+	tests/ceph/check
+# ---- end of Ceph RBD ---------------------------------------------------------
 
 # ---- benchmark (issue 7; bench/README.md) ------------------------------------
 # Not part of 'make check': the data path against direct I/O, qemu-nbd and

@@ -326,8 +326,10 @@ static int connect_cluster(struct rbd_state *s, struct bks_error *err)
 	if (rc < 0)
 		return bks_error_set(err, -rc,
 				     "rbd:%s: connecting to cluster '%s' as "
-				     "%s (timeout %u s)",
+				     "%s (%s%s%stimeout %u s)",
 				     s->t.name, s->t.cluster, entity,
+				     s->t.keyring[0] ? "keyring " : "",
+				     s->t.keyring, s->t.keyring[0] ? ", " : "",
 				     s->t.timeout_s);
 	return 0;
 }
