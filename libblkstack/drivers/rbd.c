@@ -15,9 +15,9 @@
  *
  * Requests go out with rbd_aio_readv/writev/flush/discard/write_zeroes.
  * librbd completes them on its own threads: the callback only puts the
- * request's slot on a list under a mutex and writes an eventfd, which is
- * a watch of the worker's loop; the loop side reads the results and
- * completes the requests.  Nothing blocks the loop.
+ * request's slot on a list and writes an eventfd, under a mutex; the
+ * eventfd is a watch of the worker's loop, where the results are read
+ * and the requests completed.  Nothing blocks the loop.
  *
  * A snapshot (or a read-only open) is opened with rbd_open_read_only():
  * the layer is read-only.  FUA is a flush after the write, before the
@@ -40,6 +40,7 @@
 
 #include "blkstack/driver.h"
 #include "blkstack/rbd-target.h"
+#include "blkstack/req-queue.h"
 
 /* Requests in flight at once; more wait in the queue. */
 #define RBD_SLOTS 256
@@ -78,7 +79,7 @@ struct rbd_state {
 	struct rbd_slot *slots, *free_slots;
 	unsigned int in_flight;
 	/* Requests taken and not yet issued, FIFO through owner_next. */
-	struct bks_req *wait_head, *wait_tail;
+	struct bks_req_queue wait;
 
 	/* Counters (the stats op). */
 	uint64_t completed, errors, fua_flushes;
@@ -87,7 +88,12 @@ struct rbd_state {
 
 /* ---- librbd's side: its threads ------------------------------------------ */
 
-/* On a librados thread: hand the slot to the loop and nothing else. */
+/*
+ * On a librados thread: hand the slot to the loop and nothing else.  The
+ * eventfd is written under the lock, so that once the loop has taken
+ * the slot (under the lock) this thread no longer touches the layer,
+ * which may then complete the request and close.
+ */
 static void aio_done(rbd_completion_t c, void *arg)
 {
 	struct rbd_slot *sl = arg;
@@ -99,8 +105,8 @@ static void aio_done(rbd_completion_t c, void *arg)
 	pthread_mutex_lock(&s->lock);
 	sl->next = s->done;
 	s->done = sl;
-	pthread_mutex_unlock(&s->lock);
 	n = write(s->efd, &one, sizeof(one));
+	pthread_mutex_unlock(&s->lock);
 	(void)n; /* the counter cannot overflow: the loop reads it */
 }
 
@@ -201,15 +207,8 @@ static void issue(struct rbd_state *s, struct bks_req *req)
 /* Issue what waits while slots are free. */
 static void pump(struct rbd_state *s)
 {
-	while (s->wait_head && s->free_slots) {
-		struct bks_req *req = s->wait_head;
-
-		s->wait_head = req->owner_next;
-		if (!s->wait_head)
-			s->wait_tail = NULL;
-		req->owner_next = NULL;
-		issue(s, req);
-	}
+	while (s->wait.head && s->free_slots)
+		issue(s, bks_req_queue_pop(&s->wait));
 }
 
 /* One slot librbd has completed. */
@@ -485,12 +484,7 @@ static int sink_req(void *state, struct bks_layer *self, struct bks_req *req)
 	struct rbd_state *s = state;
 
 	(void)self;
-	req->owner_next = NULL;
-	if (s->wait_tail)
-		s->wait_tail->owner_next = req;
-	else
-		s->wait_head = req;
-	s->wait_tail = req;
+	bks_req_queue_push(&s->wait, req);
 	pump(s);
 	return 0;
 }
@@ -499,14 +493,11 @@ static void sink_stats(void *state, struct bks_layer *self,
 		       struct bks_stats_out *out)
 {
 	struct rbd_state *s = state;
-	unsigned int waiting = 0;
 
 	(void)self;
-	for (struct bks_req *r = s->wait_head; r; r = r->owner_next)
-		waiting++;
 	bks_stats_str(out, "image", s->t.name);
 	bks_stats_u64(out, "in_flight", s->in_flight);
-	bks_stats_u64(out, "waiting", waiting);
+	bks_stats_u64(out, "waiting", bks_req_queue_len(&s->wait));
 	bks_stats_u64(out, "completed", s->completed);
 	bks_stats_u64(out, "errors", s->errors);
 	bks_stats_u64(out, "fua_flushes", s->fua_flushes);
