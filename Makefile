@@ -3,8 +3,10 @@
 #   make            build everything into build/
 #   make check      install test dependencies (make deps), then lint, unit
 #                   tests, the xenstored self-check and the bats suites
+#   make check-ceph the rbd: sink against a private single-node Ceph
+#                   cluster (.ci/run runs it after make check)
 #   make check-xen  Xen 4.17 in QEMU: xl with script=block-stack (.ci/run
-#                   runs it after make check; tests/xen/README.md)
+#                   runs it after make check-ceph; tests/xen/README.md)
 #   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
 #   make install    DESTDIR and PREFIX honoured
@@ -86,7 +88,10 @@ ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
 NBD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libnbd)
 NBD_LIBS    = $(shell $(PKG_CONFIG) --libs libnbd)
 $(B)/obj/libblkstack/drivers/nbd.o: CPPFLAGS += $(NBD_CFLAGS)
-LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS)
+# librbd and librados (no .pc files in Debian 12's librbd-dev): the rbd:
+# sink (drivers/rbd.c), Ceph RBD images.
+RBD_LIBS   := -lrbd -lrados
+LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS) $(RBD_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -371,7 +376,7 @@ tests: all $(TEST_BIN)
 DEB_BUILD := build-essential pkg-config debhelper dpkg-dev fakeroot libxen-dev libaio-dev liburing-dev \
              libcmocka-dev \
              libnl-3-dev libnl-genl-3-dev libfuse3-dev zlib1g-dev libzstd-dev \
-             libnbd-dev scdoc
+             libnbd-dev librbd-dev scdoc
 DEB_RUN   := xen-utils-4.17 xenstore-utils libnbd-bin e2fsprogs fuse3
 DEB_TEST  := bats bats-assert bats-support bats-file shellcheck clang-format \
              valgrind clang libclang-rt-14-dev qemu-utils fio \
@@ -393,7 +398,8 @@ SHELL_FILES += completion/blkstack-ctl completion/blkstack-img
 C_FILES     := $(sort $(shell find libblkstack helpers tests -name '*.[ch]'))
 
 lint:
-	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)
+	shellcheck $(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES) \
+		$(CEPH_SHELL_FILES)
 	clang-format --dry-run -Werror $(C_FILES)
 
 format:
@@ -401,7 +407,7 @@ format:
 
 check: deps
 	$(MAKE) tests
-	SHELL_FILES="$(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES)" \
+	SHELL_FILES="$(SHELL_FILES) $(XEN_SHELL_FILES) $(BENCH_SHELL_FILES) $(CEPH_SHELL_FILES)" \
 		C_FILES="$(C_FILES)" tests/check
 
 demo: deps
@@ -438,6 +444,24 @@ check-xen: deps-xen
 	$(MAKE) $(XEN_IMG)
 	tests/xen/run
 # ---- end of Xen in QEMU ------------------------------------------------------
+
+# ---- Ceph RBD (issue 18; README.md, "Ceph") ---------------------------------
+# Not part of 'make check' (.ci/run runs it after check, before check-xen):
+# the rbd: sink against a real single-node Ceph cluster (one mon, one
+# bluestore OSD on a file) that tests/ceph/cluster starts in a private
+# directory.  Ends with "N passed, N failed, N skipped".
+DEB_CEPH := ceph-mon ceph-osd ceph-common librbd-dev fio libnbd-bin \
+            qemu-utils bats bats-assert bats-support bats-file python3
+CEPH_SHELL_FILES := tests/ceph/cluster tests/ceph/check
+.PHONY: deps-ceph check-ceph
+
+deps-ceph:
+	@DEB_PKGS="$(DEB_CEPH)" tests/deps
+
+check-ceph: deps-ceph
+	$(MAKE) all
+	tests/ceph/check
+# ---- end of Ceph RBD ---------------------------------------------------------
 
 # ---- benchmark (issue 7; bench/README.md) ------------------------------------
 # Not part of 'make check': the data path against direct I/O, qemu-nbd and

@@ -51,6 +51,7 @@
 
 #include "blkstack/driver.h"
 #include "blkstack/nbd-target.h"
+#include "blkstack/req-queue.h"
 
 /* Commands of one request at most (else the bounce buffer). */
 #define NBD_MAX_SEGS 16
@@ -103,7 +104,7 @@ struct nbd_state {
 	struct nbd_slot *slots, *free_slots, *done;
 	unsigned int in_flight;
 	/* Requests taken and not yet issued, FIFO through owner_next. */
-	struct bks_req *wait_head, *wait_tail;
+	struct bks_req_queue wait;
 
 	unsigned char *bounce;
 	bool bounce_busy;
@@ -137,37 +138,6 @@ static void note_error(struct nbd_state *s, const char *what)
 	snprintf(s->last_error, sizeof(s->last_error), "%s: %s", what,
 		 e ? e : "unknown error");
 	bks_sanitize_line(s->last_error);
-}
-
-static void wait_push_tail(struct nbd_state *s, struct bks_req *req)
-{
-	req->owner_next = NULL;
-	if (s->wait_tail)
-		s->wait_tail->owner_next = req;
-	else
-		s->wait_head = req;
-	s->wait_tail = req;
-}
-
-static void wait_push_head(struct nbd_state *s, struct bks_req *req)
-{
-	req->owner_next = s->wait_head;
-	s->wait_head = req;
-	if (!s->wait_tail)
-		s->wait_tail = req;
-}
-
-static struct bks_req *wait_pop(struct nbd_state *s)
-{
-	struct bks_req *req = s->wait_head;
-
-	if (req) {
-		s->wait_head = req->owner_next;
-		if (!s->wait_head)
-			s->wait_tail = NULL;
-		req->owner_next = NULL;
-	}
-	return req;
 }
 
 static void slot_put(struct nbd_state *s, struct nbd_slot *sl)
@@ -220,7 +190,7 @@ static void reap(struct nbd_state *s)
 		if (sl->lost) {
 			slot_put(s, sl);
 			s->requeued++;
-			wait_push_head(s, req);
+			bks_req_queue_push_front(&s->wait, req);
 			continue;
 		}
 		if (!e && (req->op == BKS_OP_WRITE ||
@@ -492,13 +462,13 @@ static int issue(struct nbd_state *s, struct bks_req *req)
 /* Issue what waits, while the connection is up and slots are free. */
 static void pump(struct nbd_state *s)
 {
-	while (s->conn == NBD_READY && s->wait_head && s->free_slots) {
-		struct bks_req *req = s->wait_head;
+	while (s->conn == NBD_READY && s->wait.head && s->free_slots) {
+		struct bks_req *req = s->wait.head;
 
 		if ((req->op == BKS_OP_READ || req->op == BKS_OP_WRITE) &&
 		    s->bounce_busy && !segs_direct(s, req))
 			break; /* in order: wait for the bounce buffer */
-		wait_pop(s);
+		bks_req_queue_pop(&s->wait);
 		if (req->op == BKS_OP_FLUSH && s->durability_unknown) {
 			s->durability_unknown = false;
 			s->flush_failed_after_loss++;
@@ -520,7 +490,7 @@ static int take(struct nbd_state *s, struct bks_req *req)
 		s->failed_while_down++;
 		return -EIO;
 	}
-	wait_push_tail(s, req);
+	bks_req_queue_push(&s->wait, req);
 	if (s->conn == NBD_READY)
 		pump(s);
 	return 0;
@@ -711,7 +681,7 @@ static void on_retry_timer(struct bks_timer *t)
 	if (s->conn == NBD_READY)
 		return;
 	s->fail_fast = true;
-	while ((req = wait_pop(s))) {
+	while ((req = bks_req_queue_pop(&s->wait))) {
 		s->failed_while_down++;
 		bks_req_complete(req, -EIO);
 	}
@@ -992,16 +962,13 @@ static void sink_stats(void *state, struct bks_layer *self,
 		       struct bks_stats_out *out)
 {
 	struct nbd_state *s = state;
-	unsigned int waiting = 0;
 
 	(void)self;
-	for (struct bks_req *r = s->wait_head; r; r = r->owner_next)
-		waiting++;
 	bks_stats_str(out, "uri", s->t.uri);
 	bks_stats_str(out, "connection",
 		      s->fail_fast ? "failed" : conn_name(s->conn));
 	bks_stats_u64(out, "in_flight", s->in_flight);
-	bks_stats_u64(out, "waiting", waiting);
+	bks_stats_u64(out, "waiting", bks_req_queue_len(&s->wait));
 	bks_stats_u64(out, "reconnects", s->reconnects);
 	bks_stats_u64(out, "connect_failures", s->connect_failures);
 	bks_stats_u64(out, "requeued", s->requeued);

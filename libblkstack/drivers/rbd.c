@@ -1,0 +1,528 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * rbd:POOL/IMAGE[@SNAP][,options] -- a sink on a Ceph RBD image, through
+ * librbd's asynchronous C API, in the worker's loop (rbd-target.h has
+ * the syntax).
+ *
+ *   rbd:rbd/vm1
+ *   rbd:vms/vm1@base,id=xen,conf=/etc/ceph/ceph.conf,timeout=30
+ *
+ * One cluster connection and one open image per layer, made at open
+ * (blocking, bounded by timeout=: client_mount_timeout for the connect,
+ * rados_mon_op_timeout and rados_osd_op_timeout for what follows).
+ * librados starts its threads there, with every signal blocked, so that
+ * the worker's signalfd keeps getting the worker's signals.
+ *
+ * Requests go out with rbd_aio_readv/writev/flush/discard/write_zeroes.
+ * librbd completes them on its own threads: the callback only puts the
+ * request's slot on a list and writes an eventfd, under a mutex; the
+ * eventfd is a watch of the worker's loop, where the results are read
+ * and the requests completed.  Nothing blocks the loop.
+ *
+ * A snapshot (or a read-only open) is opened with rbd_open_read_only():
+ * the layer is read-only.  FUA is a flush after the write, before the
+ * completion.  Write zeroes with NO_HOLE asks for a thick-provisioned
+ * zeroed extent.  When the OSDs are away, requests wait in librados (the
+ * guest sees latency) for up to timeout= seconds, then fail with the
+ * error librados gives (ETIMEDOUT).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "blkstack/driver.h"
+#include "blkstack/rbd-target.h"
+#include "blkstack/req-queue.h"
+
+/* Requests in flight at once; more wait in the queue. */
+#define RBD_SLOTS 256
+/* Largest read or write. */
+#define RBD_MAX_IO (32u << 20)
+
+struct rbd_state;
+
+/* A request in flight with librbd. */
+struct rbd_slot {
+	struct rbd_state *s;
+	struct bks_req *req; /* NULL: free */
+	rbd_completion_t c;
+	bool flushing;	       /* the flush after a FUA write */
+	struct rbd_slot *next; /* free list, or the done list */
+};
+
+struct rbd_state {
+	struct bks_layer *self;
+	struct bks_loop *loop;
+	struct bks_rbd_target t;
+	bool read_only;
+
+	rados_t cluster;
+	rados_ioctx_t io;
+	rbd_image_t image;
+	bool have_cluster, have_io, have_image;
+	uint64_t size;
+
+	int efd;
+	struct bks_watch watch;
+	pthread_mutex_t lock; /* guards done */
+	bool have_lock;
+	struct rbd_slot *done; /* completed by librbd, newest first */
+
+	struct rbd_slot *slots, *free_slots;
+	unsigned int in_flight;
+	/* Requests taken and not yet issued, FIFO through owner_next. */
+	struct bks_req_queue wait;
+
+	/* Counters (the stats op). */
+	uint64_t completed, errors, fua_flushes;
+	char last_error[256];
+};
+
+/* ---- librbd's side: its threads ------------------------------------------ */
+
+/*
+ * On a librados thread: hand the slot to the loop and nothing else.  The
+ * eventfd is written under the lock, so that once the loop has taken
+ * the slot (under the lock) this thread no longer touches the layer,
+ * which may then complete the request and close.
+ */
+static void aio_done(rbd_completion_t c, void *arg)
+{
+	struct rbd_slot *sl = arg;
+	struct rbd_state *s = sl->s;
+	uint64_t one = 1;
+	ssize_t n;
+
+	(void)c;
+	pthread_mutex_lock(&s->lock);
+	sl->next = s->done;
+	s->done = sl;
+	n = write(s->efd, &one, sizeof(one));
+	pthread_mutex_unlock(&s->lock);
+	(void)n; /* the counter cannot overflow: the loop reads it */
+}
+
+/* ---- the loop's side ----------------------------------------------------- */
+
+static void note_error(struct rbd_state *s, const char *what, int e)
+{
+	snprintf(s->last_error, sizeof(s->last_error), "%s: %s", what,
+		 strerror(e));
+}
+
+static void slot_put(struct rbd_state *s, struct rbd_slot *sl)
+{
+	sl->req = NULL;
+	sl->next = s->free_slots;
+	s->free_slots = sl;
+	s->in_flight--;
+}
+
+/* Finish req in sl with result (0 or -errno). */
+static void finish(struct rbd_state *s, struct rbd_slot *sl, int result)
+{
+	struct bks_req *req = sl->req;
+
+	slot_put(s, sl);
+	s->completed++;
+	if (result < 0) {
+		s->errors++;
+		note_error(s, bks_op_name(req->op), -result);
+	}
+	bks_req_complete(req, result);
+}
+
+/*
+ * Start sl's operation (or the flush after its FUA write) with librbd.
+ * Returns 0 (a completion will come) or -errno (none will).
+ */
+static int start_op(struct rbd_state *s, struct rbd_slot *sl)
+{
+	struct bks_req *req = sl->req;
+	int rc, zflags = 0;
+
+	rc = rbd_aio_create_completion(sl, aio_done, &sl->c);
+	if (rc < 0)
+		return rc;
+	if (sl->flushing) {
+		rc = rbd_aio_flush(s->image, sl->c);
+		goto out;
+	}
+	switch (req->op) {
+	case BKS_OP_READ:
+		rc = rbd_aio_readv(s->image, req->iov, req->iovcnt, req->offset,
+				   sl->c);
+		break;
+	case BKS_OP_WRITE:
+		rc = rbd_aio_writev(s->image, req->iov, req->iovcnt,
+				    req->offset, sl->c);
+		break;
+	case BKS_OP_FLUSH:
+		rc = rbd_aio_flush(s->image, sl->c);
+		break;
+	case BKS_OP_DISCARD:
+		rc = rbd_aio_discard(s->image, req->offset, req->len, sl->c);
+		break;
+	case BKS_OP_WRITE_ZEROES:
+		if (req->flags & BKS_REQ_NO_HOLE)
+			zflags = RBD_WRITE_ZEROES_FLAG_THICK_PROVISION;
+		rc = rbd_aio_write_zeroes(s->image, req->offset, req->len,
+					  sl->c, zflags, 0);
+		break;
+	default:
+		rc = -EOPNOTSUPP;
+		break;
+	}
+out:
+	if (rc < 0) {
+		rbd_aio_release(sl->c);
+		sl->c = NULL;
+	}
+	return rc;
+}
+
+/* Issue req in a free slot; a refusal by librbd completes it. */
+static void issue(struct rbd_state *s, struct bks_req *req)
+{
+	struct rbd_slot *sl = s->free_slots;
+	int rc;
+
+	s->free_slots = sl->next;
+	s->in_flight++;
+	sl->req = req;
+	sl->flushing = false;
+	rc = start_op(s, sl);
+	if (rc < 0)
+		finish(s, sl, rc);
+}
+
+/* Issue what waits while slots are free. */
+static void pump(struct rbd_state *s)
+{
+	while (s->wait.head && s->free_slots)
+		issue(s, bks_req_queue_pop(&s->wait));
+}
+
+/* One slot librbd has completed. */
+static void reap_one(struct rbd_state *s, struct rbd_slot *sl)
+{
+	struct bks_req *req = sl->req;
+	ssize_t ret = rbd_aio_get_return_value(sl->c);
+	int rc;
+
+	rbd_aio_release(sl->c);
+	sl->c = NULL;
+	if (ret < 0) {
+		finish(s, sl, (int)ret);
+		return;
+	}
+	if (req->op == BKS_OP_READ && (uint64_t)ret != req->len) {
+		finish(s, sl, -EIO);
+		return;
+	}
+	if (req->op == BKS_OP_WRITE_ZEROES || req->op == BKS_OP_WRITE) {
+		if ((req->flags & BKS_REQ_FUA) && !sl->flushing) {
+			sl->flushing = true;
+			s->fua_flushes++;
+			rc = start_op(s, sl);
+			if (rc < 0)
+				finish(s, sl, rc);
+			return;
+		}
+	}
+	finish(s, sl, 0);
+}
+
+static void on_event(struct bks_watch *w, uint32_t events)
+{
+	struct rbd_state *s = w->opaque;
+	struct rbd_slot *list, *fifo = NULL;
+	uint64_t count;
+	ssize_t n;
+
+	(void)events;
+	n = read(s->efd, &count, sizeof(count));
+	(void)n; /* EAGAIN: a completion already reaped */
+	pthread_mutex_lock(&s->lock);
+	list = s->done;
+	s->done = NULL;
+	pthread_mutex_unlock(&s->lock);
+	/* Oldest first. */
+	while (list) {
+		struct rbd_slot *next = list->next;
+
+		list->next = fifo;
+		fifo = list;
+		list = next;
+	}
+	while (fifo) {
+		struct rbd_slot *next = fifo->next;
+
+		reap_one(s, fifo);
+		fifo = next;
+	}
+	pump(s);
+}
+
+/* ---- opening ------------------------------------------------------------- */
+
+/* rados_conf_set, with the option named on failure. */
+static int conf_set(struct rbd_state *s, const char *key, const char *value,
+		    struct bks_error *err)
+{
+	int rc = rados_conf_set(s->cluster, key, value);
+
+	if (rc < 0)
+		return bks_error_set(err, -rc, "rbd:%s: setting %s", s->t.name,
+				     key);
+	return 0;
+}
+
+/* Connect to the cluster: its conf, our timeouts, as client.ID. */
+static int connect_cluster(struct rbd_state *s, struct bks_error *err)
+{
+	char entity[BKS_RBD_ID_MAX + 8], secs[16];
+	int rc;
+
+	snprintf(entity, sizeof(entity), "client.%s", s->t.id);
+	rc = rados_create2(&s->cluster, s->t.cluster, entity, 0);
+	if (rc < 0)
+		return bks_error_set(err, -rc,
+				     "rbd:%s: creating a cluster "
+				     "handle",
+				     s->t.name);
+	s->have_cluster = true;
+	rc = rados_conf_read_file(s->cluster, s->t.conf[0] ? s->t.conf : NULL);
+	if (rc < 0)
+		return bks_error_set(err, -rc,
+				     "rbd:%s: reading the Ceph "
+				     "configuration %s",
+				     s->t.name,
+				     s->t.conf[0] ? s->t.conf
+						  : "(default search path)");
+	if (s->t.keyring[0]) {
+		rc = conf_set(s, "keyring", s->t.keyring, err);
+		if (rc < 0)
+			return rc;
+	}
+	snprintf(secs, sizeof(secs), "%u", s->t.timeout_s);
+	rc = conf_set(s, "client_mount_timeout", secs, err);
+	if (rc == 0)
+		rc = conf_set(s, "rados_mon_op_timeout", secs, err);
+	if (rc == 0)
+		rc = conf_set(s, "rados_osd_op_timeout", secs, err);
+	if (rc < 0)
+		return rc;
+	rc = rados_connect(s->cluster);
+	if (rc < 0)
+		return bks_error_set(err, -rc,
+				     "rbd:%s: connecting to cluster '%s' as "
+				     "%s (%s%s%stimeout %u s)",
+				     s->t.name, s->t.cluster, entity,
+				     s->t.keyring[0] ? "keyring " : "",
+				     s->t.keyring, s->t.keyring[0] ? ", " : "",
+				     s->t.timeout_s);
+	return 0;
+}
+
+/* The pool, the image (at its snapshot), its size. */
+static int open_image(struct rbd_state *s, struct bks_error *err)
+{
+	const char *snap = s->t.snap[0] ? s->t.snap : NULL;
+	int rc;
+
+	rc = rados_ioctx_create(s->cluster, s->t.pool, &s->io);
+	if (rc < 0)
+		return bks_error_set(err, -rc, "rbd:%s: pool '%s'", s->t.name,
+				     s->t.pool);
+	s->have_io = true;
+	if (s->read_only)
+		rc = rbd_open_read_only(s->io, s->t.image, &s->image, snap);
+	else
+		rc = rbd_open(s->io, s->t.image, &s->image, NULL);
+	if (rc < 0)
+		return bks_error_set(err, -rc, "rbd:%s: open", s->t.name);
+	s->have_image = true;
+	rc = rbd_get_size(s->image, &s->size);
+	if (rc < 0)
+		return bks_error_set(err, -rc, "rbd:%s: size", s->t.name);
+	if (s->size == 0 || s->size % 512)
+		return bks_error_setmsg(err, EINVAL,
+					"rbd:%s: the image's size %llu is not "
+					"a positive multiple of 512",
+					s->t.name, (unsigned long long)s->size);
+	return 0;
+}
+
+static int sink_check(const char *args, struct bks_error *err)
+{
+	struct bks_rbd_target t;
+
+	return bks_rbd_target_parse(args, &t, err);
+}
+
+static void sink_close(void *state, struct bks_layer *self);
+
+static int sink_open(void *state, struct bks_layer *self,
+		     const struct bks_open_args *args, struct bks_error *err)
+{
+	struct rbd_state *s = state;
+	sigset_t all, old;
+	bool masked = false;
+	int rc;
+
+	s->self = self;
+	s->loop = args->loop;
+	s->efd = -1;
+	rc = bks_rbd_target_parse(args->args, &s->t, err);
+	if (rc < 0)
+		goto out;
+	s->read_only = args->read_only || s->t.snap[0];
+	rc = -pthread_mutex_init(&s->lock, NULL);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "rbd:%s: mutex", s->t.name);
+		goto out;
+	}
+	s->have_lock = true;
+	s->slots = calloc(RBD_SLOTS, sizeof(*s->slots));
+	if (!s->slots) {
+		rc = bks_error_set(err, ENOMEM, "rbd:%s: request slots",
+				   s->t.name);
+		goto out;
+	}
+	for (unsigned int i = RBD_SLOTS; i-- > 0;) {
+		s->slots[i].s = s;
+		s->slots[i].next = s->free_slots;
+		s->free_slots = &s->slots[i];
+	}
+	s->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->efd < 0) {
+		rc = bks_error_set(err, errno, "rbd:%s: eventfd", s->t.name);
+		goto out;
+	}
+	/* librados' and librbd's threads start here: no signals for them. */
+	sigfillset(&all);
+	rc = -pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "rbd:%s: blocking signals",
+				   s->t.name);
+		goto out;
+	}
+	masked = true;
+	rc = connect_cluster(s, err);
+	if (rc == 0)
+		rc = open_image(s, err);
+	if (rc < 0)
+		goto out;
+	rc = bks_watch_add(s->loop, &s->watch, s->efd, EPOLLIN, on_event, s);
+	if (rc < 0)
+		rc = bks_error_set(err, -rc, "rbd:%s: watching the eventfd",
+				   s->t.name);
+out:
+	if (masked)
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc < 0)
+		sink_close(s, self);
+	return rc;
+}
+
+static void sink_close(void *state, struct bks_layer *self)
+{
+	struct rbd_state *s = state;
+
+	(void)self;
+	if (s->watch.active)
+		bks_watch_del(&s->watch);
+	if (s->have_image)
+		rbd_close(s->image);
+	if (s->have_io)
+		rados_ioctx_destroy(s->io);
+	if (s->have_cluster)
+		rados_shutdown(s->cluster);
+	s->have_image = s->have_io = s->have_cluster = false;
+	if (s->efd >= 0)
+		close(s->efd);
+	s->efd = -1;
+	if (s->have_lock)
+		pthread_mutex_destroy(&s->lock);
+	s->have_lock = false;
+	free(s->slots);
+	s->slots = NULL;
+}
+
+static int sink_info(void *state, struct bks_layer *self, struct bks_info *info)
+{
+	struct rbd_state *s = state;
+
+	(void)self;
+	info->size = s->size;
+	info->block_size = 512;
+	info->max_io = RBD_MAX_IO;
+	info->max_discard = BKS_FILE_MAX_RANGE;
+	info->max_write_zeroes = BKS_FILE_MAX_RANGE;
+	info->read_only = s->read_only;
+	info->ops = BKS_OPF(BKS_OP_READ) | BKS_OPF(BKS_OP_FLUSH);
+	if (!s->read_only) {
+		info->ops |= BKS_OPF(BKS_OP_WRITE) | BKS_OPF(BKS_OP_DISCARD) |
+			     BKS_OPF(BKS_OP_WRITE_ZEROES);
+		info->can_fua = true;
+		info->zero_no_hole = true;
+	}
+	return 0;
+}
+
+static int sink_req(void *state, struct bks_layer *self, struct bks_req *req)
+{
+	struct rbd_state *s = state;
+
+	(void)self;
+	bks_req_queue_push(&s->wait, req);
+	pump(s);
+	return 0;
+}
+
+static void sink_stats(void *state, struct bks_layer *self,
+		       struct bks_stats_out *out)
+{
+	struct rbd_state *s = state;
+
+	(void)self;
+	bks_stats_str(out, "image", s->t.name);
+	bks_stats_u64(out, "in_flight", s->in_flight);
+	bks_stats_u64(out, "waiting", bks_req_queue_len(&s->wait));
+	bks_stats_u64(out, "completed", s->completed);
+	bks_stats_u64(out, "errors", s->errors);
+	bks_stats_u64(out, "fua_flushes", s->fua_flushes);
+	bks_stats_str(out, "last_error", s->last_error);
+}
+
+/* What parsing needs of rbd: (bks_driver_descs[] has it alone). */
+#define RBD_DESC                                                               \
+	{                                                                      \
+		.name = "rbd", .kind = BKS_SINK, .usage = BKS_RBD_USAGE,       \
+		.check = sink_check                                            \
+	}
+
+const struct bks_driver_desc bks_desc_rbd = RBD_DESC;
+
+const struct bks_driver bks_driver_rbd = {
+    .desc = RBD_DESC,
+    .state_size = sizeof(struct rbd_state),
+    .open = sink_open,
+    .close = sink_close,
+    .info = sink_info,
+    .read = sink_req,
+    .write = sink_req,
+    .flush = sink_req,
+    .discard = sink_req,
+    .write_zeroes = sink_req,
+    .stats = sink_stats,
+};

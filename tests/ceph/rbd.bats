@@ -1,0 +1,199 @@
+#!/usr/bin/env bats
+# The rbd: sink (libblkstack/drivers/rbd.c) against a real single-node
+# Ceph cluster (tests/ceph/cluster: one mon, one bluestore OSD on a file,
+# in this file's private directory), with real clients (fio's nbd engine,
+# nbdcopy, nbdinfo, qemu-io) through the worker's NBD export.  Run by
+# make check-ceph (not make check).  Every wait is bounded.
+
+load ../bats/helpers
+
+CLUSTER=$TOP/tests/ceph/cluster
+
+setup_file() {
+	if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
+		skip "the Ceph daemons are not installed (make deps-ceph)"
+	fi
+	CEPH_DIR=$(mktemp -d /var/tmp/blkstack-ceph.XXXXXX)
+	export CEPH_DIR CEPH_CONF_FILE=$CEPH_DIR/ceph.conf
+	"$CLUSTER" start "$CEPH_DIR" >&3 2>&3 || {
+		"$CLUSTER" stop "$CEPH_DIR" || true
+		return 1
+	}
+}
+
+teardown_file() {
+	[ -n "${CEPH_DIR:-}" ] || return 0
+	"$CLUSTER" stop "$CEPH_DIR"
+	case $CEPH_DIR in
+	/var/tmp/blkstack-ceph.*) rm -rf -- "$CEPH_DIR" ;;
+	esac
+}
+
+setup() {
+	IMG=t$BATS_TEST_NUMBER
+}
+
+teardown() {
+	worker_teardown
+	# The OSD may have been stopped by a test that failed half-way.
+	if [ ! -s "$CEPH_DIR/run/osd.0.pid" ]; then
+		"$CLUSTER" osd-start "$CEPH_DIR" || true
+	fi
+}
+
+# rbdc ARGS...: the rbd CLI on the test cluster, bounded.
+rbdc() {
+	timeout 60 rbd -c "$CEPH_CONF_FILE" "$@"
+}
+
+# chain [IMAGE[@SNAP]] [OPTIONS]: the rbd: chain of an image of the cluster.
+chain() {
+	printf 'rbd:rbd/%s,conf=%s%s\n' "${1:-$IMG}" "$CEPH_CONF_FILE" "${2:+,$2}"
+}
+
+# worker_fails CHAIN: start a worker that must fail; its message in output.
+worker_fails() {
+	run timeout 60 "$BIN/blkstack-worker" --rundir "$BATS_TEST_TMPDIR/run" \
+		--name f --chain "$1" --foreground
+	assert_failure
+}
+
+@test "rbd: fio verify through the worker, and rbd export holds what was written" {
+	rbdc create --size 64M "rbd/$IMG"
+	worker_start w "$(chain)"
+	run nbdinfo --size "$(nbd_uri)"
+	assert_output 67108864
+	run timeout 300 fio --name=v --ioengine=nbd --uri="$(nbd_uri)" \
+		--rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+		--output-format=terse
+	assert_success
+	# Another pattern over the start, and large requests at the end.
+	head -c 8M /dev/urandom >"$BATS_TEST_TMPDIR/a"
+	timeout 120 nbdcopy "$BATS_TEST_TMPDIR/a" "$(nbd_uri)"
+	worker_stop
+	rbdc export "rbd/$IMG" "$BATS_TEST_TMPDIR/export" >/dev/null 2>&1
+	cmp -n 8388608 "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/export"
+	run stat -c %s "$BATS_TEST_TMPDIR/export"
+	assert_output 67108864
+}
+
+@test "rbd: write zeroes, discard, flush and FUA writes reach the image" {
+	rbdc create --size 16M "rbd/$IMG"
+	worker_start w "log:|$(chain)"
+	run timeout 120 qemu-io -f raw -c 'write -P 0xab 0 2M' \
+		-c 'write -f -P 0xcd 2M 64k' -c 'write -z 512k 512k' \
+		-c 'discard 1M 1M' -c flush "$(nbd_uri)"
+	assert_success
+	# The FUA write was a write and a flush.
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name w --json
+	assert_success
+	assert_output --regexp '"fua_flushes": *[1-9]'
+	worker_stop
+	rbdc export "rbd/$IMG" "$BATS_TEST_TMPDIR/export" >/dev/null 2>&1
+	# [0, 512k) 0xab; [512k, 1M) zeroes; [2M, 2M+64k) 0xcd.
+	run cmp -n 524288 "$BATS_TEST_TMPDIR/export" <(head -c 524288 /dev/zero | tr '\0' '\253')
+	assert_success
+	run cmp -i 524288 -n 524288 "$BATS_TEST_TMPDIR/export" /dev/zero
+	assert_success
+	run cmp -i 2097152:0 -n 65536 "$BATS_TEST_TMPDIR/export" <(head -c 65536 /dev/zero | tr '\0' '\315')
+	assert_success
+}
+
+@test "rbd: a snapshot opens read-only, serves the snapshot's data and refuses writes" {
+	rbdc create --size 16M "rbd/$IMG"
+	head -c 1M /dev/urandom >"$BATS_TEST_TMPDIR/a"
+	rbdc import --no-progress - "rbd/${IMG}b" <"$BATS_TEST_TMPDIR/a" 2>/dev/null ||
+		rbdc import - "rbd/${IMG}b" <"$BATS_TEST_TMPDIR/a" >/dev/null 2>&1
+	rbdc snap create "rbd/${IMG}b@s1" >/dev/null 2>&1
+	# The image moves on after the snapshot.
+	worker_start w "$(chain "${IMG}b")"
+	head -c 1M /dev/urandom >"$BATS_TEST_TMPDIR/b"
+	timeout 60 nbdcopy "$BATS_TEST_TMPDIR/b" "$(nbd_uri)"
+	worker_stop
+	worker_start s "$(chain "${IMG}b@s1")"
+	run nbdinfo --can write "$(nbd_uri)"
+	assert_failure
+	timeout 60 nbdcopy "$(nbd_uri)" "$BATS_TEST_TMPDIR/c"
+	cmp -n 1048576 "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/c"
+	run timeout 60 qemu-io -f raw -c 'write -P 0x11 0 4k' "$(nbd_uri)"
+	assert_output --regexp 'read-only|Permission denied|Operation not permitted'
+	worker_stop
+	# The snapshot is unchanged.
+	rbdc export "rbd/${IMG}b@s1" "$BATS_TEST_TMPDIR/export" >/dev/null 2>&1
+	cmp -n 1048576 "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/export"
+}
+
+@test "rbd: a missing image, pool or snapshot is refused, naming pool and image" {
+	worker_fails "$(chain nosuch)"
+	assert_output --partial 'rbd:rbd/nosuch: open: No such file or directory'
+	worker_fails "rbd:nopool/vm1,conf=$CEPH_CONF_FILE"
+	assert_output --partial "rbd:nopool/vm1: pool 'nopool': No such file or directory"
+	rbdc create --size 4M "rbd/$IMG"
+	worker_fails "$(chain "$IMG@nosnap")"
+	assert_output --partial "rbd:rbd/$IMG@nosnap: open: No such file or directory"
+}
+
+@test "rbd: a bad or missing keyring is refused, naming the image and the keyring" {
+	rbdc create --size 4M "rbd/$IMG"
+	ceph-authtool --create-keyring "$BATS_TEST_TMPDIR/wrong.keyring" \
+		--gen-key -n client.admin >/dev/null
+	worker_fails "$(chain "$IMG" "keyring=$BATS_TEST_TMPDIR/wrong.keyring,timeout=10")"
+	assert_output --regexp "rbd:rbd/$IMG: connecting to cluster 'ceph' as client.admin \(keyring $BATS_TEST_TMPDIR/wrong.keyring, timeout 10 s\): (Permission denied|Operation not permitted)"
+	worker_fails "$(chain "$IMG" "keyring=$BATS_TEST_TMPDIR/none.keyring,timeout=10")"
+	assert_output --partial "rbd:rbd/$IMG: connecting to cluster 'ceph' as client.admin (keyring $BATS_TEST_TMPDIR/none.keyring"
+	worker_fails "$(chain "$IMG" "id=nobody,timeout=10")"
+	assert_output --partial "rbd:rbd/$IMG: connecting to cluster 'ceph' as client.nobody"
+}
+
+@test "rbd: an unreachable cluster fails within the timeout" {
+	local t0 t1 port
+	port=$(python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+	sed "s/^mon host = .*/mon host = [v2:127.0.0.1:$port]/" "$CEPH_CONF_FILE" \
+		>"$BATS_TEST_TMPDIR/away.conf"
+	t0=$(date +%s)
+	worker_fails "rbd:rbd/vm1,conf=$BATS_TEST_TMPDIR/away.conf,timeout=3"
+	t1=$(date +%s)
+	assert_output --partial 'rbd:rbd/vm1: connecting to cluster'
+	assert_output --partial 'timeout 3 s): Connection timed out'
+	[ $((t1 - t0)) -le 10 ]
+}
+
+@test "rbd: bad args are refused before anything connects" {
+	worker_fails "rbd:rbd/vm1,conf=relative.conf"
+	assert_output --partial 'not an absolute path'
+	# shellcheck disable=SC2016 # no expansion: the worker gets it as is
+	worker_fails 'rbd:rbd/vm$(id)'
+	assert_output --partial "character '\$' is not allowed"
+	worker_fails "rbd:rbd/vm1,id=a,id=b"
+	assert_output --partial "option 'id' is given twice"
+}
+
+@test "rbd: the OSD killed and restarted under fio verify: I/O stalls, then resumes, nothing lost" {
+	local fio_pid rc
+	rbdc create --size 128M "rbd/$IMG"
+	worker_start w "$(chain "$IMG" timeout=120)"
+	timeout 600 fio --name=v --ioengine=nbd --uri="$(nbd_uri)" \
+		--rw=randwrite --bs=4k --iodepth=16 --size=96M --verify=crc32c \
+		--do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+		--output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 &
+	fio_pid=$!
+	sleep 3
+	"$CLUSTER" osd-stop "$CEPH_DIR"
+	sleep 5
+	# fio is still running: its requests wait in the sink, not failing.
+	kill -0 "$fio_pid"
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name w --json
+	assert_output --regexp '"in_flight": *[1-9]'
+	assert_output --regexp '"errors": *0'
+	"$CLUSTER" osd-start "$CEPH_DIR"
+	rc=0
+	wait "$fio_pid" || rc=$?
+	cat "$BATS_TEST_TMPDIR/fio.out"
+	[ "$rc" -eq 0 ]
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name w --json
+	assert_output --regexp '"errors": *0'
+}
