@@ -22,11 +22,6 @@ teardown() {
 	hotplug_teardown
 }
 
-# lines FILE: its line count, 0 if it is not there yet.
-lines() {
-	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
-}
-
 # wait_pid PID SECONDS: until PID is gone, at most SECONDS.
 wait_pid() {
 	local n=$(($2 * 10))

@@ -241,6 +241,23 @@ kill_and_wait_restart() {
 	wait_restart "$wdir" "$pid"
 }
 
+# lines FILE: its line count, 0 if it is not there yet.
+lines() {
+	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
+}
+
+# wait_lines FILE N [SECONDS]: until FILE has N lines or more (default 30
+# s at most); fails, saying how many it has, if it does not.
+wait_lines() {
+	local _
+	for _ in $(seq $((${3:-30} * 20))); do
+		[ "$(lines "$1")" -ge "$2" ] && return 0
+		sleep 0.05
+	done
+	echo "$1: $(lines "$1") lines, not $2, after ${3:-30} s" >&2
+	return 1
+}
+
 # check_acked IMG LOG: every acknowledged block in LOG (tests/worker/
 # acked-writes.py) holds its byte in IMG.
 check_acked() {

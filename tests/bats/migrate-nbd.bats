@@ -73,11 +73,6 @@ hp() {
 	on "$1" xenstore-read "$HOTPLUG_PATH/$2"
 }
 
-# lines FILE: its line count, 0 if it does not exist.
-lines() {
-	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
-}
-
 # Nothing of the disk is left on host h.
 nothing_on() {
 	run on "$1" "$BIN/blkstack-ctl" list
@@ -89,7 +84,7 @@ nothing_on() {
 }
 
 @test "migrate-nbd: v2 between two hosts on one nbdkit: prepare beside the writing source, add attaches, no acknowledged write lost" {
-	local log=$BATS_TEST_TMPDIR/acked writer rc=0 n
+	local log=$BATS_TEST_TMPDIR/acked writer rc=0
 	run tsh a v2-attach
 	assert_success
 	src=$(hp a blkstack-worker)
@@ -97,11 +92,7 @@ nothing_on() {
 	python3 "$TOP/tests/worker/acked-writes.py" --depth 8 \
 		"$RA/$src/nbd.sock" 16384 "$log" >"$BATS_TEST_TMPDIR/writer.out" 2>&1 &
 	writer=$!
-	for n in $(seq 600); do
-		[ "$(lines "$log")" -ge 2000 ] && break
-		sleep 0.05
-	done
-	[ "$(lines "$log")" -ge 2000 ]
+	wait_lines "$log" 2000
 
 	# Host b, before the blackout, while host a writes: the slow part.
 	run tsh b v2-create

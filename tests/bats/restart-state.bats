@@ -105,11 +105,6 @@ nbd() {
 	echo "nbd+unix:///?socket=$RUNDIR/$1/nbd.sock"
 }
 
-# lines FILE: its line count, 0 if it is not there yet.
-lines() {
-	if [ -e "$1" ]; then wc -l <"$1"; else echo 0; fi
-}
-
 @test "restart-state: a paused worker killed with SIGKILL comes back paused; unpause lets held requests through" {
 	create vm1 'log:block=4K|ram:16M'
 	run info_of vm1 'd["started_paused"]'
