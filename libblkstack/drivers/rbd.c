@@ -74,7 +74,8 @@ struct rbd_state {
 	struct bks_watch watch;
 	pthread_mutex_t lock; /* guards done */
 	bool have_lock;
-	struct rbd_slot *done; /* completed by librbd, newest first */
+	/* Completed by librbd, oldest first (done_tail: the newest). */
+	struct rbd_slot *done, **done_tail;
 
 	struct rbd_slot *slots, *free_slots;
 	unsigned int in_flight;
@@ -103,8 +104,9 @@ static void aio_done(rbd_completion_t c, void *arg)
 
 	(void)c;
 	pthread_mutex_lock(&s->lock);
-	sl->next = s->done;
-	s->done = sl;
+	sl->next = NULL;
+	*s->done_tail = sl;
+	s->done_tail = &sl->next;
 	n = write(s->efd, &one, sizeof(one));
 	pthread_mutex_unlock(&s->lock);
 	(void)n; /* the counter cannot overflow: the loop reads it */
@@ -244,7 +246,7 @@ static void reap_one(struct rbd_state *s, struct rbd_slot *sl)
 static void on_event(struct bks_watch *w, uint32_t events)
 {
 	struct rbd_state *s = w->opaque;
-	struct rbd_slot *list, *fifo = NULL;
+	struct rbd_slot *list;
 	uint64_t count;
 	ssize_t n;
 
@@ -254,20 +256,14 @@ static void on_event(struct bks_watch *w, uint32_t events)
 	pthread_mutex_lock(&s->lock);
 	list = s->done;
 	s->done = NULL;
+	s->done_tail = &s->done;
 	pthread_mutex_unlock(&s->lock);
 	/* Oldest first. */
 	while (list) {
 		struct rbd_slot *next = list->next;
 
-		list->next = fifo;
-		fifo = list;
+		reap_one(s, list);
 		list = next;
-	}
-	while (fifo) {
-		struct rbd_slot *next = fifo->next;
-
-		reap_one(s, fifo);
-		fifo = next;
 	}
 	pump(s);
 }
@@ -392,6 +388,7 @@ static int sink_open(void *state, struct bks_layer *self,
 		goto out;
 	}
 	s->have_lock = true;
+	s->done_tail = &s->done;
 	s->slots = calloc(RBD_SLOTS, sizeof(*s->slots));
 	if (!s->slots) {
 		rc = bks_error_set(err, ENOMEM, "rbd:%s: request slots",
