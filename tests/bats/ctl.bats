@@ -478,8 +478,12 @@ EOF
 @test "ctl: SIGTERM removes everything the worker made, its directory included" {
 	create vm1 'log:|ram:16M'
 	pid=$(cat "$RUNDIR/vm1/pid")
+	# Supervised (the default): the supervisor sees the clean exit, ends
+	# too, and removes its own files; the directory goes with the last.
+	spid=$(cat "$RUNDIR/vm1/supervisor.pid")
 	kill -TERM "$pid"
 	wait_exit "$pid"
+	wait_exit "$spid"
 	assert [ ! -e "$RUNDIR/vm1" ]
 	run "$CTL" list
 	assert_success
