@@ -31,6 +31,13 @@
 #define WORKER_FILE_PID	 "pid"
 #define WORKER_FILE_NBD	 "nbd.sock"
 #define WORKER_FILE_CTL	 "ctl.sock"
+/*
+ * With --fuse: the mount point of the worker's FUSE export, made by the
+ * worker; the disk is DIR/NAME/fuse/disk (BKS_FUSE_FILE_NAME).  It stays
+ * mounted across a supervised restart; a graceful stop unmounts and
+ * removes it, worker_remove_files() whatever a crash left.
+ */
+#define WORKER_FILE_FUSE "fuse"
 
 /* The supervisor's files of DIR/NAME (docs/control-protocol.txt,
  * "Supervision"). */

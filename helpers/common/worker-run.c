@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -106,6 +107,24 @@ static int remove_files(const char *rundir, const char *name, bool sup_held,
 			rc = bks_error_set(err, errno, "remove %s", path);
 			goto out;
 		}
+	}
+	/*
+	 * The FUSE export's mount point (--fuse): a crash leaves it mounted,
+	 * and dead once nobody holds its /dev/fuse.  Detached by name, never
+	 * looked at first: a stat of a session nobody serves would wait.
+	 * EINVAL: not a mount point (any more).
+	 */
+	rc = wpath(path, sizeof(path), rundir, name, WORKER_FILE_FUSE, err);
+	if (rc < 0)
+		goto out;
+	if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0 &&
+	    errno != EINVAL && errno != ENOENT) {
+		rc = bks_error_set(err, errno, "unmount %s", path);
+		goto out;
+	}
+	if (rmdir(path) < 0 && errno != ENOENT) {
+		rc = bks_error_set(err, errno, "remove %s", path);
+		goto out;
 	}
 	rc = wpath(path, sizeof(path), rundir, name, NULL, err);
 	if (rc < 0)
@@ -251,6 +270,8 @@ int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
 	argv[argc++] = ready_fd;
 	if (s->read_only)
 		argv[argc++] = "--read-only";
+	if (s->fuse)
+		argv[argc++] = "--fuse";
 	return argc;
 }
 
@@ -269,6 +290,9 @@ int worker_args_take(int c, const char *arg, struct worker_spec *s,
 		return 1;
 	case 'R':
 		s->read_only = true;
+		return 1;
+	case 'u':
+		s->fuse = true;
 		return 1;
 	case 'F':
 		if (ready_fd_parse(arg, 0, ready_fd) < 0) {

@@ -33,6 +33,13 @@ struct worker_spec {
 	const char *chain;
 	bool read_only;
 	/*
+	 * --fuse: also serve the disk as the file DIR/NAME/fuse/disk
+	 * (WORKER_FILE_FUSE), a FUSE file system the worker mounts there;
+	 * the hotplug helper's "fuse" device mechanism puts a loop device on
+	 * it.  Passed on by the supervisor to every restart.
+	 */
+	bool fuse;
+	/*
 	 * Optional: the xenstore node the supervisor writes when it gives up
 	 * on the worker (the hotplug helper's BACKEND/hotplug-error).
 	 */
@@ -49,9 +56,9 @@ int worker_conf_supervise(bool *yes, struct bks_error *err);
 /*
  * The arguments every start of blkstack-worker or blkstack-supervisor
  * begins with: argv[0] = exe, then --name, --chain, --rundir of s,
- * --ready-fd ready_fd and --read-only if s says so.  argv has room for
- * at least 10.  Returns how many it wrote (the caller appends its own and
- * the NULL).  For worker_start() and blkstack-supervisor.
+ * --ready-fd ready_fd, --read-only and --fuse if s says so.  argv has
+ * room for at least 11.  Returns how many it wrote (the caller appends
+ * its own and the NULL).  For worker_start() and blkstack-supervisor.
  */
 int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
 		const char *ready_fd);
@@ -59,20 +66,21 @@ int worker_args(const char **argv, const char *exe, const struct worker_spec *s,
 /*
  * The options worker_args() writes, for a receiver's getopt_long table
  * (blkstack-worker, blkstack-supervisor): their values are 'n', 'c', 'r',
- * 'R' and 'F', which the receiver leaves to worker_args_take().
+ * 'R', 'u' and 'F', which the receiver leaves to worker_args_take().
  */
 #define WORKER_ARGS_OPTIONS                                                    \
 	{"name", required_argument, NULL, 'n'},                                \
 	    {"chain", required_argument, NULL, 'c'},                           \
 	    {"rundir", required_argument, NULL, 'r'},                          \
 	    {"read-only", no_argument, NULL, 'R'},                             \
+	    {"fuse", no_argument, NULL, 'u'},                                  \
 	{                                                                      \
 		"ready-fd", required_argument, NULL, 'F'                       \
 	}
 
 /*
  * Take getopt_long()'s c and its arg into s (name, chain, rundir,
- * read_only) or *ready_fd if c is one of WORKER_ARGS_OPTIONS.  Returns 1
+ * read_only, fuse) or *ready_fd if c is one of WORKER_ARGS_OPTIONS.  Returns 1
  * if it was, 0 if not (the caller's own option), or -EINVAL for a bad
  * --ready-fd (said on stderr after prog).
  */

@@ -2,20 +2,23 @@
 /*
  * Which mechanism makes the dom0 device: $BLKSTACK_DEVICE, else the
  * "device" key of /etc/blkstack.conf, else auto, which takes the kernel
- * NBD client where its module is (or loads) and the loop fallback
- * elsewhere.  See hp_dev_choose() in hp-dev.h.
+ * NBD client where its module is (or loads), else the worker's own FUSE
+ * file where it outlives a worker's crash, else the loop fallback.  See
+ * hp_dev_choose() in hp-dev.h.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "child.h"
 #include "conf.h"
 #include "hp-dev.h"
+#include "worker-run.h"
 
 /*
  * Whether "auto" picks the kernel NBD client when it is available (the
@@ -33,6 +36,8 @@ const char *hp_dev_mech_name(enum hp_dev_mech mech)
 		return "nbd";
 	case HP_DEV_LOOP:
 		return "loop";
+	case HP_DEV_FUSE:
+		return "fuse";
 	case HP_DEV_AUTO:
 		break;
 	}
@@ -47,6 +52,8 @@ int hp_dev_mech_parse(const char *s, enum hp_dev_mech *out)
 		*out = HP_DEV_NBD;
 	else if (strcmp(s, "loop") == 0)
 		*out = HP_DEV_LOOP;
+	else if (strcmp(s, "fuse") == 0)
+		*out = HP_DEV_FUSE;
 	else
 		return -EINVAL;
 	return 0;
@@ -67,7 +74,7 @@ int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 	if (len >= sizeof(val))
 		return bks_error_setmsg(err, EINVAL,
 					"%s:%u: unknown device mechanism (want "
-					"auto, nbd or loop)",
+					"auto, nbd, fuse or loop)",
 					name, lineno);
 	memcpy(val, v, len);
 	val[len] = '\0';
@@ -76,7 +83,7 @@ int hp_dev_conf_parse(const char *text, const char *name, enum hp_dev_mech *out,
 		return bks_error_setmsg(
 		    err, EINVAL,
 		    "%s:%u: unknown device mechanism \"%s\" "
-		    "(want auto, nbd or loop)",
+		    "(want auto, nbd, fuse or loop)",
 		    name, lineno, val);
 	}
 	return 0;
@@ -130,6 +137,33 @@ static bool nbd_available(void)
 	       access("/sys/module/nbd", F_OK) == 0;
 }
 
+bool hp_dev_fuse_resilient(const char *release, bool supervised)
+{
+	unsigned long maj, min;
+	char *end;
+
+	if (!supervised)
+		return false;
+	maj = strtoul(release, &end, 10);
+	if (end == release || *end != '.')
+		return false;
+	min = strtoul(end + 1, &end, 10);
+	/* FUSE_HAS_RESEND (FUSE_NOTIFY_RESEND) is in Linux 6.9. */
+	return maj > 6 || (maj == 6 && min >= 9);
+}
+
+/* Does the worker's FUSE file outlive a crash here (hp_dev_choose())? */
+static bool fuse_resilient(void)
+{
+	struct bks_error ignore;
+	struct utsname u;
+	bool supervised;
+
+	if (uname(&u) < 0 || worker_conf_supervise(&supervised, &ignore) < 0)
+		return false;
+	return hp_dev_fuse_resilient(u.release, supervised);
+}
+
 int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 {
 	const char *env = getenv("BLKSTACK_DEVICE");
@@ -149,7 +183,7 @@ int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 			    err, EINVAL,
 			    "BLKSTACK_DEVICE=\"%s\": unknown "
 			    "device mechanism (want auto, "
-			    "nbd or loop)",
+			    "nbd, fuse or loop)",
 			    shown);
 		}
 	} else {
@@ -162,6 +196,7 @@ int hp_dev_choose(enum hp_dev_mech *out, struct bks_error *err)
 	}
 	if (mech == HP_DEV_AUTO)
 		mech = HP_DEV_AUTO_PREFERS_NBD && nbd_available() ? HP_DEV_NBD
+		       : fuse_resilient()			  ? HP_DEV_FUSE
 								  : HP_DEV_LOOP;
 	*out = mech;
 	return 0;

@@ -17,10 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/pidfd.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "conf.h"
 #include "dev-loop.h"
 #include "dev-record.h"
@@ -133,12 +136,63 @@ out:
 	return ret;
 }
 
+/* fsync and BLKFLSBUF on fd: 0 or -errno. */
+static int loop_flush(int fd)
+{
+	return fsync(fd) < 0 || ioctl(fd, BLKFLSBUF, 0) < 0 ? -errno : 0;
+}
+
+/*
+ * loop_flush() in a child, so that a flush that hangs (the FUSE server
+ * behind the loop device stopped answering) cannot hang us: see struct
+ * hp_loop_bound.  Returns the flush's result, -ETIMEDOUT if it was
+ * abandoned, or -errno if it could not be started.
+ */
+static int bounded_flush(int fd, const struct hp_loop_bound *b)
+{
+	int pidfd, status = 0, ret;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		ret = loop_flush(fd);
+		_exit(ret < 0 && -ret < 255 ? -ret : ret < 0 ? 254 : 0);
+	}
+	pidfd = pidfd_open(pid, 0);
+	if (pidfd < 0) {
+		/* No pidfds: a plain bounded wait, nothing failed early. */
+		if (child_reap(pid, 2 * b->ms, &status) < 0)
+			return -ECHILD;
+		return WIFEXITED(status) ? -WEXITSTATUS(status) : -ETIMEDOUT;
+	}
+	ret = pidfd_wait(pidfd, b->ms);
+	if (ret == -ETIMEDOUT) {
+		fprintf(stderr,
+			"blkstack: the flush of the loop device has not ended "
+			"after %d ms: failing it\n",
+			b->ms);
+		b->stuck(fd, b->arg);
+		ret = pidfd_wait(pidfd, b->ms);
+	}
+	close(pidfd);
+	/* Killed if still there; reaped either way. */
+	if (child_reap(pid, ret == 0 ? b->ms : 0, &status) < 0)
+		return -ECHILD;
+	if (ret < 0)
+		return ret;
+	if (!WIFEXITED(status))
+		return -EINTR;
+	return -WEXITSTATUS(status);
+}
+
 /*
  * Flush and free the loop device, if it is still the one backed by file.
  * *flush_rc gets the flush's result (0 or -errno, err untouched: the
  * caller decides whether it matters).
  */
-int hp_loop_detach(const struct hp_dev *dev, const char *file, int *flush_rc,
+int hp_loop_detach(const struct hp_dev *dev, const char *file,
+		   const struct hp_loop_bound *bound, int *flush_rc,
 		   struct bks_error *err)
 {
 	struct stat st;
@@ -166,8 +220,7 @@ int hp_loop_detach(const struct hp_dev *dev, const char *file, int *flush_rc,
 	ret = hp_loop_backed_by(dev->path, file, err);
 	if (ret <= 0)
 		goto out;
-	if (fsync(fd) < 0 || ioctl(fd, BLKFLSBUF, 0) < 0)
-		*flush_rc = -errno;
+	*flush_rc = bound ? bounded_flush(fd, bound) : loop_flush(fd);
 	/*
 	 * Cleared when our fd closes; if someone else (udev's probe) has it
 	 * open, the kernel defers the clear to their close instead.

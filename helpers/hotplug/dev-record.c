@@ -12,6 +12,7 @@
 
 #include "dev-record.h"
 #include "hp-dev.h"
+#include "rundir.h"
 
 /* Limits of dev_t (12-bit major, 20-bit minor). */
 #define DEV_MAJOR_MAX 0xfffu
@@ -42,7 +43,8 @@ int hp_dev_format(const struct hp_dev *dev, char *buf, size_t size)
 {
 	int n;
 
-	if ((dev->mech != HP_DEV_LOOP && dev->mech != HP_DEV_NBD) ||
+	if ((dev->mech != HP_DEV_LOOP && dev->mech != HP_DEV_NBD &&
+	     dev->mech != HP_DEV_FUSE) ||
 	    !hp_dev_record_safe(dev->path) ||
 	    !hp_dev_record_safe(dev->fuse_dir) || dev->fuse_pid < 0)
 		return -EINVAL;
@@ -136,6 +138,8 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		goto bad;
 	if ((size_t)(ve - v) == 4 && memcmp(v, "loop", 4) == 0)
 		d.mech = HP_DEV_LOOP;
+	else if ((size_t)(ve - v) == 4 && memcmp(v, "fuse", 4) == 0)
+		d.mech = HP_DEV_FUSE;
 	else if ((size_t)(ve - v) == 3 && memcmp(v, "nbd", 3) == 0)
 		d.mech = HP_DEV_NBD;
 	else
@@ -145,8 +149,8 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 		goto bad;
 	if (v != ve) {
 		if (!dev_path_ok(v, ve,
-				 d.mech == HP_DEV_LOOP ? "/dev/loop"
-						       : "/dev/nbd") ||
+				 d.mech != HP_DEV_NBD ? "/dev/loop"
+						      : "/dev/nbd") ||
 		    (size_t)(ve - v) >= sizeof(d.path))
 			goto bad;
 		memcpy(d.path, v, (size_t)(ve - v));
@@ -163,8 +167,8 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 	/* A device number goes with a device path, of the right major. */
 	what = "major";
 	if (d.path[0]) {
-		if (d.major != (d.mech == HP_DEV_LOOP ? HP_DEV_LOOP_MAJOR
-						      : HP_DEV_NBD_MAJOR))
+		if (d.major != (d.mech != HP_DEV_NBD ? HP_DEV_LOOP_MAJOR
+						     : HP_DEV_NBD_MAJOR))
 			goto bad;
 	} else if (d.major || d.minor) {
 		goto bad;
@@ -201,10 +205,23 @@ int hp_dev_parse(const char *line, const char *state_dir, struct hp_dev *dev,
 	what = "fuse_pid";
 	if (d.mech == HP_DEV_NBD && (d.fuse_pid || d.fuse_dir[0]))
 		goto bad;
-	/* A staged device is a loop device on a stage's blkstack-fuse. */
+	/* fuse: no process of its own; the worker's mount point, or none. */
+	if (d.mech == HP_DEV_FUSE && d.fuse_pid)
+		goto bad;
+	what = "fuse_dir";
+	if (d.mech == HP_DEV_FUSE && d.fuse_dir[0] &&
+	    strcmp(d.fuse_dir + slen + 1, WORKER_FILE_FUSE) != 0)
+		goto bad;
+	/*
+	 * A staged device is a loop device on a stage's blkstack-fuse, or on
+	 * the worker's file.
+	 */
 	what = "staged";
-	if (d.staged && (d.mech != HP_DEV_LOOP || !d.path[0] || !d.fuse_pid ||
-			 !d.fuse_dir[0]))
+	if (d.staged && (d.mech == HP_DEV_NBD || !d.path[0] || !d.fuse_dir[0] ||
+			 (d.mech == HP_DEV_LOOP && !d.fuse_pid)))
+		goto bad;
+	/* Every device on the worker's file is staged: the file is not ours. */
+	if (d.mech == HP_DEV_FUSE && d.path[0] && !d.staged)
 		goto bad;
 	*dev = d;
 	return 0;

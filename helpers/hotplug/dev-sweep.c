@@ -2,7 +2,8 @@
 /*
  * The sweep: find what a killed action of a disk left without a record
  * (blkstack-fuse mountpoints in its state directory, loop devices on their
- * files, kernel NBD devices on its socket), each by what the kernel says,
+ * files or on the worker's FUSE file, kernel NBD devices on its socket),
+ * each by what the kernel says,
  * and tear it down as hp_dev_detach() would.  See
  * hp_dev_sweep_unrecorded() in hp-dev.h.
  */
@@ -20,6 +21,7 @@
 #include "dev-fuse.h"
 #include "dev-loop.h"
 #include "dev-record.h"
+#include "dev-wfuse.h"
 #include "hp-dev.h"
 
 /* The loop device backed by file, if any: fills dev's path and numbers. */
@@ -173,21 +175,56 @@ static int sweep_fuse_dirs(const char *state_dir,
 }
 
 /*
- * Loop devices on a state_dir/fuse-*\/nbd file, and kernel NBD devices
- * serving nbd_sock, that no record names.  A loop device is freed alone
- * (as a staged one: its blkstack-fuse, if any, is a record's).
+ * Is text, a loop device's backing file, one of this disk's?  Fills dev's
+ * mechanism, staged and fuse_dir if so: STATE_DIR/fuse-XXXXXX/nbd
+ * (blkstack-fuse's) or STATE_DIR/fuse/disk (the worker's, wfuse_file).
+ */
+static bool sweep_loop_file(const char *text, const char *state_dir,
+			    const char *wfuse_file, struct hp_dev *dev)
+{
+	size_t slen = strlen(state_dir), len = strlen(text);
+	const char *slash;
+
+	if (wfuse_file[0] && strcmp(text, wfuse_file) == 0) {
+		dev->mech = HP_DEV_FUSE;
+		dev->staged = true;
+		return hp_wfuse_paths(state_dir, dev->fuse_dir,
+				      sizeof(dev->fuse_dir), NULL, 0,
+				      NULL) == 0;
+	}
+	if (len <= slen || strncmp(text, state_dir, slen) ||
+	    text[slen] != '/' || strncmp(text + slen + 1, "fuse-", 5))
+		return false;
+	slash = strchr(text + slen + 1, '/');
+	if (!slash || strcmp(slash, "/nbd") ||
+	    (size_t)(slash - text) >= sizeof(dev->fuse_dir))
+		return false;
+	dev->mech = HP_DEV_LOOP;
+	dev->staged = true;
+	memcpy(dev->fuse_dir, text, (size_t)(slash - text));
+	return true;
+}
+
+/*
+ * Loop devices on a state_dir/fuse-*\/nbd file or the worker's
+ * state_dir/fuse/disk, and kernel NBD devices serving nbd_sock, that no
+ * record names.  A loop device is freed alone (as a staged one: its
+ * blkstack-fuse, if any, is a record's; the worker's file is the worker's).
  */
 static int sweep_devices(const char *state_dir, const char *nbd_sock,
 			 const struct hp_dev *const *keep, size_t n,
 			 unsigned int *found, struct bks_error *err)
 {
-	size_t slen = strlen(state_dir);
+	char wfuse_file[PATH_MAX + 16];
 	struct dirent *de;
 	int ret = 0;
 	DIR *d = opendir("/sys/block");
 
 	if (!d)
 		return 0;
+	if (hp_wfuse_paths(state_dir, NULL, 0, wfuse_file, sizeof(wfuse_file),
+			   NULL) < 0)
+		wfuse_file[0] = '\0';
 	while ((de = readdir(d))) {
 		char sys[128], *text = NULL;
 		struct bks_error ignore;
@@ -211,21 +248,11 @@ static int sweep_devices(const char *state_dir, const char *nbd_sock,
 		if (len && text[len - 1] == '\n')
 			text[--len] = '\0';
 		if (loop) {
-			/* STATE_DIR/fuse-XXXXXX/nbd */
-			char *slash =
-			    strchr(text + (len > slen ? slen + 1 : 0), '/');
-
-			if (len <= slen || strncmp(text, state_dir, slen) ||
-			    text[slen] != '/' ||
-			    strncmp(text + slen + 1, "fuse-", 5) || !slash ||
-			    strcmp(slash, "/nbd") ||
-			    (size_t)(slash - text) >= sizeof(dev.fuse_dir)) {
+			if (!sweep_loop_file(text, state_dir, wfuse_file,
+					     &dev)) {
 				free(text);
 				continue;
 			}
-			dev.mech = HP_DEV_LOOP;
-			dev.staged = true;
-			memcpy(dev.fuse_dir, text, (size_t)(slash - text));
 		} else {
 			if (strncmp(text, HP_DEV_NBD_BACKEND_PREFIX,
 				    strlen(HP_DEV_NBD_BACKEND_PREFIX)) ||

@@ -216,15 +216,19 @@ static int target_init(struct hp *hp, struct target *t)
 /* ---- running the worker ------------------------------------------------- */
 
 /*
- * Start the disk's worker on chain (worker-run.h).  Returns 0, or the
+ * Start the disk's worker on chain (worker-run.h), serving its own FUSE
+ * file too with fuse (the fuse device mechanism).  Returns 0, or the
  * worker's -errno with hp->err saying "worker NAME: REASON".
  */
 static int start_worker(struct hp *hp, const struct target *t,
-			const char *chain)
+			const char *chain, bool fuse)
 {
 	char exe[PATH_MAX], xs_error[HP_PATH_BUF];
-	struct worker_spec spec = {
-	    .exe = exe, .rundir = t->rundir, .name = t->name, .chain = chain};
+	struct worker_spec spec = {.exe = exe,
+				   .rundir = t->rundir,
+				   .name = t->name,
+				   .chain = chain,
+				   .fuse = fuse};
 	const char *dir = NULL;
 	pid_t pid;
 	int rc;
@@ -505,16 +509,18 @@ static int sweep_leftovers(struct hp *hp, const struct target *t)
  * Decide the dom0 mechanism and stage its slow part (hp_dev_stage), unless
  * a usable stage is recorded already; with new_worker none is (a loop
  * stage's nbdfuse was connected to the old worker's socket).  The
- * mechanism is chosen here, where a modprobe may run, so that add (inside
- * a migration's blackout) only uses it.  line gets the record to write;
- * *made tells whether a new stage was started, which the caller must undo
- * if it cannot record it.
+ * mechanism is chosen here (or by the caller, mech not HP_DEV_AUTO: it
+ * started the worker for it), where a modprobe may run, so that add
+ * (inside a migration's blackout) only uses it.  A worker that does not
+ * serve its FUSE file (started earlier, without --fuse) gets loop in
+ * place of fuse.  line gets the record to write; *made tells whether a
+ * new stage was started, which the caller must undo if it cannot record
+ * it.
  */
 static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
-			struct hp_dev *stage, bool *made, char *line,
-			size_t size)
+			enum hp_dev_mech mech, struct hp_dev *stage, bool *made,
+			char *line, size_t size)
 {
-	enum hp_dev_mech mech;
 	char sock[PATH_MAX];
 	int rc;
 
@@ -538,12 +544,18 @@ static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
 	}
 	if (rc == 0)
 		rc = detach_recorded(hp, t, NODE_STAGE, new_worker);
-	if (rc == 0)
+	if (rc == 0 && mech == HP_DEV_AUTO)
 		rc = hp_dev_choose(&mech, &hp->err);
 	if (rc == 0)
 		rc = check_worker(hp, t, sock, sizeof(sock));
 	if (rc == 0)
 		rc = hp_dev_stage(sock, t->dir, mech, stage, &hp->err);
+	if (rc == -ENOENT && mech == HP_DEV_FUSE) {
+		fprintf(stderr, "blkstack: %s: %s: %s; using loop instead\n",
+			hp->action->name, t->name, hp->err.msg);
+		bks_error_clear(&hp->err);
+		rc = hp_dev_stage(sock, t->dir, HP_DEV_LOOP, stage, &hp->err);
+	}
 	if (rc < 0)
 		return rc;
 	*made = stage->mech == HP_DEV_LOOP;
@@ -590,6 +602,7 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	struct bks_chain_spec spec;
 	struct writes w = {.clear_error = true};
 	char *chain = NULL, line[PATH_MAX + 256];
+	enum hp_dev_mech mech = HP_DEV_AUTO;
 	struct hp_dev stage;
 	bool made = false, new_worker = false;
 	int rc;
@@ -605,7 +618,10 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		goto out;
 	bks_chain_spec_free(&spec);
 	if (!worker_running(t)) {
-		rc = start_worker(hp, t, chain);
+		/* First: fuse is a file the worker serves from its start. */
+		rc = hp_dev_choose(&mech, &hp->err);
+		if (rc == 0)
+			rc = start_worker(hp, t, chain, mech == HP_DEV_FUSE);
 		if (rc < 0)
 			goto out;
 		new_worker = true;
@@ -614,7 +630,7 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	if (rc == 0)
 		rc = sweep_leftovers(hp, t);
 	if (rc == 0)
-		rc = stage_device(hp, t, new_worker, &stage, &made, line,
+		rc = stage_device(hp, t, new_worker, mech, &stage, &made, line,
 				  sizeof(line));
 	if (rc < 0)
 		goto out;
@@ -691,7 +707,9 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 		rc = sweep_leftovers(hp, t);
 	if (rc < 0)
 		return rc;
-	if (use_stage && stage.mech == HP_DEV_LOOP && hp_dev_staged_ok(&stage))
+	if (use_stage &&
+	    (stage.mech == HP_DEV_LOOP || stage.mech == HP_DEV_FUSE) &&
+	    hp_dev_staged_ok(&stage))
 		rc = hp_dev_attach_staged(&stage, ro, dev, &hp->err);
 	else
 		rc = hp_dev_attach(sock, t->dir, ro, stage.mech, dev, &hp->err);

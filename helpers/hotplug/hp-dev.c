@@ -8,7 +8,8 @@
  *   dev-nbd-client.c  the NBD client handshake, the socket probe
  *   dev-nbd-kernel.c  kernel NBD: /dev/nbdN by netlink
  *   dev-fuse.c        loop: starts and stops blkstack-fuse
- *   dev-loop.c        loop: the loop device on blkstack-fuse's file
+ *   dev-loop.c        loop and fuse: the loop device on the file
+ *   dev-wfuse.c       fuse: the worker's own FUSE file
  *   dev-sweep.c       what a killed action left without a record
  *   dev-proc.c        waiting for the processes they start
  *
@@ -18,6 +19,11 @@
  * not prove to be ours: the loop device must still be backed by
  * FUSE_DIR/nbd, and the process fuse_pid must still be blkstack-fuse serving
  * FUSE_DIR.
+ *
+ * The fuse mechanism is the loop device alone, on the worker's own file
+ * STATE_DIR/fuse/disk: attach and detach only make and free loop devices
+ * (the worker mounts and unmounts the file), and the detach's flush is
+ * bounded (a hung worker's connection is aborted).
  */
 #include <errno.h>
 #include <limits.h>
@@ -27,9 +33,11 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "blkstack/fuse-server.h"
 #include "dev-fuse.h"
 #include "dev-loop.h"
 #include "dev-nbd-kernel.h"
+#include "dev-wfuse.h"
 #include "hp-dev.h"
 
 /* The loop mechanism's detach (see the top of the file). */
@@ -60,7 +68,7 @@ static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 	if (ours)
 		hp_fuse_hurry(pidfd);
 
-	ret = hp_loop_detach(dev, file, &flush_rc, err);
+	ret = hp_loop_detach(dev, file, NULL, &flush_rc, err);
 	if (ret < 0)
 		goto out;
 	/* A staged device's blkstack-fuse is the stage's: it stays. */
@@ -83,10 +91,36 @@ out:
 	return ret;
 }
 
+/*
+ * The fuse mechanism's detach: the loop device only, its flush bounded.
+ * A flush that failed is reported when the file was served to take it
+ * (else the worker died for good: the "gone" case).
+ */
+static int fuse_mech_detach(const struct hp_dev *dev, struct bks_error *err)
+{
+	static const struct hp_loop_bound bound = {.ms = HP_WFUSE_FLUSH_MS,
+						   .stuck = hp_wfuse_abort};
+	char file[PATH_MAX + 8];
+	int flush_rc = 0, ret;
+	bool served;
+
+	if (!dev->fuse_dir[0])
+		return 0;
+	snprintf(file, sizeof(file), "%s/%s", dev->fuse_dir,
+		 BKS_FUSE_FILE_NAME);
+	served = hp_wfuse_served(dev->fuse_dir);
+	ret = hp_loop_detach(dev, file, &bound, &flush_rc, err);
+	if (ret == 0 && flush_rc < 0 && served)
+		ret = bks_error_set(err, -flush_rc, "flush %s", dev->path);
+	return ret;
+}
+
 int hp_dev_detach(const struct hp_dev *dev, struct bks_error *err)
 {
 	if (dev->mech == HP_DEV_NBD)
 		return hp_nbd_detach(dev, err);
+	if (dev->mech == HP_DEV_FUSE)
+		return fuse_mech_detach(dev, err);
 	if (dev->mech != HP_DEV_LOOP)
 		return bks_error_setmsg(err, EINVAL,
 					"detach: no mechanism in the record");
@@ -114,6 +148,28 @@ static int loop_attach_all(const char *nbd_sock, const char *state_dir, bool ro,
 	return ret;
 }
 
+/*
+ * The fuse mechanism's stage: the worker's file, which it must serve.
+ * Fills stage's fuse_dir (mech set by the caller).
+ */
+static int fuse_stage(const char *state_dir, struct hp_dev *stage,
+		      struct bks_error *err)
+{
+	int ret = hp_wfuse_paths(state_dir, stage->fuse_dir,
+				 sizeof(stage->fuse_dir), NULL, 0, err);
+
+	if (ret < 0)
+		return ret;
+	if (!hp_wfuse_served(stage->fuse_dir)) {
+		ret = bks_error_setmsg(err, ENOENT,
+				       "the worker serves no FUSE file on %s "
+				       "(not started with --fuse?)",
+				       stage->fuse_dir);
+		stage->fuse_dir[0] = '\0';
+	}
+	return ret;
+}
+
 int hp_dev_stage(const char *nbd_sock, const char *state_dir,
 		 enum hp_dev_mech mech, struct hp_dev *stage,
 		 struct bks_error *err)
@@ -128,6 +184,8 @@ int hp_dev_stage(const char *nbd_sock, const char *state_dir,
 	case HP_DEV_LOOP:
 		return hp_fuse_setup(nbd_sock, state_dir, false, stage, file,
 				     sizeof(file), err);
+	case HP_DEV_FUSE:
+		return fuse_stage(state_dir, stage, err);
 	case HP_DEV_AUTO:
 		break;
 	}
@@ -142,6 +200,9 @@ bool hp_dev_staged_ok(const struct hp_dev *stage)
 	int pidfd;
 	bool ours;
 
+	if (stage->mech == HP_DEV_FUSE)
+		return !stage->staged && !stage->path[0] &&
+		       stage->fuse_dir[0] && hp_wfuse_served(stage->fuse_dir);
 	if (stage->mech != HP_DEV_LOOP || stage->staged || stage->path[0] ||
 	    hp_fuse_check(stage, &pidfd, &ours) < 0 || !ours)
 		return false;
@@ -158,12 +219,13 @@ int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
 
 	*dev = *stage;
 	dev->staged = true;
-	snprintf(file, sizeof(file), "%s/nbd", stage->fuse_dir);
+	snprintf(file, sizeof(file), "%s/%s", stage->fuse_dir,
+		 stage->mech == HP_DEV_FUSE ? BKS_FUSE_FILE_NAME : "nbd");
 	ret = hp_loop_attach(file, ro, dev, err);
 	if (ret < 0) {
 		/* hp_loop_attach leaves no device behind on failure. */
 		memset(dev, 0, sizeof(*dev));
-		dev->mech = HP_DEV_LOOP;
+		dev->mech = stage->mech;
 	}
 	return ret;
 }
@@ -188,6 +250,13 @@ bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
 		close(pidfd);
 		return true;
 	}
+	if (dev->mech == HP_DEV_FUSE) {
+		snprintf(file, sizeof(file), "%s/%s", dev->fuse_dir,
+			 BKS_FUSE_FILE_NAME);
+		return dev->fuse_dir[0] &&
+		       hp_loop_backed_by(dev->path, file, &ignore) == 1 &&
+		       hp_wfuse_served(dev->fuse_dir);
+	}
 	return dev->mech == HP_DEV_NBD && hp_nbd_bound(dev, nbd_sock);
 }
 
@@ -207,6 +276,14 @@ int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,
 	switch (mech) {
 	case HP_DEV_LOOP:
 		return loop_attach_all(nbd_sock, state_dir, ro, dev, err);
+	case HP_DEV_FUSE: {
+		/* The worker's file: every device on it is a staged one. */
+		struct hp_dev stage = {.mech = HP_DEV_FUSE};
+
+		ret = fuse_stage(state_dir, &stage, err);
+		return ret < 0 ? ret
+			       : hp_dev_attach_staged(&stage, ro, dev, err);
+	}
 	case HP_DEV_NBD:
 		ret = hp_nbd_attach(nbd_sock, ro, dev, err);
 		if (ret < 0) {

@@ -275,6 +275,7 @@ static int parse_opts(int argc, char **argv, struct sup *s, struct res *r)
 	s->chain = ws.chain;
 	s->rundir = ws.rundir;
 	s->read_only = ws.read_only;
+	s->fuse = ws.fuse;
 	return 0;
 }
 

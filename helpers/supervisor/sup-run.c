@@ -35,6 +35,7 @@ int sup_spawn(struct sup *s, struct bks_error *err)
 	    .name = s->name,
 	    .chain = s->chain,
 	    .read_only = s->read_only,
+	    .fuse = s->fuse,
 	};
 	char rfd[16], cfd[16], ffd[16];
 	const char *argv[26 + 64];

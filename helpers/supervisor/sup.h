@@ -41,6 +41,7 @@ struct sup {
 	/* Configuration, fixed after start-up. */
 	const char *name, *chain, *rundir, *worker_exe, *xs_error_path;
 	bool read_only;
+	bool fuse;	    /* --fuse: passed on to every worker it starts */
 	char *const *extra; /* worker arguments after "--" */
 	int nextra;
 	char wdir[PATH_MAX];

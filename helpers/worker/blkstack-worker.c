@@ -3,7 +3,7 @@
  * blkstack-worker --name NAME --chain CHAIN [--rundir DIR] [--read-only]
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *                 [--supervisor-fd FD] [--io-engine auto|io_uring|libaio]
- *                 [--fuse-mount DIR [--fuse-fd FD]]
+ *                 [--fuse | --fuse-mount DIR [--fuse-fd FD]]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -37,6 +37,9 @@
  * and has the kernel resend what the dead one had read: the loop device
  * above sees latency, not errors.  Unsupervised, or on an older kernel, a
  * crash ends the file system (the loop device then fails its I/O).
+ * --fuse is --fuse-mount DIR/NAME/fuse (WORKER_FILE_FUSE), a mount point
+ * the worker makes in its own directory and removes at a graceful stop:
+ * the hotplug helper's "fuse" device mechanism (helpers/hotplug/hp-dev.h).
  *
  * --io-engine (else the conf key io-engine, else auto) picks the file
  * drivers' I/O engine (blkstack/io-engine.h); auto is resolved once at
@@ -81,15 +84,16 @@
 #define STOP_TIMEOUT_NS (30ull * 1000000000ull)
 
 struct opts {
-	struct worker_spec spec; /* name, chain, rundir, read_only */
+	struct worker_spec spec; /* name, chain, rundir, read_only, fuse */
 	bool foreground;
 	int ready_fd;
 	int super_fd; /* --supervisor-fd, -1: none */
 	/* --timeouts, ms (0: default) */
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
-	const char *io_engine;	/* --io-engine, NULL: the conf's */
-	const char *fuse_mount; /* --fuse-mount, NULL: none */
-	int fuse_fd;		/* --fuse-fd (adopt), -1: mount */
+	const char *io_engine;	     /* --io-engine, NULL: the conf's */
+	const char *fuse_mount;	     /* --fuse-mount, NULL: none */
+	int fuse_fd;		     /* --fuse-fd (adopt), -1: mount */
+	char fuse_own[PATH_MAX + 8]; /* --fuse: DIR/NAME/fuse, made at start */
 };
 
 /* What main holds open; closed in one place. */
@@ -98,6 +102,7 @@ struct res {
 	struct stop_signals sig;
 	bool nbd_sock, ctl_sock, pid_file; /* created: remove at exit */
 	bool locked;			   /* we hold DIR/NAME/lock */
+	bool fuse_dir;			   /* made DIR/NAME/fuse (--fuse) */
 };
 
 /* ---- logging and state -------------------------------------------------- */
@@ -605,8 +610,33 @@ static void fuse_inited(void *arg, int dev_fd, bool can_resend)
 			   strerror(-rc));
 }
 
+/*
+ * --fuse: the mount point DIR/NAME/fuse, made here (0700) unless a worker
+ * before this one left it (mounted: adopted or taken down by the export).
+ */
+static int own_fuse_dir(const struct worker *w, struct opts *o, struct res *r,
+			struct bks_error *err)
+{
+	int n;
+
+	if (!o->spec.fuse)
+		return 0;
+	n = snprintf(o->fuse_own, sizeof(o->fuse_own), "%s/" WORKER_FILE_FUSE,
+		     w->dir);
+	if (n < 0 || (size_t)n >= sizeof(o->fuse_own))
+		return bks_error_setmsg(err, ENAMETOOLONG,
+					"%s/" WORKER_FILE_FUSE ": too long",
+					w->dir);
+	if (mkdir(o->fuse_own, 0700) < 0 && errno != EEXIST)
+		return bks_error_set(err, errno, "FUSE export: mkdir %s",
+				     o->fuse_own);
+	r->fuse_dir = true;
+	o->fuse_mount = o->fuse_own;
+	return 0;
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
-static int start(struct worker *w, const struct opts *o, struct res *r,
+static int start(struct worker *w, struct opts *o, struct res *r,
 		 struct bks_error *err)
 {
 	struct bks_nbd_config cfg = {
@@ -626,6 +656,9 @@ static int start(struct worker *w, const struct opts *o, struct res *r,
 		return bks_error_setmsg(err, ENAMETOOLONG, "%s/%s: too long",
 					o->spec.rundir, w->name);
 	rc = take_lock(w, r, err);
+	if (rc < 0)
+		return rc;
+	rc = own_fuse_dir(w, o, r, err);
 	if (rc < 0)
 		return rc;
 	rc = bks_loop_new(&w->loop, err);
@@ -772,7 +805,12 @@ static void cleanup(struct worker *w, struct res *r)
 	 * directory goes too unless something else is still in it.
 	 */
 	if (r->locked && !dir_path(w, "lock", path, sizeof(path), &ignore)) {
-		unlink(path);
+		/* Unmounted by the export's shutdown; else EBUSY: it stays. */
+		if (r->fuse_dir &&
+		    !dir_path(w, WORKER_FILE_FUSE, path, sizeof(path), &ignore))
+			rmdir(path);
+		if (!dir_path(w, "lock", path, sizeof(path), &ignore))
+			unlink(path);
 		rmdir(w->dir);
 	}
 	if (r->lock_fd >= 0)
@@ -789,6 +827,8 @@ static void usage(FILE *f)
 		"  [--io-engine auto|io_uring|libaio] (file I/O; default: "
 		"conf io-engine, else auto)\n"
 		"  [--fuse-mount DIR] (also serve the disk as DIR/disk)\n"
+		"  [--fuse] (--fuse-mount DIR/NAME/fuse, made and removed by "
+		"the worker)\n"
 		"  [--fuse-fd FD] (given by blkstack-supervisor: adopt DIR's "
 		"session)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
@@ -904,8 +944,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		usage(stderr);
 		return 2;
 	}
-	if (o->fuse_fd >= 0 && !o->fuse_mount) {
-		fprintf(stderr, PROG ": --fuse-fd needs --fuse-mount\n");
+	if (o->spec.fuse && o->fuse_mount) {
+		fprintf(stderr, PROG ": --fuse and --fuse-mount exclude each "
+				     "other\n");
+		return 2;
+	}
+	if (o->fuse_fd >= 0 && !o->fuse_mount && !o->spec.fuse) {
+		fprintf(stderr, PROG ": --fuse-fd needs --fuse-mount or "
+				     "--fuse\n");
 		return 2;
 	}
 	return worker_args_finish(&o->spec, PROG) < 0 ? 2 : 0;

@@ -23,6 +23,10 @@ static void test_mech_parse(void **state)
 	assert_int_equal(m, HP_DEV_NBD);
 	assert_int_equal(hp_dev_mech_parse("loop", &m), 0);
 	assert_int_equal(m, HP_DEV_LOOP);
+	assert_int_equal(hp_dev_mech_parse("fuse", &m), 0);
+	assert_int_equal(m, HP_DEV_FUSE);
+	assert_string_equal(hp_dev_mech_name(HP_DEV_FUSE), "fuse");
+	assert_int_equal(hp_dev_mech_parse("fuse-", &m), -EINVAL);
 	assert_int_equal(hp_dev_mech_parse("Loop", &m), -EINVAL);
 	assert_int_equal(hp_dev_mech_parse("loop ", &m), -EINVAL);
 	assert_int_equal(hp_dev_mech_parse("", &m), -EINVAL);
@@ -58,8 +62,9 @@ static void test_conf(void **state)
 	assert_int_equal(hp_dev_conf_parse("\n\ndevice = floppy\n", "/etc/c",
 					   &m, &found, &err),
 			 -EINVAL);
-	assert_string_equal(err.msg, "/etc/c:3: unknown device mechanism "
-				     "\"floppy\" (want auto, nbd or loop)");
+	assert_string_equal(err.msg,
+			    "/etc/c:3: unknown device mechanism "
+			    "\"floppy\" (want auto, nbd, fuse or loop)");
 	assert_int_equal(hp_dev_conf_parse("device = loop\ndevice = nbd\n", "c",
 					   &m, &found, &err),
 			 -EINVAL);
@@ -70,6 +75,24 @@ static void test_conf(void **state)
 	assert_int_equal(hp_dev_conf_parse("device = a-very-long-value-here\n",
 					   "c", &m, &found, &err),
 			 -EINVAL);
+}
+
+/* auto's fuse: supervised, and Linux 6.9 (FUSE_HAS_RESEND) or later. */
+static void test_fuse_resilient(void **state)
+{
+	(void)state;
+
+	assert_true(hp_dev_fuse_resilient("6.9.0", true));
+	assert_true(hp_dev_fuse_resilient("6.18.0-1-amd64", true));
+	assert_true(hp_dev_fuse_resilient("6.10", true));
+	assert_true(hp_dev_fuse_resilient("7.0.1", true));
+	assert_false(hp_dev_fuse_resilient("6.8.12", true));
+	assert_false(hp_dev_fuse_resilient("6.1.0-27-amd64", true));
+	assert_false(hp_dev_fuse_resilient("5.19.0", true));
+	assert_false(hp_dev_fuse_resilient("6.18.0", false));
+	assert_false(hp_dev_fuse_resilient("", true));
+	assert_false(hp_dev_fuse_resilient("6", true));
+	assert_false(hp_dev_fuse_resilient("x.y", true));
 }
 
 static void test_record_roundtrip(void **state)
@@ -141,6 +164,27 @@ static void test_record_roundtrip(void **state)
 	assert_memory_equal(&d, &back, sizeof(d));
 	strcpy(d.worker, "1:2 x");
 	assert_int_equal(hp_dev_format(&d, line, sizeof(line)), -EINVAL);
+
+	/* fuse: a stage names the worker's file; a device is staged on it. */
+	memset(&d, 0, sizeof(d));
+	d.mech = HP_DEV_FUSE;
+	strcpy(d.fuse_dir, "/run/st/fuse");
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line, "mech=fuse path= major=0 minor=0 staged=0 "
+				  "fuse_pid=0 fuse_dir=/run/st/fuse");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
+	d.staged = true;
+	strcpy(d.path, "/dev/loop4");
+	d.major = 7;
+	d.minor = 4;
+	strcpy(d.worker, "77:123");
+	assert_true(hp_dev_format(&d, line, sizeof(line)) > 0);
+	assert_string_equal(line, "mech=fuse path=/dev/loop4 major=7 minor=4 "
+				  "staged=1 fuse_pid=0 fuse_dir=/run/st/fuse "
+				  "worker=77:123");
+	assert_int_equal(hp_dev_parse(line, "/run/st", &back, &err), 0);
+	assert_memory_equal(&d, &back, sizeof(d));
 	memset(&d, 0, sizeof(d));
 	d.mech = HP_DEV_LOOP;
 
@@ -210,6 +254,24 @@ static void test_record_invalid(void **state)
 	    "fuse_dir=",
 	    "mech=loop path=/dev/loop1 major=7 minor=1 fuse_pid=1 "
 	    "fuse_dir=/run/st/f",
+	    /* fuse: the worker's mount point only, no process, loop only. */
+	    "mech=fuse path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/fuse-x",
+	    "mech=fuse path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/other",
+	    "mech=fuse path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=9 "
+	    "fuse_dir=/run/st/fuse",
+	    "mech=fuse path=/dev/nbd1 major=43 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/fuse",
+	    "mech=fuse path=/dev/loop1 major=43 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/fuse",
+	    "mech=fuse path=/dev/loop1 major=7 minor=1 staged=0 fuse_pid=0 "
+	    "fuse_dir=/run/st/fuse",
+	    "mech=fuse path=/dev/loop1 major=7 minor=1 staged=1 fuse_pid=0 "
+	    "fuse_dir=",
+	    "mech=fuse path= major=0 minor=0 staged=1 fuse_pid=0 "
+	    "fuse_dir=/run/st/fuse",
+	    "mech=Fuse path= major=0 minor=0 staged=0 fuse_pid=0 fuse_dir=",
 	};
 	struct bks_error err = {0};
 	struct hp_dev d;
@@ -257,6 +319,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_mech_parse),
 	    cmocka_unit_test(test_conf),
+	    cmocka_unit_test(test_fuse_resilient),
 	    cmocka_unit_test(test_record_roundtrip),
 	    cmocka_unit_test(test_record_invalid),
 	};
