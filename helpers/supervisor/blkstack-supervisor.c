@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * blkstack-supervisor --name NAME --chain CHAIN [--rundir DIR] [--read-only]
- *                     [--ready-fd FD] [--worker EXE] [--xs-error-path XSPATH]
+ *                     [--fuse] [--ready-fd FD] [--worker EXE]
+ *                     [--xs-error-path XSPATH]
  *                     [-- WORKER-ARGS...]
  *
  * The supervisor of one worker (docs/control-protocol.txt, "Supervision"),
@@ -212,7 +213,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: " PROG
 		   " --name NAME --chain CHAIN [--rundir DIR] [--read-only]\n"
-		   "  [--ready-fd FD] [--worker EXE] [--xs-error-path XSPATH]\n"
+		   "  [--fuse] [--ready-fd FD] [--worker EXE] "
+		   "[--xs-error-path XSPATH]\n"
 		   "  [-- WORKER-ARGS...]\n"
 		   "       " PROG " --version | --help\n"
 		   "  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR

@@ -291,17 +291,33 @@ assert_all_gone() {
 	assert_output nbd
 	printf 'device = auto\n' >"$conf"
 	run -0 env BLKSTACK_CONF="$conf" "$TOOL" choose
-	# auto: kernel NBD where the nbd module is (or loads), else loop.
+	# auto: kernel NBD where the nbd module is (or loads), else the
+	# worker's FUSE file where it outlives a crash (supervised workers,
+	# the default, on Linux 6.9+), else loop.
+	IFS=. read -r maj min _ <<<"$(uname -r)"
 	want=loop
+	if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "${min%%[!0-9]*}" -ge 9 ]; }; then
+		want=fuse
+	fi
 	if [ -d /sys/module/nbd ] || modprobe -q nbd 2>/dev/null; then
 		want=nbd
 	fi
 	assert_output "$want"
+	# Unsupervised, a crash would end the worker's file: not fuse.
+	if [ "$want" = fuse ]; then
+		printf 'device = auto\nsupervise = no\n' >"$conf"
+		run -0 env BLKSTACK_CONF="$conf" "$TOOL" choose
+		assert_output loop
+		printf 'device = fuse\nsupervise = no\n' >"$conf"
+		run -0 env BLKSTACK_CONF="$conf" "$TOOL" choose
+		assert_output fuse
+	fi
+	printf 'device = auto\n' >"$conf"
 	printf '\ndevice = floppy\n' >"$conf"
 	run -1 env BLKSTACK_CONF="$conf" "$TOOL" choose
 	assert_output --partial "$conf:2: unknown device mechanism \"floppy\""
 	run -0 env BLKSTACK_CONF="$BATS_TEST_TMPDIR/missing.conf" "$TOOL" choose
-	assert_output loop
+	assert_output "$want"
 	# The environment wins over the file.
 	run -0 env BLKSTACK_CONF="$conf" BLKSTACK_DEVICE=loop "$TOOL" choose
 	assert_output loop

@@ -249,6 +249,7 @@ guest_run() {
 	wait_for 20 no_workers || true
 	check "$tag: no worker left" no_workers
 	check "$tag: no FUSE server left" no_nbdfuse
+	check "$tag: no fuse mount left" no_fuse_mount
 	check "$tag: no loop or nbd device left" no_blockdev
 	check "$tag: no backend left in xenstore" no_backends
 	info "$tag: losetup -a: $(losetup -a 2>&1 | tr '\n' ' ')"
@@ -364,6 +365,12 @@ local_attach() {
 		check "loop: control: the fuse mount check sees its mount" \
 			not no_fuse_mount
 		check "loop: control: the loop device check sees $dev" not no_loopdev
+	elif [ "$mech" = fuse ]; then
+		# The worker's own file: no FUSE server of its own.
+		check "fuse: no blkstack-fuse or nbdfuse runs" no_nbdfuse
+		check "fuse: control: the fuse mount check sees the worker's mount" \
+			not no_fuse_mount
+		check "fuse: control: the loop device check sees $dev" not no_loopdev
 	else
 		check "nbd: control: the nbd device check sees $dev" not no_nbddev
 	fi
@@ -1441,6 +1448,9 @@ pkgv=$(cat /etc/blkstack-package-version 2>/dev/null)
 check "blkstack is the package's, version $pkgv" package_check "$pkgv"
 if [ -z "$only" ]; then
 	guest_run loop
+	# The worker's own FUSE file (Debian 12's 6.1 cannot resend FUSE
+	# requests, so auto does not pick it here: forced).
+	guest_run fuse
 fi
 if modprobe nbd; then
 	info "nbd module loaded"
@@ -1460,6 +1470,7 @@ if [ -z "$only" ]; then
 	missing_create
 	bootloader_run
 	local_attach loop
+	local_attach fuse
 	local_attach nbd
 else
 	info "xentest_only=$only: the other items skipped"
