@@ -39,6 +39,7 @@
 #include "dev-nbd-kernel.h"
 #include "dev-wfuse.h"
 #include "hp-dev.h"
+#include "worker-live.h"
 
 /* The loop mechanism's detach (see the top of the file). */
 static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
@@ -93,24 +94,31 @@ out:
 
 /*
  * The fuse mechanism's detach: the loop device only, its flush bounded.
- * A flush that failed is reported when the file was served to take it
- * (else the worker died for good: the "gone" case).
+ * A flush that failed is reported when the disk's worker (or its
+ * supervisor) was alive to take it; with neither, the file's session is
+ * dead for good (the supervisor gave up): the "gone" case.
  */
 static int fuse_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 {
 	static const struct hp_loop_bound bound = {.ms = HP_WFUSE_FLUSH_MS,
 						   .stuck = hp_wfuse_abort};
-	char file[PATH_MAX + 8];
+	char file[PATH_MAX + 8], wdir[PATH_MAX], tok[48], *slash;
+	struct bks_error ignore;
 	int flush_rc = 0, ret;
-	bool served;
+	bool alive;
 
 	if (!dev->fuse_dir[0])
 		return 0;
 	snprintf(file, sizeof(file), "%s/%s", dev->fuse_dir,
 		 BKS_FUSE_FILE_NAME);
-	served = hp_wfuse_served(dev->fuse_dir);
+	/* The worker's directory holds the mount point. */
+	snprintf(wdir, sizeof(wdir), "%s", dev->fuse_dir);
+	slash = strrchr(wdir, '/');
+	if (slash)
+		*slash = '\0';
+	alive = worker_identity(wdir, tok, sizeof(tok), &ignore) == 0;
 	ret = hp_loop_detach(dev, file, &bound, &flush_rc, err);
-	if (ret == 0 && flush_rc < 0 && served)
+	if (ret == 0 && flush_rc < 0 && alive)
 		ret = bks_error_set(err, -flush_rc, "flush %s", dev->path);
 	return ret;
 }

@@ -199,3 +199,27 @@ wdir() {
 	assert_success
 	assert_no_leftovers
 }
+
+@test "fuse device: a supervisor that gave up: remove succeeds on the dead file's device, unprepare leaves nothing" {
+	sup_conf restart-limit=2 restart-window=60
+	run ts v2-attach
+	assert_success
+	w=$(wdir)
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	kill_and_wait_restart "$w" >/dev/null
+	# Still the one file after a restart: the next worker adopted it.
+	run cat "/sys/block/${dev#/dev/}/loop/backing_file"
+	assert_output "$w/fuse/disk"
+	dd if=/dev/urandom of="$dev" bs=64k count=1 oflag=direct status=none
+	kill -9 "$(cat "$w/pid")"
+	wait_sup "$w" state gave-up
+	# Nobody is left to take a flush: the dead file's device just goes.
+	run timeout 60 "$TOOLSTACK" --quiet --script "$SCRIPT" \
+		--target "log:|aio:$IMG" v2-run remove
+	assert_success
+	assert_not_exists "/sys/block/${dev#/dev/}/loop"
+	run ts v2-run unprepare
+	assert_success
+	assert_not_exists "$w"
+	assert_no_leftovers
+}
