@@ -618,8 +618,18 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		goto out;
 	bks_chain_spec_free(&spec);
 	if (!worker_running(t)) {
-		/* First: fuse is a file the worker serves from its start. */
-		rc = hp_dev_choose(&mech, &hp->err);
+		/*
+		 * The devices made for a worker that died are dead: they go
+		 * before a new worker mounts its FUSE file over the old one's
+		 * (a loop device on a file of a detached mount names it
+		 * "/disk", which nothing could then match to this disk).
+		 */
+		rc = detach_recorded(hp, t, NODE_DEV, true);
+		if (rc == 0)
+			rc = detach_recorded(hp, t, NODE_LOCAL_DEV, true);
+		/* Then: fuse is a file the worker serves from its start. */
+		if (rc == 0)
+			rc = hp_dev_choose(&mech, &hp->err);
 		if (rc == 0)
 			rc = start_worker(hp, t, chain, mech == HP_DEV_FUSE);
 		if (rc < 0)

@@ -223,3 +223,33 @@ wdir() {
 	assert_not_exists "$w"
 	assert_no_leftovers
 }
+
+@test "fuse device: prepare after an unsupervised worker died frees its device, then serves a new file; nothing leaks" {
+	sup_conf supervise=no
+	run ts v2-attach
+	assert_success
+	w=$(wdir)
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	pid=$(cat "$w/pid")
+	kill -KILL "$pid"
+	while ! gone "$pid"; do sleep 0.05; done
+	run ts v2-run prepare
+	assert_success
+	[ "$(cat "$w/pid")" != "$pid" ]
+	# The dead file's device went before the new mount hid it.
+	xs_absent "$HOTPLUG_PATH/blkstack-dev"
+	assert_not_exists "/sys/block/${dev#/dev/}/loop"
+	ts v2-backend
+	run ts v2-run add
+	assert_success
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	head -c 65536 /dev/urandom >"$BATS_TEST_TMPDIR/data"
+	dd if="$BATS_TEST_TMPDIR/data" of="$dev" bs=64k oflag=direct status=none
+	cmp -n 65536 "$BATS_TEST_TMPDIR/data" "$IMG"
+	run ts v2-detach
+	assert_success
+	assert_no_leftovers
+	# No loop device on a file of a detached mount ("/disk") either.
+	run bash -c "losetup -a | grep -c ' (/disk)' || true"
+	assert_output 0
+}
