@@ -171,9 +171,8 @@ static int parse_timeout(const char *v, size_t n, unsigned int *out,
 static int parse_option(struct bks_rbd_target *t, const char *s, size_t n,
 			bool *seen, struct bks_error *err)
 {
-	static const char *const keys[] = {"id",      "conf",	 "keyring",
-					   "cluster", "timeout", "vm",
-					   NULL};
+	static const char *const keys[] = {
+	    "id", "conf", "keyring", "cluster", "timeout", "vm", NULL};
 	const char *eq = memchr(s, '=', n);
 	size_t klen = eq ? (size_t)(eq - s) : n, vlen;
 	unsigned int k;

@@ -68,8 +68,9 @@
 #define NODE_LOCAL_DEV "blkstack-local-dev"
 #define NODE_STAGE     "blkstack-stage"
 #define NODE_BACKEND   "blkstack-backend" /* v2: the backend add served */
-#define NODE_VM	       "blkstack-vm" /* the VM prepare's rbd: layers claim for */
-#define NODE_TS_VM     "vm" /* v2, optional: the toolstack's VM path */
+/* The VM prepare's rbd: layers claim for; (v2, optional) the toolstack's. */
+#define NODE_VM	   "blkstack-vm"
+#define NODE_TS_VM "vm"
 
 /* What the device-related actions work on. */
 struct target {
@@ -600,8 +601,7 @@ out:
 	return rc;
 }
 
-static int rbd_claim_chain(struct hp *hp, char **chain, char *vm,
-			   size_t size);
+static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size);
 
 static int do_prepare(struct hp *hp, const struct target *t)
 {
@@ -827,6 +827,19 @@ static int disk_usage(struct hp *hp, const struct target *t, bool rw,
  * domain, refuses a disk whose claim is not its domain's VM.
  */
 
+/* Our record node, or *out NULL if there is none: 0 or -errno. */
+static int read_optional(struct hp *hp, const char *node, char **out)
+{
+	int rc = read_record(hp, node, out);
+
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		*out = NULL;
+		rc = 0;
+	}
+	return rc;
+}
+
 /* The guest's VM as prepare can know it, into vm ("" if unknown). */
 static int prepare_vm(struct hp *hp, char *vm, size_t size)
 {
@@ -838,18 +851,15 @@ static int prepare_vm(struct hp *hp, char *vm, size_t size)
 		domain_vm(hp, frontend_domid(hp), vm, size);
 		return 0;
 	}
-	rc = read_record(hp, NODE_TS_VM, &v);
-	if (rc == -ENOENT) {
-		bks_error_clear(&hp->err);
-		return 0;
-	}
-	if (rc == 0 && (strlen(v) >= size ||
-			hp_xs_path_check(v, HP_PATH_ABSOLUTE, "HOTPLUG_PATH/vm",
-					 &hp->err) < 0))
+	rc = read_optional(hp, NODE_TS_VM, &v);
+	if (rc == 0 && v &&
+	    (strlen(v) >= size ||
+	     hp_xs_path_check(v, HP_PATH_ABSOLUTE, "HOTPLUG_PATH/vm",
+			      &hp->err) < 0))
 		rc = bks_error_setmsg(&hp->err, EINVAL,
 				      "%s/%s is not a VM path (/vm/UUID)",
 				      records_dir(hp), NODE_TS_VM);
-	if (rc == 0)
+	if (rc == 0 && v)
 		snprintf(vm, size, "%s", v);
 	free(v);
 	return rc;
@@ -862,8 +872,7 @@ static int prepare_vm(struct hp *hp, char *vm, size_t size)
  * changed.  Returns 0, or -EINVAL with hp->err set (params names vm=, or
  * the VM path is not one rbd: takes).
  */
-static int rbd_claim_chain(struct hp *hp, char **chain, char *vm,
-			   size_t size)
+static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size)
 {
 	struct bks_chain_spec spec = {0};
 	struct bks_rbd_target *rt = NULL;
@@ -917,9 +926,10 @@ static int rbd_claim_chain(struct hp *hp, char **chain, char *vm,
 	}
 	n = bks_chain_format(&spec, buf, cap);
 	bks_chain_spec_free(&spec);
-	rc = n < 0 ? bks_error_setmsg(&hp->err, -n, "the disk target with "
-						    "vm= is too long")
-		   : bks_chain_parse(buf, (size_t)n, &spec, &hp->err);
+	if (n < 0)
+		rc = bks_error_setmsg(&hp->err, -n, "too long with vm=");
+	else
+		rc = bks_chain_parse(buf, (size_t)n, &spec, &hp->err);
 	if (rc < 0) {
 		bks_error_prepend(&hp->err, "the guest's VM path %s: ", vm);
 		goto out;
@@ -943,12 +953,8 @@ static int check_claim_vm(struct hp *hp, const struct hp_usage *u)
 	char *rec = NULL;
 	int rc;
 
-	rc = read_record(hp, NODE_VM, &rec);
-	if (rc == -ENOENT) {
-		bks_error_clear(&hp->err);
-		return 0;
-	}
-	if (rc == 0 && strcmp(rec, u->vm))
+	rc = read_optional(hp, NODE_VM, &rec);
+	if (rc == 0 && rec && strcmp(rec, u->vm))
 		rc = bks_error_setmsg(&hp->err, EPERM,
 				      "prepare claimed this disk's rbd: images "
 				      "for VM %.128s (%s/%s), but its domain "

@@ -399,7 +399,7 @@ static int open_image(struct rbd_state *s, struct bks_error *err)
 	return 0;
 }
 
-/* ---- the claim ------------------------------------------------------------ */
+/* ---- the claim ---------------------------------------------------------- */
 
 /* The live holder a claim was refused for. */
 struct holder {
@@ -505,6 +505,8 @@ out:
 /* Take the claim for s->t.vm (see "Claims"): 0 or -errno with err set. */
 static int claim(struct rbd_state *s, struct bks_error *err)
 {
+	static const char nobody[] = "a blkstack disk that names no VM";
+	const char *mine = s->t.vm[0] ? "is VM " : "names no VM (vm=)";
 	char id[BKS_RBD_IMAGE_MAX + 1], desc[BKS_RBD_VM_MAX + 32];
 	struct holder live;
 	int rc = 0;
@@ -545,11 +547,11 @@ static int claim(struct rbd_state *s, struct bks_error *err)
 			continue; /* released meanwhile: again */
 		return bks_error_setmsg(
 		    err, EBUSY,
-		    "rbd:%s: the image is in use read-write by %s%s (%s at "
-		    "%s), and this disk %s%s; refusing to share it",
-		    s->t.name, live.tag[0] ? "VM " : "a blkstack disk that "
-		    "names no VM", live.tag, live.client, live.addr,
-		    s->t.vm[0] ? "is VM " : "names no VM (vm=)", s->t.vm);
+		    "rbd:%s: the image is in use read-write "
+		    "by %s%s (%s at %s), and this disk %s%s; "
+		    "refusing to share it",
+		    s->t.name, live.tag[0] ? "VM " : nobody, live.tag,
+		    live.client, live.addr, mine, s->t.vm);
 	}
 	return bks_error_setmsg(err, EBUSY,
 				"rbd:%s: the claim (lock %s on %s) is still "
@@ -699,8 +701,10 @@ static void sink_stats(void *state, struct bks_layer *self,
 	(void)self;
 	bks_stats_str(out, "image", s->t.name);
 	bks_stats_u64(out, "client", rados_get_instance_id(s->cluster));
-	bks_stats_str(out, "claim", !s->claimed ? "" : s->t.vm[0] ? s->t.vm
-								   : "exclusive");
+	if (!s->claimed)
+		bks_stats_str(out, "claim", "");
+	else
+		bks_stats_str(out, "claim", s->t.vm[0] ? s->t.vm : "exclusive");
 	bks_stats_u64(out, "in_flight", s->in_flight);
 	bks_stats_u64(out, "waiting", bks_req_queue_len(&s->wait));
 	bks_stats_u64(out, "completed", s->completed);

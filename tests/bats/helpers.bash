@@ -403,3 +403,16 @@ nothing_on() {
 	run grep -c "$(rundir "$1")" /proc/mounts
 	assert_output 0
 }
+
+# writer_done PID LOG N: the background writer PID (tests/worker/
+# acked-writes.py) is still running (else the test is skipped: its load
+# proved nothing), then ends within 120 s, status 0, with N acknowledged
+# writes in LOG.
+writer_done() {
+	local rc=0
+	gone "$1" && skip "the writer finished before prepare: the load proves nothing"
+	timeout 120 tail --pid="$1" -f /dev/null
+	wait "$1" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ "$(lines "$2")" = "$3" ]
+}

@@ -43,7 +43,8 @@ static void test_vm(void **state)
 	(void)state;
 	assert_int_equal(
 	    bks_rbd_target_parse(
-		"rbd/vm1,vm=/vm/0b7d2c3a-0000-4000-8000-00000000beef", &t, &err),
+		"rbd/vm1,vm=/vm/0b7d2c3a-0000-4000-8000-00000000beef", &t,
+		&err),
 	    0);
 	assert_string_equal(t.vm, "/vm/0b7d2c3a-0000-4000-8000-00000000beef");
 	assert_string_equal(t.name, "rbd/vm1");
@@ -199,10 +200,8 @@ static void test_chain_parse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_options),
-	    cmocka_unit_test(test_vm),
-	    cmocka_unit_test(test_refused),
+	    cmocka_unit_test(test_defaults),	cmocka_unit_test(test_options),
+	    cmocka_unit_test(test_vm),		cmocka_unit_test(test_refused),
 	    cmocka_unit_test(test_chain_parse),
 	};
 
