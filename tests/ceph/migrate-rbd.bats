@@ -250,3 +250,26 @@ print(len(json.load(sys.stdin)["watchers"]))'
 	assert_success
 	nothing_on a
 }
+
+@test "migrate-rbd: v1 add takes the VM from the domain: another VM's disk on another host is refused, the same VM's is not" {
+	local XENBUS_PATH
+	run attach_on a
+	assert_success
+	run as_b tsh b --keep-on-failure v1-attach
+	assert_failure
+	eval "$(as_b on b "$TOOLSTACK" --domid 4 --vm "$VM_B" paths)"
+	run on b xenstore-read "$XENBUS_PATH/hotplug-error"
+	assert_output --regexp "rbd:rbd/$IMG: the image is in use read-write by VM $VM \(client\.[0-9]+ at [^)]+\), and this disk is VM $VM_B; refusing to share it"
+	run as_b tsh b v1-detach
+	assert_success
+	nothing_on b
+	# VM A on host b (its /local/domain/3/vm): allowed.
+	run tsh b v1-attach
+	assert_success
+	run tsh b v1-detach
+	assert_success
+	nothing_on b
+	run tsh a v2-detach
+	assert_success
+	nothing_on a
+}
