@@ -41,7 +41,9 @@
  * lock is broken (rados_break_lock) and the claim tried again, three times
  * at most.  A live holder of another VM fails the open with EBUSY, naming
  * pool/image, the holder's VM, client and address.  A clean close releases
- * the claim after rbd_close() has flushed.  Read-only opens (snapshots)
+ * the claim after rbd_close() has flushed.  These are blocking calls,
+ * bounded by rados_osd_op_timeout, at open and close only, which block
+ * anyway; nothing of the claim runs in the loop.  Read-only opens (snapshots)
  * claim nothing and are never refused.  Limits: a client that is not
  * blkstack (rbd-nbd, krbd, qemu) takes no claim and is not seen; a live
  * holder whose watch is being re-established in the instant of the check
@@ -51,8 +53,9 @@
  * librbd acquires the lock at the first write and, when another client
  * asks for it (its own first write), releases it once its in-flight
  * requests are done; a migration's destination takes it from the source
- * that way (tests/ceph/migrate-rbd.bats proves it).  The owner's GID is
- * the stats op's "client".
+ * that way (tests/ceph/migrate-rbd.bats proves it).  The stats op's
+ * "client" is this layer's GID (client.GID in "rbd lock ls" and "rbd
+ * status").
  */
 #include <errno.h>
 #include <pthread.h>
