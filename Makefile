@@ -452,7 +452,7 @@ check-xen: deps-xen
 # directory.  Ends with "N passed, N failed, N skipped".
 DEB_CEPH := ceph-mon ceph-osd ceph-common librbd-dev fio libnbd-bin \
             qemu-utils bats bats-assert bats-support bats-file python3
-CEPH_SHELL_FILES := tests/ceph/cluster tests/ceph/check
+CEPH_SHELL_FILES := tests/ceph/cluster tests/ceph/check tests/ceph/ceph.bash
 .PHONY: deps-ceph check-ceph
 
 deps-ceph:

@@ -18,6 +18,7 @@ enum name_kind {
 	KIND_NAME,    /* pool, image, snapshot, client id */
 	KIND_CLUSTER, /* cluster name */
 	KIND_PATH,    /* conf, keyring */
+	KIND_VM,      /* vm */
 };
 
 static bool allowed(enum name_kind kind, char c)
@@ -30,6 +31,8 @@ static bool allowed(enum name_kind kind, char c)
 		return c == '.' || c == '+';
 	case KIND_PATH:
 		return c == '.' || c == '+' || c == '@' || c == ':' || c == '/';
+	case KIND_VM:
+		return c == '/';
 	default:
 		return false;
 	}
@@ -87,6 +90,13 @@ static int take_name(const char *what, enum name_kind kind, const char *s,
 			else if (rest >= 2 && e[0] == '.' && e[1] == '.' &&
 				 (rest == 2 || e[2] == '/'))
 				why = "has a '..' component";
+		}
+	} else if (kind == KIND_VM) {
+		if (s[0] != '/')
+			why = "does not start with '/'";
+		for (size_t i = 0; !why && i < n; i++) {
+			if (s[i] == '/' && (i + 1 == n || s[i + 1] == '/'))
+				why = "has an empty component";
 		}
 	} else if (s[0] == '.' || s[0] == '-') {
 		why = "starts with '.' or '-'";
@@ -161,8 +171,8 @@ static int parse_timeout(const char *v, size_t n, unsigned int *out,
 static int parse_option(struct bks_rbd_target *t, const char *s, size_t n,
 			bool *seen, struct bks_error *err)
 {
-	static const char *const keys[] = {"id",      "conf",	 "keyring",
-					   "cluster", "timeout", NULL};
+	static const char *const keys[] = {
+	    "id", "conf", "keyring", "cluster", "timeout", "vm", NULL};
 	const char *eq = memchr(s, '=', n);
 	size_t klen = eq ? (size_t)(eq - s) : n, vlen;
 	unsigned int k;
@@ -175,7 +185,8 @@ static int parse_option(struct bks_rbd_target *t, const char *s, size_t n,
 	if (!keys[k])
 		return bks_error_setmsg(err, EINVAL,
 					"unknown option '%s' (known: id, conf, "
-					"keyring, cluster, timeout); usage: %s",
+					"keyring, cluster, timeout, vm); "
+					"usage: %s",
 					q, BKS_RBD_USAGE);
 	if (!eq || eq + 1 == s + n)
 		return bks_error_setmsg(err, EINVAL,
@@ -200,15 +211,18 @@ static int parse_option(struct bks_rbd_target *t, const char *s, size_t n,
 	case 3:
 		return take_name("option 'cluster'", KIND_CLUSTER, eq + 1, vlen,
 				 t->cluster, BKS_RBD_CLUSTER_MAX, err);
-	default:
+	case 4:
 		return parse_timeout(eq + 1, vlen, &t->timeout_s, err);
+	default:
+		return take_name("option 'vm'", KIND_VM, eq + 1, vlen, t->vm,
+				 BKS_RBD_VM_MAX, err);
 	}
 }
 
 int bks_rbd_target_parse(const char *args, struct bks_rbd_target *t,
 			 struct bks_error *err)
 {
-	bool seen[5] = {false};
+	bool seen[6] = {false};
 	const char *comma, *p;
 	size_t n;
 	int rc;

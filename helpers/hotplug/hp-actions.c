@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "blkstack/chain.h"
+#include "blkstack/rbd-target.h"
 #include "hp-dev.h"
 #include "hp-error.h"
 #include "hp-policy.h"
@@ -67,6 +68,9 @@
 #define NODE_LOCAL_DEV "blkstack-local-dev"
 #define NODE_STAGE     "blkstack-stage"
 #define NODE_BACKEND   "blkstack-backend" /* v2: the backend add served */
+/* The VM prepare's rbd: layers claim for; (v2, optional) the toolstack's. */
+#define NODE_VM	   "blkstack-vm"
+#define NODE_TS_VM "vm"
 
 /* What the device-related actions work on. */
 struct target {
@@ -597,11 +601,13 @@ out:
 	return rc;
 }
 
+static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size);
+
 static int do_prepare(struct hp *hp, const struct target *t)
 {
 	struct bks_chain_spec spec;
 	struct writes w = {.clear_error = true};
-	char *chain = NULL, line[PATH_MAX + 256];
+	char *chain = NULL, line[PATH_MAX + 256], vm[BKS_RBD_VM_MAX + 1];
 	enum hp_dev_mech mech = HP_DEV_AUTO;
 	struct hp_dev stage;
 	bool made = false, new_worker = false;
@@ -617,6 +623,10 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	if (rc < 0)
 		goto out;
 	bks_chain_spec_free(&spec);
+	/* rbd: layers claim their image for the guest's VM (cross-host). */
+	rc = rbd_claim_chain(hp, &chain, vm, sizeof(vm));
+	if (rc < 0)
+		goto out;
 	if (!worker_running(t)) {
 		/*
 		 * The devices made for a worker that died are dead: they go
@@ -646,6 +656,7 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		goto out;
 	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
 	add_write(&w, records_dir(hp), NODE_STAGE, line);
+	add_write(&w, records_dir(hp), NODE_VM, vm[0] ? vm : NULL);
 	rc = commit(hp, &w);
 out:
 	if (rc < 0 && made) {
@@ -814,6 +825,156 @@ static int disk_usage(struct hp *hp, const struct target *t, bool rw,
 	return rc < 0 ? rc : hp_worker_images(pid, t->dir, rw, u, &hp->err);
 }
 
+/* ---- sharing across hosts: rbd: claims (drivers/rbd.c, "Claims") --------
+ *
+ * The worker of a disk with an rbd: sink claims the image for the guest's
+ * VM at open (prepare), through the sink's vm= option, which only this
+ * code sets: params naming vm= is refused.  The VM comes from the domain
+ * in v1 (XENBUS_PATH's frontend-id, /local/domain/N/vm), and in v2, where
+ * prepare may not know the domain, from HOTPLUG_PATH/vm when the
+ * toolstack wrote it (blkstack's addition to the interface).  prepare
+ * records what it claimed for (blkstack-vm), and add, which knows the
+ * domain, refuses a disk whose claim is not its domain's VM.
+ */
+
+/* Our record node, or *out NULL if there is none: 0 or -errno. */
+static int read_optional(struct hp *hp, const char *node, char **out)
+{
+	int rc = read_record(hp, node, out);
+
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		*out = NULL;
+		rc = 0;
+	}
+	return rc;
+}
+
+/* The guest's VM as prepare can know it, into vm ("" if unknown). */
+static int prepare_vm(struct hp *hp, char *vm, size_t size)
+{
+	char *v = NULL;
+	int rc;
+
+	vm[0] = '\0';
+	if (hp->env.iface != HP_IFACE_V2) {
+		domain_vm(hp, frontend_domid(hp), vm, size);
+		return 0;
+	}
+	rc = read_optional(hp, NODE_TS_VM, &v);
+	if (rc == 0 && v &&
+	    (strlen(v) >= size ||
+	     hp_xs_path_check(v, HP_PATH_ABSOLUTE, "HOTPLUG_PATH/vm",
+			      &hp->err) < 0))
+		rc = bks_error_setmsg(&hp->err, EINVAL,
+				      "%s/%s is not a VM path (/vm/UUID)",
+				      records_dir(hp), NODE_TS_VM);
+	if (rc == 0 && v)
+		snprintf(vm, size, "%s", v);
+	free(v);
+	return rc;
+}
+
+/*
+ * Add ",vm=VM" to every rbd: layer of *chain that opens an image (not a
+ * snapshot), VM as prepare_vm() finds it (into vm, "" if none: the
+ * layers then claim the image exclusively).  *chain is replaced when
+ * changed.  Returns 0, or -EINVAL with hp->err set (params names vm=, or
+ * the VM path is not one rbd: takes).
+ */
+static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size)
+{
+	struct bks_chain_spec spec = {0};
+	struct bks_rbd_target *rt = NULL;
+	size_t len = strlen(*chain), cap;
+	char *buf = NULL;
+	bool changed = false, any = false;
+	int rc, n;
+
+	vm[0] = '\0';
+	rc = bks_chain_parse(*chain, len, &spec, &hp->err);
+	for (unsigned int i = 0; rc == 0 && i < spec.n; i++)
+		any |= !strcmp(spec.layers[i].desc->name, "rbd");
+	if (rc < 0 || !any)
+		goto out;
+	rt = malloc(sizeof(*rt));
+	if (!rt) {
+		rc = bks_error_set(&hp->err, ENOMEM, "prepare");
+		goto out;
+	}
+	rc = prepare_vm(hp, vm, size);
+	for (unsigned int i = 0; rc == 0 && i < spec.n; i++) {
+		struct bks_layer_spec *l = &spec.layers[i];
+		char *args;
+
+		if (strcmp(l->desc->name, "rbd"))
+			continue;
+		rc = bks_rbd_target_parse(l->args, rt, &hp->err);
+		if (rc == 0 && rt->vm[0])
+			rc = bks_error_setmsg(&hp->err, EINVAL,
+					      "the disk target names vm= for "
+					      "rbd:%s: the VM is the domain's, "
+					      "blkstack-hotplug sets it",
+					      rt->name);
+		if (rc < 0 || rt->snap[0] || !vm[0])
+			continue;
+		if (asprintf(&args, "%s,vm=%s", l->args, vm) < 0) {
+			rc = bks_error_set(&hp->err, ENOMEM, "prepare");
+			break;
+		}
+		free(l->args);
+		l->args = args;
+		changed = true;
+	}
+	if (rc < 0 || !changed)
+		goto out;
+	cap = 2 * len + 4 * BKS_CHAIN_MAX_LAYERS * (size + 8) + 64;
+	buf = malloc(cap);
+	if (!buf) {
+		rc = bks_error_set(&hp->err, ENOMEM, "prepare");
+		goto out;
+	}
+	n = bks_chain_format(&spec, buf, cap);
+	bks_chain_spec_free(&spec);
+	if (n < 0)
+		rc = bks_error_setmsg(&hp->err, -n, "too long with vm=");
+	else
+		rc = bks_chain_parse(buf, (size_t)n, &spec, &hp->err);
+	if (rc < 0) {
+		bks_error_prepend(&hp->err, "the guest's VM path %s: ", vm);
+		goto out;
+	}
+	free(*chain);
+	*chain = buf;
+	buf = NULL;
+out:
+	bks_chain_spec_free(&spec);
+	free(buf);
+	free(rt);
+	return rc;
+}
+
+/*
+ * add: what prepare claimed rbd: images for (blkstack-vm) must be the
+ * domain's VM.  0, or -EPERM with hp->err set.
+ */
+static int check_claim_vm(struct hp *hp, const struct hp_usage *u)
+{
+	char *rec = NULL;
+	int rc;
+
+	rc = read_optional(hp, NODE_VM, &rec);
+	if (rc == 0 && rec && strcmp(rec, u->vm))
+		rc = bks_error_setmsg(&hp->err, EPERM,
+				      "prepare claimed this disk's rbd: images "
+				      "for VM %.128s (%s/%s), but its domain "
+				      "%ld is VM %s; refusing",
+				      rec, records_dir(hp), NODE_TS_VM,
+				      u->domid, u->vm[0] ? u->vm : "(none)");
+	free(rec);
+	return rc;
+}
+
 /* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */
 static bool id_ok(const char *s, const char *e, unsigned long max,
 		  unsigned long *out)
@@ -950,6 +1111,8 @@ static int do_add(struct hp *hp, const struct target *t)
 		goto out;
 	rw = !backend_read_only(hp);
 	rc = disk_usage(hp, t, rw, mine);
+	if (rc == 0)
+		rc = check_claim_vm(hp, mine);
 	if (rc < 0)
 		goto out;
 	/* Checked and recorded at once, host-wide, before the device. */
@@ -1035,6 +1198,7 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 		return first_rc;
 	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
+	add_write(&w, records_dir(hp), NODE_VM, NULL);
 	if (hp->env.iface == HP_IFACE_V2)
 		add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
 	rc = commit(hp, &w);

@@ -16,6 +16,10 @@
  * domain of a migration).  Images both use read-only (backing files, say)
  * may be shared by anyone.  And a backend directory is served by one disk
  * only.
+ *
+ * This rule sees this host's disks.  Across hosts, for rbd: images, the
+ * worker's rbd: layer claims its image in the cluster for the VM the
+ * hotplug helper gives it (vm=; drivers/rbd.c, "Claims"; docs/ceph.txt).
  */
 #ifndef BLKSTACK_HP_SHARE_H
 #define BLKSTACK_HP_SHARE_H

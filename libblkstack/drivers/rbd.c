@@ -25,6 +25,37 @@
  * zeroed extent.  When the OSDs are away, requests wait in librados (the
  * guest sees latency) for up to timeout= seconds, then fail with the
  * error librados gives (ETIMEDOUT).
+ *
+ * Claims (one image, one VM, across hosts).  A read-write open claims the
+ * image for the VM vm= names: a shared rados lock named "blkstack.vm" on
+ * the image's header object (rbd_header.ID), tagged with the VM path, with
+ * cookie "blkstack.GID" (GID: this client's global id, rados_get_instance_id;
+ * the locker is client.GID).  The OSD takes a shared lock only if every
+ * holder has the same tag, so two workers of one VM (a migration's source
+ * and destination, on two hosts) hold it together, and a worker of another
+ * VM is refused atomically, whatever the order.  Without vm= the claim is
+ * an exclusive lock of the same name: nobody shares with a disk that
+ * names no VM.  A holder that no longer watches the image (rbd_watchers_list
+ * has no watcher with its GID: a killed worker, once the OSD's watch
+ * timeout, osd_client_watch_timeout, has dropped its watch) is stale: its
+ * lock is broken (rados_break_lock) and the claim tried again, three times
+ * at most.  A live holder of another VM fails the open with EBUSY, naming
+ * pool/image, the holder's VM, client and address.  A clean close releases
+ * the claim after rbd_close() has flushed.  These are blocking calls,
+ * bounded by rados_osd_op_timeout, at open and close only, which block
+ * anyway; nothing of the claim runs in the loop.  Read-only opens (snapshots)
+ * claim nothing and are never refused.  Limits: a client that is not
+ * blkstack (rbd-nbd, krbd, qemu) takes no claim and is not seen; a live
+ * holder whose watch is being re-established in the instant of the check
+ * looks stale.
+ *
+ * The exclusive-lock feature (rbd create's default) needs nothing here:
+ * librbd acquires the lock at the first write and, when another client
+ * asks for it (its own first write), releases it once its in-flight
+ * requests are done; a migration's destination takes it from the source
+ * that way (tests/ceph/migrate-rbd.bats proves it).  The stats op's
+ * "client" is this layer's GID (client.GID in "rbd lock ls" and "rbd
+ * status").
  */
 #include <errno.h>
 #include <pthread.h>
@@ -46,6 +77,13 @@
 #define RBD_SLOTS 256
 /* Largest read or write. */
 #define RBD_MAX_IO (32u << 20)
+/* The claim's rados lock on the header object. */
+#define CLAIM_LOCK "blkstack.vm"
+/* Claim attempts, each after breaking stale holders. */
+#define CLAIM_TRIES 3
+/* Most watchers and lockers looked at. */
+#define CLAIM_MAX_WATCHERS 64
+#define CLAIM_LIST_BYTES   4096
 
 struct rbd_state;
 
@@ -69,6 +107,12 @@ struct rbd_state {
 	rbd_image_t image;
 	bool have_cluster, have_io, have_image;
 	uint64_t size;
+
+	/* The claim (see "Claims"). */
+	uint64_t gid;
+	char header[BKS_RBD_IMAGE_MAX + 32]; /* rbd_header.ID */
+	char cookie[32];		     /* blkstack.GID */
+	bool claimed;
 
 	int efd;
 	struct bks_watch watch;
@@ -358,6 +402,166 @@ static int open_image(struct rbd_state *s, struct bks_error *err)
 	return 0;
 }
 
+/* ---- the claim ---------------------------------------------------------- */
+
+/* The live holder a claim was refused for. */
+struct holder {
+	char client[64], addr[128], tag[BKS_RBD_VM_MAX + 1];
+	bool exclusive;
+};
+
+/* Is the client named "client.GID" among the n watchers? */
+static bool watching(const rbd_image_watcher_t *w, size_t n, const char *who)
+{
+	unsigned long long gid;
+	char *end;
+
+	if (strncmp(who, "client.", 7))
+		return true; /* not a client: cannot tell, keep it */
+	errno = 0;
+	gid = strtoull(who + 7, &end, 10);
+	if (errno || *end || end == who + 7)
+		return true;
+	for (size_t i = 0; i < n; i++) {
+		if (w[i].id >= 0 && (unsigned long long)w[i].id == gid)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Break the claim locks of holders that no longer watch the image.
+ * Returns how many were broken, or -errno with err set; with none
+ * broken, *live is the first live holder.
+ */
+static int break_stale(struct rbd_state *s, struct holder *live,
+		       struct bks_error *err)
+{
+	rbd_image_watcher_t w[CLAIM_MAX_WATCHERS];
+	size_t nw = CLAIM_MAX_WATCHERS, tag_len, cl_len, ck_len, ad_len;
+	char *tag = NULL, *clients = NULL, *cookies = NULL, *addrs = NULL;
+	const char *c, *k, *a;
+	int excl = 0, rc, broken = 0;
+	ssize_t n;
+
+	memset(live, 0, sizeof(*live));
+	tag = calloc(4, CLAIM_LIST_BYTES);
+	if (!tag)
+		return bks_error_set(err, ENOMEM, "rbd:%s: claim", s->t.name);
+	clients = tag + CLAIM_LIST_BYTES;
+	cookies = clients + CLAIM_LIST_BYTES;
+	addrs = cookies + CLAIM_LIST_BYTES;
+	tag_len = cl_len = ck_len = ad_len = CLAIM_LIST_BYTES - 1;
+	n = rados_list_lockers(s->io, s->header, CLAIM_LOCK, &excl, tag,
+			       &tag_len, clients, &cl_len, cookies, &ck_len,
+			       addrs, &ad_len);
+	if (n < 0) {
+		rc = bks_error_set(err, (int)-n,
+				   "rbd:%s: listing the holders of the "
+				   "claim (lock %s on %s)",
+				   s->t.name, CLAIM_LOCK, s->header);
+		goto out;
+	}
+	rc = rbd_watchers_list(s->image, w, &nw);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "rbd:%s: listing the watchers",
+				   s->t.name);
+		goto out;
+	}
+	c = clients;
+	k = cookies;
+	a = addrs;
+	for (ssize_t i = 0; i < n; i++) {
+		if (!watching(w, nw, c)) {
+			rc = rados_break_lock(s->io, s->header, CLAIM_LOCK, c,
+					      k);
+			if (rc < 0 && rc != -ENOENT) {
+				rc = bks_error_set(err, -rc,
+						   "rbd:%s: breaking the "
+						   "stale claim of %s",
+						   s->t.name, c);
+				break;
+			}
+			rc = 0;
+			broken++;
+		} else if (!live->client[0]) {
+			snprintf(live->client, sizeof(live->client), "%s", c);
+			snprintf(live->addr, sizeof(live->addr), "%s", a);
+			snprintf(live->tag, sizeof(live->tag), "%s", tag);
+			live->exclusive = excl != 0;
+			bks_sanitize_line(live->client);
+			bks_sanitize_line(live->addr);
+			bks_sanitize_line(live->tag);
+		}
+		c += strlen(c) + 1;
+		k += strlen(k) + 1;
+		a += strlen(a) + 1;
+	}
+	rbd_watchers_list_cleanup(w, nw);
+	if (rc == 0)
+		rc = broken;
+out:
+	free(tag);
+	return rc;
+}
+
+/* Take the claim for s->t.vm (see "Claims"): 0 or -errno with err set. */
+static int claim(struct rbd_state *s, struct bks_error *err)
+{
+	static const char nobody[] = "a blkstack disk that names no VM";
+	const char *mine = s->t.vm[0] ? "is VM " : "names no VM (vm=)";
+	char id[BKS_RBD_IMAGE_MAX + 1], desc[BKS_RBD_VM_MAX + 32];
+	struct holder live;
+	int rc = 0;
+
+	s->gid = rados_get_instance_id(s->cluster);
+	rc = rbd_get_id(s->image, id, sizeof(id));
+	if (rc < 0)
+		return bks_error_set(err, -rc, "rbd:%s: the image's id",
+				     s->t.name);
+	snprintf(s->header, sizeof(s->header), "rbd_header.%s", id);
+	snprintf(s->cookie, sizeof(s->cookie), "blkstack.%llu",
+		 (unsigned long long)s->gid);
+	snprintf(desc, sizeof(desc), "blkstack vm %s",
+		 s->t.vm[0] ? s->t.vm : "(none)");
+	for (unsigned int i = 0; i < CLAIM_TRIES; i++) {
+		if (s->t.vm[0])
+			rc = rados_lock_shared(s->io, s->header, CLAIM_LOCK,
+					       s->cookie, s->t.vm, desc, NULL,
+					       0);
+		else
+			rc = rados_lock_exclusive(s->io, s->header, CLAIM_LOCK,
+						  s->cookie, desc, NULL, 0);
+		if (rc == 0 || rc == -EEXIST) {
+			s->claimed = true;
+			return 0;
+		}
+		if (rc != -EBUSY)
+			return bks_error_set(err, -rc,
+					     "rbd:%s: claiming the image (lock "
+					     "%s on %s)",
+					     s->t.name, CLAIM_LOCK, s->header);
+		rc = break_stale(s, &live, err);
+		if (rc < 0)
+			return rc;
+		if (rc > 0)
+			continue; /* stale holders gone: again */
+		if (!live.client[0])
+			continue; /* released meanwhile: again */
+		return bks_error_setmsg(
+		    err, EBUSY,
+		    "rbd:%s: the image is in use read-write "
+		    "by %s%s (%s at %s), and this disk %s%s; "
+		    "refusing to share it",
+		    s->t.name, live.tag[0] ? "VM " : nobody, live.tag,
+		    live.client, live.addr, mine, s->t.vm);
+	}
+	return bks_error_setmsg(err, EBUSY,
+				"rbd:%s: the claim (lock %s on %s) is still "
+				"held after %d tries",
+				s->t.name, CLAIM_LOCK, s->header, CLAIM_TRIES);
+}
+
 static int sink_check(const char *args, struct bks_error *err)
 {
 	struct bks_rbd_target t;
@@ -417,6 +621,8 @@ static int sink_open(void *state, struct bks_layer *self,
 	rc = connect_cluster(s, err);
 	if (rc == 0)
 		rc = open_image(s, err);
+	if (rc == 0 && !s->read_only)
+		rc = claim(s, err);
 	if (rc < 0)
 		goto out;
 	rc = bks_watch_add(s->loop, &s->watch, s->efd, EPOLLIN, on_event, s);
@@ -440,6 +646,10 @@ static void sink_close(void *state, struct bks_layer *self)
 		bks_watch_del(&s->watch);
 	if (s->have_image)
 		rbd_close(s->image);
+	/* After rbd_close() has flushed: then another VM may write. */
+	if (s->claimed)
+		rados_unlock(s->io, s->header, CLAIM_LOCK, s->cookie);
+	s->claimed = false;
 	if (s->have_io)
 		rados_ioctx_destroy(s->io);
 	if (s->have_cluster)
@@ -493,6 +703,11 @@ static void sink_stats(void *state, struct bks_layer *self,
 
 	(void)self;
 	bks_stats_str(out, "image", s->t.name);
+	bks_stats_u64(out, "client", rados_get_instance_id(s->cluster));
+	if (!s->claimed)
+		bks_stats_str(out, "claim", "");
+	else
+		bks_stats_str(out, "claim", s->t.vm[0] ? s->t.vm : "exclusive");
 	bks_stats_u64(out, "in_flight", s->in_flight);
 	bks_stats_u64(out, "waiting", bks_req_queue_len(&s->wait));
 	bks_stats_u64(out, "completed", s->completed);

@@ -324,3 +324,95 @@ assert_no_leftovers() {
 	assert_output 0
 }
 
+
+# ---- two hosts (migrate-nbd.bats, tests/ceph/migrate-rbd.bats) ----------------
+
+# hosts_setup: two hosts, a and b, each its own real xenstored (XA, XB)
+# and run directory (RA, RB): the script, workers, devices and records of
+# one host never see the other's.  The tests set TARGET (the disk's params)
+# and VM (the guest's /vm path); DOMID (default 3) is the guest's domid.
+# hosts_teardown: whatever a test left on either host (devices, workers),
+# then both daemons.
+hosts_setup() {
+	export BLKSTACK_DEVICE=loop
+	XA=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xsd.XXXXXX")
+	XB=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xsd.XXXXXX")
+	"$XSD" start "$XA" >/dev/null
+	"$XSD" start "$XB" >/dev/null
+	RA=$BATS_TEST_TMPDIR/run-a
+	RB=$BATS_TEST_TMPDIR/run-b
+}
+
+hosts_teardown() {
+	local h d
+	for h in a b; do
+		tsh "$h" v2-detach >/dev/null 2>&1 || true
+		for d in "$(rundir "$h")"/*/; do
+			[ -d "$d" ] || continue
+			on "$h" "$BIN/blkstack-ctl" destroy --name "$(basename "$d")" \
+				>/dev/null 2>&1 || true
+		done
+	done
+	worker_teardown
+	for h in "${XA:-}" "${XB:-}"; do
+		[ -n "$h" ] || continue
+		"$XSD" stop "$h"
+		rm -rf -- "$h"
+	done
+}
+
+# rundir a|b: that host's run directory.
+rundir() {
+	if [ "$1" = a ]; then echo "$RA"; else echo "$RB"; fi
+}
+
+# on a|b CMD...: CMD on that host (its xenstored, its run directory).
+on() {
+	local h=$1 x=$XA
+	shift
+	[ "$h" = a ] || x=$XB
+	XENSTORED_PATH=$x/socket BLKSTACK_RUNDIR=$(rundir "$h") "$@"
+}
+
+# tsh a|b ARGS...: the toolstack driver on that host, for the VM's disk.
+tsh() {
+	local h=$1
+	shift
+	on "$h" "$TOOLSTACK" --quiet --script "$SCRIPT" --target "$TARGET" \
+		--domid "${DOMID:-3}" --vm "$VM" "$@"
+}
+
+# hp_path a|b: that host's HOTPLUG_PATH of the disk.
+hp_path() {
+	local HOTPLUG_PATH
+	eval "$(on "$1" "$TOOLSTACK" --domid "${DOMID:-3}" --vm "$VM" paths)"
+	printf '%s\n' "$HOTPLUG_PATH"
+}
+
+# hp a|b NODE: that host's hotplug node NODE of the disk.
+hp() {
+	on "$1" xenstore-read "$(hp_path "$1")/$2"
+}
+
+# Nothing of the disk is left on host h.
+nothing_on() {
+	run on "$1" "$BIN/blkstack-ctl" list
+	assert_output ""
+	run bash -c "losetup -a | grep -c '$(rundir "$1")'"
+	assert_output 0
+	run grep -c "$(rundir "$1")" /proc/mounts
+	assert_output 0
+}
+
+# writer_done PID LOG N: the background writer PID (tests/worker/
+# acked-writes.py) is still running (else the test is skipped: its load
+# proved nothing), then ends within 120 s, status 0, with N acknowledged
+# writes in LOG.
+writer_done() {
+	local rc=0
+	gone "$1" && skip "the writer finished before prepare: the load proves nothing"
+	timeout 120 tail --pid="$1" -f /dev/null
+	wait "$1" || rc=$?
+	[ "$rc" -eq 0 ]
+	[ "$(lines "$2")" = "$3" ]
+}

@@ -6,27 +6,14 @@
 # make check-ceph (not make check).  Every wait is bounded.
 
 load ../bats/helpers
-
-CLUSTER=$TOP/tests/ceph/cluster
+load ceph
 
 setup_file() {
-	if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
-		skip "the Ceph daemons are not installed (make deps-ceph)"
-	fi
-	CEPH_DIR=$(mktemp -d /var/tmp/blkstack-ceph.XXXXXX)
-	export CEPH_DIR CEPH_CONF_FILE=$CEPH_DIR/ceph.conf
-	"$CLUSTER" start "$CEPH_DIR" >&3 2>&3 || {
-		"$CLUSTER" stop "$CEPH_DIR" || true
-		return 1
-	}
+	ceph_setup_file
 }
 
 teardown_file() {
-	[ -n "${CEPH_DIR:-}" ] || return 0
-	"$CLUSTER" stop "$CEPH_DIR"
-	case $CEPH_DIR in
-	/var/tmp/blkstack-ceph.*) rm -rf -- "$CEPH_DIR" ;;
-	esac
+	ceph_teardown_file
 }
 
 setup() {
@@ -39,11 +26,6 @@ teardown() {
 	if [ ! -s "$CEPH_DIR/run/osd.0.pid" ]; then
 		"$CLUSTER" osd-start "$CEPH_DIR" || true
 	fi
-}
-
-# rbdc ARGS...: the rbd CLI on the test cluster, bounded.
-rbdc() {
-	timeout 60 rbd -c "$CEPH_CONF_FILE" "$@"
 }
 
 # chain [IMAGE[@SNAP]] [OPTIONS]: the rbd: chain of an image of the cluster.

@@ -29,7 +29,44 @@ static void test_defaults(void **state)
 	assert_string_equal(t.keyring, "");
 	assert_string_equal(t.cluster, "ceph");
 	assert_int_equal(t.timeout_s, BKS_RBD_TIMEOUT_DEFAULT);
+	assert_string_equal(t.vm, "");
 	assert_string_equal(t.name, "rbd/vm1");
+}
+
+/* vm=: the VM a read-write open claims the image for. */
+static void test_vm(void **state)
+{
+	struct bks_rbd_target t;
+	struct bks_error err = {0};
+	char v[200];
+
+	(void)state;
+	assert_int_equal(
+	    bks_rbd_target_parse(
+		"rbd/vm1,vm=/vm/0b7d2c3a-0000-4000-8000-00000000beef", &t,
+		&err),
+	    0);
+	assert_string_equal(t.vm, "/vm/0b7d2c3a-0000-4000-8000-00000000beef");
+	assert_string_equal(t.name, "rbd/vm1");
+	/* Any position among the options; a snapshot may name one too. */
+	assert_int_equal(
+	    bks_rbd_target_parse("rbd/vm1@s,vm=/v_1,timeout=3", &t, &err), 0);
+	assert_string_equal(t.vm, "/v_1");
+	assert_int_equal(t.timeout_s, 3);
+	/* The longest. */
+	v[0] = '/';
+	memset(v + 1, 'a', BKS_RBD_VM_MAX - 1);
+	snprintf(v + BKS_RBD_VM_MAX, sizeof(v) - BKS_RBD_VM_MAX, "%s", "");
+	{
+		char a[260];
+
+		snprintf(a, sizeof(a), "rbd/i,vm=%s", v);
+		assert_int_equal(bks_rbd_target_parse(a, &t, &err), 0);
+		assert_int_equal(strlen(t.vm), BKS_RBD_VM_MAX);
+		snprintf(a, sizeof(a), "rbd/i,vm=%sa", v);
+		assert_int_equal(bks_rbd_target_parse(a, &t, &err), -EINVAL);
+		assert_non_null(strstr(err.msg, "longer than 128 bytes"));
+	}
 }
 
 static void test_options(void **state)
@@ -137,6 +174,17 @@ static void test_refused(void **state)
 	refused("rbd/vm,timeout=99999999999999999999", "from 1 to 600");
 	refused("rbd/vm,timeout=-1", "from 1 to 600");
 	refused("rbd/vm,timeout=1s", "from 1 to 600");
+
+	refused("rbd/vm,vm=", "option 'vm' has no value");
+	refused("rbd/vm,vm=vm/1", "does not start with '/'");
+	refused("rbd/vm,vm=/", "has an empty component");
+	refused("rbd/vm,vm=/vm/", "has an empty component");
+	refused("rbd/vm,vm=/vm//1", "has an empty component");
+	refused("rbd/vm,vm=/vm/./1", "character '.'");
+	refused("rbd/vm,vm=/vm/a@b", "character '@'");
+	refused("rbd/vm,vm=/vm/a b", "character ' '");
+	refused("rbd/vm,vm=/vm/a\n", "character '?'");
+	refused("rbd/vm,vm=/a,vm=/a", "option 'vm' is given twice");
 }
 
 /* The chain parser runs the same check (the parse-only table). */
@@ -145,14 +193,15 @@ static void test_chain_parse(void **state)
 	(void)state;
 	unit_chain_parse("log:|rbd:rbd/vm1@snap,timeout=5", NULL);
 	unit_chain_parse("rbd:rbd/vm1,conf=relative", "not an absolute path");
+	unit_chain_parse("rbd:rbd/vm1,vm=/vm/1", NULL);
+	unit_chain_parse("rbd:rbd/vm1,vm=/vm/$x", "character '$'");
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_defaults),
-	    cmocka_unit_test(test_options),
-	    cmocka_unit_test(test_refused),
+	    cmocka_unit_test(test_defaults),	cmocka_unit_test(test_options),
+	    cmocka_unit_test(test_vm),		cmocka_unit_test(test_refused),
 	    cmocka_unit_test(test_chain_parse),
 	};
 

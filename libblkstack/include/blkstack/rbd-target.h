@@ -4,7 +4,7 @@
  * snapshot, as whom, and how long to wait for the cluster.
  *
  *   rbd:POOL/IMAGE[@SNAP][,id=CLIENT][,conf=PATH][,keyring=PATH]
- *       [,cluster=NAME][,timeout=SECONDS]
+ *       [,cluster=NAME][,timeout=SECONDS][,vm=VMPATH]
  *
  * POOL, IMAGE, SNAP and CLIENT are names: [A-Za-z0-9_.+-], not starting
  * with '.' or '-', POOL at most 127 bytes, IMAGE and SNAP at most 95
@@ -16,7 +16,12 @@
  * reads its default search path (CEPH_CONF, /etc/ceph/NAME.conf, ...).
  * timeout= (1..600, default 20) bounds connecting (client_mount_timeout),
  * every mon command (rados_mon_op_timeout) and every OSD op
- * (rados_osd_op_timeout).  Every option at most once.
+ * (rados_osd_op_timeout).  vm= names the VM a read-write open claims
+ * the image for (rbd.c, "Claims"): VMPATH is '/' and then at most
+ * BKS_RBD_VM_MAX - 1 bytes of [A-Za-z0-9_/-] with no empty component
+ * ("/vm/UUID", as libxl's /local/domain/N/vm); the hotplug helper adds it
+ * from the domain, never from the disk's params.  Every option at most
+ * once.
  *
  * Parsing needs no librbd: bks_chain_parse() (the parse-only table) runs
  * it through the driver's check.
@@ -34,6 +39,7 @@
 #define BKS_RBD_ID_MAX	    63
 #define BKS_RBD_CLUSTER_MAX 31
 #define BKS_RBD_PATH_MAX    1023
+#define BKS_RBD_VM_MAX	    128
 
 /* timeout=, in seconds. */
 #define BKS_RBD_TIMEOUT_DEFAULT 20
@@ -48,6 +54,7 @@ struct bks_rbd_target {
 	char keyring[BKS_RBD_PATH_MAX + 1];    /* "": the conf's keyring */
 	char cluster[BKS_RBD_CLUSTER_MAX + 1]; /* "ceph" unless cluster= */
 	unsigned int timeout_s;
+	char vm[BKS_RBD_VM_MAX + 1]; /* "": no VM named */
 	/* "POOL/IMAGE[@SNAP]" for messages (sanitised when refused). */
 	char name[BKS_RBD_POOL_MAX + 2 * BKS_RBD_IMAGE_MAX + 3];
 };
@@ -55,7 +62,7 @@ struct bks_rbd_target {
 /* The rbd: sink's usage line. */
 #define BKS_RBD_USAGE                                                          \
 	"rbd:POOL/IMAGE[@SNAP][,id=CLIENT][,conf=PATH][,keyring=PATH]"         \
-	"[,cluster=NAME][,timeout=SECONDS]"
+	"[,cluster=NAME][,timeout=SECONDS][,vm=VMPATH]"
 
 /*
  * Parse args (untrusted text) into *t.  Returns 0, or -EINVAL with err
