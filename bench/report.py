@@ -833,9 +833,11 @@ def main():
            for w in WORKLOADS):
         a("The same device on the worker's own FUSE export (`--fuse-mount`, "
           "libblkstack/export/fuse/): a loop device on the file the worker "
-          "serves itself, with no blkstack-fuse and no NBD hop.  The "
-          "hotplug helper does not use it yet: unlike blkstack-fuse, its "
-          "file does not survive a restart of the worker.")
+          "serves itself, with no blkstack-fuse and no NBD hop: the "
+          "hotplug helper's fuse mechanism, which auto picks without the "
+          "nbd module where workers are supervised on Linux 6.9+ (the "
+          "supervisor keeps the file across a worker's restart); "
+          "elsewhere auto keeps blkstack-fuse.")
         a("")
         a("| workload | unit | " + PEER_LABEL["loop"] + " | "
           + PEER_LABEL["fallback"] + " | " + PEER_LABEL["wfuse"]
