@@ -319,6 +319,197 @@ def write_live(a, live, m):
         a("")
 
 
+# The rbd part (issue 18): blkstack's rbd: sink against qemu-nbd's rbd
+# driver (and rbd-nbd, a kernel NBD device, where the nbd module exists)
+# on one image of a private single-node cluster; and hotplug v2 prepare
+# and add of an rbd: disk beside a local file's.
+RBD_PEERS = ["rbd-bks", "rbd-qemu", "rbd-nbd"]
+RBD_PEER_LABEL = {
+    "rbd-bks": "blkstack `rbd:`",
+    "rbd-qemu": "qemu-nbd rbd",
+    "rbd-nbd": "rbd-nbd (/dev/nbdN, libaio O_DIRECT)",
+}
+RBD_HP_KINDS = ["file", "rbd"]
+RBD_HP_ACTIONS = ["version", "prepare", "add", "remove", "unprepare"]
+T_RBD_VS_QEMU = 1.0    # every workload: blkstack rbd: >= qemu-nbd rbd
+T_RBD_ADD_VS_FILE = 2.0  # rbd: add median <= 2x the file's, same run
+
+
+def read_rbd(res, m, rounds, runtime, ramp):
+    """The rbd part's figures, or None where it neither ran nor was
+    skipped (older runs, runs without the part)."""
+    rrounds = int(m.get("rbd_rounds", "0") or 0)
+    wl = {}
+    for w, (direction, unit) in WORKLOADS.items():
+        row = {"unit": unit, "peers": {}}
+        for p in RBD_PEERS:
+            vals, sus = [], []
+            for r in range(1, max(rounds, rrounds) + 1):
+                path = os.path.join(res, f"fio.{p}.{w}.{r}.json")
+                if not os.path.exists(path):
+                    continue
+                v, _c, io = read_fio(path, direction, unit)
+                vals.append(v)
+                su = server_us_per_io(res, p, w, r, io, runtime, ramp)
+                if su is not None:
+                    sus.append(su)
+            row["peers"][p] = {
+                "runs": vals,
+                "median": statistics.median(vals) if vals else None,
+                "min": min(vals) if vals else None,
+                "max": max(vals) if vals else None,
+                "server_us_per_io": statistics.median(sus) if sus else None,
+            }
+        med = {p: row["peers"][p]["median"] for p in RBD_PEERS}
+        row["ratios"] = {
+            "bks_vs_qemu": ratio(med["rbd-bks"], med["rbd-qemu"]),
+            "bks_vs_rbd_nbd": ratio(med["rbd-bks"], med["rbd-nbd"]),
+        }
+        wl[w] = row
+    hp = {}
+    for kind in RBD_HP_KINDS:
+        for act in RBD_HP_ACTIONS:
+            vals = read_numbers(os.path.join(res, f"rbdhp.{kind}.{act}"))
+            hp[f"{kind}.{act}"] = {
+                "runs": len(vals), "ms": vals,
+                "median_ms": statistics.median(vals) if vals else None,
+                "p90_ms": pct(vals, 90),
+                "min_ms": min(vals) if vals else None,
+                "max_ms": max(vals) if vals else None,
+            }
+    ran = (any(wl[w]["peers"][p]["runs"] for w in wl for p in RBD_PEERS)
+           or any(v["runs"] for v in hp.values()))
+    if not ran and not m.get("rbd_skipped"):
+        return None
+    return {
+        "skipped": m.get("rbd_skipped"),
+        "rbd_nbd_skipped": m.get("rbd_nbd_skipped"),
+        "rounds": rrounds, "lat_runs": int(m.get("rbd_lat_runs", "0") or 0),
+        "ceph": m.get("ceph"), "qemu_block_extra": m.get("qemu_block_extra"),
+        "rbd_cache": m.get("rbd_cache"),
+        "workloads": wl, "hotplug": hp,
+        "add_rbd_vs_file": ratio(hp["rbd.add"]["median_ms"],
+                                 hp["file.add"]["median_ms"]),
+        "prepare_rbd_vs_file": ratio(hp["rbd.prepare"]["median_ms"],
+                                     hp["file.prepare"]["median_ms"]),
+    }
+
+
+def rbd_targets(rbd, target, cmp):
+    """MET/MISSED for the rbd part (bench/README.md, Targets)."""
+    out = []
+    if rbd is None:
+        return out
+    why = rbd["skipped"] or ""
+    for w in WORKLOADS:
+        row = rbd["workloads"][w]
+        v = row["ratios"]["bks_vs_qemu"]
+        a, b = row["peers"]["rbd-bks"], row["peers"]["rbd-qemu"]
+        note = why
+        if (v is not None and len(a["runs"]) > 1 and len(b["runs"]) > 1
+                and not (a["max"] < b["min"] or b["max"] < a["min"])):
+            note = (f"within the run-to-run noise: over the rounds "
+                    f"blkstack rbd: ranged {fmt(a['min'])}-{fmt(a['max'])} "
+                    f"and qemu-nbd rbd {fmt(b['min'])}-{fmt(b['max'])} "
+                    f"{row['unit']}")
+        out.append(target(
+            f"rbd: {WORKLOAD_LABEL[w]}: blkstack rbd: >= qemu-nbd rbd",
+            v, cmp(v, lambda x: x >= T_RBD_VS_QEMU), fmt_ratio(v), note))
+    hp = rbd["hotplug"]
+    v = rbd["add_rbd_vs_file"]
+    shown = ("n/a" if v is None else
+             f"{hp['rbd.add']['median_ms']:.1f} ms vs "
+             f"{hp['file.add']['median_ms']:.1f} ms ({fmt_ratio(v)})")
+    out.append(target(
+        "rbd: v2 add of an rbd: disk, median <= 2x a local file's add "
+        "median (same run)", v, cmp(v, lambda x: x <= T_RBD_ADD_VS_FILE),
+        shown, why))
+    return out
+
+
+def write_rbd(a, rbd, m):
+    a("## rbd: (Ceph)")
+    a("")
+    if rbd["skipped"]:
+        a(f"Skipped: {rbd['skipped']}.")
+        a("")
+        return
+    a("blkstack's `rbd:` sink (`blkstack-worker --chain "
+      "rbd:rbd/IMG,conf=CONF`) against QEMU's rbd driver (`qemu-nbd -f raw "
+      "--cache=none --persistent -k SOCK rbd:rbd/IMG:conf=CONF`, "
+      f"qemu-block-extra {rbd['qemu_block_extra']}) on the same "
+      f"{m.get('size_mb')} MiB image, filled with random data first; "
+      "fio's nbd engine on each one's Unix socket, the data path's four "
+      f"workloads, {rbd['rounds']} interleaved round(s), medians.  Both "
+      "clients read the same configuration, rbd cache "
+      f"{'off' if rbd['rbd_cache'] == 'false' else rbd['rbd_cache']}.  "
+      f"The cluster ({rbd['ceph']}) is private and single-node: one "
+      "mon and one OSD on a file-backed bluestore, on this same machine, "
+      "pool size 1: the figures measure the client path (librbd, the "
+      "messenger, the server), not Ceph.")
+    a("")
+    shown = [p for p in RBD_PEERS
+             if any(rbd["workloads"][w]["peers"][p]["runs"]
+                    for w in WORKLOADS)]
+    if rbd["rbd_nbd_skipped"]:
+        a(f"rbd-nbd: skipped: {rbd['rbd_nbd_skipped']}; a kernel NBD "
+          "device is what it maps, so there is no rbd-nbd peer on this "
+          "machine.")
+        a("")
+    if shown:
+        has_nbd = "rbd-nbd" in shown
+        a("| workload | unit | "
+          + " | ".join(RBD_PEER_LABEL[p] for p in shown)
+          + " | blkstack÷qemu-nbd" + (" | blkstack÷rbd-nbd" if has_nbd else "")
+          + " | spread (lowest-highest): "
+          + ", ".join(RBD_PEER_LABEL[p] for p in shown)
+          + " | CPU µs/request: "
+          + ", ".join(RBD_PEER_LABEL[p] for p in shown) + " |")
+        a("|" + " --- |" * (2 + len(shown) + 1 + has_nbd + 2))
+        for w, row in rbd["workloads"].items():
+            pe = row["peers"]
+            if not any(pe[p]["runs"] for p in shown):
+                continue
+            cells = [WORKLOAD_LABEL[w], row["unit"]]
+            cells += [fmt(pe[p]["median"]) for p in shown]
+            cells.append(fmt_ratio(row["ratios"]["bks_vs_qemu"]))
+            if has_nbd:
+                cells.append(fmt_ratio(row["ratios"]["bks_vs_rbd_nbd"]))
+            cells.append(" / ".join(
+                f"{fmt(pe[p]['min'])}-{fmt(pe[p]['max'])}"
+                if pe[p]["runs"] else "n/a" for p in shown))
+            cells.append(" / ".join(fmt(pe[p]["server_us_per_io"], 2)
+                                    for p in shown))
+            a("| " + " | ".join(cells) + " |")
+        a("")
+        a("CPU µs/request: the server's threads (librbd's and the "
+          "messenger's are in the server's process), utime + stime of "
+          "/proc/PID/stat over the run, against fio's request count, as "
+          "in the data path.  The OSD's and the mon's CPU is not in it: "
+          "on a 2-core machine they compete with the client for the same "
+          "cores, which moves every throughput figure here.")
+        a("")
+    hp = rbd["hotplug"]
+    if any(v["runs"] for v in hp.values()):
+        a("Hotplug v2 of an rbd: disk (`log:|rbd:rbd/IMG,conf=CONF`) and "
+          "of a local 64 MiB file (`log:|aio:FILE`), the same steps "
+          "interleaved in each run, on the private xenstored with "
+          "BLKSTACK_DEVICE=loop (as the blackout part): prepare starts the "
+          "worker (for rbd: its cluster connection and image open) and "
+          "the FUSE file; add is the loop device on it.")
+        a("")
+        a("| action | file: runs | file: median ms | file: p90 ms | "
+          "rbd: runs | rbd: median ms | rbd: p90 ms | rbd÷file |")
+        a("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for act in RBD_HP_ACTIONS:
+            f, r = hp[f"file.{act}"], hp[f"rbd.{act}"]
+            a(f"| {'**add**' if act == 'add' else act} | {f['runs']} | "
+              f"{fmt(f['median_ms'])} | {fmt(f['p90_ms'])} | {r['runs']} | "
+              f"{fmt(r['median_ms'])} | {fmt(r['p90_ms'])} | "
+              f"{fmt_ratio(ratio(r['median_ms'], f['median_ms']))} |")
+        a("")
+
+
 def main():
     res, out_md, out_json = sys.argv[1:4]
     m = read_env(os.path.join(res, "machine.env"))
@@ -697,6 +888,8 @@ def main():
                f"{len(bks_checks)} clean",
                "; ".join(bad_checks)[:400]),
     ]
+    rbd = read_rbd(res, m, rounds, runtime, ramp)
+    targets += rbd_targets(rbd, target, cmp)
     quick_note = ("QUICK run: one short round, so confirm on a full run "
                   "on an idle machine")
     for t in targets:
@@ -756,6 +949,8 @@ def main():
            "blackout_add_net_speedup_vs_xen_block": net_speedup,
            "scale": scale, "recovery": recovery, "live": live,
            "targets": targets}
+    if rbd is not None:
+        doc["rbd"] = rbd
     with open(out_json, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=False)
         f.write("\n")
@@ -1139,6 +1334,8 @@ def main():
           f"({fmt(r['min_ms'])}-{fmt(r['max_ms'])}) | "
           f"{'YES' if r['writer_failed'] else 'no'} |")
     a("")
+    if rbd is not None:
+        write_rbd(a, rbd, m)
     a("## Targets")
     a("")
     a("| target | measured | status | why missed |")
