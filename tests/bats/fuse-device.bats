@@ -18,9 +18,20 @@ teardown() {
 	hotplug_teardown
 }
 
-# The worker's directory and pid, once prepare has run.
+# The worker's directory, once prepare has run.
 wdir() {
 	echo "$BLKSTACK_RUNDIR/$(xs_read "$HOTPLUG_PATH/blkstack-worker")"
+}
+
+# attach_bare: v2-attach a disk whose worker is unsupervised; sets w
+# (its directory), dev (the guest's device) and pid (the worker's).
+attach_bare() {
+	sup_conf supervise=no
+	run ts v2-attach
+	assert_success
+	w=$(wdir)
+	dev=$(xs_read "$HOTPLUG_PATH/pdev")
+	pid=$(cat "$w/pid")
 }
 
 @test "fuse device v2: prepare starts the worker on its own FUSE file, add puts a loop device on it, unprepare leaves nothing" {
@@ -173,12 +184,7 @@ wdir() {
 }
 
 @test "fuse device: remove with a hung unsupervised worker ends within its bound, aborting the file's connection" {
-	sup_conf supervise=no
-	run ts v2-attach
-	assert_success
-	w=$(wdir)
-	dev=$(xs_read "$HOTPLUG_PATH/pdev")
-	pid=$(cat "$w/pid")
+	attach_bare
 	# Data the flush must take, then a worker that never answers.
 	dd if=/dev/urandom of="$dev" bs=64k count=4 status=none
 	kill -STOP "$pid"
@@ -225,12 +231,7 @@ wdir() {
 }
 
 @test "fuse device: prepare after an unsupervised worker died frees its device, then serves a new file; nothing leaks" {
-	sup_conf supervise=no
-	run ts v2-attach
-	assert_success
-	w=$(wdir)
-	dev=$(xs_read "$HOTPLUG_PATH/pdev")
-	pid=$(cat "$w/pid")
+	attach_bare
 	kill -KILL "$pid"
 	while ! gone "$pid"; do sleep 0.05; done
 	run ts v2-run prepare
