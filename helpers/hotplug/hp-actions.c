@@ -537,17 +537,10 @@ static int stage_device(struct hp *hp, const struct target *t, bool new_worker,
 	}
 	/*
 	 * A stage that died (or a bad record): clean up after it.  With a new
-	 * worker, the devices made for the old one are dead too: they go
-	 * first, while their loop devices still name the old stage's file.
+	 * worker, do_prepare() freed the old one's devices already, before
+	 * the new one started.
 	 */
-	rc = 0;
-	if (new_worker) {
-		rc = detach_recorded(hp, t, NODE_DEV, true);
-		if (rc == 0)
-			rc = detach_recorded(hp, t, NODE_LOCAL_DEV, true);
-	}
-	if (rc == 0)
-		rc = detach_recorded(hp, t, NODE_STAGE, new_worker);
+	rc = detach_recorded(hp, t, NODE_STAGE, new_worker);
 	if (rc == 0 && mech == HP_DEV_AUTO)
 		rc = hp_dev_choose(&mech, &hp->err);
 	if (rc == 0)

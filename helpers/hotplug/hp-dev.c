@@ -41,6 +41,16 @@
 #include "hp-dev.h"
 #include "worker-live.h"
 
+/*
+ * The file a loop or fuse record's loop device is on: blkstack-fuse's
+ * FUSE_DIR/nbd, or the worker's FUSE_DIR/disk.
+ */
+static void dev_file(const struct hp_dev *dev, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s/%s", dev->fuse_dir,
+		 dev->mech == HP_DEV_FUSE ? BKS_FUSE_FILE_NAME : "nbd");
+}
+
 /* The loop mechanism's detach (see the top of the file). */
 static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 {
@@ -52,7 +62,7 @@ static int loop_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 		/* Nothing was made: fuse_dir is the first thing attach sets. */
 		return 0;
 	}
-	snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
+	dev_file(dev, file, sizeof(file));
 
 	/*
 	 * Look at blkstack-fuse before the teardown stops it.  If we cannot (no
@@ -109,8 +119,7 @@ static int fuse_mech_detach(const struct hp_dev *dev, struct bks_error *err)
 
 	if (!dev->fuse_dir[0])
 		return 0;
-	snprintf(file, sizeof(file), "%s/%s", dev->fuse_dir,
-		 BKS_FUSE_FILE_NAME);
+	dev_file(dev, file, sizeof(file));
 	/* The worker's directory holds the mount point. */
 	snprintf(wdir, sizeof(wdir), "%s", dev->fuse_dir);
 	slash = strrchr(wdir, '/');
@@ -215,7 +224,7 @@ bool hp_dev_staged_ok(const struct hp_dev *stage)
 	    hp_fuse_check(stage, &pidfd, &ours) < 0 || !ours)
 		return false;
 	close(pidfd);
-	snprintf(file, sizeof(file), "%s/nbd", stage->fuse_dir);
+	dev_file(stage, file, sizeof(file));
 	return stat(file, &st) == 0 && S_ISREG(st.st_mode);
 }
 
@@ -227,8 +236,7 @@ int hp_dev_attach_staged(const struct hp_dev *stage, bool ro,
 
 	*dev = *stage;
 	dev->staged = true;
-	snprintf(file, sizeof(file), "%s/%s", stage->fuse_dir,
-		 stage->mech == HP_DEV_FUSE ? BKS_FUSE_FILE_NAME : "nbd");
+	dev_file(stage, file, sizeof(file));
 	ret = hp_loop_attach(file, ro, dev, err);
 	if (ret < 0) {
 		/* hp_loop_attach leaves no device behind on failure. */
@@ -249,23 +257,20 @@ bool hp_dev_bound(const struct hp_dev *dev, const char *nbd_sock)
 	if (!dev->path[0] || stat(dev->path, &st) < 0 || !S_ISBLK(st.st_mode) ||
 	    major(st.st_rdev) != dev->major || minor(st.st_rdev) != dev->minor)
 		return false;
-	if (dev->mech == HP_DEV_LOOP) {
-		snprintf(file, sizeof(file), "%s/nbd", dev->fuse_dir);
-		if (!dev->fuse_dir[0] ||
-		    hp_loop_backed_by(dev->path, file, &ignore) != 1 ||
-		    hp_fuse_check(dev, &pidfd, &ok) < 0 || !ok)
-			return false;
-		close(pidfd);
-		return true;
-	}
-	if (dev->mech == HP_DEV_FUSE) {
-		snprintf(file, sizeof(file), "%s/%s", dev->fuse_dir,
-			 BKS_FUSE_FILE_NAME);
-		return dev->fuse_dir[0] &&
-		       hp_loop_backed_by(dev->path, file, &ignore) == 1 &&
-		       hp_wfuse_served(dev->fuse_dir);
-	}
-	return dev->mech == HP_DEV_NBD && hp_nbd_bound(dev, nbd_sock);
+	if (dev->mech == HP_DEV_NBD)
+		return hp_nbd_bound(dev, nbd_sock);
+	/* loop and fuse: a loop device on the record's file, still served. */
+	dev_file(dev, file, sizeof(file));
+	if (!dev->fuse_dir[0] ||
+	    hp_loop_backed_by(dev->path, file, &ignore) != 1)
+		return false;
+	if (dev->mech == HP_DEV_FUSE)
+		return hp_wfuse_served(dev->fuse_dir);
+	if (dev->mech != HP_DEV_LOOP || hp_fuse_check(dev, &pidfd, &ok) < 0 ||
+	    !ok)
+		return false;
+	close(pidfd);
+	return true;
 }
 
 int hp_dev_attach(const char *nbd_sock, const char *state_dir, bool ro,

@@ -83,10 +83,7 @@ kills_under_fio() {
 
 @test "crash: three kill -9 of the worker under an fio verify write load on the worker's own FUSE file: fio sees no error; remove and unprepare leave nothing" {
 	# The supervisor keeps the file's session; Linux 6.9 resends.
-	IFS=. read -r maj min _ <<<"$(uname -r)"
-	if [ "$maj" -lt 6 ] || { [ "$maj" -eq 6 ] && [ "${min%%[!0-9]*}" -lt 9 ]; }; then
-		skip "Linux $(uname -r) cannot resend FUSE requests (6.9+)"
-	fi
+	kernel_can_resend || skip "Linux $(uname -r) cannot resend FUSE requests (6.9+)"
 	BLKSTACK_DEVICE=fuse kills_under_fio
 }
 

@@ -294,9 +294,8 @@ assert_all_gone() {
 	# auto: kernel NBD where the nbd module is (or loads), else the
 	# worker's FUSE file where it outlives a crash (supervised workers,
 	# the default, on Linux 6.9+), else loop.
-	IFS=. read -r maj min _ <<<"$(uname -r)"
 	want=loop
-	if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "${min%%[!0-9]*}" -ge 9 ]; }; then
+	if kernel_can_resend; then
 		want=fuse
 	fi
 	if [ -d /sys/module/nbd ] || modprobe -q nbd 2>/dev/null; then

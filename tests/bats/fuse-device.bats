@@ -134,9 +134,8 @@ attach_bare() {
 @test "fuse device: auto picks it where workers are supervised on Linux 6.9+, loop where they are not" {
 	unset BLKSTACK_DEVICE
 	# This kernel's answer, as the helper computes it.
-	IFS=. read -r maj min _ <<<"$(uname -r)"
 	want=loop
-	if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "${min%%[!0-9]*}" -ge 9 ]; }; then
+	if kernel_can_resend; then
 		want=fuse
 	fi
 	ts v2-create

@@ -198,14 +198,6 @@ layer_ops() {
 	[ "$(awk -v d="$MNT" '$5 == d' /proc/self/mountinfo | wc -l)" = 1 ]
 }
 
-# Linux 6.9 and later can resend the FUSE requests a dead server had read
-# (FUSE_NOTIFY_RESEND): what a supervised worker's crash survival needs.
-kernel_can_resend() {
-	local v
-	v=$(uname -r)
-	v=${v%%-*}
-	[ "$(printf '%s\n6.9\n' "$v" | sort -V | head -n 1)" = 6.9 ]
-}
 
 # sup_disk: like start_disk, but under blkstack-supervisor (restart
 # limit 20 in 60 s), waiting for its readiness line.  Sets SUP_PID, WDIR.

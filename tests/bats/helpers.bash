@@ -273,6 +273,15 @@ with open(img, "rb") as f, open(log) as acked:
 PY
 }
 
+# Linux 6.9 and later can resend the FUSE requests a dead server had read
+# (FUSE_NOTIFY_RESEND): what a supervised worker's crash survival needs.
+kernel_can_resend() {
+	local v
+	v=$(uname -r)
+	v=${v%%-*}
+	[ "$(printf '%s\n6.9\n' "$v" | sort -V | head -n 1)" = 6.9 ]
+}
+
 # ---- the hotplug actions (hotplug.bats, sharing.bats) -------------------------
 
 # hotplug_setup: a private xenstored, rundir and 64 MiB image $IMG; the
