@@ -5,7 +5,7 @@
 #                   tests, the xenstored self-check and the bats suites
 #   make check-ceph the rbd: sink against a private single-node Ceph
 #                   cluster (.ci/run runs it after make check)
-#   make check-xen  Xen 4.17 in QEMU: xl with script=block-stack (.ci/run
+#   make check-xen  Xen 4.17 and 4.20 in QEMU: xl with script=block-stack (.ci/run
 #                   runs it after make check-ceph; tests/xen/README.md)
 #   make bench      against the peers, side by side (bench/README.md)
 #   make demo       version, end to end, against a private real xenstored
@@ -415,16 +415,22 @@ demo: deps
 	tests/demo
 
 # ---- Xen in QEMU (issue 6; tests/xen/README.md) -----------------------------
-# Not part of 'make check' (.ci/run runs it second): boots Xen 4.17 under
-# QEMU (TCG) and runs xl with script=block-stack.  Images are cached in build/xen/ (rebuilt by check-xen
-# when a script or program they hold is newer).
+# Not part of 'make check' (.ci/run runs it last): boots Xen under QEMU (TCG)
+# and runs xl with script=block-stack, once per tier: Xen 4.17 with Debian
+# 12's dom0 kernel (this machine's packages) and Xen 4.20 with Debian 13's
+# (a root tests/xen/build-root makes with mmdebstrap).  XEN_VERSIONS picks
+# the tiers.  Images are cached in build/xen/ and build/xen-4.20/ (rebuilt
+# by check-xen when a script or program they hold is newer).
+XEN_VERSIONS ?= 4.17 4.20
 DEB_XEN := xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils \
            linux-image-amd64 busybox-static qemu-system-x86 libnbd-bin fuse3 \
-           e2fsprogs cpio qemu-utils nbdkit \
+           e2fsprogs cpio qemu-utils nbdkit mmdebstrap xz-utils \
            debhelper dpkg-dev fakeroot scdoc
-XEN_IMG := $(B)/xen/dom0.cpio.gz
+XEN_IMG_4.17 := $(B)/xen/dom0.cpio.gz
+XEN_IMG_4.20 := $(B)/xen-4.20/dom0.cpio.gz
 # For lint (shellcheck): the shell scripts, not README.md.
-XEN_SHELL_FILES := tests/xen/build-images tests/xen/run tests/xen/dom0-init \
+XEN_SHELL_FILES := tests/xen/build-images tests/xen/build-root tests/xen/run \
+                   tests/xen/check tests/xen/dom0-init \
                    tests/xen/dom0-test.sh tests/xen/guest-init \
                    tests/xen/test-bootloader
 .PHONY: deps-xen check-xen
@@ -436,13 +442,16 @@ deps-xen:
 # before the rule that needs it (a prerequisite list is expanded when read).
 DEB_DIR := $(B)/deb
 DEB     := $(DEB_DIR)/blkstack.deb
-$(XEN_IMG): $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK) $(DEB)
-	tests/xen/build-images
+XEN_IMG_DEPS := $(wildcard tests/xen/*) $(PROGRAMS) $(SCRIPT) $(TOOLSTACK) $(DEB)
+$(XEN_IMG_4.17): $(XEN_IMG_DEPS)
+	XEN_VERSION=4.17 tests/xen/build-images
+$(XEN_IMG_4.20): $(XEN_IMG_DEPS)
+	XEN_VERSION=4.20 tests/xen/build-images
 
 check-xen: deps-xen
 	$(MAKE) all $(TOOLSTACK)
-	$(MAKE) $(XEN_IMG)
-	tests/xen/run
+	$(MAKE) $(foreach v,$(XEN_VERSIONS),$(XEN_IMG_$(v)))
+	XEN_VERSIONS="$(XEN_VERSIONS)" tests/xen/check
 # ---- end of Xen in QEMU ------------------------------------------------------
 
 # ---- Ceph RBD (issue 18; README.md, "Ceph") ---------------------------------

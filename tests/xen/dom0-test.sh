@@ -6,7 +6,8 @@
 # No set -e: a command failing outside a check must not end the run quietly
 # (every item reports for itself); tests/xen/run requires "XENTEST done".
 set -u
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+XEN_VERSION=$(cat /etc/xentest-xen-version)
+export PATH="/usr/lib/xen-$XEN_VERSION/bin":/usr/sbin:/usr/bin:/sbin:/bin
 dmesg -n 1 2>/dev/null || true
 
 SCRIPT=/etc/xen/scripts/block-stack
