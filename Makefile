@@ -188,6 +188,13 @@ SUPERVISOR_OBJ  := $(call objs,$(sort $(wildcard helpers/supervisor/*.c))) \
 SUPERVISOR_LIBS  = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS) $(NL_LIBS)
 $(B)/obj/helpers/supervisor/%.o: CPPFLAGS += $(XS_CFLAGS)
 
+# blkstack-xenbus: the xenstore side of the vbd3 backend (libxenstore).
+XENBUS          := $(B)/bin/blkstack-xenbus
+XENBUS_OBJ      := $(call objs,$(sort $(wildcard helpers/xenbus/*.c))) \
+                   $(COMMON) $(LIB)
+XENBUS_LIBS      = $(PARSE_ONLY_LDFLAGS) $(XS_LIBS)
+$(B)/obj/helpers/xenbus/%.o: CPPFLAGS += $(XS_CFLAGS)
+
 # blkstack-fuse: the loop fallback's FUSE server (libfuse3).
 FUSE_CFLAGS   = $(shell $(PKG_CONFIG) --cflags fuse3)
 FUSE_LIBS     = $(shell $(PKG_CONFIG) --libs fuse3)
@@ -208,7 +215,8 @@ $(IMG): $(IMG_OBJ)
 
 # (blkstack-img once helpers/img/ has its sources.)
 IMG_BUILT := $(if $(wildcard helpers/img/*.c),$(IMG))
-PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT)
+PROGRAMS := $(HOTPLUG) $(WORKER) $(CTL) $(SUPERVISOR) $(XENBUS) $(FUSE) \
+            $(IMG_BUILT)
 
 $(HOTPLUG): $(HOTPLUG_OBJ)
 	$(call link,$(HOTPLUG_LIBS))
@@ -218,6 +226,8 @@ $(CTL): $(CTL_OBJ)
 	$(call link,$(CTL_LIBS))
 $(SUPERVISOR): $(SUPERVISOR_OBJ)
 	$(call link,$(SUPERVISOR_LIBS))
+$(XENBUS): $(XENBUS_OBJ)
+	$(call link,$(XENBUS_LIBS))
 
 # The in-tree copy of the hotplug script points at build/bin.
 SCRIPT  := $(B)/hotplug/block-stack
@@ -315,6 +325,11 @@ UNIT_OBJ_test-worker-ctl := $(addprefix $(B)/obj/helpers/worker/, \
 UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
                        sup-policy.o sup-hang.o) $(COMMON)
 $(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
+# test-xb-state: the vbd3 backend's state model and id parser.
+UNIT_OBJ_test-xb-state := $(addprefix $(B)/obj/helpers/xenbus/, \
+                            xb-state.o xb-dev.o) $(COMMON)
+UNIT_LIBS_test-xb-state = $(XS_LIBS)
+$(B)/obj/tests/unit/test-xb-state.o: CPPFLAGS += -Ihelpers/xenbus $(XS_CFLAGS)
 # test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
 UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)

@@ -1,0 +1,194 @@
+#!/usr/bin/env bats
+# blkstack-xenbus, the xenstore side of the vbd3 backend (libxl's
+# backendtype=tap), against a real xenstored: the states it writes as
+# libxl and a guest's blkfront write theirs (xenstore-write, as those
+# write them), what it refuses to touch, and its own life.
+
+load helpers
+
+BASE=/local/domain/0/backend/vbd3
+DOM=5
+DEV=51712
+BE=$BASE/$DOM/$DEV
+FE=/local/domain/$DOM/device/vbd/$DEV
+
+setup() {
+	xsd_setup
+	RUN_DIR=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xb.XXXXXX")
+	XB_PID=
+}
+
+teardown() {
+	if [ -n "$XB_PID" ]; then
+		kill "$XB_PID" 2>/dev/null || true
+		wait "$XB_PID" 2>/dev/null || true
+	fi
+	rm -rf -- "$RUN_DIR"
+	xsd_teardown
+}
+
+# xb_start: the daemon, verbose, until it says it watches.
+xb_start() {
+	"$BIN/blkstack-xenbus" --rundir "$RUN_DIR" --verbose "$@" \
+		>"$RUN_DIR/out" 2>"$RUN_DIR/err" &
+	XB_PID=$!
+	wait_lines "$RUN_DIR/out" 1 10
+}
+
+# add_device [DOM DEV FRONTEND-ID FRONTEND]: the backend directory as
+# libxl writes it (in one transaction there; here state last), and the
+# guest's frontend directory in Initialising.
+add_device() {
+	local dom=${1:-$DOM} dev=${2:-$DEV}
+	local fid=${3:-$dom} fe=${4:-/local/domain/$dom/device/vbd/$dev}
+	local be=$BASE/$dom/$dev
+	xenstore-write "$fe/state" 1 "$fe/backend" "$be" "$fe/backend-id" 0
+	xenstore-write "$be/frontend" "$fe" "$be/frontend-id" "$fid" \
+		"$be/params" "aio:/images/g.img" "$be/type" vbd3 \
+		"$be/mode" w "$be/online" 1 "$be/dev" xvda
+	xenstore-write "$be/state" 1
+}
+
+# state_is PATH N [SECONDS]: until PATH/state is N (default 10 s).
+state_is() {
+	local _
+	for _ in $(seq $((${3:-10} * 20))); do
+		[ "$(xenstore-read "$1/state" 2>/dev/null)" = "$2" ] && return 0
+		sleep 0.05
+	done
+	echo "$1/state is '$(xenstore-read "$1/state" 2>&1)', not $2" >&2
+	return 1
+}
+
+# stays PATH N: PATH/state is still N after a second.
+stays() {
+	sleep 1
+	run xenstore-read "$1/state"
+	assert_success
+	assert_output "$2"
+}
+
+@test "xenbus: a new vbd3 device goes to InitWait with max-ring-page-order" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	run xenstore-read "$BE/max-ring-page-order"
+	assert_success
+	assert_output 4
+	run cat "$RUN_DIR/err"
+	assert_output --partial "$BE: Initialising -> InitWait"
+}
+
+@test "xenbus: devices already there when it starts are served, order as told" {
+	add_device
+	add_device 6 51728
+	xb_start --max-ring-page-order 2
+	state_is "$BE" 2
+	state_is "$BASE/6/51728" 2
+	run xenstore-read "$BASE/6/51728/max-ring-page-order"
+	assert_output 2
+}
+
+@test "xenbus: a ready frontend waits in InitWait, said once: no ring server yet" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	xenstore-write "$FE/state" 3
+	stays "$BE" 2
+	xenstore-write "$FE/ring-ref" 8 "$FE/state" 4
+	stays "$BE" 2
+	run grep -c 'serves no vbd3 ring yet' "$RUN_DIR/err"
+	assert_output 1
+}
+
+@test "xenbus: the frontend closes, then reconnects (Closed -> InitWait only on Initialising)" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	xenstore-write "$FE/state" 5
+	state_is "$BE" 5
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	# Closed stays Closed while the frontend is Closed...
+	stays "$BE" 6
+	# ... and goes back to InitWait when it is Initialising again.
+	xenstore-write "$FE/state" 1
+	state_is "$BE" 2
+}
+
+@test "xenbus: the toolstack's detach (online 0, Closing) ends in Closed" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	# What libxl writes, in one transaction there.
+	xenstore-write "$BE/online" 0 "$BE/state" 5
+	state_is "$BE" 6
+	# An offline device stays Closed even if the frontend starts over.
+	xenstore-write "$FE/state" 1
+	stays "$BE" 6
+}
+
+@test "xenbus: a frontend that disappears closes its backend" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	xenstore-rm "$FE"
+	state_is "$BE" 6
+}
+
+@test "xenbus: the backend directory removed and made again is served again" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	xenstore-rm "$BASE/$DOM"
+	wait_lines "$RUN_DIR/err" 2 10
+	run cat "$RUN_DIR/err"
+	assert_output --partial "$BE: gone"
+	add_device
+	state_is "$BE" 2
+	kill -0 "$XB_PID"
+}
+
+@test "xenbus: hostile nodes: a device is never touched, the others still are" {
+	xb_start
+	# frontend-id not the domain of the path
+	add_device 7 51712 8
+	# a frontend path that is not the guest's vbd
+	add_device 9 51712 9 /local/domain/0/device/vbd/51712
+	# a backend state that is not a number
+	add_device 10 51712
+	xenstore-write "$BASE/10/51712/state" "2; rm -rf /"
+	# a device id that is not a number
+	xenstore-write "$BASE/11/xvda/frontend-id" 11 "$BASE/11/xvda/state" 1
+	add_device
+	state_is "$BE" 2
+	stays "$BASE/7/51712" 1
+	stays "$BASE/9/51712" 1
+	run xenstore-read "$BASE/10/51712/state"
+	assert_output "2; rm -rf /"
+	run xenstore-read "$BASE/11/xvda/state"
+	assert_output 1
+	run cat "$RUN_DIR/err"
+	assert_output --partial "frontend-id '8' is not the guest's domain 7"
+	assert_output --partial "frontend '/local/domain/0/device/vbd/51712' is not /local/domain/9/device/vbd/51712"
+	assert_output --partial "is not a backend state"
+	xs_absent "$BASE/7/51712/max-ring-page-order"
+	kill -0 "$XB_PID"
+}
+
+@test "xenbus: one per run directory; bad usage exits 2; SIGTERM exits 0" {
+	xb_start
+	run "$BIN/blkstack-xenbus" --rundir "$RUN_DIR"
+	assert_failure 1
+	assert_output --partial "another blkstack-xenbus runs"
+	run "$BIN/blkstack-xenbus" --max-ring-page-order 5
+	assert_failure 2
+	run "$BIN/blkstack-xenbus" --backend-dir relative/path
+	assert_failure 2
+	run "$BIN/blkstack-xenbus" extra
+	assert_failure 2
+	kill -TERM "$XB_PID"
+	run wait "$XB_PID"
+	assert_success
+	XB_PID=
+}
