@@ -1247,11 +1247,42 @@ static int v1_add(struct hp *hp, const struct target *t)
 	return rc;
 }
 
+/*
+ * A vbd3 backend directory (libxl's backendtype=tap, libxl 4.19 and later;
+ * docs/libxl-hotplug-interface.txt section 11): "backend/vbd3/" where a
+ * vbd backend has "backend/vbd/", relative or after "/local/domain/N/".
+ * blkstack serves no blkif ring yet, so add refuses one before it starts
+ * anything, and remove has nothing to undo.
+ */
+static bool backend_is_vbd3(const struct hp *hp)
+{
+	const char *p = backend_dir(hp);
+
+	if (strncmp(p, "/local/domain/", 14) == 0) {
+		p += 14;
+		if (*p < '0' || *p > '9')
+			return false;
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (*p++ != '/')
+			return false;
+	}
+	return strncmp(p, "backend/vbd3/", 13) == 0;
+}
+
 int hp_act_add(struct hp *hp)
 {
 	struct target t;
-	int rc = target_init(hp, &t);
+	int rc;
 
+	if (backend_is_vbd3(hp))
+		return bks_error_setmsg(
+		    &hp->err, EOPNOTSUPP,
+		    "%s is a vbd3 backend (backendtype=tap): blkstack does "
+		    "not serve blkif rings yet; give this disk the default "
+		    "backend type (vbd, served by blkback)",
+		    backend_dir(hp));
+	rc = target_init(hp, &t);
 	if (rc < 0)
 		return rc;
 	return hp->env.iface == HP_IFACE_V1 ? v1_add(hp, &t) : do_add(hp, &t);
@@ -1261,8 +1292,12 @@ int hp_act_remove(struct hp *hp)
 {
 	struct target t;
 	struct writes w = {0};
-	int rc = target_init(hp, &t);
+	int rc;
 
+	/* add refused it: nothing was made. */
+	if (backend_is_vbd3(hp))
+		return 0;
+	rc = target_init(hp, &t);
 	if (rc < 0)
 		return rc;
 	if (hp->env.iface == HP_IFACE_V1)

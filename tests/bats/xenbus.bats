@@ -192,3 +192,26 @@ stays() {
 	assert_success
 	XB_PID=
 }
+
+@test "xenbus: with it, libxl's v1 add of a vbd3 disk reaches the script, which refuses it and says why; remove succeeds" {
+	export BLKSTACK_RUNDIR=$RUN_DIR/hp
+	xb_start
+	add_device
+	state_is "$BE" 2
+	# What libxl 4.20 runs once the backend is in InitWait.
+	run env XENBUS_PATH="backend/vbd3/$DOM/$DEV" XENBUS_TYPE=vbd3 \
+		XENBUS_BASE_PATH=backend script="$SCRIPT" "$SCRIPT" add
+	assert_failure 1
+	run xenstore-read "$BE/hotplug-error"
+	assert_success
+	assert_output --partial "is a vbd3 backend (backendtype=tap): blkstack does not serve blkif rings yet"
+	# Nothing was started for it.
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
+	assert_output ""
+	# libxl's teardown: online 0 and Closing, Closed, then remove.
+	xenstore-write "$BE/online" 0 "$BE/state" 5
+	state_is "$BE" 6
+	run env XENBUS_PATH="backend/vbd3/$DOM/$DEV" XENBUS_TYPE=vbd3 \
+		XENBUS_BASE_PATH=backend script="$SCRIPT" "$SCRIPT" remove
+	assert_success
+}
