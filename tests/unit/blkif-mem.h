@@ -26,6 +26,9 @@ struct blkif_mem {
 	uint32_t next;			/* the next free reference */
 	/* Behaviour. */
 	bool copy_unsupported; /* copy says -EOPNOTSUPP (fallback test) */
+	/* Called after each copy batch: a guest racing the backend. */
+	void (*after_copy)(struct blkif_mem *m, void *arg);
+	void *hook_arg;
 	/* Counters. */
 	unsigned int copy_calls, copy_segs, map_calls, notifies;
 	/* The one mapping open (the core unmaps before it returns). */
@@ -84,6 +87,8 @@ static inline int mem_copy(void *state, struct bks_blkif_copy *c,
 			memcpy(c[i].buf, p + c[i].offset, c[i].len);
 		c[i].status = BKS_GNTST_OKAY;
 	}
+	if (m->after_copy)
+		m->after_copy(m, m->hook_arg);
 	return 0;
 }
 

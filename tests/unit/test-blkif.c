@@ -948,6 +948,92 @@ static void test_read_only(void **state)
 	g_free(g);
 }
 
+static void on_drained(void *arg)
+{
+	(void)arg;
+}
+
+/*
+ * The guest changes what it sent while the backend works on it: the
+ * entry on the ring and the indirect page, after the backend copied
+ * them.  The backend serves what it copied and checked (no double
+ * fetch): had it read either again, the bad grants would fail it.
+ */
+struct race {
+	struct guest *g;
+	unsigned char *ipage;
+	int calls;
+};
+
+static void race_scribble(struct blkif_mem *m, void *arg)
+{
+	struct race *r = arg;
+	struct guest *g = r->g;
+	unsigned char *e = g_entry(g, g->prod - 1);
+
+	(void)m;
+	if (r->calls++ > 0)
+		return;
+	/* Every segment's grant bad, the count and sector absurd. */
+	memset(r->ipage, 0xee, 4096);
+	memset(e + 1, 0xee, g->stride - 1);
+}
+
+static void test_guest_changes_after_copy(void **state)
+{
+	struct gopts o = {.max_indirect = 64};
+	struct guest *g = g_new(&o);
+	struct race r = {.g = g};
+	struct xfer w, rd;
+
+	(void)state;
+	xfer_make(g, &w, 24, 30, 0, 7);
+	xfer_pattern(&w, 8, false);
+	g_indirect(g, BLKIF_OP_WRITE, 1, &w);
+	/* The indirect page is the last one g_indirect() took. */
+	r.ipage = g->pool + (size_t)(g->pool_used - 1) * BKS_BLKIF_PAGE_SIZE;
+	g->mem.after_copy = race_scribble;
+	g->mem.hook_arg = &r;
+	g_push(g);
+	g->mem.after_copy = NULL;
+	assert_true(r.calls >= 2); /* the page, then the data */
+	g_expect(g, 1, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
+	xfer_make(g, &rd, 24, 30, 0, 7);
+	g_indirect(g, BLKIF_OP_READ, 2, &rd);
+	g_push(g);
+	g_expect(g, 2, BLKIF_OP_READ, BLKIF_RSP_OKAY);
+	xfer_pattern(&rd, 8, true);
+	xfer_free(&w);
+	xfer_free(&rd);
+	g_free(g);
+}
+
+/* The ring breaks with a request in the chain: it completes into nothing. */
+static void test_break_in_flight(void **state)
+{
+	struct gopts o = {0};
+	struct guest *g = g_new(&o);
+	struct bks_export_stats st;
+	struct xfer x;
+
+	(void)state;
+	xfer_make(g, &x, 0, 1, 0, 7);
+	assert_int_equal(bks_export_hold(g->exp, on_drained, NULL), 0);
+	g_direct(g, BLKIF_OP_WRITE, 1, &x);
+	g_push(g);
+	g->prod += g->nr; /* one in flight + nr more: too many */
+	g_push(g);
+	assert_true(bks_blkif_broken(g->rg, NULL));
+	bks_export_resume(g->exp);
+	g_run(g);
+	g_expect_none(g);
+	bks_export_get_stats(g->exp, &st);
+	assert_int_equal(st.in_flight, 0);
+	assert_int_equal(st.dropped, 1);
+	xfer_free(&x);
+	g_free(g);
+}
+
 /* ---- ring-level violations ---------------------------------------------- */
 
 static void bad_prod(enum bks_blkif_abi abi)
@@ -1006,11 +1092,6 @@ static void test_prod_behind(void **state)
 }
 
 /* ---- buffers, holds and shutdown ---------------------------------------- */
-
-static void on_drained(void *arg)
-{
-	(void)arg;
-}
 
 /* One big buffer: the second indirect request waits on the ring. */
 static void test_big_buffer_wait(void **state)
@@ -1147,7 +1228,9 @@ int main(void)
 	    cmocka_unit_test(test_hostile_x86_64),
 	    cmocka_unit_test(test_hostile_x86_32),
 	    cmocka_unit_test(test_read_only),
+	    cmocka_unit_test(test_guest_changes_after_copy),
 	    cmocka_unit_test(test_bad_prod),
+	    cmocka_unit_test(test_break_in_flight),
 	    cmocka_unit_test(test_prod_behind),
 	    cmocka_unit_test(test_big_buffer_wait),
 	    cmocka_unit_test(test_shutdown_in_flight),
