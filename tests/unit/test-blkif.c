@@ -243,71 +243,41 @@ static unsigned char *g_entry(const struct guest *g, uint32_t idx)
 	return g->sring + 64 + (size_t)(idx & (g->nr - 1)) * g->stride;
 }
 
-static void put_native(unsigned char *e, const struct greq *r)
-{
-	if (r->op == BLKIF_OP_DISCARD) {
-		struct blkif_request_discard d = {
-		    .operation = r->op,
-		    .flag = r->flag,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		    .nr_sectors = r->nsectors,
-		};
-		memcpy(e, &d, sizeof(d));
-	} else if (r->op == BLKIF_OP_INDIRECT) {
-		struct blkif_request_indirect d = {
-		    .operation = r->op,
-		    .indirect_op = r->inner_op,
-		    .nr_segments = r->nseg,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		};
-		memcpy(d.indirect_grefs, r->igref, sizeof(r->igref));
-		memcpy(e, &d, sizeof(d));
-	} else {
-		struct blkif_request d = {
-		    .operation = r->op,
-		    .nr_segments = (uint8_t)r->nseg,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		};
-		memcpy(d.seg, r->seg, sizeof(r->seg));
-		memcpy(e, &d, sizeof(d));
+/*
+ * Encode r into entry e as a guest of one layout would: the same code
+ * over that layout's three request structs (Xen's, or the i386 ones).
+ */
+#define DEFINE_PUT(name, rw_t, discard_t, indirect_t)                          \
+	static void name(unsigned char *e, const struct greq *r)               \
+	{                                                                      \
+		if (r->op == BLKIF_OP_DISCARD) {                               \
+			discard_t d = {.operation = r->op,                     \
+				       .flag = r->flag,                        \
+				       .id = r->id,                            \
+				       .sector_number = r->sector,             \
+				       .nr_sectors = r->nsectors};             \
+			memcpy(e, &d, sizeof(d));                              \
+		} else if (r->op == BLKIF_OP_INDIRECT) {                       \
+			indirect_t d = {.operation = r->op,                    \
+					.indirect_op = r->inner_op,            \
+					.nr_segments = r->nseg,                \
+					.id = r->id,                           \
+					.sector_number = r->sector};           \
+			memcpy(d.indirect_grefs, r->igref, sizeof(r->igref));  \
+			memcpy(e, &d, sizeof(d));                              \
+		} else {                                                       \
+			rw_t d = {.operation = r->op,                          \
+				  .nr_segments = (uint8_t)r->nseg,             \
+				  .id = r->id,                                 \
+				  .sector_number = r->sector};                 \
+			memcpy(d.seg, r->seg, sizeof(r->seg));                 \
+			memcpy(e, &d, sizeof(d));                              \
+		}                                                              \
 	}
-}
 
-static void put_32(unsigned char *e, const struct greq *r)
-{
-	if (r->op == BLKIF_OP_DISCARD) {
-		struct discard32 d = {
-		    .operation = r->op,
-		    .flag = r->flag,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		    .nr_sectors = r->nsectors,
-		};
-		memcpy(e, &d, sizeof(d));
-	} else if (r->op == BLKIF_OP_INDIRECT) {
-		struct indirect32 d = {
-		    .operation = r->op,
-		    .indirect_op = r->inner_op,
-		    .nr_segments = r->nseg,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		};
-		memcpy(d.indirect_grefs, r->igref, sizeof(r->igref));
-		memcpy(e, &d, sizeof(d));
-	} else {
-		struct req32 d = {
-		    .operation = r->op,
-		    .nr_segments = (uint8_t)r->nseg,
-		    .id = r->id,
-		    .sector_number = r->sector,
-		};
-		memcpy(d.seg, r->seg, sizeof(r->seg));
-		memcpy(e, &d, sizeof(d));
-	}
-}
+DEFINE_PUT(put_native, struct blkif_request, struct blkif_request_discard,
+	   struct blkif_request_indirect)
+DEFINE_PUT(put_32, struct req32, struct discard32, struct indirect32)
 
 /* Put r on the ring (not yet published). */
 static void g_put(struct guest *g, const struct greq *r)
