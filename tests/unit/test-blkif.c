@@ -978,6 +978,66 @@ static void test_guest_changes_after_copy(void **state)
 	g_free(g);
 }
 
+/*
+ * req_prod moved back behind the requests taken, yet still within a
+ * ring of the responses (three taken and parked, none answered): broken,
+ * not served as a ring-full of stale entries.
+ */
+static void test_prod_back(void **state)
+{
+	struct gopts o = {0};
+	struct guest *g = g_new(&o);
+	struct bks_error why = {0};
+	struct xfer x;
+
+	(void)state;
+	xfer_make(g, &x, 0, 1, 0, 7);
+	assert_int_equal(bks_export_hold(g->exp, on_drained, NULL), 0);
+	for (int i = 0; i < 3; i++)
+		g_direct(g, BLKIF_OP_READ, 1 + (uint64_t)i, &x);
+	g_push(g);
+	g->prod -= 2;
+	g_push(g);
+	assert_true(bks_blkif_broken(g->rg, &why));
+	assert_non_null(strstr(why.msg, "went back"));
+	bks_export_resume(g->exp);
+	g_run(g);
+	g_expect_none(g);
+	xfer_free(&x);
+	g_free(g);
+}
+
+/* The guest asks for no event: responses go out, no notify. */
+static void test_notify_wanted(void **state)
+{
+	struct gopts o = {0};
+	struct guest *g = g_new(&o);
+	struct blkif_sring *sr = (struct blkif_sring *)(void *)g->sring;
+	unsigned int n;
+
+	(void)state;
+	g_flush(g, 1);
+	g_push(g);
+	g_expect(g, 1, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	n = g->mem.notifies;
+	assert_true(n >= 1);
+	sr->rsp_event = g->rsp_cons + 10; /* not for the next ones */
+	g_flush(g, 2);
+	g_flush(g, 3);
+	g_push(g);
+	assert_int_equal(g->mem.notifies, n);
+	assert_int_equal(g_rsp_prod(g), g->rsp_cons + 2);
+	/* Published, now wanted: the next batch notifies. */
+	sr->rsp_event = g->rsp_cons + 3;
+	g_flush(g, 4);
+	g_push(g);
+	assert_int_equal(g->mem.notifies, n + 1);
+	g_expect(g, 2, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	g_expect(g, 3, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	g_expect(g, 4, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	g_free(g);
+}
+
 /* The ring breaks with a request in the chain: it completes into nothing. */
 static void test_break_in_flight(void **state)
 {
@@ -1201,6 +1261,8 @@ int main(void)
 	    cmocka_unit_test(test_guest_changes_after_copy),
 	    cmocka_unit_test(test_bad_prod),
 	    cmocka_unit_test(test_break_in_flight),
+	    cmocka_unit_test(test_prod_back),
+	    cmocka_unit_test(test_notify_wanted),
 	    cmocka_unit_test(test_prod_behind),
 	    cmocka_unit_test(test_big_buffer_wait),
 	    cmocka_unit_test(test_shutdown_in_flight),

@@ -344,6 +344,13 @@ static void slot_start(struct blkif_slot *s, const struct blkif_msg *m)
 		s->data =
 		    rg->direct_bufs + (size_t)(s - rg->slots) * rg->direct_size;
 	s->skew = bks_chain_buf_skew(rg->chain, s->offset);
+	/* Sized for the block size at creation: a chain may not grow it. */
+	if (s->skew + s->len > (s->big ? rg->big_size : rg->direct_size)) {
+		bks_error_setmsg(&err, EINVAL,
+				 "%llu bytes at skew %zu: over the buffer",
+				 (unsigned long long)s->len, s->skew);
+		goto fail;
+	}
 	slot_plan(s, op);
 	if (s->nseg && !s->to_guest &&
 	    grant_move(rg, fill_copies(s), false, &err) < 0)

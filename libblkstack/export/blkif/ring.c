@@ -57,7 +57,10 @@ int ring_prod(struct bks_blkif *rg, uint32_t *prod, struct bks_error *err)
 	/*
 	 * Unanswered requests (req_prod - rsp_prod_pvt) can never exceed
 	 * the ring: more would mean the guest overwrote entries we have
-	 * not answered.  This implies req_prod - req_cons <= nr_ents.
+	 * not answered.  And req_prod never goes back behind what we took
+	 * (req_prod - req_cons, unsigned, would be huge): between the two
+	 * lies a req_prod within the ring of our responses but behind
+	 * req_cons, which the first check alone lets through.
 	 */
 	if (rp - rg->rsp_prod_pvt > rg->nr_ents)
 		return bks_error_setmsg(err, EPROTO,
@@ -65,6 +68,11 @@ int ring_prod(struct bks_blkif *rg, uint32_t *prod, struct bks_error *err)
 					"responses (%u), the ring holds %u",
 					rp, rp - rg->rsp_prod_pvt,
 					rg->rsp_prod_pvt, rg->nr_ents);
+	if (rp - rg->req_cons > rg->nr_ents)
+		return bks_error_setmsg(err, EPROTO,
+					"blkif: req_prod %u went back behind "
+					"the requests taken (%u)",
+					rp, rg->req_cons);
 	/* Read the entries only after the index that covers them. */
 	__atomic_thread_fence(__ATOMIC_ACQUIRE);
 	*prod = rp;
