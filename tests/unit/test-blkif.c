@@ -893,9 +893,10 @@ static void test_read_only(void **state)
 	struct xfer x, d;
 
 	(void)state;
-	bks_blkif_features(g->chain, true, 0, &f);
+	bks_blkif_get_features(g->rg, &f);
 	assert_int_equal(f.info, 4); /* VDISK_READONLY */
 	assert_false(f.discard);
+	assert_int_equal(f.max_indirect_segments, 32);
 	xfer_make(g, &x, 0, 12, 0, 7);
 	xfer_make(g, &d, 0, 2, 0, 7);
 	g_direct(g, BLKIF_OP_WRITE, 1, &d);

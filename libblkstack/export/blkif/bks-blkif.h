@@ -235,6 +235,13 @@ bool bks_blkif_broken(const struct bks_blkif *rg, struct bks_error *why);
  */
 const char *bks_blkif_last_error(const struct bks_blkif *rg);
 
+/*
+ * What rg serves by and checks against (bks_blkif_features() of its
+ * chain and config, at creation): the nodes for the worker to write.
+ */
+void bks_blkif_get_features(const struct bks_blkif *rg,
+			    struct bks_blkif_features *out);
+
 /* The ring's size in requests (32 << ring_order). */
 unsigned int bks_blkif_ring_size(const struct bks_blkif *rg);
 

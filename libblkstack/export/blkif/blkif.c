@@ -110,6 +110,12 @@ bool bks_blkif_broken(const struct bks_blkif *rg, struct bks_error *why)
 	return rg->broken;
 }
 
+void bks_blkif_get_features(const struct bks_blkif *rg,
+			    struct bks_blkif_features *out)
+{
+	*out = rg->feat;
+}
+
 unsigned int bks_blkif_ring_size(const struct bks_blkif *rg)
 {
 	return rg->nr_ents;
