@@ -36,6 +36,7 @@
 #include "blkif-mem.h"
 #include "blkstack/chain.h"
 #include "blkstack/export.h"
+#include "fw-drivers.h"
 #include "internal.h"
 #include "unit-util.h"
 
@@ -118,6 +119,7 @@ struct gopts {
 	unsigned int max_indirect, big_bufs;
 	const struct bks_blkif_grant_ops *ops;
 	const char *chain;
+	const struct bks_driver *const *extra; /* test drivers, or NULL */
 };
 
 static void on_broken(void *arg, const struct bks_error *why)
@@ -191,7 +193,7 @@ static struct guest *g_new(const struct gopts *o)
 	const char *s = o->chain ? o->chain : "ram:8M";
 
 	assert_int_equal(bks_loop_new(&loop, &err), 0);
-	if (bks_chain_open(&chain, s, loop, false, &err) < 0)
+	if (bks_chain_open_with(&chain, s, o->extra, loop, false, &err) < 0)
 		fail_msg("%s: %s", s, err.msg);
 	return g_new_on(o, loop, chain);
 }
@@ -1217,6 +1219,119 @@ static void test_chain_errors(void **state)
 	g_free(g);
 }
 
+/*
+ * Completions later than submission (hold: keeps every request until
+ * released), and the framework's discard split (rec: limits discards to
+ * 8K and records what reaches it): the export submits one discard.
+ */
+static void test_async_and_split(void **state)
+{
+	struct gopts o = {.chain = "rec:max=8K|hold:|ram:8M",
+			  .extra = fw_test_drivers};
+	struct guest *g = g_new(&o);
+	struct bks_layer *hold = bks_chain_find(g->chain, "hold");
+	struct rec_state *rec =
+	    bks_layer_state(bks_chain_find(g->chain, "rec"));
+	struct xfer w, r;
+
+	(void)state;
+	xfer_make(g, &w, 16, 2, 0, 7);
+	xfer_make(g, &r, 16, 2, 0, 7);
+	xfer_pattern(&w, 3, false);
+	g_direct(g, BLKIF_OP_WRITE, 1, &w);
+	g_discard(g, 2, 128, 64); /* 32K: four pieces of 8K */
+	g_direct(g, BLKIF_OP_READ, 3, &r);
+	g_push(g);
+	g_expect_none(g);
+	/* The pieces go down one after the other: release until done. */
+	for (int i = 0; i < 8 && g_rsp_prod(g) - g->rsp_cons < 3; i++) {
+		hold_release(hold, 16);
+		g_run(g);
+	}
+	assert_int_equal(rec->n, 4);
+	for (unsigned int i = 0; i < 4; i++) {
+		assert_int_equal(rec->pieces[i].offset, 128 * 512 + 8192 * i);
+		assert_int_equal(rec->pieces[i].len, 8192);
+	}
+	/* Answered as they completed: the discard's last piece last. */
+	g_expect(g, 1, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
+	g_expect(g, 3, BLKIF_OP_READ, BLKIF_RSP_OKAY);
+	g_expect(g, 2, BLKIF_OP_DISCARD, BLKIF_RSP_OKAY);
+	xfer_pattern(&r, 3, true);
+	/* Shutdown waits for what a disk still holds, then answers it. */
+	g_flush(g, 4);
+	g_push(g);
+	bks_export_shutdown(g->exp, on_done, g);
+	g_run(g);
+	assert_int_equal(g->done, 0);
+	g_expect_none(g);
+	hold_release(hold, 1);
+	g_run(g);
+	assert_int_equal(g->done, 1);
+	g_expect(g, 4, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	g->done = 0; /* g_free() shuts down again: only done is replaced */
+	xfer_free(&w);
+	xfer_free(&r);
+	g_free(g);
+}
+
+/* A filter whose chain cannot do FUA. */
+static int nofua_open(void *state, struct bks_layer *self,
+		      const struct bks_open_args *args, struct bks_error *err)
+{
+	(void)state;
+	(void)self;
+	(void)args;
+	(void)err;
+	return 0;
+}
+
+static int nofua_info(void *state, struct bks_layer *self,
+		      struct bks_info *info)
+{
+	(void)state;
+	(void)self;
+	info->can_fua = false;
+	return 0;
+}
+
+static const struct bks_driver nofua_driver = {
+    .name = "nofua",
+    .kind = BKS_FILTER,
+    .usage = "nofua:",
+    .open = nofua_open,
+    .info = nofua_info,
+};
+
+static const struct bks_driver *const nofua_drivers[] = {&nofua_driver, NULL};
+
+/* A flush with data on a chain without FUA: flush, write, flush. */
+static void test_flush_data_no_fua(void **state)
+{
+	struct gopts o = {.chain = "nofua:|ram:8M", .extra = nofua_drivers};
+	struct guest *g = g_new(&o);
+	struct bks_layer_stats ls;
+	struct xfer w, r;
+
+	(void)state;
+	xfer_make(g, &w, 8, 3, 2, 5);
+	xfer_pattern(&w, 6, false);
+	g_direct(g, BLKIF_OP_FLUSH_DISKCACHE, 1, &w);
+	g_push(g);
+	g_expect(g, 1, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY);
+	bks_layer_get_stats(bks_chain_sink(g->chain), &ls);
+	assert_int_equal(ls.op[BKS_OP_FLUSH].ops, 2);
+	assert_int_equal(ls.op[BKS_OP_WRITE].ops, 1);
+	xfer_make(g, &r, 8, 3, 2, 5);
+	g_direct(g, BLKIF_OP_READ, 2, &r);
+	g_push(g);
+	g_expect(g, 2, BLKIF_OP_READ, BLKIF_RSP_OKAY);
+	xfer_pattern(&r, 6, true);
+	xfer_free(&w);
+	xfer_free(&r);
+	g_free(g);
+}
+
 /* Missing ops and limits are refused at creation. */
 static void test_config(void **state)
 {
@@ -1268,6 +1383,8 @@ int main(void)
 	    cmocka_unit_test(test_big_buffer_wait),
 	    cmocka_unit_test(test_shutdown_in_flight),
 	    cmocka_unit_test(test_chain_errors),
+	    cmocka_unit_test(test_async_and_split),
+	    cmocka_unit_test(test_flush_data_no_fua),
 	    cmocka_unit_test(test_config),
 	};
 

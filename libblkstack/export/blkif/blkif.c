@@ -148,12 +148,15 @@ static void blkif_shutdown(void *state, void (*done)(void *arg), void *arg)
 {
 	struct bks_blkif *rg = state;
 
-	/* Take no more; what is in the chain is still answered. */
+	/*
+	 * Take no more; what is in the chain is still answered.  A second
+	 * call gets its own done, as the NBD export's does.
+	 */
 	rg->stopping = true;
 	rg->done = done;
 	rg->done_arg = arg;
-	if (!rg->done_sent)
-		bks_defer_schedule(&rg->defer);
+	rg->done_sent = false;
+	bks_defer_schedule(&rg->defer);
 }
 
 static void blkif_stats(void *state, struct bks_export_stats *out)
