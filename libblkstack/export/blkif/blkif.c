@@ -228,13 +228,11 @@ int bks_blkif_new(struct bks_blkif **out, const struct bks_blkif_config *cfg,
 		rc = bks_error_set(err, ENOMEM, "blkif: state");
 		goto out;
 	}
-	rg->loop = cfg->loop;
 	rg->chain = cfg->chain;
 	rg->ops = cfg->ops;
 	rg->ops_state = cfg->ops_state;
 	rg->broken_fn = cfg->broken;
 	rg->arg = cfg->arg;
-	rg->read_only = cfg->read_only;
 	rg->sring = cfg->sring;
 	rg->order = cfg->ring_order;
 	rg->lay = abi_layout(cfg->abi);

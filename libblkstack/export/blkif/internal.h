@@ -6,6 +6,9 @@
  *
  * The files, one concern each:
  *
+ *   bks-blkif.h     the public interface (config, grant ops, features)
+ *   bks-blkif-xen.h the real grant ops' (grant-xen.c) public interface
+ *
  *   abi.c       the two ring layouts (x86_64-abi, x86_32-abi): request
  *               entries decoded from our private copy, responses encoded,
  *               indirect pages' segments decoded.  Pure; calls nothing.
@@ -24,14 +27,17 @@
  *               grant.c, ring.c and abi.c.
  *   blkif.c     the public functions and the export ops: the intake
  *               loop, the deferred push and notify, shutdown, stats.
- *               Calls every file above.
+ *               Calls io.c, ring.c, abi.c and check.c (the features);
+ *               never grant.c (io.c moves the data).
  *   grant-xen.c the real grant ops over libxengnttab and libxenevtchn;
  *               built outside libblkstack.a (it needs those libraries),
- *               uses only bks-blkif.h.
+ *               uses only the two public headers; nothing of the folder
+ *               calls it (the worker hands its ops in).
  *
  * Calls go one way: blkif.c -> io.c -> {check.c, grant.c, ring.c} ->
- * abi.c.  Nothing calls blkif.c back; a completion only schedules the
- * ring's deferred call (rg->defer).
+ * abi.c (blkif.c also reaches ring.c, abi.c and check.c directly).
+ * Nothing calls blkif.c back; a completion only schedules the ring's
+ * deferred call (rg->defer).
  */
 #ifndef BLKSTACK_EXPORT_BLKIF_INTERNAL_H
 #define BLKSTACK_EXPORT_BLKIF_INTERNAL_H
@@ -53,8 +59,6 @@
 #define RING_HDR_SIZE  64
 /* Longest entry of either layout (a request). */
 #define RING_ENTRY_MAX 112
-/* Requests taken per kick before the loop gets a turn. */
-#define INTAKE_BATCH_PAGES 1
 
 /* ---- abi.c --------------------------------------------------------------- */
 
@@ -146,13 +150,11 @@ struct blkif_slot {
 };
 
 struct bks_blkif {
-	struct bks_loop *loop;
 	struct bks_chain *chain;
 	const struct bks_blkif_grant_ops *ops;
 	void *ops_state;
 	void (*broken_fn)(void *arg, const struct bks_error *why);
 	void *arg;
-	bool read_only;
 
 	/* The ring (ring.c). */
 	unsigned char *sring;
