@@ -38,6 +38,7 @@ int io_init(struct bks_blkif *rg, unsigned int big_bufs, struct bks_error *err)
 	    (max + BKS_BLKIF_SEGS_PER_PAGE - 1) / BKS_BLKIF_SEGS_PER_PAGE;
 	/* The skew of a request's data is below one block. */
 	size_t skew = rg->block_size - 1;
+	int rc = -ENOMEM;
 
 	rg->direct_size =
 	    align_page(skew + BKS_BLKIF_MAX_SEGS * BKS_BLKIF_PAGE_SIZE);
@@ -47,23 +48,23 @@ int io_init(struct bks_blkif *rg, unsigned int big_bufs, struct bks_error *err)
 	rg->copies = calloc(rg->ncopies, sizeof(*rg->copies));
 	rg->grefs = calloc(rg->ncopies, sizeof(*rg->grefs));
 	if (!rg->slots || !rg->direct_bufs || !rg->copies || !rg->grefs)
-		goto nomem;
+		goto out;
 	for (unsigned int i = rg->nr_ents; i-- > 0;) {
 		struct blkif_slot *s = &rg->slots[i];
 
 		s->rg = rg;
-		s->data = rg->direct_bufs + (size_t)i * rg->direct_size;
 		s->next = rg->free_slots;
 		rg->free_slots = s;
 	}
 	rg->stats.buffer_bytes = rg->direct_size * rg->nr_ents;
-	if (max == 0)
-		return 0;
-	rg->big_size = align_page(skew + (size_t)max * BKS_BLKIF_PAGE_SIZE);
-	rg->bigs = calloc(big_bufs, sizeof(*rg->bigs));
-	if (!rg->bigs)
-		goto nomem;
-	for (unsigned int i = 0; i < big_bufs; i++) {
+	if (max) {
+		rg->big_size =
+		    align_page(skew + (size_t)max * BKS_BLKIF_PAGE_SIZE);
+		rg->bigs = calloc(big_bufs, sizeof(*rg->bigs));
+		if (!rg->bigs)
+			goto out;
+	}
+	for (unsigned int i = 0; max && i < big_bufs; i++) {
 		struct blkif_big *b = &rg->bigs[i];
 
 		rg->nbigs++;
@@ -71,15 +72,18 @@ int io_init(struct bks_blkif *rg, unsigned int big_bufs, struct bks_error *err)
 		b->raw = alloc_pages((size_t)npages * BKS_BLKIF_PAGE_SIZE);
 		b->segs = calloc(max, sizeof(*b->segs));
 		if (!b->data || !b->raw || !b->segs)
-			goto nomem;
+			goto out;
 		b->next = rg->free_bigs;
 		rg->free_bigs = b;
 		rg->stats.buffer_bytes += rg->big_size;
 	}
-	return 0;
-nomem:
-	return bks_error_set(err, ENOMEM, "blkif: buffers for a ring of %u",
-			     rg->nr_ents);
+	rc = 0;
+out:
+	/* What was allocated is io_free()'s, called by our caller. */
+	if (rc < 0)
+		bks_error_set(err, ENOMEM, "blkif: buffers for a ring of %u",
+			      rg->nr_ents);
+	return rc;
 }
 
 void io_free(struct bks_blkif *rg)
@@ -305,23 +309,19 @@ static int read_indirect(struct blkif_slot *s, const struct blkif_msg *m,
 	return 0;
 }
 
-/* Set s up for m (checked by check_request()); start it in the chain. */
-static void slot_start(struct blkif_slot *s, const struct blkif_msg *m)
+/*
+ * Set s up for m (checked by check_request()): its segments (an indirect
+ * request's copied in), their check, its buffer, its steps, a write's
+ * data copied in.  Returns 0, or -errno with err (the request fails).
+ */
+static int slot_prepare(struct blkif_slot *s, const struct blkif_msg *m,
+			uint8_t op, struct bks_error *err)
 {
 	struct bks_blkif *rg = s->rg;
-	struct bks_error err = {0};
-	uint8_t op = m->op == BKS_BLKIF_OP_INDIRECT ? m->rsp_op : m->op;
-	int st;
+	size_t cap = rg->direct_size;
 
-	s->id = m->id;
-	s->rsp_op = m->rsp_op;
-	s->to_guest = op == BKS_BLKIF_OP_READ;
-	s->nseg = m->nseg;
 	s->segs = s->dseg;
-	s->len = 0;
-	s->offset = m->sector * BKS_BLKIF_SECTOR;
-	rg->in_flight++;
-	rg->stats.in_flight++;
+	s->data = rg->direct_bufs + (size_t)(s - rg->slots) * rg->direct_size;
 	if (op == BKS_BLKIF_OP_DISCARD) {
 		s->nseg = 0;
 		s->len = m->nsectors * BKS_BLKIF_SECTOR;
@@ -330,35 +330,46 @@ static void slot_start(struct blkif_slot *s, const struct blkif_msg *m)
 		rg->free_bigs = s->big->next;
 		s->segs = s->big->segs;
 		s->data = s->big->data;
-		if (read_indirect(s, m, &err) < 0)
-			goto fail;
+		cap = rg->big_size;
+		if (read_indirect(s, m, err) < 0)
+			return -err->code;
 	} else {
 		memcpy(s->dseg, m->seg, (size_t)m->nseg * sizeof(m->seg[0]));
 	}
-	if (s->nseg) {
-		st = check_segs(rg, s->segs, s->nseg, m->sector, &s->len, &err);
-		if (st != BKS_BLKIF_RSP_OKAY)
-			goto fail;
-	}
-	if (!s->big)
-		s->data =
-		    rg->direct_bufs + (size_t)(s - rg->slots) * rg->direct_size;
+	if (s->nseg && check_segs(rg, s->segs, s->nseg, m->sector, &s->len,
+				  err) != BKS_BLKIF_RSP_OKAY)
+		return -err->code;
 	s->skew = bks_chain_buf_skew(rg->chain, s->offset);
 	/* Sized for the block size at creation: a chain may not grow it. */
-	if (s->skew + s->len > (s->big ? rg->big_size : rg->direct_size)) {
-		bks_error_setmsg(&err, EINVAL,
-				 "%llu bytes at skew %zu: over the buffer",
-				 (unsigned long long)s->len, s->skew);
-		goto fail;
-	}
+	if (s->skew + s->len > cap)
+		return bks_error_setmsg(err, EINVAL,
+					"%llu bytes at skew %zu: over the "
+					"buffer",
+					(unsigned long long)s->len, s->skew);
 	slot_plan(s, op);
-	if (s->nseg && !s->to_guest &&
-	    grant_move(rg, fill_copies(s), false, &err) < 0)
-		goto fail;
-	slot_submit(s);
-	return;
-fail:
-	slot_finish(s, BKS_BLKIF_RSP_ERROR, &err);
+	if (s->nseg && !s->to_guest)
+		return grant_move(rg, fill_copies(s), false, err);
+	return 0;
+}
+
+/* Start s for m in the chain, or answer it with an error. */
+static void slot_start(struct blkif_slot *s, const struct blkif_msg *m)
+{
+	struct bks_error err = {0};
+	uint8_t op = m->op == BKS_BLKIF_OP_INDIRECT ? m->rsp_op : m->op;
+
+	s->id = m->id;
+	s->rsp_op = m->rsp_op;
+	s->to_guest = op == BKS_BLKIF_OP_READ;
+	s->nseg = m->nseg;
+	s->len = 0;
+	s->offset = m->sector * BKS_BLKIF_SECTOR;
+	s->rg->in_flight++;
+	s->rg->stats.in_flight++;
+	if (slot_prepare(s, m, op, &err) < 0)
+		slot_finish(s, BKS_BLKIF_RSP_ERROR, &err);
+	else
+		slot_submit(s);
 }
 
 void io_request(struct bks_blkif *rg, const struct blkif_msg *m)
