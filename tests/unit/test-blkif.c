@@ -535,31 +535,45 @@ static void test_layout(void **state)
 /* ---- good requests --------------------------------------------------------
  */
 
+/* Send x as op (indirect past 11 segments) and expect it to succeed. */
+static void g_xfer(struct guest *g, uint8_t op, uint64_t id,
+		   const struct xfer *x)
+{
+	if (x->nseg > 11)
+		g_indirect(g, op, id, x);
+	else
+		g_direct(g, op, id, x);
+	g_push(g);
+	g_expect(g, id, op, BLKIF_RSP_OKAY);
+}
+
+/*
+ * Read nseg pages from sector on (first0 and lastn as xfer_make()) into
+ * fresh pages as request id, and check them against seed's pattern.
+ */
+static void g_read_check(struct guest *g, uint64_t sector, unsigned int nseg,
+			 uint8_t first0, uint8_t lastn, uint64_t id,
+			 uint64_t seed)
+{
+	struct xfer r;
+
+	xfer_make(g, &r, sector, nseg, first0, lastn);
+	g_xfer(g, BLKIF_OP_READ, id, &r);
+	xfer_pattern(&r, seed, true);
+	xfer_free(&r);
+}
+
 /* Write x (seed), read it back into fresh pages, check. */
 static void roundtrip(struct guest *g, uint64_t sector, unsigned int nseg,
 		      uint8_t first0, uint8_t lastn, uint64_t id)
 {
-	struct xfer w, r;
-	bool indirect = nseg > 11;
+	struct xfer w;
 
 	xfer_make(g, &w, sector, nseg, first0, lastn);
 	xfer_pattern(&w, id, false);
-	if (indirect)
-		g_indirect(g, BLKIF_OP_WRITE, id, &w);
-	else
-		g_direct(g, BLKIF_OP_WRITE, id, &w);
-	g_push(g);
-	g_expect(g, id, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
-	xfer_make(g, &r, sector, nseg, first0, lastn);
-	if (indirect)
-		g_indirect(g, BLKIF_OP_READ, id + 1, &r);
-	else
-		g_direct(g, BLKIF_OP_READ, id + 1, &r);
-	g_push(g);
-	g_expect(g, id + 1, BLKIF_OP_READ, BLKIF_RSP_OKAY);
-	xfer_pattern(&r, id, true);
+	g_xfer(g, BLKIF_OP_WRITE, id, &w);
+	g_read_check(g, sector, nseg, first0, lastn, id + 1, id);
 	xfer_free(&w);
-	xfer_free(&r);
 }
 
 static void good_requests(enum bks_blkif_abi abi)
@@ -567,7 +581,6 @@ static void good_requests(enum bks_blkif_abi abi)
 	struct gopts o = {.abi = abi, .max_indirect = 1024, .big_bufs = 2};
 	struct guest *g = g_new(&o);
 	struct bks_export_stats st;
-	struct xfer r;
 
 	roundtrip(g, 0, 1, 0, 7, 10);	   /* one page */
 	roundtrip(g, 9, 11, 3, 5, 20);	   /* 11 segments, partial ends */
@@ -575,12 +588,7 @@ static void good_requests(enum bks_blkif_abi abi)
 	roundtrip(g, 2048, 40, 0, 7, 40);  /* indirect, one page */
 	roundtrip(g, 4097, 600, 2, 6, 50); /* indirect, two pages */
 	/* Reads of what other requests wrote, cut differently. */
-	xfer_make(g, &r, 2048 + 8, 16, 0, 7);
-	g_indirect(g, BLKIF_OP_READ, 60, &r);
-	g_push(g);
-	g_expect(g, 60, BLKIF_OP_READ, BLKIF_RSP_OKAY);
-	xfer_pattern(&r, 40, true);
-	xfer_free(&r);
+	g_read_check(g, 2048 + 8, 16, 0, 7, 60, 40);
 	/* Flush alone. */
 	g_flush(g, 70);
 	g_push(g);
@@ -594,16 +602,9 @@ static void good_requests(enum bks_blkif_abi abi)
 	g_free(g);
 }
 
-static void test_rw_x86_64(void **state)
+static void test_rw(void **state)
 {
-	(void)state;
-	good_requests(BKS_BLKIF_ABI_X86_64);
-}
-
-static void test_rw_x86_32(void **state)
-{
-	(void)state;
-	good_requests(BKS_BLKIF_ABI_X86_32);
+	good_requests(*(const enum bks_blkif_abi *)*state);
 }
 
 /* A flush with data: blkfront's write with PREFLUSH and FUA. */
@@ -611,7 +612,7 @@ static void test_flush_data(void **state)
 {
 	struct gopts o = {0};
 	struct guest *g = g_new(&o);
-	struct xfer w, r;
+	struct xfer w;
 	struct bks_layer_stats ls;
 
 	(void)state;
@@ -623,13 +624,8 @@ static void test_flush_data(void **state)
 	bks_layer_get_stats(bks_chain_top(g->chain), &ls);
 	assert_int_equal(ls.op[BKS_OP_FLUSH].ops, 1); /* before */
 	assert_int_equal(ls.op[BKS_OP_WRITE].ops, 1); /* FUA: ram: can */
-	xfer_make(g, &r, 64, 4, 0, 7);
-	g_direct(g, BLKIF_OP_READ, 2, &r);
-	g_push(g);
-	g_expect(g, 2, BLKIF_OP_READ, BLKIF_RSP_OKAY);
-	xfer_pattern(&r, 5, true);
+	g_read_check(g, 64, 4, 0, 7, 2, 5);
 	xfer_free(&w);
-	xfer_free(&r);
 	g_free(g);
 }
 
@@ -874,16 +870,9 @@ static void hostile(enum bks_blkif_abi abi)
 	g_free(g);
 }
 
-static void test_hostile_x86_64(void **state)
+static void test_hostile(void **state)
 {
-	(void)state;
-	hostile(BKS_BLKIF_ABI_X86_64);
-}
-
-static void test_hostile_x86_32(void **state)
-{
-	(void)state;
-	hostile(BKS_BLKIF_ABI_X86_32);
+	hostile(*(const enum bks_blkif_abi *)*state);
 }
 
 /* A read-only disk: writes, flushes with data and discards refused. */
@@ -957,7 +946,7 @@ static void test_guest_changes_after_copy(void **state)
 	struct gopts o = {.max_indirect = 64};
 	struct guest *g = g_new(&o);
 	struct race r = {.g = g};
-	struct xfer w, rd;
+	struct xfer w;
 
 	(void)state;
 	xfer_make(g, &w, 24, 30, 0, 7);
@@ -971,13 +960,8 @@ static void test_guest_changes_after_copy(void **state)
 	g->mem.after_copy = NULL;
 	assert_true(r.calls >= 2); /* the page, then the data */
 	g_expect(g, 1, BLKIF_OP_WRITE, BLKIF_RSP_OKAY);
-	xfer_make(g, &rd, 24, 30, 0, 7);
-	g_indirect(g, BLKIF_OP_READ, 2, &rd);
-	g_push(g);
-	g_expect(g, 2, BLKIF_OP_READ, BLKIF_RSP_OKAY);
-	xfer_pattern(&rd, 8, true);
+	g_read_check(g, 24, 30, 0, 7, 2, 8);
 	xfer_free(&w);
-	xfer_free(&rd);
 	g_free(g);
 }
 
@@ -1360,7 +1344,7 @@ static void test_flush_data_no_fua(void **state)
 	struct gopts o = {.chain = "nofua:|ram:8M", .extra = nofua_drivers};
 	struct guest *g = g_new(&o);
 	struct bks_layer_stats ls;
-	struct xfer w, r;
+	struct xfer w;
 
 	(void)state;
 	xfer_make(g, &w, 8, 3, 2, 5);
@@ -1371,13 +1355,8 @@ static void test_flush_data_no_fua(void **state)
 	bks_layer_get_stats(bks_chain_sink(g->chain), &ls);
 	assert_int_equal(ls.op[BKS_OP_FLUSH].ops, 2);
 	assert_int_equal(ls.op[BKS_OP_WRITE].ops, 1);
-	xfer_make(g, &r, 8, 3, 2, 5);
-	g_direct(g, BLKIF_OP_READ, 2, &r);
-	g_push(g);
-	g_expect(g, 2, BLKIF_OP_READ, BLKIF_RSP_OKAY);
-	xfer_pattern(&r, 6, true);
+	g_read_check(g, 8, 3, 2, 5, 2, 6);
 	xfer_free(&w);
-	xfer_free(&r);
 	g_free(g);
 }
 
@@ -1412,16 +1391,27 @@ static void test_config(void **state)
 
 int main(void)
 {
+	/* The layouts, for the tests run once per layout (prestate). */
+	static enum bks_blkif_abi x86_64 = BKS_BLKIF_ABI_X86_64;
+	static enum bks_blkif_abi x86_32 = BKS_BLKIF_ABI_X86_32;
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_layout),
-	    cmocka_unit_test(test_rw_x86_64),
-	    cmocka_unit_test(test_rw_x86_32),
+	    {.name = "test_rw_x86_64",
+	     .test_func = test_rw,
+	     .initial_state = &x86_64},
+	    {.name = "test_rw_x86_32",
+	     .test_func = test_rw,
+	     .initial_state = &x86_32},
 	    cmocka_unit_test(test_flush_data),
 	    cmocka_unit_test(test_discard),
 	    cmocka_unit_test(test_multi_page),
 	    cmocka_unit_test(test_map_fallback),
-	    cmocka_unit_test(test_hostile_x86_64),
-	    cmocka_unit_test(test_hostile_x86_32),
+	    {.name = "test_hostile_x86_64",
+	     .test_func = test_hostile,
+	     .initial_state = &x86_64},
+	    {.name = "test_hostile_x86_32",
+	     .test_func = test_hostile,
+	     .initial_state = &x86_32},
 	    cmocka_unit_test(test_read_only),
 	    cmocka_unit_test(test_guest_changes_after_copy),
 	    cmocka_unit_test(test_bad_prod),
