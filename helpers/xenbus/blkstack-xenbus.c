@@ -20,7 +20,7 @@
  * its device in InitWait and this says so, once per device.
  *
  * One instance per DIR (default $BLKSTACK_RUNDIR, else /run/blkstack):
- * it holds DIR/xenbus.lock.  Prints "blkstack-xenbus: watching PATH" on
+ * it holds DIR/xenbus.lock, and removes it when it exits.  Prints "blkstack-xenbus: watching PATH" on
  * standard output once its watch is set.  SIGTERM or SIGINT: exit 0,
  * leaving every backend as it is.  Exit 1 on an error, 2 on bad usage.
  */
@@ -358,7 +358,10 @@ out:
 		xs_close(xd.xs);
 	if (sigfd >= 0)
 		close(sigfd);
-	if (lockfd >= 0)
+	if (lockfd >= 0) {
+		/* Removed while held (lockfile.h). */
+		unlink(lock);
 		close(lockfd);
+	}
 	return rc;
 }

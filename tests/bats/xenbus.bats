@@ -191,6 +191,7 @@ stays() {
 	run wait "$XB_PID"
 	assert_success
 	XB_PID=
+	assert_file_not_exists "$RUN_DIR/xenbus.lock"
 }
 
 @test "xenbus: with it, libxl's v1 add of a vbd3 disk reaches the script, which refuses it and says why; remove succeeds" {

@@ -17,6 +17,7 @@ IMGS=/images
 XVDA=51712
 XVDB=51728
 XVDC=51744
+XVDD=51760
 
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1 ($2)"; }
@@ -316,6 +317,50 @@ attach_tests() {
 		info "$mech: xl block-detach of the failed xvdc: $(tail -n 3 /tmp/detach-missing.out | tr '\n' '|')"
 	fi
 	info "$mech: backend xvdc after block-detach: $(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-200)"
+	# Xen 4.19 added backendtype=tap; 4.17's xl refuses the word.
+	if [ "$mech" = loop ] && [ "$XEN_VERSION" != 4.17 ]; then
+		vbd3_item "$g" "$domid"
+	fi
+}
+
+# ---- item 2b: a vbd3 disk (backendtype=tap, Xen 4.19+) ------------------------
+# libxl runs a vbd3 disk's script only once the backend is in InitWait,
+# which blkstack-xenbus (the xenstore side of blkstack's vbd3 backend)
+# brings about; the script then refuses the disk, since blkstack serves no
+# blkif ring yet, and says so through libxl.  Guest $1 (domid $2) runs.
+# Its variables are _v3*: the caller's (img, be) must survive it.
+vbd3_item() {
+	_v3img=$IMGS/vbd3.img
+	truncate -s 32M "$_v3img"
+	blkstack-xenbus --verbose >/tmp/xenbus.out 2>/tmp/xenbus.err &
+	_v3pid=$!
+	check "vbd3: blkstack-xenbus watches backend/vbd3" \
+		wait_for 10 grep -q 'watching /local/domain/0/backend/vbd3' /tmp/xenbus.out
+	if xl block-attach "$1" "vdev=xvdd,backendtype=tap,script=block-stack,target=log:|aio:$_v3img" \
+		>/tmp/attach-vbd3.out 2>&1; then
+		fail "vbd3: xl block-attach of a backendtype=tap disk fails" "it succeeded"
+	else
+		pass "vbd3: xl block-attach of a backendtype=tap disk fails"
+	fi
+	grep 'script:\|hotplug' /tmp/attach-vbd3.out | head -n 3 | sed 's/^/INFO vbd3 block-attach: /'
+	check "vbd3: blkstack-xenbus took the backend to InitWait" \
+		grep -q "backend/vbd3/$2/$XVDD: Initialising -> InitWait" /tmp/xenbus.err
+	check "vbd3: xl shows blkstack's refusal" \
+		grep -q 'does not serve blkif rings yet' /tmp/attach-vbd3.out
+	check "vbd3: the refused disk started no worker" [ "$(workers)" = 1 ]
+	_v3be=/local/domain/0/backend/vbd3/$2/$XVDD
+	if xl block-detach "$1" xvdd >/tmp/detach-vbd3.out 2>&1; then
+		pass "vbd3: xl block-detach of the refused disk"
+	else
+		fail "vbd3: xl block-detach of the refused disk" "$(tail -n 3 /tmp/detach-vbd3.out | tr '\n' ' ')"
+	fi
+	wait_for 30 sh -c "! xenstore-exists $_v3be" || true
+	check "vbd3: its backend is gone" sh -c "! xenstore-exists $_v3be"
+	check "vbd3: blkstack-xenbus closed it (libxl's Closing, then Closed)" \
+		grep -q "backend/vbd3/$2/$XVDD: .* -> Closed" /tmp/xenbus.err
+	kill "$_v3pid"
+	check "vbd3: blkstack-xenbus exits 0 on SIGTERM" wait "$_v3pid"
+	sed 's/^/INFO blkstack-xenbus: /' /tmp/xenbus.err | head -n 8
 }
 
 # ---- item 3: a missing image at xl create -----------------------------------
