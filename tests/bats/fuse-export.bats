@@ -36,7 +36,8 @@ start_disk() {
 	truncate -s 64M "$IMG_DIR/d1.img"
 	head -c 4194304 /dev/urandom |
 		dd of="$IMG_DIR/d1.img" conv=notrunc status=none
-	worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" "$@"
+	worker_start d1 "aio:$IMG_DIR/d1.img" --fuse-mount "$MNT" \
+		--fuse-transport "${FUSE_TRANSPORT:-readv}" "$@"
 }
 
 # loop_on [ARGS...]: a loop device with direct I/O on $MNT/disk: LOOP.
