@@ -661,9 +661,10 @@ static int own_fuse_dir(const struct worker *w, struct opts *o, struct res *r,
 /*
  * --fuse-transport (NULL: auto), resolved: auto is readv under a
  * supervisor (supervised), which relies on the kernel's resend.
- * io_uring where the kernel does not serve it: -EOPNOTSUPP.
+ * io_uring for a FUSE export (serving) where the kernel does not serve
+ * it: -EOPNOTSUPP.
  */
-static int read_fuse_transport(const char *opt, bool supervised,
+static int read_fuse_transport(const char *opt, bool supervised, bool serving,
 			       enum bks_fuse_transport *out,
 			       struct bks_error *err)
 {
@@ -676,7 +677,8 @@ static int read_fuse_transport(const char *opt, bool supervised,
 			return bks_error_prepend(err, "--fuse-transport: ");
 	}
 	*out = bks_fuse_transport_resolve(*out, supervised);
-	if (*out == BKS_FUSE_TRANSPORT_URING && !bks_fuse_uring_enabled())
+	if (serving && *out == BKS_FUSE_TRANSPORT_URING &&
+	    !bks_fuse_uring_enabled())
 		return bks_error_setmsg(
 		    err, EOPNOTSUPP,
 		    "--fuse-transport io_uring: this kernel does not serve "
@@ -720,8 +722,9 @@ static int start(struct worker *w, struct opts *o, struct res *r,
 	rc = read_io_engine(o->io_engine, &w->io_engine, err);
 	if (rc < 0)
 		return rc;
-	rc = read_fuse_transport(o->fuse_transport, o->super_fd >= 0,
-				 &w->fuse_transport, err);
+	rc =
+	    read_fuse_transport(o->fuse_transport, o->super_fd >= 0,
+				o->fuse_mount != NULL, &w->fuse_transport, err);
 	if (rc < 0)
 		return rc;
 	rc = resume_chain(w, err);

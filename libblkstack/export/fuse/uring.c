@@ -260,6 +260,13 @@ static void got_request(struct fx_ring *r, struct fx_ent *e)
 	e->state = FXE_HELD;
 	e->owned = false;
 	e->unique = io->commit_id;
+	/*
+	 * Shutting down: no new request goes into the chain (as on
+	 * /dev/fuse, where none is read any more); the kernel fails it when
+	 * the connection ends, after the ring.
+	 */
+	if (fx->stopping || fx->ended)
+		return;
 	if (psz > BKS_FUSE_MAX_IO || in->len < sizeof(*in) + psz ||
 	    (oplen = in->len - sizeof(*in) - psz) > FXU_OP_IN_OUT_SZ ||
 	    in->unique != io->commit_id) {
@@ -341,7 +348,11 @@ int fx_uring_reply(struct fx_ent *e, int error, const struct iovec *iov, int n)
 	return 0;
 }
 
-static void ring_free(struct fx_ring *r)
+/*
+ * keep: requests are still in the chain (a forced stop), with their
+ * entries and maybe their buffers: those stay, as the pool's do.
+ */
+static void ring_free(struct fx_ring *r, bool keep)
 {
 	if (r->watching)
 		bks_watch_del(&r->w);
@@ -351,6 +362,8 @@ static void ring_free(struct fx_ring *r)
 	 * buffers and of its references to /dev/fuse. */
 	if (r->ring_ok)
 		io_uring_queue_exit(&r->ring);
+	if (keep)
+		return;
 	if (r->mem)
 		munmap(r->mem, r->mem_len);
 	free(r->hdrs);
@@ -448,7 +461,7 @@ int fx_uring_start(struct fx *fx, fx_ring_request_fn *fn, struct bks_error *err)
 	rc = 0;
 out:
 	if (r)
-		ring_free(r);
+		ring_free(r, false);
 	return rc;
 }
 
@@ -462,5 +475,5 @@ void fx_uring_stop(struct fx *fx)
 	if (io_uring_sq_ready(&r->ring) > 0)
 		io_uring_submit(&r->ring);
 	fx->ring = NULL;
-	ring_free(r);
+	ring_free(r, fx->in_flight > 0);
 }
