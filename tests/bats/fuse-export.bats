@@ -65,6 +65,19 @@ start_disk() {
 		--fuse-transport "${FUSE_TRANSPORT:-readv}" "$@"
 }
 
+# io_fails_soon PID: fio PID on $LOOP ends within 30 s (its I/O fails:
+# no hang), and so does a read of $LOOP.
+io_fails_soon() {
+	local i
+	for i in $(seq 300); do
+		gone "$1" && break
+		sleep 0.1
+	done
+	gone "$1"
+	run dd if="$LOOP" of=/dev/null bs=4k count=1 iflag=direct
+	[ "$status" -ne 0 ]
+}
+
 # loop_on [ARGS...]: a loop device with direct I/O on $MNT/disk: LOOP.
 loop_on() {
 	LOOP=$(losetup --direct-io=on "$@" -f --show "$MNT/disk")
@@ -240,7 +253,7 @@ t_sigterm() {
 	fio --name=bg --filename="$LOOP" --ioengine=libaio --direct=1 \
 		--rw=randrw --bs=4k --iodepth=16 --time_based --runtime=30 \
 		--output=/dev/null >/dev/null 2>&1 &
-	local fio_pid=$! i
+	local fio_pid=$!
 	sleep 1
 	kill -TERM "$WORKER_PID"
 	run timeout 30 tail --pid="$WORKER_PID" -f /dev/null
@@ -248,13 +261,7 @@ t_sigterm() {
 	wait "$WORKER_PID"
 	! mounted
 	# fio ends with errors once the file system is gone.
-	for i in $(seq 300); do
-		gone "$fio_pid" && break
-		sleep 0.1
-	done
-	gone "$fio_pid"
-	run dd if="$LOOP" of=/dev/null bs=4k count=1 iflag=direct
-	[ "$status" -ne 0 ]
+	io_fails_soon "$fio_pid"
 }
 
 @test "fuse-export: SIGTERM under I/O unmounts, and the loop device above gets errors, not a hang" {
@@ -364,17 +371,11 @@ sup_disk() {
 	fio --name=w --filename="$LOOP" --direct=1 --ioengine=libaio \
 		--iodepth=16 --rw=randwrite --bs=4k --offset=32M --size=32M \
 		--time_based --runtime=60 --output=/dev/null >/dev/null 2>&1 &
-	local fio_pid=$! i
+	local fio_pid=$!
 	sleep 1
 	kill_and_wait_restart "$WDIR" >/dev/null
 	# The loop device's I/O fails, soon: no hang.
-	for i in $(seq 300); do
-		gone "$fio_pid" && break
-		sleep 0.1
-	done
-	gone "$fio_pid"
-	run dd if="$LOOP" of=/dev/null bs=4k count=1 iflag=direct
-	[ "$status" -ne 0 ]
+	io_fails_soon "$fio_pid"
 	# What was acknowledged is on the image.
 	cmp "$BATS_TEST_TMPDIR/pat" \
 		<(dd if="$IMG_DIR/d1.img" bs=64k skip=160 count=64 status=none)
