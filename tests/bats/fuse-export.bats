@@ -403,15 +403,19 @@ info_of() {
 	assert_output --partial /dev/fuse
 }
 
-@test "fuse-export: unsupervised, auto is what measured faster; io_uring without the kernel's is refused" {
+@test "fuse-export: unsupervised, auto is io_uring where the kernel serves it, else readv; io_uring without it is refused" {
 	uring_param Y
 	FUSE_TRANSPORT=auto
 	start_disk
-	# bench/README.md, "Means tried": readv (uring.c's FX_AUTO_URING).
+	# bench/README.md, "Means tried" (uring.c's FX_AUTO_URING).
+	[ "$(info_of fuse_transport)" = io_uring ]
+	[ "$(stat_of transport)" = io_uring ]
+	worker_stop
+	uring_param N
+	start_disk
 	[ "$(info_of fuse_transport)" = readv ]
 	[ "$(stat_of transport)" = readv ]
 	worker_stop
-	uring_param N
 	FUSE_TRANSPORT=io_uring
 	run start_disk
 	[ "$status" -ne 0 ]

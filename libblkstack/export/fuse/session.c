@@ -386,12 +386,15 @@ static void on_ring_request(struct fx *fx, const struct fuse_in_header *in,
 			    size_t payload_len)
 {
 	if (in->opcode == FUSE_WRITE) {
+		const struct fuse_write_in *w = op;
+
 		fx->st.requests++;
-		if (op_len < sizeof(struct fuse_write_in)) {
+		/* The data is the payload, all of it. */
+		if (op_len != sizeof(*w) || payload_len != w->size) {
 			fx_reply_err(fx, in->unique, EINVAL);
 			return;
 		}
-		fx_write(fx, in, op, payload);
+		fx_write(fx, in, w, payload);
 		return;
 	}
 	if (sizeof(*in) + op_len + payload_len > sizeof(fx->small)) {
