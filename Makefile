@@ -345,6 +345,8 @@ UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
 # test-img-vhd: blkstack-img's vhd format (create, info, check).
 UNIT_OBJ_test-img-vhd := $(B)/obj/helpers/img/img-vhd.o $(COMMON)
+# test-fuse-transport checks the export's own uring-abi.h.
+$(B)/obj/tests/unit/test-fuse-transport.o: CPPFLAGS += -Ilibblkstack/export/fuse
 $(B)/obj/tests/unit/test-img-vhd.o: CPPFLAGS += -Ihelpers/img
 # test-blkif, test-blkif-xen: the ring export's core (its headers are in
 # its folder); -xen links the real grant ops, which fail to open here.

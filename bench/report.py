@@ -20,14 +20,15 @@ RAM_PEERS = ["ram", "logram"]
 # dom0 devices: a plain loop device on the file, the loop fallback
 # (loop on blkstack-fuse's file, over a worker's aio: export), and loop on
 # the worker's own FUSE file (--fuse-mount: no NBD hop).
-DEV_PEERS = ["loop", "fallback", "wfuse"]
+# wfuse-uring: the same export over FUSE over io_uring (asked for by name).
+DEV_PEERS = ["loop", "fallback", "wfuse", "wfuse-uring"]
 # BENCH_BASELINE: another build's worker on the same aio: chain.
 AB_PEERS = ["base"]
 ALL_PEERS = PEERS + RAM_PEERS + DEV_PEERS + AB_PEERS
 # Peers whose server CPU bench/run measures (the worker's threads, and for
 # the fallback blkstack-fuse's too).
 CPU_PEERS = ["aio", "libaio", "logaio", "qemu-nbd", "nbdkit", "ram",
-             "logram", "fallback", "wfuse", "base"]
+             "logram", "fallback", "wfuse", "wfuse-uring", "base"]
 PEER_LABEL = {
     "direct": "direct (libaio, O_DIRECT)",
     "aio": "blkstack `aio:`",
@@ -40,6 +41,7 @@ PEER_LABEL = {
     "loop": "plain loop (dio) on the file",
     "fallback": "loop fallback (blkstack-fuse + loop)",
     "wfuse": "loop on the worker's FUSE export",
+    "wfuse-uring": "the same, FUSE over io_uring",
     "base": "baseline build's `aio:`",
 }
 # workload: (direction in fio's JSON, unit)
@@ -556,6 +558,7 @@ def main():
             "fallback_vs_loop": ratio(med["fallback"], med["loop"]),
             "wfuse_vs_loop": ratio(med["wfuse"], med["loop"]),
             "wfuse_vs_fallback": ratio(med["wfuse"], med["fallback"]),
+            "wfuse_uring_vs_wfuse": ratio(med["wfuse-uring"], med["wfuse"]),
             "aio_vs_direct": ratio(med["aio"], med["direct"]),
             "aio_vs_qemu_nbd": ratio(med["aio"], med["qemu-nbd"]),
             "aio_vs_nbdkit": ratio(med["aio"], med["nbdkit"]),
@@ -998,7 +1001,8 @@ def main():
         a("| " + " | ".join(cells) + " |")
     a("")
     eng = {p: m.get(f"engine_{p}") for p in ["aio", "libaio", "logaio",
-                                            "fallback", "wfuse"]}
+                                            "fallback", "wfuse",
+                                            "wfuse-uring"]}
     if any(eng.values()):
         a("File queue engine of each worker peer (its `info`): " +
           ", ".join(f"{PEER_LABEL[p]} {v}" for p, v in eng.items() if v)
@@ -1048,6 +1052,26 @@ def main():
               f"{fmt_ratio(row['ratios']['wfuse_vs_loop'])} | "
               f"{fmt_ratio(row['ratios']['wfuse_vs_fallback'])} | "
               f"{fmt(row['peers']['wfuse']['server_us_per_io'], 2)} |")
+        a("")
+    if any(data[w]["peers"]["wfuse-uring"]["median"] is not None
+           for w in WORKLOADS):
+        a("The worker's FUSE export on its two transports, interleaved: "
+          "readv/writev on /dev/fuse (wfuse) and FUSE over io_uring "
+          "(`--fuse-transport io_uring`, Linux 6.14+):")
+        a("")
+        a("| workload | unit | " + PEER_LABEL["wfuse"] + " | "
+          + PEER_LABEL["wfuse-uring"] + " | io_uring÷readv | "
+          "CPU µs/request, readv | CPU µs/request, io_uring |")
+        a("| --- | --- | --- | --- | --- | --- | --- |")
+        for w, row in data.items():
+            if row["peers"]["wfuse-uring"]["median"] is None:
+                continue
+            a(f"| {WORKLOAD_LABEL[w]} | {row['unit']} | "
+              f"{fmt(row['peers']['wfuse']['median'])} | "
+              f"{fmt(row['peers']['wfuse-uring']['median'])} | "
+              f"{fmt_ratio(row['ratios']['wfuse_uring_vs_wfuse'])} | "
+              f"{fmt(row['peers']['wfuse']['server_us_per_io'], 2)} | "
+              f"{fmt(row['peers']['wfuse-uring']['server_us_per_io'], 2)} |")
         a("")
     cpu_shown = [p for p in CPU_PEERS
                  if any(data[w]["peers"][p]["server_us_per_io"] is not None

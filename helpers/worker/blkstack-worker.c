@@ -4,6 +4,7 @@
  *                 [--foreground] [--ready-fd FD] [--timeouts H,S,C]
  *                 [--supervisor-fd FD] [--io-engine auto|io_uring|libaio]
  *                 [--fuse | --fuse-mount DIR [--fuse-fd FD]]
+ *                 [--fuse-transport auto|io_uring|readv]
  *
  * One process serving one virtual disk: it opens the chain, exports it
  * over NBD on DIR/NAME/nbd.sock and answers the control protocol on
@@ -40,6 +41,15 @@
  * --fuse is --fuse-mount DIR/NAME/fuse (WORKER_FILE_FUSE), a mount point
  * the worker makes in its own directory and removes at a graceful stop:
  * the hotplug helper's "fuse" device mechanism (helpers/hotplug/hp-dev.h).
+ *
+ * --fuse-transport picks how the FUSE export and the kernel exchange
+ * requests (blkstack/fuse-server.h): readv/writev on /dev/fuse, or FUSE
+ * over io_uring.  auto (the default) is readv under a supervisor (a
+ * session on io_uring cannot be handed to the next worker: the kernel
+ * does not resend what a dead server's ring held), and unsupervised what
+ * measured faster.  io_uring needs the fuse module's enable_uring (else
+ * the worker does not start); it never hands the session over, so a
+ * crash ends the file system, as unsupervised.
  *
  * --io-engine (else the conf key io-engine, else auto) picks the file
  * drivers' I/O engine (blkstack/io-engine.h); auto is resolved once at
@@ -91,6 +101,7 @@ struct opts {
 	/* --timeouts, ms (0: default) */
 	unsigned int handshake_ms, stall_ms, ctl_idle_ms;
 	const char *io_engine;	     /* --io-engine, NULL: the conf's */
+	const char *fuse_transport;  /* --fuse-transport, NULL: auto */
 	const char *fuse_mount;	     /* --fuse-mount, NULL: none */
 	int fuse_fd;		     /* --fuse-fd (adopt), -1: mount */
 	char fuse_own[PATH_MAX + 8]; /* --fuse: DIR/NAME/fuse, made at start */
@@ -589,14 +600,26 @@ static int resume_chain(struct worker *w, struct bks_error *err)
  * /dev/fuse keeps the file system alive across a crash of this worker, if
  * the kernel can resend what a dead worker had read.
  */
-static void fuse_inited(void *arg, int dev_fd, bool can_resend)
+static void fuse_inited(void *arg, int dev_fd,
+			const struct bks_fuse_init_info *info)
 {
 	struct worker *w = arg;
 	int rc;
 
+	if (info->why_not[0])
+		worker_log(w, LOG_WARNING,
+			   "FUSE: serving with readv, not io_uring: %s",
+			   info->why_not);
 	if (!w->super)
 		return;
-	if (!can_resend) {
+	if (info->transport == BKS_FUSE_TRANSPORT_URING) {
+		worker_log(w, LOG_INFO,
+			   "FUSE over io_uring: the file system ends with "
+			   "this worker (the kernel does not resend what a "
+			   "dead server's ring entries held)");
+		return;
+	}
+	if (!info->can_resend) {
 		worker_log(w, LOG_INFO,
 			   "FUSE: the kernel cannot resend requests "
 			   "(Linux < 6.9): the file system ends with this "
@@ -635,6 +658,35 @@ static int own_fuse_dir(const struct worker *w, struct opts *o, struct res *r,
 	return 0;
 }
 
+/*
+ * --fuse-transport (NULL: auto), resolved: auto is readv under a
+ * supervisor (supervised), which relies on the kernel's resend.
+ * io_uring for a FUSE export (serving) where the kernel does not serve
+ * it: -EOPNOTSUPP.
+ */
+static int read_fuse_transport(const char *opt, bool supervised, bool serving,
+			       enum bks_fuse_transport *out,
+			       struct bks_error *err)
+{
+	int rc;
+
+	*out = BKS_FUSE_TRANSPORT_AUTO;
+	if (opt) {
+		rc = bks_fuse_transport_parse(opt, out, err);
+		if (rc < 0)
+			return bks_error_prepend(err, "--fuse-transport: ");
+	}
+	*out = bks_fuse_transport_resolve(*out, supervised);
+	if (serving && *out == BKS_FUSE_TRANSPORT_URING &&
+	    !bks_fuse_uring_enabled())
+		return bks_error_setmsg(
+		    err, EOPNOTSUPP,
+		    "--fuse-transport io_uring: this kernel does not serve "
+		    "FUSE over io_uring (Linux 6.14+, with "
+		    "/sys/module/fuse/parameters/enable_uring Y)");
+	return 0;
+}
+
 /* Everything before "ok": returns 0 or -errno with err set. */
 static int start(struct worker *w, struct opts *o, struct res *r,
 		 struct bks_error *err)
@@ -668,6 +720,11 @@ static int start(struct worker *w, struct opts *o, struct res *r,
 	if (rc < 0)
 		return rc;
 	rc = read_io_engine(o->io_engine, &w->io_engine, err);
+	if (rc < 0)
+		return rc;
+	rc =
+	    read_fuse_transport(o->fuse_transport, o->super_fd >= 0,
+				o->fuse_mount != NULL, &w->fuse_transport, err);
 	if (rc < 0)
 		return rc;
 	rc = resume_chain(w, err);
@@ -727,6 +784,7 @@ static int start(struct worker *w, struct opts *o, struct res *r,
 					     .read_only = w->read_only,
 					     .adopt = adopt_fd >= 0,
 					     .dev_fd = adopt_fd,
+					     .transport = w->fuse_transport,
 					     .inited = fuse_inited,
 					     .arg = w,
 					 },
@@ -831,6 +889,8 @@ static void usage(FILE *f)
 		"the worker)\n"
 		"  [--fuse-fd FD] (given by blkstack-supervisor: adopt DIR's "
 		"session)\n"
+		"  [--fuse-transport auto|io_uring|readv] (FUSE requests: "
+		"default auto)\n"
 		"  DIR defaults to $BLKSTACK_RUNDIR, else " DEFAULT_RUNDIR "\n"
 		"  --version: print the version and exit\n"
 		"  CHAIN: see docs/chains.txt, e.g. 'log:|aio:/images/"
@@ -875,6 +935,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	    {"io-engine", required_argument, NULL, 'E'},
 	    {"fuse-mount", required_argument, NULL, 'M'},
 	    {"fuse-fd", required_argument, NULL, 'U'},
+	    {"fuse-transport", required_argument, NULL, 'X'},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
 	    {NULL, 0, NULL, 0},
@@ -922,6 +983,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 				return 2;
 			}
 			o->fuse_mount = optarg;
+			break;
+		case 'X':
+			o->fuse_transport = optarg; /* checked at start */
 			break;
 		case 'U':
 			if (ready_fd_parse(optarg, 3, &o->fuse_fd) < 0) {

@@ -324,6 +324,8 @@ static void cmd_info(struct ctl_conn *c)
 	json_kv_bool(j, "started_paused", w->started_paused);
 	json_kv_str(j, "nbd_socket", path);
 	json_kv_str(j, "io_engine", bks_io_engine_name(w->io_engine));
+	json_kv_str(j, "fuse_transport",
+		    bks_fuse_transport_name(w->fuse_transport));
 	worker_job_json(w, j);
 	json_key(j, "layers");
 	json_arr_begin(j);
@@ -445,6 +447,9 @@ static void cmd_stats(struct ctl_conn *c)
 		bks_export_get_stats(w->fuse, &fs);
 		json_obj_begin(j);
 		json_kv_bool(j, "mounted", fs.connections > 0);
+		json_kv_str(j, "transport",
+			    bks_fuse_transport_name(
+				bks_fuse_export_transport(w->fuse)));
 		json_kv_u64(j, "requests", fs.requests);
 		json_kv_u64(j, "errors", fs.errors);
 		json_kv_u64(j, "bytes_read", fs.bytes_read);

@@ -58,6 +58,9 @@ struct worker {
 	/* --io-engine or conf io-engine, resolved (never AUTO): for the
 	 * chains it opens, and reported by info and stats */
 	enum bks_io_engine io_engine;
+	/* --fuse-transport, resolved (never AUTO): asked of the FUSE
+	 * export, and reported by info and stats */
+	enum bks_fuse_transport fuse_transport;
 	bool foreground;	   /* log to stderr, not syslog */
 	struct bks_syslog *syslog; /* never blocks; NULL: stderr */
 	unsigned int

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The FUSE export: the request pool, the aligned data buffers, and
- * answering on /dev/fuse.  See internal.h.
+ * answering on /dev/fuse (or, for a request that came in a ring entry,
+ * through uring.c).  See internal.h.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -41,6 +42,10 @@ struct fx_req *fx_req_get(struct fx *fx, uint64_t unique, uint32_t opcode)
 	q->unique = unique;
 	q->opcode = opcode;
 	q->buf_class = -1;
+	/* A request from a ring entry is answered through it, later. */
+	q->ent = fx->cur_ent;
+	if (q->ent)
+		q->ent->owned = true;
 	fx->in_flight++;
 	return q;
 }
@@ -49,7 +54,7 @@ void fx_req_put(struct fx_req *q)
 {
 	struct fx *fx = q->fx;
 
-	if (q->buf)
+	if (q->buf && !q->buf_borrowed)
 		fx_buf_put(fx, q->buf, q->buf_class);
 	q->next = fx->free_reqs;
 	fx->free_reqs = q;
@@ -110,8 +115,9 @@ void fx_pool_free(struct fx *fx)
 			free(fx->bufs[c][--fx->nbufs[c]]);
 }
 
-int fx_reply(struct fx *fx, uint64_t unique, int error, const struct iovec *iov,
-	     int n)
+/* Answer unique, which came in ring entry e or (NULL) on /dev/fuse. */
+static int reply_to(struct fx *fx, struct fx_ent *e, uint64_t unique, int error,
+		    const struct iovec *iov, int n)
 {
 	struct fuse_out_header oh = {.error = -error, .unique = unique};
 	struct iovec v[4];
@@ -122,6 +128,11 @@ int fx_reply(struct fx *fx, uint64_t unique, int error, const struct iovec *iov,
 		n = 0;
 	if (n > 3)
 		return -EINVAL;
+	if (e) {
+		if (error)
+			fx->st.errors++;
+		return fx_uring_reply(e, error, iov, n);
+	}
 	v[0] = (struct iovec){.iov_base = &oh, .iov_len = sizeof(oh)};
 	for (int i = 0; i < n; i++) {
 		v[i + 1] = iov[i];
@@ -139,6 +150,21 @@ int fx_reply(struct fx *fx, uint64_t unique, int error, const struct iovec *iov,
 	if (errno == ENOENT)
 		return 0;
 	return -errno;
+}
+
+int fx_reply(struct fx *fx, uint64_t unique, int error, const struct iovec *iov,
+	     int n)
+{
+	struct fx_ent *e = fx->cur_ent;
+
+	/* While a ring entry's request is dispatched, its answers. */
+	return reply_to(fx, e && e->unique == unique ? e : NULL, unique, error,
+			iov, n);
+}
+
+int fx_req_reply(struct fx_req *q, int error, const struct iovec *iov, int n)
+{
+	return reply_to(q->fx, q->ent, q->unique, error, iov, n);
 }
 
 int fx_reply_err(struct fx *fx, uint64_t unique, int error)

@@ -19,18 +19,18 @@ static void done(struct bks_req *r, int result)
 	struct iovec iov;
 
 	if (result < 0) {
-		fx_reply_err(fx, q->unique, -result);
+		fx_req_reply(q, -result, NULL, 0);
 	} else if (q->opcode == FUSE_READ) {
 		iov = (struct iovec){.iov_base = q->buf + q->buf_skew,
 				     .iov_len = q->len};
 		fx->st.bytes_read += q->len;
-		fx_reply(fx, q->unique, 0, &iov, 1);
+		fx_req_reply(q, 0, &iov, 1);
 	} else if (q->opcode == FUSE_WRITE) {
 		iov = (struct iovec){.iov_base = &wo, .iov_len = sizeof(wo)};
 		fx->st.bytes_written += q->len;
-		fx_reply(fx, q->unique, 0, &iov, 1);
+		fx_req_reply(q, 0, &iov, 1);
 	} else {
-		fx_reply_err(fx, q->unique, 0);
+		fx_req_reply(q, 0, NULL, 0);
 	}
 	fx_req_put(q);
 }
@@ -77,7 +77,13 @@ void fx_read(struct fx *fx, const struct fuse_in_header *in,
 		return;
 	}
 	q->buf_skew = bks_chain_buf_skew(fx->chain, off);
-	q->buf = fx_buf_get(fx, q->buf_skew + len, &q->buf_class);
+	if (q->ent && q->buf_skew == 0) {
+		/* Read into the ring entry's payload: the answer is there. */
+		q->buf = q->ent->payload;
+		q->buf_borrowed = true;
+	} else {
+		q->buf = fx_buf_get(fx, q->buf_skew + len, &q->buf_class);
+	}
 	if (!q->buf) {
 		fx_reply_err(fx, in->unique, ENOMEM);
 		fx_req_put(q);
@@ -88,7 +94,7 @@ void fx_read(struct fx *fx, const struct fuse_in_header *in,
 }
 
 void fx_write(struct fx *fx, const struct fuse_in_header *in,
-	      const struct fuse_write_in *arg)
+	      const struct fuse_write_in *arg, const char *data)
 {
 	uint64_t size = fx_size(fx), off = arg->offset, len = arg->size;
 	struct fx_req *q;
@@ -122,7 +128,12 @@ void fx_write(struct fx *fx, const struct fuse_in_header *in,
 		return;
 	}
 	skew = bks_chain_buf_skew(fx->chain, off);
-	if (skew == 0 && len >= FX_STEAL_MIN) {
+	if (q->ent && skew == 0) {
+		/* Written from the ring entry's payload, which stays ours
+		 * until the answer. */
+		q->buf = (char *)data;
+		q->buf_borrowed = true;
+	} else if (!q->ent && skew == 0 && len >= FX_STEAL_MIN) {
 		/* The payload is at the start of the receive buffer: keep it.
 		 */
 		q->buf = fx->rbuf;
@@ -135,7 +146,7 @@ void fx_write(struct fx *fx, const struct fuse_in_header *in,
 			fx_req_put(q);
 			return;
 		}
-		memcpy(q->buf + skew, fx->rbuf, len);
+		memcpy(q->buf + skew, data, len);
 	}
 	q->buf_skew = skew;
 	q->len = (uint32_t)len;

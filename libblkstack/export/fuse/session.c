@@ -65,10 +65,45 @@ static void fill_attr(const struct fx *fx, uint64_t ino, struct fuse_attr *a)
 	}
 }
 
+static void on_ring_request(struct fx *fx, const struct fuse_in_header *in,
+			    const void *op, size_t op_len, const char *payload,
+			    size_t payload_len);
+
+/*
+ * After INIT's answer: io_uring if it was asked for and the kernel
+ * offered it (uring), else readv; info says which, and why not.
+ */
+static void start_transport(struct fx *fx, bool uring,
+			    struct bks_fuse_init_info *info)
+{
+	struct bks_error err = {0};
+
+	info->transport = BKS_FUSE_TRANSPORT_READV;
+	if (fx->want != BKS_FUSE_TRANSPORT_URING)
+		return;
+	if (!uring) {
+		snprintf(info->why_not, sizeof(info->why_not),
+			 "the kernel does not offer FUSE over io_uring "
+			 "(Linux 6.14+ with the fuse module's enable_uring "
+			 "set)");
+		return;
+	}
+	if (fx_uring_start(fx, on_ring_request, &err) < 0) {
+		/* Cut to fit: the message begins with what failed. */
+		memcpy(info->why_not, err.msg, sizeof(info->why_not) - 1);
+		info->why_not[sizeof(info->why_not) - 1] = '\0';
+		return;
+	}
+	info->transport = BKS_FUSE_TRANSPORT_URING;
+}
+
 static void do_init(struct fx *fx, const struct fuse_in_header *in,
 		    const struct fuse_init_in *arg)
 {
 	struct fuse_init_out out = {0};
+	struct bks_fuse_init_info info = {0};
+	bool ext = (arg->flags & FUSE_INIT_EXT) != 0;
+	bool uring = ext && (arg->flags2 & FXU_INIT_FLAGS2_OVER_IO_URING);
 
 	if (arg->major < FX_MAJOR) {
 		fx_reply_err(fx, in->unique, EPROTO);
@@ -90,12 +125,20 @@ static void do_init(struct fx *fx, const struct fuse_in_header *in,
 	out.max_write = BKS_FUSE_MAX_IO;
 	out.time_gran = 1;
 	out.max_pages = BKS_FUSE_MAX_IO / 4096;
+	uring = uring && fx->want == BKS_FUSE_TRANSPORT_URING;
+	if (uring) {
+		out.flags |= FUSE_INIT_EXT;
+		out.flags2 = FXU_INIT_FLAGS2_OVER_IO_URING;
+	}
 	fx->inited = true;
 	reply_data(fx, in->unique, &out, sizeof(out));
+	/* The kernel takes ring entries once INIT is answered. */
+	start_transport(fx, uring, &info);
+	/* A session on the ring dies with us (internal.h). */
+	info.can_resend = ext && (arg->flags2 & FX_HAS_RESEND_FLAGS2) &&
+			  info.transport == BKS_FUSE_TRANSPORT_READV;
 	if (fx->inited_fn)
-		fx->inited_fn(fx->inited_arg, fx->fd,
-			      (arg->flags & FUSE_INIT_EXT) &&
-				  (arg->flags2 & FX_HAS_RESEND_FLAGS2));
+		fx->inited_fn(fx->inited_arg, fx->fd, &info);
 }
 
 static void do_lookup(struct fx *fx, const struct fuse_in_header *in,
@@ -316,7 +359,9 @@ static void dispatch(struct fx *fx, const unsigned char *p, size_t len)
 		fx_read(fx, in, arg);
 		break;
 	case FUSE_WRITE:
-		fx_write(fx, in, arg);
+		/* Not reached: both transports serve WRITE before. */
+		fx_write(fx, in, arg,
+			 (const char *)arg + sizeof(struct fuse_write_in));
 		break;
 	case FUSE_FLUSH:
 	case FUSE_FSYNC:
@@ -329,6 +374,38 @@ static void dispatch(struct fx *fx, const unsigned char *p, size_t len)
 		fx_reply_err(fx, in->unique, ENOSYS);
 		break;
 	}
+}
+
+/*
+ * A request from a ring entry (uring.c): a WRITE is served from the
+ * entry's payload; the rest is put together as /dev/fuse would have
+ * given it and dispatched.
+ */
+static void on_ring_request(struct fx *fx, const struct fuse_in_header *in,
+			    const void *op, size_t op_len, const char *payload,
+			    size_t payload_len)
+{
+	if (in->opcode == FUSE_WRITE) {
+		const struct fuse_write_in *w = op;
+
+		fx->st.requests++;
+		/* The data is the payload, all of it. */
+		if (op_len != sizeof(*w) || payload_len != w->size) {
+			fx_reply_err(fx, in->unique, EINVAL);
+			return;
+		}
+		fx_write(fx, in, w, payload);
+		return;
+	}
+	if (sizeof(*in) + op_len + payload_len > sizeof(fx->small)) {
+		fx->st.requests++;
+		fx_reply_err(fx, in->unique, EINVAL);
+		return;
+	}
+	memcpy(fx->small, in, sizeof(*in));
+	memcpy(fx->small + sizeof(*in), op, op_len);
+	memcpy(fx->small + sizeof(*in) + op_len, payload, payload_len);
+	dispatch(fx, fx->small, sizeof(*in) + op_len + payload_len);
 }
 
 /* Read and dispatch one request.  Returns 0, -EAGAIN, or a fatal -errno. */
@@ -369,7 +446,8 @@ static int receive_one(struct fx *fx)
 		}
 		fx_write(
 		    fx, in,
-		    (const void *)(fx->hdr + sizeof(struct fuse_in_header)));
+		    (const void *)(fx->hdr + sizeof(struct fuse_in_header)),
+		    fx->rbuf);
 		return 0;
 	}
 	if ((size_t)n > sizeof(fx->small)) {
@@ -597,6 +675,8 @@ static void on_defer(struct bks_defer *d)
 		umount2(fx->mnt, MNT_DETACH | UMOUNT_NOFOLLOW);
 		fx->mounted = false;
 	}
+	/* The ring's commands hold /dev/fuse too: they go first. */
+	fx_uring_stop(fx);
 	if (fx->fd >= 0) {
 		close(fx->fd);
 		fx->fd = -1;
@@ -634,6 +714,7 @@ static void fx_free(void *state)
 		bks_watch_del(&fx->w);
 	if (fx->mounted)
 		umount2(fx->mnt, MNT_DETACH | UMOUNT_NOFOLLOW);
+	fx_uring_stop(fx);
 	if (fx->fd >= 0)
 		close(fx->fd);
 	if (fx->adopt_fd >= 0)
@@ -679,6 +760,10 @@ int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
 	fx->fd = -1;
 	fx->adopt_fd = cfg->adopt ? cfg->dev_fd : -1;
 	fx->inited_fn = cfg->inited;
+	fx->want = cfg->transport == BKS_FUSE_TRANSPORT_URING
+		       ? BKS_FUSE_TRANSPORT_URING
+		       : BKS_FUSE_TRANSPORT_READV;
+	fx->transport = BKS_FUSE_TRANSPORT_READV;
 	fx->inited_arg = cfg->arg;
 	bks_defer_init(loop, &fx->defer, on_defer, fx);
 	bks_export_init(&fx->exp, &fx_ops, fx, chain);

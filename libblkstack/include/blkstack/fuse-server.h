@@ -67,6 +67,61 @@
  * idempotent).  The kernel says at INIT whether it can (FUSE_HAS_RESEND,
  * Linux 6.9 and later): only then is the descriptor worth handing over.
  */
+/*
+ * How requests travel between the kernel and the export.
+ *
+ *   readv     read() one request from /dev/fuse, writev() its answer:
+ *             two system calls per request.
+ *   io_uring  FUSE over io_uring (Linux 6.14+, the fuse module's
+ *             enable_uring parameter set): ring entries registered on
+ *             every CPU's queue get requests and carry answers, an
+ *             answer and the next fetch in one SQE, many per
+ *             io_uring_enter().  /dev/fuse is still read for what the
+ *             kernel sends there (INIT, interrupts, resent requests).
+ *             A dead server's ring entries are not resent (see
+ *             internal.h), so a session on io_uring does not outlive
+ *             its server: can_resend is false.
+ *   auto      resolved by bks_fuse_transport_resolve().
+ *
+ * If the kernel does not offer io_uring at INIT, io_uring serves with
+ * readv; bks_fuse_export_transport() says what is in effect.
+ */
+enum bks_fuse_transport {
+	BKS_FUSE_TRANSPORT_AUTO,
+	BKS_FUSE_TRANSPORT_READV,
+	BKS_FUSE_TRANSPORT_URING,
+};
+
+/* "auto", "readv", "io_uring". */
+const char *bks_fuse_transport_name(enum bks_fuse_transport t);
+/* Parse a name; -EINVAL with err listing the names. */
+int bks_fuse_transport_parse(const char *name, enum bks_fuse_transport *out,
+			     struct bks_error *err);
+/*
+ * Whether the running kernel serves FUSE over io_uring now: 1 (its
+ * module parameter enable_uring is Y), 0 (N, or a kernel without it:
+ * the parameter is missing), never an error.
+ */
+int bks_fuse_uring_enabled(void);
+/*
+ * auto: readv where a crash must not end the session (survive: the
+ * caller's supervisor keeps it, above); else io_uring where
+ * bks_fuse_uring_enabled() and it measured faster (bench/README.md,
+ * "Means tried"), else readv.  Any other t is returned as is.
+ */
+enum bks_fuse_transport bks_fuse_transport_resolve(enum bks_fuse_transport t,
+						   bool survive);
+
+/* What the export's INIT did, for bks_fuse_config.inited. */
+struct bks_fuse_init_info {
+	/* A duplicate of dev_fd keeps the session across a crash. */
+	bool can_resend;
+	/* What serves requests from now on. */
+	enum bks_fuse_transport transport;
+	/* io_uring was asked for and is not used: why (else ""). */
+	char why_not[160];
+};
+
 struct bks_fuse_config {
 	/* Required: an existing empty directory, an absolute path. */
 	const char *mountpoint;
@@ -79,13 +134,17 @@ struct bks_fuse_config {
 	 */
 	bool adopt;
 	int dev_fd;
+	/* readv or io_uring (auto: readv; resolve it first). */
+	enum bks_fuse_transport transport;
 	/*
 	 * Optional.  Called once the kernel's INIT is answered (not when
 	 * adopting), with the /dev/fuse descriptor (the export's; dup it
-	 * to keep it) and whether the kernel can resend requests, so that
-	 * the caller can hand a duplicate to whoever will restart it.
+	 * to keep it) and what INIT did: whether the kernel can resend
+	 * requests (so that the caller can hand a duplicate to whoever
+	 * will restart it) and the transport.
 	 */
-	void (*inited)(void *arg, int dev_fd, bool can_resend);
+	void (*inited)(void *arg, int dev_fd,
+		       const struct bks_fuse_init_info *info);
 	void *arg;
 };
 
@@ -111,5 +170,8 @@ int bks_fuse_export_new(struct bks_export **out, struct bks_loop *loop,
  * wait for ever.  For a caller deciding whether to adopt (above).
  */
 bool bks_fuse_mounted(const char *path);
+
+/* The transport in effect on exp, a FUSE export (readv until INIT). */
+enum bks_fuse_transport bks_fuse_export_transport(const struct bks_export *exp);
 
 #endif /* BLKSTACK_FUSE_SERVER_H */
