@@ -20,9 +20,10 @@
  * its device in InitWait and this says so, once per device.
  *
  * One instance per DIR (default $BLKSTACK_RUNDIR, else /run/blkstack):
- * it holds DIR/xenbus.lock, and removes it when it exits.  Prints "blkstack-xenbus: watching PATH" on
- * standard output once its watch is set.  SIGTERM or SIGINT: exit 0,
- * leaving every backend as it is.  Exit 1 on an error, 2 on bad usage.
+ * it holds DIR/xenbus.lock, and removes it when it exits.  Prints
+ * "blkstack-xenbus: watching PATH" on standard output once its watch is set.
+ * SIGTERM or SIGINT: exit 0, leaving every backend as it is.  Exit 1 on an
+ * error, 2 on bad usage.
  */
 #include <errno.h>
 #include <getopt.h>
