@@ -551,7 +551,7 @@ install: all man
 	# blkstack-ctl starts the blkstack-worker (and its
 	# blkstack-supervisor) that stand beside it; the hotplug helper falls
 	# back to sbin for them and blkstack-fuse.
-	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(FUSE) $(IMG_BUILT) \
+	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(XENBUS) $(FUSE) $(IMG_BUILT) \
 		$(DESTDIR)$(SBINDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
@@ -559,7 +559,7 @@ install: all man
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/blkstack-worker $(DESTDIR)$(SBINDIR)/blkstack-ctl \
-		$(DESTDIR)$(SBINDIR)/blkstack-supervisor \
+		$(DESTDIR)$(SBINDIR)/blkstack-supervisor $(DESTDIR)$(SBINDIR)/blkstack-xenbus \
 		$(DESTDIR)$(SBINDIR)/blkstack-fuse $(DESTDIR)$(SBINDIR)/blkstack-img
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack

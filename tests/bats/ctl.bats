@@ -175,7 +175,7 @@ stat_of() {
 	assert_success
 	json=$output
 	run jq_py "$json" 'sorted(d)'
-	assert_output '["block_size", "chain", "connections", "in_flight", "io_engine", "job", "last_job", "layers", "name", "nbd_socket", "ok", "oldest_request_ms", "pid", "read_only", "size", "started_paused", "state", "uptime_s"]'
+	assert_output '["block_size", "chain", "connections", "fuse_transport", "in_flight", "io_engine", "job", "last_job", "layers", "name", "nbd_socket", "ok", "oldest_request_ms", "pid", "read_only", "size", "started_paused", "state", "uptime_s"]'
 	run jq_py "$json" '(d["ok"], d["name"], d["chain"], d["size"], d["block_size"], d["read_only"], d["state"], d["pid"], d["connections"], d["layers"])'
 	assert_output "[true, \"vm1\", \"log:block=4K|aio:$IMGDIR/disk.img\", 33554432, 512, false, \"running\", $pid, 0, [\"log\", \"aio\"]]"
 	run jq_py "$json" 'isinstance(d["uptime_s"], int) and d["nbd_socket"]'

@@ -69,7 +69,7 @@ teardown() {
 		assert_output ""
 		n=$((n + 1))
 	done
-	assert_equal "$n" 8
+	assert_equal "$n" 9
 	# The hotplug helper was built for /usr: it falls back to /usr/sbin.
 	run grep -c /usr/sbin "$x/usr/libexec/blkstack/blkstack-hotplug"
 	refute_output 0

@@ -41,12 +41,12 @@ page() {
 		assert_equal "$stderr" ""
 		n=$((n + 1))
 	done
-	assert_equal "$n" 8
+	assert_equal "$n" 9
 }
 
 @test "man: every program and the hotplug script has a page" {
 	for p in block-stack.8 blkstack-ctl.8 blkstack-worker.8 blkstack-supervisor.8 \
-		blkstack-fuse.8 blkstack-img.1 blkstack-chains.7 blkstack.conf.5; do
+		blkstack-fuse.8 blkstack-xenbus.8 blkstack-img.1 blkstack-chains.7 blkstack.conf.5; do
 		assert_file_exists "$MAN/$p"
 	done
 	for b in "$BIN"/blkstack-*; do
@@ -101,7 +101,7 @@ long_opts() {
 
 @test "man: every long option of every program is in its page" {
 	common=$TOP/helpers/common/worker-run.h
-	for p in ctl worker supervisor fuse; do
+	for p in ctl worker supervisor fuse xenbus; do
 		text=$(page "$MAN/blkstack-$p.8")
 		opts=$(long_opts "$TOP/helpers/$p/blkstack-$p.c" $([ "$p" = worker ] || [ "$p" = supervisor ] && echo "$common"))
 		[ -n "$opts" ]
