@@ -180,9 +180,12 @@ $(B)/obj/helpers/hotplug/hp-actions.o $(B)/obj/helpers/hotplug/dev-fuse.o: \
 	$(PATHS_STAMP)
 
 WORKER       := $(B)/bin/blkstack-worker
+# The worker serves the guest's blkif ring too (worker-blkif.c): the
+# ring core's private headers, and its libxengnttab/libxenevtchn ops.
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
-                $(COMMON) $(LIB)
-WORKER_LIBS   = $(LIB_LIBS)
+                $(BLKIF_XEN_OBJ) $(COMMON) $(LIB)
+WORKER_LIBS   = $(LIB_LIBS) $(BLKIF_XEN_LIBS)
+$(B)/obj/helpers/worker/%.o: CPPFLAGS += -Ilibblkstack/export/blkif
 
 CTL          := $(B)/bin/blkstack-ctl
 CTL_OBJ      := $(call objs,$(sort $(wildcard helpers/ctl/*.c))) \
@@ -330,7 +333,16 @@ UNIT_OBJ_test-small-file := $(COMMON)
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(addprefix $(B)/obj/helpers/worker/, \
                               worker-ctl.o worker-live.o worker-job.o \
-                              worker-state.o) $(COMMON)
+                              worker-state.o worker-blkif.o) \
+                            $(BLKIF_XEN_OBJ) $(COMMON)
+UNIT_LIBS_test-worker-ctl  = $(BLKIF_XEN_LIBS)
+# test-worker-blkif: blkif-connect's arguments (worker-blkif.c).
+UNIT_OBJ_test-worker-blkif := $(addprefix $(B)/obj/helpers/worker/, \
+                                worker-blkif.o worker-state.o) \
+                              $(BLKIF_XEN_OBJ) $(COMMON)
+UNIT_LIBS_test-worker-blkif  = $(BLKIF_XEN_LIBS)
+$(B)/obj/tests/unit/test-worker-blkif.o: \
+	CPPFLAGS += -Ihelpers/worker -Ilibblkstack/export/blkif
 # test-sup: the supervisor's restart policy, keys and channel messages.
 UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
                        sup-policy.o sup-hang.o) $(COMMON)

@@ -81,6 +81,7 @@
 #include "rundir-files.h"
 #include "rundir.h"
 #include "version.h"
+#include "worker-blkif.h"
 #include "worker-ctl.h"
 #include "worker-job.h"
 #include "worker-live.h"
@@ -293,6 +294,12 @@ static void fuse_down(void *arg)
 	nbd_down(w);
 }
 
+/* The guest's ring is down too (worker-blkif.h): back to nbd_down(). */
+static void blkif_down(void *arg)
+{
+	nbd_down(arg);
+}
+
 /* Every client is gone: flush what the chain holds, then leave the loop. */
 static void nbd_down(void *arg)
 {
@@ -304,6 +311,9 @@ static void nbd_down(void *arg)
 		bks_export_shutdown(w->fuse, fuse_down, w);
 		return;
 	}
+	/* Then the guest's ring, if one is served: its requests complete. */
+	if (worker_blkif_disconnect(w, blkif_down, w) == 0)
+		return;
 	/* A cancelled job still stopping: job_stopped() comes back here. */
 	if (worker_job_running(w)) {
 		w->down_pending = true;
@@ -819,6 +829,7 @@ static void cleanup(struct worker *w, struct res *r)
 
 	if (w->ctl)
 		worker_ctl_free(w->ctl);
+	worker_blkif_free(w);
 	bks_export_free(w->fuse);
 	bks_export_free(w->nbd);
 	stop_signals_stop(&r->sig);

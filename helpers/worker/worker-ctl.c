@@ -41,6 +41,7 @@
 
 #include "blkstack/log.h"
 #include "json.h"
+#include "worker-blkif.h"
 #include "worker-ctl.h"
 #include "worker-job.h"
 #include "worker-live.h"
@@ -90,6 +91,7 @@ struct ctl_conn {
 	bool close_after; /* close once the output has gone */
 	bool pause_wait;  /* waiting for the worker's pause */
 	bool op_wait;	  /* waiting for a snapshot, reopen or cancel */
+	bool blkif_wait;  /* waiting for blkif-disconnect's end */
 	bool cancel_wait; /* ... for the end of the job it cancelled */
 	bool kick;	  /* the `kick` deferred call has work for it */
 };
@@ -245,7 +247,7 @@ static size_t out_pending(const struct ctl_conn *c)
 /* Waiting for the worker (a pause, a snapshot, a cancel): not idle. */
 static bool conn_waiting(const struct ctl_conn *c)
 {
-	return c->pause_wait || c->op_wait;
+	return c->pause_wait || c->op_wait || c->blkif_wait;
 }
 
 /* ---- connections --------------------------------------------------------- */
@@ -326,6 +328,7 @@ static void cmd_info(struct ctl_conn *c)
 	json_kv_str(j, "io_engine", bks_io_engine_name(w->io_engine));
 	json_kv_str(j, "fuse_transport",
 		    bks_fuse_transport_name(w->fuse_transport));
+	json_kv_str(j, "blkif", worker_blkif_state(w));
 	worker_job_json(w, j);
 	json_key(j, "layers");
 	json_arr_begin(j);
@@ -460,6 +463,9 @@ static void cmd_stats(struct ctl_conn *c)
 	} else {
 		json_null(j);
 	}
+	/* The guest's ring (blkif-connect): its counters, or null. */
+	json_key(j, "blkif");
+	worker_blkif_stats_json(w, j);
 
 	/* The connection limits of both sockets (docs: "Connection limits"). */
 	json_key(j, "limits");
@@ -877,6 +883,87 @@ static void cmd_cancel(struct ctl_conn *c)
 	c->cancel_wait = true;
 }
 
+/* ---- the blkif ring (worker-blkif.h) --------------------------------------
+ */
+
+static void cmd_blkif_connect(struct ctl_conn *c, int argc, char **argv)
+{
+	struct worker_ctl *ctl = c->ctl;
+	struct bks_blkif_features f;
+	struct worker_blkif_args a;
+	struct bks_error err = {0};
+	struct json_writer *j = &c->out;
+	size_t mark = json_len(j);
+	int rc;
+
+	rc = worker_blkif_parse(argc, argv, &a, &err);
+	if (rc == 0) {
+		ctl_log(ctl, LOG_INFO,
+			"control: blkif-connect domain %u, %u ring page%s "
+			"(uid %u)",
+			(unsigned int)a.domid, 1u << a.order,
+			a.order ? "s" : "", (unsigned int)c->uid);
+		rc = worker_blkif_connect(ctl->w, &a, &f, &err);
+	}
+	if (rc < 0) {
+		ctl_log(ctl, LOG_ERR, "control: %s", err.msg);
+		reply_error(c, -rc, "%s", err.msg);
+		return;
+	}
+	json_obj_begin(j);
+	json_kv_bool(j, "ok", true);
+	json_kv_u64(j, "sectors", f.sectors);
+	json_kv_u64(j, "sector_size", f.sector_size);
+	json_kv_u64(j, "physical_sector_size", f.physical_sector_size);
+	json_kv_u64(j, "info", f.info);
+	json_kv_u64(j, "feature_flush_cache", f.flush_cache);
+	json_kv_u64(j, "feature_discard", f.discard);
+	json_kv_u64(j, "discard_granularity", f.discard_granularity);
+	json_kv_u64(j, "discard_alignment", f.discard_alignment);
+	json_kv_u64(j, "feature_max_indirect_segments",
+		    f.max_indirect_segments);
+	json_kv_u64(j, "ring_size", 32u << a.order);
+	json_obj_end(j);
+	reply_end(c, mark);
+}
+
+/*
+ * The ring is down: answer every connection waiting for it.  From the
+ * loop's deferred call, never inside a command's handling; still, like
+ * the pause callback, it only queues the replies and lets `kick` go on.
+ */
+static void ctl_blkif_down(void *arg)
+{
+	struct worker_ctl *ctl = arg;
+
+	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
+		size_t mark = json_len(&c->out);
+
+		if (!c->blkif_wait)
+			continue;
+		c->blkif_wait = false;
+		reply_ok(c);
+		reply_check(c, mark);
+		c->kick = true;
+	}
+	bks_defer_schedule(&ctl->kick);
+}
+
+static void cmd_blkif_disconnect(struct ctl_conn *c)
+{
+	struct worker_ctl *ctl = c->ctl;
+
+	ctl_log(ctl, LOG_INFO, "control: blkif-disconnect (uid %u)",
+		(unsigned int)c->uid);
+	/* One waiter in the worker serves every connection that asks. */
+	if (worker_blkif_disconnect(ctl->w, ctl_blkif_down, ctl) ==
+	    WORKER_BLKIF_IDLE) {
+		reply_ok(c);
+		return;
+	}
+	c->blkif_wait = true;
+}
+
 static void cmd_shutdown(struct ctl_conn *c)
 {
 	ctl_log(c->ctl, LOG_INFO, "control: shutdown (uid %u)",
@@ -891,7 +978,7 @@ static void cmd_shutdown(struct ctl_conn *c)
 }
 
 /* Most words in a command line. */
-#define CTL_MAX_ARGS 4
+#define CTL_MAX_ARGS 6
 
 /* Handle one command line (NUL-terminated, no newline). */
 static void handle_line(struct ctl_conn *c, char *line, size_t len)
@@ -937,6 +1024,10 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		cmd_snapshot(c, argc, argv);
 		return;
 	}
+	if (strcmp(argv[0], "blkif-connect") == 0) {
+		cmd_blkif_connect(c, argc, argv);
+		return;
+	}
 	if (strcmp(argv[0], "commit") == 0 || strcmp(argv[0], "stream") == 0) {
 		cmd_job(c, argv[0][0] == 'c' ? BKS_JOB_COMMIT : BKS_JOB_STREAM,
 			argc, argv);
@@ -945,6 +1036,7 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 	if (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "cancel") != 0 &&
 	    strcmp(argv[0], "stats") != 0 && strcmp(argv[0], "pause") != 0 &&
 	    strcmp(argv[0], "unpause") != 0 &&
+	    strcmp(argv[0], "blkif-disconnect") != 0 &&
 	    strcmp(argv[0], "shutdown") != 0) {
 		bks_sanitize_line(argv[0]);
 		reply_error(c, ENOSYS, "unknown command '%.64s'", argv[0]);
@@ -964,6 +1056,8 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		cmd_unpause(c);
 	else if (strcmp(argv[0], "cancel") == 0)
 		cmd_cancel(c);
+	else if (strcmp(argv[0], "blkif-disconnect") == 0)
+		cmd_blkif_disconnect(c);
 	else
 		cmd_shutdown(c);
 }

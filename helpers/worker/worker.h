@@ -36,8 +36,9 @@ enum worker_state {
 
 struct worker_ctl;
 struct worker_super;
-struct worker_live; /* worker-live.h: snapshot, reopen */
-struct worker_job;  /* worker-job.h: commit, stream */
+struct worker_live;  /* worker-live.h: snapshot, reopen */
+struct worker_job;   /* worker-job.h: commit, stream */
+struct worker_blkif; /* worker-blkif.h: the guest's ring */
 
 /* Called when a pause completes (rc 0) or is abandoned (-ECANCELED). */
 typedef void worker_pause_fn(void *arg, int rc);
@@ -69,8 +70,9 @@ struct worker {
 	/* Runtime. */
 	struct bks_loop *loop;
 	struct bks_chain *chain;
-	struct bks_export *nbd;	 /* the NBD export (export.h) */
-	struct bks_export *fuse; /* --fuse-mount's export, or NULL */
+	struct bks_export *nbd;	    /* the NBD export (export.h) */
+	struct bks_export *fuse;    /* --fuse-mount's export, or NULL */
+	struct worker_blkif *blkif; /* blkif-connect's ring, or NULL */
 	struct worker_ctl *ctl;
 	struct worker_super *super; /* worker-super.h; NULL: unsupervised */
 	enum worker_state state;

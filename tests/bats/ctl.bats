@@ -175,7 +175,7 @@ stat_of() {
 	assert_success
 	json=$output
 	run jq_py "$json" 'sorted(d)'
-	assert_output '["block_size", "chain", "connections", "fuse_transport", "in_flight", "io_engine", "job", "last_job", "layers", "name", "nbd_socket", "ok", "oldest_request_ms", "pid", "read_only", "size", "started_paused", "state", "uptime_s"]'
+	assert_output '["blkif", "block_size", "chain", "connections", "fuse_transport", "in_flight", "io_engine", "job", "last_job", "layers", "name", "nbd_socket", "ok", "oldest_request_ms", "pid", "read_only", "size", "started_paused", "state", "uptime_s"]'
 	run jq_py "$json" '(d["ok"], d["name"], d["chain"], d["size"], d["block_size"], d["read_only"], d["state"], d["pid"], d["connections"], d["layers"])'
 	assert_output "[true, \"vm1\", \"log:block=4K|aio:$IMGDIR/disk.img\", 33554432, 512, false, \"running\", $pid, 0, [\"log\", \"aio\"]]"
 	run jq_py "$json" 'isinstance(d["uptime_s"], int) and d["nbd_socket"]'
@@ -566,6 +566,32 @@ EOF
 	assert_line --index 1 '{"ok":true}'
 	assert_line --index 2 --partial '{"ok":true,"name":"vm1"'
 	assert_line --index 3 --partial '"error":"vm1: command line too long'
+}
+
+@test "ctl: blkif-connect checks its arguments, says which Xen device is missing, and leaves the worker serving" {
+	# No Xen here: the connect gets as far as /dev/xen/gntdev and stops.
+	[ ! -e /dev/xen/gntdev ] || skip "this machine has /dev/xen/gntdev (a dom0): make check-xen tests the ring"
+	create vm1 'ram:16M'
+	run raw vm1 'blkif-connect 5 12 8 x86_64-abi w' \
+		'blkif-connect 0 12 8 - w' 'blkif-connect 5 12 8,9,10 - w' \
+		'blkif-connect 5 12 8 - rw' 'blkif-connect 5 12' \
+		blkif-disconnect blkif-disconnect info
+	assert_success
+	assert_line --index 0 "{\"ok\":false,\"error\":\"vm1: blkif-connect domain 5: blkif: xengnttab_open (/dev/xen/gntdev): No such file or directory\",\"errno\":\"ENOENT\",\"errnum\":$(errno_num ENOENT)}"
+	assert_line --index 1 --partial '"error":"vm1: blkif-connect: DOMID must be'
+	assert_line --index 2 --partial '"error":"vm1: blkif-connect: 3 ring pages: not a power of two"'
+	assert_line --index 3 --partial '"error":"vm1: blkif-connect: MODE must be r or w"'
+	assert_line --index 4 --partial '"error":"vm1: usage: blkif-connect DOMID PORT REFS PROTOCOL MODE"'
+	# Nothing connected: disconnect is a no-op, twice.
+	assert_line --index 5 '{"ok":true}'
+	assert_line --index 6 '{"ok":true}'
+	run jq_py "${lines[7]}" '(d["ok"], d["blkif"])'
+	assert_output '[true, "none"]'
+	run stat_of vm1 'd["blkif"]'
+	assert_output null
+	# Still serving NBD.
+	run nbdinfo --size "$(nbd vm1)"
+	assert_output 16777216
 }
 
 @test "ctl: usage errors exit 2, before touching anything" {

@@ -78,7 +78,7 @@ teardown() {
 @test "deb: Depends is computed (\${shlibs:Depends}) and names the libraries the programs link" {
 	grep -q '^Depends: ${shlibs:Depends}, ${misc:Depends}$' "$TOP/debian/control"
 	dep=$(dpkg-deb -f "$DEB" Depends)
-	for lib in libc6 libxenstore4 libnl-genl-3-200 libfuse3-3 libaio1 liburing2 zlib1g libzstd1 librbd1 librados2; do
+	for lib in libc6 libxenstore4 libnl-genl-3-200 libfuse3-3 libaio1 liburing2 zlib1g libzstd1 librbd1 librados2 libxengnttab1 libxenevtchn1; do
 		assert_regex "$dep" "(^|, )$lib( |,|$)"
 	done
 }
