@@ -7,7 +7,8 @@
  * saying which device.  Built outside libblkstack.a: whatever links this
  * links -lxengnttab -lxenevtchn (the Makefile's BLKIF_XEN_*).
  *
- * The worker's use, once wired (docs/ring-backend.txt, "Not done yet"):
+ * The worker's use (helpers/worker/worker-blkif.c, docs/ring-backend.txt
+ * section 7):
  *
  *   bks_blkif_xen_open(&x, domid, event-channel, &err);
  *   bks_blkif_xen_map_ring(x, ring-ref[], ring-page-order, &sring, &err);

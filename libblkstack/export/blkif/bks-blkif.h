@@ -4,8 +4,8 @@
  * blkfront over its shared ring (xen/include/public/io/blkif.h), as
  * xen-blkback does in the kernel.  An export behind export.h: started,
  * held, shut down and freed with the bks_export_*() functions.  Design,
- * rules and what is not done yet: docs/ring-backend.txt.  Not wired into
- * the worker yet.
+ * rules and what is not done yet: docs/ring-backend.txt.  The worker
+ * serves it (helpers/worker/worker-blkif.c).
  *
  * The core never touches the hypervisor itself: it is given the shared
  * ring already mapped (cfg->sring) and a const struct of grant ops
@@ -142,9 +142,10 @@ struct bks_blkif_grant_ops {
  */
 
 /*
- * The backend's xenstore nodes the core serves by (the worker writes them;
- * not done yet).  Computed from the chain's info, so that what is
- * advertised and what is checked are one thing.
+ * The backend's xenstore nodes the core serves by (the worker's
+ * blkif-connect reply carries them; blkstack-xenbus writes them).  Computed
+ * from the chain's info, so that what is advertised and what is checked are one
+ * thing.
  */
 struct bks_blkif_features {
 	uint64_t sectors;		/* "sectors": 512-byte units */
