@@ -30,17 +30,22 @@ int hp_vbd3_chain(const char *params, char **chain, struct bks_error *err)
 		sink = "aio:";
 	else if (strncmp(params, "vhd:", 4) == 0)
 		sink = "vhd:";
+	else if (starts_with_driver(params))
+		return bks_error_setmsg(err, EINVAL,
+					"vbd3 params has FORMAT '%.*s': libxl "
+					"writes aio (format=raw) or vhd "
+					"(format=vhd) for backendtype=tap",
+					(int)(strchr(params, ':') - params),
+					params);
 	else
-		return bks_error_setmsg(
-		    err, EINVAL,
-		    "vbd3 params '%.64s' is not FORMAT:TARGET "
-		    "with FORMAT aio (format=raw) or vhd "
-		    "(format=vhd), as libxl writes it",
-		    params);
+		return bks_error_setmsg(err, EINVAL,
+					"vbd3 params is not FORMAT:TARGET with "
+					"FORMAT aio (format=raw) or vhd "
+					"(format=vhd), as libxl writes it");
 	target = params + 4;
 	if (!*target)
 		return bks_error_setmsg(
-		    err, EINVAL, "vbd3 params '%s' has no target", params);
+		    err, EINVAL, "vbd3 params '%.4s' has no target", params);
 	if (starts_with_driver(target))
 		n = asprintf(chain, "%s", target);
 	else

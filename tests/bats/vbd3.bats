@@ -183,7 +183,7 @@ refused() {
 	v3_disk 5 "qcow:$IMG"
 	run v3 add
 	assert_failure 1
-	refused 5 "is not FORMAT:TARGET with FORMAT aio (format=raw) or vhd"
+	refused 5 "vbd3 params has FORMAT 'qcow': libxl writes aio (format=raw) or vhd (format=vhd)"
 	run v3 remove
 	assert_success
 	assert_no_leftovers

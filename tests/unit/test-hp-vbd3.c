@@ -83,8 +83,9 @@ static void test_unknown_driver_is_a_chain(void **state)
 static void test_bad_format(void **state)
 {
 	(void)state;
-	expect_refused("qcow:/images/g.img", "not FORMAT:TARGET");
-	expect_refused("raw:/images/g.img", "not FORMAT:TARGET");
+	expect_refused("qcow:/images/g.img", "has FORMAT 'qcow': libxl");
+	expect_refused("raw:/images/g.img", "has FORMAT 'raw'");
+	expect_refused("qcow2:log:|aio:/x", "has FORMAT 'qcow2'");
 	expect_refused("AIO:/images/g.img", "not FORMAT:TARGET");
 	expect_refused("/images/g.img", "not FORMAT:TARGET");
 	expect_refused("aio", "not FORMAT:TARGET");
