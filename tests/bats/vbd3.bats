@@ -214,7 +214,7 @@ refused() {
 }
 
 @test "vbd3: after a failed add, a good one clears hotplug-error; remove works when the worker is dead" {
-	local be pid
+	local be pid sup _
 	be=$(be_of 5)
 	v3_disk 5 "aio:$IMG_DIR/missing.img"
 	run v3 add
@@ -224,11 +224,18 @@ refused() {
 	assert_success
 	xs_absent "$be/hotplug-error"
 	pid=$(cat "$BLKSTACK_RUNDIR/$(name_of 5)/pid")
-	kill -KILL "$pid"
-	# A supervisor may restart it; kill the supervisor's too.
+	# Its supervisor first, or it would restart the worker.
+	sup=
 	if [ -e "$BLKSTACK_RUNDIR/$(name_of 5)/supervisor.pid" ]; then
-		kill -KILL "$(cat "$BLKSTACK_RUNDIR/$(name_of 5)/supervisor.pid")" || true
+		sup=$(cat "$BLKSTACK_RUNDIR/$(name_of 5)/supervisor.pid")
+		kill -KILL "$sup"
 	fi
+	kill -KILL "$pid"
+	for _ in $(seq 100); do
+		gone "$pid" && { [ -z "$sup" ] || gone "$sup"; } && break
+		sleep 0.05
+	done
+	gone "$pid"
 	run v3 remove
 	assert_success
 	xs_absent "$be/blkstack-worker"
@@ -275,6 +282,38 @@ refused() {
 	run v3 remove 6
 	assert_success
 	run ts --domid 3 v1-detach
+	assert_success
+	assert_no_leftovers
+}
+
+@test "vbd3: remove after libxl removed the backend directory still stops the worker" {
+	v3_disk 5 "aio:log:|aio:$IMG"
+	run v3 add
+	assert_success
+	xenstore-rm "$(be_of 5)"
+	run v3 remove
+	assert_success
+	assert_no_leftovers
+}
+
+@test "vbd3: v2 add with a vbd3 BACKEND_PATH is refused (v1 only), exit 1; remove and unprepare leave nothing" {
+	local hp=/local/domain/0/libxl/hotplug/5/vbd/$DEV be
+	be=$(be_of 5)
+	v3_disk 5 "aio:log:|aio:$IMG"
+	xenstore-write "$hp/params" "log:|aio:$IMG" "$hp/script" "$SCRIPT"
+	run env HOTPLUG_PATH="$hp" script="$SCRIPT" "$SCRIPT" prepare
+	assert_success
+	run env HOTPLUG_PATH="$hp" BACKEND_PATH="$be" script="$SCRIPT" \
+		"$SCRIPT" add
+	assert_failure 1
+	run xs_read "$hp/hotplug-error"
+	assert_output --partial "is a vbd3 backend (backendtype=tap): blkstack serves vbd3 disks through the v1 interface only"
+	xs_absent "$be/physical-device"
+	xs_absent "$be/physical-device-path"
+	run env HOTPLUG_PATH="$hp" BACKEND_PATH="$be" script="$SCRIPT" \
+		"$SCRIPT" remove
+	assert_success
+	run env HOTPLUG_PATH="$hp" script="$SCRIPT" "$SCRIPT" unprepare
 	assert_success
 	assert_no_leftovers
 }
