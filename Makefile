@@ -325,6 +325,8 @@ $(B)/obj/tests/unit/%.o: CPPFLAGS += $(HELPER_INC) -Itests/unit $(CMOCKA_CFLAGS)
 UNIT_OBJ_test-hp-dev    := $(addprefix $(B)/obj/helpers/hotplug/, \
                              dev-record.o dev-choose.o) $(COMMON)
 UNIT_OBJ_test-hp-env    := $(B)/obj/helpers/hotplug/hp-env.o
+# test-hp-vbd3: a vbd3 disk's chain from its params.
+UNIT_OBJ_test-hp-vbd3   := $(B)/obj/helpers/hotplug/hp-vbd3.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)

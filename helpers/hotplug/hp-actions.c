@@ -49,6 +49,7 @@
 #include "hp-error.h"
 #include "hp-policy.h"
 #include "hp-share.h"
+#include "hp-vbd3.h"
 #include "hp.h"
 #include "lockfile.h"
 #include "rundir.h"
@@ -91,6 +92,31 @@ static const char *backend_dir(const struct hp *hp)
 {
 	return hp->env.iface == HP_IFACE_V2 ? hp->env.backend_path
 					    : hp->env.xenbus_path;
+}
+
+/*
+ * A vbd3 backend directory (libxl's backendtype=tap, libxl 4.19 and later;
+ * docs/libxl-hotplug-interface.txt section 11): "backend/vbd3/" where a
+ * vbd backend has "backend/vbd/", relative or after "/local/domain/N/".
+ * Its disk has a worker and no dom0 device: the worker serves the ring,
+ * which blkstack-xenbus hands it.
+ */
+static bool backend_is_vbd3(const struct hp *hp)
+{
+	const char *p = backend_dir(hp);
+
+	if (!p)
+		return false;
+	if (strncmp(p, "/local/domain/", 14) == 0) {
+		p += 14;
+		if (*p < '0' || *p > '9')
+			return false;
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (*p++ != '/')
+			return false;
+	}
+	return strncmp(p, "backend/vbd3/", 13) == 0;
 }
 
 /* 64-bit FNV-1a, for names of over-long paths. */
@@ -596,6 +622,40 @@ out:
 
 static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size);
 
+/*
+ * prepare of a vbd3 disk (v1 only: vbd3 says so in XENBUS_PATH): its
+ * worker on the chain params gives (hp-vbd3.h), without a FUSE file, a
+ * stage or any dom0 device, since the worker serves the ring itself.
+ * Called by do_prepare() with the chain parsed; frees nothing of it.
+ */
+static int prepare_vbd3(struct hp *hp, const struct target *t,
+			const char *chain, const char *vm)
+{
+	struct writes w = {.clear_error = true};
+	bool new_worker = false;
+	int rc = 0;
+
+	if (!worker_running(t)) {
+		rc = start_worker(hp, t, chain, false);
+		if (rc < 0)
+			goto out;
+		new_worker = true;
+	}
+	rc = check_images(hp, t);
+	if (rc < 0)
+		goto out;
+	add_write(&w, records_dir(hp), NODE_WORKER, t->name);
+	add_write(&w, records_dir(hp), NODE_VM, vm[0] ? vm : NULL);
+	rc = commit(hp, &w);
+out:
+	if (rc < 0 && new_worker) {
+		struct bks_error ignore;
+
+		stop_worker(t, &ignore);
+	}
+	return rc;
+}
+
 static int do_prepare(struct hp *hp, const struct target *t)
 {
 	struct bks_chain_spec spec;
@@ -603,13 +663,21 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	char *chain = NULL, line[PATH_MAX + 256], vm[BKS_RBD_VM_MAX + 1];
 	enum hp_dev_mech mech = HP_DEV_AUTO;
 	struct hp_dev stage;
-	bool made = false, new_worker = false;
+	bool made = false, new_worker = false, vbd3 = backend_is_vbd3(hp);
 	int rc;
 
 	rc = read_record(hp, "params", &chain);
 	if (rc < 0) {
 		bks_error_prepend(&hp->err, "the disk target: ");
 		goto out;
+	}
+	if (vbd3) {
+		char *params = chain;
+
+		rc = hp_vbd3_chain(params, &chain, &hp->err);
+		free(params);
+		if (rc < 0)
+			goto out;
 	}
 	/* A bad chain is refused here, with its position, not later. */
 	rc = bks_chain_parse(chain, strlen(chain), &spec, &hp->err);
@@ -620,6 +688,10 @@ static int do_prepare(struct hp *hp, const struct target *t)
 	rc = rbd_claim_chain(hp, &chain, vm, sizeof(vm));
 	if (rc < 0)
 		goto out;
+	if (vbd3) {
+		rc = prepare_vbd3(hp, t, chain, vm);
+		goto out;
+	}
 	if (!worker_running(t)) {
 		/*
 		 * The devices made for a worker that died are dead: they go
@@ -1007,7 +1079,8 @@ static int expect_node(struct hp *hp, const char *dir, const char *node,
 /*
  * The backend directory of add and remove (BACKEND_PATH in v2,
  * XENBUS_PATH in v1) must be a vbd backend as libxl makes it, of the disk
- * it names: ".../backend/vbd/DOMID/DEVID" (v2: "/local/domain/N/" in
+ * it names: ".../backend/vbd/DOMID/DEVID" (or, for a vbd3 disk,
+ * ".../backend/vbd3/DOMID/DEVID"; v2: "/local/domain/N/" in
  * front; v1: relative, or the same absolute form), existing, whose
  * frontend-id is DOMID and whose frontend is
  * /local/domain/DOMID/device/vbd/DEVID; and in v2 the one this disk's
@@ -1018,6 +1091,8 @@ static int expect_node(struct hp *hp, const char *dir, const char *node,
 static int check_backend(struct hp *hp)
 {
 	const char *be = backend_dir(hp), *p = be, *dom, *dev;
+	const char *kind =
+	    backend_is_vbd3(hp) ? "backend/vbd3/" : "backend/vbd/";
 	char want[96], *rec = NULL;
 	unsigned long domid, devid, bdom;
 	int rc;
@@ -1033,9 +1108,9 @@ static int check_backend(struct hp *hp)
 	} else if (hp->env.iface == HP_IFACE_V2) {
 		goto bad;
 	}
-	if (strncmp(p, "backend/vbd/", 12))
+	if (strncmp(p, kind, strlen(kind)))
 		goto bad;
-	dom = p + 12;
+	dom = p + strlen(kind);
 	dev = strchr(dom, '/');
 	if (!dev || !id_ok(dom, dev, 0x7fef, &domid) ||
 	    !id_ok(dev + 1, dev + 1 + strlen(dev + 1), 0xfffffff, &devid))
@@ -1079,9 +1154,9 @@ foreign:
 bad:
 	hp->backend_foreign = true;
 	return bks_error_setmsg(&hp->err, EINVAL,
-				"%s is not a vbd backend directory "
-				"(.../backend/vbd/DOMID/DEVID)",
-				be);
+				"%s is not a %.*s backend directory "
+				"(.../%sDOMID/DEVID)",
+				be, (int)strlen(kind) - 9, kind + 8, kind);
 }
 
 static int do_add(struct hp *hp, const struct target *t)
@@ -1152,6 +1227,55 @@ out:
 }
 
 /*
+ * add of a vbd3 disk (v1): the checks and the sharing claim of a vbd add,
+ * then physical-device-path, the worker's control socket (where libxl's
+ * block-tap writes its tapdisk's socket), and hotplug-status "connected"
+ * last, in one transaction: blkstack-xenbus hands the ring to the worker
+ * once it sees that.  No physical-device, ever: blkback would take the
+ * disk.  A failure undoes nothing itself (v1_add() removes it all).
+ */
+static int do_add_vbd3(struct hp *hp, const struct target *t)
+{
+	char sock[PATH_MAX + 16];
+	struct writes w = {.clear_error = true};
+	const char *backend = backend_dir(hp);
+	struct hp_usage *mine = NULL;
+	int rc;
+
+	mine = calloc(1, sizeof(*mine));
+	if (!mine) {
+		rc = bks_error_set(&hp->err, ENOMEM, "add");
+		goto out;
+	}
+	rc = check_backend(hp);
+	if (rc < 0)
+		goto out;
+	rc = disk_usage(hp, t, !backend_read_only(hp), mine);
+	if (rc == 0)
+		rc = check_claim_vm(hp, mine);
+	if (rc < 0)
+		goto out;
+	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
+	if (rc == -EEXIST)
+		hp->backend_foreign = true;
+	if (rc < 0)
+		goto out;
+	if (snprintf(sock, sizeof(sock), "%s/ctl.sock", t->dir) >=
+	    (int)sizeof(sock)) {
+		rc = bks_error_setmsg(&hp->err, ENAMETOOLONG,
+				      "%s/ctl.sock: too long", t->dir);
+		goto out;
+	}
+	add_write(&w, backend, "physical-device-path", sock);
+	/* Last: blkstack-xenbus connects the ring when it sees it. */
+	add_write(&w, backend, "hotplug-status", "connected");
+	rc = commit(hp, &w);
+out:
+	free(mine);
+	return rc;
+}
+
+/*
  * Keep the first failure: *first_rc and *first get rc and hp->err if
  * nothing failed before.  So unprepare can release everything it can and
  * still report what went wrong first.
@@ -1192,6 +1316,9 @@ static int do_unprepare(struct hp *hp, const struct target *t)
 	}
 	add_write(&w, records_dir(hp), NODE_WORKER, NULL);
 	add_write(&w, records_dir(hp), NODE_VM, NULL);
+	/* v1 vbd3: the socket add wrote is gone with the worker. */
+	if (hp->env.iface == HP_IFACE_V1 && backend_is_vbd3(hp))
+		add_write(&w, backend_dir(hp), "physical-device-path", NULL);
 	if (hp->env.iface == HP_IFACE_V2)
 		add_write(&w, records_dir(hp), NODE_BACKEND, NULL);
 	rc = commit(hp, &w);
@@ -1238,7 +1365,7 @@ static int v1_add(struct hp *hp, const struct target *t)
 
 	rc = do_prepare(hp, t);
 	if (rc == 0)
-		rc = do_add(hp, t);
+		rc = backend_is_vbd3(hp) ? do_add_vbd3(hp, t) : do_add(hp, t);
 	if (rc < 0) {
 		saved = hp->err;
 		v1_remove(hp, t);
@@ -1247,40 +1374,19 @@ static int v1_add(struct hp *hp, const struct target *t)
 	return rc;
 }
 
-/*
- * A vbd3 backend directory (libxl's backendtype=tap, libxl 4.19 and later;
- * docs/libxl-hotplug-interface.txt section 11): "backend/vbd3/" where a
- * vbd backend has "backend/vbd/", relative or after "/local/domain/N/".
- * blkstack serves no blkif ring yet, so add refuses one before it starts
- * anything, and remove has nothing to undo.
- */
-static bool backend_is_vbd3(const struct hp *hp)
-{
-	const char *p = backend_dir(hp);
-
-	if (strncmp(p, "/local/domain/", 14) == 0) {
-		p += 14;
-		if (*p < '0' || *p > '9')
-			return false;
-		while (*p >= '0' && *p <= '9')
-			p++;
-		if (*p++ != '/')
-			return false;
-	}
-	return strncmp(p, "backend/vbd3/", 13) == 0;
-}
-
 int hp_act_add(struct hp *hp)
 {
 	struct target t;
 	int rc;
 
-	if (backend_is_vbd3(hp))
+	/* v2's prepare cannot know the backend type: v1 only (libxl's). */
+	if (hp->env.iface == HP_IFACE_V2 && backend_is_vbd3(hp))
 		return bks_error_setmsg(
 		    &hp->err, EOPNOTSUPP,
-		    "%s is a vbd3 backend (backendtype=tap): blkstack does "
-		    "not serve blkif rings yet; give this disk the default "
-		    "backend type (vbd, served by blkback)",
+		    "%s is a vbd3 backend (backendtype=tap): blkstack serves "
+		    "vbd3 disks through the v1 interface only (libxl's); give "
+		    "this disk the default backend type (vbd, served by "
+		    "blkback)",
 		    backend_dir(hp));
 	rc = target_init(hp, &t);
 	if (rc < 0)
@@ -1294,8 +1400,8 @@ int hp_act_remove(struct hp *hp)
 	struct writes w = {0};
 	int rc;
 
-	/* add refused it: nothing was made. */
-	if (backend_is_vbd3(hp))
+	/* v2 add refused it: nothing was made (unprepare stops the worker). */
+	if (hp->env.iface == HP_IFACE_V2 && backend_is_vbd3(hp))
 		return 0;
 	rc = target_init(hp, &t);
 	if (rc < 0)

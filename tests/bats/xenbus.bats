@@ -23,6 +23,14 @@ teardown() {
 		kill "$XB_PID" 2>/dev/null || true
 		wait "$XB_PID" 2>/dev/null || true
 	fi
+	# The hotplug script's workers (the last test's), and their images.
+	local d
+	for d in "$RUN_DIR"/hp/*/; do
+		[ -d "$d" ] || continue
+		"$BIN/blkstack-ctl" --rundir "$RUN_DIR/hp" destroy \
+			--name "$(basename "$d")" >/dev/null 2>&1 || true
+	done
+	[ -z "${IMG_DIR:-}" ] || worker_teardown
 	rm -rf -- "$RUN_DIR"
 	xsd_teardown
 }
@@ -196,25 +204,37 @@ stays() {
 	assert_file_not_exists "$RUN_DIR/xenbus.lock"
 }
 
-@test "xenbus: with it, libxl's v1 add of a vbd3 disk reaches the script, which refuses it and says why; remove succeeds" {
+@test "xenbus: with it, libxl's v1 add of a vbd3 disk reaches the script, which starts the disk's worker and says connected; remove stops it" {
+	local name=backend-vbd3-$DOM-$DEV
 	export BLKSTACK_RUNDIR=$RUN_DIR/hp
+	img_dir
+	truncate -s 16M "$IMG_DIR/g.img"
 	xb_start
 	add_device
+	xenstore-write "$BE/params" "aio:log:|aio:$IMG_DIR/g.img"
 	state_is "$BE" 2
 	# What libxl 4.20 runs once the backend is in InitWait.
 	run env XENBUS_PATH="backend/vbd3/$DOM/$DEV" XENBUS_TYPE=vbd3 \
 		XENBUS_BASE_PATH=backend script="$SCRIPT" "$SCRIPT" add
-	assert_failure 1
-	run xenstore-read "$BE/hotplug-error"
 	assert_success
-	assert_output --partial "is a vbd3 backend (backendtype=tap): blkstack does not serve blkif rings yet"
-	# Nothing was started for it.
-	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
-	assert_output ""
+	run xenstore-read "$BE/hotplug-status"
+	assert_output connected
+	run xenstore-read "$BE/blkstack-worker"
+	assert_output "$name"
+	run xenstore-read "$BE/physical-device-path"
+	assert_output "$BLKSTACK_RUNDIR/$name/ctl.sock"
+	run xenstore-exists "$BE/physical-device"
+	assert_failure
+	run nbdinfo --size "nbd+unix:///?socket=$BLKSTACK_RUNDIR/$name/nbd.sock"
+	assert_output 16777216
 	# libxl's teardown: online 0 and Closing, Closed, then remove.
 	xenstore-write "$BE/online" 0 "$BE/state" 5
 	state_is "$BE" 6
 	run env XENBUS_PATH="backend/vbd3/$DOM/$DEV" XENBUS_TYPE=vbd3 \
 		XENBUS_BASE_PATH=backend script="$SCRIPT" "$SCRIPT" remove
 	assert_success
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" list
+	assert_output ""
+	run xenstore-exists "$BE/blkstack-worker"
+	assert_failure
 }
