@@ -354,6 +354,11 @@ UNIT_OBJ_test-xb-state := $(addprefix $(B)/obj/helpers/xenbus/, \
                             xb-state.o xb-dev.o) $(COMMON)
 UNIT_LIBS_test-xb-state = $(XS_LIBS)
 $(B)/obj/tests/unit/test-xb-state.o: CPPFLAGS += -Ihelpers/xenbus $(XS_CFLAGS)
+# test-xb-ring: the connect step's checks of the frontend's ring nodes.
+UNIT_OBJ_test-xb-ring := $(addprefix $(B)/obj/helpers/xenbus/, \
+                           xb-ring.o xb-dev.o xb-state.o) $(COMMON)
+UNIT_LIBS_test-xb-ring = $(XS_LIBS)
+$(B)/obj/tests/unit/test-xb-ring.o: CPPFLAGS += -Ihelpers/xenbus $(XS_CFLAGS)
 # test-nbd-kernel: the kernel NBD keys; reconnect finding no device.
 UNIT_OBJ_test-nbd-kernel := $(COMMON)
 UNIT_LIBS_test-nbd-kernel = $(NL_LIBS)
