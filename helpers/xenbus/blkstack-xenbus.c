@@ -115,8 +115,8 @@ static void handle(struct xb_daemon *xd, unsigned int domid, unsigned int devid)
 		return;
 	}
 	if (rc == XB_DEV_UNSERVED)
-		say("%s: the frontend is ready, but blkstack serves no vbd3 "
-		    "ring yet: the device stays in InitWait",
+		say("%s: the frontend is ready; waiting for the hotplug "
+		    "script's add (hotplug-status connected)",
 		    (*pp)->be);
 	else if (rc < 0)
 		say("%s", err.msg);
@@ -292,6 +292,11 @@ int main(int argc, char **argv)
 	snprintf(xd.base, sizeof(xd.base), "%s", base);
 	if (!rundir || !rundir[0])
 		rundir = DEFAULT_RUNDIR;
+	if (rundir[0] != '/') {
+		say("the run directory '%.64s' is not absolute", rundir);
+		return 2;
+	}
+	xd.conf.rundir = rundir;
 
 	if (mkdir(rundir, 0755) < 0 && errno != EEXIST) {
 		say("mkdir %s: %s", rundir, strerror(errno));

@@ -1,11 +1,22 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* One vbd3 device in xenstore (xb-dev.h). */
+/*
+ * One vbd3 device in xenstore (xb-dev.h), and the connect and disconnect
+ * steps: the frontend's ring handed to the disk's worker over its control
+ * socket (blkif-connect, docs/control-protocol.txt) and taken back
+ * (blkif-disconnect).  Those calls are the one place the daemon waits on
+ * something other than xenstore: each is bounded (XB_CTL_TIMEOUT_MS), and
+ * the worker answers connect at once and disconnect once its in-flight
+ * requests are done.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl-client.h"
+#include "worker-name.h"
 #include "xb-dev.h"
+#include "xb-ring.h"
 
 /* Domain ids of guests: below DOMID_FIRST_RESERVED (0x7ff0). */
 #define XB_DOMID_MAX 0x7fefu
@@ -13,6 +24,10 @@
 #define XB_VALUE_MAX 64
 /* Transactions tried before giving up on EAGAIN. */
 #define XB_TRIES 16
+/* Longest wait for the worker's answer to blkif-connect/-disconnect. */
+#define XB_CTL_TIMEOUT_MS 10000
+/* Longest error message written into the backend's error node. */
+#define XB_ERROR_MAX 512
 
 int xb_parse_uint(const char *s, unsigned int max, unsigned int *out)
 {
@@ -172,6 +187,253 @@ static enum xb_state parse_state(const char *v)
 	return (enum xb_state)n;
 }
 
+/* ---- the connect step ---------------------------------------------------- */
+
+/* xb_ring_parse()'s lookup: plain xenstore reads (outside a transaction). */
+struct ring_lookup {
+	struct xs_handle *xs;
+	const struct xb_dev *d;
+	char buf[XB_PATH_MAX];
+};
+
+static int ring_lookup(void *opaque, int be, const char *node, const char **val,
+		       struct bks_error *err)
+{
+	struct ring_lookup *l = opaque;
+	int rc = read_node(l->xs, XBT_NULL, be ? l->d->be : l->d->fe, node,
+			   l->buf, sizeof(l->buf), err);
+
+	if (rc == 1)
+		*val = l->buf;
+	return rc;
+}
+
+/*
+ * The disk's worker, as the hotplug script's add left it: 1 with name
+ * set once hotplug-status is "connected" and blkstack-worker names a
+ * worker; 0 while the script has not finished; -errno with err set.
+ */
+static int worker_of(struct xs_handle *xs, const struct xb_dev *d, char *name,
+		     size_t size, struct bks_error *err)
+{
+	char v[XB_VALUE_MAX];
+	int rc;
+
+	rc =
+	    read_node(xs, XBT_NULL, d->be, "hotplug-status", v, sizeof(v), err);
+	if (rc <= 0 || strcmp(v, "connected") != 0) {
+		bks_error_clear(err);
+		return rc < 0 && rc != -EINVAL ? rc : 0;
+	}
+	rc = read_node(xs, XBT_NULL, d->be, "blkstack-worker", name, size, err);
+	if (rc == 0)
+		return bks_error_setmsg(err, ENOENT,
+					"%s: hotplug-status is connected but "
+					"no blkstack-worker names the disk's "
+					"worker (not blkstack's script?)",
+					d->be);
+	if (rc < 0)
+		return rc;
+	if (!worker_name_valid(name))
+		return bks_error_setmsg(err, EINVAL,
+					"%s: blkstack-worker '%.64s' is not a "
+					"worker's name",
+					d->be, name);
+	return 1;
+}
+
+/* Send cmd to worker name; 0, or -errno with err "worker NAME: ...". */
+static int worker_call(const struct xb_conf *conf, const char *name,
+		       const char *cmd, struct ctl_client *cl,
+		       struct bks_error *err)
+{
+	int rc =
+	    ctl_client_open(cl, conf->rundir, name, XB_CTL_TIMEOUT_MS, err);
+
+	if (rc == 0)
+		rc = ctl_client_call(cl, cmd, err);
+	if (rc < 0)
+		bks_error_prepend(err, "worker %s: ", name);
+	return rc;
+}
+
+/*
+ * Write the reply's nodes and Connected, in one transaction, if the
+ * backend is still in InitWait.  Returns 1 (written), 0 (the backend
+ * moved meanwhile: nothing written), or -errno.
+ */
+static int write_connected(struct xs_handle *xs, const struct xb_dev *d,
+			   const struct ctl_client *cl, struct bks_error *err)
+{
+	static const struct {
+		const char *node, *key;
+	} keys[] = {
+	    {"sectors", "sectors"},
+	    {"sector-size", "sector_size"},
+	    {"physical-sector-size", "physical_sector_size"},
+	    {"info", "info"},
+	    {"feature-flush-cache", "feature_flush_cache"},
+	    {"feature-discard", "feature_discard"},
+	    {"discard-granularity", "discard_granularity"},
+	    {"discard-alignment", "discard_alignment"},
+	    {"feature-max-indirect-segments", "feature_max_indirect_segments"},
+	};
+	char v[XB_VALUE_MAX];
+	int rc = 0;
+
+	for (int tries = 0; tries < XB_TRIES; tries++) {
+		xs_transaction_t t = xs_transaction_start(xs);
+
+		if (t == XBT_NULL)
+			return bks_error_set(err, errno ? errno : EIO,
+					     "xenstore transaction for %s",
+					     d->be);
+		rc = read_node(xs, t, d->be, "state", v, sizeof(v), err);
+		if (rc <= 0 || strcmp(v, "2") != 0) {
+			xs_transaction_end(xs, t, true);
+			return rc < 0 ? rc : 0;
+		}
+		rc = write_node(xs, t, d->be, "feature-barrier", "0", err);
+		for (size_t i = 0; rc == 0 && i < sizeof(keys) / sizeof(*keys);
+		     i++) {
+			uint64_t n = ctl_reply_u64(cl, 0, keys[i].key);
+
+			/* Discard's details only with discard; indirect
+			 * segments only when offered. */
+			if ((!strncmp(keys[i].node, "discard-", 8) &&
+			     !ctl_reply_u64(cl, 0, "feature_discard")) ||
+			    (!strcmp(keys[i].node,
+				     "feature-max-indirect-segments") &&
+			     n == 0))
+				continue;
+			snprintf(v, sizeof(v), "%llu", (unsigned long long)n);
+			rc = write_node(xs, t, d->be, keys[i].node, v, err);
+		}
+		if (rc == 0)
+			rc = write_node(xs, t, d->be, "state", "4", err);
+		if (rc < 0) {
+			xs_transaction_end(xs, t, true);
+			return rc;
+		}
+		if (xs_transaction_end(xs, t, false))
+			return 1;
+		if (errno != EAGAIN)
+			return bks_error_set(err, errno ? errno : EIO,
+					     "xenstore commit for %s", d->be);
+	}
+	return bks_error_setmsg(err, EAGAIN,
+				"%s: xenstore kept changing (%d transactions)",
+				d->be, XB_TRIES);
+}
+
+/*
+ * The connect failed: say why in the backend's error node and go to
+ * Closing (the frontend closes, and the state model takes the backend to
+ * Closed), as a kernel backend's xenbus_dev_fatal() does.  Best effort.
+ */
+static void connect_failed(struct xs_handle *xs, const struct xb_dev *d,
+			   const struct bks_error *why)
+{
+	char msg[XB_ERROR_MAX + 1], path[XB_PATH_MAX];
+	size_t n;
+
+	snprintf(msg, sizeof(msg), "%s", why->msg);
+	for (n = 0; msg[n]; n++)
+		if ((unsigned char)msg[n] < 0x20 || msg[n] == 0x7f)
+			msg[n] = '?';
+	if ((size_t)snprintf(path, sizeof(path), "%s/error", d->be) <
+	    sizeof(path))
+		xs_write(xs, XBT_NULL, path, msg, (unsigned int)n);
+	if ((size_t)snprintf(path, sizeof(path), "%s/state", d->be) <
+	    sizeof(path))
+		xs_write(xs, XBT_NULL, path, "5", 1);
+}
+
+/*
+ * The connect step (backend InitWait, frontend ready): once the hotplug
+ * script's add has finished, read and check the frontend's ring nodes,
+ * hand them to the worker, and write what it answers and Connected.
+ * Returns 0 (connected, or still waiting: *to says), XB_DEV_UNSERVED
+ * (waiting, said once), or -errno with err (the backend is then in
+ * Closing with an error node).
+ */
+static int connect_step(struct xs_handle *xs, struct xb_dev *d,
+			const struct xb_conf *conf, enum xb_state *to,
+			struct bks_error *err)
+{
+	char name[XB_VALUE_MAX + 1], refs[XB_RING_REFS_MAX * 11 + 1];
+	char cmd[sizeof(refs) + 128];
+	struct ctl_client cl = {0};
+	struct ring_lookup *l = NULL;
+	struct xb_ring r;
+	int rc;
+
+	rc = worker_of(xs, d, name, sizeof(name), err);
+	if (rc == 0) {
+		rc = d->said_unserved ? 0 : XB_DEV_UNSERVED;
+		d->said_unserved = true;
+		goto out;
+	}
+	if (rc < 0)
+		goto fail;
+	l = calloc(1, sizeof(*l));
+	if (!l) {
+		rc = bks_error_set(err, ENOMEM, "%s", d->be);
+		goto fail;
+	}
+	l->xs = xs;
+	l->d = d;
+	rc = xb_ring_parse(ring_lookup, l, conf->max_ring_page_order, &r, err);
+	if (rc == 0)
+		rc = xb_ring_refs_format(&r, refs, sizeof(refs));
+	if (rc < 0) {
+		bks_error_prepend(err, "%s: the frontend's ring: ", d->be);
+		goto fail;
+	}
+	snprintf(cmd, sizeof(cmd), "blkif-connect %u %u %s %s %c", d->domid,
+		 r.port, refs, r.protocol, r.mode);
+	rc = worker_call(conf, name, cmd, &cl, err);
+	if (rc < 0) {
+		bks_error_prepend(err, "%s: ", d->be);
+		goto fail;
+	}
+	d->served = true;
+	snprintf(d->worker, sizeof(d->worker), "%s", name);
+	rc = write_connected(xs, d, &cl, err);
+	if (rc == 1) {
+		*to = XB_CONNECTED;
+		rc = 0;
+		goto out;
+	}
+	/* Moved meanwhile, or the write failed: take the ring back. */
+	if (rc < 0)
+		connect_failed(xs, d, err);
+	xb_dev_disconnect(d, conf);
+	goto out;
+fail:
+	connect_failed(xs, d, err);
+	*to = XB_CLOSING;
+out:
+	ctl_client_close(&cl);
+	free(l);
+	return rc;
+}
+
+void xb_dev_disconnect(struct xb_dev *d, const struct xb_conf *conf)
+{
+	struct ctl_client cl = {0};
+	struct bks_error err = {0};
+
+	if (!d->served)
+		return;
+	d->served = false;
+	/* A worker that is gone holds no ring. */
+	if (worker_call(conf, d->worker, "blkif-disconnect", &cl, &err) < 0 &&
+	    err.code != ENOENT && err.code != ECONNREFUSED)
+		fprintf(stderr, "blkstack-xenbus: %s: %s\n", d->be, err.msg);
+	ctl_client_close(&cl);
+}
+
 int xb_dev_refresh(struct xs_handle *xs, struct xb_dev *d,
 		   const struct xb_conf *conf, enum xb_state *from,
 		   enum xb_state *to, struct bks_error *err)
@@ -219,14 +481,19 @@ int xb_dev_refresh(struct xs_handle *xs, struct xb_dev *d,
 		step = xb_decide(&view);
 		*from = *to = view.backend;
 		if (step.connect) {
-			/* No ring server yet (docs/ring-backend.txt): the
-			 * device waits in InitWait. */
-			rc = d->said_unserved ? 0 : XB_DEV_UNSERVED;
-			d->said_unserved = true;
+			/* Outside the transaction: it waits on the worker. */
+			xs_transaction_end(xs, t, true);
+			t = XBT_NULL;
+			rc = connect_step(xs, d, conf, to, err);
 			goto out;
 		}
-		if (step.disconnect)
-			d->served = false;
+		if (step.disconnect) {
+			/* The ring first, then the state (decided anew). */
+			xs_transaction_end(xs, t, true);
+			t = XBT_NULL;
+			xb_dev_disconnect(d, conf);
+			continue;
+		}
 		if (step.next == view.backend) {
 			rc = 0;
 			goto out;

@@ -25,6 +25,7 @@
 /* What the daemon advertises at InitWait. */
 struct xb_conf {
 	unsigned int max_ring_page_order; /* max-ring-page-order */
+	const char *rundir; /* the workers' run directory (ctl.sock) */
 };
 
 struct xb_dev {
@@ -34,15 +35,17 @@ struct xb_dev {
 	char fe[XB_PATH_MAX];	    /* the frontend directory */
 	char fe_state[XB_PATH_MAX]; /* fe/state: watched, token be */
 	bool fe_watched;
-	bool served;	    /* a ring server holds the ring */
+	bool served;	    /* the worker below holds the ring */
+	char worker[72];    /* the worker blkif-connect went to */
 	bool said_unserved; /* "no ring server" was said */
 	struct xb_dev *next;
 };
 
 /* xb_dev_refresh(): the backend directory is gone (not an error). */
 #define XB_DEV_GONE 1
-/* xb_dev_refresh(): the frontend is ready, but nothing serves the ring
- * (the first time only; the device stays in InitWait). */
+/* xb_dev_refresh(): the frontend is ready, but the hotplug script's add
+ * has not finished (no hotplug-status "connected" yet): said the first
+ * time only; the device stays in InitWait until it has. */
 #define XB_DEV_UNSERVED 2
 
 /*
@@ -68,6 +71,14 @@ int xb_dev_new(struct xs_handle *xs, const char *base, unsigned int domid,
 int xb_dev_refresh(struct xs_handle *xs, struct xb_dev *d,
 		   const struct xb_conf *conf, enum xb_state *from,
 		   enum xb_state *to, struct bks_error *err);
+
+/*
+ * Take the ring from the worker that serves it (blkif-disconnect), if
+ * one does: bounded, and a worker that is gone counts as done.  Called
+ * by xb_dev_refresh() before every step that leaves Connected, and by
+ * blkstack-xenbus for the devices it forgets.
+ */
+void xb_dev_disconnect(struct xb_dev *d, const struct xb_conf *conf);
 
 /* Stop watching and free d (NULL is fine). */
 void xb_dev_free(struct xs_handle *xs, struct xb_dev *d);

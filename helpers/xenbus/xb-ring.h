@@ -6,7 +6,7 @@
  * lookup function and checked, every value untrusted.  No I/O of its
  * own: xb-dev.c supplies the lookup (xenstore reads), the unit tests a
  * table.  The checked values are what blkstack-worker's blkif-connect
- * takes (/work/scratch/blkif-ctl-protocol.txt, docs/ring-backend.txt
+ * takes (docs/control-protocol.txt, docs/ring-backend.txt
  * section 8).
  */
 #ifndef BLKSTACK_XB_RING_H

@@ -97,7 +97,7 @@ stays() {
 	assert_output 2
 }
 
-@test "xenbus: a ready frontend waits in InitWait, said once: no ring server yet" {
+@test "xenbus: a ready frontend waits in InitWait for the script's add, said once" {
 	xb_start
 	add_device
 	state_is "$BE" 2
@@ -105,7 +105,7 @@ stays() {
 	stays "$BE" 2
 	xenstore-write "$FE/ring-ref" 8 "$FE/state" 4
 	stays "$BE" 2
-	run grep -c 'serves no vbd3 ring yet' "$RUN_DIR/err"
+	run grep -c "waiting for the hotplug script's add" "$RUN_DIR/err"
 	assert_output 1
 }
 
@@ -209,7 +209,7 @@ stays() {
 	export BLKSTACK_RUNDIR=$RUN_DIR/hp
 	img_dir
 	truncate -s 16M "$IMG_DIR/g.img"
-	xb_start
+	xb_start --rundir "$BLKSTACK_RUNDIR"
 	add_device
 	xenstore-write "$BE/params" "aio:log:|aio:$IMG_DIR/g.img"
 	state_is "$BE" 2
@@ -227,6 +227,20 @@ stays() {
 	assert_failure
 	run nbdinfo --size "nbd+unix:///?socket=$BLKSTACK_RUNDIR/$name/nbd.sock"
 	assert_output 16777216
+	# The frontend's ring: blkstack-xenbus hands it to that worker, which
+	# cannot map it here (no /dev/xen): the backend says why and closes.
+	xenstore-write "$FE/ring-ref" 8 "$FE/event-channel" 12 \
+		"$FE/protocol" x86_64-abi "$FE/state" 3
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output --partial "worker $name: blkif-connect domain $DOM: blkif: xengnttab_open (/dev/xen/gntdev)"
+	run xenstore-exists "$BE/sectors"
+	assert_failure
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" info --name "$name"
+	assert_success
+	assert_output --partial "state:        running"
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
 	# libxl's teardown: online 0 and Closing, Closed, then remove.
 	xenstore-write "$BE/online" 0 "$BE/state" 5
 	state_is "$BE" 6
@@ -237,4 +251,45 @@ stays() {
 	assert_output ""
 	run xenstore-exists "$BE/blkstack-worker"
 	assert_failure
+}
+
+@test "xenbus: hostile ring nodes and worker names are refused with an error node and Closing; nothing is asked of a worker" {
+	xb_start
+	add_device
+	state_is "$BE" 2
+	# As the script's add leaves it, naming a worker that is not there.
+	xenstore-write "$BE/blkstack-worker" nosuch "$BE/hotplug-status" connected
+	xenstore-write "$FE/ring-ref" x "$FE/event-channel" 12 "$FE/state" 3
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output --partial "ring-ref"
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	# Reconnect: Initialising takes it back to InitWait; now too many pages.
+	xenstore-rm "$BE/error"
+	xenstore-write "$FE/ring-ref" 8 "$FE/state" 1
+	state_is "$BE" 2
+	xenstore-write "$FE/ring-page-order" 5 "$FE/state" 3
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output --partial "ring-page-order"
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	# Good nodes, a worker name that is a path: refused before any call.
+	xenstore-rm "$FE/ring-page-order"
+	xenstore-write "$BE/blkstack-worker" "../x" "$FE/state" 1
+	state_is "$BE" 2
+	xenstore-write "$FE/state" 3
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output --partial "is not a worker's name"
+	# Good everything, no such worker: its control client says so.
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	xenstore-write "$BE/blkstack-worker" nosuch "$FE/state" 1
+	state_is "$BE" 2
+	xenstore-write "$FE/state" 3
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output --partial "worker nosuch: "
 }

@@ -17,7 +17,6 @@ IMGS=/images
 XVDA=51712
 XVDB=51728
 XVDC=51744
-XVDD=51760
 
 pass() { echo "PASS $1"; }
 fail() { echo "FAIL $1 ($2)"; }
@@ -317,50 +316,121 @@ attach_tests() {
 		info "$mech: xl block-detach of the failed xvdc: $(tail -n 3 /tmp/detach-missing.out | tr '\n' '|')"
 	fi
 	info "$mech: backend xvdc after block-detach: $(xenstore-ls "$be3" 2>&1 | tr '\n' ' ' | cut -c1-200)"
-	# Xen 4.19 added backendtype=tap; 4.17's xl refuses the word.
-	if [ "$mech" = loop ] && [ "$XEN_VERSION" != 4.17 ]; then
-		vbd3_item "$g" "$domid"
-	fi
 }
 
-# ---- item 2b: a vbd3 disk (backendtype=tap, Xen 4.19+) ------------------------
-# libxl runs a vbd3 disk's script only once the backend is in InitWait,
-# which blkstack-xenbus (the xenstore side of blkstack's vbd3 backend)
-# brings about; the script then refuses the disk, since blkstack serves no
-# blkif ring yet, and says so through libxl.  Guest $1 (domid $2) runs.
-# Its variables are _v3*: the caller's (img, be) must survive it.
-vbd3_item() {
-	_v3img=$IMGS/vbd3.img
-	truncate -s 32M "$_v3img"
+# ---- item 2b: a guest disk served over its blkif ring (backendtype=tap) ---
+# Xen 4.19+: libxl writes the disk's backend under backend/vbd3;
+# blkstack-xenbus (the xenstore side of blkstack's ring backend) takes it
+# to InitWait; libxl runs block-stack, whose add starts the disk's worker
+# and makes no dom0 block device; blkstack-xenbus then hands the
+# frontend's ring to the worker (blkif-connect) and says Connected, and
+# the guest's blkfront talks to the worker itself.  Its variables are
+# _v3*: the caller's must survive it.
+no_vbd3_backends() {
+	_b=$(xenstore-ls /local/domain/0/backend/vbd3 2>/dev/null | head -n 3 | tr '\n' '|')
+	[ -z "$_b" ] && return 0
+	echo "backend/vbd3 holds: $_b"
+	return 1
+}
+be_state_is() { [ "$(xenstore-read "$1/state" 2>/dev/null)" = "$2" ]; }
+ring_info() {
+	info "ring: backend $1: $(xenstore-ls "$1" 2>&1 | tr '\n' ' ' | cut -c1-700)"
+	sed 's/^/INFO blkstack-xenbus: /' /tmp/xenbus.err | tail -n 12
+}
+ring_item() {
+	_v3g="g-ring"
+	_v3img=$IMGS/ring.img
+	truncate -s 64M "$_v3img"
+	printf 'blkstack-dom0-pattern' | dd of="$_v3img" conv=notrunc 2>/dev/null
 	blkstack-xenbus --verbose >/tmp/xenbus.out 2>/tmp/xenbus.err &
 	_v3pid=$!
-	check "vbd3: blkstack-xenbus watches backend/vbd3" \
+	check "ring: blkstack-xenbus watches backend/vbd3" \
 		wait_for 10 grep -q 'watching /local/domain/0/backend/vbd3' /tmp/xenbus.out
-	if xl block-attach "$1" "vdev=xvdd,backendtype=tap,script=block-stack,target=log:|aio:$_v3img" \
-		>/tmp/attach-vbd3.out 2>&1; then
-		fail "vbd3: xl block-attach of a backendtype=tap disk fails" "it succeeded"
+	guest_cfg "$_v3g" "$_v3img"
+	sed -i "s|^disk = \['vdev=xvda,|disk = ['vdev=xvda,backendtype=tap,|" "/root/$_v3g.cfg"
+	_v3t0=$(now)
+	if xl create "/root/$_v3g.cfg" >"/tmp/$_v3g.create" 2>&1; then
+		pass "ring: xl create with backendtype=tap,script=block-stack"
 	else
-		pass "vbd3: xl block-attach of a backendtype=tap disk fails"
+		fail "ring: xl create with backendtype=tap,script=block-stack" \
+			"$(tail -n 5 "/tmp/$_v3g.create" | tr '\n' ' ')"
+		ring_info "(none)"
+		cleanup_after "$_v3g"
+		kill "$_v3pid"
+		wait "$_v3pid"
+		return 0
 	fi
-	grep 'script:\|hotplug' /tmp/attach-vbd3.out | head -n 3 | sed 's/^/INFO vbd3 block-attach: /'
-	check "vbd3: blkstack-xenbus took the backend to InitWait" \
-		grep -q "backend/vbd3/$2/$XVDD: Initialising -> InitWait" /tmp/xenbus.err
-	check "vbd3: xl shows blkstack's refusal" \
-		grep -q 'does not serve blkif rings yet' /tmp/attach-vbd3.out
-	check "vbd3: the refused disk started no worker" [ "$(workers)" = 1 ]
-	_v3be=/local/domain/0/backend/vbd3/$2/$XVDD
-	if xl block-detach "$1" xvdd >/tmp/detach-vbd3.out 2>&1; then
-		pass "vbd3: xl block-detach of the refused disk"
+	_v3dom=$(xl domid "$_v3g")
+	_v3be=/local/domain/0/backend/vbd3/$_v3dom/$XVDA
+	check "ring: backend Connected (state 4)" wait_for 60 be_state_is "$_v3be" 4
+	if wait_for 120 in_log "$_v3g" "GUEST wrote"; then
+		info "ring: guest wrote $(($(now) - _v3t0))s after xl create"
+	fi
+	check "ring: guest reads dom0's pattern" in_log "$_v3g" "GUEST read-ok"
+	check "ring: guest writes" in_log "$_v3g" "GUEST wrote"
+	_v3got=$(dd if="$_v3img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+	check "ring: guest's pattern is in the image (guest running)" \
+		[ "$_v3got" = blkstack-guest-pattern ]
+	_v3w=$(xenstore-read "$_v3be/blkstack-worker" 2>/dev/null || echo none)
+	"$CTL" info --name "$_v3w" --json >/tmp/ring.info 2>&1 || true
+	check "ring: the disk's worker serves the ring (info: blkif connected)" \
+		grep -q '"blkif":"connected"' /tmp/ring.info
+	"$CTL" stats --name "$_v3w" --json >/tmp/ring.stats 2>&1 || true
+	info "ring: worker stats blkif: $(sed -n 's/.*"blkif":\({[^}]*}\).*/\1/p' /tmp/ring.stats)"
+	check "ring: the ring's requests are counted, none failed" \
+		grep -q '"blkif":{[^}]*"errors":0,' /tmp/ring.stats
+	check "ring: no dom0 block device serves it" no_blockdev
+	check "ring: the backend names the worker's socket" \
+		[ "$(xenstore-read "$_v3be/physical-device-path" 2>/dev/null)" = "/run/blkstack/$_v3w/ctl.sock" ]
+	xl block-list "$_v3g" >/tmp/ring.blist 2>&1 || true
+	info "ring: xl block-list: $(tr '\n' '|' </tmp/ring.blist)"
+	check "ring: xl block-list shows the disk" grep -q "^$XVDA " /tmp/ring.blist
+	ring_info "$_v3be"
+
+	# A second ring disk, attached and detached while the guest runs.
+	_v3img2=$IMGS/ring2.img
+	truncate -s 32M "$_v3img2"
+	if xl block-attach "$_v3g" "vdev=xvdb,backendtype=tap,script=block-stack,target=log:|aio:$_v3img2" \
+		>/tmp/attach-ring.out 2>&1; then
+		pass "ring: xl block-attach of a second ring disk"
 	else
-		fail "vbd3: xl block-detach of the refused disk" "$(tail -n 3 /tmp/detach-vbd3.out | tr '\n' ' ')"
+		fail "ring: xl block-attach of a second ring disk" "$(tail -n 3 /tmp/attach-ring.out | tr '\n' ' ')"
 	fi
-	wait_for 30 sh -c "! xenstore-exists $_v3be" || true
-	check "vbd3: its backend is gone" sh -c "! xenstore-exists $_v3be"
-	check "vbd3: blkstack-xenbus closed it (libxl's Closing, then Closed)" \
-		grep -q "backend/vbd3/$2/$XVDD: .* -> Closed" /tmp/xenbus.err
+	_v3be2=/local/domain/0/backend/vbd3/$_v3dom/$XVDB
+	check "ring: second disk Connected (state 4)" wait_for 60 be_state_is "$_v3be2" 4
+	check "ring: two workers while attached" [ "$(workers)" = 2 ]
+	if xl block-detach "$_v3g" xvdb >/tmp/detach-ring.out 2>&1; then
+		pass "ring: xl block-detach of the second disk"
+	else
+		fail "ring: xl block-detach of the second disk" "$(tail -n 3 /tmp/detach-ring.out | tr '\n' ' ')"
+	fi
+	wait_for 30 sh -c "! xenstore-exists $_v3be2" || true
+	check "ring: second disk's backend gone" sh -c "! xenstore-exists $_v3be2"
+	check "ring: blkstack-xenbus closed it (Closing, then Closed)" \
+		grep -q "backend/vbd3/$_v3dom/$XVDB: .* -> Closed" /tmp/xenbus.err
+	wait_for 20 sh -c "[ \"\$($CTL list 2>/dev/null | grep -c .)\" = 1 ]" || true
+	check "ring: one worker after detach" [ "$(workers)" = 1 ]
+	check "ring: the first disk still serves (state 4)" be_state_is "$_v3be" 4
+
+	xl shutdown "$_v3g" >/tmp/ring.shutdown 2>&1 || true
+	if wait_for 90 domain_gone "$_v3g"; then
+		pass "ring: guest shut down, domain gone"
+	else
+		fail "ring: guest shut down" "still there after 90s; destroying"
+		info "ring: guest console: $(tail -n 8 "$CONS/guest-$_v3g.log" | tr '\n' '|')"
+		ring_info "$_v3be"
+		xl destroy "$_v3g" || true
+		wait_for 30 domain_gone "$_v3g" || true
+	fi
+	_v3got=$(dd if="$_v3img" bs=512 skip=2048 count=1 2>/dev/null | head -c 22)
+	check "ring: guest's pattern is in the image after shutdown" \
+		[ "$_v3got" = blkstack-guest-pattern ]
+	wait_for 20 no_workers || true
+	check "ring: no worker left" no_workers
+	check "ring: no backend left in xenstore" no_vbd3_backends
 	kill "$_v3pid"
-	check "vbd3: blkstack-xenbus exits 0 on SIGTERM" wait "$_v3pid"
-	sed 's/^/INFO blkstack-xenbus: /' /tmp/xenbus.err | head -n 8
+	check "ring: blkstack-xenbus exits 0 on SIGTERM" wait "$_v3pid"
+	info "ring: blkstack-xenbus said: $(grep -c . /tmp/xenbus.err) lines"
 }
 
 # ---- item 3: a missing image at xl create -----------------------------------
@@ -1459,10 +1529,11 @@ EOC
 }
 
 echo "XENTEST start $(now)s"
-# xentest_only=rec, =kill, =fmt or =live on dom0's command line
-# (tests/xen/run: XEN_ONLY=rec|kill|fmt|live): only the migration and
-# save/restore items, only item 5, only item 7 (formats), or only item 8
-# (live snapshot and commit), for working on them.
+# xentest_only=rec, =kill, =fmt, =live or =ring on dom0's command line
+# (tests/xen/run: XEN_ONLY=rec|kill|fmt|live|ring): only the migration and
+# save/restore items, only item 5, only item 7 (formats), only item 8
+# (live snapshot and commit), or only item 2b (the blkif ring, Xen 4.19+),
+# for working on them.
 only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
 # pgrep; a missing one must not make a check pass).
@@ -1492,6 +1563,10 @@ package_check() {
 }
 pkgv=$(cat /etc/blkstack-package-version 2>/dev/null)
 check "blkstack is the package's, version $pkgv" package_check "$pkgv"
+# Xen 4.19 added backendtype=tap; 4.17's xl refuses the word.
+if [ "$XEN_VERSION" != 4.17 ] && { [ -z "$only" ] || [ "$only" = ring ]; }; then
+	ring_item
+fi
 if [ -z "$only" ]; then
 	guest_run loop
 	# The worker's own FUSE file (Debian 12's 6.1 cannot resend FUSE
