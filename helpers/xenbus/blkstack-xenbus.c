@@ -111,6 +111,8 @@ static void handle(struct xb_daemon *xd, unsigned int domid, unsigned int devid)
 		*pp = d->next;
 		if (xd->verbose)
 			say("%s: gone", d->be);
+		/* Its ring, if the toolstack removed it still Connected. */
+		xb_dev_disconnect(d, &xd->conf);
 		xb_dev_free(xd->xs, d);
 		return;
 	}
