@@ -181,7 +181,7 @@ static void test_lifecycle(void **state)
 	assert_string_equal(err.msg, "info takes no arguments");
 	assert_int_equal(ctl_client_call(&cl, "dirty", &err), -EOPNOTSUPP);
 	assert_string_equal(err.msg, "dirty: the chain has no log: layer");
-	assert_int_equal(ctl_client_call(&cl, "a b c d e", &err), -E2BIG);
+	assert_int_equal(ctl_client_call(&cl, "a b c d e f g", &err), -E2BIG);
 	/* The connection goes on after errors. */
 	assert_int_equal(ctl_client_call(&cl, "stats", &err), 0);
 	ctl_client_close(&cl);
