@@ -351,7 +351,7 @@ UNIT_OBJ_test-sup := $(addprefix $(B)/obj/helpers/supervisor/, \
 $(B)/obj/tests/unit/test-sup.o: CPPFLAGS += -Ihelpers/supervisor
 # test-xb-state: the vbd3 backend's state model and id parser.
 UNIT_OBJ_test-xb-state := $(addprefix $(B)/obj/helpers/xenbus/, \
-                            xb-state.o xb-dev.o) $(COMMON)
+                            xb-state.o xb-dev.o xb-ring.o) $(COMMON)
 UNIT_LIBS_test-xb-state = $(XS_LIBS)
 $(B)/obj/tests/unit/test-xb-state.o: CPPFLAGS += -Ihelpers/xenbus $(XS_CFLAGS)
 # test-xb-ring: the connect step's checks of the frontend's ring nodes.
