@@ -257,7 +257,9 @@ srv_qemu_nbd() {
 	srv_nbdkit "$BATS_TEST_TMPDIR/s.sock" file "$IMG_DIR/img.raw"
 	worker_start w "nbd:nbd+unix:///?socket=$BATS_TEST_TMPDIR/s.sock,retry=2"
 	srv_kill
-	wait_sink 'connection down'
+	# Down, or already failed: retry= is 2 s, which a loaded machine's
+	# first look (a blkstack-ctl and a python3) can miss.
+	wait_sink 'connection (down|failed)'
 	run timeout 30 qemu-io -f raw -c 'read 0 4k' "$(nbd_uri)"
 	assert_output --partial 'read failed: Input/output error'
 	wait_sink 'connection failed'
