@@ -1159,14 +1159,17 @@ bad:
 				be, (int)strlen(kind) - 9, kind + 8, kind);
 }
 
-static int do_add(struct hp *hp, const struct target *t)
+/*
+ * What every add checks before it makes anything: the backend directory
+ * (check_backend), the disk's images against every other disk's on this
+ * host and the VM's claim, then the sharing claim, checked and recorded
+ * at once, host-wide.  Returns 0 (claimed: hp_share_release() undoes
+ * it), or -errno with hp->err set (backend_foreign where the directory or
+ * the disk is somebody else's).
+ */
+static int claim_disk(struct hp *hp, const struct target *t, bool rw)
 {
-	char line[PATH_MAX + 256], physdev[32];
-	struct writes w = {.clear_error = true};
-	const char *backend = backend_dir(hp);
 	struct hp_usage *mine = NULL;
-	bool claimed = false, made = false, rw;
-	struct hp_dev dev = {0};
 	int rc;
 
 	mine = calloc(1, sizeof(*mine));
@@ -1177,16 +1180,30 @@ static int do_add(struct hp *hp, const struct target *t)
 	rc = check_backend(hp);
 	if (rc < 0)
 		goto out;
-	rw = !backend_read_only(hp);
 	rc = disk_usage(hp, t, rw, mine);
 	if (rc == 0)
 		rc = check_claim_vm(hp, mine);
 	if (rc < 0)
 		goto out;
-	/* Checked and recorded at once, host-wide, before the device. */
 	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
 	if (rc == -EEXIST)
 		hp->backend_foreign = true;
+out:
+	free(mine);
+	return rc;
+}
+
+static int do_add(struct hp *hp, const struct target *t)
+{
+	char line[PATH_MAX + 256], physdev[32];
+	struct writes w = {.clear_error = true};
+	const char *backend = backend_dir(hp);
+	bool claimed = false, made = false, rw;
+	struct hp_dev dev = {0};
+	int rc;
+
+	rw = !backend_read_only(hp);
+	rc = claim_disk(hp, t, rw);
 	if (rc < 0)
 		goto out;
 	claimed = true;
@@ -1222,7 +1239,6 @@ out:
 	if (rc < 0 && claimed &&
 	    (made || load_dev_record(hp, t, NODE_DEV, &dev) == 0))
 		hp_share_release(t->rundir, t->name);
-	free(mine);
 	return rc;
 }
 
@@ -1239,40 +1255,20 @@ static int do_add_vbd3(struct hp *hp, const struct target *t)
 	char sock[PATH_MAX + 16];
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
-	struct hp_usage *mine = NULL;
 	int rc;
 
-	mine = calloc(1, sizeof(*mine));
-	if (!mine) {
-		rc = bks_error_set(&hp->err, ENOMEM, "add");
-		goto out;
-	}
-	rc = check_backend(hp);
+	rc = claim_disk(hp, t, !backend_read_only(hp));
 	if (rc < 0)
-		goto out;
-	rc = disk_usage(hp, t, !backend_read_only(hp), mine);
-	if (rc == 0)
-		rc = check_claim_vm(hp, mine);
-	if (rc < 0)
-		goto out;
-	rc = hp_share_claim(t->rundir, t->name, mine, &hp->err);
-	if (rc == -EEXIST)
-		hp->backend_foreign = true;
-	if (rc < 0)
-		goto out;
-	if (snprintf(sock, sizeof(sock), "%s/ctl.sock", t->dir) >=
-	    (int)sizeof(sock)) {
-		rc = bks_error_setmsg(&hp->err, ENAMETOOLONG,
-				      "%s/ctl.sock: too long", t->dir);
-		goto out;
-	}
+		return rc;
+	if (snprintf(sock, sizeof(sock), "%s/" WORKER_FILE_CTL, t->dir) >=
+	    (int)sizeof(sock))
+		return bks_error_setmsg(&hp->err, ENAMETOOLONG,
+					"%s/" WORKER_FILE_CTL ": too long",
+					t->dir);
 	add_write(&w, backend, "physical-device-path", sock);
 	/* Last: blkstack-xenbus connects the ring when it sees it. */
 	add_write(&w, backend, "hotplug-status", "connected");
-	rc = commit(hp, &w);
-out:
-	free(mine);
-	return rc;
+	return commit(hp, &w);
 }
 
 /*
