@@ -17,6 +17,9 @@
 PREFIX     ?= /usr/local
 LIBEXECDIR ?= $(PREFIX)/libexec/blkstack
 SBINDIR    ?= $(PREFIX)/sbin
+# The driver modules (libblkstack/driver-module.h): PREFIX/lib/blkstack/
+# modules, which is also SBINDIR/../lib/blkstack/modules.
+MODULEDIR  ?= $(PREFIX)/lib/blkstack/modules
 XENSCRIPTS ?= /etc/xen/scripts
 MANDIR     ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
@@ -70,7 +73,7 @@ HELPER_INC := -Ihelpers/common -Ihelpers/hotplug -Ihelpers/worker
 # then LIBS (the binary's own libraries, nothing else).
 define link
 @mkdir -p $(@D)
-$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(1)
+$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(filter %.o %.ld %.a,$^) $(1)
 endef
 
 # $(call objs,SOURCES): their objects.
@@ -84,14 +87,15 @@ AIO_LIBS   := -laio
 URING_LIBS  = $(shell $(PKG_CONFIG) --libs liburing)
 # zlib and zstd: the qcow2 driver's compressed clusters (read only).
 ZLIB_LIBS   = $(shell $(PKG_CONFIG) --libs zlib libzstd)
-# libnbd: the nbd: sink (drivers/nbd.c), a client of remote NBD servers.
+# libnbd: the nbd: sink (drivers/nbd.c), a client of remote NBD servers:
+# a module (below), the only thing that links it.
 NBD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libnbd)
-NBD_LIBS    = $(shell $(PKG_CONFIG) --libs libnbd)
+MODULE_LIBS_nbd = $(shell $(PKG_CONFIG) --libs libnbd)
 $(B)/obj/libblkstack/drivers/nbd.o: CPPFLAGS += $(NBD_CFLAGS)
 # librbd and librados (no .pc files in Debian 12's librbd-dev): the rbd:
-# sink (drivers/rbd.c), Ceph RBD images.
-RBD_LIBS   := -lrbd -lrados
-LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS) $(NBD_LIBS) $(RBD_LIBS)
+# sink (drivers/rbd.c), Ceph RBD images: a module too.
+MODULE_LIBS_rbd := -lrbd -lrados
+LIB_LIBS    = $(AIO_LIBS) $(URING_LIBS) $(ZLIB_LIBS)
 # libnl-genl-3: the kernel NBD client's netlink, helpers/common/
 # nbd-kernel.c, and nothing else: what links it (the hotplug helper, the
 # supervisor, blkstack-ctl reconnect) adds NL_LIBS.
@@ -116,10 +120,43 @@ BLKIF_XEN_CFLAGS  = $(shell $(PKG_CONFIG) --cflags xengnttab xenevtchn)
 BLKIF_XEN_LIBS    = $(shell $(PKG_CONFIG) --libs xengnttab xenevtchn)
 $(BLKIF_XEN_OBJ): CPPFLAGS += $(BLKIF_XEN_CFLAGS)
 
+# ---- driver modules (libblkstack/driver-module.h, drivers.def) ------------
+# A sink whose client library is large is a shared object of its own,
+# loaded only by a worker whose chain names it: linked into every worker,
+# libnbd and librbd made each one 24 MiB resident instead of 2.5
+# (bench/README.md, "Scale").  Each links its client library; it takes
+# libblkstack's functions from the program that loads it, which links and
+# exports exactly those (MODULE_IMPORTS: the modules' undefined symbols
+# that libblkstack.a defines, as a linker script of EXTERN()s that pulls
+# them in and a --dynamic-list that exports them).
+MODULE_NAMES := nbd rbd
+MODULE_SRC   := $(MODULE_NAMES:%=libblkstack/drivers/%.c)
+MODULE_OBJ   := $(call objs,$(MODULE_SRC))
+MODULES      := $(MODULE_NAMES:%=$(B)/lib/blkstack/modules/%.so)
+MODULE_IMPORTS_LD   := $(B)/gen/module-imports.ld
+MODULE_IMPORTS_LIST := $(B)/gen/module-imports.list
+MODULE_LDFLAGS = -Wl,--dynamic-list=$(MODULE_IMPORTS_LIST)
+$(MODULE_OBJ): ALL_CFLAGS += -fPIC
+$(B)/lib/blkstack/modules/%.so: $(B)/obj/libblkstack/drivers/%.o
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -shared -o $@ $< $(MODULE_LIBS_$*)
+
 # ---- the library: every .c under libblkstack/, sub-folders too --------------
-LIB_SRC := $(sort $(filter-out $(BLKIF_XEN_SRC),$(shell find libblkstack -name '*.c')))
+LIB_SRC := $(sort $(filter-out $(BLKIF_XEN_SRC) $(MODULE_SRC),$(shell find libblkstack -name '*.c')))
 LIB_OBJ := $(call objs,$(LIB_SRC))
 LIB     := $(B)/lib/libblkstack.a
+
+$(MODULE_IMPORTS_LD): $(MODULE_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	nm -u --format=just-symbols $(MODULE_OBJ) | sort -u >$@.undef
+	nm -g --defined-only --format=just-symbols $(LIB) | sort -u >$@.def
+	comm -12 $@.undef $@.def >$@.syms
+	@test -s $@.syms || { echo "$@: the modules import nothing?" >&2; exit 1; }
+	{ echo '{'; sed 's/.*/  &;/' $@.syms; echo '};'; } >$(MODULE_IMPORTS_LIST)
+	{ echo '/* Generated: libblkstack functions the driver modules call. */'; \
+	  printf 'EXTERN(%s)\n' $$(cat $@.syms); } >$@
+	rm -f $@.undef $@.def $@.syms
+$(MODULE_IMPORTS_LIST): $(MODULE_IMPORTS_LD)
 
 # A section per function and object, so that a program linking with
 # --gc-sections (PARSE_ONLY_LDFLAGS) keeps only what it calls: blkstack-ctl
@@ -154,8 +191,12 @@ $(B)/obj/helpers/common/version.o: CPPFLAGS += -I$(B)/gen
 PATHS_STAMP := $(B)/gen/paths
 $(PATHS_STAMP): FORCE
 	@mkdir -p $(@D)
-	@printf 'LIBEXECDIR=%s\nSBINDIR=%s\n' '$(LIBEXECDIR)' '$(SBINDIR)' >$@.new && \
+	@printf 'LIBEXECDIR=%s\nSBINDIR=%s\nMODULEDIR=%s\n' '$(LIBEXECDIR)' '$(SBINDIR)' '$(MODULEDIR)' >$@.new && \
 	if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
+# Where modules are looked for last (driver-module.c).
+$(B)/obj/libblkstack/driver-module.o: CPPFLAGS += -DBKS_MODULEDIR='"$(MODULEDIR)"'
+$(B)/obj/libblkstack/driver-module.o: $(PATHS_STAMP)
 
 # ---- helpers/common/: what the programs share, as an archive ----------------
 # A program links it whole; the linker takes only the members it uses.
@@ -182,9 +223,10 @@ $(B)/obj/helpers/hotplug/hp-actions.o $(B)/obj/helpers/hotplug/dev-fuse.o: \
 WORKER       := $(B)/bin/blkstack-worker
 # The worker serves the guest's blkif ring too (worker-blkif.c): the
 # ring core's private headers, and its libxengnttab/libxenevtchn ops.
+# It loads the driver modules: their imports come before the library.
 WORKER_OBJ   := $(call objs,$(sort $(wildcard helpers/worker/*.c))) \
-                $(BLKIF_XEN_OBJ) $(COMMON) $(LIB)
-WORKER_LIBS   = $(LIB_LIBS) $(BLKIF_XEN_LIBS)
+                $(BLKIF_XEN_OBJ) $(MODULE_IMPORTS_LD) $(COMMON) $(LIB)
+WORKER_LIBS   = $(MODULE_LDFLAGS) $(LIB_LIBS) $(BLKIF_XEN_LIBS)
 $(B)/obj/helpers/worker/%.o: CPPFLAGS += -Ilibblkstack/export/blkif
 
 CTL          := $(B)/bin/blkstack-ctl
@@ -222,9 +264,9 @@ $(FUSE): $(FUSE_OBJ)
 # opens chains through the library for map, so it links the data path.
 IMG          := $(B)/bin/blkstack-img
 IMG_OBJ      := $(call objs,$(sort $(wildcard helpers/img/*.c))) \
-                $(COMMON) $(LIB)
+                $(MODULE_IMPORTS_LD) $(COMMON) $(LIB)
 $(IMG): $(IMG_OBJ)
-	$(call link,$(LIB_LIBS))
+	$(call link,$(MODULE_LDFLAGS) $(LIB_LIBS))
 
 # (blkstack-img once helpers/img/ has its sources.)
 IMG_BUILT := $(if $(wildcard helpers/img/*.c),$(IMG))
@@ -249,7 +291,7 @@ $(SCRIPT): hotplug/block-stack
 	sed 's|@HELPERDIR@|$(abspath $(B)/bin)|' $< >$@
 	chmod 0755 $@
 
-all: $(LIB) $(PROGRAMS) $(SCRIPT)
+all: $(LIB) $(PROGRAMS) $(MODULES) $(SCRIPT)
 
 # ---- man pages: one source format, scdoc ------------------------------------
 # docs/man/NAME.N.scd, written as man pages; blkstack-chains(7) and
@@ -373,6 +415,17 @@ $(B)/obj/tests/unit/test-blkif.o $(B)/obj/tests/unit/test-blkif-xen.o: \
 	CPPFLAGS += -Ilibblkstack/export/blkif
 UNIT_OBJ_test-blkif-xen  := $(BLKIF_XEN_OBJ)
 UNIT_LIBS_test-blkif-xen  = $(BLKIF_XEN_LIBS)
+# test-driver-module: the loader, on this build's modules and on bad ones
+# (tests/unit/module-bad.c, as build/tests/modules/KIND/nbd.so); it loads
+# modules, so it exports their imports as the worker does.
+TEST_MODULE_KINDS := abi desc nosym
+TEST_MODULES := $(TEST_MODULE_KINDS:%=$(B)/tests/modules/%/nbd.so)
+$(B)/tests/modules/%/nbd.so: tests/unit/module-bad.c
+	@mkdir -p $(@D) $(B)/obj/tests/modules
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DBAD_KIND_$* -fPIC -shared -MMD -MP \
+		-MF $(B)/obj/tests/modules/$*.d -MT $@ -o $@ $<
+UNIT_OBJ_test-driver-module := $(MODULE_IMPORTS_LD) $(MODULES) $(TEST_MODULES)
+UNIT_LDFLAGS_test-driver-module = $(MODULE_LDFLAGS)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
                            -Wl,--wrap=realloc -Wl,--wrap=free
 
@@ -572,6 +625,8 @@ install: all man
 	# back to sbin for them and blkstack-fuse.
 	install -m 0755 $(WORKER) $(CTL) $(SUPERVISOR) $(XENBUS) $(FUSE) $(IMG_BUILT) \
 		$(DESTDIR)$(SBINDIR)/
+	install -d $(DESTDIR)$(MODULEDIR)
+	install -m 0644 $(MODULES) $(DESTDIR)$(MODULEDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
@@ -583,6 +638,8 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBEXECDIR)/blkstack-hotplug \
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/blkstack-ctl $(DESTDIR)$(BASHCOMPDIR)/blkstack-img
+	rm -f $(MODULE_NAMES:%=$(DESTDIR)$(MODULEDIR)/%.so)
+	-rmdir $(DESTDIR)$(MODULEDIR)
 	for p in $(MAN_PAGES); do n=$${p##*/}; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${n##*.}/$$n; done
 	-rmdir $(DESTDIR)$(LIBEXECDIR)

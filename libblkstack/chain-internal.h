@@ -94,8 +94,14 @@ void chain_check_drained(struct bks_chain *chain);
 void chain_layer_drain_begin(struct bks_layer *l);
 
 /* chain-open.c */
-const struct bks_driver *chain_driver_of(const struct bks_chain *chain,
-					 const struct bks_driver_desc *desc);
+/*
+ * The driver of desc: one of the chain's extra drivers, a built-in one, or
+ * a module's, loaded (driver-module.h).  0 with *out set, or -errno with
+ * err naming the layer (idx, from 0) and what failed.
+ */
+int chain_driver_of(const struct bks_chain *chain, unsigned int idx,
+		    const struct bks_driver_desc *desc,
+		    const struct bks_driver **out, struct bks_error *err);
 struct bks_chain *chain_alloc(struct bks_loop *loop,
 			      const struct bks_driver *const *extra);
 void chain_free(struct bks_chain *chain); /* the chain, not its layers */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "blkstack/driver-module.h"
 #include "chain-internal.h"
 
 /* ---- layer accessors ----------------------------------------------------- */
@@ -199,14 +200,30 @@ int layer_info(struct bks_layer *l, struct bks_error *err)
 
 /* ---- opening and closing ------------------------------------------------- */
 
-const struct bks_driver *chain_driver_of(const struct bks_chain *chain,
-					 const struct bks_driver_desc *desc)
+int chain_driver_of(const struct bks_chain *chain, unsigned int idx,
+		    const struct bks_driver_desc *desc,
+		    const struct bks_driver **out, struct bks_error *err)
 {
 	for (size_t i = 0; chain->extra && chain->extra[i]; i++) {
-		if (&chain->extra[i]->desc == desc)
-			return chain->extra[i];
+		if (&chain->extra[i]->desc == desc) {
+			*out = chain->extra[i];
+			return 0;
+		}
 	}
-	return bks_driver_of(desc);
+	if (desc->module) {
+		int rc = bks_driver_module_load(desc, out, err);
+
+		if (rc < 0)
+			return bks_error_prepend(
+			    err, "layer %u (%s): ", idx + 1, desc->name);
+		return 0;
+	}
+	*out = bks_driver_of(desc);
+	if (!*out) /* a desc without a driver: a registry bug */
+		return bks_error_setmsg(err, ENOENT,
+					"layer %u (%s): no such driver",
+					idx + 1, desc->name);
+	return 0;
 }
 
 struct bks_chain *chain_alloc(struct bks_loop *loop,
@@ -259,7 +276,7 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 		      struct bks_layer *file, struct bks_layer *parent_of,
 		      bool read_only, struct bks_error *err)
 {
-	const struct bks_driver *drv = chain_driver_of(chain, desc);
+	const struct bks_driver *drv = NULL;
 	struct bks_layer *l;
 	struct bks_open_args oa = {
 	    .args = args ? args : "",
@@ -278,10 +295,9 @@ static int layer_open(struct bks_chain *chain, unsigned int idx,
 		oa.state_path = state_path;
 	}
 
-	if (!drv) /* a desc without a driver: a registry bug */
-		return bks_error_setmsg(err, ENOENT,
-					"layer %u (%s): no such driver",
-					idx + 1, desc->name);
+	rc = chain_driver_of(chain, idx, desc, &drv, err);
+	if (rc < 0)
+		return rc;
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return bks_error_set(err, ENOMEM, "layer %u (%s)", idx + 1,

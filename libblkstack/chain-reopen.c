@@ -71,8 +71,12 @@ int bks_chain_reopen(struct bks_chain *chain, const char *s, bool read_only,
 		goto out;
 	}
 	for (unsigned int i = 0; i < n; i++) {
-		if (chain_driver_of(chain, spec.layers[i].desc) !=
-		    layers[i]->drv) {
+		const struct bks_driver *drv = NULL;
+
+		rc = chain_driver_of(chain, i, spec.layers[i].desc, &drv, err);
+		if (rc < 0)
+			goto out;
+		if (drv != layers[i]->drv) {
 			rc = bks_error_setmsg(err, EINVAL,
 					      "chain: reopen: layer %u is "
 					      "'%s', not '%s'",

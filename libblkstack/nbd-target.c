@@ -473,3 +473,12 @@ int bks_nbd_target_parse(const char *args, struct bks_nbd_target *t,
 	}
 	return rc;
 }
+
+int bks_nbd_target_check(const char *args, struct bks_error *err)
+{
+	struct bks_nbd_target t;
+
+	return bks_nbd_target_parse(args, &t, err);
+}
+
+const struct bks_driver_desc bks_desc_nbd = BKS_NBD_DESC;

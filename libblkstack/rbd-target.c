@@ -260,3 +260,12 @@ int bks_rbd_target_parse(const char *args, struct bks_rbd_target *t,
 		 t->snap[0] ? "@" : "", t->snap);
 	return 0;
 }
+
+int bks_rbd_target_check(const char *args, struct bks_error *err)
+{
+	struct bks_rbd_target t;
+
+	return bks_rbd_target_parse(args, &t, err);
+}
+
+const struct bks_driver_desc bks_desc_rbd = BKS_RBD_DESC;

@@ -49,6 +49,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 
+#include "blkstack/driver-module.h"
 #include "blkstack/driver.h"
 #include "blkstack/nbd-target.h"
 #include "blkstack/req-queue.h"
@@ -802,13 +803,6 @@ static int take_geometry(struct nbd_state *s, struct bks_error *err)
 
 /* ---- the driver ops ------------------------------------------------------ */
 
-static int sink_check(const char *args, struct bks_error *err)
-{
-	struct bks_nbd_target t;
-
-	return bks_nbd_target_parse(args, &t, err);
-}
-
 static void sink_close(void *state, struct bks_layer *self);
 
 static int sink_open(void *state, struct bks_layer *self,
@@ -982,17 +976,8 @@ static void sink_stats(void *state, struct bks_layer *self,
 	bks_stats_str(out, "last_error", s->last_error);
 }
 
-/* What parsing needs of nbd: (bks_driver_descs[] has it alone). */
-#define NBD_DESC                                                               \
-	{                                                                      \
-		.name = "nbd", .kind = BKS_SINK, .usage = BKS_NBD_USAGE,       \
-		.check = sink_check                                            \
-	}
-
-const struct bks_driver_desc bks_desc_nbd = NBD_DESC;
-
-const struct bks_driver bks_driver_nbd = {
-    .desc = NBD_DESC,
+static const struct bks_driver bks_driver_nbd = {
+    .desc = BKS_NBD_DESC,
     .state_size = sizeof(struct nbd_state),
     .open = sink_open,
     .close = sink_close,
@@ -1004,4 +989,11 @@ const struct bks_driver bks_driver_nbd = {
     .write_zeroes = sink_req,
     .block_status = sink_block_status,
     .stats = sink_stats,
+};
+
+/* A module (driver-module.h): what the loader looks up. */
+const struct bks_module bks_module_nbd = {
+    .abi = BKS_MODULE_ABI,
+    .driver_size = sizeof(struct bks_driver),
+    .driver = &bks_driver_nbd,
 };

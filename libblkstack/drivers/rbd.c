@@ -69,6 +69,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "blkstack/driver-module.h"
 #include "blkstack/driver.h"
 #include "blkstack/rbd-target.h"
 #include "blkstack/req-queue.h"
@@ -562,13 +563,6 @@ static int claim(struct rbd_state *s, struct bks_error *err)
 				s->t.name, CLAIM_LOCK, s->header, CLAIM_TRIES);
 }
 
-static int sink_check(const char *args, struct bks_error *err)
-{
-	struct bks_rbd_target t;
-
-	return bks_rbd_target_parse(args, &t, err);
-}
-
 static void sink_close(void *state, struct bks_layer *self);
 
 static int sink_open(void *state, struct bks_layer *self,
@@ -716,17 +710,8 @@ static void sink_stats(void *state, struct bks_layer *self,
 	bks_stats_str(out, "last_error", s->last_error);
 }
 
-/* What parsing needs of rbd: (bks_driver_descs[] has it alone). */
-#define RBD_DESC                                                               \
-	{                                                                      \
-		.name = "rbd", .kind = BKS_SINK, .usage = BKS_RBD_USAGE,       \
-		.check = sink_check                                            \
-	}
-
-const struct bks_driver_desc bks_desc_rbd = RBD_DESC;
-
-const struct bks_driver bks_driver_rbd = {
-    .desc = RBD_DESC,
+static const struct bks_driver bks_driver_rbd = {
+    .desc = BKS_RBD_DESC,
     .state_size = sizeof(struct rbd_state),
     .open = sink_open,
     .close = sink_close,
@@ -737,4 +722,11 @@ const struct bks_driver bks_driver_rbd = {
     .discard = sink_req,
     .write_zeroes = sink_req,
     .stats = sink_stats,
+};
+
+/* A module (driver-module.h): what the loader looks up. */
+const struct bks_module bks_module_rbd = {
+    .abi = BKS_MODULE_ABI,
+    .driver_size = sizeof(struct bks_driver),
+    .driver = &bks_driver_rbd,
 };

@@ -73,12 +73,28 @@ teardown() {
 	# The hotplug helper was built for /usr: it falls back to /usr/sbin.
 	run grep -c /usr/sbin "$x/usr/libexec/blkstack/blkstack-hotplug"
 	refute_output 0
+	# The driver modules (nbd:, rbd:) where the worker looks for them,
+	# /usr/sbin/../lib/blkstack/modules, not executable, with what they
+	# link; the worker links neither client library.
+	for m in nbd rbd; do
+		assert_file_exists "$x/usr/lib/blkstack/modules/$m.so"
+		assert_file_not_executable "$x/usr/lib/blkstack/modules/$m.so"
+	done
+	run readelf -d "$x/usr/lib/blkstack/modules/nbd.so"
+	assert_output --partial libnbd.so
+	run readelf -d "$x/usr/lib/blkstack/modules/rbd.so"
+	assert_output --partial librbd.so
+	run readelf -d "$x/usr/sbin/blkstack-worker"
+	refute_output --partial libnbd.so
+	refute_output --partial librbd.so
+	run grep -c /usr/lib/blkstack/modules "$x/usr/sbin/blkstack-worker"
+	refute_output 0
 }
 
-@test "deb: Depends is computed (\${shlibs:Depends}) and names the libraries the programs link" {
+@test "deb: Depends is computed (\${shlibs:Depends}) and names the libraries the programs and modules link" {
 	grep -q '^Depends: ${shlibs:Depends}, ${misc:Depends}$' "$TOP/debian/control"
 	dep=$(dpkg-deb -f "$DEB" Depends)
-	for lib in libc6 libxenstore4 libnl-genl-3-200 libfuse3-3 libaio1 liburing2 zlib1g libzstd1 librbd1 librados2 libxengnttab1 libxenevtchn1; do
+	for lib in libc6 libxenstore4 libnl-genl-3-200 libfuse3-3 libaio1 liburing2 zlib1g libzstd1 librbd1 librados2 libnbd0 libxengnttab1 libxenevtchn1; do
 		assert_regex "$dep" "(^|, )$lib( |,|$)"
 	done
 }

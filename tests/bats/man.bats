@@ -85,7 +85,7 @@ page() {
 @test "man: every driver in libblkstack/drivers.def has its entry in blkstack-chains(7)" {
 	text=$(page "$MAN/blkstack-chains.7")
 	n=0
-	for d in $(sed -n 's/^BKS_DRIVER(\([a-z0-9]*\)).*/\1/p' "$TOP/libblkstack/drivers.def"); do
+	for d in $(sed -n 's/^BKS_\(DRIVER\|MODULE\)(\([a-z0-9]*\)).*/\2/p' "$TOP/libblkstack/drivers.def"); do
 		# A term line of its own: "       aio:PATH", "       log:[block=SIZE]".
 		grep -qE "^ {7}$d:" <<<"$text"
 		n=$((n + 1))

@@ -469,10 +469,19 @@ static void test_open_errors(void **state)
 /* ---- pools and the loop -------------------------------------------------- */
 
 #define BKS_DRIVER(name) +1
+#define BKS_MODULE(name)
 static const size_t DRIVERS_DEF_LINES = 0
 #include "../../libblkstack/drivers.def"
     ;
 #undef BKS_DRIVER
+#undef BKS_MODULE
+#define BKS_DRIVER(name)
+#define BKS_MODULE(name) +1
+static const size_t MODULES_DEF_LINES = 0
+#include "../../libblkstack/drivers.def"
+    ;
+#undef BKS_DRIVER
+#undef BKS_MODULE
 
 /* The parse-only table and the drivers: the same drivers, in order. */
 static void test_driver_tables(void **state)
@@ -496,9 +505,22 @@ static void test_driver_tables(void **state)
 		assert_ptr_equal(bks_driver_lookup(d->name, strlen(d->name)),
 				 drv);
 	}
-	assert_null(bks_driver_descs[i]);
 	/* One per line of drivers.def (BKS_DRIVER(...)). */
 	assert_int_equal(i, DRIVERS_DEF_LINES);
+	/* Then the modules' descs (BKS_MODULE(...)): no built-in driver. */
+	for (; bks_driver_descs[i]; i++) {
+		const struct bks_driver_desc *d = bks_driver_descs[i];
+
+		assert_true(d->module);
+		assert_non_null(d->check);
+		assert_null(bks_driver_of(d));
+		assert_null(bks_driver_lookup(d->name, strlen(d->name)));
+		assert_ptr_equal(
+		    bks_driver_desc_lookup(d->name, strlen(d->name)), d);
+	}
+	assert_int_equal(i, DRIVERS_DEF_LINES + MODULES_DEF_LINES);
+	for (i = 0; bks_drivers[i]; i++)
+		assert_false(bks_drivers[i]->module);
 	assert_null(bks_driver_desc_lookup("ra", 2));
 	assert_null(bks_driver_of(NULL));
 }

@@ -355,6 +355,17 @@ struct bks_driver_desc {
 	 * -EINVAL with err saying what is wrong.
 	 */
 	int (*check)(const char *args, struct bks_error *err);
+
+	/*
+	 * True if the data path is a loadable module, not in the library:
+	 * a sink whose client library is large (nbd: links libnbd and
+	 * GnuTLS, rbd: librbd, librados and Ceph's C++ runtime, about 5
+	 * and 19 MiB of resident memory in every process that links them).
+	 * Only a process that opens a layer of it loads it, the first time
+	 * (bks_driver_module_load(), driver-module.h).  Parsing and check
+	 * need nothing of the module.
+	 */
+	bool module;
 };
 
 struct bks_driver {
@@ -367,6 +378,7 @@ struct bks_driver {
 			const char *usage;
 			bool args_path;
 			int (*check)(const char *args, struct bks_error *err);
+			bool module;
 		};
 	};
 
@@ -650,15 +662,19 @@ void bks_layer_emit_stats(struct bks_layer *layer, struct bks_stats_out *out);
 /*
  * The registry is libblkstack/drivers.def, one line per driver; it makes
  * two tables in the same order: bks_driver_descs[] (drivers-parse.c, the
- * parse-only table: no data path) and bks_drivers[] (drivers.c).
+ * parse-only table: no data path) and bks_drivers[] (drivers.c).  Its
+ * BKS_MODULE() lines, last, are in bks_driver_descs[] alone (desc.module
+ * set): their drivers are loaded (driver-module.h).
  */
 
-/* The driver called name (len bytes, not NUL-terminated), or NULL. */
+/* The built-in driver called name (len bytes, not NUL-terminated), or NULL
+ * (a module's too: bks_driver_module_load() opens those). */
 const struct bks_driver *bks_driver_lookup(const char *name, size_t len);
 /* The same in the parse-only table. */
 const struct bks_driver_desc *bks_driver_desc_lookup(const char *name,
 						     size_t len);
-/* The built-in driver of a desc from bks_driver_descs[], or NULL. */
+/* The built-in driver of a desc from bks_driver_descs[], or NULL (a
+ * module's desc among them). */
 const struct bks_driver *bks_driver_of(const struct bks_driver_desc *desc);
 
 /* The built-in drivers, NULL-terminated, for listings. */

@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "blkstack/driver.h"
 #include "blkstack/error.h"
 
 /* NBD's longest export name (the protocol's limit), NUL excluded. */
@@ -87,5 +88,22 @@ struct bks_nbd_target {
  */
 int bks_nbd_target_parse(const char *args, struct bks_nbd_target *t,
 			 struct bks_error *err);
+
+/*
+ * The nbd: desc's check (struct bks_driver_desc): bks_nbd_target_parse()
+ * into a scratch target.  Returns 0 or -EINVAL with err set.
+ */
+int bks_nbd_target_check(const char *args, struct bks_error *err);
+
+/*
+ * What parsing needs of nbd: (driver.h), in the library: the data path is
+ * the module drivers/nbd.c (driver-module.h), whose driver starts with
+ * the same desc.
+ */
+#define BKS_NBD_DESC                                                           \
+	{                                                                      \
+		.name = "nbd", .kind = BKS_SINK, .usage = BKS_NBD_USAGE,       \
+		.check = bks_nbd_target_check, .module = true                  \
+	}
 
 #endif /* BLKSTACK_NBD_TARGET_H */

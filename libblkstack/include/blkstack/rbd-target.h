@@ -31,6 +31,7 @@
 
 #include <stdbool.h>
 
+#include "blkstack/driver.h"
 #include "blkstack/error.h"
 
 /* Longest names and paths, NUL excluded. */
@@ -70,5 +71,22 @@ struct bks_rbd_target {
  */
 int bks_rbd_target_parse(const char *args, struct bks_rbd_target *t,
 			 struct bks_error *err);
+
+/*
+ * The rbd: desc's check (struct bks_driver_desc): bks_rbd_target_parse()
+ * into a scratch target.  Returns 0 or -EINVAL with err set.
+ */
+int bks_rbd_target_check(const char *args, struct bks_error *err);
+
+/*
+ * What parsing needs of rbd: (driver.h), in the library: the data path is
+ * the module drivers/rbd.c (driver-module.h), whose driver starts with
+ * the same desc.
+ */
+#define BKS_RBD_DESC                                                           \
+	{                                                                      \
+		.name = "rbd", .kind = BKS_SINK, .usage = BKS_RBD_USAGE,       \
+		.check = bks_rbd_target_check, .module = true                  \
+	}
 
 #endif /* BLKSTACK_RBD_TARGET_H */
