@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -41,6 +42,7 @@ struct worker_blkif {
 	bool started;
 	bool broken;
 	bool stopping;
+	char why[BKS_ERROR_MSG_MAX + 64]; /* broken: the event's reason */
 	struct bks_defer reap; /* frees it all after the export's done */
 	void (*done)(void *arg);
 	void *done_arg;
@@ -176,15 +178,25 @@ static void on_event(struct bks_watch *watch, uint32_t events)
 	bks_blkif_kick(b->rg);
 }
 
+/* Tell blkif-watch (the ctl) that the ring left "connected". */
+static void notify(struct worker *w, const char *state, const char *why)
+{
+	if (w->blkif_notify)
+		w->blkif_notify(w->blkif_notify_arg, state, why);
+}
+
 static void on_broken(void *arg, const struct bks_error *why)
 {
 	struct worker_blkif *b = arg;
-
 	b->broken = true;
 	worker_logf(b->w, LOG_ERR,
 		    "blkif: the ring of domain %" PRIu32
 		    " is stopped: %s (blkif-disconnect takes it down)",
 		    b->args.domid, why->msg);
+	snprintf(b->why, sizeof(b->why),
+		 "blkif: the ring of domain %" PRIu32 " is broken: %s",
+		 b->args.domid, why->msg);
+	notify(b->w, "broken", b->why);
 }
 
 /* The export is down: the rest goes from our own deferred call. */
@@ -201,11 +213,16 @@ static void reap(struct bks_defer *d)
 	struct worker *w = b->w;
 	void (*done)(void *arg) = b->done;
 	void *done_arg = b->done_arg;
+	char msg[96];
 
 	worker_logf(w, LOG_INFO, "blkif: domain %" PRIu32 ": disconnected",
 		    b->args.domid);
+	snprintf(msg, sizeof(msg),
+		 "blkif: the ring of domain %" PRIu32 " was disconnected",
+		 b->args.domid);
 	w->blkif = NULL;
 	blkif_free(b);
+	notify(w, "none", msg);
 	if (done)
 		done(done_arg);
 }
@@ -313,6 +330,32 @@ void worker_blkif_free(struct worker *w)
 {
 	blkif_free(w->blkif);
 	w->blkif = NULL;
+}
+
+void worker_blkif_set_notify(struct worker *w, worker_blkif_notify_fn *fn,
+			     void *arg)
+{
+	w->blkif_notify = fn;
+	w->blkif_notify_arg = fn ? arg : NULL;
+}
+
+void worker_blkif_event_json(struct json_writer *j, const char *name,
+			     const char *state, const char *why)
+{
+	char msg[BKS_ERROR_MSG_MAX + WORKER_NAME_MAX + 64];
+
+	snprintf(msg, sizeof(msg), "%s: %s", name, why);
+	json_obj_begin(j);
+	json_kv_str(j, "event", "blkif");
+	json_kv_str(j, "blkif", state);
+	json_kv_str(j, "error", msg);
+	json_obj_end(j);
+	json_raw(j, "\n", 1);
+}
+
+const char *worker_blkif_broken_why(const struct worker *w)
+{
+	return w->blkif && w->blkif->broken ? w->blkif->why : "";
 }
 
 const char *worker_blkif_state(const struct worker *w)

@@ -74,9 +74,30 @@ int worker_blkif_disconnect(struct worker *w, void (*done)(void *arg),
  */
 void worker_blkif_free(struct worker *w);
 
+/*
+ * Call fn(arg, state, why) each time the ring leaves "connected": when
+ * the guest breaks it (state "broken", why the export's reason) and when
+ * it is taken down (state "none": blkif-disconnect or the shutdown).
+ * From the loop, maybe inside the export's callback: fn must only queue
+ * work.  One listener (the ctl's blkif-watch); fn NULL forgets it.
+ */
+void worker_blkif_set_notify(struct worker *w, worker_blkif_notify_fn *fn,
+			     void *arg);
+
+/*
+ * blkif-watch's one event line (docs/control-protocol.txt), for worker
+ * name: {"event":"blkif","blkif":STATE,"error":"NAME: WHY"} and "\n".
+ * Pure: the ctl writes it, the unit test checks it.
+ */
+void worker_blkif_event_json(struct json_writer *j, const char *name,
+			     const char *state, const char *why);
+
 /* "none", "connected", "broken" (the guest broke the ring's rules) or
  * "disconnecting": info's blkif. */
 const char *worker_blkif_state(const struct worker *w);
+
+/* A broken ring's reason, as its event says it; "" if not broken. */
+const char *worker_blkif_broken_why(const struct worker *w);
 
 /* stats' "blkif" member: the export's counters, or null. */
 void worker_blkif_stats_json(const struct worker *w, struct json_writer *j);

@@ -67,6 +67,11 @@
  * without bound.  Well below CTL_OUT_MAX minus the largest reply.
  */
 #define CTL_OUT_HIGH (64u * 1024)
+/*
+ * Most connections in blkif-watch at once (blkstack-xenbus keeps one):
+ * they are never idle nor evicted, so they must not fill the table.
+ */
+#define CTL_MAX_WATCHES 4u
 /* Most extents in one `dirty` reply (then "next" says where to go on). */
 #define CTL_DIRTY_MAX 4096
 /* Connections accepted per wake-up, so that a flood cannot starve I/O. */
@@ -92,6 +97,7 @@ struct ctl_conn {
 	bool pause_wait;  /* waiting for the worker's pause */
 	bool op_wait;	  /* waiting for a snapshot, reopen or cancel */
 	bool blkif_wait;  /* waiting for blkif-disconnect's end */
+	bool blkif_watch; /* blkif-watch: kept for the ring's event */
 	bool cancel_wait; /* ... for the end of the job it cancelled */
 	bool kick;	  /* the `kick` deferred call has work for it */
 };
@@ -110,6 +116,7 @@ struct worker_ctl {
 	struct ctl_conn *live_conn; /* waits for the snapshot/reopen */
 	struct bks_extent *extents; /* CTL_DIRTY_MAX, for `dirty` */
 	uint64_t idle_ns;	    /* the idle timeout */
+	unsigned int nwatch;	    /* connections in blkif-watch */
 	/* Counters for `stats`. */
 	uint64_t accepted, refused, evicted, timed_out;
 };
@@ -244,10 +251,13 @@ static size_t out_pending(const struct ctl_conn *c)
 	return json_len(&c->out) - c->out_off;
 }
 
-/* Waiting for the worker (a pause, a snapshot, a cancel): not idle. */
+/*
+ * Waiting for the worker (a pause, a snapshot, a cancel, the ring's
+ * event of a blkif-watch): not idle, and not evicted.
+ */
 static bool conn_waiting(const struct ctl_conn *c)
 {
-	return c->pause_wait || c->op_wait || c->blkif_wait;
+	return c->pause_wait || c->op_wait || c->blkif_wait || c->blkif_watch;
 }
 
 /* ---- connections --------------------------------------------------------- */
@@ -258,6 +268,8 @@ static void conn_free(struct ctl_conn *c)
 
 	if (ctl->live_conn == c)
 		ctl->live_conn = NULL; /* the operation goes on, unanswered */
+	if (c->blkif_watch)
+		ctl->nwatch--;
 	bks_watch_del(&c->watch);
 	bks_timer_cancel(&c->idle);
 	close(c->fd);
@@ -964,6 +976,71 @@ static void cmd_blkif_disconnect(struct ctl_conn *c)
 	c->blkif_wait = true;
 }
 
+/*
+ * The ring left "connected" (worker_blkif_set_notify()): every
+ * blkif-watch gets its one event line, and is closed once it has gone.
+ * Maybe inside the export's callback: it only queues, as the pause
+ * callback does, and lets `kick` send.
+ */
+static void ctl_blkif_event(void *arg, const char *state, const char *why)
+{
+	struct worker_ctl *ctl = arg;
+	bool any = false;
+
+	for (struct ctl_conn *c = ctl->conns; c; c = c->next) {
+		size_t mark = json_len(&c->out);
+
+		if (!c->blkif_watch)
+			continue;
+		c->blkif_watch = false;
+		ctl->nwatch--;
+		worker_blkif_event_json(&c->out, ctl->w->name, state, why);
+		reply_check(c, mark);
+		c->close_after = true;
+		c->kick = true;
+		any = true;
+	}
+	if (any)
+		bks_defer_schedule(&ctl->kick);
+}
+
+static void cmd_blkif_watch(struct ctl_conn *c)
+{
+	struct worker_ctl *ctl = c->ctl;
+	const char *state = worker_blkif_state(ctl->w);
+	size_t mark = json_len(&c->out);
+
+	if (strcmp(state, "connected") != 0 && strcmp(state, "broken") != 0) {
+		reply_error(c, ENOTCONN, "blkif-watch: no ring is connected%s",
+			    strcmp(state, "none") ? " (it is disconnecting)"
+						  : "");
+		return;
+	}
+	if (ctl->nwatch >= CTL_MAX_WATCHES) {
+		reply_error(c, EBUSY,
+			    "blkif-watch: %u connections watch the ring "
+			    "already",
+			    ctl->nwatch);
+		return;
+	}
+	ctl_log(ctl, LOG_INFO, "control: blkif-watch (uid %u)",
+		(unsigned int)c->uid);
+	json_obj_begin(&c->out);
+	json_kv_bool(&c->out, "ok", true);
+	json_kv_str(&c->out, "blkif", state);
+	json_obj_end(&c->out);
+	reply_end(c, mark);
+	if (strcmp(state, "broken") == 0) {
+		/* Broken already: the event at once, then the end. */
+		worker_blkif_event_json(&c->out, ctl->w->name, state,
+					worker_blkif_broken_why(ctl->w));
+		c->close_after = true;
+		return;
+	}
+	c->blkif_watch = true;
+	ctl->nwatch++;
+}
+
 static void cmd_shutdown(struct ctl_conn *c)
 {
 	ctl_log(c->ctl, LOG_INFO, "control: shutdown (uid %u)",
@@ -1037,6 +1114,7 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 	    strcmp(argv[0], "stats") != 0 && strcmp(argv[0], "pause") != 0 &&
 	    strcmp(argv[0], "unpause") != 0 &&
 	    strcmp(argv[0], "blkif-disconnect") != 0 &&
+	    strcmp(argv[0], "blkif-watch") != 0 &&
 	    strcmp(argv[0], "shutdown") != 0) {
 		bks_sanitize_line(argv[0]);
 		reply_error(c, ENOSYS, "unknown command '%.64s'", argv[0]);
@@ -1058,6 +1136,8 @@ static void handle_line(struct ctl_conn *c, char *line, size_t len)
 		cmd_cancel(c);
 	else if (strcmp(argv[0], "blkif-disconnect") == 0)
 		cmd_blkif_disconnect(c);
+	else if (strcmp(argv[0], "blkif-watch") == 0)
+		cmd_blkif_watch(c);
 	else
 		cmd_shutdown(c);
 }
@@ -1460,6 +1540,7 @@ int worker_ctl_new(struct worker_ctl **out, struct worker *w,
 		goto out;
 	}
 	worker_job_set_notify(w, ctl_job_ended, ctl);
+	worker_blkif_set_notify(w, ctl_blkif_event, ctl);
 	*out = ctl;
 	ctl = NULL;
 out:
@@ -1487,6 +1568,7 @@ void worker_ctl_free(struct worker_ctl *ctl)
 	/* Nor may a live operation or a job call it back. */
 	worker_live_forget(w, ctl);
 	worker_job_set_notify(w, NULL, NULL);
+	worker_blkif_set_notify(w, NULL, NULL);
 	while (ctl->conns) {
 		/* Replies already made (e.g. to `shutdown`) still go out. */
 		conn_flush(ctl->conns);

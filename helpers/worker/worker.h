@@ -43,6 +43,13 @@ struct worker_blkif; /* worker-blkif.h: the guest's ring */
 /* Called when a pause completes (rc 0) or is abandoned (-ECANCELED). */
 typedef void worker_pause_fn(void *arg, int rc);
 
+/*
+ * Called when the guest's ring leaves "connected" (worker-blkif.h):
+ * state is what info's blkif says now ("broken", "none"), why says how.
+ */
+typedef void worker_blkif_notify_fn(void *arg, const char *state,
+				    const char *why);
+
 struct worker {
 	/* Configuration, fixed after start-up. */
 	const char *name;
@@ -73,6 +80,9 @@ struct worker {
 	struct bks_export *nbd;	    /* the NBD export (export.h) */
 	struct bks_export *fuse;    /* --fuse-mount's export, or NULL */
 	struct worker_blkif *blkif; /* blkif-connect's ring, or NULL */
+	/* worker_blkif_set_notify(): the ring left "connected" */
+	worker_blkif_notify_fn *blkif_notify;
+	void *blkif_notify_arg;
 	struct worker_ctl *ctl;
 	struct worker_super *super; /* worker-super.h; NULL: unsupervised */
 	enum worker_state state;

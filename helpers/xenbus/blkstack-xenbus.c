@@ -15,9 +15,11 @@
  * back to InitWait only when the frontend is Initialising again) and the
  * toolstack's online=0.
  *
- * Not yet: handing a connecting frontend's ring to the disk's worker.
- * Until blkstack's ring export exists, a frontend that is ready leaves
- * its device in InitWait and this says so, once per device.
+ * A ready frontend's ring is handed to the disk's worker (blkif-connect)
+ * once the hotplug script's add has finished, and watched while it is
+ * served (blkif-watch, xb-dev.c): a ring the guest broke, or a worker
+ * that died, takes the backend to Closing with the reason in its error
+ * node (docs/ring-backend.txt, section 8).
  *
  * One instance per DIR (default $BLKSTACK_RUNDIR, else /run/blkstack):
  * it holds DIR/xenbus.lock, and removes it when it exits.  Prints
@@ -335,6 +337,7 @@ int main(int argc, char **argv)
 		say("%s", err.msg);
 		goto out;
 	}
+	xd.conf.loop = xd.loop;
 	if (bks_watch_add(xd.loop, &xd.xs_w, xs_fileno(xd.xs), EPOLLIN,
 			  xs_ready, &xd) < 0 ||
 	    bks_watch_add(xd.loop, &xd.sig_w, sigfd, EPOLLIN, sig_ready, &xd) <

@@ -7,11 +7,20 @@
  * something other than xenstore: each is bounded (XB_CTL_TIMEOUT_MS), and
  * the worker answers connect at once and disconnect once its in-flight
  * requests are done.
+ *
+ * A connected ring is watched (blkif-watch): a second connection to the
+ * worker, kept on the daemon's loop and read without blocking; its one
+ * event line (the guest broke the ring, or it was disconnected by someone
+ * else) or its end without one (the worker died) is a lost ring, and
+ * takes the backend to Closing with the reason, as a failed connect does.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ctl-client.h"
 #include "worker-name.h"
@@ -120,6 +129,8 @@ int xb_dev_new(struct xs_handle *xs, const char *base, unsigned int domid,
 	}
 	d->domid = domid;
 	d->devid = devid;
+	d->watch_fd = -1;
+	d->xs = xs;
 	if ((size_t)snprintf(d->be, sizeof(d->be), "%s/%u/%u", base, domid,
 			     devid) >= sizeof(d->be)) {
 		rc = bks_error_setmsg(err, ENAMETOOLONG, "backend path %.64s",
@@ -327,12 +338,13 @@ static int write_connected(struct xs_handle *xs, const struct xb_dev *d,
 }
 
 /*
- * The connect failed: say why in the backend's error node and go to
- * Closing (the frontend closes, and the state model takes the backend to
- * Closed), as a kernel backend's xenbus_dev_fatal() does.  Best effort.
+ * The connect failed, or a served ring was lost: say why in the
+ * backend's error node and go to Closing (the frontend closes, and the
+ * state model takes the backend to Closed), as a kernel backend's
+ * xenbus_dev_fatal() does.  Best effort.
  */
-static void connect_failed(struct xs_handle *xs, const struct xb_dev *d,
-			   const struct bks_error *why)
+static void dev_fatal(struct xs_handle *xs, const struct xb_dev *d,
+		      const struct bks_error *why)
 {
 	char msg[XB_ERROR_MAX + 1], path[XB_PATH_MAX];
 	size_t n;
@@ -347,6 +359,161 @@ static void connect_failed(struct xs_handle *xs, const struct xb_dev *d,
 	if ((size_t)snprintf(path, sizeof(path), "%s/state", d->be) <
 	    sizeof(path))
 		xs_write(xs, XBT_NULL, path, "5", 1);
+}
+
+/* ---- the ring's watch (blkif-watch) ---------------------------------------
+ */
+
+/* Stop watching the ring: the loop's watch and the connection. */
+static void watch_close(struct xb_dev *d)
+{
+	if (!d->watching)
+		return;
+	bks_watch_del(&d->ring_w);
+	close(d->watch_fd);
+	d->watch_fd = -1;
+	d->watching = false;
+	d->wlen = 0;
+}
+
+/*
+ * A complete event line in d->wbuf: 1 with err saying how the ring was
+ * lost; 0 if no line is complete yet.
+ */
+static int watch_line(struct xb_dev *d, struct bks_error *err)
+{
+	char *nl = memchr(d->wbuf, '\n', d->wlen);
+	char why[XB_ERROR_MAX];
+	bool broken = false;
+
+	if (!nl) {
+		if (d->wlen < XB_RING_EVENT_MAX)
+			return 0;
+		bks_error_setmsg(err, EPROTO,
+				 "blkif-watch: a line longer than %u bytes",
+				 XB_RING_EVENT_MAX);
+		return 1;
+	}
+	if (xb_ring_event_parse(d->wbuf, (size_t)(nl - d->wbuf), d->worker,
+				&broken, why, sizeof(why), err) == 0)
+		bks_error_setmsg(err, broken ? EPROTO : ENOTCONN, "%s", why);
+	return 1;
+}
+
+/*
+ * The ring is lost (err says how): no more watch, the ring taken back
+ * from a worker that still holds it (a broken ring; a dead worker holds
+ * none), then, if the backend is still Connected, the error node and
+ * Closing: the connect's failure path.
+ */
+static void ring_lost(struct xb_dev *d, const struct xb_conf *conf,
+		      struct bks_error *err)
+{
+	struct bks_error rerr = {0};
+	char v[XB_VALUE_MAX];
+
+	watch_close(d);
+	bks_error_prepend(err, "%s: worker %s: ", d->be, d->worker);
+	xb_dev_disconnect(d, conf);
+	if (read_node(d->xs, XBT_NULL, d->be, "state", v, sizeof(v), &rerr) ==
+		1 &&
+	    strcmp(v, "4") == 0)
+		dev_fatal(d->xs, d, err);
+}
+
+/* The watch connection is readable, or closed: read what it has. */
+static void watch_event(struct bks_watch *w, uint32_t events)
+{
+	struct xb_dev *d = w->opaque;
+	struct bks_error err = {0};
+
+	(void)events;
+	for (;;) {
+		ssize_t n = recv(d->watch_fd, d->wbuf + d->wlen,
+				 XB_RING_EVENT_MAX - d->wlen, MSG_DONTWAIT);
+
+		if (n > 0) {
+			d->wlen += (size_t)n;
+			if (watch_line(d, &err))
+				break;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		/* The end (or a reset) with no event: the worker is gone. */
+		bks_error_setmsg(&err, EPIPE,
+				 "the worker died (its blkif-watch connection "
+				 "ended while it served the ring)");
+		break;
+	}
+	ring_lost(d, d->conf, &err);
+	fprintf(stderr, "blkstack-xenbus: %s\n", err.msg);
+}
+
+/*
+ * After the connect: watch the ring (blkif-watch on a connection of its
+ * own, answered at once, then kept on conf's loop).  Returns 0 (watched;
+ * or not, for a worker that has no blkif-watch: said), or -errno with err
+ * (the ring is lost already, or the watch failed).
+ */
+static int watch_open(struct xb_dev *d, const struct xb_conf *conf,
+		      struct bks_error *err)
+{
+	struct ctl_client cl = {0};
+	size_t line = 0;
+	const char *buf;
+	int rc;
+
+	if (!conf->loop)
+		return 0;
+	rc = ctl_client_open(&cl, conf->rundir, d->worker, XB_CTL_TIMEOUT_MS,
+			     err);
+	if (rc == 0)
+		rc = ctl_client_call(&cl, "blkif-watch", err);
+	if (rc == -ENOSYS) {
+		/* A worker from before blkif-watch: served, not watched. */
+		fprintf(stderr,
+			"blkstack-xenbus: %s: worker %s has no blkif-watch: "
+			"a lost ring will not be noticed\n",
+			d->be, d->worker);
+		bks_error_clear(err);
+		rc = 0;
+		goto out;
+	}
+	if (rc < 0) {
+		bks_error_prepend(err, "blkif-watch: ");
+		goto out;
+	}
+	buf = ctl_reply_line(&cl, &line);
+	/* What came after the reply: the start of the event, if any. */
+	d->wlen = cl.len - line - 1;
+	if (d->wlen > XB_RING_EVENT_MAX) {
+		d->wlen = 0;
+		rc = bks_error_setmsg(err, EPROTO,
+				      "blkif-watch: a line longer than %u "
+				      "bytes",
+				      XB_RING_EVENT_MAX);
+		goto out;
+	}
+	memcpy(d->wbuf, buf + line + 1, d->wlen);
+	rc = bks_watch_add(conf->loop, &d->ring_w, cl.fd, EPOLLIN, watch_event,
+			   d);
+	if (rc < 0) {
+		rc = bks_error_set(err, -rc, "blkif-watch: watch");
+		goto out;
+	}
+	d->watch_fd = cl.fd;
+	cl.fd = -1;
+	d->watching = true;
+	d->conf = conf;
+	/* Lost already (a broken ring): its event came with the reply. */
+	if (watch_line(d, err))
+		rc = -(err->code ? err->code : EPROTO);
+out:
+	ctl_client_close(&cl);
+	return rc;
 }
 
 /*
@@ -402,16 +569,20 @@ static int connect_step(struct xs_handle *xs, struct xb_dev *d,
 	rc = write_connected(xs, d, &cl, err);
 	if (rc == 1) {
 		*to = XB_CONNECTED;
-		rc = 0;
+		rc = watch_open(d, conf, err);
+		if (rc < 0) {
+			ring_lost(d, conf, err);
+			*to = XB_CLOSING;
+		}
 		goto out;
 	}
 	/* Moved meanwhile, or the write failed: take the ring back. */
 	if (rc < 0)
-		connect_failed(xs, d, err);
+		dev_fatal(xs, d, err);
 	xb_dev_disconnect(d, conf);
 	goto out;
 fail:
-	connect_failed(xs, d, err);
+	dev_fatal(xs, d, err);
 	*to = XB_CLOSING;
 out:
 	ctl_client_close(&cl);
@@ -424,6 +595,8 @@ void xb_dev_disconnect(struct xb_dev *d, const struct xb_conf *conf)
 	struct ctl_client cl = {0};
 	struct bks_error err = {0};
 
+	/* First: our own disconnect is no lost ring. */
+	watch_close(d);
 	if (!d->served)
 		return;
 	d->served = false;
@@ -539,6 +712,7 @@ void xb_dev_free(struct xs_handle *xs, struct xb_dev *d)
 {
 	if (!d)
 		return;
+	watch_close(d);
 	if (d->fe_watched)
 		xs_unwatch(xs, d->fe_state, d->be);
 	free(d);

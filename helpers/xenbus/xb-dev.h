@@ -17,6 +17,8 @@
 #include <xenstore.h>
 
 #include "blkstack/error.h"
+#include "blkstack/loop.h"
+#include "xb-ring.h"
 #include "xb-state.h"
 
 /* Longest path blkstack-xenbus builds (XENSTORE_ABS_PATH_MAX). */
@@ -26,6 +28,9 @@
 struct xb_conf {
 	unsigned int max_ring_page_order; /* max-ring-page-order */
 	const char *rundir; /* the workers' run directory (ctl.sock) */
+	/* blkstack-xenbus's loop: each Connected device's blkif-watch
+	 * connection is watched there (NULL: none is kept) */
+	struct bks_loop *loop;
 };
 
 struct xb_dev {
@@ -38,6 +43,19 @@ struct xb_dev {
 	bool served;	    /* the worker below holds the ring */
 	char worker[72];    /* the worker blkif-connect went to */
 	bool said_unserved; /* "no ring server" was said */
+	/*
+	 * blkif-watch: a second connection to the worker, kept on conf's
+	 * loop while the ring is served; its event line or its end (the
+	 * worker died) takes the backend to Closing with an error node.
+	 * Closed before every blkif-disconnect and when d is freed.
+	 */
+	bool watching;
+	int watch_fd;
+	struct bks_watch ring_w;
+	char wbuf[XB_RING_EVENT_MAX + 1];
+	size_t wlen;
+	struct xs_handle *xs;	    /* for the watch's callback */
+	const struct xb_conf *conf; /* the same */
 	struct xb_dev *next;
 };
 
@@ -74,13 +92,16 @@ int xb_dev_refresh(struct xs_handle *xs, struct xb_dev *d,
 
 /*
  * Take the ring from the worker that serves it (blkif-disconnect), if
- * one does: bounded, and a worker that is gone counts as done.  Called
- * by xb_dev_refresh() before every step that leaves Connected, and by
- * blkstack-xenbus for the devices it forgets.
+ * one does: bounded, and a worker that is gone counts as done.  Closes
+ * the blkif-watch connection first, so that our own disconnect is never
+ * taken for a lost ring.  Called by xb_dev_refresh() before every step
+ * that leaves Connected, and by blkstack-xenbus for the devices it
+ * forgets.
  */
 void xb_dev_disconnect(struct xb_dev *d, const struct xb_conf *conf);
 
-/* Stop watching and free d (NULL is fine). */
+/* Stop watching (the frontend's state, the blkif-watch connection)
+ * and free d (NULL is fine). */
 void xb_dev_free(struct xs_handle *xs, struct xb_dev *d);
 
 /*

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "json.h"
 #include "xb-dev.h"
 
 /* A printable, bounded copy of an untrusted value for a message. */
@@ -162,5 +163,48 @@ int xb_ring_refs_format(const struct xb_ring *r, char *buf, size_t size)
 		used += (size_t)n;
 	}
 out:
+	return rc;
+}
+
+int xb_ring_event_parse(const char *line, size_t len, const char *name,
+			bool *broken, char *why, size_t size,
+			struct bks_error *err)
+{
+	struct json_doc doc = {0};
+	char ev[16], state[16], msg[BKS_ERROR_MSG_MAX];
+	size_t nlen = strlen(name);
+	const char *m = msg;
+	int rc;
+
+	if (len > XB_RING_EVENT_MAX || json_parse(&doc, line, len) < 0 ||
+	    doc.toks[0].type != JSON_OBJECT) {
+		rc = bks_error_setmsg(err, EPROTO,
+				      "blkif-watch: the worker's line is not "
+				      "a JSON object");
+		goto out;
+	}
+	if (json_get_str(&doc, json_get(&doc, 0, "event"), ev, sizeof(ev)) <
+		0 ||
+	    strcmp(ev, "blkif") != 0 ||
+	    json_get_str(&doc, json_get(&doc, 0, "blkif"), state,
+			 sizeof(state)) < 0 ||
+	    strcmp(state, "connected") == 0) {
+		rc = bks_error_setmsg(err, EPROTO,
+				      "blkif-watch: the worker's line is not "
+				      "a ring event");
+		goto out;
+	}
+	/* A reason cut short is still a reason (-ENOSPC). */
+	if (json_get_str(&doc, json_get(&doc, 0, "error"), msg, sizeof(msg)) ==
+	    -EINVAL)
+		snprintf(msg, sizeof(msg), "the ring is %s (no reason given)",
+			 state);
+	if (strncmp(msg, name, nlen) == 0 && strncmp(msg + nlen, ": ", 2) == 0)
+		m = msg + nlen + 2;
+	shown(m, why, size);
+	*broken = strcmp(state, "broken") == 0;
+	rc = 0;
+out:
+	json_doc_free(&doc);
 	return rc;
 }

@@ -12,6 +12,7 @@
 #ifndef BLKSTACK_XB_RING_H
 #define BLKSTACK_XB_RING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,5 +56,20 @@ int xb_ring_parse(xb_ring_lookup_fn lookup, void *opaque,
  * decimal) into buf.  Returns 0, or -ENOSPC if size is too small.
  */
 int xb_ring_refs_format(const struct xb_ring *r, char *buf, size_t size);
+
+/* Longest blkif-watch event line read (docs/control-protocol.txt). */
+#define XB_RING_EVENT_MAX 4096
+
+/*
+ * blkif-watch's event line from worker name (one JSON object, without its
+ * "\n"): {"event":"blkif","blkif":STATE,"error":"NAME: WHY"}, sent when
+ * the ring leaves "connected".  Writes WHY (without "NAME: ", printable,
+ * at most size - 1 bytes) and *broken (STATE "broken": the guest broke
+ * the ring; else it was disconnected).  Pure.  Returns 0, or -EPROTO
+ * for a line that is not such an event (err says why).
+ */
+int xb_ring_event_parse(const char *line, size_t len, const char *name,
+			bool *broken, char *why, size_t size,
+			struct bks_error *err);
 
 #endif

@@ -594,6 +594,19 @@ EOF
 	assert_output 16777216
 }
 
+@test "ctl: blkif-watch without a ring is refused (ENOTCONN), with arguments too (EINVAL); the connection serves on" {
+	create vm1 'ram:16M'
+	run raw vm1 blkif-watch 'blkif-watch 5' info
+	assert_success
+	assert_line --index 0 "{\"ok\":false,\"error\":\"vm1: blkif-watch: no ring is connected\",\"errno\":\"ENOTCONN\",\"errnum\":$(errno_num ENOTCONN)}"
+	assert_line --index 1 --partial '"error":"vm1: blkif-watch takes no arguments","errno":"EINVAL"'
+	run jq_py "${lines[2]}" '(d["ok"], d["blkif"])'
+	assert_output '[true, "none"]'
+	# Nothing is kept for it: no connection waits, none was dropped.
+	run stat_of vm1 '(d["limits"]["control"]["connections"], d["limits"]["control"]["timed_out"])'
+	assert_output '[1, 0]'
+}
+
 @test "ctl: usage errors exit 2, before touching anything" {
 	run "$CTL"
 	assert_failure 2

@@ -16,9 +16,14 @@ setup() {
 	xsd_setup
 	RUN_DIR=$(mktemp -d "${BATS_TMPDIR:-/tmp}/blkstack-xb.XXXXXX")
 	XB_PID=
+	RW_PID=
 }
 
 teardown() {
+	if [ -n "$RW_PID" ]; then
+		kill -9 "$RW_PID" 2>/dev/null || true
+		wait "$RW_PID" 2>/dev/null || true
+	fi
 	if [ -n "$XB_PID" ]; then
 		kill "$XB_PID" 2>/dev/null || true
 		wait "$XB_PID" 2>/dev/null || true
@@ -66,6 +71,46 @@ state_is() {
 	done
 	echo "$1/state is '$(xenstore-read "$1/state" 2>&1)', not $2" >&2
 	return 1
+}
+
+# ring_worker_start: tests/bats/ring-worker.py as worker "rw" of RUN_DIR
+# (a stand-in whose ring connects: no /dev/xen here), until it listens.
+ring_worker_start() {
+	python3 "$BATS_TEST_DIRNAME/ring-worker.py" "$RUN_DIR" rw "$RUN_DIR/rw.log" \
+		>"$RUN_DIR/rw.out" 2>&1 &
+	RW_PID=$!
+	wait_lines "$RUN_DIR/rw.out" 1 10
+}
+
+# ring_connected: the device of add_device served by "rw", Connected.
+ring_connected() {
+	ring_worker_start
+	xb_start
+	add_device
+	state_is "$BE" 2
+	xenstore-write "$BE/blkstack-worker" rw "$BE/hotplug-status" connected
+	xenstore-write "$FE/ring-ref" 8 "$FE/event-channel" 12 \
+		"$FE/protocol" x86_64-abi "$FE/state" 3
+	state_is "$BE" 4
+	# The watch follows the connect's transaction: wait for it.
+	wait_lines "$RUN_DIR/rw.log" 2 10
+	run cat "$RUN_DIR/rw.log"
+	assert_line --index 0 "blkif-connect $DOM 12 8 x86_64-abi w"
+	assert_line --index 1 blkif-watch
+}
+
+# rw_cmd LINE: one command to the stand-in worker, its reply printed.
+rw_cmd() {
+	python3 - "$RUN_DIR/rw/ctl.sock" "$1" <<'EOF2'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+f = s.makefile("rwb")
+f.write(sys.argv[2].encode() + b"\n")
+f.flush()
+sys.stdout.write(f.readline().decode())
+EOF2
 }
 
 # stays PATH N: PATH/state is still N after a second.
@@ -292,4 +337,77 @@ stays() {
 	state_is "$BE" 5
 	run xenstore-read "$BE/error"
 	assert_output --partial "worker nosuch: "
+}
+
+@test "xenbus: a Connected ring's worker that dies takes the backend to Closing with an error node; Closed after the frontend" {
+	ring_connected
+	run xenstore-read "$BE/sectors"
+	assert_output 32768
+	xs_absent "$BE/error"
+	kill -9 "$RW_PID"
+	wait "$RW_PID" 2>/dev/null || true
+	RW_PID=
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output "$BE: worker rw: the worker died (its blkif-watch connection ended while it served the ring)"
+	run cat "$RUN_DIR/err"
+	assert_output --partial "$BE: worker rw: the worker died"
+	# What blkfront does on Closing; the table takes it from there.
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	# And a guest that starts over meets InitWait, as after any close.
+	xenstore-write "$FE/state" 1
+	state_is "$BE" 2
+	kill -0 "$XB_PID"
+}
+
+@test "xenbus: a ring the guest broke takes the backend to Closing with the worker's reason, and the ring is taken back" {
+	ring_connected
+	run rw_cmd "test-break req_prod 99 is 67 past the responses"
+	assert_output '{"ok":true}'
+	state_is "$BE" 5
+	run xenstore-read "$BE/error"
+	assert_output "$BE: worker rw: blkif: the ring of domain $DOM is broken: req_prod 99 is 67 past the responses"
+	# The broken ring is still mapped in the worker: blkif-disconnect.
+	wait_lines "$RUN_DIR/rw.log" 4 10
+	run cat "$RUN_DIR/rw.log"
+	assert_line --index 3 blkif-disconnect
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	kill -0 "$XB_PID"
+}
+
+@test "xenbus: its own disconnect (the frontend closes) writes no error, and the watch is gone before it" {
+	ring_connected
+	xenstore-write "$FE/state" 5
+	state_is "$BE" 5
+	wait_lines "$RUN_DIR/rw.log" 4 10
+	run cat "$RUN_DIR/rw.log"
+	# The watch was closed by blkstack-xenbus first, then the disconnect.
+	assert_line --index 2 "watch closed"
+	assert_line --index 3 blkif-disconnect
+	xs_absent "$BE/error"
+	# A worker that dies now is nobody's concern.
+	kill -9 "$RW_PID"
+	wait "$RW_PID" 2>/dev/null || true
+	RW_PID=
+	stays "$BE" 5
+	xs_absent "$BE/error"
+	xenstore-write "$FE/state" 6
+	state_is "$BE" 6
+	xs_absent "$BE/error"
+}
+
+@test "xenbus: a Connected device the toolstack removes drops its watch (no error, no Closing written)" {
+	ring_connected
+	xenstore-rm "$BASE/$DOM"
+	wait_lines "$RUN_DIR/rw.log" 4 10
+	run cat "$RUN_DIR/rw.log"
+	assert_line --index 2 "watch closed"
+	assert_line --index 3 blkif-disconnect
+	run cat "$RUN_DIR/err"
+	assert_output --partial "$BE: gone"
+	run xenstore-exists "$BE"
+	assert_failure
+	kill -0 "$XB_PID"
 }

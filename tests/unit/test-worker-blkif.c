@@ -113,11 +113,46 @@ static void test_bad(void **state)
 	}
 }
 
+/*
+ * blkif-watch's event line: one JSON object and its newline, the worker's
+ * name before the reason; a reason holding quotes, newlines or control
+ * bytes (a guest's doing) stays one line.
+ */
+static void test_event_line(void **state)
+{
+	struct json_writer j;
+	char line[512];
+
+	(void)state;
+	json_writer_init(&j, 4096);
+	worker_blkif_event_json(&j, "vm1", "broken",
+				"blkif: the ring of domain 5 is broken: "
+				"req_prod 99 is 67 past the responses (0)");
+	assert_int_equal(json_error(&j), 0);
+	assert_true(json_len(&j) < sizeof(line));
+	snprintf(line, sizeof(line), "%.*s", (int)json_len(&j), j.buf);
+	assert_string_equal(line,
+			    "{\"event\":\"blkif\",\"blkif\":\"broken\","
+			    "\"error\":\"vm1: blkif: the ring of domain 5 is "
+			    "broken: req_prod 99 is 67 past the responses "
+			    "(0)\"}\n");
+	json_reset(&j);
+	worker_blkif_event_json(&j, "vm1", "none", "say \"x\"\nand\x01 more");
+	assert_int_equal(json_error(&j), 0);
+	snprintf(line, sizeof(line), "%.*s", (int)json_len(&j), j.buf);
+	/* One line: its only newline is the last byte. */
+	assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+	assert_non_null(strstr(line, "\"blkif\":\"none\""));
+	assert_non_null(strstr(line, "vm1: say \\\"x\\\"\\nand"));
+	json_writer_free(&j);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_good),
 	    cmocka_unit_test(test_bad),
+	    cmocka_unit_test(test_event_line),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

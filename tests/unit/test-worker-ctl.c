@@ -284,6 +284,34 @@ static void test_info_reads_state(void **state)
 	assert_non_null(strstr(buf, "\"state\":\"running\""));
 }
 
+/*
+ * blkif-watch: refused with ENOTCONN while no ring is connected (the
+ * connection goes on), refused with arguments; the ctl is the ring's
+ * listener from worker_ctl_new() to worker_ctl_free().
+ */
+static void test_blkif_watch_without_ring(void **state)
+{
+	struct fixture *f = *state;
+	char buf[4096];
+
+	assert_non_null(f->w.blkif_notify);
+	send_line(f, "blkif-watch\nblkif-watch now\nshutdown\n");
+	assert_int_equal(bks_loop_run(f->w.loop), 0);
+	assert_false(f->guard_fired);
+	read_replies(f, buf, sizeof(buf), 3);
+	assert_non_null(strstr(buf, "{\"ok\":false,\"error\":\"test: "
+				    "blkif-watch: no ring is connected\","
+				    "\"errno\":\"ENOTCONN\""));
+	assert_non_null(strstr(buf, "\"error\":\"test: blkif-watch takes no "
+				    "arguments\",\"errno\":\"EINVAL\""));
+	assert_non_null(strstr(buf, "}\n{\"ok\":true}\n"));
+	/* No one watches: a ring event is nobody's business. */
+	f->w.blkif_notify(f->w.blkif_notify_arg, "none", "gone");
+	worker_ctl_free(f->ctl);
+	f->ctl = NULL;
+	assert_null(f->w.blkif_notify);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -293,6 +321,8 @@ int main(void)
 					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_info_reads_state, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_blkif_watch_without_ring,
+					    setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

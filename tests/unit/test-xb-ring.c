@@ -254,6 +254,71 @@ static void test_lookup_error(void **state)
 	refused(&t, EIO, "lookup ring-page-order failed");
 }
 
+/*
+ * blkif-watch's event lines, as the worker writes them
+ * (worker_blkif_event_json(), tests/unit/test-worker-blkif.c): the
+ * reason without the worker's name; anything else is refused.
+ */
+static void test_event_parse(void **state)
+{
+	static const char broken[] =
+	    "{\"event\":\"blkif\",\"blkif\":\"broken\",\"error\":\"vm1: "
+	    "blkif: the ring of domain 5 is broken: req_prod 99\"}";
+	static const char gone[] =
+	    "{\"event\":\"blkif\",\"blkif\":\"none\",\"error\":\"vm1: "
+	    "blkif: the ring of domain 5 was disconnected\"}";
+	static const char other[] =
+	    "{\"event\":\"blkif\",\"blkif\":\"none\",\"error\":\"vm2: "
+	    "a\\u0001b\"}";
+	static const char *bad[] = {
+	    "",
+	    "not json",
+	    "[1]",
+	    "{\"ok\":true,\"blkif\":\"connected\"}",
+	    "{\"event\":\"job\",\"blkif\":\"broken\"}",
+	    "{\"event\":\"blkif\",\"blkif\":\"connected\"}",
+	    "{\"event\":\"blkif\"}",
+	};
+	struct bks_error err = {0};
+	bool is_broken = false;
+	char why[64];
+
+	(void)state;
+	assert_int_equal(xb_ring_event_parse(broken, strlen(broken), "vm1",
+					     &is_broken, why, sizeof(why),
+					     &err),
+			 0);
+	assert_true(is_broken);
+	assert_string_equal(
+	    why, "blkif: the ring of domain 5 is broken: req_prod 99");
+	assert_int_equal(xb_ring_event_parse(gone, strlen(gone), "vm1",
+					     &is_broken, why, sizeof(why),
+					     &err),
+			 0);
+	assert_false(is_broken);
+	assert_string_equal(why,
+			    "blkif: the ring of domain 5 was disconnected");
+	/* Another worker's name stays; a control byte is shown as '?'. */
+	assert_int_equal(xb_ring_event_parse(other, strlen(other), "vm1",
+					     &is_broken, why, sizeof(why),
+					     &err),
+			 0);
+	assert_string_equal(why, "vm2: a?b");
+	/* A long reason is cut to the buffer. */
+	assert_int_equal(xb_ring_event_parse(broken, strlen(broken), "vm1",
+					     &is_broken, why, 8, &err),
+			 0);
+	assert_string_equal(why, "blkif: ");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		memset(&err, 0, sizeof(err));
+		if (xb_ring_event_parse(bad[i], strlen(bad[i]), "vm1",
+					&is_broken, why, sizeof(why),
+					&err) != -EPROTO ||
+		    !strstr(err.msg, "blkif-watch"))
+			fail_msg("'%s' was taken: '%s'", bad[i], err.msg);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -265,6 +330,7 @@ int main(void)
 	    cmocka_unit_test(test_protocol_queues_mode),
 	    cmocka_unit_test(test_message_bounded),
 	    cmocka_unit_test(test_lookup_error),
+	    cmocka_unit_test(test_event_parse),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

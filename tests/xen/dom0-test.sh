@@ -337,6 +337,42 @@ ring_info() {
 	info "ring: backend $1: $(xenstore-ls "$1" 2>&1 | tr '\n' ' ' | cut -c1-700)"
 	sed 's/^/INFO blkstack-xenbus: /' /tmp/xenbus.err | tail -n 12
 }
+be_left_connected() {
+	_s=$(xenstore-read "$1/state" 2>/dev/null)
+	[ "$_s" = 5 ] || [ "$_s" = 6 ]
+}
+# The second ring disk's worker dies (SIGKILL; its supervisor restarts
+# it, with no ring): blkstack-xenbus's blkif-watch sees the connection
+# end, writes the reason to the backend's error node and goes to Closing
+# (issue 17); the guest's blkfront closes the unused disk, and the
+# backend reaches Closed.  Its watch must outlive the worker's control
+# idle timeout (30 s) first.
+ring_lost_worker() {
+	_v3w2=$(xenstore-read "$_v3be2/blkstack-worker" 2>/dev/null || echo none)
+	_v3fe2=/local/domain/$_v3dom/device/vbd/$XVDB
+	sleep 35
+	check "ring: lost worker: 35 s on, the second disk is still Connected (its blkif-watch outlives the control idle timeout)" \
+		be_state_is "$_v3be2" 4
+	_v3wpid=$(cat "/run/blkstack/$_v3w2/pid" 2>/dev/null || echo)
+	if [ -n "$_v3wpid" ] && kill -9 "$_v3wpid"; then
+		pass "ring: lost worker: SIGKILL of the second disk's worker ($_v3w2, pid $_v3wpid)"
+	else
+		fail "ring: lost worker: SIGKILL of the second disk's worker" "no pid for '$_v3w2'"
+	fi
+	check "ring: lost worker: the backend leaves Connected within 20 s" \
+		wait_for 20 be_left_connected "$_v3be2"
+	info "ring: lost worker: backend error node: $(xenstore-read "$_v3be2/error" 2>&1)"
+	check "ring: lost worker: the backend's error node says the worker died" \
+		sh -c "xenstore-read $_v3be2/error | grep -q 'worker $_v3w2: the worker died'"
+	check "ring: lost worker: the guest's blkfront closes (frontend Closed)" \
+		wait_for 30 be_state_is "$_v3fe2" 6
+	check "ring: lost worker: the backend reaches Closed" \
+		wait_for 30 be_state_is "$_v3be2" 6
+	check "ring: lost worker: the guest runs on (its root disk Connected)" \
+		be_state_is "$_v3be" 4
+	info "ring: lost worker: frontend: $(xenstore-ls "$_v3fe2" 2>&1 | tr '\n' ' ' | cut -c1-300)"
+	ring_info "$_v3be2"
+}
 ring_item() {
 	_v3g="g-ring"
 	_v3img=$IMGS/ring.img
@@ -399,6 +435,7 @@ ring_item() {
 	_v3be2=/local/domain/0/backend/vbd3/$_v3dom/$XVDB
 	check "ring: second disk Connected (state 4)" wait_for 60 be_state_is "$_v3be2" 4
 	check "ring: two workers while attached" [ "$(workers)" = 2 ]
+	ring_lost_worker
 	if xl block-detach "$_v3g" xvdb >/tmp/detach-ring.out 2>&1; then
 		pass "ring: xl block-detach of the second disk"
 	else
