@@ -1057,7 +1057,9 @@ rec_cleanup() {
 }
 
 # rec_run MECH MODE: MODE migrate (PVH, xl migrate to localhost) or save
-# (PV, xl save + xl restore).
+# (PV, xl save + xl restore).  MECH ring: the disk is backendtype=tap, its
+# ring served by the worker (blkstack-xenbus running: rec_ring_items);
+# the backends are under backend/vbd3 and no dom0 device is made.
 rec_run() {
 	mech=$1
 	mode=$2
@@ -1066,6 +1068,16 @@ rec_run() {
 	img=$IMGS/rec-$g.img
 	type=pvh
 	[ "$mode" = save ] && type=pv
+	bt=''
+	bedir=vbd
+	nobe=no_backends
+	dmech=$mech
+	if [ "$mech" = ring ]; then
+		bt=backendtype=tap,
+		bedir=vbd3
+		nobe=no_vbd3_backends
+		dmech=auto
+	fi
 	truncate -s 128M "$img"
 	printf 'blkstack-dom0-pattern' | dd of="$img" conv=notrunc 2>/dev/null
 	cat >"/root/$g.cfg" <<EOC
@@ -1080,10 +1092,10 @@ tsc_mode = "native"
 on_poweroff = "destroy"
 on_crash = "destroy"
 on_reboot = "destroy"
-disk = ['vdev=xvda,script=block-stack,target=log:|aio:$img']
+disk = ['vdev=xvda,${bt}script=block-stack,target=log:|aio:$img']
 EOC
 	t0=$(now)
-	if ! BLKSTACK_DEVICE=$mech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
+	if ! BLKSTACK_DEVICE=$dmech xl create "/root/$g.cfg" >"/tmp/$g.create" 2>&1; then
 		sed 's/^/INFO xl create: /' "/tmp/$g.create"
 		fail_xen "$tag: xl create ($type)" "$(xl_errors "/tmp/$g.create")"
 		rec_cleanup "$g"
@@ -1103,7 +1115,7 @@ EOC
 	pre=$(last_ack "$g")
 	t1=$(now_ms)
 	if [ "$mode" = migrate ]; then
-		BLKSTACK_DEVICE=$mech xl migrate -s '' "$g" 'xl migrate-receive' \
+		BLKSTACK_DEVICE=$dmech xl migrate -s '' "$g" 'xl migrate-receive' \
 			>"/tmp/$g.op" 2>&1
 		rc=$?
 		t2=$(now_ms)
@@ -1133,11 +1145,11 @@ EOC
 		wait_for 20 no_workers || true
 		check "$tag: saved: domain gone" domain_gone "$g"
 		check "$tag: saved: no worker left" no_workers
-		check "$tag: saved: no backend left" no_backends
+		check "$tag: saved: no backend left" "$nobe"
 		check "$tag: saved: no FUSE server left" no_nbdfuse
 		check "$tag: saved: no loop or nbd device left" no_blockdev
 		t3=$(now_ms)
-		BLKSTACK_DEVICE=$mech xl restore "/root/$g.save" >"/tmp/$g.op2" 2>&1
+		BLKSTACK_DEVICE=$dmech xl restore "/root/$g.save" >"/tmp/$g.op2" 2>&1
 		rc=$?
 		t4=$(now_ms)
 		rm -f "/root/$g.save"
@@ -1155,10 +1167,19 @@ EOC
 	check "$tag: the guest runs on a new domid" \
 		sh -c "[ '$domid2' != none ] && [ '$domid2' != '$domid' ]"
 	check "$tag: the guest is running, not paused or suspended" running "$g"
+	if [ "$mech" = ring ]; then
+		check "$tag: the new domain's disk is its ring, Connected" \
+			wait_for 60 be_state_is "/local/domain/0/backend/vbd3/$domid2/$XVDA" 4
+		_rw=$(xenstore-read "/local/domain/0/backend/vbd3/$domid2/$XVDA/blkstack-worker" 2>/dev/null || echo none)
+		"$CTL" info --name "$_rw" --json >"/tmp/$g.info" 2>&1 || true
+		check "$tag: the new domain's worker serves the ring" \
+			grep -q '"blkif":"connected"' "/tmp/$g.info"
+		check "$tag: no dom0 block device" no_blockdev
+	fi
 	check "$tag: the old domain $domid is gone" not xl list "$domid"
-	wait_for 30 sh -c "! xenstore-exists /local/domain/0/backend/vbd/$domid" || true
+	wait_for 30 sh -c "! xenstore-exists /local/domain/0/backend/$bedir/$domid" || true
 	check "$tag: the old domain's backend is gone" \
-		not xenstore-exists "/local/domain/0/backend/vbd/$domid"
+		not xenstore-exists "/local/domain/0/backend/$bedir/$domid"
 	wait_for 30 sh -c "[ \"\$($CTL list 2>/dev/null | grep -c .)\" = 1 ]" || true
 	check "$tag: exactly one worker once the old domain is gone" \
 		sh -c "[ \"\$($CTL list 2>/dev/null | grep -c .)\" = 1 ] && [ $(procs blkstack-worker | grep -c .) = 1 ]"
@@ -1204,8 +1225,22 @@ EOC
 	check "$tag: no FUSE server left" no_nbdfuse
 	check "$tag: no fuse mount left" no_fuse_mount
 	check "$tag: no loop or nbd device left" no_blockdev
-	check "$tag: no backend left in xenstore" no_backends
+	check "$tag: no backend left in xenstore" "$nobe"
 	check "$tag: no domain left" sh -c "! xl list '$g' && ! xl list '$g--incoming'"
+}
+
+# Save/restore and migration of a guest whose disk is its blkif ring
+# (issue 17): rec_run's ring mechanism, blkstack-xenbus running.
+rec_ring_items() {
+	blkstack-xenbus --verbose >/tmp/xenbus-rec.out 2>/tmp/xenbus-rec.err &
+	_rrpid=$!
+	check "ring rec: blkstack-xenbus watches backend/vbd3" \
+		wait_for 10 grep -q 'watching /local/domain/0/backend/vbd3' /tmp/xenbus-rec.out
+	rec_item ring save
+	rec_item ring migrate
+	sed 's/^/INFO blkstack-xenbus (rec): /' /tmp/xenbus-rec.err | tail -n 24
+	kill "$_rrpid"
+	check "ring rec: blkstack-xenbus exits 0 on SIGTERM" wait "$_rrpid"
 }
 
 # rec_item MECH MODE: rec_run.  A PVH guest under TCG now and then
@@ -1569,7 +1604,8 @@ echo "XENTEST start $(now)s"
 # xentest_only=rec, =kill, =fmt, =live or =ring on dom0's command line
 # (tests/xen/run: XEN_ONLY=rec|kill|fmt|live|ring): only the migration and
 # save/restore items, only item 5, only item 7 (formats), only item 8
-# (live snapshot and commit), or only item 2b (the blkif ring, Xen 4.19+),
+# (live snapshot and commit), or only item 2b (the blkif ring, Xen 4.19+,
+# with its save/restore and migration),
 # for working on them.
 only=$(sed -n 's/.*xentest_only=\([a-z]*\).*/\1/p' /proc/cmdline)
 # Every command this script relies on is in dom0 (busybox lacks some, e.g.
@@ -1603,6 +1639,7 @@ check "blkstack is the package's, version $pkgv" package_check "$pkgv"
 # Xen 4.19 added backendtype=tap; 4.17's xl refuses the word.
 if [ "$XEN_VERSION" != 4.17 ] && { [ -z "$only" ] || [ "$only" = ring ]; }; then
 	ring_item
+	rec_ring_items
 fi
 if [ -z "$only" ]; then
 	guest_run loop
