@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "blkstack/rbd-target.h"
+#include "dec.h"
 #include "hp-dev.h"
 #include "hp-error.h"
 #include "hp-policy.h"
@@ -1040,21 +1041,16 @@ static int check_claim_vm(struct hp *hp, const struct hp_usage *u)
 	return rc;
 }
 
-/* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */
+/* Decimal domid or devid at [s, e) (dec.h: no sign, no leading zero),
+ * at most max. */
 static bool id_ok(const char *s, const char *e, unsigned long max,
 		  unsigned long *out)
 {
-	unsigned long n = 0;
+	unsigned long long n = 0;
+	bool ok = dec_parse_uint_n(s, (size_t)(e - s), max, &n) == 0;
 
-	if (s == e || e - s > 10 || (*s == '0' && e - s > 1))
-		return false;
-	for (; s < e; s++) {
-		if (*s < '0' || *s > '9')
-			return false;
-		n = n * 10 + (unsigned long)(*s - '0');
-	}
-	*out = n;
-	return n <= max;
+	*out = (unsigned long)n;
+	return ok;
 }
 
 /* Read dir/node and compare it with want: 0, or -EINVAL with err set. */
