@@ -373,6 +373,8 @@ UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
 UNIT_OBJ_test-small-file := $(COMMON)
+# test-dec: the strict decimal parser (helpers/common/dec.c).
+UNIT_OBJ_test-dec       := $(COMMON)
 # test-ctl-client: the control client library, against real workers.
 UNIT_OBJ_test-ctl-client := $(COMMON)
 UNIT_OBJ_test-worker-ctl := $(addprefix $(B)/obj/helpers/worker/, \

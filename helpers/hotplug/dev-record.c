@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dec.h"
 #include "dev-record.h"
 #include "hp-dev.h"
 #include "rundir.h"
@@ -82,22 +83,15 @@ static bool take_field(const char **p, const char *key, bool last,
 	return true;
 }
 
-/* Decimal, no sign, no leading zeros (but "0"), at most max. */
+/* [v, ve) as a decimal (dec.h: no sign, no leading zero), at most max. */
 static bool parse_uint(const char *v, const char *ve, unsigned long max,
 		       unsigned long *out)
 {
-	unsigned long n = 0;
+	unsigned long long n = 0;
 
-	if (v == ve || ve - v > 10 || (*v == '0' && ve - v > 1))
+	if (dec_parse_uint_n(v, (size_t)(ve - v), max, &n) < 0)
 		return false;
-	for (; v < ve; v++) {
-		if (*v < '0' || *v > '9')
-			return false;
-		n = n * 10 + (unsigned long)(*v - '0');
-	}
-	if (n > max)
-		return false;
-	*out = n;
+	*out = (unsigned long)n;
 	return true;
 }
 

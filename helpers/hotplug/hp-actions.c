@@ -45,6 +45,7 @@
 
 #include "blkstack/chain.h"
 #include "blkstack/rbd-target.h"
+#include "dec.h"
 #include "hp-dev.h"
 #include "hp-error.h"
 #include "hp-policy.h"
@@ -247,17 +248,19 @@ static int target_init(struct hp *hp, struct target *t)
 
 /*
  * Start the disk's worker on chain (worker-run.h), serving its own FUSE
- * file too with fuse (the fuse device mechanism).  Returns 0, or the
- * worker's -errno with hp->err saying "worker NAME: REASON".
+ * file too with fuse (the fuse device mechanism), --read-only with
+ * read_only.  Returns 0, or the worker's -errno with hp->err saying
+ * "worker NAME: REASON".
  */
 static int start_worker(struct hp *hp, const struct target *t,
-			const char *chain, bool fuse)
+			const char *chain, bool fuse, bool read_only)
 {
 	char exe[PATH_MAX], xs_error[HP_PATH_BUF];
 	struct worker_spec spec = {.exe = exe,
 				   .rundir = t->rundir,
 				   .name = t->name,
 				   .chain = chain,
+				   .read_only = read_only,
 				   .fuse = fuse};
 	const char *dir = NULL;
 	pid_t pid;
@@ -621,22 +624,28 @@ out:
 }
 
 static int rbd_claim_chain(struct hp *hp, char **chain, char *vm, size_t size);
+static int backend_mode(struct hp *hp, bool strict, bool *ro);
 
 /*
  * prepare of a vbd3 disk (v1 only: vbd3 says so in XENBUS_PATH): its
  * worker on the chain params gives (hp-vbd3.h), without a FUSE file, a
- * stage or any dom0 device, since the worker serves the ring itself.
- * Called by do_prepare() with the chain parsed; frees nothing of it.
+ * stage or any dom0 device, since the worker serves the ring itself;
+ * --read-only for a disk of mode "r" (any mode but "r" and "w" is
+ * refused before anything starts).  Called by do_prepare() with the
+ * chain parsed; frees nothing of it.
  */
 static int prepare_vbd3(struct hp *hp, const struct target *t,
 			const char *chain, const char *vm)
 {
 	struct writes w = {.clear_error = true};
-	bool new_worker = false;
-	int rc = 0;
+	bool new_worker = false, ro;
+	int rc;
 
+	rc = backend_mode(hp, true, &ro);
+	if (rc < 0)
+		goto out;
 	if (!worker_running(t)) {
-		rc = start_worker(hp, t, chain, false);
+		rc = start_worker(hp, t, chain, false, ro);
 		if (rc < 0)
 			goto out;
 		new_worker = true;
@@ -706,7 +715,8 @@ static int do_prepare(struct hp *hp, const struct target *t)
 		if (rc == 0)
 			rc = hp_dev_choose(&mech, &hp->err);
 		if (rc == 0)
-			rc = start_worker(hp, t, chain, mech == HP_DEV_FUSE);
+			rc = start_worker(hp, t, chain, mech == HP_DEV_FUSE,
+					  false);
 		if (rc < 0)
 			goto out;
 		new_worker = true;
@@ -811,20 +821,54 @@ static int attach(struct hp *hp, const struct target *t, const char *node,
 	return 0;
 }
 
-/* The disk's mode from the backend ("r" or "ro": read-only). */
-static bool backend_read_only(struct hp *hp)
+/*
+ * The disk's mode, from the backend's mode node: *ro for a read-only
+ * disk.  A vbd disk's is read as it always was: "r" or "ro" (anything
+ * starting with 'r' but "rw") read-only, anything else, or none, or a
+ * failed read, read-write; 0.  With strict (a vbd3 disk, whose worker
+ * starts --read-only or not by it, and whose ring blkstack-xenbus
+ * refuses to connect with another mode) it is "r" or "w", or none ("w",
+ * as blkstack-xenbus reads it); anything else is -EINVAL, a failed read
+ * -errno, with hp->err set.
+ */
+static int backend_mode(struct hp *hp, bool strict, bool *ro)
 {
 	char path[HP_PATH_BUF], *mode = NULL;
 	struct bks_error ignore;
-	bool ro;
+	bool printable = true;
+	int rc;
 
-	if (hp_child_path(path, sizeof(path), backend_dir(hp), "mode",
-			  &ignore) < 0 ||
-	    hp_xs_read(hp->xs, XBT_NULL, path, &mode, &ignore) < 0)
-		return false;
-	ro = mode[0] == 'r' && mode[1] != 'w';
+	*ro = false;
+	rc = hp_child_path(path, sizeof(path), backend_dir(hp), "mode",
+			   strict ? &hp->err : &ignore);
+	if (rc == 0)
+		rc = hp_xs_read(hp->xs, XBT_NULL, path, &mode,
+				strict ? &hp->err : &ignore);
+	if (!strict) {
+		*ro = rc == 0 && mode[0] == 'r' && mode[1] != 'w';
+		rc = 0;
+		goto out;
+	}
+	if (rc == -ENOENT) {
+		bks_error_clear(&hp->err);
+		rc = 0;
+		goto out;
+	}
+	if (rc < 0)
+		goto out;
+	if (strcmp(mode, "r") == 0 || strcmp(mode, "w") == 0) {
+		*ro = mode[0] == 'r';
+		goto out;
+	}
+	for (const char *c = mode; *c && printable; c++)
+		printable = *c >= 0x20 && *c < 0x7f;
+	rc = bks_error_setmsg(&hp->err, EINVAL,
+			      "%s/mode '%.32s' is not r (read-only) or w "
+			      "(read-write)",
+			      backend_dir(hp), printable ? mode : "?");
+out:
 	free(mode);
-	return ro;
+	return rc;
 }
 
 /* ---- sharing: one image, one VM (hp-share.h) ------------------------------
@@ -1040,21 +1084,16 @@ static int check_claim_vm(struct hp *hp, const struct hp_usage *u)
 	return rc;
 }
 
-/* Decimal domid or devid at [s, e): no sign, no leading zero, <= max. */
+/* Decimal domid or devid at [s, e) (dec.h: no sign, no leading zero),
+ * at most max. */
 static bool id_ok(const char *s, const char *e, unsigned long max,
 		  unsigned long *out)
 {
-	unsigned long n = 0;
+	unsigned long long n = 0;
+	bool ok = dec_parse_uint_n(s, (size_t)(e - s), max, &n) == 0;
 
-	if (s == e || e - s > 10 || (*s == '0' && e - s > 1))
-		return false;
-	for (; s < e; s++) {
-		if (*s < '0' || *s > '9')
-			return false;
-		n = n * 10 + (unsigned long)(*s - '0');
-	}
-	*out = n;
-	return n <= max;
+	*out = (unsigned long)n;
+	return ok;
 }
 
 /* Read dir/node and compare it with want: 0, or -EINVAL with err set. */
@@ -1198,17 +1237,16 @@ static int do_add(struct hp *hp, const struct target *t)
 	char line[PATH_MAX + 256], physdev[32];
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
-	bool claimed = false, made = false, rw;
+	bool claimed = false, made = false, ro;
 	struct hp_dev dev = {0};
 	int rc;
 
-	rw = !backend_read_only(hp);
-	rc = claim_disk(hp, t, rw);
+	backend_mode(hp, false, &ro);
+	rc = claim_disk(hp, t, !ro);
 	if (rc < 0)
 		goto out;
 	claimed = true;
-	rc =
-	    attach(hp, t, NODE_DEV, true, !rw, &dev, &made, line, sizeof(line));
+	rc = attach(hp, t, NODE_DEV, true, ro, &dev, &made, line, sizeof(line));
 	if (rc < 0)
 		goto out;
 	/* As blkback parses it: "%x:%x". */
@@ -1255,9 +1293,13 @@ static int do_add_vbd3(struct hp *hp, const struct target *t)
 	char sock[PATH_MAX + 16];
 	struct writes w = {.clear_error = true};
 	const char *backend = backend_dir(hp);
+	bool ro;
 	int rc;
 
-	rc = claim_disk(hp, t, !backend_read_only(hp));
+	/* The mode prepare_vbd3() checked and started the worker by. */
+	rc = backend_mode(hp, true, &ro);
+	if (rc == 0)
+		rc = claim_disk(hp, t, !ro);
 	if (rc < 0)
 		return rc;
 	if (snprintf(sock, sizeof(sock), "%s/" WORKER_FILE_CTL, t->dir) >=

@@ -29,6 +29,7 @@
 #include <syslog.h>
 
 #include "bks-blkif-xen.h"
+#include "dec.h"
 #include "worker-blkif.h"
 
 struct worker_blkif {
@@ -49,24 +50,6 @@ struct worker_blkif {
 };
 
 /* ---- parsing ------------------------------------------------------------- */
-
-/* Decimal, no sign, no leading zero (but "0"), at most max. */
-static int parse_dec(const char *s, uint32_t max, uint32_t *out)
-{
-	uint64_t v = 0;
-
-	if (!*s || (s[0] == '0' && s[1]))
-		return -EINVAL;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -EINVAL;
-		v = v * 10 + (uint64_t)(*s - '0');
-		if (v > max)
-			return -EINVAL;
-	}
-	*out = (uint32_t)v;
-	return 0;
-}
 
 static int parse_refs(const char *s, struct worker_blkif_args *a,
 		      struct bks_error *err)
@@ -90,7 +73,7 @@ static int parse_refs(const char *s, struct worker_blkif_args *a,
 						"blkif-connect: more than %u "
 						"ring pages",
 						WORKER_BLKIF_MAX_REFS);
-		if (parse_dec(tok, UINT32_MAX, &a->refs[n]) < 0)
+		if (dec_parse_u32(tok, UINT32_MAX, &a->refs[n]) < 0)
 			return bks_error_setmsg(err, EINVAL,
 						"blkif-connect: ring reference "
 						"%u is not a number",
@@ -117,12 +100,12 @@ int worker_blkif_parse(int argc, char **argv, struct worker_blkif_args *out,
 					"usage: blkif-connect DOMID PORT REFS "
 					"PROTOCOL MODE");
 	/* A guest's domain: not dom0, below DOMID_FIRST_RESERVED. */
-	if (parse_dec(argv[1], 0x7fef, &a.domid) < 0 || a.domid == 0)
+	if (dec_parse_u32(argv[1], 0x7fef, &a.domid) < 0 || a.domid == 0)
 		return bks_error_setmsg(
 		    err, EINVAL,
 		    "blkif-connect: DOMID must be a guest's "
 		    "domain id (1 to 32751)");
-	if (parse_dec(argv[2], INT32_MAX, &a.port) < 0 || a.port == 0)
+	if (dec_parse_u32(argv[2], INT32_MAX, &a.port) < 0 || a.port == 0)
 		return bks_error_setmsg(err, EINVAL,
 					"blkif-connect: PORT must be an event "
 					"channel (1 to %d)",

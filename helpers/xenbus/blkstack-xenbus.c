@@ -42,6 +42,7 @@
 #include <xenstore.h>
 
 #include "blkstack/loop.h"
+#include "dec.h"
 #include "lockfile.h"
 #include "rundir.h"
 #include "version.h"
@@ -138,7 +139,7 @@ static void rescan(struct xb_daemon *xd)
 
 	doms = xs_directory(xd->xs, XBT_NULL, xd->base, &nd);
 	for (unsigned int i = 0; doms && i < nd; i++) {
-		if (xb_parse_uint(doms[i], UINT16_MAX, &domid) < 0)
+		if (dec_parse_u32(doms[i], UINT16_MAX, &domid) < 0)
 			continue;
 		if ((size_t)snprintf(path, sizeof(path), "%s/%u", xd->base,
 				     domid) >= sizeof(path))
@@ -146,7 +147,7 @@ static void rescan(struct xb_daemon *xd)
 		nv = 0;
 		devs = xs_directory(xd->xs, XBT_NULL, path, &nv);
 		for (unsigned int j = 0; devs && j < nv; j++)
-			if (xb_parse_uint(devs[j], UINT32_MAX / 2, &devid) == 0)
+			if (dec_parse_u32(devs[j], UINT32_MAX / 2, &devid) == 0)
 				handle(xd, domid, devid);
 		free(devs);
 	}
@@ -180,8 +181,8 @@ static void base_event(struct xb_daemon *xd, const char *path)
 	if ((size_t)(q - p) >= sizeof(dev))
 		goto all;
 	snprintf(dev, sizeof(dev), "%.*s", (int)(q - p), p);
-	if (xb_parse_uint(dom, UINT16_MAX, &domid) < 0 ||
-	    xb_parse_uint(dev, UINT32_MAX / 2, &devid) < 0)
+	if (dec_parse_u32(dom, UINT16_MAX, &domid) < 0 ||
+	    dec_parse_u32(dev, UINT32_MAX / 2, &devid) < 0)
 		return; /* not a device directory: nothing of ours */
 	handle(xd, domid, devid);
 	return;
@@ -263,7 +264,7 @@ int main(int argc, char **argv)
 			rundir = optarg;
 			break;
 		case 'o':
-			if (xb_parse_uint(optarg, XB_ORDER_MAX,
+			if (dec_parse_u32(optarg, XB_ORDER_MAX,
 					  &xd.conf.max_ring_page_order) < 0) {
 				say("--max-ring-page-order: '%s' is not 0-%u",
 				    optarg, XB_ORDER_MAX);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "ctl-client.h"
+#include "dec.h"
 #include "worker-name.h"
 #include "xb-dev.h"
 #include "xb-ring.h"
@@ -37,23 +38,6 @@
 #define XB_CTL_TIMEOUT_MS 10000
 /* Longest error message written into the backend's error node. */
 #define XB_ERROR_MAX 512
-
-int xb_parse_uint(const char *s, unsigned int max, unsigned int *out)
-{
-	unsigned long v = 0;
-
-	if (!s[0] || (s[0] == '0' && s[1]))
-		return -EINVAL;
-	for (const char *p = s; *p; p++) {
-		if (*p < '0' || *p > '9')
-			return -EINVAL;
-		v = v * 10 + (unsigned long)(*p - '0');
-		if (v > max)
-			return -EINVAL;
-	}
-	*out = (unsigned int)v;
-	return 0;
-}
 
 /*
  * Read dir/node into buf.  Returns 1 if present, 0 if absent, -EINVAL if
@@ -154,7 +138,7 @@ int xb_dev_new(struct xs_handle *xs, const char *base, unsigned int domid,
 		rc = XB_DEV_GONE;
 		goto out;
 	}
-	if (xb_parse_uint(v, XB_DOMID_MAX, &fid) < 0 || fid != domid) {
+	if (dec_parse_u32(v, XB_DOMID_MAX, &fid) < 0 || fid != domid) {
 		rc = bks_error_setmsg(err, EINVAL,
 				      "%s: frontend-id '%.16s' is not the "
 				      "guest's domain %u",
@@ -193,7 +177,7 @@ static enum xb_state parse_state(const char *v)
 {
 	unsigned int n;
 
-	if (xb_parse_uint(v, XB_RECONFIGURED, &n) < 0)
+	if (dec_parse_u32(v, XB_RECONFIGURED, &n) < 0)
 		return XB_UNKNOWN;
 	return (enum xb_state)n;
 }

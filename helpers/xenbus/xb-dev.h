@@ -104,10 +104,4 @@ void xb_dev_disconnect(struct xb_dev *d, const struct xb_conf *conf);
  * and free d (NULL is fine). */
 void xb_dev_free(struct xs_handle *xs, struct xb_dev *d);
 
-/*
- * Parse a domain id or device id node's value: decimal, no sign, no
- * leading zero (but "0"), at most max.  Returns 0 or -EINVAL.
- */
-int xb_parse_uint(const char *s, unsigned int max, unsigned int *out);
-
 #endif /* BLKSTACK_XB_DEV_H */

@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dec.h"
 #include "json.h"
-#include "xb-dev.h"
 
 /* A printable, bounded copy of an untrusted value for a message. */
 static const char *shown(const char *v, char *buf, size_t size)
@@ -38,7 +38,7 @@ static int get_uint(xb_ring_lookup_fn lookup, void *opaque, int be,
 		rc = -ENOENT;
 		goto out;
 	}
-	rc = xb_parse_uint(v, max, out);
+	rc = dec_parse_u32(v, max, out);
 	if (rc < 0)
 		rc = bks_error_setmsg(err, EINVAL, "%s '%s' is not 0-%u", node,
 				      shown(v, s, sizeof(s)), max);

@@ -213,6 +213,104 @@ refused() {
 	assert_no_leftovers
 }
 
+# nbd_of DOMID: the NBD URI of that disk's worker.
+nbd_of() {
+	echo "nbd+unix:///?socket=$BLKSTACK_RUNDIR/$(name_of "$1")/nbd.sock"
+}
+
+# read_only DOMID yes|no: what that disk's worker's info says.
+read_only() {
+	run "$BIN/blkstack-ctl" --rundir "$BLKSTACK_RUNDIR" info \
+		--name "$(name_of "$1")"
+	assert_success
+	assert_line --regexp "^read-only: +$2\$"
+}
+
+@test "vbd3: a disk of mode r gets a read-only worker: info says so, its NBD export refuses writes; mode w gets a read-write one" {
+	local sum
+	v3_disk 5 "aio:$IMG"
+	xenstore-write "$(be_of 5)/mode" r
+	sum=$(md5sum <"$IMG")
+	run v3 add
+	assert_success
+	serves 5 67108864 "aio:$IMG"
+	read_only 5 yes
+	run nbdinfo --is readonly "$(nbd_of 5)"
+	assert_success
+	run timeout 60 qemu-io -f raw -c 'write -P 0x5a 0 4k' "$(nbd_of 5)"
+	assert_failure
+	run timeout 60 qemu-io -r -f raw -c 'read 0 4k' "$(nbd_of 5)"
+	assert_success
+	[ "$(md5sum <"$IMG")" = "$sum" ]
+	run xs_read "$(be_of 5)/hotplug-status"
+	assert_output connected
+	run v3 remove
+	assert_success
+	assert_no_leftovers
+
+	xenstore-write "$(be_of 5)/mode" w
+	run v3 add
+	assert_success
+	read_only 5 no
+	run nbdinfo --is readonly "$(nbd_of 5)"
+	assert_failure
+	run v3 remove
+	assert_success
+	assert_no_leftovers
+}
+
+@test "vbd3: two VMs' mode r disks share an image read-only; a third VM's mode w disk is refused" {
+	v3_disk 5 "aio:$IMG"
+	xenstore-write "$(be_of 5)/mode" r
+	v3_disk 6 "aio:$IMG"
+	xenstore-write "$(be_of 6)/mode" r
+	run v3 add 5
+	assert_success
+	run v3 add 6
+	assert_success
+	read_only 5 yes
+	read_only 6 yes
+	v3_disk 3 "aio:$IMG"
+	run v3 add 3
+	assert_failure 1
+	run xs_read "$(be_of 3)/hotplug-error"
+	assert_output --partial "is in use read-only by domain"
+	xs_absent "$(be_of 3)/blkstack-worker"
+	serves 5 67108864 "aio:$IMG"
+	serves 6 67108864 "aio:$IMG"
+	run v3 remove 3
+	assert_success
+	run v3 remove 6
+	assert_success
+	run v3 remove 5
+	assert_success
+	assert_no_leftovers
+}
+
+@test "vbd3: a mode other than r or w is refused with hotplug-error, exit 1, no worker; remove then succeeds" {
+	local m
+	for m in ro rw R x ""; do
+		v3_disk 5 "aio:$IMG"
+		xenstore-write "$(be_of 5)/mode" "$m"
+		run v3 add
+		assert_failure 1
+		refused 5 "/mode '$m' is not r (read-only) or w (read-write)"
+		run v3 remove
+		assert_success
+		assert_no_leftovers
+		xenstore-rm "$(be_of 5)/hotplug-error" "$(be_of 5)/hotplug-status"
+	done
+	# None at all is w, as blkstack-xenbus reads it.
+	v3_disk 5 "aio:$IMG"
+	xenstore-rm "$(be_of 5)/mode"
+	run v3 add
+	assert_success
+	read_only 5 no
+	run v3 remove
+	assert_success
+	assert_no_leftovers
+}
+
 @test "vbd3: after a failed add, a good one clears hotplug-error; remove works when the worker is dead" {
 	local be pid sup _
 	be=$(be_of 5)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests: the vbd3 backend's xenbus state model and the id parser
- * (helpers/xenbus/xb-state.c, xb-dev.c's xb_parse_uint()).  The whole
+ * Unit tests: the vbd3 backend's xenbus state model
+ * (helpers/xenbus/xb-state.c; the id parser is test-dec.c's).  The whole
  * table: every backend state against every frontend state, online and not.
  */
 #include <setjmp.h>
@@ -135,24 +135,6 @@ static void test_foreign_states(void **state)
 	    step(XB_RECONFIGURING, XB_CONNECTED, true, true).disconnect);
 }
 
-static void test_parse_uint(void **state)
-{
-	unsigned int v = 7;
-
-	(void)state;
-	assert_int_equal(xb_parse_uint("0", 10, &v), 0);
-	assert_int_equal(v, 0);
-	assert_int_equal(xb_parse_uint("51712", 100000, &v), 0);
-	assert_int_equal(v, 51712);
-	assert_int_equal(xb_parse_uint("", 10, &v), -EINVAL);
-	assert_int_equal(xb_parse_uint("01", 10, &v), -EINVAL);
-	assert_int_equal(xb_parse_uint("-1", 10, &v), -EINVAL);
-	assert_int_equal(xb_parse_uint("1 ", 10, &v), -EINVAL);
-	assert_int_equal(xb_parse_uint("11", 10, &v), -EINVAL);
-	assert_int_equal(xb_parse_uint("99999999999999999999", 10, &v),
-			 -EINVAL);
-}
-
 static void test_names(void **state)
 {
 	(void)state;
@@ -171,7 +153,6 @@ int main(void)
 	    cmocka_unit_test(test_closed_reconnect),
 	    cmocka_unit_test(test_offline),
 	    cmocka_unit_test(test_foreign_states),
-	    cmocka_unit_test(test_parse_uint),
 	    cmocka_unit_test(test_names),
 	};
 
