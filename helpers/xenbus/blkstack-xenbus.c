@@ -63,7 +63,8 @@ struct xb_daemon {
 	char base[XB_PATH_MAX];
 	struct xb_conf conf;
 	bool verbose;
-	bool failed; /* the loop stopped on an error */
+	bool failed;	   /* the loop stopped on an error */
+	unsigned int scan; /* rescan()'s count, to refresh each device once */
 	struct xb_dev *devs;
 };
 
@@ -137,6 +138,7 @@ static void rescan(struct xb_daemon *xd)
 	unsigned int nd = 0, nv, domid, devid;
 	char **doms = NULL, **devs;
 
+	xd->scan++;
 	doms = xs_directory(xd->xs, XBT_NULL, xd->base, &nd);
 	for (unsigned int i = 0; doms && i < nd; i++) {
 		if (dec_parse_u32(doms[i], UINT16_MAX, &domid) < 0)
@@ -146,16 +148,24 @@ static void rescan(struct xb_daemon *xd)
 			continue;
 		nv = 0;
 		devs = xs_directory(xd->xs, XBT_NULL, path, &nv);
-		for (unsigned int j = 0; devs && j < nv; j++)
-			if (dec_parse_u32(devs[j], UINT32_MAX / 2, &devid) == 0)
-				handle(xd, domid, devid);
+		for (unsigned int j = 0; devs && j < nv; j++) {
+			struct xb_dev *d;
+
+			if (dec_parse_u32(devs[j], UINT32_MAX / 2, &devid) < 0)
+				continue;
+			handle(xd, domid, devid);
+			d = *find(xd, domid, devid);
+			if (d)
+				d->scan = xd->scan;
+		}
 		free(devs);
 	}
 	free(doms);
-	/* Those whose directory went while nobody looked. */
+	/* Those whose directory went while nobody looked (once each). */
 	for (struct xb_dev *d = xd->devs, *next; d; d = next) {
 		next = d->next;
-		handle(xd, d->domid, d->devid);
+		if (d->scan != xd->scan)
+			handle(xd, d->domid, d->devid);
 	}
 }
 

@@ -56,6 +56,7 @@ struct xb_dev {
 	size_t wlen;
 	struct xs_handle *xs;	    /* for the watch's callback */
 	const struct xb_conf *conf; /* the same */
+	unsigned int scan;	    /* blkstack-xenbus's rescan() that saw it */
 	struct xb_dev *next;
 };
 
