@@ -372,6 +372,7 @@ UNIT_OBJ_test-hp-vbd3   := $(B)/obj/helpers/hotplug/hp-vbd3.o
 UNIT_OBJ_test-hp-share  := $(addprefix $(B)/obj/helpers/hotplug/, \
                              hp-share.o hp-policy.o) $(COMMON)
 UNIT_OBJ_test-json      := $(COMMON)
+UNIT_OBJ_test-rundir    := $(COMMON)
 UNIT_OBJ_test-small-file := $(COMMON)
 # test-dec: the strict decimal parser (helpers/common/dec.c).
 UNIT_OBJ_test-dec       := $(COMMON)

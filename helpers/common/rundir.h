@@ -8,7 +8,30 @@
 #ifndef BLKSTACK_RUNDIR_H
 #define BLKSTACK_RUNDIR_H
 
+#include <stddef.h>
+
+#include "blkstack/error.h"
+
 #define DEFAULT_RUNDIR "/run/blkstack"
+
+/*
+ * Longest run directory a program accepts: room is left in PATH_MAX for
+ * "/NAME/" and the longest file name below it (a worker name is at most
+ * WORKER_NAME_MAX bytes).
+ */
+#define RUNDIR_MAX 3072
+
+/*
+ * The run directory of a program that must have an absolute one (the
+ * hotplug helper, blkstack-xenbus): given (its --rundir; NULL if none),
+ * else $BLKSTACK_RUNDIR if set and not empty, else DEFAULT_RUNDIR, into
+ * buf (size bytes), trailing '/' dropped.  The value is untrusted: a
+ * relative path, a control character or more than RUNDIR_MAX bytes is
+ * refused.  Returns 0, or -EINVAL / -ENAMETOOLONG with err naming where
+ * the value came from.
+ */
+int rundir_choose(const char *given, char *buf, size_t size,
+		  struct bks_error *err);
 
 /*
  * State kept across a restart of the worker (docs/control-protocol.txt,

@@ -152,28 +152,6 @@ static void derive_name(const char *path, char *name, size_t size)
 	name[n] = '\0';
 }
 
-/* $BLKSTACK_RUNDIR or /run/blkstack: absolute, printable. */
-static int get_rundir(char *buf, size_t size, struct bks_error *err)
-{
-	const char *dir = getenv("BLKSTACK_RUNDIR");
-
-	if (!dir || !*dir)
-		dir = DEFAULT_RUNDIR;
-	if (dir[0] != '/')
-		return bks_error_setmsg(err, EINVAL,
-					"BLKSTACK_RUNDIR must be absolute");
-	for (const char *p = dir; *p; p++) {
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			return bks_error_setmsg(err, EINVAL,
-						"BLKSTACK_RUNDIR has a control "
-						"character");
-	}
-	if (snprintf(buf, size, "%s", dir) >= (int)size)
-		return bks_error_setmsg(err, ENAMETOOLONG,
-					"BLKSTACK_RUNDIR is too long");
-	return 0;
-}
-
 /*
  * Take RUNDIR/NAME.lock.  The file may be unlinked by an unprepare that
  * held it; so after locking, check that the path still names the file we
@@ -234,7 +212,7 @@ static int target_init(struct hp *hp, struct target *t)
 	int rc;
 
 	derive_name(records_dir(hp), t->name, sizeof(t->name));
-	rc = get_rundir(t->rundir, sizeof(t->rundir), &hp->err);
+	rc = rundir_choose(NULL, t->rundir, sizeof(t->rundir), &hp->err);
 	if (rc < 0)
 		return rc;
 	if (snprintf(t->dir, sizeof(t->dir), "%s/%s", t->rundir, t->name) >=

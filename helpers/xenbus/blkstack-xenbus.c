@@ -259,7 +259,8 @@ int main(int argc, char **argv)
 	};
 	struct xb_daemon xd = {.conf = {.max_ring_page_order = XB_ORDER_MAX}};
 	struct bks_error err = {0};
-	const char *rundir = getenv("BLKSTACK_RUNDIR");
+	const char *rundir = NULL; /* --rundir */
+	char rundir_buf[RUNDIR_MAX + 1];
 	const char *base = XB_BASE_DEFAULT;
 	char lock[XB_PATH_MAX];
 	int lockfd = -1, sigfd = -1, rc = 1, c;
@@ -305,12 +306,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	snprintf(xd.base, sizeof(xd.base), "%s", base);
-	if (!rundir || !rundir[0])
-		rundir = DEFAULT_RUNDIR;
-	if (rundir[0] != '/') {
-		say("the run directory '%.64s' is not absolute", rundir);
+	if (rundir_choose(rundir, rundir_buf, sizeof(rundir_buf), &err) < 0) {
+		say("%s", err.msg);
 		return 2;
 	}
+	rundir = rundir_buf;
 	xd.conf.rundir = rundir;
 
 	if (mkdir(rundir, 0755) < 0 && errno != EEXIST) {

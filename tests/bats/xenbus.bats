@@ -121,6 +121,21 @@ stays() {
 	assert_output "$2"
 }
 
+@test "xenbus: a run directory that is relative, has a control character or is too long is refused" {
+	run "$BIN/blkstack-xenbus" --rundir relative/run
+	assert_failure 2
+	assert_output --partial "--rundir 'relative/run' is not an absolute path"
+	BLKSTACK_RUNDIR=run run "$BIN/blkstack-xenbus"
+	assert_failure 2
+	assert_output --partial "BLKSTACK_RUNDIR 'run' is not an absolute path"
+	run "$BIN/blkstack-xenbus" --rundir "$(printf '/tmp/a\tb')"
+	assert_failure 2
+	assert_output --partial "--rundir has a control character"
+	run "$BIN/blkstack-xenbus" --rundir "/$(head -c 4000 /dev/zero | tr '\0' a)"
+	assert_failure 2
+	assert_output --partial "--rundir is too long"
+}
+
 @test "xenbus: a new vbd3 device goes to InitWait with max-ring-page-order" {
 	xb_start
 	add_device
