@@ -16,9 +16,11 @@
  * channel of helpers/worker/worker-super.h) and WORKER-ARGS.
  *
  * Readiness: the worker's first readiness report is forwarded to FD as it
- * came ("ok", or "error: ..." and "errno: ..."); if the first start fails,
- * the supervisor removes its files and exits with the worker's status (1
- * if it was killed), leaving nothing behind.
+ * came ("ok", or "error: ..." and "errno: ..."), "ok" only once
+ * supervisor.state is written (a state that cannot be written fails the
+ * start): a starter that returned on "ok" finds the supervisor in `list`.
+ * If the first start fails, the supervisor removes its files and exits
+ * with the worker's status (1 if it was killed), leaving nothing behind.
  *
  * Then: when the worker dies without having said "stopping", the death is
  * recorded (supervisor.state, syslog) and the worker restarted after a
@@ -155,9 +157,9 @@ static void report_error(struct res *r, const struct bks_error *err)
 }
 
 /*
- * The first start: spawn, wait for the report, forward it.  Returns 0
- * when the worker serves; else the exit code, the worker reaped and the
- * report (or one of ours) forwarded.
+ * The first start: spawn, wait for the report, write supervisor.state,
+ * forward the report.  Returns 0 when the worker serves; else the exit
+ * code, the worker reaped and the report (or one of ours) forwarded.
  */
 static int first_start(struct sup *s, struct res *r)
 {
@@ -172,7 +174,13 @@ static int first_start(struct sup *s, struct res *r)
 	n = worker_read_ready(s->ready_fd, WORKER_READY_TIMEOUT_MS, line,
 			      sizeof(line));
 	if (n > 0 && strncmp(line, "ok\n", 3) == 0) {
-		if (sup_watch(s, true, &err) < 0) {
+		/*
+		 * supervisor.state before "ok": the starter returns on it, and
+		 * `list` right after must find the supervisor.  A state that
+		 * cannot be written fails the start.
+		 */
+		if (sup_watch(s, true, &err) < 0 ||
+		    sup_state_write(s->wdir, &s->st, &err) < 0) {
 			report_error(r, &err);
 			kill(s->pid, SIGKILL);
 			child_wait(s->pid, NULL);
@@ -380,7 +388,6 @@ int main(int argc, char **argv)
 		bks_syslog_close(s.syslog);
 		return rc;
 	}
-	sup_save(&s);
 	sup_log(&s, LOG_INFO,
 		"supervising pid %d (restart-limit %u in %u s, "
 		"hang-timeout %u s, hang-action %s)",
