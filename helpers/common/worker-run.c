@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Starting and stopping workers (worker-run.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -568,7 +569,9 @@ static int stop_stale(const char *rundir, const char *name,
 					 name, why);
 	out->how = WORKER_WAS_STALE;
 	out->pid = p->file_pid;
-	if (p->file_pid > 0)
+	if (out->note[0])
+		; /* stop_starting() said what it killed */
+	else if (p->file_pid > 0)
 		snprintf(out->note, sizeof(out->note),
 			 "worker %s: stale (pid %d is dead); removed its files",
 			 name, (int)p->file_pid);
@@ -600,6 +603,107 @@ static int wait_gone(int fd, pid_t pid, int timeout_ms)
 		poll(NULL, 0, 10);
 	}
 	return 0;
+}
+
+/*
+ * Does /proc/PID/cmdline name a blkstack-worker of rundir and name (as
+ * worker_args() and the supervisor start one: "--name NAME", "--rundir
+ * DIR")?  1 yes, 0 no (or gone).
+ */
+static int starting_worker_of(pid_t pid, const char *rundir, const char *name)
+{
+	char path[64], buf[8192];
+	const char *arg, *end, *base, *prev = NULL;
+	bool name_ok = false, dir_ok = false;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	end = buf + n;
+	base = strrchr(buf, '/');
+	base = base ? base + 1 : buf;
+	if (strcmp(base, "blkstack-worker") != 0)
+		return 0;
+	for (arg = buf; arg < end; arg += strlen(arg) + 1) {
+		if (prev && strcmp(prev, "--name") == 0 &&
+		    strcmp(arg, name) == 0)
+			name_ok = true;
+		if (prev && strcmp(prev, "--rundir") == 0 &&
+		    strcmp(arg, rundir) == 0)
+			dir_ok = true;
+		prev = arg;
+	}
+	return name_ok && dir_ok;
+}
+
+/*
+ * Before a dead worker's files go: a worker of this name that is still
+ * starting (it runs, but has not taken DIR/NAME/lock yet, so it counts as
+ * dead) would take the lock once they are gone and serve with no record
+ * and no claim: the one a supervisor SIGKILLed right after a restart
+ * leaves behind.  Such a process is SIGKILLed and waited for (it serves
+ * nobody yet: it has no socket).  Returns 0 (none, or killed: *killed
+ * its pid), 1 if one holds the lock now (the caller looks again: it is a
+ * live worker), or -errno.
+ */
+static int stop_starting(const char *rundir, const char *name, const char *wdir,
+			 pid_t *killed, struct bks_error *err)
+{
+	struct worker_proc wp = {0};
+	struct bks_error ignore;
+	struct dirent *de;
+	DIR *d = opendir("/proc");
+	int rc = 0;
+
+	*killed = 0;
+	if (!d)
+		return bks_error_set(err, errno, "worker %s: opendir /proc",
+				     name);
+	while (rc == 0 && (de = readdir(d))) {
+		char *e;
+		long v = strtol(de->d_name, &e, 10);
+		pid_t pid = (pid_t)v;
+		int fd;
+
+		if (*e || v <= 0 || pid == getpid() ||
+		    !starting_worker_of(pid, rundir, name))
+			continue;
+		fd = pidfd_open(pid, 0);
+		if (fd < 0 && errno != ENOSYS)
+			continue; /* gone meanwhile */
+		/* The pidfd pins it: check that it is still the one. */
+		if (!starting_worker_of(pid, rundir, name)) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		if (worker_live(wdir, &wp, &ignore) == 0 && wp.pid == pid) {
+			rc = 1;
+		} else {
+			send_sig(fd, pid, SIGKILL);
+			if (wait_gone(fd, pid, WORKER_DYING_WAIT_MS) < 0)
+				rc = bks_error_setmsg(
+				    err, ETIMEDOUT,
+				    "worker %s: pid %d, still starting, did "
+				    "not die of SIGKILL within %d s",
+				    name, (int)pid,
+				    WORKER_DYING_WAIT_MS / 1000);
+			else
+				*killed = pid;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	closedir(d);
+	return rc;
 }
 
 /*
@@ -685,13 +789,29 @@ int worker_stop(const char *rundir, const char *name, int timeout_ms,
 		if (rc <= 0)
 			return rc;
 	}
-	bks_error_clear(&lerr);
-	rc = worker_live(wdir, &p, &lerr);
-	if (rc == -ESRCH)
-		return stop_stale(rundir, name, &p, p.why, out, err);
-	/* A pid file that holds no pid: dead too (the lock decides). */
-	if (rc == -EINVAL)
-		return stop_stale(rundir, name, &p, lerr.msg, out, err);
+	for (int tries = 0;; tries++) {
+		pid_t killed = 0;
+		int src;
+
+		bks_error_clear(&lerr);
+		rc = worker_live(wdir, &p, &lerr);
+		/* A pid file that holds no pid: dead too (the lock decides). */
+		if ((rc != -ESRCH && rc != -EINVAL) || tries == 3)
+			break;
+		src = stop_starting(rundir, name, wdir, &killed, err);
+		if (src < 0)
+			return src;
+		if (src == 1)
+			continue; /* it took the lock: a live worker now */
+		if (killed)
+			snprintf(out->note, sizeof(out->note),
+				 "worker %s: pid %d was still starting (it "
+				 "held no lock yet); killed it and removed "
+				 "its files",
+				 name, (int)killed);
+		return stop_stale(rundir, name, &p,
+				  rc == -ESRCH ? p.why : lerr.msg, out, err);
+	}
 	if (rc < 0)
 		return bks_error_setmsg(err, lerr.code, "worker %s: %s", name,
 					lerr.msg);

@@ -148,6 +148,47 @@ strace_detach() {
 	strace_detach
 }
 
+# A supervisor SIGKILLed just after it restarted a crashed worker leaves
+# that worker starting, with no lock yet: it counts as dead.  destroy (and
+# the hotplug's remove, the same worker_stop) must stop it, not remove the
+# files it is about to take and leave it serving with no record or claim.
+@test "supervise: destroy kills a worker still starting (no lock yet) rather than leave it to serve unrecorded" {
+	strace -f -qq -o /dev/null true || skip "strace cannot trace here"
+	create vm1 ram:16M
+	spid=$(pidof_file supervisor.pid)
+	pid=$(pidof_file pid)
+	kill -9 "$spid" "$pid"
+	for _ in $(seq 200); do gone "$spid" && gone "$pid" && break; sleep 0.05; done
+	gone "$spid"
+	gone "$pid"
+	# The restarted worker, as the dead supervisor started it, held for
+	# 3 s on its way into flock() on DIR/vm1/lock.
+	strace -I 1 -f -qq -o "$BATS_TEST_TMPDIR/strace.w" -e trace=flock \
+		-e inject=flock:delay_enter=3000000 \
+		"$BIN/blkstack-worker" --name vm1 --chain ram:16M --rundir "$RUNDIR" \
+		--foreground </dev/null >"$BATS_TEST_TMPDIR/w.log" 2>&1 3>&- &
+	STRACE_PID=$!
+	wpid=
+	for _ in $(seq 200); do
+		wpid=$(pgrep -f "^$BIN/blkstack-worker --name vm1 " || true)
+		# 73: flock on x86_64; the worker waits at its entry.
+		[ -n "$wpid" ] && [ "$(cut -d' ' -f1 "/proc/$wpid/syscall" 2>/dev/null)" = 73 ] && break
+		sleep 0.05
+	done
+	[ -n "$wpid" ]
+	run "$CTL" destroy --name vm1
+	assert_success
+	assert_output "blkstack-ctl: worker vm1: pid $wpid was still starting (it held no lock yet); killed it and removed its files"
+	gone "$wpid"
+	assert [ ! -e "$RUNDIR/vm1" ]
+	# Past the hold: nothing came back to serve vm1.
+	sleep 3.5
+	run pgrep -f "blkstack-worker --name vm1 "
+	assert_failure
+	assert [ ! -e "$RUNDIR/vm1" ]
+	strace_detach
+}
+
 @test "supervise: restart-limit crashes in restart-window give up, say why, and destroy cleans up" {
 	create vm1 'ram:16M'
 	spid=$(pidof_file supervisor.pid)
