@@ -20,6 +20,9 @@ SBINDIR    ?= $(PREFIX)/sbin
 # The driver modules (libblkstack/driver-module.h): PREFIX/lib/blkstack/
 # modules, which is also SBINDIR/../lib/blkstack/modules.
 MODULEDIR  ?= $(PREFIX)/lib/blkstack/modules
+# blkstack-xenbus.service (systemd looks in /usr/local/lib/systemd/system
+# too; the package puts it in /lib/systemd/system).
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 XENSCRIPTS ?= /etc/xen/scripts
 MANDIR     ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
@@ -285,13 +288,19 @@ $(XENBUS): $(XENBUS_OBJ)
 	$(call link,$(XENBUS_LIBS))
 
 # The in-tree copy of the hotplug script points at build/bin.
+# blkstack-xenbus's systemd unit, for the install paths.
+XENBUS_UNIT := $(B)/etc/blkstack-xenbus.service
+$(XENBUS_UNIT): etc/blkstack-xenbus.service $(PATHS_STAMP)
+	@mkdir -p $(@D)
+	sed 's|@SBINDIR@|$(SBINDIR)|g' $< >$@
+
 SCRIPT  := $(B)/hotplug/block-stack
 $(SCRIPT): hotplug/block-stack
 	@mkdir -p $(@D)
 	sed 's|@HELPERDIR@|$(abspath $(B)/bin)|' $< >$@
 	chmod 0755 $@
 
-all: $(LIB) $(PROGRAMS) $(MODULES) $(SCRIPT)
+all: $(LIB) $(PROGRAMS) $(MODULES) $(SCRIPT) $(XENBUS_UNIT)
 
 # ---- man pages: one source format, scdoc ------------------------------------
 # docs/man/NAME.N.scd, written as man pages; blkstack-chains(7) and
@@ -630,6 +639,8 @@ install: all man
 		$(DESTDIR)$(SBINDIR)/
 	install -d $(DESTDIR)$(MODULEDIR)
 	install -m 0644 $(MODULES) $(DESTDIR)$(MODULEDIR)/
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	install -m 0644 $(XENBUS_UNIT) $(DESTDIR)$(SYSTEMDUNITDIR)/
 	sed 's|@HELPERDIR@|$(LIBEXECDIR)|' hotplug/block-stack \
 		>$(DESTDIR)$(XENSCRIPTS)/block-stack
 	chmod 0755 $(DESTDIR)$(XENSCRIPTS)/block-stack
@@ -642,6 +653,7 @@ uninstall:
 		$(DESTDIR)$(XENSCRIPTS)/block-stack
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/blkstack-ctl $(DESTDIR)$(BASHCOMPDIR)/blkstack-img
 	rm -f $(MODULE_NAMES:%=$(DESTDIR)$(MODULEDIR)/%.so)
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/blkstack-xenbus.service
 	-rmdir $(DESTDIR)$(MODULEDIR)
 	for p in $(MAN_PAGES); do n=$${p##*/}; \
 		rm -f $(DESTDIR)$(MANDIR)/man$${n##*.}/$$n; done

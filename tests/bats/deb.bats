@@ -89,6 +89,19 @@ teardown() {
 	refute_output --partial librbd.so
 	run grep -c /usr/lib/blkstack/modules "$x/usr/sbin/blkstack-worker"
 	refute_output 0
+	# blkstack-xenbus's unit, where Debian 12's units are, naming the
+	# package's program; systemd's own check of it (against the unpacked
+	# program); installed disabled: no maintainer script enables it.
+	u=$x/lib/systemd/system/blkstack-xenbus.service
+	assert_file_exists "$u"
+	run grep -c '^ExecStart=/usr/sbin/blkstack-xenbus$' "$u"
+	assert_output 1
+	if command -v systemd-analyze >/dev/null; then
+		sed "s|^ExecStart=/usr/sbin/|ExecStart=$x/usr/sbin/|" "$u" >"$BATS_TEST_TMPDIR/blkstack-xenbus.service"
+		run systemd-analyze verify --man=no "$BATS_TEST_TMPDIR/blkstack-xenbus.service"
+		assert_success
+		assert_output ""
+	fi
 }
 
 @test "deb: Depends is computed (\${shlibs:Depends}) and names the libraries the programs and modules link" {

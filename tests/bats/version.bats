@@ -186,6 +186,11 @@ script_env() {
 	run grep -c "opt/bks/libexec/blkstack/blkstack-hotplug" "$root/opt/bks/share/man/man8/block-stack.8"
 	assert_output 1
 	assert_files_equal "$root/etc/blkstack.conf" "$TOP/etc/blkstack.conf"
+	# The driver modules, and blkstack-xenbus's unit naming PREFIX's program.
+	assert_file_exists "$root/opt/bks/lib/blkstack/modules/nbd.so"
+	assert_file_exists "$root/opt/bks/lib/blkstack/modules/rbd.so"
+	run grep -c '^ExecStart=/opt/bks/sbin/blkstack-xenbus$' "$root/opt/bks/lib/systemd/system/blkstack-xenbus.service"
+	assert_output 1
 	# A second install keeps the administrator's configuration.
 	echo "hang-action = restart" >"$root/etc/blkstack.conf"
 	make -C "$TOP" -s install DESTDIR="$root" PREFIX=/opt/bks
