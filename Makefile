@@ -436,6 +436,9 @@ $(B)/tests/modules/%/nbd.so: tests/unit/module-bad.c
 	@mkdir -p $(@D) $(B)/obj/tests/modules
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DBAD_KIND_$* -fPIC -shared -MMD -MP \
 		-MF $(B)/obj/tests/modules/$*.d -MT $@ -o $@ $<
+# Built by a pattern rule for a prerequisite only: make would delete them
+# as intermediates (a fresh clone's make check did) unless kept.
+.SECONDARY: $(TEST_MODULES)
 UNIT_OBJ_test-driver-module := $(MODULE_IMPORTS_LD) $(MODULES) $(TEST_MODULES)
 UNIT_LDFLAGS_test-driver-module = $(MODULE_LDFLAGS)
 UNIT_LDFLAGS_test-aioq  := -Wl,--wrap=malloc -Wl,--wrap=calloc \
@@ -585,7 +588,7 @@ deps-ceph:
 	@DEB_PKGS="$(DEB_CEPH)" tests/deps
 
 check-ceph: deps-ceph
-	$(MAKE) all
+	$(MAKE) all $(SHIM) $(TOOLSTACK)
 	tests/ceph/check
 # ---- end of Ceph RBD ---------------------------------------------------------
 
