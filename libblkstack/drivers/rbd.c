@@ -56,6 +56,17 @@
  * that way (tests/ceph/migrate-rbd.bats proves it).  The stats op's
  * "client" is this layer's GID (client.GID in "rbd lock ls" and "rbd
  * status").
+ *
+ * Block status is the image's allocation: rbd_diff_iterate2() from the
+ * beginning of time (no from-snapshot) over the asked range, with the
+ * parent included (a clone's parent data is data), on the open view (the
+ * head, or the snapshot of IMAGE@SNAP).  What it reports as existing is
+ * data, everything else a hole that reads as zeroes (HOLE|ZERO), depth 1
+ * (the layer has no parent of blkstack's).  rbd_diff_iterate2() is
+ * synchronous (it lists objects or reads the object map, round trips to
+ * the OSDs): it runs on the layer's helper threads (offload.h), at most
+ * RBD_BS_JOBS at once, more wait in arrival order, and completes from the
+ * loop.  Exact extents (whole_object=0): see RBD_BS_WHOLE_OBJECT.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -71,6 +82,7 @@
 
 #include "blkstack/driver-module.h"
 #include "blkstack/driver.h"
+#include "blkstack/offload.h"
 #include "blkstack/rbd-target.h"
 #include "blkstack/req-queue.h"
 
@@ -85,8 +97,53 @@
 /* Most watchers and lockers looked at. */
 #define CLAIM_MAX_WATCHERS 64
 #define CLAIM_LIST_BYTES   4096
+/*
+ * Block status: helper threads, jobs (block status requests running at
+ * once; more wait), and the data ranges one diff iteration may collect
+ * (more: see bs_run()).
+ */
+#define RBD_BS_THREADS 2u
+#define RBD_BS_JOBS    4u
+#define RBD_BS_RANGES  4096u
+/* The most one block status looks at: its answer may cover less. */
+#define RBD_BS_WINDOW (1ull << 30)
+/* The first step of a block status: two objects of the default size. */
+#define RBD_BS_STEP (8ull << 20)
+/*
+ * whole_object for rbd_diff_iterate2(): 0, exact extents.  1 reports
+ * whole objects (4 MiB by default) from the object map, which is as
+ * correct (data may be over-reported) but makes scattered data look like
+ * all data, so a copy reads it all; 0 costs an object listing per object
+ * that exists, measured in docs/ceph.txt ("Block status").
+ */
+#ifndef RBD_BS_WHOLE_OBJECT
+#define RBD_BS_WHOLE_OBJECT 0
+#endif
 
 struct rbd_state;
+
+/* A data range a diff iteration reported. */
+struct rbd_range {
+	uint64_t off, len;
+};
+
+/* A block status on a helper thread. */
+struct rbd_bs_job {
+	struct bks_offload_job job;
+	struct rbd_state *s;
+	struct bks_req *req;
+	struct rbd_bs_job *next_free;
+	/*
+	 * The helper thread's: the part of the window asked now (the
+	 * callback clips to it), the window's start and how far it is
+	 * known, the ranges collected.
+	 */
+	uint64_t step_off, step_end, win_off, win_end;
+	struct rbd_range *ranges;
+	unsigned int nranges;
+	bool overflow;
+	pthread_mutex_t lock; /* in case librbd calls back from its threads */
+};
 
 /* A request in flight with librbd. */
 struct rbd_slot {
@@ -127,9 +184,16 @@ struct rbd_state {
 	/* Requests taken and not yet issued, FIFO through owner_next. */
 	struct bks_req_queue wait;
 
+	/* Block status (see the top): its pool, jobs and waiting requests. */
+	struct bks_offload *off;
+	struct rbd_bs_job *jobs, *free_jobs;
+	unsigned int njobs_locked; /* jobs whose mutex is initialised */
+	struct bks_req_queue bs_wait;
+
 	/* Counters (the stats op). */
 	uint64_t completed, errors, fua_flushes;
-	char last_error[256];
+	uint64_t block_status, bs_in_flight;
+	char last_error[512];
 };
 
 /* ---- librbd's side: its threads ------------------------------------------ */
@@ -311,6 +375,286 @@ static void on_event(struct bks_watch *w, uint32_t events)
 		list = next;
 	}
 	pump(s);
+}
+
+/* ---- block status: on a helper thread ------------------------------------ */
+
+/*
+ * rbd_diff_iterate2()'s callback: collect a data range, clipped to the
+ * window, merged with the last one when it follows on (librbd reports in
+ * order; out of order they are sorted after).  Full: stop the iteration.
+ */
+static int diff_cb(uint64_t off, size_t len, int exists, void *arg)
+{
+	struct rbd_bs_job *j = arg;
+	uint64_t end = off + len;
+	struct rbd_range *last;
+	int rc = 0;
+
+	if (!exists)
+		return 0; /* known zeroes: a hole, as what is not reported */
+	if (off < j->step_off)
+		off = j->step_off;
+	if (end > j->step_end)
+		end = j->step_end;
+	if (off >= end)
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	last = j->nranges ? &j->ranges[j->nranges - 1] : NULL;
+	if (last && off >= last->off && off <= last->off + last->len) {
+		if (end > last->off + last->len)
+			last->len = end - last->off;
+	} else if (j->nranges < RBD_BS_RANGES) {
+		j->ranges[j->nranges].off = off;
+		j->ranges[j->nranges].len = end - off;
+		j->nranges++;
+	} else {
+		j->overflow = true;
+		rc = -E2BIG;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return rc;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	const struct rbd_range *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static void add_extent(struct bks_req *req, uint64_t off, uint64_t len,
+		       uint32_t flags)
+{
+	struct bks_extent *x = &req->extents[req->nextents++];
+
+	x->offset = off;
+	x->length = len;
+	x->flags = flags;
+	x->depth = 1; /* no parent of blkstack's: librbd's is included */
+}
+
+/* The collected ranges, sorted and merged, as req's extents. */
+static void fill_extents(struct rbd_bs_job *j, struct bks_req *req)
+{
+	const uint32_t hole = BKS_EXTENT_HOLE | BKS_EXTENT_ZERO;
+	uint64_t pos = j->win_off;
+	unsigned int n = 0;
+
+	qsort(j->ranges, j->nranges, sizeof(*j->ranges), range_cmp);
+	for (unsigned int i = 0; i < j->nranges; i++) {
+		struct rbd_range *r = &j->ranges[i];
+
+		if (n &&
+		    r->off <= j->ranges[n - 1].off + j->ranges[n - 1].len) {
+			struct rbd_range *m = &j->ranges[n - 1];
+
+			if (r->off + r->len > m->off + m->len)
+				m->len = r->off + r->len - m->off;
+		} else {
+			j->ranges[n++] = *r;
+		}
+	}
+	req->nextents = 0;
+	for (unsigned int i = 0; i < n && req->nextents < req->extents_max;
+	     i++) {
+		struct rbd_range *r = &j->ranges[i];
+
+		if (r->off >= j->win_end)
+			break;
+		if (r->off + r->len > j->win_end)
+			r->len = j->win_end - r->off;
+		if (r->off > pos) {
+			add_extent(req, pos, r->off - pos, hole);
+			if (req->nextents == req->extents_max)
+				return;
+		}
+		add_extent(req, r->off, r->len, 0);
+		pos = r->off + r->len;
+	}
+	if (pos < j->win_end && req->nextents < req->extents_max)
+		add_extent(req, pos, j->win_end - pos, hole);
+}
+
+/*
+ * The job: the allocation of [offset, offset + len), at most
+ * RBD_BS_WINDOW of it, asked in steps that double from RBD_BS_STEP, until
+ * there are as many data ranges as the request has room for extents:
+ * a client that asks for one extent at a time (qemu's NBD client, with
+ * NBD_CMD_FLAG_REQ_ONE) must not cost a diff of the whole window each
+ * time.  More ranges than RBD_BS_RANGES in a step: the answer ends
+ * before it; in the first step, the step is halved and asked again, down
+ * to 64 KiB, which is then said to be all data (data may be
+ * over-reported, never holes).
+ */
+static int bs_run(struct bks_offload_job *job)
+{
+	struct rbd_bs_job *j = job->opaque;
+	struct rbd_state *s = j->s;
+	struct bks_req *req = j->req;
+	uint64_t len = req->len < RBD_BS_WINDOW ? req->len : RBD_BS_WINDOW;
+	uint64_t cur = req->offset, end = req->offset + len;
+	uint64_t step = RBD_BS_STEP;
+	int rc;
+
+	j->win_off = req->offset;
+	j->nranges = 0;
+	while (cur < end) {
+		uint64_t n = step < end - cur ? step : end - cur;
+		unsigned int before = j->nranges;
+
+		j->step_off = cur;
+		j->step_end = cur + n;
+		j->overflow = false;
+		rc = rbd_diff_iterate2(s->image, NULL, cur, n, 1,
+				       RBD_BS_WHOLE_OBJECT, diff_cb, j);
+		if (j->overflow) {
+			j->nranges = before;
+			if (cur > req->offset)
+				break; /* answer [offset, cur) */
+			if (n <= 65536) {
+				req->nextents = 0;
+				add_extent(req, cur, n, 0);
+				return 0;
+			}
+			step = n - n / 2;
+			continue;
+		}
+		if (rc < 0)
+			return rc;
+		cur += n;
+		if (j->nranges >= req->extents_max)
+			break;
+		step *= 2;
+	}
+	j->win_end = cur;
+	fill_extents(j, req);
+	return 0;
+}
+
+/* ---- block status: the loop's side --------------------------------------- */
+
+static void bs_done(struct bks_offload_job *job, int result);
+
+/* Finish a block status request. */
+static void bs_finish(struct rbd_state *s, struct bks_req *req, int result)
+{
+	char what[sizeof(s->t.name) + 64];
+
+	s->bs_in_flight--;
+	s->completed++;
+	if (result < 0) {
+		s->errors++;
+		snprintf(what, sizeof(what),
+			 "block status (rbd_diff_iterate2 on rbd:%s)",
+			 s->t.name);
+		note_error(s, what, -result);
+	}
+	bks_req_complete(req, result);
+}
+
+/* Run req on job j; a submission the pool refuses fails req. */
+static void bs_start(struct rbd_state *s, struct rbd_bs_job *j,
+		     struct bks_req *req)
+{
+	int rc;
+
+	j->req = req;
+	j->job.fn = bs_run;
+	j->job.done = bs_done;
+	j->job.opaque = j;
+	rc = bks_offload_submit(s->off, &j->job);
+	if (rc < 0) {
+		/* Never with a pool sized for every job; say so anyway. */
+		j->req = NULL;
+		j->next_free = s->free_jobs;
+		s->free_jobs = j;
+		bs_finish(s, req, rc);
+	}
+}
+
+/* On the loop thread: j's request is done; j serves the next waiting. */
+static void bs_done(struct bks_offload_job *job, int result)
+{
+	struct rbd_bs_job *j = job->opaque;
+	struct rbd_state *s = j->s;
+	struct bks_req *req = j->req;
+
+	j->req = NULL;
+	if (s->bs_wait.head) {
+		bs_start(s, j, bks_req_queue_pop(&s->bs_wait));
+	} else {
+		j->next_free = s->free_jobs;
+		s->free_jobs = j;
+	}
+	bs_finish(s, req, result);
+}
+
+static int sink_block_status(void *state, struct bks_layer *self,
+			     struct bks_req *req)
+{
+	struct rbd_state *s = state;
+	struct rbd_bs_job *j = s->free_jobs;
+
+	(void)self;
+	s->block_status++;
+	s->bs_in_flight++;
+	if (j && !s->bs_wait.head) {
+		s->free_jobs = j->next_free;
+		bs_start(s, j, req);
+	} else {
+		bks_req_queue_push(&s->bs_wait, req);
+	}
+	return 0;
+}
+
+/* The block status jobs and their pool. */
+static int bs_open(struct rbd_state *s, struct bks_error *err)
+{
+	int rc;
+
+	s->jobs = calloc(RBD_BS_JOBS, sizeof(*s->jobs));
+	if (!s->jobs)
+		return bks_error_set(err, ENOMEM, "rbd:%s: block status jobs",
+				     s->t.name);
+	for (unsigned int i = 0; i < RBD_BS_JOBS; i++) {
+		struct rbd_bs_job *j = &s->jobs[i];
+
+		j->ranges = calloc(RBD_BS_RANGES, sizeof(*j->ranges));
+		if (!j->ranges)
+			return bks_error_set(err, ENOMEM,
+					     "rbd:%s: block status ranges",
+					     s->t.name);
+		rc = -pthread_mutex_init(&j->lock, NULL);
+		if (rc < 0)
+			return bks_error_set(err, -rc, "rbd:%s: mutex",
+					     s->t.name);
+		s->njobs_locked++;
+	}
+	for (unsigned int i = RBD_BS_JOBS; i-- > 0;) {
+		s->jobs[i].s = s;
+		s->jobs[i].next_free = s->free_jobs;
+		s->free_jobs = &s->jobs[i];
+	}
+	rc =
+	    bks_offload_new(&s->off, s->loop, RBD_BS_THREADS, RBD_BS_JOBS, err);
+	if (rc < 0)
+		bks_error_prepend(err, "rbd:%s: block status: ", s->t.name);
+	return rc;
+}
+
+static void bs_free_jobs(struct rbd_state *s)
+{
+	if (!s->jobs)
+		return;
+	for (unsigned int i = 0; i < RBD_BS_JOBS; i++) {
+		if (i < s->njobs_locked)
+			pthread_mutex_destroy(&s->jobs[i].lock);
+		free(s->jobs[i].ranges);
+	}
+	free(s->jobs);
+	s->jobs = s->free_jobs = NULL;
+	s->njobs_locked = 0;
 }
 
 /* ---- opening ------------------------------------------------------------- */
@@ -617,6 +961,8 @@ static int sink_open(void *state, struct bks_layer *self,
 		rc = open_image(s, err);
 	if (rc == 0 && !s->read_only)
 		rc = claim(s, err);
+	if (rc == 0)
+		rc = bs_open(s, err);
 	if (rc < 0)
 		goto out;
 	rc = bks_watch_add(s->loop, &s->watch, s->efd, EPOLLIN, on_event, s);
@@ -634,10 +980,25 @@ out:
 static void sink_close(void *state, struct bks_layer *self)
 {
 	struct rbd_state *s = state;
+	uint64_t wait_ns = (s->t.timeout_s + 10ull) * 1000000000ull;
 
 	(void)self;
 	if (s->watch.active)
 		bks_watch_del(&s->watch);
+	/*
+	 * No job is left (each belongs to a request, and the chain closes a
+	 * layer with nothing in flight).  Should one still run past the
+	 * wait (a diff iteration is bounded by rados_osd_op_timeout), it
+	 * keeps its image, cluster and job: leaked, not pulled away.
+	 */
+	if (s->off && bks_offload_free(s->off, wait_ns) == -ETIMEDOUT) {
+		s->off = NULL;
+		s->have_image = s->have_io = s->have_cluster = false;
+		s->claimed = false;
+		s->jobs = s->free_jobs = NULL;
+	}
+	s->off = NULL;
+	bs_free_jobs(s);
 	if (s->have_image)
 		rbd_close(s->image);
 	/* After rbd_close() has flushed: then another VM may write. */
@@ -707,6 +1068,9 @@ static void sink_stats(void *state, struct bks_layer *self,
 	bks_stats_u64(out, "completed", s->completed);
 	bks_stats_u64(out, "errors", s->errors);
 	bks_stats_u64(out, "fua_flushes", s->fua_flushes);
+	bks_stats_u64(out, "block_status", s->block_status);
+	bks_stats_u64(out, "block_status_waiting",
+		      bks_req_queue_len(&s->bs_wait));
 	bks_stats_str(out, "last_error", s->last_error);
 }
 
@@ -721,6 +1085,7 @@ static const struct bks_driver bks_driver_rbd = {
     .flush = sink_req,
     .discard = sink_req,
     .write_zeroes = sink_req,
+    .block_status = sink_block_status,
     .stats = sink_stats,
 };
 

@@ -179,3 +179,99 @@ print(s.getsockname()[1])')
 	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name w --json
 	assert_output --regexp '"errors": *0'
 }
+
+# merge: "OFFSET LENGTH" lines, in order, with adjacent ranges merged.
+merge() {
+	awk 'NF == 2 { if (n && $1 == o + l) { l += $2 } else { if (n) print o, l; o = $1; l = $2; n = 1 } }
+		END { if (n) print o, l }'
+}
+
+# map_data URI: the data (not hole) extents of nbdinfo --map, merged.
+map_data() {
+	timeout 60 nbdinfo --map "$1" | awk '$3 % 2 == 0 { print $1, $2 }' | merge
+}
+
+# map_holes URI: its hole (reads as zeroes) extents, merged.
+map_holes() {
+	timeout 60 nbdinfo --map "$1" | awk '$3 == 3 { print $1, $2 }' | merge
+}
+
+# diff_data IMAGE[@SNAP]: what "rbd diff" says is data, merged.
+diff_data() {
+	rbdc diff "rbd/$1" | awk 'NR > 1 && $3 == "data" { print $1, $2 }' | merge
+}
+
+# covered OFFSET LENGTH: that range is inside one of the ranges on stdin.
+covered() {
+	awk -v o="$1" -v l="$2" '$1 <= o && o + l <= $1 + $2 { f = 1 } END { exit !f }'
+}
+
+@test "rbd: block status (nbdinfo --map) is rbd diff's allocation; nbdcopy of it equals rbd export" {
+	local u
+	rbdc create --size 64M "rbd/$IMG"
+	worker_start w "$(chain)"
+	u=$(nbd_uri)
+	# Written: [0, 1M), [20M, 20M+64k), [41M+512k, 42M+512k); nothing
+	# from 48M on.
+	run timeout 120 qemu-io -f raw -c 'write -P 0x11 0 1M' \
+		-c 'write -P 0x22 20M 64k' -c 'write -P 0x33 42496k 1M' "$u"
+	assert_success
+	map_data "$u" >"$BATS_TEST_TMPDIR/map"
+	map_holes "$u" >"$BATS_TEST_TMPDIR/holes"
+	diff_data "$IMG" >"$BATS_TEST_TMPDIR/diff"
+	cat "$BATS_TEST_TMPDIR/map" "$BATS_TEST_TMPDIR/holes" "$BATS_TEST_TMPDIR/diff"
+	# Exactly librbd's allocation (whole_object=0, as rbd diff's).
+	diff -u "$BATS_TEST_TMPDIR/diff" "$BATS_TEST_TMPDIR/map"
+	# At least what was written is data...
+	covered 0 1048576 <"$BATS_TEST_TMPDIR/map"
+	covered 20971520 65536 <"$BATS_TEST_TMPDIR/map"
+	covered 43515904 1048576 <"$BATS_TEST_TMPDIR/map"
+	# ... and the objects never written are holes.
+	covered 50331648 16777216 <"$BATS_TEST_TMPDIR/holes"
+	covered 8388608 8388608 <"$BATS_TEST_TMPDIR/holes"
+	# A copy that skips the holes holds the image.
+	timeout 120 nbdcopy "$u" "$BATS_TEST_TMPDIR/copy"
+	run "$BIN/blkstack-ctl" --rundir "$WORKER_RUNDIR" stats --name w --json
+	assert_success
+	assert_output --regexp '"block_status": *[1-9]'
+	assert_output --regexp '"errors": *0'
+	worker_stop
+	rbdc export "rbd/$IMG" "$BATS_TEST_TMPDIR/export" >/dev/null 2>&1
+	cmp "$BATS_TEST_TMPDIR/export" "$BATS_TEST_TMPDIR/copy"
+}
+
+@test "rbd: block status of a snapshot is the snapshot's, without fast-diff too" {
+	local u feat
+	for feat in "" "--image-feature layering,exclusive-lock"; do
+		rbdc rm "rbd/$IMG" >/dev/null 2>&1 || true
+		# shellcheck disable=SC2086 # the feature options, split
+		rbdc create --size 32M $feat "rbd/$IMG"
+		worker_start w "$(chain)"
+		run timeout 60 qemu-io -f raw -c 'write -P 0x44 0 1M' "$(nbd_uri)"
+		assert_success
+		worker_stop
+		rbdc snap create "rbd/$IMG@s1" >/dev/null 2>&1
+		# After the snapshot: data at 16M in the head only.
+		worker_start w "$(chain)"
+		run timeout 60 qemu-io -f raw -c 'write -P 0x55 16M 1M' "$(nbd_uri)"
+		assert_success
+		map_data "$(nbd_uri)" >"$BATS_TEST_TMPDIR/head"
+		worker_stop
+		covered 16777216 1048576 <"$BATS_TEST_TMPDIR/head"
+		worker_start s "$(chain "$IMG@s1")"
+		u=$(nbd_uri)
+		map_data "$u" >"$BATS_TEST_TMPDIR/map"
+		map_holes "$u" >"$BATS_TEST_TMPDIR/holes"
+		diff_data "$IMG@s1" >"$BATS_TEST_TMPDIR/diff"
+		cat "$BATS_TEST_TMPDIR/map" "$BATS_TEST_TMPDIR/diff"
+		diff -u "$BATS_TEST_TMPDIR/diff" "$BATS_TEST_TMPDIR/map"
+		covered 0 1048576 <"$BATS_TEST_TMPDIR/map"
+		covered 16777216 1048576 <"$BATS_TEST_TMPDIR/holes"
+		timeout 60 nbdcopy "$u" "$BATS_TEST_TMPDIR/copy"
+		worker_stop
+		rbdc export "rbd/$IMG@s1" "$BATS_TEST_TMPDIR/export" >/dev/null 2>&1
+		cmp "$BATS_TEST_TMPDIR/export" "$BATS_TEST_TMPDIR/copy"
+		rm -f "$BATS_TEST_TMPDIR/copy" "$BATS_TEST_TMPDIR/export"
+		rbdc snap purge "rbd/$IMG" >/dev/null 2>&1
+	done
+}
