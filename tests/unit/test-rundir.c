@@ -12,15 +12,21 @@
 
 #include "rundir.h"
 
+/* $BLKSTACK_RUNDIR is env, or unset (NULL). */
+static void set_env(const char *env)
+{
+	if (env)
+		assert_int_equal(setenv("BLKSTACK_RUNDIR", env, 1), 0);
+	else
+		assert_int_equal(unsetenv("BLKSTACK_RUNDIR"), 0);
+}
+
 static void chosen(const char *given, const char *env, const char *want)
 {
 	char buf[RUNDIR_MAX + 1];
 	struct bks_error err = {0};
 
-	if (env)
-		assert_int_equal(setenv("BLKSTACK_RUNDIR", env, 1), 0);
-	else
-		assert_int_equal(unsetenv("BLKSTACK_RUNDIR"), 0);
+	set_env(env);
 	if (rundir_choose(given, buf, sizeof(buf), &err) < 0)
 		fail_msg("'%s' (env '%s'): %s", given ? given : "(none)",
 			 env ? env : "(unset)", err.msg);
@@ -33,10 +39,7 @@ static void refused(const char *given, const char *env, int code,
 	char buf[RUNDIR_MAX + 1];
 	struct bks_error err = {0};
 
-	if (env)
-		assert_int_equal(setenv("BLKSTACK_RUNDIR", env, 1), 0);
-	else
-		assert_int_equal(unsetenv("BLKSTACK_RUNDIR"), 0);
+	set_env(env);
 	assert_int_equal(rundir_choose(given, buf, sizeof(buf), &err), -code);
 	if (!strstr(err.msg, msg))
 		fail_msg("message '%s' lacks '%s'", err.msg, msg);
