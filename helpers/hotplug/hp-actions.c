@@ -813,7 +813,6 @@ static int backend_mode(struct hp *hp, bool strict, bool *ro)
 {
 	char path[HP_PATH_BUF], *mode = NULL;
 	struct bks_error ignore;
-	bool printable = true;
 	int rc;
 
 	*ro = false;
@@ -838,12 +837,11 @@ static int backend_mode(struct hp *hp, bool strict, bool *ro)
 		*ro = mode[0] == 'r';
 		goto out;
 	}
-	for (const char *c = mode; *c && printable; c++)
-		printable = *c >= 0x20 && *c < 0x7f;
+	bks_sanitize_line(mode); /* untrusted: quoted on one line */
 	rc = bks_error_setmsg(&hp->err, EINVAL,
 			      "%s/mode '%.32s' is not r (read-only) or w "
 			      "(read-write)",
-			      backend_dir(hp), printable ? mode : "?");
+			      backend_dir(hp), mode);
 out:
 	free(mode);
 	return rc;
